@@ -1,0 +1,3 @@
+from uplink import app
+
+app.run()

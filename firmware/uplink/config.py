@@ -1,0 +1,170 @@
+# Reads /config.json and checks it against a schema, so a mistake is reported once, at boot,
+# with the key path and what was expected, instead of surfacing later as a confusing failure.
+import json
+
+REQUIRED = object()
+PATH = "config.json"
+
+
+class ConfigError(Exception):
+    pass
+
+
+def _positive(v):
+    return v > 0 or "a number above 0"
+
+
+def _url(v):
+    i = v.find("://")
+    if i < 0 or v[:i] not in ("mqtt", "mqtts", "ws", "wss"):
+        return "a URL starting with mqtt://, mqtts://, ws:// or wss://"
+    return True
+
+
+def _https_url(v):
+    return v.startswith("https://") or v.startswith("http://") or "a URL starting with https://"
+
+
+# key: (type, default[, check]). A dict type is a nested section; [type] a list of it.
+CREDENTIALS = {
+    "source": (str, "static", lambda v: v in ("static", "relay") or "'static' or 'relay'"),
+    "username": (str, None),
+    "password": (str, None),
+    "url": (str, None, _https_url),
+    "ca": (str, None),
+    "device_id": (str, None),
+    "key": (str, None),
+    "min_life_s": (int, 60, _positive),
+}
+
+SCHEMA = {
+    "device": ({"name": (str, REQUIRED), "board": (str, "host")}, REQUIRED),
+    "wifi": (
+        {"networks": ([{"ssid": (str, REQUIRED), "password": (str, "")}], []),
+         "timeout_s": (int, 20, _positive)},
+        {},
+    ),
+    "ntp": (
+        {"servers": ([str], ["pool.ntp.org", "time.google.com"]),
+         "resync_s": (int, 3600, _positive),
+         "timeout_ms": (int, 2000, _positive)},
+        {},
+    ),
+    "platform": (
+        {"kind": (str, REQUIRED),
+         "url": (str, None, _url),
+         "ca": (str, None),
+         "insecure": (bool, False),
+         "keepalive": (int, 60, _positive),
+         "client_id": (str, None),
+         "credentials": (CREDENTIALS, None)},
+        REQUIRED,
+    ),
+    "telemetry": (
+        {"interval_s": (int, 30, _positive), "health": (bool, True), "batch": (int, 20, _positive)},
+        {},
+    ),
+    "outbox": ({"max_bytes": (int, 32768, _positive), "dir": (str, "outbox")}, {}),
+}
+
+_NAMES = {str: "text", int: "a whole number", bool: "true or false", float: "a number",
+          list: "a list", dict: "an object"}
+
+
+def _distance(a, b):
+    # Levenshtein distance over two short key names: enough to suggest the key meant.
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a):
+        cur = [i + 1]
+        for j, cb in enumerate(b):
+            cur.append(min(prev[j + 1] + 1, cur[j] + 1, prev[j] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def suggest(key, known):
+    best, dist = None, 3
+    for k in known:
+        d = _distance(key, k)
+        if d < dist:
+            best, dist = k, d
+    return best
+
+
+def _fail(path, msg):
+    raise ConfigError("%s: %s: %s" % (PATH, path, msg))
+
+
+def _check_value(v, spec, path):
+    typ = spec[0]
+    if isinstance(typ, dict):
+        return check(v, typ, path)
+    if isinstance(typ, list):
+        if not isinstance(v, list):
+            _fail(path, "expected a list, got %s" % json.dumps(v))
+        return [_check_value(x, (typ[0],), "%s[%d]" % (path, i)) for i, x in enumerate(v)]
+    ok = isinstance(v, typ) and not (typ is int and isinstance(v, bool))
+    if typ is float and isinstance(v, int) and not isinstance(v, bool):
+        v, ok = float(v), True
+    if not ok:
+        _fail(path, "expected %s, got %s" % (_NAMES.get(typ, typ.__name__), json.dumps(v)))
+    if len(spec) > 2:
+        verdict = spec[2](v)
+        if verdict is not True:
+            _fail(path, "expected %s, got %s" % (verdict, json.dumps(v)))
+    return v
+
+
+def check(obj, schema, path=""):
+    """Return a copy of obj with defaults filled in; raise ConfigError naming the bad key."""
+    if not isinstance(obj, dict):
+        _fail(path or "(top level)", "expected an object, got %s" % json.dumps(obj))
+    out = {}
+    for key in obj:
+        if key not in schema:
+            hint = suggest(key, schema)
+            _fail(_join(path, key), "unknown key" + (" (did you mean '%s'?)" % hint if hint else
+                  "; known keys: " + ", ".join(sorted(schema))))
+    for key in schema:
+        spec = schema[key]
+        where = _join(path, key)
+        if key in obj:
+            out[key] = _check_value(obj[key], spec, where)
+        elif spec[1] is REQUIRED:
+            _fail(where, "missing (required)")
+        elif isinstance(spec[0], dict) and spec[1] is not None:
+            out[key] = check(spec[1], spec[0], where)
+        else:
+            out[key] = spec[1]
+    return out
+
+
+def _join(path, key):
+    return key if not path else path + "." + key
+
+
+def parse(text, extra=None):
+    """Check a config document. `extra` maps platform kind -> schema of its own keys."""
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise ConfigError("%s: not valid JSON (%s)" % (PATH, e))
+    schema = SCHEMA
+    if extra is not None and isinstance(doc, dict) and isinstance(doc.get("platform"), dict):
+        kind = doc["platform"].get("kind")
+        if kind not in extra:
+            _fail("platform.kind", "expected one of %s, got %s" % (", ".join(sorted(extra)), json.dumps(kind)))
+        section = dict(SCHEMA["platform"][0])
+        section.update(extra[kind])
+        schema = dict(SCHEMA)
+        schema["platform"] = (section, REQUIRED)
+    return check(doc, schema)
+
+
+def load(path=PATH, extra=None):
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        raise ConfigError("%s: missing: put a config.json on the board (uplink deploy does this)" % path)
+    return parse(text, extra)

@@ -1,0 +1,220 @@
+"""pytest plugin: run tests/firmware/test_*.py inside the MicroPython unix port.
+
+Each `test_*` function becomes a pytest item, twice: `[py]` runs the firmware sources with the
+unix port's default heap; `[mpy]` runs the mpy-cross-compiled firmware under an ESP32-like
+heap (96k unless the test says `@heapsize("128k")`). One MicroPython process runs every
+function of a file that shares a variant and heap size; the process reports each function
+between markers, and a failure shows the MicroPython traceback.
+
+A firmware test module may name CPython-side services it needs with `NEEDS = ("broker",)`;
+their connection details reach the test as environment variables (see tests/services.py).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRMWARE = ROOT / "firmware"
+FW_TESTS = ROOT / "tests" / "firmware"
+MARK = "\x1e@@"
+DEFAULT_HEAP = "96k"
+FILE_TIMEOUT = float(os.environ.get("MPY_TEST_TIMEOUT", "240"))
+
+
+def micropython_bin() -> str:
+    exe = Path(sys.executable).parent / "micropython"
+    return str(exe) if exe.exists() else "micropython"
+
+
+def mpy_cross_bin() -> str:
+    exe = Path(sys.executable).parent / "mpy-cross"
+    return str(exe) if exe.exists() else "mpy-cross"
+
+
+def compile_firmware(dest: Path) -> Path:
+    """mpy-cross every firmware module except boot.py/main.py (the board runs those as source)."""
+    out = dest / "firmware"
+    for src in sorted(FIRMWARE.rglob("*.py")):
+        rel = src.relative_to(FIRMWARE)
+        if rel.parent == Path(".") and rel.name in ("boot.py", "main.py"):
+            continue
+        target = (out / rel).with_suffix(".mpy")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        res = subprocess.run(
+            [mpy_cross_bin(), "-s", str(rel), "-o", str(target), str(src)],
+            capture_output=True,
+            text=True,
+        )
+        if res.returncode:
+            raise RuntimeError(f"mpy-cross failed on {rel}:\n{res.stderr}")
+    return out
+
+
+def micropython_env(firmware_dir: Path, extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env["MICROPYPATH"] = os.pathsep.join([str(firmware_dir), str(FW_TESTS), ".frozen"])
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _parse(path: Path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    needs: tuple = ()
+    tests = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "NEEDS" for t in node.targets
+        ):
+            needs = tuple(ast.literal_eval(node.value))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith(
+            "test_"
+        ):
+            heap = DEFAULT_HEAP
+            for d in node.decorator_list:
+                if (
+                    isinstance(d, ast.Call)
+                    and getattr(d.func, "id", getattr(d.func, "attr", "")) == "heapsize"
+                ):
+                    heap = ast.literal_eval(d.args[0])
+            tests.append((node.name, heap, node.lineno))
+    return needs, tests
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makemodule(module_path: Path, parent):
+    # firmware test files are MicroPython code: CPython must not import them
+    if module_path.parent == FW_TESTS:
+        return FirmwareFile.from_parent(parent, path=module_path)
+    return None
+
+
+class FirmwareFile(pytest.File):
+    def collect(self):
+        needs, tests = _parse(self.path)
+        for variant in ("py", "mpy"):
+            for name, heap, lineno in tests:
+                yield FirmwareItem.from_parent(
+                    self,
+                    name=f"{name}[{variant}]",
+                    func=name,
+                    variant=variant,
+                    heap=heap,
+                    needs=needs,
+                    lineno=lineno,
+                    siblings=[t for t in tests if t[1] == heap],
+                )
+
+
+class FirmwareFailure(Exception):
+    pass
+
+
+class FirmwareItem(pytest.Item):
+    def __init__(self, *, func, variant, heap, needs, lineno, siblings, **kw):
+        super().__init__(**kw)
+        self.func = func
+        self.variant = variant
+        self.heap = heap
+        self.needs = needs
+        self.lineno = lineno
+        self.siblings = siblings
+
+    def _group_key(self):
+        return (str(self.path), self.variant, self.heap if self.variant == "mpy" else None)
+
+    def _run_group(self):
+        cache = self.config.stash.setdefault(_results_key, {})
+        key = self._group_key()
+        if key in cache:
+            return cache[key]
+        from tests import services
+
+        extra = {}
+        for need in self.needs:
+            extra.update(services.get(need, self.config).env())
+        if self.variant == "mpy":
+            fw = self.config.stash.get(_mpy_key, None)
+            if fw is None:
+                import tempfile
+
+                fw = compile_firmware(Path(tempfile.mkdtemp(prefix="uplink-mpy-")))
+                self.config.stash[_mpy_key] = fw
+            args = [micropython_bin(), "-X", f"heapsize={self.heap}"]
+            names = [t[0] for t in self.siblings]
+        else:
+            fw = FIRMWARE
+            args = [micropython_bin()]
+            names = [t[0] for t in self.siblings]
+        args += [str(FW_TESTS / "mptest.py"), self.path.stem, *names]
+        try:
+            res = subprocess.run(
+                args,
+                env=micropython_env(fw, extra),
+                capture_output=True,
+                timeout=FILE_TIMEOUT,
+                cwd=str(ROOT),
+            )
+            out, rc, note = res.stdout.decode(errors="replace"), res.returncode, ""
+            err = res.stderr.decode(errors="replace")
+        except subprocess.TimeoutExpired as e:
+            out = (e.stdout or b"").decode(errors="replace")
+            err = (e.stderr or b"").decode(errors="replace")
+            rc, note = None, f"timed out after {FILE_TIMEOUT:.0f}s"
+        if os.environ.get("MPY_TEST_DEBUG"):
+            print(args, repr(out), repr(err))
+        cache[key] = _split(out, err, rc, note)
+        return cache[key]
+
+    def runtest(self):
+        results = self._run_group()
+        status, text = results.get(self.func, ("MISSING", results.get("__tail__", ("", ""))[1]))
+        if status != "PASS":
+            raise FirmwareFailure(f"{status}\n{text}")
+        if text.strip():
+            sys.stdout.write(text)
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, FirmwareFailure):
+            return f"MicroPython [{self.variant}, heap {self.heap if self.variant == 'mpy' else 'default'}]:\n{excinfo.value}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, self.lineno - 1, f"{self.path.name}::{self.name}"
+
+
+_results_key = pytest.StashKey[dict]()
+_mpy_key = pytest.StashKey[Path]()
+
+
+def _split(out: str, err: str, rc, note: str) -> dict:
+    """Cut the process output into per-test (status, text) by the runner's markers."""
+    results: dict = {}
+    current, buf = None, []
+    # not splitlines(): it also splits on \x1e, which the marker starts with
+    for line in out.split("\n"):
+        line += "\n"
+        if line.startswith(MARK):
+            word, _, name = line[len(MARK) :].strip().partition(" ")
+            if word == "START":
+                current, buf = name, []
+            elif word == "PASS":
+                results[name] = ("PASS", "".join(buf))
+                current = None
+            elif word == "END":
+                results[name] = ("FAIL", "".join(buf))
+                current = None
+            continue
+        buf.append(line)
+    if current is not None:  # the process died inside a test
+        why = note or f"micropython exited with code {rc}"
+        results[current] = ("CRASH", "".join(buf) + err + f"\n[{why}]")
+    results["__tail__"] = ("", err + (f"\n[{note}]" if note else f"\n[exit code {rc}]"))
+    return results

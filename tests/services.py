@@ -1,0 +1,168 @@
+"""Real services the tests run on loopback: mosquitto with plain, TLS, WS and WSS listeners.
+
+`Mosquitto` is used by the pytest fixture `broker` (tests/conftest.py) and by firmware tests
+that say `NEEDS = ("broker",)`: those get the broker's addresses in environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from tests.certs import make_pki
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > end:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s") from None
+            time.sleep(0.05)
+
+
+def mosquitto_bin() -> str | None:
+    return shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
+    )
+
+
+class Mosquitto:
+    """A mosquitto process with four listeners; ports stay fixed across restarts."""
+
+    def __init__(self, workdir: Path | None = None, *, passwords: dict | None = None, acl: str | None = None):
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="uplink-broker-"))
+        self.pki = make_pki(self.dir / "pki")
+        self.wrong_pki = make_pki(self.dir / "wrong-pki", ca_name="Some Other CA")
+        self.ports = {k: free_port() for k in ("mqtt", "mqtts", "ws", "wss")}
+        self.passwords = passwords
+        self.acl = acl
+        self.proc: subprocess.Popen | None = None
+        self.log = self.dir / "mosquitto.log"
+
+    # -- configuration -------------------------------------------------------------------
+    def _write_passwords(self) -> None:
+        path = self.dir / "passwd"
+        path.write_text("".join(f"{u}:{p}\n" for u, p in (self.passwords or {}).items()))
+        path.chmod(0o600)
+        subprocess.run(["mosquitto_passwd", "-U", str(path)], check=True, capture_output=True)
+
+    def set_passwords(self, passwords: dict) -> None:
+        """Replace the password file and make the running broker reload it (SIGHUP)."""
+        self.passwords = passwords
+        self._write_passwords()
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.2)
+
+    def _write_conf(self) -> Path:
+        p = self.pki
+        tls = f"cafile {p.ca_pem}\ncertfile {p.cert_pem}\nkeyfile {p.key_pem}\n"
+        lines = [
+            # as root mosquitto would switch to user "mosquitto", who cannot read our temp dir
+            f"user {pwd.getpwuid(os.getuid()).pw_name}",
+            "per_listener_settings false",
+            "persistence false",
+            "log_type error\nlog_type warning\nlog_type notice",
+            f"log_dest file {self.log}",
+            "max_inflight_messages 0",
+            "max_queued_messages 100000",
+        ]
+        if self.passwords is not None:
+            self._write_passwords()
+            lines += ["allow_anonymous false", f"password_file {self.dir / 'passwd'}"]
+        else:
+            lines.append("allow_anonymous true")
+        if self.acl is not None:
+            (self.dir / "acl").write_text(self.acl)
+            lines.append(f"acl_file {self.dir / 'acl'}")
+        lines += [
+            f"listener {self.ports['mqtt']} 127.0.0.1",
+            f"listener {self.ports['mqtts']} 127.0.0.1\n{tls}",
+            f"listener {self.ports['ws']}\nprotocol websockets\nsocket_domain ipv4",
+            f"listener {self.ports['wss']}\nprotocol websockets\nsocket_domain ipv4\n{tls}",
+        ]
+        conf = self.dir / "mosquitto.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        return conf
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> "Mosquitto":
+        exe = mosquitto_bin()
+        if exe is None:
+            raise RuntimeError("mosquitto is not installed: run `make setup` as root or apt-get install mosquitto")
+        conf = self._write_conf()
+        self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            for port in self.ports.values():
+                wait_port(port)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"mosquitto did not start: {self.log.read_text() if self.log.exists() else ''}") from None
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: what a crashed or power-cut broker looks like to clients."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def url(self, scheme: str = "mqtt") -> str:
+        port = self.ports[{"mqtt": "mqtt", "mqtts": "mqtts", "ws": "ws", "wss": "wss"}[scheme]]
+        path = "/mqtt" if scheme in ("ws", "wss") else ""
+        return f"{scheme}://localhost:{port}{path}"
+
+    def env(self) -> dict:
+        return {
+            "BROKER_HOST": "localhost",
+            "BROKER_MQTT_PORT": str(self.ports["mqtt"]),
+            "BROKER_MQTTS_PORT": str(self.ports["mqtts"]),
+            "BROKER_WS_PORT": str(self.ports["ws"]),
+            "BROKER_WSS_PORT": str(self.ports["wss"]),
+            "BROKER_CA_DER": str(self.pki.ca_der),
+            "BROKER_WRONG_CA_DER": str(self.wrong_pki.ca_der),
+        }
+
+
+_SERVICES: dict = {}
+
+
+def get(name: str, config=None):
+    """A session-wide service for firmware tests, started on first use."""
+    if name not in _SERVICES:
+        if name != "broker":
+            raise KeyError(f"unknown service {name!r} in NEEDS (known: broker)")
+        svc = Mosquitto().start()
+        _SERVICES[name] = svc
+        if config is not None:
+            config.add_cleanup(svc.stop)
+    return _SERVICES[name]
