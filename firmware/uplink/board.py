@@ -1,0 +1,233 @@
+# The hardware seam. Everything that touches ESP32 hardware goes through a Board, so the rest
+# of the firmware runs unchanged on the unix port ("host board") and in tests.
+#
+# Two backends:
+#   esp32  network.WLAN, machine.RTC/WDT/Pin/reset, esp32 temperature sensor
+#   host   the unix port on a PC: Wi-Fi always up, OS clock plus an offset, no watchdog,
+#          reset() exits with RESET_EXIT so a supervisor restarts the process
+# ESP32-only modules are imported inside the esp32 backend only: the host never needs them.
+import gc
+import os
+import sys
+import time
+
+# Mirrors boards/*.json (the board cannot read those files at runtime; a host test keeps the
+# two in step): id -> (backend, led_pin, led_active_low, has_chip_temperature)
+PROFILES = {
+    "esp32-devkitc": ("esp32", 2, False, True),
+    "esp32-s3": ("esp32", 48, False, True),
+    "esp32-c3": ("esp32", 8, False, True),
+    "host": ("host", None, False, False),
+}
+
+RESET_EXIT = 75  # host board: exit code that means "restart me" (EX_TEMPFAIL)
+ID_FILE = "board_id"  # host board: the unique id, in the state directory (the cwd)
+
+# Seconds from 1970 to the port's epoch: 0 where time.time() counts from 1970 (unix, newer
+# ESP32 builds), 946684800 on ports that count from 2000.
+EPOCH_OFFSET = 946684800 - time.mktime((2000, 1, 1, 0, 0, 0, 0, 0))
+
+
+def load(name):
+    """The Board for a config's device.board. An id not in PROFILES gets the backend of the
+    port we run on, with no LED and no temperature sensor."""
+    p = PROFILES.get(name)
+    if p is None:
+        p = ("esp32" if sys.platform == "esp32" else "host", None, False, False)
+    cls = Esp32Board if p[0] == "esp32" else HostBoard
+    return cls(name, p[1], p[2], p[3])
+
+
+def _os_ms():
+    # Epoch milliseconds from the port's clock. Integers only: an ESP32 float is single
+    # precision, which cannot hold an epoch to the second.
+    return time.time_ns() // 1000000 + EPOCH_OFFSET * 1000
+
+
+class _NoWatchdog:
+    def feed(self):
+        pass
+
+
+class Board:
+    backend = ""
+
+    def __init__(self, name, led_pin=None, led_active_low=False, has_temperature=False):
+        self.name = name
+        self.led_pin = led_pin
+        self.led_active_low = led_active_low
+        self.has_temperature = has_temperature
+        self._wlan = None
+        self._wdt = None
+
+    def mem_free(self):
+        return gc.mem_free()
+
+    def __repr__(self):
+        return "<Board %s (%s)>" % (self.name, self.backend)
+
+
+class Esp32Board(Board):
+    backend = "esp32"
+
+    def wlan(self):
+        if self._wlan is None:
+            import network
+
+            self._wlan = network.WLAN(network.STA_IF)
+        return self._wlan
+
+    def unique_id(self):
+        import binascii
+
+        import machine
+
+        return binascii.hexlify(machine.unique_id()).decode()
+
+    def reset(self):
+        import machine
+
+        machine.reset()
+
+    def watchdog(self, ms):
+        # The ESP32 WDT cannot be stopped or recreated: hand out the one instance.
+        if self._wdt is None:
+            import machine
+
+            self._wdt = machine.WDT(timeout=ms)
+        return self._wdt
+
+    def led(self, on):
+        if self.led_pin is None:
+            return
+        from machine import Pin
+
+        Pin(self.led_pin, Pin.OUT).value(bool(on) != self.led_active_low)
+
+    def chip_temperature(self):
+        if not self.has_temperature:
+            return None
+        import esp32
+
+        try:
+            # S2/S3/C3/C6 have mcu_temperature() in Celsius; the original ESP32 only the
+            # raw reading, which is in Fahrenheit.
+            f = getattr(esp32, "mcu_temperature", None)
+            if f is not None:
+                return float(f())
+            return (esp32.raw_temperature() - 32) / 1.8
+        except Exception:
+            return None
+
+    def set_rtc(self, epoch_s, ms=0):
+        import machine
+
+        t = time.gmtime(int(epoch_s) - EPOCH_OFFSET)
+        # RTC.datetime: (year, month, day, weekday, hours, minutes, seconds, microseconds)
+        machine.RTC().datetime((t[0], t[1], t[2], t[6], t[3], t[4], t[5], ms * 1000))
+
+    def time_ms(self):
+        return _os_ms()
+
+    def reset_cause(self):
+        import machine
+
+        c = machine.reset_cause()
+        for name in ("PWRON", "HARD", "WDT", "DEEPSLEEP", "SOFT"):
+            if c == getattr(machine, name + "_RESET", -1):
+                return {"PWRON": "power_on", "WDT": "watchdog"}.get(name, name.lower())
+        return "unknown"
+
+
+class HostWLAN:
+    """A network.WLAN station stand-in on the host: the PC is already online."""
+
+    def __init__(self):
+        self._active = True
+
+    def active(self, on=None):
+        if on is None:
+            return self._active
+        self._active = bool(on)
+
+    def connect(self, ssid=None, key=None, **kw):
+        pass
+
+    def disconnect(self):
+        pass
+
+    def isconnected(self):
+        return self._active
+
+    def status(self, param=None):
+        if param == "rssi":
+            return -40
+        return 1010 if self._active else 1000  # STAT_GOT_IP / STAT_IDLE
+
+    def scan(self):
+        return []
+
+    def ifconfig(self, *args):
+        return ("127.0.0.1", "255.0.0.0", "127.0.0.1", "127.0.0.1")
+
+    def config(self, *args, **kw):
+        if args == ("ssid",):
+            return "host"
+        if args == ("mac",):
+            return b"\x02\x00\x00\x00\x00\x01"
+        return None
+
+
+class HostBoard(Board):
+    backend = "host"
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._offset_ms = 0
+        self.led_on = False
+
+    def wlan(self):
+        if self._wlan is None:
+            self._wlan = HostWLAN()
+        return self._wlan
+
+    def unique_id(self):
+        # Stable per state directory, so two host boards on one PC are two devices.
+        try:
+            with open(ID_FILE) as f:
+                uid = f.read().strip()
+            if uid:
+                return uid
+        except OSError:
+            pass
+        import binascii
+
+        uid = binascii.hexlify(os.urandom(6)).decode()
+        with open(ID_FILE, "w") as f:
+            f.write(uid)
+        return uid
+
+    def reset(self):
+        sys.exit(RESET_EXIT)
+
+    def watchdog(self, ms):
+        if self._wdt is None:
+            self._wdt = _NoWatchdog()
+        return self._wdt
+
+    def led(self, on):
+        self.led_on = bool(on)
+
+    def chip_temperature(self):
+        return None
+
+    def set_rtc(self, epoch_s, ms=0):
+        # Never touch the PC's clock: keep the difference instead.
+        self._offset_ms = int(epoch_s) * 1000 + ms - _os_ms()
+
+    def time_ms(self):
+        return _os_ms() + self._offset_ms
+
+    def reset_cause(self):
+        # A supervisor that restarts us after RESET_EXIT can say so through the environment.
+        return os.getenv("UPLINK_RESET_CAUSE") or "power_on"
