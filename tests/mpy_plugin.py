@@ -16,6 +16,7 @@ import ast
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -143,8 +144,6 @@ class FirmwareItem(pytest.Item):
         if self.variant == "mpy":
             fw = self.config.stash.get(_mpy_key, None)
             if fw is None:
-                import tempfile
-
                 fw = compile_firmware(Path(tempfile.mkdtemp(prefix="uplink-mpy-")))
                 self.config.stash[_mpy_key] = fw
             args = [micropython_bin(), "-X", f"heapsize={self.heap}"]
@@ -160,7 +159,8 @@ class FirmwareItem(pytest.Item):
                 env=micropython_env(fw, extra),
                 capture_output=True,
                 timeout=FILE_TIMEOUT,
-                cwd=str(ROOT),
+                # a scratch working directory: the firmware's filesystem root in tests
+                cwd=tempfile.mkdtemp(prefix="uplink-fwtest-"),
             )
             out, rc, note = res.stdout.decode(errors="replace"), res.returncode, ""
             err = res.stderr.decode(errors="replace")

@@ -61,7 +61,8 @@ SCHEMA = {
         REQUIRED,
     ),
     "telemetry": (
-        {"interval_s": (int, 30, _positive), "health": (bool, True), "batch": (int, 20, _positive)},
+        {"interval_s": (int, 30, _positive), "interval_ms": (int, None, _positive),
+         "health": (bool, True), "batch": (int, 20, _positive)},
         {},
     ),
     "outbox": ({"max_bytes": (int, 32768, _positive), "dir": (str, "outbox")}, {}),

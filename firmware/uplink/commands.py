@@ -1,0 +1,51 @@
+# What the device does with a Command from a downlink. The built-in ones live here; anything
+# else goes to user.py's handle(cmd), and a platform reply carries the result back.
+import asyncio
+
+from uplink import log
+
+BUILTIN = ("reboot", "set_interval", "ping", "status", "redirect")
+
+
+def _interval(params):
+    v = params.get("interval_s", params.get("value")) if isinstance(params, dict) else params
+    try:
+        v = int(v)
+    except (TypeError, ValueError):
+        raise ValueError("set_interval needs a whole number of seconds, got %r" % (v,))
+    if not 1 <= v <= 86400:
+        raise ValueError("set_interval: %d s is outside 1..86400" % v)
+    return v
+
+
+async def execute(app, cmd):
+    """Run one command; return the result to reply with (None for no reply)."""
+    name = cmd.name
+    if name == "ping":
+        return {"pong": True}
+    if name == "status":
+        return app.health()
+    if name == "set_interval":
+        app.interval_s = _interval(cmd.params)
+        app.wake_telemetry()
+        log.info("cmd", "telemetry interval now %d s" % app.interval_s)
+        return {"interval_s": app.interval_s}
+    if name == "reboot":
+        log.warn("cmd", "reboot requested by the cloud")
+        asyncio.create_task(app.reboot_soon())
+        return {"rebooting": True}
+    if name == "redirect":
+        url = cmd.params.get("url") if isinstance(cmd.params, dict) else None
+        if not url:
+            raise ValueError("redirect without a url")
+        log.warn("cmd", "redirected to %s" % url)
+        app.client.set_url(url)
+        await app.client.reconnect()
+        return None
+    handler = getattr(app.user, "handle", None)
+    if handler is None:
+        raise ValueError("unknown command %r" % name)
+    r = handler(cmd)
+    if r is not None and hasattr(r, "send"):
+        r = await r
+    return r

@@ -1,0 +1,86 @@
+# Drains the outbox to the broker. Records leave the outbox only when the broker's PUBACK for
+# the message carrying them arrives (MQTTClient.on_ack), so a dead link, a broker restart or
+# a power cut loses nothing that was stored: the worst case is a record sent twice.
+import asyncio
+import json
+
+from uplink import log
+
+
+class Publisher:
+    def __init__(self, outbox, adapter, client, batch=20, window=8):
+        self.outbox = outbox
+        self.adapter = adapter
+        self.client = client
+        self.batch = batch
+        self.window = window  # messages of ours in flight; bounds the id map below
+        self.cursor = 0  # last record id handed to the client
+        self.inflight = {}  # pid -> [record ids]
+        self.wake = asyncio.Event()
+        self.space = asyncio.Event()
+        self.sent = 0
+        self.acked = 0
+
+    def notify(self):
+        """A record was put: wake the drain loop."""
+        self.wake.set()
+
+    def on_ack(self, pid):
+        ids = self.inflight.pop(pid, None)
+        if ids is None:
+            return
+        for rid in ids:
+            self.outbox.ack(rid)
+        self.acked += len(ids)
+        self.space.set()
+
+    def restart(self):
+        """After a reboot or a fresh session: resend from the oldest unacknowledged record."""
+        self.cursor = 0
+        self.inflight = {}
+
+    async def run(self):
+        while True:
+            recs = self.outbox.read(self.cursor, self.batch) if self.client.is_connected else ()
+            if not recs:
+                self.wake.clear()
+                await self._wait(self.wake, 1000)
+                continue
+            await self._send(recs)
+
+    async def _wait(self, ev, ms):
+        try:
+            await asyncio.wait_for_ms(ev.wait(), ms)
+        except asyncio.TimeoutError:
+            pass
+
+    def _decode(self, recs):
+        readings = []
+        for rid, data in recs:
+            try:
+                readings.append(json.loads(data))
+            except ValueError:
+                # A record that does not parse can never be sent: drop it, say so, move on.
+                log.error("outbox", "record %d is corrupt: dropped" % rid)
+                self.outbox.ack(rid)
+                readings.append(None)
+        return readings
+
+    async def _send(self, recs):
+        readings = self._decode(recs)
+        pairs = [(recs[i][0], r) for i, r in enumerate(readings) if r is not None]
+        if not pairs:
+            self.cursor = recs[-1][0]
+            return
+        i = 0
+        for topic, payload, n in self.adapter.encode([r for _, r in pairs]):
+            while len(self.inflight) >= self.window:
+                self.space.clear()
+                await self._wait(self.space, 1000)
+            ids = [rid for rid, _ in pairs[i : i + n]]
+            i += n
+            pid = await self.client.publish(topic, payload, qos=1, wait=False)
+            self.inflight[pid] = ids
+            self.sent += len(ids)
+            self.cursor = ids[-1]
+        self.cursor = recs[-1][0]

@@ -1,0 +1,171 @@
+"""`make demo`: the whole firmware on the host board, a local broker, and the telemetry arriving.
+
+No cloud account needed. The broker is mosquitto when installed, otherwise amqtt (an MQTT
+broker written in Python) in this process. The firmware speaks the ThingsBoard device API to
+it, exactly as it would to a real ThingsBoard; after a few readings the demo sends a
+server-side RPC (setLed) and shows the device's reply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from rich.console import Console
+
+from host_tools import hostboard
+
+console = Console(highlight=False)
+TOPIC = "v1/devices/me/"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the broker did not start listening on port {port}")
+
+
+class LocalBroker:
+    """mosquitto if installed, else amqtt in a background thread."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.kind = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> "LocalBroker":
+        exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+        if exe:
+            self.kind = "mosquitto"
+            conf = Path(tempfile.mkdtemp(prefix="uplink-demo-")) / "mosquitto.conf"
+            conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+            self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        else:
+            self.kind = "amqtt"
+            threading.Thread(target=self._amqtt, daemon=True).start()
+        wait_port(self.port)
+        return self
+
+    def _amqtt(self) -> None:
+        from amqtt.broker import Broker
+
+        cfg = {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+
+        async def serve() -> None:
+            await Broker(cfg).start()
+            await asyncio.Event().wait()
+
+        asyncio.run(serve())
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait()
+
+
+def demo_config(port: int, interval_s: int) -> dict:
+    return {
+        "device": {"name": "demo-board", "board": "host"},
+        "wifi": {"networks": []},
+        "ntp": {"servers": []},
+        "platform": {"kind": "thingsboard", "url": f"mqtt://127.0.0.1:{port}", "token": "demo-token"},
+        "telemetry": {"interval_s": interval_s},
+        "outbox": {"max_bytes": 65536},
+    }
+
+
+def show(topic: str, payload: bytes) -> None:
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        data = payload.decode(errors="replace")
+    kind = topic[len(TOPIC):] if topic.startswith(TOPIC) else topic
+    if kind == "telemetry":
+        for item in data if isinstance(data, list) else [data]:
+            values = item.get("values", item)
+            ts = item.get("ts")
+            when = time.strftime("%H:%M:%S", time.localtime(ts / 1000)) if ts else "--:--:--"
+            cells = "  ".join(f"[cyan]{k}[/]={v}" for k, v in values.items())
+            console.print(f"[bold green]telemetry[/] {when}  {cells}")
+    else:
+        console.print(f"[bold magenta]{kind}[/] {json.dumps(data)}")
+
+
+def stream_board(proc: subprocess.Popen) -> None:
+    assert proc.stdout is not None
+    for line in iter(proc.stdout.readline, b""):
+        console.print(f"[dim]board | {line.decode(errors='replace').rstrip()}[/]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="make demo", description=__doc__)
+    ap.add_argument("--seconds", type=float, default=0, help="stop after this long (default: until Ctrl-C)")
+    ap.add_argument("--interval", type=int, default=2, help="telemetry interval in seconds")
+    args = ap.parse_args(argv)
+
+    broker = LocalBroker().start()
+    console.print(f"[bold]Uplink demo[/]: {broker.kind} on 127.0.0.1:{broker.port}, firmware on the host board")
+    state = Path(tempfile.mkdtemp(prefix="uplink-demo-board-"))
+    (state / "config.json").write_text(json.dumps(demo_config(broker.port, args.interval), indent=1))
+
+    received = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="demo-cloud")
+    sub.on_connect = lambda c, *a: c.subscribe([(TOPIC + "telemetry", 1), (TOPIC + "attributes", 1), (TOPIC + "rpc/response/+", 1)])
+
+    def on_message(c, userdata, msg):
+        received.append(msg.topic)
+        show(msg.topic, msg.payload)
+        if msg.topic.endswith("telemetry") and received.count(TOPIC + "telemetry") == 3:
+            console.print('[bold yellow]cloud -> device[/] RPC setLed {"on": true}')
+            c.publish(TOPIC + "rpc/request/1", json.dumps({"method": "setLed", "params": {"on": True}}), qos=1)
+
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", broker.port)
+    sub.loop_start()
+
+    proc = hostboard.start(state, compiled=True, heapsize="64k")
+    threading.Thread(target=stream_board, args=(proc,), daemon=True).start()
+    console.print("[dim]Ctrl-C to stop[/]")
+    try:
+        end = time.monotonic() + args.seconds if args.seconds else None
+        while proc.poll() is None and (end is None or time.monotonic() < end):
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        proc.terminate()
+        proc.wait()
+        sub.loop_stop()
+        broker.stop()
+    n = received.count(TOPIC + "telemetry")
+    console.print(f"[bold]demo stopped[/]: {n} telemetry messages received")
+    return 0 if n else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
