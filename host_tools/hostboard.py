@@ -78,7 +78,9 @@ def command(state_dir: Path, *, compiled: bool = False, heapsize: str | None = N
     args = [micropython()]
     if heapsize:
         args += ["-X", f"heapsize={heapsize}"]
-    return [*args, str(fw / "main.py")], fw
+    # `-m main` puts the working directory (the board's filesystem) first on sys.path, as on
+    # a board: a user.py placed in the state directory wins over the firmware's example.
+    return [*args, "-m", "main"], fw
 
 
 def start(state_dir: Path, *, compiled: bool = False, heapsize: str | None = None, env: dict | None = None,
