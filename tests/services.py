@@ -46,13 +46,16 @@ def mosquitto_bin() -> str | None:
 class Mosquitto:
     """A mosquitto process with four listeners; ports stay fixed across restarts."""
 
-    def __init__(self, workdir: Path | None = None, *, passwords: dict | None = None, acl: str | None = None):
+    def __init__(self, workdir: Path | None = None, *, passwords: dict | None = None, acl: str | None = None,
+                 persistence: bool = False):
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="uplink-broker-"))
         self.pki = make_pki(self.dir / "pki")
         self.wrong_pki = make_pki(self.dir / "wrong-pki", ca_name="Some Other CA")
         self.ports = {k: free_port() for k in ("mqtt", "mqtts", "ws", "wss")}
         self.passwords = passwords
         self.acl = acl
+        # with persistence, sessions and queued QoS 1 messages survive a stop() + start()
+        self.persistence = persistence
         self.proc: subprocess.Popen | None = None
         self.log = self.dir / "mosquitto.log"
 
@@ -78,7 +81,8 @@ class Mosquitto:
             # as root mosquitto would switch to user "mosquitto", who cannot read our temp dir
             f"user {pwd.getpwuid(os.getuid()).pw_name}",
             "per_listener_settings false",
-            "persistence false",
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {self.dir}/",
             "log_type error\nlog_type warning\nlog_type notice",
             f"log_dest file {self.log}",
             "max_inflight_messages 0",
