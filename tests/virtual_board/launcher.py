@@ -1,0 +1,139 @@
+"""Start a virtual board (board.py in the MicroPython unix port) behind a pty.
+
+The pty's slave end is set raw and its path is the "serial port" to give mpremote or
+`uplink deploy --port`. The launcher keeps the master end and relays it to the board
+program's stdin/stdout, counting the bytes in each direction: that is what went "over the
+wire", to compare with the bytes of file content deployed.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+import threading
+import tty
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def micropython_bin() -> str:
+    exe = Path(sys.executable).parent / "micropython"
+    return str(exe) if exe.exists() else "micropython"
+
+
+class VirtualBoard:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.events_file = self.root.parent / (self.root.name + ".events")
+        self.to_board = 0
+        self.from_board = 0
+        self.proc: subprocess.Popen | None = None
+        self.port = ""
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> "VirtualBoard":
+        self.master, self.slave = pty.openpty()
+        tty.setraw(self.slave)
+        self.port = os.ttyname(self.slave)
+        env = dict(os.environ, MICROPYPATH=".frozen")
+        self.proc = subprocess.Popen(
+            [micropython_bin(), str(HERE / "board.py"), str(self.root), str(self.events_file)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=env, bufsize=0,
+        )
+        self._threads = [
+            threading.Thread(target=self._pump_in, daemon=True),
+            threading.Thread(target=self._pump_out, daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -- relays ---------------------------------------------------------------------------
+    def _pump_in(self) -> None:
+        """pty master (what the host wrote to the port) -> board stdin."""
+        assert self.proc and self.proc.stdin
+        while True:
+            try:
+                data = os.read(self.master, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            with self._lock:
+                self.to_board += len(data)
+            try:
+                self.proc.stdin.write(data)
+            except (BrokenPipeError, ValueError):
+                return
+
+    def _pump_out(self) -> None:
+        """board stdout -> pty master (what the host reads from the port)."""
+        assert self.proc and self.proc.stdout
+        while True:
+            data = self.proc.stdout.read1(4096) if hasattr(self.proc.stdout, "read1") else os.read(self.proc.stdout.fileno(), 4096)
+            if not data:
+                return
+            with self._lock:
+                self.from_board += len(data)
+            try:
+                os.write(self.master, data)
+            except OSError:
+                return
+
+    # -- observations ---------------------------------------------------------------------
+    @property
+    def wire_bytes(self) -> int:
+        with self._lock:
+            return self.to_board + self.from_board
+
+    def reset_counters(self) -> None:
+        with self._lock:
+            self.to_board = self.from_board = 0
+
+    def events(self) -> list[str]:
+        try:
+            return self.events_file.read_text().split()
+        except FileNotFoundError:
+            return []
+
+    def stderr(self) -> str:
+        if self.proc and self.proc.poll() is not None and self.proc.stderr:
+            return self.proc.stderr.read().decode(errors="replace")
+        return ""
+
+
+if __name__ == "__main__":  # manual use: python -m tests.virtual_board.launcher DIR
+    import time
+
+    vb = VirtualBoard(Path(sys.argv[1])).start()
+    print(f"virtual board on {vb.port} (filesystem {vb.root}); Ctrl-C to stop", flush=True)
+    try:
+        while vb.proc and vb.proc.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        vb.stop()
