@@ -25,7 +25,7 @@ typecheck: setup
 	$(VENV)/bin/pyright -p pyrightconfig.json
 
 demo: setup
-	$(PY) -m host_tools.demo
+	$(PY) -m host_tools.demo $(DEMO_ARGS)
 
 bench: setup
 	$(PY) -m tests.bench $(BENCH_ARGS)
