@@ -1,0 +1,208 @@
+# One module per cloud behind one small interface (docs/internals.md, `uplink.platforms`).
+# Only the selected platform's module is ever imported: bytecode lives in the heap.
+import json
+
+KINDS = ("thingsboard", "blynk", "weightron", "biotz")
+
+# Compact JSON: every byte counts against Blynk's 1024-byte messages and the ESP32 heap.
+SEP = (",", ":")
+
+
+def load(kind):
+    """The module of platform `kind` (imports that one only)."""
+    if kind == "thingsboard":
+        from uplink.platforms import thingsboard as m
+    elif kind == "blynk":
+        from uplink.platforms import blynk as m
+    elif kind == "weightron":
+        from uplink.platforms import weightron as m
+    elif kind == "biotz":
+        from uplink.platforms import biotz as m
+    else:
+        raise ValueError("unknown platform kind %r (known: %s)" % (kind, ", ".join(KINDS)))
+    return m
+
+
+class _Schemas:
+    # A lazy {kind: SCHEMA} for config.parse(text, extra): looking up a kind imports only
+    # that kind's module, and listing the kinds (for the error message) imports none.
+    def __contains__(self, kind):
+        return kind in KINDS
+
+    def __iter__(self):
+        return iter(KINDS)
+
+    def __getitem__(self, kind):
+        return load(kind).SCHEMA
+
+
+SCHEMAS = _Schemas()
+
+
+class Command:
+    """A downlink turned into something the app or user.py acts on.
+
+    name: reboot, set_interval, ping, status, redirect, attributes, write, firmware,
+    set_time, or a user RPC method name. params: a dict (never None). reply_to: opaque to
+    the app; give it back through adapter.reply(cmd, result)."""
+
+    def __init__(self, name, params=None, reply_to=None, device=None):
+        self.name = name
+        self.params = {} if params is None else params
+        self.reply_to = reply_to
+        self.device = device  # gateway modes: the sub-device addressed, else None
+
+    def __eq__(self, other):
+        return (isinstance(other, Command) and self.name == other.name
+                and self.params == other.params and self.reply_to == other.reply_to
+                and self.device == other.device)
+
+    def __repr__(self):
+        return "Command(%r, %r, %r, device=%r)" % (self.name, self.params, self.reply_to, self.device)
+
+
+# Well-known RPC / action names (any spelling the clouds' consoles tend to use) -> command.
+WELL_KNOWN = {
+    "reboot": "reboot", "restart": "reboot", "reset": "reboot",
+    "setinterval": "set_interval", "set_interval": "set_interval",
+    "ping": "ping",
+    "status": "status", "getstatus": "status", "get_status": "status",
+}
+
+
+def command(method, params, reply_to=None, device=None):
+    """Command for an RPC/action `method` with JSON `params` of any shape. Well-known names
+    are normalised; set_interval always gets {"interval_s": n}; params that are not an
+    object arrive as {"value": params}."""
+    name = WELL_KNOWN.get(method.lower(), method)
+    if params is None:
+        params = {}
+    elif not isinstance(params, dict):
+        params = {"value": params}
+    if name == "set_interval":
+        v = params.get("interval_s", params.get("interval", params.get("value")))
+        if isinstance(v, str):
+            try:
+                v = int(v)
+            except ValueError:
+                v = None
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+            raise ValueError("%s: expected a positive interval in seconds, got %s" % (method, dumps(params)))
+        params = {"interval_s": int(v)}
+    return Command(name, params, reply_to, device)
+
+
+def ctx_ip(ctx):
+    """The board's IP address from the app context (ctx.ip, or ctx.wifi.ip), or None."""
+    ip = getattr(ctx, "ip", None)
+    if ip is None:
+        ip = getattr(getattr(ctx, "wifi", None), "ip", None)
+    if callable(ip):
+        ip = ip()
+    return ip
+
+
+async def maybe_await(r):
+    if r is not None and hasattr(r, "send"):
+        return await r
+    return r
+
+
+def dumps(obj):
+    return json.dumps(obj, separators=SEP)
+
+
+def loads(payload, what):
+    """JSON from a downlink, or ValueError naming what was expected."""
+    try:
+        return json.loads(payload)
+    except (ValueError, UnicodeError):
+        raise ValueError("%s: not valid JSON: %s" % (what, _preview(payload)))
+
+
+def loads_obj(payload, what):
+    v = loads(payload, what)
+    if not isinstance(v, dict):
+        raise ValueError("%s: expected a JSON object, got %s" % (what, _preview(payload)))
+    return v
+
+
+def text(payload, what):
+    try:
+        return payload.decode() if isinstance(payload, (bytes, bytearray)) else str(payload)
+    except UnicodeError:
+        raise ValueError("%s: not UTF-8 text" % what)
+
+
+def _preview(payload):
+    p = bytes(payload[:40]) if isinstance(payload, (bytes, bytearray)) else str(payload)[:40]
+    return repr(p) + ("..." if len(payload) > 40 else "")
+
+
+def topic_ok(part):
+    """A topic level we build from user data must not smuggle in wildcards or separators."""
+    return part != "" and "/" not in part and "+" not in part and "#" not in part
+
+
+def iso(ms):
+    """Epoch milliseconds -> "2026-01-01T12:00:00Z" (".123" before the Z when ms are not 0).
+
+    Pure arithmetic (days -> civil date, H. Hinnant's algorithm): no dependence on the port's
+    epoch or time zone, and no floats (an ESP32 float cannot hold an epoch)."""
+    s, frac = divmod(ms, 1000)
+    days, rem = divmod(s, 86400)
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    y = yoe + era * 400 + (1 if m <= 2 else 0)
+    out = "%04d-%02d-%02dT%02d:%02d:%02d" % (y, m, d, rem // 3600, rem // 60 % 60, rem % 60)
+    return out + (".%03dZ" % frac if frac else "Z")
+
+
+class Credentials:
+    """Where the MQTT username/password come from: `platform.credentials` through
+    uplink.credentials when configured, else the platform's own keys (fallback)."""
+
+    def __init__(self, pcfg, fallback):
+        self._pcfg = pcfg
+        self._fallback = fallback
+        self._src = None
+
+    @property
+    def configured(self):
+        return self._pcfg.get("credentials") is not None
+
+    async def __call__(self):
+        if not self.configured:
+            return self._fallback
+        if self._src is None:
+            # imported by name: uplink.credentials is optional (another module's concern)
+            mod = __import__("uplink.credentials", None, None, ("from_config",))
+            self._src = mod.from_config(self._pcfg)
+        return await self._src()  # type: ignore
+
+
+def client_id(cfg, ctx=None):
+    """platform.client_id, else the device name (unique per fleet), at most 64 characters."""
+    return (cfg["platform"].get("client_id") or cfg["device"]["name"])[:64]
+
+
+def platform_url(cfg, default):
+    return cfg["platform"].get("url") or default
+
+
+def fits(topic, payload, limit):
+    # The whole PUBLISH variable header + payload: topic length prefix (2), the topic, the
+    # packet id (2) and the payload. Conservative for QoS 0 (no packet id).
+    return len(topic) + len(payload) + 4 <= limit
+
+
+def too_big(n, size, limit):
+    """The drop marker of encode(): (None, reason, n). These n readings cannot be sent on
+    this platform at all; the app drops them, counts them and logs the reason."""
+    return (None, ("reading of %d bytes exceeds the %d-byte message limit" % (size, limit)).encode(), n)

@@ -1,0 +1,143 @@
+# Biotz: mqtts, username = Device ID, password = the device password (no token for MQTT).
+# Wire contract: PLATFORMS.md "Biotz". Flat JSON objects with an RFC 3339 UTC "timestamp";
+# several readings as one array.
+from uplink.config import ConfigError
+from uplink.platforms import (
+    Command,
+    Credentials,
+    command,
+    dumps,
+    iso,
+    loads_obj,
+    platform_url,
+    too_big,
+    topic_ok,
+)
+
+DEFAULT_URL = "mqtts://broker.biotz.io:8883"
+FIRMWARE_FILE = "biotz_firmware"  # sha256 of the last firmware/update message reported
+
+SCHEMA = {
+    "device_id": (str, None),
+    "customer_id": (str, None),
+    "password": (str, None),
+    "message_type": (str, "telemetry"),
+    "action_types": ([str], ["+"]),
+    "max_payload": (int, 65536, lambda v: v >= 256 or "at least 256"),
+}
+
+
+class Adapter:
+    def __init__(self, cfg, ctx):
+        p = cfg["platform"]
+        self.cfg = cfg
+        self.ctx = ctx
+        self.url = platform_url(cfg, DEFAULT_URL)
+        self.max_payload = p.get("max_payload") or 65536
+        for key in ("device_id", "customer_id"):
+            if not p.get(key) or not topic_ok(p[key]):
+                raise ConfigError("config.json: platform.%s: missing: copy it from the device's "
+                                  "Biotz credentials file" % key)
+        mt = p.get("message_type") or "telemetry"
+        if not topic_ok(mt):
+            raise ConfigError("config.json: platform.message_type: a single topic level, got %r" % mt)
+        self.device_id = p["device_id"]
+        self.client_id = p.get("client_id") or self.device_id
+        self.base = "biotz/1/0/%s/%s/" % (p["customer_id"], self.device_id)
+        self.topic = self.base + "publish/data/" + mt
+        self.firmware_file = FIRMWARE_FILE
+        self._creds = Credentials(p, None)
+        if not p.get("password") and not self._creds.configured:
+            raise ConfigError("config.json: platform.password: missing: the Password from the "
+                              "device's Biotz credentials file")
+
+    async def credentials(self):
+        if self._creds.configured:
+            return await self._creds()
+        return (self.device_id, self.cfg["platform"]["password"])
+
+    def subscriptions(self):
+        subs = [(self.base + "subscribe/action/" + t, 1)
+                for t in self.cfg["platform"].get("action_types") or ["+"]]
+        subs.append((self.base + "subscribe/firmware/update", 1))
+        return subs
+
+    async def on_connect(self, client):
+        pass
+
+    def encode(self, readings):
+        topic = self.topic
+        room = self.max_payload - len(topic) - 4
+        out = []
+        pieces = []
+        size = 2
+        for r in readings:
+            obj = {}
+            if r.get("ts") is not None:
+                obj["timestamp"] = iso(r["ts"])
+            values = r["values"]
+            for k in values:
+                if k != "timestamp" or "timestamp" not in obj:
+                    obj[k] = values[k]
+            piece = dumps(obj)
+            if len(piece) > room:
+                if pieces:
+                    out.append(_message(topic, pieces))
+                    pieces, size = [], 2
+                out.append(too_big(1, len(piece), self.max_payload))
+                continue
+            if pieces and size + 1 + len(piece) > room:
+                out.append(_message(topic, pieces))
+                pieces, size = [], 2
+            size += len(piece) + (1 if pieces else 0)
+            pieces.append(piece)
+        if pieces:
+            out.append(_message(topic, pieces))
+        return out
+
+    def handle(self, topic, payload, retained):
+        if not topic.startswith(self.base + "subscribe/"):
+            return None
+        what = topic[len(self.base) + 10:]
+        if what.startswith("action/"):
+            action = what[7:]
+            if not action or "/" in action:
+                raise ValueError("action topic without an action type: %s" % topic)
+            params = loads_obj(payload, "action " + action) if payload else None
+            return command(action, params)
+        if what == "firmware/update":
+            return self._firmware(payload)
+        return None
+
+    def _firmware(self, payload):
+        # Retained, so it arrives again on every connect: report each distinct message once
+        # (its digest is kept on flash across reboots); acting on it waits for OTA.
+        if not payload:
+            return None  # the retained message was cleared
+        import binascii
+        import hashlib
+
+        digest = binascii.hexlify(hashlib.sha256(payload).digest()).decode()
+        try:
+            with open(self.firmware_file) as f:
+                seen = f.read().strip()
+        except OSError:
+            seen = ""
+        if seen == digest:
+            return None
+        with open(self.firmware_file, "w") as f:
+            f.write(digest)
+        info = loads_obj(payload, "firmware update")
+        url = info.get("download-url")
+        if not isinstance(url, str) or not url:
+            raise ValueError("firmware update without a download-url")
+        return Command("firmware", info)
+
+    def reply(self, cmd, result):
+        return None  # Biotz actions have no reply channel
+
+
+def _message(topic, pieces):
+    if len(pieces) == 1:
+        return (topic, pieces[0].encode(), 1)
+    return (topic, ("[" + ",".join(pieces) + "]").encode(), len(pieces))
