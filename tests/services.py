@@ -163,9 +163,14 @@ _SERVICES: dict = {}
 def get(name: str, config=None):
     """A session-wide service for firmware tests, started on first use."""
     if name not in _SERVICES:
-        if name != "broker":
-            raise KeyError(f"unknown service {name!r} in NEEDS (known: broker)")
-        svc = Mosquitto().start()
+        if name == "broker":
+            svc = Mosquitto().start()
+        elif name == "oidc":  # OIDC provider + token relay + Biotz-like ingestion
+            from tests.oidc_provider import OIDCService
+
+            svc = OIDCService().start()
+        else:
+            raise KeyError(f"unknown service {name!r} in NEEDS (known: broker, oidc)")
         _SERVICES[name] = svc
         if config is not None:
             config.add_cleanup(svc.stop)

@@ -1,0 +1,378 @@
+"""OIDC tokens on a device's behalf (authlib's OAuth 2 client on httpx).
+
+Two shapes of credential, one class each, both built on `TokenSource`:
+
+- `WeightronSource`: client_credentials grant (client id + secret), then
+  `GET <access_url>` with `Authorization: Bearer` and `x-api-key` to find the Application ID
+  (the MQTT username), skipping expired applications. MQTT password = the access token.
+- `BiotzSource`: password grant (public client `biotz-platform-devices`, scope openid); the
+  answer's **id_token** is what HTTP ingestion accepts as `Authorization: Bearer`.
+
+What every source guarantees:
+
+- Expiry is computed from the *local* clock at the moment the request was sent plus
+  `expires_in` (never from the provider's clock, which may be off; the send time is no
+  later than the moment the provider issued the token, so the estimate errs early).
+- Refresh early: a cached token is replaced when less than `early_s` (capped at 10% of its
+  lifetime) or the caller's `min_life` is left.
+- Single-flight: concurrent callers that need a new token share one request to the provider.
+- A refused refresh (`invalid_grant`, revoked session) falls back to logging in again.
+- Tokens are never logged: the dataclasses hide them from repr, log lines carry the URL,
+  the client id, the lifetime, never a token, secret or password.
+
+This module knows nothing about the fleet file: it takes plain settings dataclasses
+(`host_tools.tokens_cli` maps the fleet's models onto them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import httpx
+from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
+
+log = logging.getLogger("uplink.oidc")
+
+
+class TokenError(Exception):
+    """The provider refused or could not be reached; the message says where and why."""
+
+
+# -- settings ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientCredentialsSettings:
+    """Weightron-style: client_credentials grant, then the Application ID from /access."""
+
+    token_url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    scope: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    access_url: str | None = None
+    application_id: str | None = None  # pin one application when the account has several
+    ca: str | None = None  # CA bundle (PEM file) of a private provider; None: system store
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class PasswordSettings:
+    """Biotz-style: password grant on a Keycloak realm; the id_token is the credential."""
+
+    token_url: str
+    client_id: str
+    username: str
+    password: str = field(repr=False)
+    scope: str = "openid"
+    client_secret: str | None = field(default=None, repr=False)
+    ca: str | None = None
+    timeout_s: float = 10.0
+
+
+Settings = ClientCredentialsSettings | PasswordSettings
+
+
+@dataclass
+class Token:
+    access_token: str = field(repr=False)
+    token_type: str
+    obtained_at: float  # local epoch seconds when the request was sent
+    expires_at: float  # obtained_at + expires_in
+    scope: str | None = None
+    id_token: str | None = field(default=None, repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
+    refresh_expires_at: float | None = None
+
+    @property
+    def lifetime(self) -> float:
+        return self.expires_at - self.obtained_at
+
+    def remaining(self, now: float | None = None) -> float:
+        return self.expires_at - (time.time() if now is None else now)
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What a device gets: an MQTT/HTTP username and the secret that goes with it."""
+
+    username: str
+    password: str = field(repr=False)
+    expires_at: float
+    obtained_at: float
+    kind: str  # "access_token" or "id_token": which token the password is
+
+
+def _verify(ca: str | None):
+    # TLS always verifies; a private provider's CA may be given, verification is never off.
+    return ssl.create_default_context(cafile=ca) if ca else True
+
+
+def _parse_expiry(value) -> float | None:
+    """An /access `expiry`: epoch seconds, epoch milliseconds or an ISO 8601 string."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) / 1000.0 if value > 1e11 else float(value)
+    if isinstance(value, str):
+        try:
+            d = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=dt.timezone.utc)
+        return d.timestamp()
+    return None
+
+
+# -- one credential's token, cached, single-flight -----------------------------------------
+
+
+class TokenSource:
+    """The token of one set of client settings. Share one instance between all its users."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        early_s: float = 30.0,
+        refetch_floor_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.settings = settings
+        self.early_s = early_s
+        # a token younger than this is never replaced: it is as fresh as the provider makes
+        # them, and asking again would only hammer it (e.g. when its lifetime < min_life)
+        self.refetch_floor_s = refetch_floor_s
+        self.clock = clock
+        self.provider_calls = 0  # requests sent to the token endpoint
+        self._token: Token | None = None
+        self._inflight: asyncio.Task | None = None
+        self._client: AsyncOAuth2Client | None = None
+
+    # public ---------------------------------------------------------------------------
+    @property
+    def cached(self) -> Token | None:
+        return self._token
+
+    async def token(self, min_life: float = 0.0, *, fresh: bool = False) -> Token:
+        """A token with at least `min_life` seconds left (if the provider issues such).
+
+        fresh=True: the current token was rejected by its consumer; get another (the caller
+        rate-limits these: the relay allows one per `fresh_floor_s`).
+        """
+        tok = self._token
+        if tok is not None and self._good(tok, min_life, fresh):
+            return tok
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.ensure_future(self._fetch())
+        task = self._inflight
+        # shield: one caller giving up (timeout, disconnect) must not cancel the others' fetch
+        return await asyncio.shield(task)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # internals ------------------------------------------------------------------------
+    def _good(self, tok: Token, min_life: float, fresh: bool) -> bool:
+        if fresh:  # the caller (the relay) rate-limits these itself
+            return False
+        now = self.clock()
+        if now - tok.obtained_at < self.refetch_floor_s and tok.remaining(now) > 0:
+            return True
+        early = min(self.early_s, 0.1 * max(tok.lifetime, 0.0))
+        return tok.remaining(now) >= max(min_life, early)
+
+    def _http(self) -> AsyncOAuth2Client:
+        if self._client is None:
+            s = self.settings
+            secret = getattr(s, "client_secret", None)
+            self._client = AsyncOAuth2Client(
+                client_id=s.client_id,
+                client_secret=secret,
+                scope=s.scope,
+                # Weightron reads client_id/client_secret from the form; a public client
+                # (Biotz) sends only its client_id
+                token_endpoint_auth_method="client_secret_post" if secret else "none",
+                timeout=s.timeout_s,
+                verify=_verify(s.ca),
+            )
+        return self._client
+
+    async def _fetch(self) -> Token:
+        s = self.settings
+        old = self._token
+        if old is not None and old.refresh_token and (
+            old.refresh_expires_at is None or old.refresh_expires_at > self.clock() + 5
+        ):
+            try:
+                tok = await self._request("refresh", refresh_token=old.refresh_token)
+                self._token = tok
+                return tok
+            except TokenError as e:
+                # a refused refresh (session ended, token revoked): log in from scratch
+                log.info("refresh refused by %s (%s); logging in again", s.token_url, e)
+        tok = await self._request("login")
+        self._token = tok
+        return tok
+
+    async def _request(self, what: str, refresh_token: str | None = None) -> Token:
+        s = self.settings
+        client = self._http()
+        sent = self.clock()
+        self.provider_calls += 1
+        try:
+            if refresh_token is not None:
+                raw = await client.refresh_token(s.token_url, refresh_token=refresh_token)
+            elif isinstance(s, PasswordSettings):
+                raw = await client.fetch_token(
+                    s.token_url, grant_type="password", username=s.username, password=s.password
+                )
+            else:
+                raw = await client.fetch_token(s.token_url, grant_type="client_credentials")
+        except OAuthError as e:
+            raise TokenError(
+                f"{s.token_url} refused the {what} for client {s.client_id!r}: "
+                f"{e.error}{': ' + e.description if e.description else ''}"
+            ) from None
+        except httpx.HTTPStatusError as e:
+            raise TokenError(
+                f"{s.token_url} answered HTTP {e.response.status_code} to the {what}"
+            ) from None
+        except httpx.HTTPError as e:
+            raise TokenError(f"cannot reach {s.token_url}: {type(e).__name__}: {e}") from None
+        if not raw.get("access_token"):
+            raise TokenError(f"{s.token_url} answered without an access_token")
+        try:
+            expires_in = float(raw.get("expires_in"))
+        except (TypeError, ValueError):
+            raise TokenError(f"{s.token_url} answered without a usable expires_in") from None
+        refresh_in = raw.get("refresh_expires_in")
+        tok = Token(
+            access_token=raw["access_token"],
+            token_type=str(raw.get("token_type", "Bearer")),
+            obtained_at=sent,
+            expires_at=sent + expires_in,
+            scope=raw.get("scope"),
+            id_token=raw.get("id_token"),
+            refresh_token=raw.get("refresh_token"),
+            refresh_expires_at=sent + float(refresh_in) if refresh_in else None,
+        )
+        log.info(
+            "%s for client %r at %s: token valid %.0fs%s",
+            what,
+            s.client_id,
+            s.token_url,
+            expires_in,
+            " (with id_token)" if tok.id_token else "",
+        )
+        return tok
+
+
+class WeightronSource(TokenSource):
+    """client_credentials token plus the Application ID it is for (the MQTT username)."""
+
+    settings: ClientCredentialsSettings
+
+    def __init__(self, settings: ClientCredentialsSettings, **kw):
+        super().__init__(settings, **kw)
+        self._app_id: str | None = None
+        self._app_lock = asyncio.Lock()
+        self.access_calls = 0
+
+    async def application_id(self) -> str:
+        if self._app_id is not None:
+            return self._app_id
+        async with self._app_lock:  # single-flight for the lookup too
+            if self._app_id is None:
+                self._app_id = await self._lookup_application()
+        return self._app_id
+
+    async def _lookup_application(self) -> str:
+        s = self.settings
+        if not s.access_url:
+            if not s.application_id:
+                raise TokenError("neither access_url nor application_id is set")
+            return s.application_id
+        if not s.api_key:
+            raise TokenError(f"{s.access_url} needs an API key (x-api-key); none is set")
+        tok = await self.token()
+        resp = await self._get_access(tok)
+        if resp.status_code == 401:  # the token was refused: one fresh token, one retry
+            resp = await self._get_access(await self.token(fresh=True))
+        if resp.status_code != 200:
+            raise TokenError(f"{s.access_url} answered HTTP {resp.status_code}")
+        try:
+            apps = resp.json()["data"]
+        except (ValueError, KeyError, TypeError):
+            raise TokenError(f"{s.access_url} answered without a data list") from None
+        now = self.clock()
+        live, expired = [], []
+        for app in apps if isinstance(apps, list) else []:
+            if not isinstance(app, dict) or not app.get("_id"):
+                continue
+            exp = _parse_expiry(app.get("expiry"))
+            (expired if exp is not None and exp <= now else live).append(app)
+        if s.application_id:
+            for app in live:
+                if app["_id"] == s.application_id:
+                    return s.application_id
+            why = "expired" if any(a["_id"] == s.application_id for a in expired) else "not listed"
+            raise TokenError(f"application {s.application_id!r} is {why} at {s.access_url}")
+        if not live:
+            raise TokenError(
+                f"{s.access_url} lists no unexpired application ({len(expired)} expired)"
+            )
+        if len(live) > 1:
+            names = ", ".join(f"{a['_id']} ({a.get('name', '?')})" for a in live)
+            raise TokenError(f"several applications are live, set application_id to one of: {names}")
+        return str(live[0]["_id"])
+
+    async def _get_access(self, tok: Token) -> httpx.Response:
+        s = self.settings
+        assert s.access_url and s.api_key
+        self.access_calls += 1
+        try:
+            return await self._http().get(
+                s.access_url,
+                headers={"Authorization": f"Bearer {tok.access_token}", "x-api-key": s.api_key},
+                # the OAuth client would otherwise attach its own token state
+                auth=None,
+            )
+        except httpx.HTTPError as e:
+            raise TokenError(f"cannot reach {s.access_url}: {type(e).__name__}: {e}") from None
+
+    async def credential(self, min_life: float = 0.0, *, fresh: bool = False) -> Credential:
+        app = await self.application_id()
+        tok = await self.token(min_life, fresh=fresh)
+        return Credential(app, tok.access_token, tok.expires_at, tok.obtained_at, "access_token")
+
+
+class BiotzSource(TokenSource):
+    """Password grant; the credential's password is the id_token (Bearer for ingestion)."""
+
+    settings: PasswordSettings
+
+    async def credential(self, min_life: float = 0.0, *, fresh: bool = False) -> Credential:
+        tok = await self.token(min_life, fresh=fresh)
+        if not tok.id_token:
+            raise TokenError(
+                f"{self.settings.token_url} answered without an id_token (is 'openid' in the scope?)"
+            )
+        return Credential(
+            self.settings.username, tok.id_token, tok.expires_at, tok.obtained_at, "id_token"
+        )
+
+
+def source_for(settings: Settings, **kw) -> WeightronSource | BiotzSource:
+    if isinstance(settings, PasswordSettings):
+        return BiotzSource(settings, **kw)
+    return WeightronSource(settings, **kw)

@@ -1,0 +1,286 @@
+"""`uplink relay`: hands devices fresh platform credentials over HTTPS on the LAN.
+
+Client secrets (Weightron's client secret, Biotz's password) stay on the machine running the
+relay; a board only holds its own relay key, which is worth nothing anywhere else.
+
+Protocol (one endpoint)::
+
+    GET /v1/credentials[?fresh=1]
+    X-Uplink-Device:    <device name>
+    X-Uplink-Time:      <unix seconds, the board's NTP clock>
+    X-Uplink-Nonce:     <8..64 characters [0-9A-Za-z_-], new for every request>
+    X-Uplink-Signature: hex HMAC-SHA256(device key, "GET\\n<path with query>\\n<device>\\n<time>\\n<nonce>")
+
+    200 {"username": .., "password": .., "expires_at": <unix s>, "expires_in": <s>}
+    401 {"error": "unauthorized"}   unknown device, bad signature, stale time, replayed nonce
+    503 {"error": "unavailable"}    the provider failed or gives tokens shorter than min_life_s
+
+- The signature covers method, path (with query), device, time and nonce. A request is
+  accepted only within `max_skew_s` of the relay's clock, and its nonce is remembered for
+  that window: a captured request cannot be replayed, neither later nor right away.
+- Every refusal is the same bare 401, so a prober learns nothing about which part failed;
+  the reason goes to the audit log only.
+- Never hands out a credential with less than `min_life_s` left: the token source refreshes
+  early, and if even a fresh token is shorter the answer is 503.
+- Devices that share provider settings share one `TokenSource`, whose single-flight makes
+  100 concurrent requests one provider call. `?fresh=1` (the consumer refused the token)
+  forces a new token at most once per `fresh_floor_s` per source.
+- One audit line per request (logger `uplink.relay.audit`): peer, device, path, status,
+  reason, username and remaining lifetime. Never the password/token or the signature.
+
+Server library: aiohttp's web server. It is asyncio-native (the token sources and their
+single-flight are asyncio, so requests waiting for one token fetch cost a coroutine each,
+not a thread), mature and widely deployed, does TLS through the standard `ssl` module,
+limits request sizes, and it is already a pinned dependency of this project. A WSGI
+server (werkzeug/Flask) would need a thread per waiting request and a bridge into asyncio.
+This module takes plain settings (`RelaySettings`, `RelayDevice`); `host_tools.tokens_cli`
+builds them from the fleet file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import ssl
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+from aiohttp import web
+
+from host_tools.oidc import Credential, TokenError
+
+log = logging.getLogger("uplink.relay")
+audit = logging.getLogger("uplink.relay.audit")
+
+PATH = "/v1/credentials"
+_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+_TIME_RE = re.compile(r"^[0-9]{1,12}$")
+_SIG_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class CredentialSource(Protocol):
+    async def credential(self, min_life: float = 0.0, *, fresh: bool = False) -> Credential: ...
+
+
+@dataclass
+class RelayDevice:
+    name: str
+    key: str = field(repr=False)  # hex
+    source: CredentialSource = field(repr=False)
+
+
+@dataclass
+class RelaySettings:
+    cert_pem: Path
+    key_pem: Path
+    host: str = "0.0.0.0"
+    port: int = 8443
+    min_life_s: float = 60.0
+    max_skew_s: float = 30.0
+    fresh_floor_s: float = 10.0
+    max_nonces_per_device: int = 4096
+
+
+def canonical(method: str, path: str, device: str, ts: str, nonce: str) -> bytes:
+    return "\n".join((method.upper(), path, device, ts, nonce)).encode()
+
+
+def sign(key_hex: str, method: str, path: str, device: str, ts: str, nonce: str) -> str:
+    return hmac.new(
+        bytes.fromhex(key_hex), canonical(method, path, device, ts, nonce), hashlib.sha256
+    ).hexdigest()
+
+
+def sign_headers(
+    device: str, key_hex: str, method: str = "GET", path: str = PATH, *,
+    now: float | None = None, nonce: str | None = None,
+) -> dict:
+    """The headers a device sends (host-side twin of firmware/uplink/credentials.py)."""
+    ts = str(int(time.time() if now is None else now))
+    nonce = nonce or secrets.token_hex(8)
+    return {
+        "X-Uplink-Device": device,
+        "X-Uplink-Time": ts,
+        "X-Uplink-Nonce": nonce,
+        "X-Uplink-Signature": sign(key_hex, method, path, device, ts, nonce),
+    }
+
+
+class _Nonces:
+    """Nonces seen per device within the time window (bounded)."""
+
+    def __init__(self, window_s: float, cap: int):
+        self.window_s = window_s
+        self.cap = cap
+        self._seen: dict[str, OrderedDict[str, float]] = {}
+
+    def add(self, device: str, nonce: str, now: float) -> str | None:
+        """Record a nonce; a reason string when it must be refused."""
+        seen = self._seen.setdefault(device, OrderedDict())
+        while seen:  # forget nonces whose requests could no longer pass the time check
+            first, t = next(iter(seen.items()))
+            if now - t <= 2 * self.window_s:
+                break
+            del seen[first]
+        if nonce in seen:
+            return "replayed-nonce"
+        if len(seen) >= self.cap:
+            return "too-many-requests"
+        seen[nonce] = now
+        return None
+
+
+class Relay:
+    def __init__(
+        self,
+        settings: RelaySettings,
+        devices: list[RelayDevice],
+        *,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.settings = settings
+        self.devices = {d.name: d for d in devices}
+        self.clock = clock
+        self._nonces = _Nonces(settings.max_skew_s, settings.max_nonces_per_device)
+        self._last_fresh: dict[int, float] = {}
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self.requests = 0
+        self.app = web.Application(middlewares=[self._audit_mw], client_max_size=4096)
+        self.app.router.add_get(PATH, self._credentials)
+
+    # -- TLS and lifecycle --------------------------------------------------------------
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(self.settings.cert_pem), str(self.settings.key_pem))
+        return ctx
+
+    async def start(self) -> int:
+        """Listen; returns the port (settings.port 0 picks a free one)."""
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner, self.settings.host, self.settings.port,
+            ssl_context=self.ssl_context(), backlog=512,
+        )
+        await site.start()
+        addrs = self._runner.addresses
+        self.port = int(addrs[0][1]) if addrs else self.settings.port
+        log.info("relay listening on https://%s:%s%s for %d device(s)",
+                 self.settings.host, self.port, PATH, len(self.devices))
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+    # -- request handling ---------------------------------------------------------------
+    @web.middleware
+    async def _audit_mw(self, request: web.Request, handler):
+        t0 = time.perf_counter()
+        info: dict = {"device": "-", "reason": "-"}
+        request["audit"] = info
+        status = 500
+        try:
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        except web.HTTPException as e:
+            status = e.status
+            if status == 404:
+                info["reason"] = "no-such-path"
+            raise
+        finally:
+            self.requests += 1
+            extra = ""
+            if "username" in info:
+                extra = f" user={info['username']} expires_in={info['expires_in']}"
+            audit.info(
+                "peer=%s device=%s method=%s path=%s status=%d reason=%s%s ms=%.1f",
+                request.remote or "-", info["device"], request.method,
+                _printable(request.rel_url.path), status, info["reason"], extra,
+                (time.perf_counter() - t0) * 1000,
+            )
+
+    def _deny(self, request: web.Request, reason: str, status: int = 401) -> web.Response:
+        request["audit"]["reason"] = reason
+        body = {401: "unauthorized", 429: "too many requests", 503: "unavailable"}[status]
+        return web.json_response({"error": body}, status=status,
+                                 headers={"Cache-Control": "no-store"})
+
+    async def _credentials(self, request: web.Request) -> web.Response:
+        info = request["audit"]
+        h = request.headers
+        device = h.get("X-Uplink-Device", "")
+        ts = h.get("X-Uplink-Time", "")
+        nonce = h.get("X-Uplink-Nonce", "")
+        sig = h.get("X-Uplink-Signature", "")
+        if not _NAME_RE.match(device):
+            return self._deny(request, "bad-device-header")
+        info["device"] = device
+        if not (_TIME_RE.match(ts) and _NONCE_RE.match(nonce) and _SIG_RE.match(sig)):
+            return self._deny(request, "malformed-auth-headers")
+        dev = self.devices.get(device)
+        # unknown devices cost the same HMAC as known ones: timing tells nothing
+        key = dev.key if dev is not None else "00" * 32
+        want = sign(key, request.method, request.raw_path, device, ts, nonce)
+        if dev is None:
+            return self._deny(request, "unknown-device")
+        if not hmac.compare_digest(want, sig.lower()):
+            return self._deny(request, "bad-signature")
+        now = self.clock()
+        if abs(now - int(ts)) > self.settings.max_skew_s:
+            return self._deny(request, "stale-timestamp")
+        why = self._nonces.add(device, nonce, now)
+        if why == "too-many-requests":
+            return self._deny(request, why, 429)
+        if why:
+            return self._deny(request, why)
+
+        fresh = request.query.get("fresh") == "1"
+        if fresh:
+            last = self._last_fresh.get(id(dev.source), 0.0)
+            if now - last < self.settings.fresh_floor_s:
+                fresh = False  # someone forced a new token moments ago: that one is it
+            else:
+                self._last_fresh[id(dev.source)] = now
+        min_life = self.settings.min_life_s
+        try:
+            cred = await dev.source.credential(min_life, fresh=fresh)
+        except TokenError as e:
+            log.warning("device %s: no credential: %s", device, e)
+            return self._deny(request, "provider-error", 503)
+        left = cred.expires_at - self.clock()
+        if left < min_life:
+            log.warning("device %s: the provider's token lives %.0fs, below min_life_s=%.0fs",
+                        device, cred.expires_at - cred.obtained_at, min_life)
+            return self._deny(request, "token-too-short", 503)
+        info.update(reason="fresh" if fresh else "ok", username=cred.username,
+                    expires_in=int(left))
+        return web.json_response(
+            {"username": cred.username, "password": cred.password,
+             "expires_at": int(cred.expires_at), "expires_in": int(left)},
+            headers={"Cache-Control": "no-store"},
+        )
+
+
+def _printable(s: str) -> str:
+    s = s[:128]
+    return "".join(c if 32 < ord(c) < 127 else "?" for c in s)

@@ -1,0 +1,170 @@
+# uplink.credentials against the real token relay (host_tools.relay) in front of a real OIDC
+# provider on loopback (tests/oidc_provider.py: OIDCService), over TLS checked against the
+# relay's CA given as DER.
+import binascii
+import hashlib
+import json
+
+from mptest import env, raises
+from uplink import credentials, https
+from uplink.biotz_http import BiotzHTTP, encode, iso_ms
+
+NEEDS = ("oidc",)
+
+
+def relay_cfg(**kw):
+    c = {"source": "relay", "url": env("RELAY_URL"), "ca": env("RELAY_CA_DER"),
+         "device_id": "wt-1", "key": env("RELAY_WT_KEY"), "min_life_s": 60}
+    c.update(kw)
+    return c
+
+
+def test_hmac_matches_rfc4231():
+    # RFC 4231 test case 2 and a key longer than the block (case 6)
+    m = credentials.HMAC(b"Jefe")
+    assert m.hexdigest(b"what do ya want for nothing?") == (
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+    m = credentials.HMAC(b"\xaa" * 131)
+    assert m.hexdigest(b"Test Using Larger Than Block-Size Key - Hash Key First") == (
+        "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")
+
+
+async def test_static_source_and_fallback():
+    c = credentials.Credentials({"source": "static", "username": "u", "password": "p"})
+    assert await c() == ("u", "p")
+    c = credentials.from_config({"token": "tb-token", "credentials": None})
+    assert await c() == (None, "tb-token")
+
+
+def test_relay_config_checked():
+    with raises(ValueError, match="platform.credentials.key"):
+        credentials.Credentials(relay_cfg(key=None))
+    with raises(ValueError, match="https://"):
+        credentials.Credentials(relay_cfg(url="http://127.0.0.1:1"))
+    with raises(ValueError, match="hex"):
+        credentials.Credentials(relay_cfg(key="zz"))
+
+
+async def test_relay_gives_token_and_cache_reused():
+    c = credentials.Credentials(relay_cfg())
+    user, pw = await c()
+    assert user == "app-5f1e2d"  # the unexpired application of the account
+    assert pw and len(pw) > 20
+    assert c.fetches == 1
+    assert 200 < c.remaining_s() <= 300
+    assert await c() == (user, pw)
+    assert c.fetches == 1  # more than min_life_s left: no second request
+
+
+async def test_cache_expires_at_min_life():
+    # a min_life_s above the token's remaining lifetime: every call asks the relay again
+    c = credentials.Credentials(relay_cfg(min_life_s=299))
+    await c()
+    await c()
+    assert c.fetches == 2
+
+
+async def test_invalidate_asks_for_a_fresh_token():
+    c = credentials.Credentials(relay_cfg())
+    _, pw1 = await c()
+    c.invalidate()
+    _, pw2 = await c()
+    assert c.fetches == 2 and pw2 != pw1
+
+
+async def test_wrong_key_is_refused_without_leaking_it():
+    key = "ab" * 32
+    c = credentials.Credentials(relay_cfg(key=key))
+    with raises(credentials.CredentialsError, match="401") as r:
+        await c()
+    assert key not in str(r.value)
+
+
+async def test_unknown_device_refused():
+    c = credentials.Credentials(relay_cfg(device_id="nobody"))
+    with raises(credentials.CredentialsError, match="401"):
+        await c()
+
+
+async def test_wrong_ca_refused():
+    # the OIDC provider's CA did not sign the relay's certificate
+    c = credentials.Credentials(relay_cfg(ca=env("OIDC_CA_DER")))
+    with raises(credentials.CredentialsError):
+        await c()
+    assert c.remaining_s() == 0
+
+
+async def test_clock_far_off_is_refused():
+    # a board whose clock is an hour off sends a stale timestamp: 401, a message saying so
+    import time
+
+    c = credentials.Credentials(relay_cfg(), now_ms=lambda: (time.time() - 3600) * 1000)
+    with raises(credentials.CredentialsError, match="clock"):
+        await c()
+
+
+def test_encode_flat_rfc3339():
+    body = json.loads(encode([{"ts": 1767268800000, "values": {"t": 1.5, "ok": True}},
+                              {"ts": None, "values": {"t": 2}}]))
+    assert body == [{"timestamp": "2026-01-01T12:00:00Z", "t": 1.5, "ok": True}, {"t": 2}]
+    assert iso_ms(1767268800250) == "2026-01-01T12:00:00.250Z"
+    with raises(ValueError, match="flat"):
+        encode([{"ts": None, "values": {"nested": {"a": 1}}}])
+
+
+def _fp(token):
+    return binascii.hexlify(hashlib.sha256(token.encode()).digest()).decode()[:16]
+
+
+async def _ingested():
+    st, body = await https.request("GET", env("OIDC_BASE") + "/test/ingested",
+                                   ca=env("OIDC_CA_DER"), max_body=16384)
+    assert st == 200
+    return json.loads(body)
+
+
+async def _reject_next(n):
+    st, _ = await https.request("POST", env("OIDC_BASE") + "/test/reject-ingest/%d" % n,
+                                ca=env("OIDC_CA_DER"), body=b"")
+    assert st == 204
+
+
+def biotz_client():
+    c = credentials.Credentials(relay_cfg(device_id="bz-1", key=env("RELAY_BZ_KEY")))
+    return c, BiotzHTTP(c, "telemetry", url=env("OIDC_BASE"), ca=env("OIDC_CA_DER"))
+
+
+async def test_biotz_http_posts_with_id_token():
+    await _reject_next(0)
+    c, b = biotz_client()
+    readings = [{"ts": 1767268800000 + i * 1000, "values": {"n": i}} for i in range(5)]
+    assert await b.post(readings) == 204
+    got = await _ingested()
+    assert got["bodies"] == [[{"timestamp": iso_ms(1767268800000 + i * 1000), "n": i}
+                              for i in range(5)]]
+    user, token = await c()
+    assert user == "dev-42@devices.data-ingestion.biotz.io"
+    assert token.count(".") == 2  # the id_token (a JWT), not the opaque access token
+    assert got["log"][0]["token"] == _fp(token)
+
+
+async def test_biotz_http_401_refreshes_once_and_retries():
+    await _reject_next(1)
+    c, b = biotz_client()
+    assert await b.post([{"ts": 1767268800000, "values": {"n": 1}}]) == 204
+    got = await _ingested()
+    assert [e["ok"] for e in got["log"]] == [False, True]
+    assert got["log"][0]["token"] != got["log"][1]["token"]  # a new id_token for the retry
+    assert b.refreshed == 1 and c.fetches == 2
+    assert len(got["bodies"]) == 1
+
+
+async def test_biotz_http_keeps_readings_when_refused_twice():
+    await _reject_next(2)
+    c, b = biotz_client()
+    readings = [{"ts": 1767268800000, "values": {"n": 1}}]
+    with raises(OSError, match="kept"):
+        await b.post(readings)
+    assert readings == [{"ts": 1767268800000, "values": {"n": 1}}]
+    got = await _ingested()
+    assert got["bodies"] == [] and len(got["log"]) == 2  # one retry, not a loop
