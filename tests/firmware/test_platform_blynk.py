@@ -1,0 +1,173 @@
+# Blynk adapter against PLATFORMS.md: CONNECT fields, info/mcu, ds/batch_ds/timestamped_batch,
+# the 1024-byte message limit, downlinks (redirect in all four schemes, reboot, ping, ds
+# writes), gateway mode with dev/<token>/ prefixes.
+import json
+
+from mptest import raises
+from platform_fakes import Client, adapter, check_cover, reading
+from uplink import config
+from uplink.platforms import Command
+
+TS = 1767268800000
+GW = {"A": "tokA", "B": "tokB"}
+
+
+def bl(**kw):
+    kw.setdefault("token", "DEVTOKEN")
+    kw.setdefault("template_id", "TMPL123")
+    return adapter("blynk", **kw)
+
+
+def within_limit(out):
+    for topic, payload, n in out:
+        if topic is not None:
+            assert len(topic) + len(payload) + 4 <= 1024, (topic, len(payload))
+
+
+async def test_connect_fields():
+    a = bl()
+    assert await a.credentials() == ("device", "DEVTOKEN")
+    assert a.url == "mqtts://blynk.cloud:8883"
+    assert a.clean is True
+    assert len(bl(client_id="x" * 100).client_id) == 64
+    g = bl(gateway_tokens=GW, token="GWTOKEN")
+    assert await g.credentials() == ("mgmt_device", "GWTOKEN")
+    with raises(config.ConfigError, "platform.token"):
+        adapter("blynk")
+    with raises(config.ConfigError, "gateway_tokens.A"):
+        bl(gateway_tokens={"A": "to/k"})
+
+
+async def test_subscribe_downlink_and_info_mcu_after_connect():
+    a = bl()
+    assert a.subscriptions() == [("downlink/#", 1)]
+    c = Client()
+    await a.on_connect(c)
+    assert [p[0] for p in c.published] == ["info/mcu"]
+    info = json.loads(c.published[0][1])
+    assert info["tmpl"] == "TMPL123" and info["type"] == "TMPL123"
+    assert info["ver"] == "1.2.3" and info["rxbuff"] == 1024 and "build" in info
+
+
+def test_single_value_goes_to_ds_as_plain_text():
+    a = bl()
+    assert a.encode([reading({"Temperature": 21.3})]) == [("ds/Temperature", b"21.3", 1)]
+    assert a.encode([reading({"Power": True})]) == [("ds/Power", b"1", 1)]
+    assert a.encode([reading({"Label": "open"}, TS)]) == [("ds/Label", b"open", 1)]
+
+
+def test_several_values_go_to_batch_ds():
+    out = bl().encode([reading({"Temperature": 23.1, "Power": True, "Mode": "eco"})])
+    assert len(out) == 1 and out[0][0] == "batch_ds" and out[0][2] == 1
+    assert json.loads(out[0][1]) == {"Temperature": 23.1, "Power": 1, "Mode": "eco"}
+
+
+def test_buffered_readings_with_time_use_timestamped_batch():
+    rs = [reading({"Temperature": 20 + i, "Humidity": 40}, TS + i * 1000) for i in range(3)]
+    out = bl().encode(rs)
+    check_cover(out, 3)
+    by_topic = {t: json.loads(p) for t, p, _ in out}
+    assert by_topic["ds/Temperature/timestamped_batch"] == [[TS, 20], [TS + 1000, 21], [TS + 2000, 22]]
+    assert by_topic["ds/Humidity/timestamped_batch"] == [[TS, 40], [TS + 1000, 40], [TS + 2000, 40]]
+    assert [n for _, _, n in out] == [0, 3]  # delivered when the last part is acknowledged
+    # off by config: each reading on its own
+    out = bl(timestamped=False).encode(rs)
+    assert [t for t, _, _ in out] == ["batch_ds"] * 3
+
+
+def test_1024_limit_splits_batch_ds_and_timestamped_batch():
+    a = bl()
+    values = {}
+    for i in range(60):
+        values["Datastream%02d" % i] = 1000.5 + i
+    out = a.encode([reading(values)])
+    within_limit(out)
+    check_cover(out, 1)
+    assert len(out) > 1 and [n for _, _, n in out][-1] == 1
+    merged = {}
+    for t, p, _ in out:
+        assert t == "batch_ds"
+        merged.update(json.loads(p))
+    assert merged == values
+    del out, merged, values
+    rs = [reading({"Temperature": 20.125 + i}, TS + i) for i in range(60)]
+    out = a.encode(rs)
+    within_limit(out)
+    check_cover(out, 60)
+    assert len(out) == 2
+    pts = []
+    for t, p, _ in out:
+        assert t == "ds/Temperature/timestamped_batch"
+        pts += json.loads(p)
+    assert [x[0] for x in pts] == [TS + i for i in range(60)]
+
+
+def test_value_too_big_for_a_message_is_never_sent():
+    out = bl().encode([reading({"Note": "x" * 1100}), reading({"T": 1})])
+    assert out[0][0] is None and out[0][2] == 1
+    assert out[1] == ("ds/T", b"1", 1)
+    out = bl().encode([reading({"Note": "x" * 1100, "T": 2})])
+    assert len(out) == 1 and out[0][0] is None
+
+
+def test_datastream_names_never_become_wildcards():
+    out = bl().encode([reading({"a/b": 1})])
+    assert out == [("batch_ds", b'{"a/b":1}', 1)]
+    out = bl().encode([reading({"x+": 1}, TS), reading({"x+": 2}, TS + 1)])
+    assert [t for t, _, _ in out] == ["batch_ds", "batch_ds"]
+
+
+def test_redirect_in_all_four_schemes():
+    for url in ("mqtts://ny3.blynk.cloud:8883", "mqtt://fra1.blynk.cloud:1883",
+                "wss://fra1.blynk.cloud:443/mqtt", "ws://lon1.blynk.cloud:80/mqtt"):
+        a = bl()
+        assert a.handle("downlink/redirect", url.encode(), False) == Command("redirect", {"url": url})
+        assert a.url == url
+    a = bl()
+    for bad in (b"http://x", b"", b"mqtts://", b"blynk.cloud:8883", b"\xff"):
+        with raises(ValueError, "redirect"):
+            a.handle("downlink/redirect", bad, False)
+    assert a.url == "mqtts://blynk.cloud:8883"
+
+
+def test_reboot_ping_and_datastream_writes():
+    a = bl()
+    assert a.handle("downlink/reboot", b"", False) == Command("reboot")
+    assert a.handle("downlink/ping", b"", False) == Command("ping")
+    cmd = a.handle("downlink/ds/Setpoint", b"22.5", False)
+    assert cmd.name == "write" and cmd.params == {"name": "Setpoint", "value": 22.5, "raw": "22.5"}
+    assert a.handle("downlink/ds/Switch", b"1", False).params["value"] == 1
+    assert a.handle("downlink/ds/Label", b"hello", False).params["value"] == "hello"
+    # the write is confirmed by sending the new state back to the datastream
+    assert a.reply(cmd, 22.5) == ("ds/Setpoint", b"22.5")
+    assert a.reply(cmd, None) is None
+    assert a.reply(Command("reboot"), {"rebooting": True}) is None
+    assert a.handle("downlink/ota/json", b'{"url":"https://x/fw.bin","size":1,"ver":"2"}', False).name == "firmware"
+    assert a.handle("downlink/diag", b"", False) is None
+    with raises(ValueError, "datastream"):
+        a.handle("downlink/ds/", b"1", False)
+    with raises(ValueError, "not valid JSON"):
+        a.handle("downlink/ota/json", b"{", False)
+
+
+async def test_gateway_mode_prefixes_every_sub_device_topic():
+    a = bl(gateway_tokens=GW, token="GWTOKEN")
+    subs = sorted(t for t, _ in a.subscriptions())
+    assert subs == ["dev/tokA/downlink/#", "dev/tokB/downlink/#", "downlink/#"]
+    for t, _ in a.subscriptions():
+        assert "+" not in t
+    c = Client()
+    await a.on_connect(c)
+    assert sorted(p[0] for p in c.published) == ["dev/tokA/info/mcu", "dev/tokB/info/mcu", "info/mcu"]
+    out = a.encode([reading({"T": 1}, None, "A"), reading({"T": 2, "H": 3}, None, "B"), reading({"heap": 9})])
+    assert [(t, n) for t, _, n in out] == [("dev/tokA/ds/T", 1), ("dev/tokB/batch_ds", 1), ("ds/heap", 1)]
+    out = a.encode([reading({"T": 1}, TS, "A"), reading({"T": 2}, TS + 1, "A"), reading({"T": 3}, TS + 2, "B")])
+    assert [(t, n) for t, _, n in out] == [("dev/tokA/ds/T/timestamped_batch", 2), ("dev/tokB/ds/T", 1)]
+    out = a.encode([reading({"T": 1}, None, "Z")])
+    assert out[0][0] is None and b"'Z'" in out[0][1]
+    cmd = a.handle("dev/tokB/downlink/ds/Valve", b"1", False)
+    assert cmd.device == "B" and cmd.params["value"] == 1
+    assert a.reply(cmd, 1) == ("dev/tokB/ds/Valve", b"1")
+    assert a.handle("dev/tokA/downlink/reboot", b"", False) == Command("reboot", None, None, "A")
+    with raises(ValueError, "unknown sub-device"):
+        a.handle("dev/tokZ/downlink/reboot", b"", False)

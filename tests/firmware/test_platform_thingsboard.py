@@ -1,0 +1,287 @@
+# ThingsBoard adapter against PLATFORMS.md: topics, payload shapes, limits, downlinks,
+# client-side RPC, provisioning, claiming, gateway mode.
+import json
+
+from mptest import raises
+from platform_fakes import Client, Ctx, adapter, check_cover, reading
+from uplink import config
+from uplink.platforms import Command, thingsboard
+
+TS = 1767268800000
+
+
+def tb(**kw):
+    if "token" not in kw and "provision_key" not in kw:
+        kw["token"] = "TOKEN123"
+    return adapter("thingsboard", **kw)
+
+
+async def test_token_is_the_username_and_no_password():
+    a = tb()
+    assert await a.credentials() == ("TOKEN123", None)
+    assert a.url == "mqtts://mqtt.thingsboard.cloud:8883"
+    assert a.client_id == "greenhouse-1"
+    assert tb(url="mqtt://tb.local:1883", client_id="c-7").url == "mqtt://tb.local:1883"
+
+
+def test_missing_token_is_a_config_error():
+    with raises(config.ConfigError, "platform.token"):
+        adapter("thingsboard")
+    with raises(config.ConfigError, "platform.token"):
+        adapter("thingsboard", provision_key="k")  # a key without its secret is not enough
+
+
+def test_subscriptions():
+    subs = [t for t, _ in tb().subscriptions()]
+    assert subs == ["v1/devices/me/attributes", "v1/devices/me/attributes/response/+",
+                    "v1/devices/me/rpc/request/+", "v1/devices/me/rpc/response/+"]
+    gw = [t for t, _ in tb(gateway_devices=["A", "B"]).subscriptions()]
+    for t in ("v1/gateway/rpc", "v1/gateway/attributes", "v1/gateway/attributes/response"):
+        assert t in gw
+
+
+def test_one_reading_with_ts_and_without():
+    a = tb()
+    out = a.encode([reading({"temperature": 21.5}, TS)])
+    assert out == [("v1/devices/me/telemetry", b'{"ts":1767268800000,"values":{"temperature":21.5}}', 1)]
+    out = a.encode([reading({"temperature": 25})])
+    assert out == [("v1/devices/me/telemetry", b'{"temperature":25}', 1)]
+
+
+def test_buffered_readings_are_one_array():
+    a = tb()
+    rs = [reading({"t": i}, TS + i * 1000) for i in range(5)] + [reading({"t": 9})]
+    out = a.encode(rs)
+    assert len(out) == 1
+    topic, payload, n = out[0]
+    assert topic == "v1/devices/me/telemetry" and n == 6
+    doc = json.loads(payload)
+    assert doc[0] == {"ts": TS, "values": {"t": 0}}
+    assert doc[4]["ts"] == TS + 4000
+    assert doc[5] == {"t": 9}
+
+
+def test_payload_limit_splits_and_never_exceeds():
+    a = tb(max_payload=300)
+    rs = [reading({"temperature": 20 + i, "humidity": 50}, TS + i) for i in range(20)]
+    out = a.encode(rs)
+    check_cover(out, 20)
+    assert len(out) > 1
+    seen = []
+    for topic, payload, n in out:
+        assert len(topic) + len(payload) + 4 <= 300, len(payload)
+        doc = json.loads(payload)
+        doc = doc if isinstance(doc, list) else [doc]
+        assert len(doc) == n
+        seen += [d["ts"] for d in doc]
+    assert seen == [TS + i for i in range(20)]  # order kept, nothing lost or repeated
+
+
+def test_a_reading_too_big_alone_is_marked_for_dropping():
+    a = tb(max_payload=256)
+    out = a.encode([reading({"t": 1}), reading({"blob": "x" * 400}), reading({"t": 2})])
+    assert out[0] == ("v1/devices/me/telemetry", b'{"t":1}', 1)
+    assert out[1][0] is None and b"exceeds" in out[1][1] and out[1][2] == 1
+    assert out[2] == ("v1/devices/me/telemetry", b'{"t":2}', 1)
+
+
+async def test_on_connect_publishes_client_attributes_and_asks_limits_and_time():
+    a = tb()
+    c = Client()
+    await a.on_connect(c)
+    topics = [p[0] for p in c.published]
+    assert topics[0] == "v1/devices/me/attributes"
+    assert json.loads(c.published[0][1]) == {"fw_version": "1.2.3", "board": "esp32-devkitc", "ip": "10.0.0.7"}
+    reqs = {}
+    for t, p, _ in c.published[1:]:
+        assert t.startswith("v1/devices/me/rpc/request/")
+        reqs[json.loads(p)["method"]] = t.rsplit("/", 1)[1]
+    assert sorted(reqs) == ["getSessionLimits", "getTime"]
+    # the answers come back on the matching ids
+    rid = reqs["getSessionLimits"]
+    limits = b'{"maxPayloadSize":1024,"maxInflightMessages":100,"rateLimits":{"messages":"200:1"}}'
+    assert a.handle("v1/devices/me/rpc/response/" + rid, limits, False) is None
+    assert a.max_payload == 1024
+    rid = reqs["getTime"]
+    cmd = a.handle("v1/devices/me/rpc/response/" + rid, b'{"serverTime":1767268800123}', False)
+    assert cmd == Command("set_time", {"ms": 1767268800123})
+    # an answer nobody asked for is ignored
+    assert a.handle("v1/devices/me/rpc/response/999", b'{"serverTime":1}', False) is None
+
+
+async def test_session_limit_is_honoured_by_encode():
+    a = tb()
+    c = Client()
+    await a.on_connect(c)
+    rid = [t for t, p, _ in c.published if b"getSessionLimits" in p][0].rsplit("/", 1)[1]
+    a.handle("v1/devices/me/rpc/response/" + rid, b'{"maxPayloadSize":400}', False)
+    out = a.encode([reading({"v": i, "pad": "y" * 50}, TS + i) for i in range(20)])
+    assert len(out) > 3
+    for topic, payload, _ in out:
+        assert len(topic) + len(payload) + 4 <= 400
+
+
+async def test_bad_session_limits_answer_is_a_value_error():
+    a = tb()
+    c = Client()
+    await a.on_connect(c)
+    rid = [t for t, p, _ in c.published if b"getSessionLimits" in p][0].rsplit("/", 1)[1]
+    with raises(ValueError, "maxPayloadSize"):
+        a.handle("v1/devices/me/rpc/response/" + rid, b'{"maxPayloadSize":"big"}', False)
+    assert a.max_payload == 65536
+
+
+def test_server_rpc_becomes_a_command_and_reply_goes_to_the_same_id():
+    a = tb()
+    cmd = a.handle("v1/devices/me/rpc/request/42", b'{"method":"setInterval","params":{"interval_s":5}}', False)
+    assert cmd.name == "set_interval" and cmd.params == {"interval_s": 5}
+    assert a.reply(cmd, {"interval_s": 5}) == ("v1/devices/me/rpc/response/42", b'{"interval_s":5}')
+    cmd = a.handle("v1/devices/me/rpc/request/7", b'{"method":"openValve","params":{"valve":2}}', False)
+    assert cmd == Command("openValve", {"valve": 2}, ("me", 7))
+    assert a.reply(cmd, None) == ("v1/devices/me/rpc/response/7", b"{}")
+
+
+def test_malformed_downlinks_raise_value_error_with_reason():
+    a = tb()
+    with raises(ValueError, "not valid JSON"):
+        a.handle("v1/devices/me/rpc/request/1", b"{nope", False)
+    with raises(ValueError, "no method"):
+        a.handle("v1/devices/me/rpc/request/1", b'{"params":{}}', False)
+    with raises(ValueError, "not a number"):
+        a.handle("v1/devices/me/rpc/request/abc", b'{"method":"x"}', False)
+    with raises(ValueError, "expected a JSON object"):
+        a.handle("v1/devices/me/attributes", b"[1,2]", False)
+    with raises(ValueError, "not valid JSON"):
+        a.handle("v1/devices/me/attributes", b"\xff\xfe", False)
+    with raises(ValueError, "interval"):
+        a.handle("v1/devices/me/rpc/request/3", b'{"method":"setInterval","params":"x"}', False)
+    with raises(ValueError, "no device"):
+        tb(gateway_devices=["A"]).handle("v1/gateway/rpc", b'{"data":{"id":1,"method":"m"}}', False)
+    assert a.handle("v2/fw/response/1/chunk/0", b"\x00", False) is None  # not ours: ignored
+
+
+def test_shared_attributes_updates_and_responses():
+    a = tb()
+    assert a.handle("v1/devices/me/attributes", b'{"targetTemp":22}', False) == Command("attributes", {"targetTemp": 22})
+    assert a.handle("v1/devices/me/attributes", b'{"deleted":["x"]}', False).params == {"deleted": ["x"]}
+    cmd = a.handle("v1/devices/me/attributes/response/3", b'{"client":{"a":1},"shared":{"mode":"eco"}}', False)
+    assert cmd == Command("attributes", {"mode": "eco"})
+
+
+async def test_attribute_request_on_connect_when_configured():
+    a = tb(shared_attributes=["mode", "targetTemp"])
+    c = Client()
+    await a.on_connect(c)
+    req = [(t, p) for t, p, _ in c.published if t.startswith("v1/devices/me/attributes/request/")]
+    assert len(req) == 1 and json.loads(req[0][1]) == {"sharedKeys": "mode,targetTemp"}
+    t, p = a.attributes_request(client=["fw_version"])
+    assert t.startswith("v1/devices/me/attributes/request/") and json.loads(p) == {"clientKeys": "fw_version"}
+
+
+async def test_claim_request_sent_once():
+    a = tb(claim_secret="s3cret", claim_duration_ms=120000)
+    c = Client()
+    await a.on_connect(c)
+    await a.on_connect(c)
+    claims = [p for t, p, _ in c.published if t == "v1/devices/me/claim"]
+    assert [json.loads(x) for x in claims] == [{"secretKey": "s3cret", "durationMs": 120000}]
+
+
+async def test_provisioning_gets_and_stores_a_token():
+    ctx = Ctx()
+    a = adapter("thingsboard", ctx, provision_key="pk", provision_secret="ps")
+    assert a.needs_provisioning()
+    opened = []
+
+    def server(topic, payload):
+        if topic == "/provision/request":
+            assert json.loads(payload) == {"deviceName": "greenhouse-1", "provisionDeviceKey": "pk",
+                                           "provisionDeviceSecret": "ps"}
+            return ("/provision/response", b'{"status":"SUCCESS","credentialsType":"ACCESS_TOKEN","credentialsValue":"NEWTOKEN"}')
+
+    async def open_client(user, password):
+        opened.append((user, password))
+        return c
+
+    c = Client(server)
+    await a.prepare(open_client)
+    assert opened == [("provision", None)]
+    assert ("/provision/response", 1) in c.subscribed or c.subscribed[0][0] == "/provision/response"
+    assert c.disconnected
+    assert ctx.saved[-1]["platform"]["token"] == "NEWTOKEN"
+    assert await a.credentials() == ("NEWTOKEN", None)
+    assert not a.needs_provisioning()
+    await a.prepare(open_client)  # has a token now: no second provisioning
+    assert len(opened) == 1
+
+
+async def test_provisioning_refusals_are_reported():
+    for answer, why in ((b'{"status":"NOT_FOUND"}', "NOT_FOUND"),
+                        (b'{"status":"FAILURE","errorMsg":"Device already exists"}', "already exists"),
+                        (b"garbage", "not valid JSON")):
+        ctx = Ctx()
+        a = adapter("thingsboard", ctx, provision_key="pk", provision_secret="ps")
+        c = Client(lambda t, p, answer=answer: ("/provision/response", answer))
+
+        async def open_client(user, password, c=c):
+            return c
+
+        with raises(Exception, why):
+            await a.prepare(open_client)
+        assert ctx.saved == [] and c.disconnected
+
+
+async def test_provisioning_timeout():
+    a = adapter("thingsboard", provision_key="pk", provision_secret="ps")
+    a.provision_timeout_s = 0.05
+    c = Client()
+
+    async def open_client(user, password):
+        return c
+
+    with raises(thingsboard.ProvisionError, "no answer"):
+        await a.prepare(open_client)
+
+
+async def test_gateway_connects_sub_devices_and_keys_telemetry_by_device():
+    a = tb(gateway_devices=["A", "B"])
+    c = Client()
+    await a.on_connect(c)
+    connects = [json.loads(p) for t, p, _ in c.published if t == "v1/gateway/connect"]
+    assert connects == [{"device": "A"}, {"device": "B"}]
+    rs = [reading({"t": 1}, TS, "A"), reading({"t": 2}, TS + 1, "B"), reading({"t": 3}, TS + 2, "A"),
+          reading({"heap": 5}, TS + 3), reading({"t": 4}, None, "B")]
+    out = a.encode(rs)
+    check_cover(out, 5)
+    assert [(t, n) for t, _, n in out] == [("v1/gateway/telemetry", 3), ("v1/devices/me/telemetry", 1),
+                                           ("v1/gateway/telemetry", 1)]
+    doc = json.loads(out[0][1])
+    assert doc == {"A": [{"ts": TS, "values": {"t": 1}}, {"ts": TS + 2, "values": {"t": 3}}],
+                   "B": [{"ts": TS + 1, "values": {"t": 2}}]}
+    assert json.loads(out[2][1]) == {"B": [{"t": 4}]}
+
+
+def test_gateway_telemetry_respects_limit():
+    a = tb(gateway_devices=["A", "B"], max_payload=300)
+    rs = [reading({"t": i, "pad": "p" * 20}, TS + i, "AB"[i % 2]) for i in range(30)]
+    out = a.encode(rs)
+    check_cover(out, 30)
+    got = []
+    for topic, payload, n in out:
+        assert len(topic) + len(payload) + 4 <= 300
+        doc = json.loads(payload)
+        assert sum(len(v) for v in doc.values()) == n
+        for v in doc.values():
+            got += [x["values"]["t"] for x in v]
+    assert sorted(got) == list(range(30))
+
+
+def test_gateway_rpc_and_reply():
+    a = tb(gateway_devices=["A", "B"])
+    cmd = a.handle("v1/gateway/rpc", b'{"device":"B","data":{"id":9,"method":"ping","params":{}}}', False)
+    assert cmd.name == "ping" and cmd.device == "B"
+    topic, payload = a.reply(cmd, {"pong": True})
+    assert topic == "v1/gateway/rpc"
+    assert json.loads(payload) == {"device": "B", "id": 9, "data": {"pong": True}}
+    cmd = a.handle("v1/gateway/attributes", b'{"device":"A","data":{"mode":"eco"}}', False)
+    assert cmd == Command("attributes", {"mode": "eco"}, None, "A")
