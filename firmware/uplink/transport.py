@@ -1,0 +1,265 @@
+# Byte streams to a broker: mqtt:// (TCP), mqtts:// (TLS), ws:// and wss:// (WebSocket).
+#
+# Everything above this module sees one shape: await readexactly(n), write(buf), await drain(),
+# close(). Reads are served from one small reused buffer and writes are gathered into another,
+# so a burst of small MQTT packets costs one socket call (and one TLS record) instead of one
+# each, and a PUBACK costs no allocation beyond the bytes returned.
+import asyncio
+import select
+import socket
+import ssl
+
+PORTS = {"mqtt": 1883, "mqtts": 8883, "ws": 80, "wss": 443}
+RBUF = 512  # read buffer: a burst of 128 PUBACKs in one recv
+WBUF = 1024  # write buffer: packets gathered between drains
+
+
+class TLSError(OSError):
+    # mbedTLS reports a refused certificate as ValueError; callers retrying a connection
+    # catch OSError, and the text (wrong CA, CN mismatch) is what a person needs to see.
+    pass
+
+
+def parse_url(url):
+    """'mqtts://host:8883' -> ('mqtts', 'host', 8883, ''); ws(s) paths default to '/'."""
+    i = url.find("://")
+    scheme = url[:i] if i > 0 else ""
+    if scheme not in PORTS:
+        raise ValueError("URL must start with mqtt://, mqtts://, ws:// or wss://: " + url)
+    rest = url[i + 3 :]
+    j = rest.find("/")
+    if j < 0:
+        hostport, path = rest, ""
+    else:
+        hostport, path = rest[:j], rest[j:]
+    if scheme in ("ws", "wss") and not path:
+        path = "/"
+    port = PORTS[scheme]
+    if hostport.startswith("["):  # [IPv6]:port
+        k = hostport.find("]")
+        host, tail = hostport[1:k], hostport[k + 1 :]
+    else:
+        k = hostport.rfind(":")
+        host, tail = (hostport, "") if k < 0 else (hostport[:k], hostport[k:])
+    if tail:
+        if not tail.startswith(":") or not tail[1:].isdigit():
+            raise ValueError("bad port in URL: " + url)
+        port = int(tail[1:])
+    if not host or "@" in host or not 0 < port < 65536:
+        raise ValueError("bad host or port in URL: " + url)
+    return scheme, host, port, path
+
+
+def tls_context(ca=None, insecure=False):
+    """A client context that checks the server against `ca` (DER bytes or a DER file path)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if insecure:
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    if ca is None:
+        raise ValueError("TLS needs a CA certificate (DER) unless insecure is set")
+    if isinstance(ca, str):
+        with open(ca, "rb") as f:
+            ca = f.read()
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=ca)
+    return ctx
+
+
+def _tls_error(e):
+    return TLSError("TLS: " + " ".join(str(e).split()))
+
+
+class Stream:
+    """A connected (maybe TLS-wrapped) non-blocking socket as a buffered byte stream."""
+
+    def __init__(self, sock):
+        self._s = sock
+        # asyncio's stream over the same socket: used only to wait for readiness and to
+        # hold bytes the socket would not take yet (bounded: the caller drains each batch)
+        self._a = asyncio.StreamReader(sock)
+        self._aw = asyncio.StreamWriter(sock)  # (the same class in MicroPython)
+        self._lock = asyncio.Lock()  # one task at a time may wait in drain()
+        self._ib = bytearray(RBUF)
+        self._im = memoryview(self._ib)
+        self._r0 = 0  # unread bytes are _ib[_r0:_r1]
+        self._r1 = 0
+        self._ob = bytearray(WBUF)
+        self._om = memoryview(self._ob)
+        self._w = 0  # gathered bytes are _ob[:_w]
+
+    # -- reading -----------------------------------------------------------------------
+    async def readexactly(self, n):
+        r0 = self._r0
+        if self._r1 - r0 >= n:  # the common case: already buffered, no syscall, no yield
+            self._r0 = r0 + n
+            return bytes(self._im[r0 : r0 + n])
+        if n > RBUF:
+            return await self._read_big(n)
+        while self._r1 - self._r0 < n:
+            await self._fill()
+        r0 = self._r0
+        self._r0 = r0 + n
+        return bytes(self._im[r0 : r0 + n])
+
+    def buffered(self):
+        return self._r1 - self._r0
+
+    async def readline(self):
+        """One line ending in \\n (for the WebSocket handshake); a longer one than RBUF fails."""
+        while True:
+            i = self._ib.find(b"\n", self._r0, self._r1)
+            if i >= 0:
+                return await self.readexactly(i + 1 - self._r0)
+            if self._r1 - self._r0 >= RBUF:
+                raise OSError("line longer than %d bytes" % RBUF)
+            await self._fill()
+
+    async def _fill(self):
+        # move what is left to the front, then read as much as fits
+        r0, r1 = self._r0, self._r1
+        if r0:
+            if r1 > r0:
+                self._ib[: r1 - r0] = bytes(self._im[r0:r1])
+            self._r0, self._r1 = 0, r1 - r0
+        m = self._im[self._r1 :]
+        try:
+            n = self._s.readinto(m)
+            while n is None:  # nothing yet (or half a TLS record): wait until readable
+                n = await self._a.readinto(m)
+        except ValueError as e:
+            raise _tls_error(e)
+        if not n:
+            raise EOFError("connection closed by peer")
+        self._r1 += n
+
+    async def _read_big(self, n):
+        out = bytearray(n)
+        om = memoryview(out)
+        k = self._r1 - self._r0
+        om[:k] = self._im[self._r0 : self._r1]
+        self._r0 = self._r1 = 0
+        try:
+            while k < n:
+                r = self._s.readinto(om[k:])
+                if r is None:
+                    r = await self._a.readinto(om[k:])
+                if r is None:
+                    continue
+                if not r:
+                    raise EOFError("connection closed by peer")
+                k += r
+        except ValueError as e:
+            raise _tls_error(e)
+        return bytes(out)
+
+    # -- writing -----------------------------------------------------------------------
+    def write(self, buf):
+        """Queue buf whole; it reaches the socket at the next drain() (or when the buffer fills)."""
+        n = len(buf)
+        w = self._w
+        if w + n > WBUF:
+            self.push()
+            w = 0
+            if n > WBUF:  # too big to gather: hand it over in one piece
+                self._write(buf)
+                return
+        self._om[w : w + n] = buf
+        self._w = w + n
+
+    def _write(self, buf):
+        try:
+            self._aw.write(buf)  # tries the socket now, keeps (copies) what it would not take
+        except ValueError as e:
+            raise _tls_error(e)
+
+    def push(self):
+        # give the gathered bytes to the socket without waiting
+        if self._w:
+            self._write(self._om[: self._w])
+            self._w = 0
+
+    def stuck(self):
+        """True when the socket refused bytes: the writer should drain before adding more."""
+        return bool(getattr(self._aw, "out_buf"))
+
+    async def drain(self):
+        self.push()
+        if getattr(self._aw, "out_buf"):  # the socket is full: wait until it takes the rest
+            async with self._lock:
+                try:
+                    await self._aw.drain()
+                except ValueError as e:
+                    raise _tls_error(e)
+
+    def close(self):
+        try:
+            self._s.close()
+        except OSError:
+            pass
+
+
+async def open_tcp(host, port, *, ssl_ctx=None, server_hostname=None, timeout_ms=10000):
+    """Connect to host:port, TLS-wrapped when ssl_ctx is given (SNI and name check = host)."""
+    ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+    s = socket.socket(ai[0], ai[1], ai[2])
+    s.setblocking(False)
+    try:
+        s.connect(ai[-1])
+    except OSError as e:
+        if e.args[0] not in (115, 119):  # EINPROGRESS (Linux 115, lwIP 119)
+            s.close()
+            raise
+    try:
+        await asyncio.wait_for_ms(_connected(s, host, port), timeout_ms)
+    except BaseException:
+        s.close()
+        raise
+    if ssl_ctx is None:
+        return Stream(s)
+    try:
+        # the handshake runs inside the first reads and writes, so it never blocks the loop
+        t = ssl_ctx.wrap_socket(
+            s, server_hostname=server_hostname or host, do_handshake_on_connect=False
+        )
+        t.setblocking(False)
+    except ValueError as e:
+        s.close()
+        raise _tls_error(e)
+    except BaseException:
+        s.close()
+        raise
+    return Stream(t)
+
+
+async def _connected(s, host, port):
+    # asyncio has no public "wait until writable", so poll: loopback and LAN connects finish
+    # at the first look, a remote broker within a few 10 ms steps
+    p = select.poll()
+    p.register(s, select.POLLOUT)
+    while True:
+        for _, ev in p.poll(0):
+            if ev & (select.POLLERR | select.POLLHUP):
+                raise OSError(111, "cannot connect to %s:%d (refused or unreachable)" % (host, port))
+            return
+        await asyncio.sleep_ms(10)
+
+
+async def open_stream(url, *, ca=None, insecure=False, timeout_ms=10000):
+    """A connected Stream for mqtt://, mqtts://, ws://, wss:// URLs."""
+    scheme, host, port, path = parse_url(url)
+    ctx = None
+    if scheme in ("mqtts", "wss"):
+        if insecure:
+            print("WARNING: TLS certificate check is OFF for %s (insecure)" % host)
+        ctx = tls_context(ca, insecure)
+    s = await open_tcp(host, port, ssl_ctx=ctx, server_hostname=host, timeout_ms=timeout_ms)
+    if scheme in ("mqtt", "mqtts"):
+        return s
+    from uplink import ws
+
+    try:
+        return await asyncio.wait_for_ms(ws.handshake(s, host, port, path), timeout_ms)
+    except BaseException:
+        s.close()
+        raise

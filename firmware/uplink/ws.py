@@ -1,0 +1,168 @@
+# RFC 6455 WebSocket client, just enough for MQTT: the handshake (subprotocol "mqtt", the
+# server's Sec-WebSocket-Accept checked), masked binary frames out, and a byte-stream view of
+# the frames coming in (one frame may hold part of a packet or several). Ping is answered,
+# close is echoed, fragments are joined; anything else the RFC forbids closes the connection.
+import binascii
+import hashlib
+import os
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+MAX_HEADERS = 32  # lines in the handshake response before we call it hostile
+
+
+class WSError(OSError):
+    pass
+
+
+def accept_key(key):
+    """Sec-WebSocket-Accept for a Sec-WebSocket-Key (both base64 bytes)."""
+    return binascii.b2a_base64(hashlib.sha1(key + GUID).digest())[:-1]
+
+
+def mask(buf, key):
+    """buf XOR the 4-byte key repeated: done as one big-integer XOR in C, not a byte loop."""
+    n = len(buf)
+    if not n:
+        return b""
+    q, r = divmod(n, 4)
+    k = int.from_bytes(key * (q + 1), "big") >> (8 * (4 - r))
+    return (int.from_bytes(buf, "big") ^ k).to_bytes(n, "big")
+
+
+def frame(payload, opcode=2):
+    """One final, masked client frame."""
+    n = len(payload)
+    if n < 126:
+        hdr = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        hdr = bytes((0x80 | opcode, 0xFE, n >> 8, n & 255))
+    else:
+        hdr = bytes((0x80 | opcode, 0xFF)) + n.to_bytes(8, "big")
+    key = os.urandom(4)
+    return hdr + key + mask(payload, key)
+
+
+async def handshake(raw, host, port, path):
+    """Upgrade a connected Stream to a WSStream, or raise WSError saying what the server did."""
+    key = binascii.b2a_base64(os.urandom(16))[:-1]
+    req = (
+        "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Protocol: mqtt\r\n\r\n" % (path, host, port, key.decode())
+    )
+    raw.write(req.encode())
+    await raw.drain()
+    status = (await raw.readline()).strip()
+    parts = status.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or parts[1] != b"101":
+        raise WSError("WebSocket upgrade refused: %r" % status[:80])
+    seen = {}
+    for _ in range(MAX_HEADERS):
+        line = (await raw.readline()).strip()
+        if not line:
+            break
+        name, _, value = line.partition(b":")
+        seen[name.strip().lower()] = value.strip()
+    else:
+        raise WSError("WebSocket upgrade: too many header lines")
+    if seen.get(b"upgrade", b"").lower() != b"websocket":
+        raise WSError("WebSocket upgrade: no 'Upgrade: websocket' in the answer")
+    if b"upgrade" not in seen.get(b"connection", b"").lower():
+        raise WSError("WebSocket upgrade: no 'Connection: Upgrade' in the answer")
+    if seen.get(b"sec-websocket-accept") != accept_key(key):
+        raise WSError("WebSocket upgrade: wrong Sec-WebSocket-Accept")
+    if seen.get(b"sec-websocket-protocol", b"").lower() != b"mqtt":
+        raise WSError("WebSocket upgrade: server did not accept subprotocol mqtt")
+    return WSStream(raw)
+
+
+class WSStream:
+    """The payload bytes of incoming data frames as one stream; each write() is one frame."""
+
+    def __init__(self, raw):
+        self._raw = raw
+        self._left = 0  # payload bytes still to read in the current data frame
+        self._more = False  # a fragmented message is in progress (continuations expected)
+        self._closed = False
+
+    async def readexactly(self, n):
+        if self._left >= n:  # the common case: the whole read lies inside this frame
+            self._left -= n
+            return await self._raw.readexactly(n)
+        parts = []
+        while n:
+            while not self._left:
+                await self._next_frame()
+            k = n if n < self._left else self._left
+            parts.append(await self._raw.readexactly(k))
+            self._left -= k
+            n -= k
+        return b"".join(parts)
+
+    async def _next_frame(self):
+        raw = self._raw
+        h = await raw.readexactly(2)
+        b0, b1 = h[0], h[1]
+        op = b0 & 0x0F
+        if b0 & 0x70:
+            raise WSError("WebSocket: reserved bits set")
+        if b1 & 0x80:
+            raise WSError("WebSocket: server frames must not be masked")
+        n = b1 & 0x7F
+        if n == 126:
+            n = int.from_bytes(await raw.readexactly(2), "big")
+        elif n == 127:
+            n = int.from_bytes(await raw.readexactly(8), "big")
+            if n >> 63:
+                raise WSError("WebSocket: bad frame length")
+        if op >= 8:
+            await self._control(op, n, b0 & 0x80)
+        elif op == 2 or op == 0:
+            if (op == 0) != self._more:
+                raise WSError("WebSocket: unexpected continuation" if op == 0 else "WebSocket: unfinished message")
+            self._more = not (b0 & 0x80)
+            self._left = n
+        else:  # MQTT over WebSocket is binary only; text and unknown opcodes end it
+            raise WSError("WebSocket: unexpected opcode %d" % op)
+
+    async def _control(self, op, n, fin):
+        if n > 125 or not fin:
+            raise WSError("WebSocket: bad control frame")
+        data = await self._raw.readexactly(n) if n else b""
+        if op == 9:  # ping: answer at once, the writer's packets are whole so no interleaving
+            self._raw.write(frame(data, 10))
+            self._raw.push()
+        elif op == 8:
+            code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
+            self._send_close(data[:2])
+            raise EOFError("WebSocket closed by server (code %d)" % code)
+        elif op != 10:  # pong needs nothing; 0xB-0xF are reserved
+            raise WSError("WebSocket: unexpected opcode %d" % op)
+
+    def _send_close(self, body=b"\x03\xe8"):
+        if not self._closed:
+            self._closed = True
+            try:
+                self._raw.write(frame(body, 8))
+                self._raw.push()
+            except Exception:
+                pass
+
+    def write(self, buf):
+        self._raw.write(frame(buf))
+
+    async def drain(self):
+        await self._raw.drain()
+
+    def push(self):
+        self._raw.push()
+
+    def stuck(self):
+        return self._raw.stuck()
+
+    def buffered(self):
+        return min(self._left, self._raw.buffered())
+
+    def close(self):
+        self._send_close()
+        self._raw.close()
