@@ -46,7 +46,7 @@ class Adapter:
         self.base = "biotz/1/0/%s/%s/" % (p["customer_id"], self.device_id)
         self.topic = self.base + "publish/data/" + mt
         self.firmware_file = FIRMWARE_FILE
-        self._creds = Credentials(p, None)
+        self._creds = Credentials(p, (None, None))
         if not p.get("password") and not self._creds.configured:
             raise ConfigError("config.json: platform.password: missing: the Password from the "
                               "device's Biotz credentials file")

@@ -39,7 +39,7 @@ class Adapter:
         self.client_id = client_id(cfg)
         self.max_payload = MAX_MESSAGE
         self.timestamped = p.get("timestamped", True)
-        self._creds = Credentials(p, None)
+        self._creds = Credentials(p, (None, None))
         if not p.get("token") and not self._creds.configured:
             raise ConfigError("config.json: platform.token: missing: the device's auth token "
                               "(the gateway's own token in gateway mode)")

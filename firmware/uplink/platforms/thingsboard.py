@@ -63,7 +63,7 @@ class Adapter:
         self.max_payload = p.get("max_payload") or DEFAULT_MAX_PAYLOAD
         self.gateway = p.get("gateway_devices") or []
         self.shared_keys = p.get("shared_attributes") or []
-        self._creds = Credentials(p, None)
+        self._creds = Credentials(p, (None, None))
         if not p.get("token") and not self._creds.configured and not self.needs_provisioning():
             raise ConfigError("config.json: platform.token: missing: give the device's access token, "
                               "or provision_key and provision_secret to provision it on first boot")
@@ -78,13 +78,16 @@ class Adapter:
         return (not p.get("token") and p.get("credentials") is None
                 and bool(p.get("provision_key")) and bool(p.get("provision_secret")))
 
-    async def prepare(self, open_client):
+    async def prepare(self, opener):
         """First-boot device provisioning; a no-op once the config holds a token.
 
-        open_client(user, password) -> a connected MQTTClient (one attempt, no retry) to this
-        adapter's url and client_id. The token received is stored with ctx.save_config."""
+        opener: the app (its `open_client` method) or the coroutine function itself:
+        `await open_client(user, password)` -> a connected MQTTClient (one attempt, no retry)
+        to this adapter's url with its client_id. The token received is stored with
+        ctx.save_config(cfg); credentials() returns it from then on."""
         if not self.needs_provisioning():
             return
+        open_client = getattr(opener, "open_client", opener)
         p = self.cfg["platform"]
         got = asyncio.Event()
         answer = []

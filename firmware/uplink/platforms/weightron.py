@@ -45,7 +45,7 @@ class Adapter:
         self.device_id = p.get("device_id") or cfg["device"]["name"]
         self._template = p.get("topic") or DEFAULT_TOPIC
         self.topic = self.topic_for(self.device_id)
-        self._creds = Credentials(p, None)
+        self._creds = Credentials(p, (None, None))
         if not p.get("token") and not self._creds.configured:
             raise ConfigError("config.json: platform.credentials: missing: Weightron's password "
                               "is a short-lived access token: configure the token relay "
