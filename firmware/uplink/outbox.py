@@ -1,0 +1,299 @@
+# A persistent store-and-forward FIFO of byte records on the board's filesystem: readings
+# wait here until the broker acknowledges them, across resets and power cuts.
+#
+# Layout in `dir`:
+#   <first id>.seg  segment files; each record is framed as  len:u16 crc:u32 data  (little
+#                   endian; crc = crc32(data, len)). A record's id is the segment's first id
+#                   plus its position, so ids cost no flash.
+#   state           "head dropped": the oldest unacknowledged id and the dropped counter,
+#                   replaced by write-to-temp + rename so it is always whole.
+#
+# Why this shape (littlefs on a few MB of NOR flash, ~100 KB of RAM):
+# - put() appends one record to the newest segment and closes the file: littlefs commits on
+#   close, so the record is either wholly there or not. Nothing big is ever rewritten.
+# - A torn record (possible on a PC filesystem killed mid-write) fails its CRC; reading stops
+#   there and new records go to a fresh segment, so nothing is ever appended after garbage.
+# - ack() only moves a number in RAM. The head is persisted every ACK_PERSIST acks, and
+#   fully acknowledged segments are deleted, which persists progress by itself. After a
+#   crash at most ACK_PERSIST-1 records are sent again (at-least-once), never one lost.
+# - Full: whole oldest segments are dropped (counted, persisted before the delete), so the
+#   flash used stays within max_bytes without any file being rewritten.
+# - Reads stream from the files, a record at a time; a cursor remembers where the last read
+#   ended so draining a backlog never rescans a segment.
+import os
+import struct
+from binascii import crc32
+
+ACK_PERSIST = 16  # persist the head at least every this many acks
+PENDING_MAX = 32  # out-of-order acks remembered beyond the head
+_HDR = 6
+
+
+class Outbox:
+    def __init__(self, dir, max_bytes, segment_bytes=None):
+        self.dir = dir.rstrip("/") or "."
+        self.max_bytes = max_bytes
+        # At least ~8 segments fit, so dropping one loses about an eighth of the queue.
+        self.seg_bytes = segment_bytes or max(256, min(4096, max_bytes // 8))
+        self.max_record = min(65535, self.seg_bytes - _HDR, max_bytes // 4)
+        self._hdr = bytearray(_HDR)
+        self._pending = []  # acked ids above the head (out-of-order acks), bounded
+        self._unsaved = 0  # acks since the head was last persisted
+        self._cursor = None  # (next id, segment first id, file offset) after the last read
+        self._skip = None  # (first, end) ids found unreadable, for the head to step over
+        _makedirs(self.dir)
+        self._open()
+
+    # -- public ----------------------------------------------------------------------------
+    @property
+    def depth(self):
+        return self._next - self.head_id
+
+    @property
+    def size(self):
+        # Bytes on flash: whole segments, acknowledged records included until their segment
+        # goes. This is what max_bytes bounds.
+        return self._bytes
+
+    def put(self, data):
+        """Append a record durably and return its id. When full, the oldest segments go."""
+        n = len(data)
+        if not 0 < n <= self.max_record:
+            raise ValueError("record of %d bytes (1..%d)" % (n, self.max_record))
+        if not self._segs or self._sealed or (self._tail_bytes and self._tail_bytes + _HDR + n > self.seg_bytes):
+            self._roll()
+        while self._bytes + _HDR + n > self.max_bytes and len(self._segs) > 1:
+            self._drop_oldest()
+        h = self._hdr
+        struct.pack_into("<HI", h, 0, n, crc32(data, n) & 0xFFFFFFFF)
+        with open(self._path(self._segs[-1]), "ab") as f:
+            f.write(h)
+            f.write(data)
+        self._tail_bytes += _HDR + n
+        self._bytes += _HDR + n
+        i = self._next
+        self._next = i + 1
+        return i
+
+    def read(self, after_id, n):
+        """Up to n records [(id, data)] with id > after_id, oldest first."""
+        out = []
+        i = max(after_id + 1, self.head_id)
+        while len(out) < n and i < self._next:
+            k = self._seg_index(i)
+            if k < 0:
+                break
+            i = self._read_seg(k, i, n, out)
+        return out
+
+    def ack(self, id):
+        """Record `id` was delivered. Unknown or already dropped ids are ignored."""
+        if id < self.head_id or id >= self._next:
+            return
+        if id != self.head_id:
+            # out of order: remember it (bounded; a forgotten one is just sent again)
+            if id not in self._pending and len(self._pending) < PENDING_MAX:
+                self._pending.append(id)
+            return
+        h = id + 1
+        p = self._pending
+        while h in p:
+            p.remove(h)
+            h += 1
+        self._advance(h)
+
+    def flush(self):
+        """Persist the head now (e.g. before a planned reset)."""
+        if self._unsaved:
+            self._save()
+
+    close = flush
+
+    # -- internals -------------------------------------------------------------------------
+    def _path(self, first):
+        return "%s/%d.seg" % (self.dir, first)
+
+    def _open(self):
+        self.head_id, self.dropped = self._load_state()
+        segs = []
+        for e in os.ilistdir(self.dir):
+            name = e[0]
+            if name.endswith(".seg"):
+                try:
+                    segs.append(int(name[:-4]))
+                except ValueError:
+                    pass
+        segs.sort()
+        self._segs = segs
+        self._sealed = False
+        self._tail_bytes = 0
+        self._bytes = 0
+        self._next = self.head_id
+        while segs:
+            count, end, fsize = self._scan(segs[-1])
+            if fsize == end:
+                break
+            # Torn last write: never append after it. An all-garbage segment goes (its name
+            # is the next segment's); otherwise new records start a new segment.
+            if count:
+                self._sealed = True
+                break
+            os.remove(self._path(segs.pop()))
+        if segs:
+                self._next = segs[-1] + count
+                self._tail_bytes = fsize
+                for s in segs:
+                    self._bytes += os.stat(self._path(s))[6]
+        self._next = max(self._next, self.head_id, 1)
+        self.head_id = max(self.head_id, segs[0] if segs else self._next, 1)
+        self.head_id = min(self.head_id, self._next)
+        self._unsaved = 0
+        self._delete_consumed()
+
+    def _scan(self, first):
+        # (valid records, offset after the last valid one, file size) of one segment
+        count = end = 0
+        with open(self._path(first), "rb") as f:
+            while True:
+                n = self._valid_record(f)
+                if n is None:
+                    break
+                count += 1
+                end += _HDR + n
+            f.seek(0, 2)
+            return count, end, f.tell()
+
+    def _valid_record(self, f, want=False):
+        # Read one record at f's position: its length (or data when `want`), None at the end
+        # or at a torn/corrupt record.
+        h = self._hdr
+        if f.readinto(h) != _HDR:
+            return None
+        n, crc = struct.unpack_from("<HI", h)
+        if n == 0:
+            return None
+        data = f.read(n)
+        if len(data) != n or crc32(data, n) & 0xFFFFFFFF != crc:
+            return None
+        return data if want else n
+
+    def _seg_index(self, i):
+        segs = self._segs
+        k = len(segs) - 1
+        while k >= 0 and segs[k] > i:
+            k -= 1
+        return k
+
+    def _read_seg(self, k, i, n, out):
+        # Append records from segment k starting at id i to out; return the next id to read.
+        first = self._segs[k]
+        last = self._segs[k + 1] if k + 1 < len(self._segs) else self._next
+        c = self._cursor
+        with open(self._path(first), "rb") as f:
+            if c and c[0] == i and c[1] == first:
+                f.seek(c[2])
+            else:
+                j = first
+                while j < i:  # skip to record i, headers only
+                    if f.readinto(self._hdr) != _HDR:
+                        return last
+                    f.seek(struct.unpack_from("<H", self._hdr)[0], 1)
+                    j += 1
+            while i < last and len(out) < n:
+                data = self._valid_record(f, True)
+                if data is None:
+                    self._lost(i, last)
+                    return last
+                out.append((i, data))
+                i += 1
+            self._cursor = (i, first, f.tell())
+        return i
+
+    def _lost(self, i, last):
+        # Records i..last-1 are unreadable (flash corruption inside an old segment): count
+        # them as dropped and let the head step over them once it gets there.
+        self._cursor = None
+        if self._skip is None or self._skip[0] != i:
+            self.dropped += last - i
+            self._skip = (i, last)
+            if self.head_id == i:
+                self._advance(last)
+
+    def _advance(self, h):
+        if self._skip and h >= self._skip[0]:
+            h = max(h, self._skip[1])
+            self._skip = None
+        self.head_id = h
+        self._unsaved += 1
+        if self._delete_consumed():
+            return
+        if self._unsaved >= ACK_PERSIST:
+            self._save()
+
+    def _delete_consumed(self):
+        # Remove segments whose records are all acknowledged (never the tail: it names the
+        # next id). The deletion itself persists the progress.
+        segs = self._segs
+        done = False
+        while len(segs) > 1 and segs[1] <= self.head_id:
+            self._remove(segs[0])
+            done = True
+        return done
+
+    def _drop_oldest(self):
+        segs = self._segs
+        end = segs[1]
+        lost = end - max(self.head_id, segs[0])
+        if lost > 0:
+            self.dropped += lost
+            self.head_id = end
+            p = self._pending
+            for x in p[:]:
+                if x < end:
+                    p.remove(x)
+        # Counter first, delete second: a crash in between never under-counts.
+        self._save()
+        self._remove(segs[0])
+
+    def _remove(self, first):
+        path = self._path(first)
+        try:
+            self._bytes -= os.stat(path)[6]
+            os.remove(path)
+        except OSError:
+            pass
+        self._segs.pop(0)
+        if self._cursor and self._cursor[1] == first:
+            self._cursor = None
+
+    def _roll(self):
+        # Start a new segment at the next id; its file appears with its first record.
+        self._segs.append(self._next)
+        self._tail_bytes = 0
+        self._sealed = False
+
+    def _load_state(self):
+        try:
+            with open(self.dir + "/state") as f:
+                head, dropped = f.read().split()
+            return int(head), int(dropped)
+        except (OSError, ValueError):
+            return 1, 0
+
+    def _save(self):
+        tmp = self.dir + "/state.tmp"
+        with open(tmp, "w") as f:
+            f.write("%d %d\n" % (self.head_id, self.dropped))
+        os.rename(tmp, self.dir + "/state")
+        self._unsaved = 0
+
+
+def _makedirs(path):
+    parts = path.split("/")
+    for k in range(1, len(parts) + 1):
+        p = "/".join(parts[:k])
+        if p and parts[k - 1] not in ("", "."):
+            try:
+                os.mkdir(p)
+            except OSError:
+                pass  # exists
