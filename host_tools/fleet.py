@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 import tomllib
 import types
@@ -196,7 +197,11 @@ class ThingsBoard(PlatformBase):
     provision_key: str | None = secret_field()
     provision_secret: str | None = secret_field()
     gateway_devices: list[str] = []
-    _v = _refs_only("token", "provision_key", "provision_secret")
+    shared_attributes: list[str] | None = None
+    claim_secret: str | None = secret_field()
+    claim_duration_ms: int | None = Field(None, gt=0)
+    max_payload: int | None = Field(None, ge=256)
+    _v = _refs_only("token", "provision_key", "provision_secret", "claim_secret")
 
 
 class Blynk(PlatformBase):
@@ -205,6 +210,7 @@ class Blynk(PlatformBase):
     template_id: str | None = None
     template_name: str | None = None
     gateway_tokens: dict[str, str] = Field({}, json_schema_extra={SECRET: True})
+    timestamped: bool | None = None
 
     @field_validator("gateway_tokens")
     @classmethod
@@ -225,6 +231,10 @@ class Weightron(PlatformBase):
     device_id: str | None = None
     topic: str | None = None
     token: str | None = secret_field()
+    values_key: str | None = None
+    fields: dict[str, Any] | None = None
+    command_topic: str | None = None
+    max_payload: int | None = Field(None, ge=256)
     oidc: WeightronOidc | None = None
     _v = _refs_only("token")
 
@@ -315,6 +325,13 @@ class Fleet(BaseModel):
     @property
     def base_dir(self) -> Path:
         return self.path.parent
+
+    @property
+    def state_dir(self) -> Path:
+        """Host-side state that is not a secret (the relay's CA and certificate, caches):
+        $UPLINK_STATE_DIR, or .uplink/ next to the fleet file."""
+        env = os.environ.get("UPLINK_STATE_DIR")
+        return Path(env).expanduser() if env else self.base_dir / ".uplink"
 
     def device(self, name: str) -> Device:
         if name in self.devices:

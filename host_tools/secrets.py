@@ -286,6 +286,11 @@ class SecretStore:
             return [self.resolve_tree(v, context=f"{context}[{i}]") for i, v in enumerate(obj)]
         return self.resolve(obj, context=f"used by {context}" if context else None)
 
+    def remember(self, value: str) -> None:
+        """Count a secret made elsewhere (e.g. the relay device key) for output redaction."""
+        if value:
+            self._seen["\0" + str(len(self._seen))] = value
+
     def seen_values(self) -> list[str]:
         """Every secret value this store handed out or stored (for output redaction)."""
         return [v for v in self._seen.values() if v]

@@ -1,0 +1,607 @@
+"""The `uplink` command: from a new board to sending data. See docs/host_tools.md.
+
+Exit codes (for scripts): 0 ok, 1 other failure, 2 bad usage, 3 invalid fleet file,
+4 a secret is missing, 5 board/port problem, 6 build (mpy-cross) failure, 7 cloud
+provisioning failure.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from host_tools import __version__
+from host_tools.secrets import SecretError, SecretStore
+from host_tools.ui import REDACT, UI
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INVALID, EXIT_SECRET, EXIT_BOARD, EXIT_BUILD, EXIT_CLOUD = range(8)
+
+app = typer.Typer(
+    name="uplink",
+    help="Provision, build, deploy and flash Uplink boards from this machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Show a device's configuration.", no_args_is_help=True)
+secrets_app = typer.Typer(help="Store, list and remove secrets (OS keyring, env, 0600 file).",
+                          no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(secrets_app, name="secrets")
+
+
+class State:
+    fleet_path: Path = Path("fleet.toml")
+    secrets_file: Path | None = None
+    no_keyring: bool = False
+    _store: SecretStore | None = None
+
+    @property
+    def store(self) -> SecretStore:
+        if self._store is None:
+            self._store = SecretStore(self.secrets_file, use_keyring=not self.no_keyring)
+            REDACT.sources.append(self._store.seen_values)
+            if not self._store.keyring_available:
+                UI.detail(f"no OS keyring ({self._store.keyring_problem}); secrets come from "
+                          f"the environment and {self._store.file}")
+        return self._store
+
+    def fleet(self):
+        from host_tools.fleet import load_fleet
+
+        return load_fleet(self.fleet_path)
+
+    @property
+    def build_root(self) -> Path:
+        env = os.environ.get("UPLINK_BUILD_DIR")
+        return Path(env) if env else self.fleet_path.resolve().parent / "build"
+
+
+S = State()
+
+
+def guarded(fn):
+    """Turn the errors a person can act on into one clear message and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        from host_tools.board_link import BoardError
+        from host_tools.build import BuildError
+        from host_tools.flash import FlashError
+        from host_tools.fleet import FleetError
+        from host_tools.provision import ProvisionError
+        from host_tools.secrets import MissingSecret
+        from host_tools.tb_register import RegisterError
+
+        try:
+            return fn(*a, **kw)
+        except FleetError as e:
+            for p in e.problems:
+                UI.error(p)
+            raise typer.Exit(EXIT_INVALID) from None
+        except MissingSecret as e:
+            UI.error(str(e))
+            raise typer.Exit(EXIT_SECRET) from None
+        except SecretError as e:
+            UI.error(str(e))
+            raise typer.Exit(EXIT_SECRET) from None
+        except BoardError as e:
+            UI.error(str(e))
+            raise typer.Exit(EXIT_BOARD) from None
+        except BuildError as e:
+            UI.error(str(e))
+            raise typer.Exit(EXIT_BUILD) from None
+        except RegisterError as e:
+            UI.error(str(e))
+            raise typer.Exit(EXIT_CLOUD) from None
+        except (ProvisionError, FlashError) as e:
+            UI.error(str(e))
+            raise typer.Exit(EXIT_FAIL) from None
+
+    return wrapper
+
+
+def _version(value: bool):
+    if value:
+        UI.text(f"uplink {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    fleet: Annotated[Path, typer.Option("--fleet", "-f", help="The fleet file.", envvar="UPLINK_FLEET")] = Path("fleet.toml"),
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Say more (repeatable).")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and requested data.")] = False,
+    secrets_file: Annotated[Optional[Path], typer.Option(help="Secrets file (default ~/.config/uplink/secrets.json).", envvar="UPLINK_SECRETS_FILE")] = None,
+    no_keyring: Annotated[bool, typer.Option("--no-keyring", help="Do not use the OS keyring.", envvar="UPLINK_NO_KEYRING")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+):
+    """Provision, build, deploy and flash Uplink boards.
+
+    Exit codes: 0 ok, 1 failure, 2 bad usage, 3 invalid fleet file, 4 missing secret,
+    5 board or port problem, 6 build failure, 7 cloud provisioning failure.
+    """
+    S.fleet_path = fleet
+    S.secrets_file = secrets_file
+    S.no_keyring = no_keyring
+    S._store = None
+    UI.level = -1 if quiet else verbose
+
+
+# -- validate ---------------------------------------------------------------------------
+@app.command()
+@guarded
+def validate(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
+    no_secrets: Annotated[bool, typer.Option("--no-secrets", help="Do not check that referenced secrets are set.")] = False,
+):
+    """Check the fleet file (and that every secret it references is set)."""
+    from host_tools.fleet import FleetError, secret_refs
+
+    try:
+        fleet = S.fleet()
+    except FleetError as e:
+        if as_json:
+            UI.data({"ok": False, "problems": e.problems})
+        raise
+    missing: list[dict] = []
+    if not no_secrets:
+        store = S.store
+        for name, dev in fleet.devices.items():
+            for path, sname in secret_refs(dev).items():
+                if store.where(sname) is None:
+                    missing.append({"device": name, "key": path, "secret": sname})
+    if as_json:
+        UI.data({"ok": not missing, "file": str(fleet.path), "devices": sorted(fleet.devices),
+                 "missing_secrets": missing})
+    else:
+        for m in missing:
+            UI.error(f"{fleet.path.name}: device '{m['device']}': {m['key']}: secret "
+                     f"'{m['secret']}' is not set (uplink secrets set {m['secret']})")
+        if not missing:
+            UI.info(f"{fleet.path.name}: {len(fleet.devices)} device(s) OK: "
+                    + ", ".join(sorted(fleet.devices)))
+    if missing:
+        raise typer.Exit(EXIT_SECRET)
+
+
+# -- config show ----------------------------------------------------------------------------
+@config_app.command("show")
+@guarded
+def config_show(
+    device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
+    show_secrets: Annotated[bool, typer.Option("--show-secrets", help="Print secret values instead of their references.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the config.json only.")] = False,
+):
+    """The config.json this device gets; secrets shown as "secret:NAME" unless --show-secrets."""
+    from host_tools.provision import render
+
+    fleet = S.fleet()
+    config, files = render(fleet, device, S.store, redact=not show_secrets)
+    if show_secrets:
+        REDACT.enabled = False
+    try:
+        if as_json:
+            UI.data(config)
+        else:
+            UI.text(json.dumps(config, indent=2) + "\n")
+            if not show_secrets:
+                UI.info("secrets are shown as references; --show-secrets prints their values")
+    finally:
+        REDACT.enabled = True
+
+
+# -- secrets ---------------------------------------------------------------------------------
+def _read_secret_value(name: str, from_env: str | None) -> str:
+    if from_env:
+        v = os.environ.get(from_env)
+        if v is None:
+            raise SecretError(f"environment variable {from_env} is not set")
+        return v
+    if sys.stdin.isatty():
+        return typer.prompt(f"value for {name}", hide_input=True, confirmation_prompt=True)
+    v = sys.stdin.readline().rstrip("\r\n")
+    if not v:
+        raise SecretError(f"no value for {name} on standard input")
+    return v
+
+
+@secrets_app.command("set")
+@guarded
+def secrets_set(
+    name: Annotated[str, typer.Argument(help="Secret name, as in \"secret:NAME\".")],
+    file: Annotated[bool, typer.Option("--file", help="Store in the 0600 secrets file even if there is a keyring.")] = False,
+    keyring: Annotated[bool, typer.Option("--keyring", help="Store in the OS keyring or fail.")] = False,
+    from_env: Annotated[Optional[str], typer.Option("--from-env", metavar="VAR", help="Take the value from this environment variable.")] = None,
+):
+    """Store a secret. The value is prompted for (hidden) or read from standard input, never
+    taken as an argument (it would land in your shell history)."""
+    value = _read_secret_value(name, from_env)
+    store = S.store
+    store.remember(value)
+    where = store.set(name, value, backend="file" if file else "keyring" if keyring else None)
+    UI.info(f"stored '{name}' in the {'OS keyring' if where == 'keyring' else str(store.file) + ' (0600)'}")
+
+
+@secrets_app.command("list")
+@guarded
+def secrets_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable list.")] = False,
+):
+    """Secret names (never values): where each is stored and which devices use it."""
+    from host_tools.fleet import FleetError, secret_refs
+
+    store = S.store
+    used: dict[str, list[str]] = {}
+    try:
+        fleet = S.fleet()
+        for dname, dev in fleet.devices.items():
+            for path, sname in secret_refs(dev).items():
+                used.setdefault(sname, []).append(f"{dname}:{path}")
+    except FleetError:
+        UI.detail("no usable fleet file: not showing which devices use each secret")
+    names = sorted(set(store.names()) | set(used))
+    rows = [{"name": n, "stored": store.where(n), "used_by": used.get(n, [])} for n in names]
+    if as_json:
+        UI.data({"keyring": store.keyring_available, "file": str(store.file), "secrets": rows})
+        return
+    t = Table("name", "stored in", "used by")
+    for r in rows:
+        t.add_row(r["name"], r["stored"] or "[red]missing[/red]", ", ".join(r["used_by"]))
+    UI.out.print(t)
+    if not store.keyring_available:
+        UI.info(f"no OS keyring here ({store.keyring_problem}): secrets live in {store.file}")
+
+
+@secrets_app.command("rm")
+@guarded
+def secrets_rm(name: Annotated[str, typer.Argument(help="Secret name.")]):
+    """Remove a secret from the keyring and the secrets file."""
+    removed = S.store.delete(name)
+    if not removed:
+        UI.error(f"no secret '{name}' in the keyring or {S.store.file}")
+        raise typer.Exit(EXIT_SECRET)
+    UI.info(f"removed '{name}' from {' and '.join(removed)}")
+
+
+# -- provision ----------------------------------------------------------------------------------
+def _do_provision(device: str, register: bool = False, out: Path | None = None):
+    from host_tools.fleet import ThingsBoard
+    from host_tools.provision import ProvisionError, ca_to_der, provision, registered_token_name
+
+    fleet = S.fleet()
+    dev = fleet.device(device)
+    store = S.store
+    if register:
+        from host_tools import tb_register
+
+        p = dev.platform
+        if not isinstance(p, ThingsBoard) or not (p.provision_key and p.provision_secret):
+            raise ProvisionError(f"--register needs a thingsboard device with provision_key and "
+                                 f"provision_secret; '{device}' has kind {p.kind}")
+        ca_pem = None
+        if p.ca:
+            from cryptography import x509
+            from cryptography.hazmat.primitives.serialization import Encoding
+
+            der = ca_to_der(fleet.resolve_path(p.ca).read_bytes(), p.ca)
+            ca_pem = x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM).decode()
+        key = store.resolve(p.provision_key, context=f"device '{device}': platform.provision_key")
+        secret = store.resolve(p.provision_secret, context=f"device '{device}': platform.provision_secret")
+        UI.info(f"registering '{device}' with ThingsBoard at {p.effective_url()}")
+        token = tb_register.register(p.effective_url(), device, key, secret, ca_pem=ca_pem,
+                                     insecure=p.insecure)
+        store.remember(token)
+        target = p.token[len("secret:"):] if p.token else registered_token_name(device)
+        where = store.set(target, token)
+        UI.info(f"ThingsBoard issued an access token; stored as secret '{target}' ({where})")
+    return provision(fleet, device, store, out)
+
+
+@app.command("provision")
+@guarded
+def provision_cmd(
+    device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
+    register: Annotated[bool, typer.Option("--register", help="ThingsBoard: provision the device now, from here, and keep its token as a secret.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Build directory (default: build/ next to the fleet file).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable list of files.")] = False,
+):
+    """Render build/devices/DEVICE/: config.json (0600), the CA as DER, the board profile."""
+    b = _do_provision(device, register, out or S.build_root)
+    rows = []
+    for name in sorted(b.files):
+        f = b.dir / name
+        rows.append({"file": str(f), "bytes": f.stat().st_size, "mode": f"{f.stat().st_mode & 0o777:04o}"})
+    if as_json:
+        UI.data({"device": device, "dir": str(b.dir), "files": rows})
+        return
+    t = Table("file", "bytes", "mode")
+    for r in rows:
+        t.add_row(r["file"], str(r["bytes"]), r["mode"])
+    if UI.level >= 0:
+        UI.out.print(t)
+
+
+# -- build ------------------------------------------------------------------------------------
+def _boards_for_build(board: str | None) -> list[str]:
+    if board:
+        return [board]
+    from host_tools.fleet import FleetError
+
+    try:
+        fleet = S.fleet()
+    except FleetError as e:
+        raise FleetError([*e.problems, "(or pass --board)"]) from None
+    return sorted({d.board for d in fleet.devices.values()})
+
+
+@app.command()
+@guarded
+def build(
+    board: Annotated[Optional[str], typer.Option(help="Board profile id (boards/*.json); default: every board in the fleet.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable size table.")] = False,
+):
+    """mpy-cross every firmware module for the board (cached), with a size table."""
+    from host_tools import build as b
+    from host_tools.fleet import board_profile
+
+    report = {}
+    for bid in _boards_for_build(board):
+        board_profile(bid)
+        root, items = b.build(bid, out=S.build_root / "firmware" / bid)
+        report[bid] = {"dir": str(root), "arch": board_profile(bid).get("mpy_arch"),
+                       "files": [vars(i) for i in items],
+                       "total_bytes": sum(i.out_bytes for i in items)}
+        if not as_json and UI.level >= 0:
+            t = Table("file", "source", "on board", "", title=f"{bid} ({report[bid]['arch'] or 'bytecode'}) -> {root}")
+            for i in items:
+                t.add_row(i.rel, str(i.src_bytes), str(i.out_bytes), "cached" if i.cached else "compiled")
+            t.add_row("[b]total[/b]", str(sum(i.src_bytes for i in items)), f"[b]{report[bid]['total_bytes']}[/b]", "")
+            UI.out.print(t)
+    if as_json:
+        UI.data(report)
+
+
+# -- deploy ------------------------------------------------------------------------------------
+def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_json: bool = False):
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from host_tools import build as b
+    from host_tools import deploy as d
+    from host_tools.board_link import BoardLink
+    from host_tools.ports import pick_port
+    from host_tools.provision import provision
+
+    fleet = S.fleet()
+    dev = fleet.device(device)
+    bundle = provision(fleet, device, S.store, S.build_root)
+    root, _ = b.build(dev.board, out=S.build_root / "firmware" / dev.board)
+    files = d.local_files(b.files(root), bundle.dir)
+    port = port or pick_port()
+    UI.detail(f"connecting to {port}")
+    link = BoardLink(port)
+    try:
+        plan, _ = d.plan(link, files)
+        if dry_run:
+            if as_json:
+                UI.data(dict(plan.as_dict(), dry_run=True))
+            else:
+                for path, n, why in plan.copy:
+                    UI.text(f"would copy  {path}  ({n} bytes, {why})\n")
+                for path in plan.remove:
+                    UI.text(f"would remove  {path}\n")
+                UI.info(f"{len(plan.copy)} to copy ({plan.copy_bytes} bytes), {len(plan.remove)} "
+                        f"to remove, {len(plan.same)} unchanged")
+            link.t.exit_raw_repl()
+            return plan
+        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                      console=UI.err, disable=UI.level < 0 or as_json, transient=True) as prog:
+            task = prog.add_task("deploying", total=plan.copy_bytes or 1)
+
+            def step(path, n):
+                prog.update(task, advance=n, description=path)
+
+            d.execute(link, files, plan, step)
+        if reset:
+            link.reset()
+        else:
+            link.t.exit_raw_repl()
+    finally:
+        link.close()
+    if as_json:
+        UI.data(dict(plan.as_dict(), dry_run=False, reset=reset))
+    else:
+        UI.info(f"{device}: copied {len(plan.copy)} file(s) ({plan.copy_bytes} bytes), removed "
+                f"{len(plan.remove)}, {len(plan.same)} unchanged" + ("; board reset" if reset else ""))
+    return plan
+
+
+@app.command()
+@guarded
+def deploy(
+    device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
+    port: Annotated[Optional[str], typer.Option("--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="List what would change; change nothing.")] = False,
+    reset: Annotated[bool, typer.Option("--reset/--no-reset", help="Reset the board afterwards.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable plan/result.")] = False,
+):
+    """Copy firmware + config to the board over its serial port (only files that differ)."""
+    _do_deploy(device, port, dry_run, reset, as_json)
+
+
+# -- flash ---------------------------------------------------------------------------------------
+@app.command("flash-micropython")
+@guarded
+def flash_micropython(
+    port: Annotated[str, typer.Option("--port", "-p", help="Serial port.")],
+    image: Annotated[Path, typer.Option("--image", "-i", help="MicroPython firmware .bin for the chip.")],
+    board: Annotated[Optional[str], typer.Option(help="Board profile id (default: the fleet's, if all devices share one).")] = None,
+    erase: Annotated[bool, typer.Option("--erase/--no-erase", help="Erase the whole flash first.")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Print the esptool commands only.")] = False,
+):
+    """Erase the chip and write MicroPython at the board profile's offset (460800, then 115200 baud)."""
+    from host_tools import flash as fl
+    from host_tools.fleet import board_profile
+
+    boards = _boards_for_build(board)
+    if len(boards) != 1:
+        raise fl.FlashError(f"the fleet has several boards ({', '.join(boards)}): pass --board")
+    profile = board_profile(boards[0])
+    if dry_run:
+        for cmd in fl.plan(profile, port, image, erase=erase):
+            UI.text(" ".join(cmd) + "\n")
+        return
+    from host_tools.board_link import check_port
+
+    check_port(port)
+    fl.flash(profile, port, image, erase=erase, log=UI.info)
+    UI.info(f"MicroPython written to {port} at {profile['flash_offset']}")
+
+
+# -- devices / logs --------------------------------------------------------------------------------
+@app.command()
+@guarded
+def devices(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable list.")] = False):
+    """Serial ports on this machine: port, serial number, VID:PID, product."""
+    from host_tools.ports import list_ports
+
+    ports = list_ports()
+    if as_json:
+        UI.data(ports)
+        return
+    t = Table("port", "serial number", "VID:PID", "product")
+    for p in ports:
+        t.add_row(p["port"], p["serial_number"] or "", p["vid_pid"] or "", p["product"] or "")
+    UI.out.print(t)
+
+
+@app.command()
+@guarded
+def logs(
+    port: Annotated[Optional[str], typer.Option("--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
+    baud: Annotated[int, typer.Option(help="Baud rate.")] = 115200,
+    seconds: Annotated[Optional[float], typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
+):
+    """Print the board's serial console until Ctrl-C."""
+    from host_tools.ports import follow, pick_port
+
+    port = port or pick_port()
+    UI.info(f"console of {port} ({baud} baud); Ctrl-C to stop")
+    try:
+        follow(port, UI.text, baud=baud, seconds=seconds)
+    except KeyboardInterrupt:
+        pass
+
+
+# -- sim / run --------------------------------------------------------------------------------------
+def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | None) -> int:
+    from host_tools import hostboard
+    from host_tools.provision import provision
+
+    fleet = S.fleet()
+    fleet.device(device)
+    bundle = provision(fleet, device, S.store, S.build_root)
+    state = S.build_root / "sim" / device
+    hostboard.prepare_state_dir(bundle.dir, state)
+    os.chmod(state / "config.json", 0o600)
+    UI.info(f"{device} on the host board (state in {state}); Ctrl-C to stop")
+    end = None if seconds is None else time.monotonic() + seconds
+    import selectors
+    import subprocess
+
+    while True:
+        proc = hostboard.start(state, compiled=compiled, heapsize=heapsize,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        try:
+            while proc.poll() is None or sel.select(0):
+                if end is not None and time.monotonic() > end:
+                    proc.terminate()
+                    proc.wait(5)
+                    return 0
+                if sel.select(0.2):
+                    chunk = os.read(proc.stdout.fileno(), 4096)
+                    if not chunk:
+                        break
+                    UI.text(chunk.decode(errors="replace"))
+        except KeyboardInterrupt:
+            proc.terminate()
+            proc.wait(5)
+            return 0
+        code = proc.wait()
+        if code != hostboard.RESET_EXIT_CODE:
+            return code
+        UI.info("[host board] the firmware reset itself: booting again")
+
+
+@app.command()
+@guarded
+def sim(
+    device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
+    seconds: Annotated[Optional[float], typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
+    compiled: Annotated[bool, typer.Option(help="Run the mpy-cross output instead of the sources.")] = False,
+    heapsize: Annotated[Optional[str], typer.Option(help="MicroPython heap, e.g. 96k (an ESP32 without PSRAM).")] = None,
+):
+    """Run the device's bundle on the host board (MicroPython unix port), against its broker."""
+    code = _do_sim(device, seconds, compiled, heapsize)
+    if code:
+        raise typer.Exit(code if code < 64 else EXIT_FAIL)
+
+
+@app.command()
+@guarded
+def run(
+    device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
+    port: Annotated[Optional[str], typer.Option("--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
+    seconds: Annotated[Optional[float], typer.Option(help="Stop following the logs after this long.")] = None,
+):
+    """validate -> provision -> build -> deploy -> logs (host-board devices: sim)."""
+    from host_tools.ports import follow, pick_port
+
+    fleet = S.fleet()
+    dev = fleet.device(device)
+    UI.info(f"{fleet.path.name}: valid")
+    if dev.board == "host" and port is None:
+        code = _do_sim(device, seconds, False, None)
+        if code:
+            raise typer.Exit(code if code < 64 else EXIT_FAIL)
+        return
+    port = port or pick_port()
+    _do_deploy(device, port, dry_run=False, reset=True)
+    time.sleep(0.3)
+    UI.info(f"console of {port}; Ctrl-C to stop")
+    try:
+        follow(port, UI.text, seconds=seconds)
+    except KeyboardInterrupt:
+        pass
+
+
+# -- the token relay's commands (host_tools/tokens_cli.py) ---------------------------------------------
+try:
+    with warnings.catch_warnings():  # a library's deprecation notice is not the user's business
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from host_tools import tokens_cli
+except ImportError:  # pragma: no cover - that part is optional
+    tokens_cli = None
+if tokens_cli is not None:
+    tokens_cli.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

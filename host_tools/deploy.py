@@ -1,0 +1,87 @@
+"""`uplink deploy`: make the board's filesystem hold the firmware build plus the device bundle.
+
+Only files whose sha256 differs from what the board holds are copied; every file is written
+to a temporary name and renamed into place (config.json above all: a half-written config
+would keep the board from starting). A manifest on the board (.uplink-manifest.json) lists
+what the last deploy put there, so files that left the build are removed, and nothing else
+on the board (the outbox, the user's own files) is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from host_tools.board_link import MANIFEST, BoardLink
+
+
+@dataclass
+class Plan:
+    copy: list[tuple[str, int, str]] = field(default_factory=list)  # path, bytes, "new"|"changed"
+    remove: list[str] = field(default_factory=list)
+    same: list[str] = field(default_factory=list)
+
+    @property
+    def copy_bytes(self) -> int:
+        return sum(n for _, n, _ in self.copy)
+
+    def as_dict(self) -> dict:
+        return {
+            "copy": [{"path": p, "bytes": n, "why": w} for p, n, w in self.copy],
+            "remove": self.remove,
+            "unchanged": self.same,
+            "copy_bytes": self.copy_bytes,
+        }
+
+
+def local_files(build_files: dict[str, Path], bundle_dir: Path) -> dict[str, bytes]:
+    """Board path -> content: the firmware build, then the bundle (config.json etc.)."""
+    out = {p: f.read_bytes() for p, f in sorted(build_files.items())}
+    for f in sorted(bundle_dir.iterdir()):
+        if f.is_file() and not f.name.startswith("."):
+            out[f.name] = f.read_bytes()
+    return out
+
+
+def plan(link: BoardLink, files: dict[str, bytes]) -> tuple[Plan, list[str]]:
+    remote = link.hashes(sorted(files))
+    p = Plan()
+    # config.json last: the firmware it configures is in place before the board can boot it
+    order = sorted(files, key=lambda x: (x == "config.json", x))
+    for path in order:
+        data = files[path]
+        have = remote.get(path)
+        if have == hashlib.sha256(data).hexdigest():
+            p.same.append(path)
+        else:
+            p.copy.append((path, len(data), "new" if have is None else "changed"))
+    old = link.read(MANIFEST)
+    previous: list[str] = []
+    if old:
+        try:
+            previous = list(json.loads(old).get("files", []))
+        except (ValueError, AttributeError):
+            previous = []
+    p.remove = sorted(set(previous) - set(files))
+    return p, sorted(files)
+
+
+def execute(link: BoardLink, files: dict[str, bytes], p: Plan,
+            progress: Callable[[str, int], None] | None = None) -> None:
+    dirs: set[str] = set()
+    for path, _, _ in p.copy:
+        parent = PurePosixPath(path).parent
+        while str(parent) not in (".", "/", ""):
+            dirs.add(str(parent))
+            parent = parent.parent
+    link.mkdirs(sorted(dirs, key=lambda d: d.count("/")))
+    for path, _, _ in p.copy:
+        link.write_atomic(path, files[path], (lambda n, path=path: progress(path, n)) if progress else None)
+    for path in p.remove:
+        link.remove(path)
+    if p.copy or p.remove:
+        manifest = json.dumps({"files": sorted(files)}, sort_keys=True).encode()
+        link.write_atomic(MANIFEST, manifest)

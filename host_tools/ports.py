@@ -1,0 +1,61 @@
+"""Serial ports: listing them (`uplink devices`), picking the board's, reading its console
+(`uplink logs`). Uses pyserial."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+# USB-serial bridges found on ESP32 boards, and Espressif's own USB
+KNOWN_VIDS = {0x303A: "Espressif", 0x10C4: "Silicon Labs CP210x", 0x1A86: "WCH CH340/CH343",
+              0x0403: "FTDI"}
+
+
+def list_ports() -> list[dict]:
+    from serial.tools import list_ports as lp
+
+    out = []
+    for p in sorted(lp.comports(), key=lambda p: p.device):
+        out.append({
+            "port": p.device,
+            "serial_number": p.serial_number,
+            "vid_pid": f"{p.vid:04x}:{p.pid:04x}" if p.vid is not None and p.pid is not None else None,
+            "product": p.product or (KNOWN_VIDS.get(p.vid) if p.vid is not None else None) or p.description,
+            "likely_board": p.vid in KNOWN_VIDS,
+        })
+    return out
+
+
+def pick_port() -> str:
+    """The one port that looks like an ESP32 board; an error saying what to do otherwise."""
+    from host_tools.board_link import BoardError
+
+    boards = [p for p in list_ports() if p["likely_board"]]
+    if len(boards) == 1:
+        return boards[0]["port"]
+    if not boards:
+        raise BoardError("no board found on USB: plug it in (a data cable, not a charge-only one) "
+                         "or pass --port; `uplink devices` lists serial ports")
+    raise BoardError("several boards are plugged in (" + ", ".join(b["port"] for b in boards)
+                     + "): pass --port")
+
+
+def follow(port: str, write: Callable[[str], None], *, baud: int = 115200,
+           seconds: float | None = None) -> None:
+    """Print the board's console until Ctrl-C (or `seconds`)."""
+    import serial
+
+    from host_tools.board_link import explain_open_error
+
+    try:
+        s = serial.Serial(port, baud, timeout=0.2, exclusive=True)
+    except (serial.SerialException, OSError) as e:
+        raise explain_open_error(port, e) from None
+    end = None if seconds is None else time.monotonic() + seconds
+    try:
+        while end is None or time.monotonic() < end:
+            data = s.read(4096)
+            if data:
+                write(data.decode(errors="replace").replace("\r\n", "\n"))
+    finally:
+        s.close()

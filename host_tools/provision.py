@@ -1,0 +1,247 @@
+"""Render a device's bundle: build/devices/DEVICE/{config.json, ca.der, relay_ca.der, board.json}.
+
+config.json follows docs/config.md exactly (the firmware checks it at boot). Rendering is
+deterministic: the same fleet file and secrets give byte-identical files. Files that hold a
+secret are written 0600, every file is written atomically, and files a previous render left
+that are no longer part of the bundle are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from host_tools.fleet import (
+    Biotz,
+    Blynk,
+    Device,
+    Fleet,
+    FleetError,
+    StaticCredentials,
+    ThingsBoard,
+    Weightron,
+)
+from host_tools.secrets import SecretStore
+
+BUNDLE_FILES = ("config.json", "ca.der", "relay_ca.der", "board.json")
+
+
+class ProvisionError(Exception):
+    pass
+
+
+@dataclass
+class Bundle:
+    dir: Path
+    files: dict[str, bytes] = field(default_factory=dict)
+    secret_files: set[str] = field(default_factory=set)
+    config: dict = field(default_factory=dict)
+
+
+def bundle_dir(fleet: Fleet, device: str, out: Path | None = None) -> Path:
+    return (out or fleet.base_dir / "build") / "devices" / device
+
+
+def registered_token_name(device: str) -> str:
+    """Where `provision --register` keeps the token ThingsBoard handed out."""
+    return f"{device}.token"
+
+
+def ca_to_der(data: bytes, source: str) -> bytes:
+    """A CA certificate as DER (MicroPython's TLS loader takes DER), from PEM or DER."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    try:
+        if b"-----BEGIN" in data:
+            certs = x509.load_pem_x509_certificates(data)
+            cert = certs[0]
+        else:
+            cert = x509.load_der_x509_certificate(data)
+    except ValueError as e:
+        raise ProvisionError(f"{source}: not a PEM or DER certificate ({e})") from None
+    return cert.public_bytes(Encoding.DER)
+
+
+def _read_ca(fleet: Fleet, ref: str, where: str) -> bytes:
+    path = fleet.resolve_path(ref)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ProvisionError(f"{where}: cannot read CA file {path} ({e.strerror})") from None
+    return ca_to_der(data, str(path))
+
+
+def _resolver(store: SecretStore, redact: bool):
+    if redact:  # show where a secret comes from, never its value
+        return lambda value, context=None: value
+    return store.resolve
+
+
+def _kind_keys(dev: Device, store: SecretStore, redact: bool = False) -> dict:
+    p = dev.platform
+    r = _resolver(store, redact)
+    ctx = f"device '{dev.name}'"
+    out: dict = {}
+
+    def put(key, value, secret=False):
+        if value is None:
+            return
+        out[key] = r(value, context=f"{ctx}: platform.{key}") if secret else value
+
+    if isinstance(p, ThingsBoard):
+        token = p.token
+        if token is None and store.get(registered_token_name(dev.name)) is not None:
+            token = "secret:" + registered_token_name(dev.name)
+        put("token", token, True)
+        if token is None:
+            put("provision_key", p.provision_key, True)
+            put("provision_secret", p.provision_secret, True)
+        if p.gateway_devices:
+            out["gateway_devices"] = list(p.gateway_devices)
+        put("shared_attributes", p.shared_attributes)
+        put("claim_secret", p.claim_secret, True)
+        put("claim_duration_ms", p.claim_duration_ms)
+        put("max_payload", p.max_payload)
+    elif isinstance(p, Blynk):
+        put("token", p.token, True)
+        put("template_id", p.template_id)
+        put("template_name", p.template_name)
+        if p.gateway_tokens:
+            out["gateway_tokens"] = {k: r(v, context=f"{ctx}: platform.gateway_tokens.{k}")
+                                     for k, v in sorted(p.gateway_tokens.items())}
+        put("timestamped", p.timestamped)
+    elif isinstance(p, Weightron):
+        app_id = p.application_id or (p.oidc.application_id if p.oidc else None)
+        put("application_id", app_id)
+        put("device_id", p.device_id or dev.name)
+        put("topic", p.topic)
+        put("token", p.token, True)
+        put("values_key", p.values_key)
+        put("fields", p.fields)
+        put("command_topic", p.command_topic)
+        put("max_payload", p.max_payload)
+    elif isinstance(p, Biotz):
+        put("device_id", p.device_id)
+        put("customer_id", p.customer_id)
+        put("password", p.password, True)
+        put("message_type", p.message_type)
+    return out
+
+
+def _credentials(fleet: Fleet, dev: Device, store: SecretStore, files: dict,
+                 redact: bool = False) -> dict | None:
+    c = dev.platform.credentials
+    if c is None:
+        return None
+    if isinstance(c, StaticCredentials):
+        return {
+            "source": "static",
+            "username": c.username,
+            "password": _resolver(store, redact)(
+                c.password, context=f"device '{dev.name}': platform.credentials.password")
+            if c.password else None,
+        }
+    # "relay": the device asks `uplink relay` for a fresh token before every connect
+    relay = fleet.relay
+    if relay is None or not relay.url:
+        raise FleetError([f"device '{dev.name}': credentials = \"relay\" needs [relay] url"])
+    if redact:
+        return {"source": "relay", "url": relay.url, "ca": "relay_ca.der", "device_id": dev.name,
+                "key": "<relay device key>", "min_life_s": relay.min_life_s}
+    try:
+        from host_tools import relay_pki
+    except ImportError:
+        raise ProvisionError(
+            "this install has no token-relay support (host_tools/relay_pki.py is missing)"
+        ) from None
+    hosts = list(relay.hosts) or [relay.url.split("://", 1)[1].rsplit(":", 1)[0]]
+    pki = relay_pki.ensure_relay_pki(fleet.state_dir, hosts)
+    ca_der = Path(pki.ca_der).read_bytes()
+    files["relay_ca.der"] = ca_der
+    key = relay_pki.device_key(store, dev.name)
+    store.remember(key)
+    return {
+        "source": "relay",
+        "url": relay.url,
+        "ca": "relay_ca.der",
+        "device_id": dev.name,
+        "key": key,
+        "min_life_s": relay.min_life_s,
+    }
+
+
+def render(fleet: Fleet, name: str, store: SecretStore, *, redact: bool = False
+           ) -> tuple[dict, dict[str, bytes]]:
+    """(config dict, {file name: bytes}) for one device; nothing written. With `redact`,
+    secrets stay "secret:NAME" references (and nothing is created for the relay)."""
+    dev = fleet.device(name)
+    p = dev.platform
+    files: dict[str, bytes] = {}
+    if p.ca:
+        files["ca.der"] = _read_ca(fleet, p.ca, f"device '{name}': platform.ca")
+    ctx = f"device '{name}'"
+    resolve = _resolver(store, redact)
+    networks = [
+        {"ssid": n.ssid,
+         "password": resolve(n.password, context=f"{ctx}: wifi.networks[{i}].password")
+         if n.password else ""}
+        for i, n in enumerate(dev.wifi.networks)
+    ]
+    platform = {
+        "kind": p.kind,
+        "url": p.effective_url(),
+        "ca": "ca.der" if p.ca else None,
+        "insecure": p.insecure,
+        "keepalive": p.keepalive,
+        "client_id": p.client_id,
+        "credentials": _credentials(fleet, dev, store, files, redact),
+    }
+    platform.update(_kind_keys(dev, store, redact))
+    config = {
+        "device": {"name": name, "board": dev.board},
+        "wifi": {"networks": networks, "timeout_s": dev.wifi.timeout_s},
+        "ntp": {"servers": list(dev.ntp.servers), "resync_s": dev.ntp.resync_s,
+                "timeout_ms": dev.ntp.timeout_ms},
+        "platform": platform,
+        "telemetry": {"interval_s": dev.telemetry.interval_s, "health": dev.telemetry.health,
+                      "batch": dev.telemetry.batch},
+        "outbox": {"max_bytes": dev.outbox.max_bytes, "dir": dev.outbox.dir},
+    }
+    files["config.json"] = (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode()
+    files["board.json"] = (json.dumps(dev.profile(), indent=2, sort_keys=True) + "\n").encode()
+    return config, files
+
+
+def write_file(path: Path, data: bytes, mode: int) -> None:
+    """Atomic write with the final mode set before the data lands (never briefly readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    os.chmod(path, mode)
+
+
+def provision(fleet: Fleet, name: str, store: SecretStore, out: Path | None = None) -> Bundle:
+    config, files = render(fleet, name, store)
+    target = bundle_dir(fleet, name, out)
+    target.mkdir(parents=True, exist_ok=True)
+    secret_files = {"config.json"}  # tokens, Wi-Fi passwords, the relay device key
+    for fname, data in sorted(files.items()):
+        write_file(target / fname, data, 0o600 if fname in secret_files else 0o644)
+    for stale in BUNDLE_FILES:
+        if stale not in files and (target / stale).exists():
+            (target / stale).unlink()
+    return Bundle(dir=target, files=files, secret_files=secret_files, config=config)
