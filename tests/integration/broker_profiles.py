@@ -1,0 +1,601 @@
+"""Broker profiles: each cloud's MQTT rules, enforced in front of the mosquitto test broker.
+
+mosquitto cannot express these rules (ThingsBoard's token-in-username with no password,
+Blynk's "only downlink/... subscriptions, no +", topic allow-lists per credential, payload
+shapes and size limits), so a small asyncio proxy sits between the device and mosquitto:
+
+    firmware --mqtt--> ProfileProxy (parses CONNECT/SUBSCRIBE/PUBLISH, applies the profile)
+                       --byte for byte--> mosquitto <-- paho "cloud side" of the test
+
+- CONNECT: the profile decides; refused -> the proxy answers CONNACK with the profile's code
+  itself and closes. Every CONNECT is recorded in `proxy.connects`.
+- SUBSCRIBE / PUBLISH from the device: a forbidden topic, QoS, payload shape or size is a
+  violation: recorded in `proxy.violations` and the connection is closed (as the real
+  clouds do). Tests end with `assert proxy.violations == []`.
+- Everything else, both ways, is forwarded unchanged. Device PUBLISHes are recorded in
+  `proxy.published` as (username, topic, payload).
+- Blynk's broker may send `downlink/redirect` right after CONNACK without a subscription:
+  `proxy.redirect = "mqtt://..."` makes this proxy do exactly that on every connect.
+
+See docs/platforms.md ("How the tests hold the firmware to each cloud's rules").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+
+CONNECT, CONNACK, PUBLISH, SUBSCRIBE = 1, 2, 3, 8
+
+
+# -- MQTT 3.1.1 packet parsing -----------------------------------------------------------
+async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes, bytes]:
+    """(first byte, whole packet bytes, body)."""
+    first = await reader.readexactly(1)
+    header = bytearray(first)
+    mult, length = 1, 0
+    for _ in range(4):
+        b = (await reader.readexactly(1))[0]
+        header.append(b)
+        length += (b & 0x7F) * mult
+        if not b & 0x80:
+            break
+        mult *= 128
+    else:
+        raise ValueError("malformed remaining length")
+    body = await reader.readexactly(length) if length else b""
+    return first[0], bytes(header) + body, body
+
+
+def _str(buf: bytes, i: int) -> tuple[bytes, int]:
+    n = int.from_bytes(buf[i : i + 2], "big")
+    return buf[i + 2 : i + 2 + n], i + 2 + n
+
+
+@dataclass
+class Connect:
+    client_id: str
+    username: str | None
+    password: bytes | None
+    clean: bool
+    keepalive: int
+    protocol: str
+    level: int
+    will_topic: str | None = None
+
+
+def parse_connect(body: bytes) -> Connect:
+    name, i = _str(body, 0)
+    level, flags = body[i], body[i + 1]
+    keepalive = int.from_bytes(body[i + 2 : i + 4], "big")
+    i += 4
+    cid, i = _str(body, i)
+    will_topic = None
+    if flags & 0x04:
+        wt, i = _str(body, i)
+        will_topic = wt.decode()
+        _, i = _str(body, i)
+    user = pw = None
+    if flags & 0x80:
+        u, i = _str(body, i)
+        user = u.decode()
+    if flags & 0x40:
+        pw, i = _str(body, i)
+    return Connect(cid.decode(), user, pw, bool(flags & 0x02), keepalive, name.decode(), level, will_topic)
+
+
+def parse_publish(first: int, body: bytes) -> tuple[str, bytes, int, bool]:
+    qos = (first >> 1) & 3
+    topic, i = _str(body, 0)
+    if qos:
+        i += 2
+    return topic.decode(), body[i:], qos, bool(first & 1)
+
+
+def parse_subscribe(body: bytes) -> list[tuple[str, int]]:
+    i, out = 2, []
+    while i < len(body):
+        t, i = _str(body, i)
+        out.append((t.decode(), body[i]))
+        i += 1
+    return out
+
+
+def publish_packet(topic: str, payload: bytes) -> bytes:
+    t = topic.encode()
+    body = len(t).to_bytes(2, "big") + t + payload
+    return bytes([0x30]) + _varint(len(body)) + body
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n % 128, n // 128
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+# -- profiles ----------------------------------------------------------------------------
+class Refuse(Exception):
+    """CONNECT refused with this CONNACK return code (and, if `violation`, recorded)."""
+
+    def __init__(self, code: int, why: str, violation: bool = False):
+        super().__init__(why)
+        self.code = code
+        self.violation = violation
+
+
+@dataclass
+class Session:
+    username: str | None
+    client_id: str
+    role: str
+    data: dict = field(default_factory=dict)
+
+
+def _json(payload: bytes):
+    try:
+        return json.loads(payload)
+    except ValueError:
+        raise AssertionError(f"payload is not JSON: {payload[:60]!r}") from None
+
+
+class Profile:
+    name = "plain"
+    max_qos = 1
+
+    def connect(self, c: Connect) -> Session:
+        return Session(c.username, c.client_id, "any")
+
+    def check_subscribe(self, s: Session, topic: str, qos: int) -> str | None:
+        return None
+
+    def check_publish(self, s: Session, topic: str, payload: bytes, qos: int, retain: bool) -> str | None:
+        return None
+
+
+# ThingsBoard ----------------------------------------------------------------------------
+_TB_ME_PUB = [r"v1/devices/me/telemetry", r"v1/devices/me/attributes", r"v1/devices/me/attributes/request/\d+",
+              r"v1/devices/me/rpc/response/\d+", r"v1/devices/me/rpc/request/\d+", r"v1/devices/me/claim",
+              r"v2/fw/request/\d+/chunk/\d+"]
+_TB_GW_PUB = [r"v1/gateway/(connect|disconnect|telemetry|attributes|rpc|claim|attributes/request)"]
+_TB_ME_SUB = ["v1/devices/me/attributes", "v1/devices/me/attributes/response/+", "v1/devices/me/rpc/request/+",
+              "v1/devices/me/rpc/response/+", "v2/fw/response/+/chunk/+"]
+_TB_GW_SUB = ["v1/gateway/rpc", "v1/gateway/attributes", "v1/gateway/attributes/response"]
+
+
+class ThingsBoard(Profile):
+    """Access token as username, no password; `provision` (no password) for provisioning;
+    v1/... topics only; JSON shapes of telemetry/attributes/gateway; max payload."""
+
+    name = "thingsboard"
+
+    def __init__(self, tokens: dict[str, str] | None = None, *, provisioning: bool = False,
+                 max_payload: int = 65536):
+        self.tokens = dict(tokens or {})  # token -> "device" | "gateway"
+        self.provisioning = provisioning
+        self.max_payload = max_payload
+
+    def connect(self, c: Connect) -> Session:
+        if c.password is not None:
+            raise Refuse(4, "ThingsBoard access-token CONNECT carries no password", violation=True)
+        if c.username == "provision" and self.provisioning:
+            return Session(c.username, c.client_id, "provision")
+        if c.username is None or c.username not in self.tokens:
+            raise Refuse(5, "unknown access token")
+        return Session(c.username, c.client_id, self.tokens[c.username])
+
+    def check_subscribe(self, s, topic, qos):
+        if s.role == "provision":
+            return None if topic == "/provision/response" else f"provisioning session subscribed {topic}"
+        allowed = _TB_ME_SUB + (_TB_GW_SUB if s.role == "gateway" else [])
+        return None if topic in allowed else f"subscription to {topic} is not a ThingsBoard device topic"
+
+    def check_publish(self, s, topic, payload, qos, retain):
+        if len(payload) > self.max_payload:
+            return f"payload of {len(payload)} bytes over the {self.max_payload}-byte limit on {topic}"
+        if retain:
+            return f"retained publish to {topic}"
+        if s.role == "provision":
+            if topic != "/provision/request":
+                return f"provisioning session published to {topic}"
+            doc = _json(payload)
+            if set(doc) < {"deviceName", "provisionDeviceKey", "provisionDeviceSecret"}:
+                return f"provision request without deviceName/provisionDeviceKey/provisionDeviceSecret: {doc}"
+            return None
+        patterns = _TB_ME_PUB + (_TB_GW_PUB if s.role == "gateway" else [])
+        if not any(re.fullmatch(p, topic) for p in patterns):
+            return f"publish to {topic}: not a ThingsBoard {s.role} topic"
+        doc = _json(payload)
+        if topic == "v1/devices/me/telemetry":
+            for item in doc if isinstance(doc, list) else [doc]:
+                why = _tb_telemetry_item(item)
+                if why:
+                    return why
+        elif topic == "v1/devices/me/attributes" and not isinstance(doc, dict):
+            return "client attributes must be a JSON object"
+        elif topic == "v1/gateway/telemetry":
+            if not isinstance(doc, dict) or not doc:
+                return "gateway telemetry must be {device: [readings]}"
+            for dev, items in doc.items():
+                if not isinstance(items, list):
+                    return f"gateway telemetry for {dev}: expected a list"
+                for item in items:
+                    why = _tb_telemetry_item(item)
+                    if why:
+                        return why
+        elif topic in ("v1/gateway/connect", "v1/gateway/disconnect"):
+            if not isinstance(doc, dict) or not isinstance(doc.get("device"), str):
+                return f"{topic} needs {{\"device\": name}}"
+        elif topic == "v1/gateway/rpc":
+            if not isinstance(doc, dict) or not {"device", "id", "data"} <= set(doc):
+                return "gateway RPC reply needs device, id and data"
+        elif topic.startswith("v1/devices/me/rpc/request/"):
+            if not isinstance(doc, dict) or not isinstance(doc.get("method"), str):
+                return "client-side RPC needs a method"
+        return None
+
+
+def _tb_telemetry_item(item) -> str | None:
+    if not isinstance(item, dict) or not item:
+        return f"telemetry item is not a non-empty object: {item!r}"
+    if "ts" in item or "values" in item:
+        if set(item) != {"ts", "values"} or not isinstance(item["ts"], int) or not isinstance(item["values"], dict):
+            return f"telemetry with ts must be {{\"ts\": ms, \"values\": {{...}}}}: {item!r}"
+        if item["ts"] < 1_000_000_000_000:
+            return f"telemetry ts {item['ts']} is not epoch milliseconds"
+    return None
+
+
+# Blynk ----------------------------------------------------------------------------------
+_BLYNK_PUB = [r"ds/[^/+#]+", r"ds/[^/+#]+/timestamped_batch", r"batch_ds", r"info/mcu", r"event/[^/+#]+",
+              r"get/ds", r"get/ds/all", r"get/utc/all/json"]
+BLYNK_MAX_MESSAGE = 1024
+
+
+class Blynk(Profile):
+    """username `device` + device token password (or `mgmt_device` + gateway token), clean
+    session, client id <= 64; only downlink/... subscriptions without `+`; device-API topics
+    only (prefixed dev/<token>/ for a gateway's sub-devices); 1024-byte messages."""
+
+    name = "blynk"
+
+    def __init__(self, tokens=(), gateways: dict[str, list[str]] | None = None, template_id: str | None = None):
+        self.tokens = set(tokens)
+        self.gateways = dict(gateways or {})  # gateway token -> its sub-devices' tokens
+        self.template_id = template_id
+
+    def connect(self, c: Connect) -> Session:
+        if not c.clean:
+            raise Refuse(2, "Blynk accepts clean sessions only", violation=True)
+        if len(c.client_id) > 64:
+            raise Refuse(2, "client id longer than 64 characters", violation=True)
+        pw = c.password.decode() if c.password is not None else None
+        if c.username == "device" and pw in self.tokens:
+            return Session(c.username, c.client_id, "device", {"prefixes": [""]})
+        if c.username == "mgmt_device" and pw in self.gateways:
+            return Session(c.username, c.client_id, "gateway",
+                           {"prefixes": [""] + [f"dev/{t}/" for t in self.gateways[pw]]})
+        raise Refuse(4, "bad token" if c.username in ("device", "mgmt_device") else
+                     f"username must be 'device' or 'mgmt_device', got {c.username!r}",
+                     violation=c.username not in ("device", "mgmt_device"))
+
+    def _split(self, s: Session, topic: str) -> tuple[str | None, str]:
+        for pre in sorted(s.data["prefixes"], key=len, reverse=True):
+            if pre and topic.startswith(pre):
+                return pre, topic[len(pre):]
+        if topic.startswith("dev/"):
+            return None, topic
+        return "", topic
+
+    def check_subscribe(self, s, topic, qos):
+        if "+" in topic:
+            return f"subscription {topic}: '+' is not allowed"
+        pre, rest = self._split(s, topic)
+        if pre is None:
+            return f"subscription {topic}: not a sub-device of this gateway"
+        if not rest.startswith("downlink/") and rest != "downlink/#":
+            return f"subscription {topic}: only downlink/... is allowed"
+        return None
+
+    def check_publish(self, s, topic, payload, qos, retain):
+        if len(topic.encode()) + len(payload) > BLYNK_MAX_MESSAGE:
+            return f"message of {len(topic) + len(payload)} bytes on {topic} over Blynk's {BLYNK_MAX_MESSAGE}"
+        pre, rest = self._split(s, topic)
+        if pre is None:
+            return f"publish to {topic}: not a sub-device of this gateway"
+        if not any(re.fullmatch(p, rest) for p in _BLYNK_PUB):
+            return f"publish to {topic}: not a Blynk device-API topic"
+        if rest == "batch_ds":
+            doc = _json(payload)
+            if not isinstance(doc, dict) or not doc:
+                return "batch_ds must be a non-empty JSON object"
+        elif rest.endswith("/timestamped_batch"):
+            doc = _json(payload)
+            if not isinstance(doc, list) or not all(
+                    isinstance(x, list) and len(x) == 2 and isinstance(x[0], int) and x[0] > 1_000_000_000_000
+                    for x in doc):
+                return f"timestamped_batch must be [[ms, value], ...]: {payload[:80]!r}"
+        elif rest == "info/mcu":
+            doc = _json(payload)
+            if not isinstance(doc, dict) or "ver" not in doc or doc.get("rxbuff") != BLYNK_MAX_MESSAGE:
+                return f"info/mcu needs ver and rxbuff: {doc}"
+            if self.template_id and (doc.get("tmpl") != self.template_id or doc.get("type") != self.template_id):
+                return f"info/mcu tmpl/type must be the template id {self.template_id}: {doc}"
+        elif rest.startswith("ds/"):
+            try:
+                payload.decode()
+            except UnicodeDecodeError:
+                return f"ds value on {topic} is not text"
+            if payload.startswith(b"{") or payload.startswith(b"["):
+                return f"ds/<name> takes a plain value, got JSON {payload[:40]!r}"
+        return None
+
+
+# Weightron ------------------------------------------------------------------------------
+_ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
+
+
+class Weightron(Profile):
+    """username = the Application ID, password = a current access token (`tokens` can change
+    while the test runs: rotation); publish only under <app>/devices/<id> or <app>/hubs/<id>,
+    payload a JSON object with an ISO 8601 $timestamp and $native/$raw."""
+
+    name = "weightron"
+    RESERVED = {"$timestamp", "$raw", "$native"}
+
+    def __init__(self, app_id: str, tokens=(), extra_reserved=()):
+        self.app_id = app_id
+        self.tokens = set(tokens)
+        self.reserved = self.RESERVED | set(extra_reserved)
+
+    def connect(self, c: Connect) -> Session:
+        if c.username != self.app_id:
+            raise Refuse(5, f"username must be the Application ID, got {c.username!r}", violation=True)
+        if c.password is None or c.password.decode() not in self.tokens:
+            raise Refuse(4, "access token not valid (expired or unknown)")
+        return Session(c.username, c.client_id, "app")
+
+    def check_subscribe(self, s, topic, qos):
+        return None if topic.startswith(self.app_id + "/") else f"subscription {topic} outside {self.app_id}/"
+
+    def check_publish(self, s, topic, payload, qos, retain):
+        if not re.fullmatch(re.escape(self.app_id) + r"/(devices|hubs)/[^/+#]+", topic):
+            return f"publish to {topic}: not {self.app_id}/devices/<id> or /hubs/<id>"
+        doc = _json(payload)
+        if not isinstance(doc, dict):
+            return "payload must be a JSON object"
+        for k in doc:
+            if k.startswith("$") and k not in self.reserved:
+                return f"reserved key {k} is not one of {sorted(self.reserved)}"
+        if "$native" not in doc and "$raw" not in doc:
+            return "payload has neither $native nor $raw"
+        ts = doc.get("$timestamp")
+        if ts is not None and not (isinstance(ts, str) and _ISO.fullmatch(ts)):
+            return f"$timestamp is not ISO 8601: {ts!r}"
+        return None
+
+
+# Biotz ----------------------------------------------------------------------------------
+_RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
+
+
+class Biotz(Profile):
+    """username = Device ID, password = the device password; publish only to
+    biotz/1/0/<customer>/<device>/publish/data/<type>; subscribe only its action and
+    firmware/update topics; flat JSON objects (or arrays of them), timestamps RFC 3339 UTC."""
+
+    name = "biotz"
+
+    def __init__(self, customer_id: str, devices: dict[str, str]):
+        self.customer_id = customer_id
+        self.devices = dict(devices)  # device id -> password
+
+    def connect(self, c: Connect) -> Session:
+        if c.username not in self.devices or c.password is None or c.password.decode() != self.devices[c.username]:
+            raise Refuse(4, "bad device id or password")
+        return Session(c.username, c.client_id, "device",
+                       {"base": f"biotz/1/0/{self.customer_id}/{c.username}/"})
+
+    def check_subscribe(self, s, topic, qos):
+        base = s.data["base"]
+        if topic == base + "subscribe/firmware/update" or re.fullmatch(re.escape(base) + r"subscribe/action/([^/+#]+|\+)", topic):
+            return None
+        return f"subscription {topic}: not this device's action or firmware topic"
+
+    def check_publish(self, s, topic, payload, qos, retain):
+        if not re.fullmatch(re.escape(s.data["base"]) + r"publish/data/[^/+#]+", topic):
+            return f"publish to {topic}: not {s.data['base']}publish/data/<message type>"
+        doc = _json(payload)
+        items = doc if isinstance(doc, list) else [doc]
+        if not items:
+            return "empty array"
+        for item in items:
+            if not isinstance(item, dict):
+                return f"not an object: {item!r}"
+            for k, v in item.items():
+                if isinstance(v, (dict, list)):
+                    return f"objects must be flat: {k} is nested"
+            ts = item.get("timestamp")
+            if ts is not None and not (isinstance(ts, int) or (isinstance(ts, str) and _RFC3339_UTC.fullmatch(ts))):
+                return f"timestamp must be epoch ms or RFC 3339 UTC with Z: {ts!r}"
+        return None
+
+
+# -- the proxy ---------------------------------------------------------------------------
+class ProfileProxy:
+    """An MQTT-aware TCP proxy applying `profile` in front of mosquitto's plain listener."""
+
+    def __init__(self, profile: Profile, upstream_port: int, upstream_host: str = "127.0.0.1"):
+        self.profile = profile
+        self.upstream = (upstream_host, upstream_port)
+        self.port = 0
+        self.connects: list[tuple[str | None, str, int]] = []  # (username, client id, CONNACK code)
+        self.violations: list[str] = []
+        self.published: list[tuple[str | None, str, bytes]] = []
+        self.subscribed: list[tuple[str | None, str]] = []
+        self.redirect: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._thread: threading.Thread | None = None
+        self._writers: set = set()
+        self._lock = threading.Lock()
+
+    # lifecycle --------------------------------------------------------------------------
+    def start(self) -> "ProfileProxy":
+        ready = threading.Event()
+
+        def run():
+            self._loop = asyncio.new_event_loop()
+            self._server = self._loop.run_until_complete(
+                asyncio.start_server(self._client, "127.0.0.1", 0))
+            self.port = self._server.sockets[0].getsockname()[1]
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True, name=f"profile-{self.profile.name}")
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if not self._loop:
+            return
+
+        async def shutdown():
+            assert self._server is not None
+            self._server.close()
+            for w in list(self._writers):
+                w.close()
+            await asyncio.sleep(0)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread:
+            self._thread.join(5)
+
+    def drop_clients(self) -> None:
+        """Close every client connection now (the device will reconnect)."""
+        if self._loop:
+            self._loop.call_soon_threadsafe(lambda: [w.close() for w in list(self._writers)])
+
+    def url(self) -> str:
+        return f"mqtt://localhost:{self.port}"
+
+    # what tests look at -----------------------------------------------------------------
+    def wait_for(self, pred, timeout: float = 20, what: str = "condition"):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self._lock:
+                r = pred(self)
+            if r:
+                return r
+            time.sleep(0.05)
+        raise AssertionError(f"{self.profile.name} proxy: timed out waiting for {what}; "
+                             f"connects={self.connects} violations={self.violations} "
+                             f"published={[(t, p[:80]) for _, t, p in self.published[-10:]]}")
+
+    def published_to(self, topic: str) -> list[bytes]:
+        with self._lock:
+            return [p for _, t, p in self.published if t == topic]
+
+    def accepted(self) -> list[tuple[str | None, str, int]]:
+        return [c for c in self.connects if c[2] == 0]
+
+    # the proxying -----------------------------------------------------------------------
+    def _violation(self, s_user, why: str) -> None:
+        with self._lock:
+            self.violations.append(f"[{self.profile.name} {s_user}] {why}")
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        up_w = None
+        try:
+            first, packet, body = await read_packet(reader)
+            if first >> 4 != CONNECT:
+                self._violation(None, f"first packet is type {first >> 4}, not CONNECT")
+                return
+            c = parse_connect(body)
+            if c.protocol != "MQTT" or c.level != 4:
+                self._violation(c.username, f"protocol {c.protocol} level {c.level}: expected MQTT 3.1.1")
+            try:
+                session = self.profile.connect(c)
+            except Refuse as r:
+                with self._lock:
+                    self.connects.append((c.username, c.client_id, r.code))
+                if r.violation:
+                    self._violation(c.username, f"CONNECT: {r}")
+                writer.write(bytes([0x20, 2, 0, r.code]))
+                await writer.drain()
+                return
+            with self._lock:
+                self.connects.append((c.username, c.client_id, 0))
+            up_r, up_w = await asyncio.open_connection(*self.upstream)
+            up_w.write(packet)
+            await up_w.drain()
+            down = asyncio.ensure_future(self._downstream(up_r, writer))
+            try:
+                await self._upstream(reader, up_w, session)
+            finally:
+                down.cancel()
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            for w in (writer, up_w):
+                if w is not None:
+                    w.close()
+
+    async def _downstream(self, up_r, writer) -> None:
+        try:
+            first, packet, body = await read_packet(up_r)
+            writer.write(packet)
+            if first >> 4 == CONNACK and body[1:2] == b"\x00" and self.redirect:
+                writer.write(publish_packet("downlink/redirect", self.redirect.encode()))
+            await writer.drain()
+            while True:
+                data = await up_r.read(65536)
+                if not data:
+                    break
+                writer.write(data)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def _upstream(self, reader, up_w, s: Session) -> None:
+        prof = self.profile
+        while True:
+            first, packet, body = await read_packet(reader)
+            kind = first >> 4
+            why = None
+            if kind == PUBLISH:
+                topic, payload, qos, retain = parse_publish(first, body)
+                with self._lock:
+                    self.published.append((s.username, topic, payload))
+                if qos > prof.max_qos:
+                    why = f"publish QoS {qos} to {topic}"
+                else:
+                    try:
+                        why = prof.check_publish(s, topic, payload, qos, retain)
+                    except AssertionError as e:
+                        why = f"{topic}: {e}"
+            elif kind == SUBSCRIBE:
+                for topic, qos in parse_subscribe(body):
+                    with self._lock:
+                        self.subscribed.append((s.username, topic))
+                    why = why or (f"subscribe QoS {qos} to {topic}" if qos > prof.max_qos else None) \
+                        or prof.check_subscribe(s, topic, qos)
+            elif kind == CONNECT:
+                why = "second CONNECT on one connection"
+            if why:
+                self._violation(s.username, why)
+                return  # the cloud closes the connection
+            up_w.write(packet)
+            await up_w.drain()

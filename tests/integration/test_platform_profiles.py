@@ -1,0 +1,197 @@
+"""The broker profiles themselves: each refuses what its cloud refuses and lets the real
+traffic through, so the end-to-end platform tests can trust them (a profile that accepts
+everything would make those tests pass for wrong firmware)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from tests.integration.broker_profiles import Biotz, Blynk, ProfileProxy, ThingsBoard, Weightron
+
+
+class Dev:
+    """A paho client posing as a device, talking to a proxy."""
+
+    def __init__(self, port, user=None, password=None, client_id="dev", clean=True):
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean)
+        if user is not None:
+            self.c.username_pw_set(user, password)
+        self.rc = None
+        self.msgs = []
+        self.connected = threading.Event()
+        self.gone = threading.Event()
+        self.c.on_connect = self._on_connect
+        self.c.on_disconnect = lambda *a: self.gone.set()
+        self.c.on_message = lambda c, u, m: self.msgs.append((m.topic, m.payload))
+        self.c.connect("127.0.0.1", port, keepalive=30)
+        self.c.loop_start()
+
+    def _on_connect(self, c, u, flags, rc, props=None):
+        # paho reports MQTT 3.1.1 CONNACK codes as MQTT 5 reason codes; back to 3.1.1's
+        v = rc.value if hasattr(rc, "value") else rc
+        self.rc = {0: 0, 132: 1, 133: 2, 136: 3, 134: 4, 135: 5}.get(v, v)
+        self.connected.set()
+
+    def wait(self):
+        assert self.connected.wait(5), "no CONNACK"
+        return self.rc
+
+    def pub(self, topic, payload, qos=1):
+        info = self.c.publish(topic, payload, qos)
+        if qos:
+            info.wait_for_publish(3)
+        return info
+
+    def close(self):
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+@pytest.fixture
+def proxies(broker):
+    made = []
+
+    def make(profile):
+        p = ProfileProxy(profile, broker.ports["mqtt"]).start()
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.stop()
+
+
+def closed_for(proxy, dev, text):
+    assert dev.gone.wait(5), "the proxy did not close the connection"
+    assert any(text in v for v in proxy.violations), proxy.violations
+
+
+def test_thingsboard_token_rules(proxies):
+    p = proxies(ThingsBoard({"GOOD": "device"}))
+    assert Dev(p.port, "BAD").wait() == 5  # unknown token: not authorised
+    d = Dev(p.port, "GOOD", "pw")
+    assert d.wait() != 0
+    assert any("no password" in v for v in p.violations)
+    p.violations.clear()
+    d = Dev(p.port, "GOOD")
+    assert d.wait() == 0
+    d.pub("v1/devices/me/telemetry", b'[{"ts":1767268800000,"values":{"t":1}},{"t":2}]')
+    d.pub("v1/devices/me/attributes", b'{"fw_version":"1"}')
+    d.c.subscribe("v1/devices/me/rpc/request/+", 1)
+    time.sleep(0.3)
+    assert p.violations == []
+    d.pub("v1/devices/me/telemetry", b'{"ts":1767268800,"values":{"t":1}}', qos=0)
+    closed_for(p, d, "not epoch milliseconds")
+
+
+def test_thingsboard_topic_and_size(proxies):
+    p = proxies(ThingsBoard({"GOOD": "device"}, max_payload=100))
+    d = Dev(p.port, "GOOD")
+    d.wait()
+    d.pub("v1/gateway/telemetry", b'{"A":[{"t":1}]}', qos=0)
+    closed_for(p, d, "not a ThingsBoard device topic")
+    p.violations.clear()
+    d = Dev(p.port, "GOOD")
+    d.wait()
+    d.pub("v1/devices/me/telemetry", b'{"x":"' + b"y" * 120 + b'"}', qos=0)
+    closed_for(p, d, "over the 100-byte limit")
+    p.violations.clear()
+    d = Dev(p.port, "GOOD")
+    d.wait()
+    d.c.subscribe("v1/devices/+/rpc/request/+", 1)
+    closed_for(p, d, "not a ThingsBoard device topic")
+
+
+def test_blynk_rules(proxies, broker):
+    p = proxies(Blynk({"DEVTOKEN"}, template_id="TMPL1"))
+    assert Dev(p.port, "device", "WRONG").wait() == 4
+    assert Dev(p.port, "device", "DEVTOKEN", clean=False).wait() != 0
+    assert any("clean sessions" in v for v in p.violations)
+    p.violations.clear()
+    d = Dev(p.port, "device", "DEVTOKEN")
+    assert d.wait() == 0
+    d.c.subscribe("downlink/#", 1)
+    d.pub("info/mcu", b'{"tmpl":"TMPL1","type":"TMPL1","ver":"1","build":"x","rxbuff":1024}')
+    d.pub("ds/Temperature", b"21.5")
+    d.pub("batch_ds", b'{"a":1,"b":2}')
+    d.pub("ds/T/timestamped_batch", b"[[1767268800000,1]]")
+    time.sleep(0.3)
+    assert p.violations == []
+    d.c.subscribe("downlink/+/x", 1)
+    closed_for(p, d, "'+' is not allowed")
+    for topic, payload, why in (("ds/T", b"x" * 1100, "over Blynk's 1024"),
+                                ("telemetry", b"1", "not a Blynk device-API topic"),
+                                ("info/mcu", b'{"ver":"1","rxbuff":1024}', "template id")):
+        p.violations.clear()
+        d = Dev(p.port, "device", "DEVTOKEN")
+        d.wait()
+        d.pub(topic, payload, qos=0)
+        closed_for(p, d, why)
+
+
+def test_blynk_gateway_and_redirect(proxies):
+    p = proxies(Blynk(gateways={"GW": ["tokA", "tokB"]}))
+    assert Dev(p.port, "device", "GW").wait() == 4
+    d = Dev(p.port, "mgmt_device", "GW")
+    assert d.wait() == 0
+    d.c.subscribe("dev/tokA/downlink/#", 1)
+    d.pub("dev/tokB/ds/T", b"1")
+    time.sleep(0.3)
+    assert p.violations == []
+    d.pub("dev/tokZ/ds/T", b"1", qos=0)
+    closed_for(p, d, "not a sub-device")
+    p.violations.clear()
+    p.redirect = "mqtt://elsewhere:1883"
+    d = Dev(p.port, "mgmt_device", "GW")
+    d.wait()
+    end = time.monotonic() + 5
+    while not d.msgs and time.monotonic() < end:
+        time.sleep(0.05)
+    assert d.msgs == [("downlink/redirect", b"mqtt://elsewhere:1883")]
+
+
+def test_weightron_rules(proxies):
+    p = proxies(Weightron("app1", {"T1"}))
+    assert Dev(p.port, "app1", "OLD").wait() == 4
+    assert Dev(p.port, "someone", "T1").wait() == 5
+    p.violations.clear()
+    d = Dev(p.port, "app1", "T1")
+    assert d.wait() == 0
+    d.pub("app1/devices/d1", b'{"$timestamp":"2026-01-01T12:00:00Z","$native":{"w":1}}')
+    time.sleep(0.3)
+    assert p.violations == []
+    d.pub("app1/devices/d1", b'{"$timestamp":"yesterday","$native":{}}', qos=0)
+    closed_for(p, d, "not ISO 8601")
+    p.violations.clear()
+    d = Dev(p.port, "app1", "T1")
+    d.wait()
+    d.pub("app2/devices/d1", b'{"$native":{}}', qos=0)
+    closed_for(p, d, "not app1/devices")
+
+
+def test_biotz_rules(proxies):
+    p = proxies(Biotz("c1", {"d1": "pw"}))
+    assert Dev(p.port, "d1", "nope").wait() == 4
+    d = Dev(p.port, "d1", "pw")
+    assert d.wait() == 0
+    d.c.subscribe("biotz/1/0/c1/d1/subscribe/action/+", 1)
+    d.c.subscribe("biotz/1/0/c1/d1/subscribe/firmware/update", 1)
+    d.pub("biotz/1/0/c1/d1/publish/data/telemetry", b'[{"timestamp":"2026-01-01T12:00:00.5Z","t":1},{"t":2}]')
+    time.sleep(0.3)
+    assert p.violations == []
+    d.pub("biotz/1/0/c1/d1/publish/data/telemetry", b'{"timestamp":"2026-01-01 12:00","t":1}', qos=0)
+    closed_for(p, d, "RFC 3339")
+    p.violations.clear()
+    d = Dev(p.port, "d1", "pw")
+    d.wait()
+    d.pub("biotz/1/0/c1/d1/publish/data/telemetry", b'{"t":{"nested":1}}', qos=0)
+    closed_for(p, d, "flat")
+    p.violations.clear()
+    d = Dev(p.port, "d1", "pw")
+    d.wait()
+    d.c.subscribe("biotz/1/0/c1/d2/subscribe/action/+", 1)
+    closed_for(p, d, "not this device's")
