@@ -7,7 +7,7 @@ re-issued from the same CA, so boards already holding the CA keep trusting the r
 Boards get the CA as DER (`ca_der`), which is what MicroPython's TLS loader takes.
 
 `device_key(store, device)` returns the device's relay key (64 hex digits = 256 bits), made
-once and kept in the secret store as `relay-key/<device>`.
+once and kept in the secret store as `relay-key.<device>`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,12 +164,12 @@ def ensure_relay_pki(state_dir: Path, hosts: list[str]) -> RelayPki:
     return pki
 
 
-KEY_PREFIX = "relay-key/"
+KEY_PREFIX = "relay-key."  # the secret store allows [A-Za-z0-9_.-] in names
 
 
 def device_key(store, device_name: str) -> str:
     """The device's relay key (hex), created once and kept in the secret store."""
-    name = KEY_PREFIX + device_name
+    name = KEY_PREFIX + re.sub(r"[^A-Za-z0-9_.-]", "_", device_name)
     key = store.get(name)
     if not key:
         key = secrets.token_hex(32)

@@ -1,0 +1,222 @@
+"""`uplink token DEVICE` and `uplink relay`: the fleet file mapped onto host_tools.oidc and
+host_tools.relay (which know nothing of the fleet, so they can be tested on their own).
+
+    uplink token greenhouse-1            what was obtained and when it expires (token hidden)
+    uplink token greenhouse-1 --reveal   the token too (it is a live credential: careful)
+    uplink token greenhouse-1 --json     the same as JSON
+    uplink relay                         serve every relay device of the fleet over HTTPS
+
+A provider with a private CA: point SSL_CERT_FILE at its PEM bundle (httpx honours it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from host_tools import oidc
+
+FLEET_HELP = "The fleet file."
+
+
+def _fleet_path(ctx: typer.Context | None, given: Optional[Path]) -> Path:
+    if given is not None:
+        return given
+    obj = ctx.obj if ctx is not None else None  # a global --fleet set by the main callback
+    v = obj.get("fleet") if isinstance(obj, dict) else getattr(obj, "fleet", None)
+    return Path(v) if v else Path("fleet.toml")
+
+
+def _store():
+    from host_tools.secrets import SecretStore
+
+    return SecretStore()
+
+
+def oidc_settings(dev, store) -> oidc.Settings:
+    """The device's `platform.oidc` (fleet models) as oidc settings, secrets resolved."""
+    p = dev.platform
+    o = getattr(p, "oidc", None)
+    if o is None:
+        raise typer.BadParameter(
+            f"device '{dev.name}' has no [platform.oidc] (only weightron and biotz devices get "
+            "tokens)"
+        )
+    ctx = f"devices.{dev.name}.platform.oidc"
+    if p.kind == "weightron":
+        return oidc.ClientCredentialsSettings(
+            token_url=o.token_url,
+            client_id=o.client_id,
+            client_secret=store.resolve(o.client_secret, context=ctx + ".client_secret"),
+            scope=o.scope,
+            api_key=store.resolve(o.api_key, context=ctx + ".api_key"),
+            access_url=o.access_url,
+            application_id=o.application_id or getattr(p, "application_id", None),
+        )
+    return oidc.PasswordSettings(
+        token_url=o.token_url,
+        client_id=o.client_id,
+        username=o.username,
+        password=store.resolve(o.password, context=ctx + ".password"),
+    )
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def fetch_token(settings: oidc.Settings) -> tuple[oidc.Credential, oidc.Token]:
+    src = oidc.source_for(settings)
+    try:
+        cred = await src.credential()
+        tok = src.cached
+        assert tok is not None
+        return cred, tok
+    finally:
+        await src.aclose()
+
+
+def token_report(device: str, settings: oidc.Settings, cred: oidc.Credential, tok: oidc.Token,
+                 reveal: bool, now: float | None = None) -> dict:
+    now = time.time() if now is None else now
+    grant = "password" if isinstance(settings, oidc.PasswordSettings) else "client_credentials"
+    out = {
+        "device": device,
+        "grant": grant,
+        "token_url": settings.token_url,
+        "client_id": settings.client_id,
+        "username": cred.username,
+        "credential": cred.kind,
+        "obtained_at": _iso(tok.obtained_at),
+        "expires_at": _iso(tok.expires_at),
+        "expires_in_s": int(tok.expires_at - now),
+        "has_refresh_token": bool(tok.refresh_token),
+        "token": None,
+    }
+    if reveal:
+        out["token"] = cred.password
+        if tok.id_token and cred.kind != "id_token":
+            out["id_token"] = tok.id_token
+        if cred.kind == "id_token":
+            out["access_token"] = tok.access_token
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("token")
+    def token_cmd(
+        ctx: typer.Context,
+        device: Annotated[str, typer.Argument(help="Device name in the fleet file.")],
+        reveal: Annotated[bool, typer.Option("--reveal", help="Print the token itself.")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Output JSON.")] = False,
+        fleet: Annotated[Optional[Path], typer.Option("--fleet", help=FLEET_HELP)] = None,
+    ):
+        """Fetch the device's platform token from its OIDC provider and say when it expires."""
+        from host_tools.fleet import FleetError, load_fleet
+        from host_tools.secrets import SecretError
+
+        try:
+            fl = load_fleet(_fleet_path(ctx, fleet))
+            dev = fl.device(device)
+            settings = oidc_settings(dev, _store())
+        except (FleetError, SecretError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        try:
+            cred, tok = asyncio.run(fetch_token(settings))
+        except oidc.TokenError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+        rep = token_report(device, settings, cred, tok, reveal)
+        if as_json:
+            if not reveal:
+                rep.pop("token")
+            typer.echo(json.dumps(rep, indent=2))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(show_header=False, box=None)
+        for k, v in rep.items():
+            if k == "token" and v is None:
+                v = f"(hidden: {len(cred.password)} characters; --reveal shows it)"
+            t.add_row(k, str(v))
+        Console(soft_wrap=True).print(t)
+
+    @app.command("relay")
+    def relay_cmd(
+        ctx: typer.Context,
+        fleet: Annotated[Optional[Path], typer.Option("--fleet", help=FLEET_HELP)] = None,
+        listen: Annotated[Optional[str], typer.Option(
+            "--listen", help="HOST:PORT to listen on (default: [relay] listen).")] = None,
+        min_life: Annotated[Optional[int], typer.Option(
+            "--min-life", help="Never hand out a token with fewer seconds left.")] = None,
+    ):
+        """Serve fresh platform credentials to the fleet's devices over HTTPS (token relay)."""
+        from host_tools.fleet import FleetError, load_fleet
+        from host_tools.secrets import SecretError
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        try:
+            fl = load_fleet(_fleet_path(ctx, fleet))
+            relay = build_relay(fl, _store(), listen=listen, min_life=min_life)
+        except (FleetError, SecretError, ValueError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        try:
+            asyncio.run(relay.serve_forever())
+        except KeyboardInterrupt:
+            pass
+
+
+def relay_hosts(relay_cfg) -> list[str]:
+    """The names the relay certificate covers: the same rule `uplink provision` uses."""
+    if relay_cfg.hosts:
+        return list(relay_cfg.hosts)
+    if relay_cfg.url:
+        return [relay_cfg.url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]]
+    return ["localhost"]
+
+
+def _listen(s: str) -> tuple[str, int]:
+    m = re.match(r"^\[?([^\]]*)\]?:(\d+)$", s)
+    if not m:
+        raise ValueError(f"listen: expected HOST:PORT, got {s!r}")
+    return m.group(1) or "0.0.0.0", int(m.group(2))
+
+
+def build_relay(fl, store, *, listen: str | None = None, min_life: int | None = None):
+    """A Relay for every device of the fleet whose credentials = "relay"."""
+    from host_tools import relay as relay_mod
+    from host_tools import relay_pki
+
+    rc = fl.relay
+    if rc is None:
+        raise ValueError(f"{fl.path.name}: no [relay] table")
+    host, port = _listen(listen or rc.listen)
+    pki = relay_pki.ensure_relay_pki(fl.state_dir, relay_hosts(rc))
+    sources: dict = {}  # devices with the same provider settings share one token source
+    devices = []
+    for name, dev in fl.devices.items():
+        if not getattr(dev.platform, "relay", False):
+            continue
+        settings = oidc_settings(dev, store)
+        src = sources.get(settings)
+        if src is None:
+            src = sources[settings] = oidc.source_for(settings)
+        devices.append(relay_mod.RelayDevice(name, relay_pki.device_key(store, name), src))
+    if not devices:
+        raise ValueError(f"{fl.path.name}: no device has credentials = \"relay\"")
+    settings = relay_mod.RelaySettings(
+        cert_pem=pki.cert_pem, key_pem=pki.key_pem, host=host, port=port,
+        min_life_s=float(min_life if min_life is not None else rc.min_life_s),
+    )
+    return relay_mod.Relay(settings, devices)
