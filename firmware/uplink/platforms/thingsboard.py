@@ -87,7 +87,9 @@ class Adapter:
         ctx.save_config(cfg); credentials() returns it from then on."""
         if not self.needs_provisioning():
             return
-        open_client = getattr(opener, "open_client", opener)
+        open_client = getattr(opener, "open_client", None)
+        if open_client is None:
+            open_client = opener if callable(opener) else self._open_client
         p = self.cfg["platform"]
         got = asyncio.Event()
         answer = []
@@ -97,7 +99,7 @@ class Adapter:
                 answer.append(payload)
                 got.set()
 
-        client = await open_client("provision", None)
+        client = await open_client("provision", None)  # type: ignore
         try:
             client.on_message = on_message
             await client.subscribe(PROVISION_RESPONSE, 1)
@@ -119,6 +121,20 @@ class Adapter:
         p["token"] = token
         await maybe_await(self.ctx.save_config(self.cfg))
 
+    async def _open_client(self, user, password):
+        # used when the app offers no open_client of its own
+        from uplink.mqtt import MQTTClient
+
+        p = self.cfg["platform"]
+        ca = None
+        if p.get("ca"):
+            with open(p["ca"], "rb") as f:
+                ca = f.read()
+        c = MQTTClient(self.url, self.client_id, user=user, password=password,
+                       keepalive=p.get("keepalive") or 60, ca=ca, insecure=bool(p.get("insecure")))
+        await c.connect()
+        return c
+
     async def credentials(self):
         if self._creds.configured:
             return await self._creds()
@@ -136,20 +152,21 @@ class Adapter:
         ip = ctx_ip(self.ctx)
         if ip:
             attrs["ip"] = ip
-        await client.publish(ATTRIBUTES, dumps(attrs).encode(), 1)
+        # QoS 1 without waiting for each PUBACK: the client pipelines them
+        await client.publish(ATTRIBUTES, dumps(attrs).encode(), 1, False, False)
         self._pending = {}
         for method in ("getSessionLimits", "getTime"):
             t, payload = self.rpc_request(method)
-            await client.publish(t, payload, 1)
+            await client.publish(t, payload, 1, False, False)
         if self.shared_keys:
             t, payload = self.attributes_request(shared=self.shared_keys)
-            await client.publish(t, payload, 1)
+            await client.publish(t, payload, 1, False, False)
         for name in self.gateway:
-            await client.publish(GW_CONNECT, dumps({"device": name}).encode(), 1)
+            await client.publish(GW_CONNECT, dumps({"device": name}).encode(), 1, False, False)
         secret = self.cfg["platform"].get("claim_secret")
         if secret and not self._claimed:
             t, payload = self.claim_request(secret, self.cfg["platform"].get("claim_duration_ms") or 60000)
-            await client.publish(t, payload, 1)
+            await client.publish(t, payload, 1, False, False)
             self._claimed = True
 
     # -- requests the device makes ---------------------------------------------------------
