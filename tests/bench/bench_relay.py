@@ -1,0 +1,114 @@
+"""Token relay latency: 1,000 signed requests from 50 concurrent clients, p50/p99, and how
+many provider token calls those 1,000 requests caused.
+
+The relay (host_tools.relay, HTTPS) and the test OIDC provider run in a child process, so the
+clients' CPU use does not sit in the relay's event loop. Two client shapes:
+- keep-alive: each client reuses its TLS connection (the relay's own cost);
+- new connection: a TLS handshake per request, which is what a board does.
+
+    python -m tests.bench relay            (or: make bench BENCH_ARGS=relay)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import ssl
+import statistics
+import time
+
+import aiohttp
+
+from host_tools.relay import PATH, sign_headers
+
+N_REQUESTS = 1000
+CLIENTS = 50
+
+
+def _serve(conn) -> None:
+    import logging
+
+    logging.disable(logging.INFO)  # audit lines to nowhere: we measure, not log
+    from tests.oidc_provider import OIDCService
+
+    svc = OIDCService(lifetime=300, min_life_s=60).start()
+    conn.send(svc.env())
+    while True:
+        cmd = conn.recv()
+        if cmd == "stats":
+            conn.send({"token_requests": svc.provider.token_requests})
+        elif cmd == "reset":
+            svc.provider.reset_counters()
+            conn.send(True)
+        else:
+            svc.stop()
+            conn.send(True)
+            return
+
+
+async def _run(env: dict, keepalive: bool) -> list[float]:
+    ctx = ssl.create_default_context()
+    ctx.load_verify_locations(cadata=open(env["RELAY_CA_DER"], "rb").read())
+    url = env["RELAY_URL"] + PATH
+    key = env["RELAY_WT_KEY"]
+    lat: list[float] = []
+    todo = iter(range(N_REQUESTS))
+
+    async def client():
+        # aiohttp's client: httpx costs a few ms of CPU per request, which would measure the
+        # client more than the relay
+        conn = aiohttp.TCPConnector(ssl=ctx, limit=1, force_close=not keepalive)
+        async with aiohttp.ClientSession(connector=conn) as c:
+            for _ in todo:
+                t0 = time.perf_counter()
+                async with c.get(url, headers=sign_headers("wt-1", key)) as r:
+                    await r.read()
+                    status = r.status
+                lat.append(time.perf_counter() - t0)
+                if status != 200:
+                    raise RuntimeError(f"relay answered {status}")
+
+    await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    return lat
+
+
+def _pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] * 1000
+
+
+def main(argv: list[str]) -> None:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_serve, args=(child,), daemon=True)
+    proc.start()
+    try:
+        env = parent.recv()
+        for keepalive in (True, False):
+            parent.send("reset")
+            parent.recv()
+            t0 = time.perf_counter()
+            lat = asyncio.run(_run(env, keepalive))
+            wall = time.perf_counter() - t0
+            parent.send("stats")
+            calls = parent.recv()["token_requests"]
+            shape = "keep-alive    " if keepalive else "new connection"
+            print(
+                f"relay {shape}: {len(lat)} requests, {CLIENTS} concurrent clients: "
+                f"p50 {_pct(lat, 50):.1f} ms, p99 {_pct(lat, 99):.1f} ms, "
+                f"mean {statistics.mean(lat) * 1000:.1f} ms, {len(lat) / wall:.0f} req/s; "
+                f"provider token calls per 1,000 requests: {calls * 1000 / len(lat):.0f}",
+                flush=True,
+            )
+        parent.send("stop")
+        parent.recv()
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
