@@ -135,6 +135,8 @@ def main_options(
     S.secrets_file = secrets_file
     S.no_keyring = no_keyring
     S._store = None
+    REDACT.sources[:] = []
+    REDACT.enabled = True
     UI.level = -1 if quiet else verbose
 
 
@@ -591,6 +593,10 @@ def run(
 # -- the token relay's commands (host_tools/tokens_cli.py) ---------------------------------------------
 try:
     with warnings.catch_warnings():  # a library's deprecation notice is not the user's business
+        try:  # authlib turns its own warnings on when imported: let it, then override
+            import authlib.deprecate  # noqa: F401
+        except ImportError:
+            pass
         warnings.simplefilter("ignore", DeprecationWarning)
         from host_tools import tokens_cli
 except ImportError:  # pragma: no cover - that part is optional

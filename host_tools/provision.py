@@ -201,6 +201,9 @@ def render(fleet: Fleet, name: str, store: SecretStore, *, redact: bool = False
         "credentials": _credentials(fleet, dev, store, files, redact),
     }
     platform.update(_kind_keys(dev, store, redact))
+    # null means "the default" in docs/config.md, but firmware/uplink/config.py rejects a
+    # present key whose value is null: leave such keys out, which means the same to both
+    platform = _drop_none(platform)
     config = {
         "device": {"name": name, "board": dev.board},
         "wifi": {"networks": networks, "timeout_s": dev.wifi.timeout_s},
@@ -214,6 +217,10 @@ def render(fleet: Fleet, name: str, store: SecretStore, *, redact: bool = False
     files["config.json"] = (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode()
     files["board.json"] = (json.dumps(dev.profile(), indent=2, sort_keys=True) + "\n").encode()
     return config, files
+
+
+def _drop_none(d: dict) -> dict:
+    return {k: (_drop_none(v) if isinstance(v, dict) else v) for k, v in d.items() if v is not None}
 
 
 def write_file(path: Path, data: bytes, mode: int) -> None:

@@ -1,0 +1,147 @@
+"""Fleet file validation: every message names the file, the device and the key path, and a
+typo gets the nearest valid key."""
+
+from __future__ import annotations
+
+import pytest
+
+from host_tools.fleet import FleetError, load_fleet, secret_refs
+from tests.host.uplink_helpers import Env
+
+GOOD = """
+[defaults]
+board = "esp32-devkitc"
+wifi.networks = [{ ssid = "home", password = "secret:wifi_home" }]
+
+[relay]
+url = "https://192.168.1.10:8443"
+hosts = ["192.168.1.10"]
+
+[devices.greenhouse-1.platform]
+kind = "thingsboard"
+token = "secret:gh1_token"
+
+[devices.scale-1]
+board = "esp32-s3"
+[devices.scale-1.platform]
+kind = "weightron"
+credentials = "relay"
+device_id = "scale-1"
+oidc = { client_id = "abc", client_secret = "secret:wt_cs", api_key = "secret:wt_api" }
+
+[devices.bz.platform]
+kind = "biotz"
+device_id = "d1"
+customer_id = "c1"
+password = "secret:bz_pw"
+"""
+
+
+def problems(tmp_path, text) -> list[str]:
+    p = tmp_path / "fleet.toml"
+    p.write_text(text)
+    with pytest.raises(FleetError) as e:
+        load_fleet(p)
+    return e.value.problems
+
+
+def test_good_fleet_loads_with_defaults_merged_and_defaults_of_the_oidc_tables(tmp_path):
+    p = tmp_path / "fleet.toml"
+    p.write_text(GOOD)
+    f = load_fleet(p)
+    assert sorted(f.devices) == ["bz", "greenhouse-1", "scale-1"]
+    gh = f.devices["greenhouse-1"]
+    assert gh.name == "greenhouse-1" and gh.board == "esp32-devkitc"
+    assert gh.wifi.networks[0].ssid == "home"
+    assert f.devices["scale-1"].board == "esp32-s3"
+    oidc = f.devices["scale-1"].platform.oidc
+    assert oidc.token_url == "https://auth.weightron.cloud/oidc/token"
+    assert oidc.access_url == "https://api.weightron.cloud/access"
+    assert f.devices["scale-1"].platform.relay is True
+    assert f.relay.listen == "0.0.0.0:8443" and f.relay.min_life_s == 60
+    assert secret_refs(f.devices["scale-1"]) == {
+        "wifi.networks[0].password": "wifi_home",
+        "platform.oidc.client_secret": "wt_cs",
+        "platform.oidc.api_key": "wt_api",
+    }
+
+
+def test_typo_names_file_device_key_path_and_suggests(tmp_path):
+    msgs = problems(tmp_path, GOOD.replace('token = "secret:gh1_token"', 'tokn = "secret:gh1_token"'))
+    assert "fleet.toml: device 'greenhouse-1': platform.tokn: unknown key (did you mean 'token'?)" in msgs
+
+
+def test_typo_deep_in_a_nested_table(tmp_path):
+    msgs = problems(tmp_path, GOOD.replace("api_key =", "api_kye ="))
+    assert "fleet.toml: device 'scale-1': platform.oidc.api_kye: unknown key (did you mean 'api_key'?)" in msgs
+    assert "fleet.toml: device 'scale-1': platform.oidc.api_key: missing (required)" in msgs
+
+
+def test_typo_in_a_list_item_gives_the_index(tmp_path):
+    msgs = problems(tmp_path, GOOD.replace('ssid = "home", password', 'ssid = "home", pasword'))
+    assert any(m.startswith("fleet.toml: device 'bz': wifi.networks[0].pasword: unknown key "
+                            "(did you mean 'password'?)") for m in msgs), msgs
+
+
+def test_a_mistake_in_defaults_says_so(tmp_path):
+    msgs = problems(tmp_path, GOOD.replace('board = "esp32-devkitc"', 'board = "esp32-devkit"'))
+    gh = [m for m in msgs if "'greenhouse-1'" in m]
+    assert gh and "board: unknown board 'esp32-devkit' (did you mean 'esp32-devkitc'?)" in gh[0]
+    assert gh[0].endswith("(set in [defaults])")
+    # scale-1 sets its own board: not affected
+    assert not any("'scale-1'" in m and "board" in m for m in msgs)
+
+
+def test_unknown_kind_suggests_the_nearest(tmp_path):
+    msgs = problems(tmp_path, GOOD.replace('kind = "thingsboard"', 'kind = "thingsbord"'))
+    assert any("device 'greenhouse-1': platform.kind: unknown kind \"thingsbord\" (did you mean 'thingsboard'?" in m
+               for m in msgs), msgs
+
+
+def test_a_secret_written_in_clear_is_refused_without_echoing_it(tmp_path):
+    msgs = problems(tmp_path, GOOD.replace('"secret:gh1_token"', '"hunter2-plain-token"'))
+    m = [m for m in msgs if "platform.token" in m]
+    assert m and "secret:NAME" in m[0]
+    assert not any("hunter2-plain-token" in x for x in msgs)
+
+
+def test_wrong_type_says_what_was_expected(tmp_path):
+    msgs = problems(tmp_path, GOOD + '\n[devices.bz.telemetry]\ninterval_s = "often"\n')
+    assert any(m.startswith("fleet.toml: device 'bz': telemetry.interval_s: ") and "integer" in m for m in msgs), msgs
+
+
+def test_relay_credentials_need_a_relay_table(tmp_path):
+    text = GOOD.split("[relay]")[0] + "[devices" + GOOD.split("[devices", 1)[1]
+    msgs = problems(tmp_path, text)
+    assert any("device 'scale-1': platform.credentials" in m and "[relay]" in m for m in msgs), msgs
+
+
+def test_unknown_top_level_table_and_unknown_device(tmp_path):
+    msgs = problems(tmp_path, GOOD + "\n[device.x]\nboard='host'\n")
+    assert any("device: unknown top-level table (did you mean 'devices'?)" in m for m in msgs), msgs
+    p = tmp_path / "ok.toml"
+    p.write_text(GOOD)
+    with pytest.raises(FleetError) as e:
+        load_fleet(p).device("greenhouse1")
+    assert "did you mean 'greenhouse-1'?" in str(e.value)
+
+
+def test_missing_file_says_what_to_do(tmp_path):
+    with pytest.raises(FleetError) as e:
+        load_fleet(tmp_path / "nope.toml")
+    assert "--fleet" in str(e.value)
+
+
+def test_cli_validate_exit_codes_and_json(tmp_path):
+    env = Env(tmp_path, GOOD.replace("tokn", "token").replace('token = "secret:gh1_token"', 'tokn = "secret:gh1_token"'))
+    r = env.run("validate")
+    assert r.code == 3
+    assert "fleet.toml: device 'greenhouse-1': platform.tokn: unknown key (did you mean 'token'?)" in r.stderr
+    r = env.run("validate", "--json")
+    assert r.code == 3 and '"ok": false' in r.stdout
+    env.write_fleet(GOOD)
+    r = env.run("validate", "--no-secrets")
+    assert r.code == 0, r.output
+    r = env.run("validate")  # the secrets are not set
+    assert r.code == 4
+    assert "secret 'gh1_token' is not set" in r.stderr
