@@ -28,6 +28,8 @@ class RAMBlockDev:
         self.cut = None
         self.dead = False
         self.writes = 0  # program + erase operations so far
+        self.erases = 0  # block erases (flash wear)
+        self.programmed = 0  # bytes programmed
 
     def _op(self):
         # "ok", "tear" (the power dies during this one) or "dead"
@@ -55,6 +57,7 @@ class RAMBlockDev:
         r = self._op()
         if r == "ok":
             self.data[a : a + len(buf)] = buf
+            self.programmed += len(buf)
             return 0
         if r == "tear":
             h = len(buf) // 2
@@ -71,6 +74,7 @@ class RAMBlockDev:
             a = arg * self.bs
             if r == "ok":
                 self.data[a : a + self.bs] = self._ff
+                self.erases += 1
                 return 0
             if r == "tear":
                 h = self.bs // 2
