@@ -7,6 +7,7 @@ import hashlib
 import os
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+CHUNK = 512  # mask this many bytes per big-integer XOR
 MAX_HEADERS = 32  # lines in the handshake response before we call it hostile
 
 
@@ -30,7 +31,7 @@ def mask(buf, key):
 
 
 def frame(payload, opcode=2):
-    """One final, masked client frame."""
+    """One final, masked client frame, built in one buffer (one write per MQTT packet)."""
     n = len(payload)
     if n < 126:
         hdr = bytes((0x80 | opcode, 0x80 | n))
@@ -38,8 +39,19 @@ def frame(payload, opcode=2):
         hdr = bytes((0x80 | opcode, 0xFE, n >> 8, n & 255))
     else:
         hdr = bytes((0x80 | opcode, 0xFF)) + n.to_bytes(8, "big")
+    h = len(hdr) + 4
+    out = bytearray(h + n)
+    out[: h - 4] = hdr
     key = os.urandom(4)
-    return hdr + key + mask(payload, key)
+    out[h - 4 : h] = key
+    # masked in chunks (a multiple of 4, so the key lines up) to bound the big-integer temps
+    mv = memoryview(payload)
+    i = 0
+    while i < n:
+        j = i + CHUNK if i + CHUNK < n else n
+        out[h + i : h + j] = mask(mv[i:j], key)
+        i = j
+    return out
 
 
 async def handshake(raw, host, port, path):

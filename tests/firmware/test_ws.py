@@ -1,0 +1,207 @@
+# WebSocket framing: masking, the byte-stream view over frames, control frames, and a fuzz
+# run of random and truncated frames (no crash, no hang: only the errors a bad server earns).
+import os
+
+from mptest import raises
+from uplink import ws
+
+
+class Mem:
+    """An in-memory raw stream: reads from `data`, EOFError at its end; records writes."""
+
+    def __init__(self, data):
+        self.data = data
+        self.pos = 0
+        self.out = []
+
+    async def readexactly(self, n):
+        if self.pos + n > len(self.data):
+            raise EOFError("end of test data")
+        self.pos += n
+        return self.data[self.pos - n : self.pos]
+
+    async def readline(self):
+        i = self.data.find(b"\n", self.pos)
+        if i < 0:
+            raise EOFError("end of test data")
+        return await self.readexactly(i + 1 - self.pos)
+
+    def buffered(self):
+        return len(self.data) - self.pos
+
+    def write(self, buf):
+        self.out.append(bytes(buf))
+
+    def push(self):
+        pass
+
+    def stuck(self):
+        return False
+
+    async def drain(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def srv(payload, op=2, fin=True):
+    """An unmasked server frame."""
+    n = len(payload)
+    b0 = (0x80 if fin else 0) | op
+    if n < 126:
+        h = bytes((b0, n))
+    elif n < 65536:
+        h = bytes((b0, 126, n >> 8, n & 255))
+    else:
+        h = bytes((b0, 127)) + n.to_bytes(8, "big")
+    return h + payload
+
+
+def unmask(fr):
+    # parse one client frame: check the mask bit, undo the mask byte by byte (slow is fine here)
+    assert fr[0] & 0x80
+    assert fr[1] & 0x80, "client frames must be masked"
+    n = fr[1] & 0x7F
+    i = 2
+    if n == 126:
+        n = int.from_bytes(fr[2:4], "big")
+        i = 4
+    elif n == 127:
+        n = int.from_bytes(fr[2:10], "big")
+        i = 10
+    key = fr[i : i + 4]
+    body = bytearray(memoryview(fr)[i + 4 :])
+    assert len(body) == n
+    for j in range(n):
+        body[j] ^= key[j & 3]
+    return fr[0] & 0x0F, bytes(body)
+
+
+def test_mask_matches_bytewise_xor_for_every_length():
+    for n in list(range(0, 70)) + [125, 126, 127, 1000, 4097]:
+        buf = os.urandom(n)
+        key = os.urandom(4)
+        want = bytes(b ^ key[i % 4] for i, b in enumerate(buf))
+        assert ws.mask(buf, key) == want, n
+        # leading zero bytes must survive the big-integer round trip
+        z = bytes(n)
+        assert ws.mask(z, b"\0\0\0\0") == z
+
+
+def test_frame_lengths_and_masking():
+    for n in (0, 5, 125, 126, 4000):
+        p = os.urandom(n)
+        op, body = unmask(ws.frame(p))
+        assert op == 2 and body == p, n
+    # a fresh key per frame
+    assert ws.frame(b"abcd")[2:6] != ws.frame(b"abcd")[2:6]
+
+
+def test_accept_key_rfc6455_example():
+    assert ws.accept_key(b"dGhlIHNhbXBsZSBub25jZQ==") == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+async def test_stream_view_over_frames():
+    # one frame with several packets, one packet over several frames, a fragmented message
+    data = srv(b"abcdef") + srv(b"gh") + srv(b"ij", fin=False) + srv(b"kl", op=0, fin=False)
+    data += srv(b"", op=0) + srv(b"m" * 300)
+    s = ws.WSStream(Mem(data))
+    assert await s.readexactly(2) == b"ab"
+    assert await s.readexactly(5) == b"cdefg"
+    assert await s.readexactly(5) == b"hijkl"
+    assert await s.readexactly(300) == b"m" * 300
+    with raises(EOFError):
+        await s.readexactly(1)
+
+
+async def test_ping_is_answered_with_pong_and_close_is_echoed():
+    raw = Mem(srv(b"ab") + srv(b"hi!", op=9) + srv(b"cd") + srv(b"\x03\xe8bye", op=8))
+    s = ws.WSStream(raw)
+    assert await s.readexactly(4) == b"abcd"
+    assert unmask(raw.out[0]) == (10, b"hi!")
+    with raises(EOFError, "code 1000"):
+        await s.readexactly(1)
+    assert unmask(raw.out[1]) == (8, b"\x03\xe8")
+
+
+async def test_protocol_violations_are_errors():
+    bad = [
+        srv(b"x", op=1),  # text: MQTT is binary only
+        srv(b"x", op=0),  # continuation without a start
+        srv(b"x", fin=False) + srv(b"y"),  # new message inside a fragmented one
+        bytes((0x82, 0x81, 1, 2, 3, 4, 5)),  # masked server frame
+        bytes((0xC2, 0)),  # reserved bit
+        srv(b"x", op=3),  # reserved opcode
+        srv(b"x" * 126, op=9),  # control frame too long
+        srv(b"", op=9, fin=False),  # fragmented control frame
+        bytes((0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0)),  # 64-bit length with the top bit set
+    ]
+    for data in bad:
+        s = ws.WSStream(Mem(data + srv(b"tail")))
+        with raises(ws.WSError):
+            await s.readexactly(5)
+
+
+async def test_handshake_checks_the_accept_key():
+    def answer(accept, proto=b"mqtt", status=b"HTTP/1.1 101 Switching Protocols"):
+        return (
+            status + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\nSec-WebSocket-Protocol: " + proto + b"\r\n\r\n"
+        )
+
+    class Raw(Mem):
+        # answers the handshake with the right key for whatever the client sent
+        def __init__(self, **kw):
+            super().__init__(b"")
+            self.kw = kw
+
+        def write(self, buf):
+            super().write(buf)
+            key = bytes(buf).split(b"Sec-WebSocket-Key: ")[1].split(b"\r\n")[0]
+            acc = self.kw.pop("accept", ws.accept_key(key))
+            self.data = answer(acc, **self.kw)
+
+    st = await ws.handshake(Raw(), "h", 80, "/mqtt")
+    assert isinstance(st, ws.WSStream)
+    req = st._raw.out[0]
+    assert req.startswith(b"GET /mqtt HTTP/1.1\r\n") and b"Sec-WebSocket-Protocol: mqtt" in req
+    with raises(ws.WSError, "Accept"):
+        await ws.handshake(Raw(accept=b"AAAAAAAAAAAAAAAAAAAAAAAAAAA="), "h", 80, "/")
+    with raises(ws.WSError, "subprotocol"):
+        await ws.handshake(Raw(proto=b"other"), "h", 80, "/")
+    with raises(ws.WSError, "404"):
+        await ws.handshake(Raw(status=b"HTTP/1.1 404 Not Found"), "h", 80, "/")
+
+
+def rnd(n):
+    return int.from_bytes(os.urandom(2), "big") % n
+
+
+def mutate(data):
+    b = bytearray(data)
+    for _ in range(1 + rnd(4)):
+        if b:
+            b[rnd(len(b))] = rnd(256)
+    if rnd(3) == 0:
+        b = b[: rnd(len(b) + 1)]  # truncated
+    return bytes(b)
+
+
+async def test_fuzz_random_and_truncated_frames():
+    seeds = [
+        srv(b"abc") + srv(b"defgh", fin=False) + srv(b"ij", op=0) + srv(b"p", op=9),
+        srv(os.urandom(200)) + srv(b"", op=10) + srv(b"\x03\xe8", op=8),
+    ]
+    allowed = (ws.WSError, EOFError)
+    for i in range(1500):
+        if i % 3 == 0:
+            data = os.urandom(rnd(40))
+        else:
+            data = mutate(seeds[i % 2])
+        s = ws.WSStream(Mem(data))
+        try:
+            for _ in range(len(data) + 2):  # each read consumes input, so this bound cannot hang
+                await s.readexactly(1 + rnd(8))
+        except allowed:
+            pass
