@@ -16,6 +16,11 @@ shapes and size limits), so a small asyncio proxy sits between the device and mo
   `proxy.published` as (username, topic, payload).
 - Blynk's broker may send `downlink/redirect` right after CONNACK without a subscription:
   `proxy.redirect = "mqtt://..."` makes this proxy do exactly that on every connect.
+- Directions are kept apart, as in the clouds (where the device's own publish on
+  v1/devices/me/attributes never comes back to it as a shared-attribute update): what the
+  device publishes lands on mosquitto under `up/<topic>`, its subscriptions are made to
+  `down/<topic>`, and `down/` is taken off again on the way to the device. The test's
+  cloud side (`Cloud`) reads `up/...` and writes `down/...`.
 
 See docs/platforms.md ("How the tests hold the firmware to each cloud's rules").
 """
@@ -105,10 +110,39 @@ def parse_subscribe(body: bytes) -> list[tuple[str, int]]:
     return out
 
 
-def publish_packet(topic: str, payload: bytes) -> bytes:
+def publish_packet(topic: str, payload: bytes, first: int = 0x30, pid: bytes = b"") -> bytes:
     t = topic.encode()
-    body = len(t).to_bytes(2, "big") + t + payload
-    return bytes([0x30]) + _varint(len(body)) + body
+    body = len(t).to_bytes(2, "big") + t + pid + payload
+    return bytes([first]) + _varint(len(body)) + body
+
+
+def retopic_publish(first: int, body: bytes, fn) -> bytes:
+    """The same PUBLISH with its topic replaced by fn(topic)."""
+    qos = (first >> 1) & 3
+    topic, i = _str(body, 0)
+    pid = body[i : i + 2] if qos else b""
+    rest = body[i + (2 if qos else 0) :]
+    return publish_packet(fn(topic.decode()), rest, first, pid)
+
+
+def subscribe_packet(first: int, body: bytes, fn) -> bytes:
+    out = bytearray(body[:2])
+    for topic, qos in parse_subscribe(body):
+        t = fn(topic).encode()
+        out += len(t).to_bytes(2, "big") + t + bytes([qos])
+    return bytes([first]) + _varint(len(out)) + bytes(out)
+
+
+UP, DOWN = "up/", "down/"
+
+
+def _unsubscribe_packet(first: int, body: bytes) -> bytes:
+    out, i = bytearray(body[:2]), 2
+    while i < len(body):
+        t, i = _str(body, i)
+        t = (DOWN + t.decode()).encode()
+        out += len(t).to_bytes(2, "big") + t
+    return bytes([first]) + _varint(len(out)) + bytes(out)
 
 
 def _varint(n: int) -> bytes:
@@ -559,10 +593,10 @@ class ProfileProxy:
                 writer.write(publish_packet("downlink/redirect", self.redirect.encode()))
             await writer.drain()
             while True:
-                data = await up_r.read(65536)
-                if not data:
-                    break
-                writer.write(data)
+                first, packet, body = await read_packet(up_r)
+                if first >> 4 == PUBLISH:
+                    packet = retopic_publish(first, body, lambda t: t[len(DOWN):] if t.startswith(DOWN) else t)
+                writer.write(packet)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -597,5 +631,66 @@ class ProfileProxy:
             if why:
                 self._violation(s.username, why)
                 return  # the cloud closes the connection
+            if kind == PUBLISH:
+                packet = retopic_publish(first, body, lambda t: UP + t)
+            elif kind == SUBSCRIBE:
+                packet = subscribe_packet(first, body, lambda t: DOWN + t)
+            elif kind == 10:  # UNSUBSCRIBE: pid, then topics
+                packet = _unsubscribe_packet(first, body)
             up_w.write(packet)
             await up_w.drain()
+
+
+# -- the cloud side of a test -------------------------------------------------------------
+class Cloud:
+    """A paho client on mosquitto playing the cloud: sees what devices publish (`up/...`,
+    recorded with the device's topic) and sends downlinks (`down/...`)."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1"):
+        import paho.mqtt.client as mqtt
+
+        self.msgs: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        self.handlers: list = []  # fn(topic, payload) called for every message (cloud logic)
+        self.ready = threading.Event()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"cloud-{id(self)}")
+        self.c.on_connect = lambda c, *a: (c.subscribe(UP + "#", 1), self.ready.set())
+        self.c.on_message = self._on_message
+        self.c.connect(host, port)
+        self.c.loop_start()
+        assert self.ready.wait(10), "cloud side could not connect to mosquitto"
+        time.sleep(0.2)  # the SUBACK
+
+    def _on_message(self, c, u, msg):
+        topic = msg.topic[len(UP):]
+        with self.lock:
+            self.msgs.append((topic, msg.payload))
+        for h in list(self.handlers):
+            h(topic, msg.payload)
+
+    def send(self, topic: str, payload, qos: int = 1, retain: bool = False) -> None:
+        if isinstance(payload, (dict, list)):
+            payload = json.dumps(payload)
+        self.c.publish(DOWN + topic, payload, qos, retain).wait_for_publish(5)
+
+    def on(self, fn) -> None:
+        self.handlers.append(fn)
+
+    def got(self, pred=None) -> list[tuple[str, bytes]]:
+        with self.lock:
+            msgs = list(self.msgs)
+        return [m for m in msgs if pred is None or pred(*m)]
+
+    def wait(self, pred, timeout: float = 30, what: str = "message", console=None):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            r = self.got(pred)
+            if r:
+                return r
+            time.sleep(0.05)
+        raise AssertionError(f"cloud: no {what} within {timeout}s; got {[(t, p[:80]) for t, p in self.got()[-15:]]}"
+                             + (f"\nconsole:\n{console()}" if console else ""))
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()

@@ -10,7 +10,7 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.integration.broker_profiles import Biotz, Blynk, ProfileProxy, ThingsBoard, Weightron
+from tests.integration.broker_profiles import Biotz, Blynk, Cloud, ProfileProxy, ThingsBoard, Weightron
 
 
 class Dev:
@@ -195,3 +195,25 @@ def test_biotz_rules(proxies):
     d.wait()
     d.c.subscribe("biotz/1/0/c1/d2/subscribe/action/+", 1)
     closed_for(p, d, "not this device's")
+
+
+def test_directions_are_kept_apart(proxies, broker):
+    """The device's own publish never comes back to it; the cloud reads up/ and writes down/."""
+    p = proxies(ThingsBoard({"GOOD": "device"}))
+    cloud = Cloud(broker.ports["mqtt"])
+    try:
+        d = Dev(p.port, "GOOD")
+        d.wait()
+        d.c.subscribe("v1/devices/me/attributes", 1)
+        time.sleep(0.3)
+        d.pub("v1/devices/me/attributes", b'{"fw_version":"1"}')
+        cloud.wait(lambda t, _: t == "v1/devices/me/attributes")
+        cloud.send("v1/devices/me/attributes", {"mode": "eco"})
+        end = time.monotonic() + 5
+        while not d.msgs and time.monotonic() < end:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert d.msgs == [("v1/devices/me/attributes", b'{"mode": "eco"}')]
+        assert p.violations == []
+    finally:
+        cloud.close()
