@@ -10,7 +10,14 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.integration.broker_profiles import Biotz, Blynk, Cloud, ProfileProxy, ThingsBoard, Weightron
+from tests.integration.broker_profiles import (
+    Biotz,
+    Blynk,
+    Cloud,
+    ProfileProxy,
+    ThingsBoard,
+    Weightron,
+)
 
 
 class Dev:
