@@ -169,8 +169,12 @@ def get(name: str, config=None):
             from tests.oidc_provider import OIDCService
 
             svc = OIDCService().start()
+        elif name == "ntp":  # SNTP servers on loopback: NTP_HOST, NTP_PORT, NTP_OFFSET_MS, ...
+            from tests.ntp_server import NtpService
+
+            svc = NtpService().start()
         else:
-            raise KeyError(f"unknown service {name!r} in NEEDS (known: broker, oidc)")
+            raise KeyError(f"unknown service {name!r} in NEEDS (known: broker, oidc, ntp)")
         _SERVICES[name] = svc
         if config is not None:
             config.add_cleanup(svc.stop)
