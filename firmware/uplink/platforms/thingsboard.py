@@ -49,7 +49,10 @@ PROVISION_RESPONSE = "/provision/response"
 PROVISION_TIMEOUT_S = 30
 
 
-class ProvisionError(Exception):
+class ProvisionError(ConfigError):
+    # The server refused: as with a config mistake, retrying the same request cannot help,
+    # so the app stops in safe mode with the reason. No answer at all is an OSError instead
+    # (a network matter: the app resets and tries again).
     pass
 
 
@@ -110,7 +113,7 @@ class Adapter:
             try:
                 await asyncio.wait_for(got.wait(), self.provision_timeout_s)
             except asyncio.TimeoutError:
-                raise ProvisionError("provisioning: no answer on %s within %d s"
+                raise OSError("provisioning: no answer on %s within %d s"
                                      % (PROVISION_RESPONSE, self.provision_timeout_s))
         finally:
             try:
@@ -367,7 +370,10 @@ def _gw(req, what):
 
 
 def parse_provision_response(payload):
-    ans = loads_obj(payload, "provision response")
+    try:
+        ans = loads_obj(payload, "provision response")
+    except ValueError as e:
+        raise ProvisionError(str(e))
     status = ans.get("status")
     if status == "SUCCESS":
         if ans.get("credentialsType", "ACCESS_TOKEN") != "ACCESS_TOKEN":
