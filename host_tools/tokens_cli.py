@@ -24,21 +24,26 @@ import typer
 
 from host_tools import oidc
 
-FLEET_HELP = "The fleet file."
+# exit codes shared with the rest of `uplink` (host_tools/cli.py)
+EXIT_FLEET = 3
+EXIT_SECRET = 4
 
 
-def _fleet_path(ctx: typer.Context | None, given: Optional[Path]) -> Path:
-    if given is not None:
-        return given
-    obj = ctx.obj if ctx is not None else None  # a global --fleet set by the main callback
-    v = obj.get("fleet") if isinstance(obj, dict) else getattr(obj, "fleet", None)
-    return Path(v) if v else Path("fleet.toml")
+def _root_params(ctx: typer.Context | None) -> dict:
+    # the main callback's global options (--fleet, --secrets-file, --no-keyring) when this runs
+    # under the `uplink` app; plain defaults when registered on a bare Typer (tests)
+    return dict(ctx.find_root().params) if ctx is not None else {}
 
 
-def _store():
+def _fleet_path(ctx: typer.Context | None) -> Path:
+    return Path(_root_params(ctx).get("fleet") or "fleet.toml")
+
+
+def _store(ctx: typer.Context | None = None):
     from host_tools.secrets import SecretStore
 
-    return SecretStore()
+    p = _root_params(ctx)
+    return SecretStore(p.get("secrets_file"), use_keyring=not p.get("no_keyring", False))
 
 
 def oidc_settings(dev, store) -> oidc.Settings:
@@ -117,19 +122,18 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Argument(help="Device name in the fleet file.")],
         reveal: Annotated[bool, typer.Option("--reveal", help="Print the token itself.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Output JSON.")] = False,
-        fleet: Annotated[Optional[Path], typer.Option("--fleet", help=FLEET_HELP)] = None,
     ):
         """Fetch the device's platform token from its OIDC provider and say when it expires."""
         from host_tools.fleet import FleetError, load_fleet
         from host_tools.secrets import SecretError
 
         try:
-            fl = load_fleet(_fleet_path(ctx, fleet))
+            fl = load_fleet(_fleet_path(ctx))
             dev = fl.device(device)
-            settings = oidc_settings(dev, _store())
-        except (FleetError, SecretError) as e:
+            settings = oidc_settings(dev, _store(ctx))
+        except (FleetError, SecretError, typer.BadParameter) as e:
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(EXIT_SECRET if isinstance(e, SecretError) else EXIT_FLEET) from None
         try:
             cred, tok = asyncio.run(fetch_token(settings))
         except oidc.TokenError as e:
@@ -154,7 +158,6 @@ def register(app: typer.Typer) -> None:
     @app.command("relay")
     def relay_cmd(
         ctx: typer.Context,
-        fleet: Annotated[Optional[Path], typer.Option("--fleet", help=FLEET_HELP)] = None,
         listen: Annotated[Optional[str], typer.Option(
             "--listen", help="HOST:PORT to listen on (default: [relay] listen).")] = None,
         min_life: Annotated[Optional[int], typer.Option(
@@ -166,11 +169,11 @@ def register(app: typer.Typer) -> None:
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         try:
-            fl = load_fleet(_fleet_path(ctx, fleet))
-            relay = build_relay(fl, _store(), listen=listen, min_life=min_life)
+            fl = load_fleet(_fleet_path(ctx))
+            relay = build_relay(fl, _store(ctx), listen=listen, min_life=min_life)
         except (FleetError, SecretError, ValueError) as e:
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(EXIT_SECRET if isinstance(e, SecretError) else EXIT_FLEET) from None
         try:
             asyncio.run(relay.serve_forever())
         except KeyboardInterrupt:

@@ -1,0 +1,181 @@
+"""`uplink token` and `uplink relay`'s fleet mapping, against the loopback OIDC provider."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from host_tools.relay import PATH, sign_headers
+from tests.oidc_provider import (
+    BIOTZ_USER,
+    WEIGHTRON_API_KEY,
+    WEIGHTRON_CLIENT,
+    OIDCProvider,
+)
+
+FLEET = """
+[relay]
+url = "https://127.0.0.1:8443"
+hosts = ["127.0.0.1", "localhost"]
+listen = "127.0.0.1:0"
+min_life_s = 30
+
+[devices.scale-1]
+board = "host"
+[devices.scale-1.platform]
+kind = "weightron"
+device_id = "scale-1"
+credentials = "relay"
+[devices.scale-1.platform.oidc]
+token_url = "{token_url}"
+access_url = "{access_url}"
+client_id = "{client_id}"
+client_secret = "secret:wt_secret"
+api_key = "secret:wt_api_key"
+
+[devices.scale-2]
+board = "host"
+[devices.scale-2.platform]
+kind = "weightron"
+device_id = "scale-2"
+credentials = "relay"
+[devices.scale-2.platform.oidc]
+token_url = "{token_url}"
+access_url = "{access_url}"
+client_id = "{client_id}"
+client_secret = "secret:wt_secret"
+api_key = "secret:wt_api_key"
+
+[devices.field-7]
+board = "host"
+[devices.field-7.platform]
+kind = "biotz"
+device_id = "field-7"
+customer_id = "c-1"
+credentials = "relay"
+[devices.field-7.platform.oidc]
+token_url = "{token_url}"
+username = "{bz_user}"
+password = "secret:bz_password"
+
+[devices.tb-1]
+board = "host"
+[devices.tb-1.platform]
+kind = "thingsboard"
+token = "secret:tb_token"
+"""
+
+SECRETS = {"wt_secret": WEIGHTRON_CLIENT[1], "wt_api_key": WEIGHTRON_API_KEY,
+           "bz_password": BIOTZ_USER[1], "tb_token": "tb-token-value-123"}
+
+
+@pytest.fixture(scope="module")
+def provider():
+    p = OIDCProvider(lifetime=300).start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def fleet(provider, tmp_path, monkeypatch):
+    path = tmp_path / "fleet.toml"
+    path.write_text(FLEET.format(token_url=provider.token_url, access_url=provider.access_url,
+                                 client_id=WEIGHTRON_CLIENT[0], bz_user=BIOTZ_USER[0]))
+    secrets_file = tmp_path / "secrets.json"
+    secrets_file.write_text(json.dumps(SECRETS))
+    secrets_file.chmod(0o600)
+    monkeypatch.setenv("SSL_CERT_FILE", provider.ca_pem)  # the provider's private CA
+    monkeypatch.setenv("UPLINK_STATE_DIR", str(tmp_path / "state"))
+    return path, secrets_file
+
+
+def uplink(fleet, *args):
+    from host_tools.cli import app
+
+    path, secrets_file = fleet
+    r = CliRunner().invoke(app, ["--fleet", str(path), "--secrets-file", str(secrets_file),
+                                 "--no-keyring", *args])
+    return r
+
+
+def test_token_hidden_unless_revealed(fleet, provider):
+    r = uplink(fleet, "token", "scale-1")
+    assert r.exit_code == 0, r.output
+    assert "app-5f1e2d" in r.output and "client_credentials" in r.output
+    assert "hidden" in r.output
+    for s in SECRETS.values():
+        assert s not in r.output
+    r = uplink(fleet, "token", "scale-1", "--json")
+    data = json.loads(r.stdout)
+    assert data["username"] == "app-5f1e2d" and "token" not in data
+    assert 290 <= data["expires_in_s"] <= 300
+    r = uplink(fleet, "token", "scale-1", "--json", "--reveal")
+    tok = json.loads(r.stdout)["token"]
+    assert provider.token_valid(tok)
+
+
+def test_token_biotz_is_the_id_token(fleet, provider):
+    r = uplink(fleet, "token", "field-7", "--json", "--reveal")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["grant"] == "password" and data["credential"] == "id_token"
+    assert provider.verify_id_token(data["token"])["sub"] == BIOTZ_USER[0]
+    assert BIOTZ_USER[1] not in r.output
+
+
+def test_token_errors(fleet):
+    r = uplink(fleet, "token", "tb-1")
+    assert r.exit_code == 3 and "oidc" in r.output
+    r = uplink(fleet, "token", "scale-9")
+    assert r.exit_code == 3 and "scale-1" in r.output  # did you mean
+
+
+def test_token_refused_by_provider(fleet, tmp_path):
+    path, secrets_file = fleet
+    bad = dict(SECRETS, wt_secret="wrong-secret-xyz")
+    secrets_file.write_text(json.dumps(bad))
+    r = uplink(fleet, "token", "scale-1")
+    assert r.exit_code == 1 and "invalid_client" in r.output
+    assert "wrong-secret-xyz" not in r.output
+
+
+def test_build_relay_from_fleet_shares_sources_and_keys(fleet, provider):
+    from host_tools import relay_pki, tokens_cli
+    from host_tools.fleet import load_fleet
+    from host_tools.secrets import SecretStore
+
+    path, secrets_file = fleet
+    store = SecretStore(secrets_file, use_keyring=False, env={})
+    fl = load_fleet(path)
+    relay = tokens_cli.build_relay(fl, store)
+    assert sorted(relay.devices) == ["field-7", "scale-1", "scale-2"]  # not the TB device
+    assert relay.devices["scale-1"].source is relay.devices["scale-2"].source
+    assert relay.settings.min_life_s == 30
+    # the same key provision gives the device, and the same PKI
+    key = relay_pki.device_key(store, "scale-2")
+    assert relay.devices["scale-2"].key == key
+    pki = relay_pki.ensure_relay_pki(fl.state_dir, ["127.0.0.1", "localhost"])
+    assert relay.settings.cert_pem == pki.cert_pem
+    provider.reset_counters()
+
+    async def go():
+        port = await relay.start()
+        ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+        try:
+            async with httpx.AsyncClient(verify=ctx) as c:
+                rs = await asyncio.gather(*(
+                    c.get(f"https://127.0.0.1:{port}{PATH}", headers=sign_headers(d, relay_pki.device_key(store, d)))
+                    for d in ("scale-1", "scale-2", "scale-1", "scale-2")))
+        finally:
+            await relay.stop()
+        return rs
+
+    rs = asyncio.run(go())
+    assert [r.status_code for r in rs] == [200] * 4
+    assert len({r.json()["password"] for r in rs}) == 1
+    assert provider.token_requests == 1  # two devices, one shared credential, one call
