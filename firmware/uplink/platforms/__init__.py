@@ -164,27 +164,14 @@ def iso(ms):
     return out + (".%03dZ" % frac if frac else "Z")
 
 
-class Credentials:
-    """Where the MQTT username/password come from: `platform.credentials` through
-    uplink.credentials when configured, else the platform's own keys (fallback)."""
+def credential_source(pcfg):
+    """The `platform.credentials` source (uplink.credentials) when one is configured, else
+    None: the platform's own keys are used as they are."""
+    if pcfg.get("credentials") is None:
+        return None
+    from uplink import credentials
 
-    def __init__(self, pcfg, fallback):
-        self._pcfg = pcfg
-        self._fallback = fallback
-        self._src = None
-
-    @property
-    def configured(self):
-        return self._pcfg.get("credentials") is not None
-
-    async def __call__(self):
-        if not self.configured:
-            return self._fallback
-        if self._src is None:
-            # imported by name: uplink.credentials is optional (another module's concern)
-            mod = __import__("uplink.credentials", None, None, ("from_config",))
-            self._src = mod.from_config(self._pcfg)
-        return await self._src()  # type: ignore
+    return credentials.from_config(pcfg)
 
 
 def client_id(cfg, ctx=None):
@@ -194,12 +181,6 @@ def client_id(cfg, ctx=None):
 
 def platform_url(cfg, default):
     return cfg["platform"].get("url") or default
-
-
-def fits(topic, payload, limit):
-    # The whole PUBLISH variable header + payload: topic length prefix (2), the topic, the
-    # packet id (2) and the payload. Conservative for QoS 0 (no packet id).
-    return len(topic) + len(payload) + 4 <= limit
 
 
 def too_big(n, size, limit):

@@ -4,8 +4,8 @@
 from uplink.config import ConfigError
 from uplink.platforms import (
     Command,
-    Credentials,
     command,
+    credential_source,
     dumps,
     iso,
     loads_obj,
@@ -46,13 +46,13 @@ class Adapter:
         self.base = "biotz/1/0/%s/%s/" % (p["customer_id"], self.device_id)
         self.topic = self.base + "publish/data/" + mt
         self.firmware_file = FIRMWARE_FILE
-        self._creds = Credentials(p, (None, None))
-        if not p.get("password") and not self._creds.configured:
+        self._creds = credential_source(p)
+        if not p.get("password") and self._creds is None:
             raise ConfigError("config.json: platform.password: missing: the Password from the "
                               "device's Biotz credentials file")
 
     async def credentials(self):
-        if self._creds.configured:
+        if self._creds is not None:
             return await self._creds()
         return (self.device_id, self.cfg["platform"]["password"])
 

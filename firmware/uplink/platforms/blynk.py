@@ -4,8 +4,8 @@
 from uplink.config import ConfigError
 from uplink.platforms import (
     Command,
-    Credentials,
     client_id,
+    credential_source,
     dumps,
     loads_obj,
     platform_url,
@@ -39,8 +39,8 @@ class Adapter:
         self.client_id = client_id(cfg)
         self.max_payload = MAX_MESSAGE
         self.timestamped = p.get("timestamped", True)
-        self._creds = Credentials(p, (None, None))
-        if not p.get("token") and not self._creds.configured:
+        self._creds = credential_source(p)
+        if not p.get("token") and self._creds is None:
             raise ConfigError("config.json: platform.token: missing: the device's auth token "
                               "(the gateway's own token in gateway mode)")
         gw = p.get("gateway_tokens") or {}
@@ -56,7 +56,7 @@ class Adapter:
         self.gateway = bool(self._tokens)
 
     async def credentials(self):
-        if self._creds.configured:
+        if self._creds is not None:
             return await self._creds()
         return ("mgmt_device" if self.gateway else "device", self.cfg["platform"]["token"])
 

@@ -1,17 +1,14 @@
 # ThingsBoard (self-hosted or ThingsBoard Cloud), MQTT device API and gateway API.
 # Wire contract: PLATFORMS.md "ThingsBoard". Token as username, no password.
-import asyncio
-
 from uplink.config import ConfigError
 from uplink.platforms import (
     Command,
-    Credentials,
     client_id,
     command,
+    credential_source,
     ctx_ip,
     dumps,
     loads_obj,
-    maybe_await,
     platform_url,
     too_big,
 )
@@ -44,16 +41,6 @@ GW_CONNECT = GW + "connect"
 GW_RPC = GW + "rpc"
 GW_ATTRIBUTES = GW + "attributes"
 GW_ATTR_RESPONSE = GW + "attributes/response"
-PROVISION_REQUEST = "/provision/request"
-PROVISION_RESPONSE = "/provision/response"
-PROVISION_TIMEOUT_S = 30
-
-
-class ProvisionError(ConfigError):
-    # The server refused: as with a config mistake, retrying the same request cannot help,
-    # so the app stops in safe mode with the reason. No answer at all is an OSError instead
-    # (a network matter: the app resets and tries again).
-    pass
 
 
 class Adapter:
@@ -65,15 +52,20 @@ class Adapter:
         self.client_id = client_id(cfg)
         self.max_payload = p.get("max_payload") or DEFAULT_MAX_PAYLOAD
         self.gateway = p.get("gateway_devices") or []
+        self._gw = None
+        if self.gateway:  # the gateway API's code is loaded only by gateways
+            from uplink.platforms import tb_gateway
+
+            self._gw = tb_gateway
         self.shared_keys = p.get("shared_attributes") or []
-        self._creds = Credentials(p, (None, None))
-        if not p.get("token") and not self._creds.configured and not self.needs_provisioning():
+        self._creds = credential_source(p)
+        if not p.get("token") and self._creds is None and not self.needs_provisioning():
             raise ConfigError("config.json: platform.token: missing: give the device's access token, "
                               "or provision_key and provision_secret to provision it on first boot")
         self._rpc_id = 0
         self._pending = {}  # client-side RPC / attribute request id -> method
         self._claimed = False
-        self.provision_timeout_s = PROVISION_TIMEOUT_S
+        self.provision_timeout_s = 30
 
     # -- connecting ----------------------------------------------------------------------
     def needs_provisioning(self):
@@ -82,64 +74,15 @@ class Adapter:
                 and bool(p.get("provision_key")) and bool(p.get("provision_secret")))
 
     async def prepare(self, opener):
-        """First-boot device provisioning; a no-op once the config holds a token.
+        """First-boot device provisioning (uplink.platforms.tb_provision, imported only then);
+        a no-op once the config holds a token. See docs/internals.md."""
+        if self.needs_provisioning():
+            from uplink.platforms import tb_provision
 
-        opener: the app (its `open_client` method) or the coroutine function itself:
-        `await open_client(user, password)` -> a connected MQTTClient (one attempt, no retry)
-        to this adapter's url with its client_id. The token received is stored with
-        ctx.save_config(cfg); credentials() returns it from then on."""
-        if not self.needs_provisioning():
-            return
-        open_client = getattr(opener, "open_client", None)
-        if open_client is None:
-            open_client = opener if callable(opener) else self._open_client
-        p = self.cfg["platform"]
-        got = asyncio.Event()
-        answer = []
-
-        def on_message(topic, payload, retained):
-            if topic == PROVISION_RESPONSE and not answer:
-                answer.append(payload)
-                got.set()
-
-        client = await open_client("provision", None)  # type: ignore
-        try:
-            client.on_message = on_message
-            await client.subscribe(PROVISION_RESPONSE, 1)
-            await client.publish(PROVISION_REQUEST, dumps({
-                "deviceName": self.cfg["device"]["name"],
-                "provisionDeviceKey": p["provision_key"],
-                "provisionDeviceSecret": p["provision_secret"]}).encode(), 1)
-            try:
-                await asyncio.wait_for(got.wait(), self.provision_timeout_s)
-            except asyncio.TimeoutError:
-                raise OSError("provisioning: no answer on %s within %d s"
-                                     % (PROVISION_RESPONSE, self.provision_timeout_s))
-        finally:
-            try:
-                await client.disconnect()
-            except Exception:
-                pass
-        token = parse_provision_response(answer[0])
-        p["token"] = token
-        await maybe_await(self.ctx.save_config(self.cfg))
-
-    async def _open_client(self, user, password):
-        # used when the app offers no open_client of its own
-        from uplink.mqtt import MQTTClient
-
-        p = self.cfg["platform"]
-        ca = None
-        if p.get("ca"):
-            with open(p["ca"], "rb") as f:
-                ca = f.read()
-        c = MQTTClient(self.url, self.client_id, user=user, password=password,
-                       keepalive=p.get("keepalive") or 60, ca=ca, insecure=bool(p.get("insecure")))
-        await c.connect()
-        return c
+            await tb_provision.provision(self, opener)
 
     async def credentials(self):
-        if self._creds.configured:
+        if self._creds is not None:
             return await self._creds()
         return (self.cfg["platform"]["token"], None)
 
@@ -204,8 +147,8 @@ class Adapter:
         out = []
         i, n = 0, len(readings)
         while i < n:
-            if self.gateway and readings[i].get("device") is not None:
-                i = self._encode_gateway(readings, i, out)
+            if self._gw is not None and readings[i].get("device") is not None:
+                i = self._gw.encode_run(self, readings, i, out)
             else:
                 i = self._encode_me(readings, i, out)
         return out
@@ -241,44 +184,6 @@ class Adapter:
         out.append((TELEMETRY, payload.encode(), len(pieces)))
         return i
 
-    def _encode_gateway(self, readings, i, out):
-        # {"A":[{"ts":..,"values":{..}}, ...], "B":[...]} for a run of sub-device readings
-        limit = self.max_payload
-        room = limit - len(GW_TELEMETRY) - 4
-        groups = {}  # device -> [pieces]
-        order = []
-        size = 2
-        count = 0
-        n = len(readings)
-        while i < n:
-            r = readings[i]
-            dev = r.get("device")
-            if dev is None:
-                break
-            piece = self._piece(r)
-            extra = len(piece)
-            if dev in groups:
-                extra += 1
-            else:
-                extra += len(dumps(dev)) + 3 + (1 if order else 0)
-            if size + extra > room:
-                if count:
-                    break
-                out.append(too_big(1, size + extra, limit))
-                return i + 1
-            if dev not in groups:
-                groups[dev] = []
-                order.append(dev)
-            groups[dev].append(piece)
-            size += extra
-            count += 1
-            i += 1
-        parts = []
-        for dev in order:
-            parts.append(dumps(dev) + ":[" + ",".join(groups[dev]) + "]")
-        out.append((GW_TELEMETRY, ("{" + ",".join(parts) + "}").encode(), count))
-        return i
-
     # -- downlink --------------------------------------------------------------------------
     def handle(self, topic, payload, retained):
         if topic.startswith(RPC_REQUEST):
@@ -299,26 +204,8 @@ class Adapter:
             return Command("attributes", shared)
         if topic.startswith(RPC_RESPONSE):
             return self._rpc_answer(_id(topic, RPC_RESPONSE), payload)
-        if topic == GW_RPC:
-            req = loads_obj(payload, "gateway RPC")
-            dev, data = _gw(req, "gateway RPC")
-            method = data.get("method")
-            if not isinstance(method, str) or not method:
-                raise ValueError("gateway RPC for %s: no method" % dev)
-            return command(method, data.get("params"), ("gw", data.get("id")), dev)
-        if topic == GW_ATTRIBUTES:
-            dev, data = _gw(loads_obj(payload, "gateway attributes"), "gateway attributes")
-            return Command("attributes", data, None, dev)
-        if topic == GW_ATTR_RESPONSE:
-            resp = loads_obj(payload, "gateway attributes response")
-            dev = resp.get("device")
-            if not isinstance(dev, str):
-                raise ValueError("gateway attributes response: no device")
-            if "values" in resp and isinstance(resp["values"], dict):
-                return Command("attributes", resp["values"], None, dev)
-            if "key" in resp:
-                return Command("attributes", {resp["key"]: resp.get("value")}, None, dev)
-            return None
+        if self._gw is not None and topic.startswith(GW):
+            return self._gw.handle(topic, payload)
         return None
 
     def _rpc_answer(self, rid, payload):
@@ -358,32 +245,3 @@ def _id(topic, prefix):
     except ValueError:
         raise ValueError("%s: request id %r is not a number" % (topic, rid))
     return v
-
-
-def _gw(req, what):
-    dev, data = req.get("device"), req.get("data")
-    if not isinstance(dev, str) or not dev:
-        raise ValueError("%s: no device" % what)
-    if not isinstance(data, dict):
-        raise ValueError("%s for %s: 'data' is not an object" % (what, dev))
-    return dev, data
-
-
-def parse_provision_response(payload):
-    try:
-        ans = loads_obj(payload, "provision response")
-    except ValueError as e:
-        raise ProvisionError(str(e))
-    status = ans.get("status")
-    if status == "SUCCESS":
-        if ans.get("credentialsType", "ACCESS_TOKEN") != "ACCESS_TOKEN":
-            raise ProvisionError("provisioning gave %s credentials; only ACCESS_TOKEN is supported"
-                                 % ans.get("credentialsType"))
-        token = ans.get("credentialsValue")
-        if not isinstance(token, str) or not token:
-            raise ProvisionError("provisioning: SUCCESS without a token")
-        return token
-    if status == "NOT_FOUND":
-        raise ProvisionError("provisioning refused: NOT_FOUND (no device profile has this "
-                             "provision_key/provision_secret)")
-    raise ProvisionError("provisioning refused: %s %s" % (status, ans.get("errorMsg", "")))

@@ -4,9 +4,9 @@
 # are configurable.
 from uplink.config import ConfigError
 from uplink.platforms import (
-    Credentials,
     client_id,
     command,
+    credential_source,
     dumps,
     iso,
     loads_obj,
@@ -45,8 +45,8 @@ class Adapter:
         self.device_id = p.get("device_id") or cfg["device"]["name"]
         self._template = p.get("topic") or DEFAULT_TOPIC
         self.topic = self.topic_for(self.device_id)
-        self._creds = Credentials(p, (None, None))
-        if not p.get("token") and not self._creds.configured:
+        self._creds = credential_source(p)
+        if not p.get("token") and self._creds is None:
             raise ConfigError("config.json: platform.credentials: missing: Weightron's password "
                               "is a short-lived access token: configure the token relay "
                               "(credentials.source = relay) or, for a test, platform.token")
@@ -55,7 +55,7 @@ class Adapter:
         return self._template.replace("{application_id}", self.app_id).replace("{device_id}", device_id)
 
     async def credentials(self):
-        if self._creds.configured:
+        if self._creds is not None:
             # the username is always the Application ID; the source supplies the token
             return (self.app_id, (await self._creds())[1])
         return (self.app_id, self.cfg["platform"]["token"])

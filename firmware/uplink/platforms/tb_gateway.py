@@ -1,0 +1,80 @@
+# ThingsBoard gateway API (PLATFORMS.md): one connection for several devices. Loaded only
+# when platform.gateway_devices is set.
+from uplink.platforms import Command, command, dumps, loads_obj, too_big
+
+GW_TELEMETRY = "v1/gateway/telemetry"
+GW_RPC = "v1/gateway/rpc"
+GW_ATTRIBUTES = "v1/gateway/attributes"
+GW_ATTR_RESPONSE = "v1/gateway/attributes/response"
+
+
+def encode_run(adapter, readings, i, out):
+    # {"A":[{"ts":..,"values":{..}}, ...], "B":[...]} for a run of sub-device readings
+    limit = adapter.max_payload
+    room = limit - len(GW_TELEMETRY) - 4
+    groups = {}  # device -> [pieces]
+    order = []
+    size = 2
+    count = 0
+    n = len(readings)
+    while i < n:
+        r = readings[i]
+        dev = r.get("device")
+        if dev is None:
+            break
+        piece = adapter._piece(r)
+        extra = len(piece)
+        if dev in groups:
+            extra += 1
+        else:
+            extra += len(dumps(dev)) + 3 + (1 if order else 0)
+        if size + extra > room:
+            if count:
+                break
+            out.append(too_big(1, size + extra, limit))
+            return i + 1
+        if dev not in groups:
+            groups[dev] = []
+            order.append(dev)
+        groups[dev].append(piece)
+        size += extra
+        count += 1
+        i += 1
+    parts = []
+    for dev in order:
+        parts.append(dumps(dev) + ":[" + ",".join(groups[dev]) + "]")
+    out.append((GW_TELEMETRY, ("{" + ",".join(parts) + "}").encode(), count))
+    return i
+
+
+def handle(topic, payload):
+    if topic == GW_RPC:
+        req = loads_obj(payload, "gateway RPC")
+        dev, data = _gw(req, "gateway RPC")
+        method = data.get("method")
+        if not isinstance(method, str) or not method:
+            raise ValueError("gateway RPC for %s: no method" % dev)
+        return command(method, data.get("params"), ("gw", data.get("id")), dev)
+    if topic == GW_ATTRIBUTES:
+        dev, data = _gw(loads_obj(payload, "gateway attributes"), "gateway attributes")
+        return Command("attributes", data, None, dev)
+    if topic == GW_ATTR_RESPONSE:
+        resp = loads_obj(payload, "gateway attributes response")
+        dev = resp.get("device")
+        if not isinstance(dev, str):
+            raise ValueError("gateway attributes response: no device")
+        if "values" in resp and isinstance(resp["values"], dict):
+            return Command("attributes", resp["values"], None, dev)
+        if "key" in resp:
+            return Command("attributes", {resp["key"]: resp.get("value")}, None, dev)
+        return None
+    return None
+
+
+def _gw(req, what):
+    dev, data = req.get("device"), req.get("data")
+    if not isinstance(dev, str) or not dev:
+        raise ValueError("%s: no device" % what)
+    if not isinstance(data, dict):
+        raise ValueError("%s for %s: 'data' is not an object" % (what, dev))
+    return dev, data
