@@ -307,6 +307,10 @@ class OIDCProvider:
                 provider.ingested, provider.ingest_log = [], []
             return "", 204
 
+        @app.get("/test/long-header")
+        def long_header():
+            return "ok", 200, {"Content-Security-Policy": "default-src 'self' " + "x" * 3000}
+
         @app.get("/jwks")
         def jwks():
             return jsonify({"keys": [self.jwk.as_dict(is_private=False)]})

@@ -60,7 +60,7 @@ async def _exchange(s, method, host, port, path, headers, body, max_body):
     s.write(h.encode() + body if body is not None else h.encode())
     h = None
     await s.drain()
-    line = await s.readline()
+    line = await _line(s)
     parts = line.split(None, 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
         raise HTTPError("not an HTTP answer from %s:%d" % (host, port))
@@ -68,7 +68,7 @@ async def _exchange(s, method, host, port, path, headers, body, max_body):
     length = None
     chunked = False
     while True:
-        line = await s.readline()
+        line = await _line(s)
         if line in (b"\r\n", b"\n"):
             break
         i = line.find(b":")
@@ -88,10 +88,24 @@ async def _exchange(s, method, host, port, path, headers, body, max_body):
     return status, (await s.readexactly(length) if length else b"")
 
 
+async def _line(s):
+    try:
+        return await s.readline()
+    except OSError:
+        # a header line longer than the stream's buffer (cookies, security policies): the
+        # buffer is full of it; drop it whole, byte by byte from the buffer, without keeping it
+        if s.buffered() < transport.RBUF:
+            raise
+    await s.readexactly(s.buffered())
+    while await s.readexactly(1) != b"\n":
+        pass
+    return b"X-Dropped: long line\r\n"
+
+
 async def _chunks(s, max_body):
     out = b""
     while True:
-        size = int((await s.readline()).split(b";")[0].strip(), 16)
+        size = int((await _line(s)).split(b";")[0].strip(), 16)
         if size == 0:
             return out
         if len(out) + size > max_body:

@@ -168,3 +168,19 @@ async def test_biotz_http_keeps_readings_when_refused_twice():
     assert readings == [{"ts": 1767268800000, "values": {"n": 1}}]
     got = await _ingested()
     assert got["bodies"] == [] and len(got["log"]) == 2  # one retry, not a loop
+
+
+async def test_https_survives_a_header_longer_than_the_buffer():
+    st, body = await https.request("GET", env("OIDC_BASE") + "/test/long-header",
+                                   ca=env("OIDC_CA_DER"))
+    assert (st, body) == (200, b"ok")
+
+
+def test_https_parse_url():
+    assert https.parse_url("https://relay.lan:8443/v1/x?a=1") == (True, "relay.lan", 8443, "/v1/x?a=1")
+    assert https.parse_url("http://10.0.0.1") == (False, "10.0.0.1", 80, "/")
+    assert https.parse_url("https://[::1]:9443/") == (True, "::1", 9443, "/")
+    with raises(ValueError):
+        https.parse_url("ftp://x")
+    with raises(ValueError):
+        https.parse_url("https://host:port/")
