@@ -462,6 +462,12 @@ class Biotz(Profile):
 
 
 # -- the proxy ---------------------------------------------------------------------------
+async def _make_event() -> asyncio.Event:
+    ev = asyncio.Event()
+    ev.set()
+    return ev
+
+
 class ProfileProxy:
     """An MQTT-aware TCP proxy applying `profile` in front of mosquitto's plain listener."""
 
@@ -478,6 +484,7 @@ class ProfileProxy:
         self._server: asyncio.AbstractServer | None = None
         self._thread: threading.Thread | None = None
         self._writers: set = set()
+        self._gate: asyncio.Event = None  # type: ignore[assignment]  # set in the loop's thread
         self._lock = threading.Lock()
 
     # lifecycle --------------------------------------------------------------------------
@@ -486,6 +493,7 @@ class ProfileProxy:
 
         def run():
             self._loop = asyncio.new_event_loop()
+            self._gate = self._loop.run_until_complete(_make_event())
             self._server = self._loop.run_until_complete(
                 asyncio.start_server(self._client, "127.0.0.1", 0))
             self.port = self._server.sockets[0].getsockname()[1]
@@ -520,6 +528,12 @@ class ProfileProxy:
 
     def url(self) -> str:
         return f"mqtt://localhost:{self.port}"
+
+    def hold(self, on: bool = True) -> None:
+        """Stop (or resume) reading what devices send: their PUBACKs stop coming, so a
+        backlog builds up in the device's outbox (to see how it batches one)."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._gate.clear if on else self._gate.set)
 
     # what tests look at -----------------------------------------------------------------
     def wait_for(self, pred, timeout: float = 20, what: str = "condition"):
@@ -606,6 +620,7 @@ class ProfileProxy:
     async def _upstream(self, reader, up_w, s: Session) -> None:
         prof = self.profile
         while True:
+            await self._gate.wait()
             first, packet, body = await read_packet(reader)
             kind = first >> 4
             why = None
@@ -668,10 +683,14 @@ class Cloud:
         for h in list(self.handlers):
             h(topic, msg.payload)
 
-    def send(self, topic: str, payload, qos: int = 1, retain: bool = False) -> None:
+    def send(self, topic: str, payload, qos: int = 1, retain: bool = False, wait: bool = True) -> None:
+        """A downlink to the device(s) subscribed to `topic`. wait=False inside handlers
+        (they run on paho's network thread)."""
         if isinstance(payload, (dict, list)):
             payload = json.dumps(payload)
-        self.c.publish(DOWN + topic, payload, qos, retain).wait_for_publish(5)
+        info = self.c.publish(DOWN + topic, payload, qos, retain)
+        if wait:
+            info.wait_for_publish(5)
 
     def on(self, fn) -> None:
         self.handlers.append(fn)
@@ -694,3 +713,53 @@ class Cloud:
     def close(self) -> None:
         self.c.loop_stop()
         self.c.disconnect()
+
+
+# -- end-to-end helpers ---------------------------------------------------------------------
+# user.py for the end-to-end platform tests: numbered readings, sub-device readings for the
+# gateway modes, and a handler that prints what reached it (the tests read the console).
+E2E_USER = """
+import json
+_n = [0]
+
+def read():
+    _n[0] += 1
+    return {"seq": _n[0], "temp": 21.5}
+
+def read_devices():
+    return {"A": {"level": _n[0]}, "B": {"level": 1000 + _n[0]}}
+
+def handle(cmd):
+    print("HANDLED %s %s %s" % (cmd.name, json.dumps(cmd.params), getattr(cmd, "device", None)))
+    if cmd.name == "echo":
+        return {"echo": cmd.params}
+    if cmd.name == "write":
+        return cmd.params["value"]
+    if cmd.name in ("attributes", "set_time", "firmware", "rpc_answer"):
+        return None
+    if cmd.name == "valve":
+        return {"valve": cmd.params, "device": getattr(cmd, "device", None)}
+    raise ValueError("unknown command %r" % cmd.name)
+"""
+
+
+def e2e_config(kind: str, url: str, name: str = "e2e-dev", **platform) -> dict:
+    return {
+        "device": {"name": name, "board": "host"},
+        "ntp": {"servers": []},
+        "platform": {"kind": kind, "url": url, **platform},
+        "telemetry": {"interval_s": 1, "health": False},
+        "outbox": {"max_bytes": 100000},
+    }
+
+
+def app_has(hook: str) -> bool:
+    """Whether firmware/uplink/app.py implements an app-side hook these tests need."""
+    from pathlib import Path
+
+    app = Path(__file__).resolve().parents[2] / "firmware" / "uplink" / "app.py"
+    return app.exists() and hook in app.read_text()
+
+
+def handled(board, name: str) -> list[str]:
+    return [ln for ln in list(board.lines) if ln.startswith("HANDLED " + name + " ")]

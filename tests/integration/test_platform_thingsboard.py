@@ -1,0 +1,206 @@
+"""ThingsBoard end to end: the whole firmware on the host board, behind the ThingsBoard
+broker profile (token in username, no password, v1/... topics, payload shapes, limits)."""
+
+import json
+import time
+
+import pytest
+
+from tests.integration.broker_profiles import (
+    E2E_USER,
+    Cloud,
+    ProfileProxy,
+    ThingsBoard,
+    app_has,
+    e2e_config,
+    handled,
+)
+from tests.integration.hostboard import HostBoard
+from tests.services import mosquitto_bin
+
+pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not installed")
+
+TOKEN = "tb-t0ken-e2e"
+
+
+@pytest.fixture
+def env(broker, tmp_path):
+    made = {"proxies": [], "boards": [], "clouds": []}
+
+    class Env:
+        def proxy(self, profile):
+            p = ProfileProxy(profile, broker.ports["mqtt"]).start()
+            made["proxies"].append(p)
+            return p
+
+        def cloud(self):
+            c = Cloud(broker.ports["mqtt"])
+            made["clouds"].append(c)
+            return c
+
+        def board(self, cfg, name="board"):
+            b = HostBoard(tmp_path / name, cfg, user_py=E2E_USER).start()
+            made["boards"].append(b)
+            return b
+
+    yield Env()
+    for b in made["boards"]:
+        b.stop()
+    for c in made["clouds"]:
+        c.close()
+    for p in made["proxies"]:
+        p.stop()
+
+
+def answer_client_rpc(cloud, max_payload=65536):
+    def answer(topic, payload):
+        if topic.startswith("v1/devices/me/rpc/request/"):
+            req = json.loads(payload)
+            rid = topic.rsplit("/", 1)[1]
+            if req["method"] == "getSessionLimits":
+                cloud.send(f"v1/devices/me/rpc/response/{rid}",
+                           {"maxPayloadSize": max_payload, "maxInflightMessages": 100,
+                            "rateLimits": {"messages": "200:1"}}, wait=False)
+            elif req["method"] == "getTime":
+                cloud.send(f"v1/devices/me/rpc/response/{rid}", {"serverTime": int(time.time() * 1000)}, wait=False)
+
+    cloud.on(answer)
+
+
+def telemetry_items(cloud):
+    out = []
+    for _, p in cloud.got(lambda t, _: t == "v1/devices/me/telemetry"):
+        doc = json.loads(p)
+        out += doc if isinstance(doc, list) else [doc]
+    return out
+
+
+def test_telemetry_attributes_rpc_and_shared_attributes(env):
+    proxy = env.proxy(ThingsBoard({TOKEN: "device"}))
+    cloud = env.cloud()
+    answer_client_rpc(cloud)
+    board = env.board(e2e_config("thingsboard", proxy.url(), token=TOKEN))
+    cloud.wait(lambda t, _: t == "v1/devices/me/telemetry", console=board.console)
+    cloud.wait(lambda t, _: len(telemetry_items(cloud)) >= 2, console=board.console)
+    now = time.time() * 1000
+    for item in telemetry_items(cloud):
+        values = item["values"] if "ts" in item else item
+        assert values["temp"] == 21.5 and values["seq"] >= 1
+        if "ts" in item:
+            assert abs(item["ts"] - now) < 600_000
+    # the right CONNECT: token as username, no password (the profile refuses anything else)
+    assert proxy.accepted() and proxy.accepted()[0][0] == TOKEN
+    attrs = json.loads(cloud.wait(lambda t, _: t == "v1/devices/me/attributes")[0][1])
+    assert attrs["board"] == "host" and attrs["fw_version"]
+    # server-side RPC: a user method, and a built-in; replies on the same ids
+    cloud.send("v1/devices/me/rpc/request/42", {"method": "echo", "params": {"x": 1}})
+    r = cloud.wait(lambda t, _: t == "v1/devices/me/rpc/response/42", console=board.console)
+    assert json.loads(r[0][1]) == {"echo": {"x": 1}}
+    cloud.send("v1/devices/me/rpc/request/43", {"method": "setInterval", "params": {"interval_s": 2}})
+    r = cloud.wait(lambda t, _: t == "v1/devices/me/rpc/response/43", console=board.console)
+    assert json.loads(r[0][1]) == {"interval_s": 2}
+    # a shared attribute change reaches the handler
+    cloud.send("v1/devices/me/attributes", {"mode": "eco"})
+    board.wait_for_line('HANDLED attributes {"mode": "eco"}')
+    assert proxy.violations == []
+    assert TOKEN not in board.console()
+
+
+def test_session_limit_is_honoured(env):
+    prof = ThingsBoard({TOKEN: "device"})
+    proxy = env.proxy(prof)
+    cloud = env.cloud()
+    answer_client_rpc(cloud, max_payload=400)
+    cfg = e2e_config("thingsboard", proxy.url(), token=TOKEN)
+    cfg["telemetry"] = {"interval_ms": 50, "health": False, "batch": 20}
+    board = env.board(cfg)
+    cloud.wait(lambda t, _: t.startswith("v1/devices/me/rpc/request/"), console=board.console)
+    cloud.wait(lambda t, _: t == "v1/devices/me/telemetry", console=board.console)
+    time.sleep(1)  # the answer has been handled by now
+    prof.max_payload = 400  # from here on the broker enforces it
+    mark = len(proxy.published)
+    proxy.hold()  # no PUBACKs for a while: a backlog of small readings builds up
+    time.sleep(2)
+    proxy.hold(False)
+    time.sleep(3)
+    later = [p for _, t, p in proxy.published[mark:] if t == "v1/devices/me/telemetry"]
+    assert len(later) >= 3, board.console()
+    assert all(len(p) <= 400 for p in later), [len(p) for p in later]
+    batches = [json.loads(p) for p in later if p.startswith(b"[")]
+    assert batches and max(len(b) for b in batches) >= 3, "the backlog did not go out in batches"
+    assert proxy.violations == []
+
+
+def test_wrong_token_is_refused_and_reported(env):
+    proxy = env.proxy(ThingsBoard({TOKEN: "device"}))
+    cloud = env.cloud()
+    board = env.board(e2e_config("thingsboard", proxy.url(), token="not-the-t0ken"))
+    board.wait_for_line("refused our credentials")
+    assert proxy.connects and all(c[2] == 5 for c in proxy.connects)
+    assert not cloud.got(lambda t, _: t == "v1/devices/me/telemetry")
+    assert "not-the-t0ken" not in board.console()
+    assert proxy.violations == []
+
+
+def test_provisioning_obtains_and_stores_a_token(env, tmp_path):
+    prof = ThingsBoard({}, provisioning=True)
+    proxy = env.proxy(prof)
+    cloud = env.cloud()
+    requests = []
+
+    def provision(topic, payload):
+        if topic == "/provision/request":
+            requests.append(json.loads(payload))
+            prof.tokens["PROVISIONED-tok-1"] = "device"
+            cloud.send("/provision/response", {"status": "SUCCESS", "credentialsType": "ACCESS_TOKEN",
+                                               "credentialsValue": "PROVISIONED-tok-1"}, wait=False)
+
+    cloud.on(provision)
+    answer_client_rpc(cloud)
+    board = env.board(e2e_config("thingsboard", proxy.url(), provision_key="pk-1", provision_secret="ps-1"))
+    cloud.wait(lambda t, _: t == "v1/devices/me/telemetry", console=board.console)
+    assert requests == [{"deviceName": "e2e-dev", "provisionDeviceKey": "pk-1", "provisionDeviceSecret": "ps-1"}]
+    users = [c[0] for c in proxy.accepted()]
+    assert users[0] == "provision" and users[-1] == "PROVISIONED-tok-1"
+    stored = json.loads((tmp_path / "board" / "config.json").read_text())
+    assert stored["platform"]["token"] == "PROVISIONED-tok-1"
+    assert proxy.violations == []
+    assert "PROVISIONED-tok-1" not in board.console() and "ps-1" not in board.console()
+
+
+def test_provisioning_refusal_stops_with_the_reason(env):
+    proxy = env.proxy(ThingsBoard({}, provisioning=True))
+    cloud = env.cloud()
+    cloud.on(lambda t, p: t == "/provision/request" and cloud.send("/provision/response", {"status": "NOT_FOUND"}, wait=False))
+    board = env.board(e2e_config("thingsboard", proxy.url(), provision_key="pk-x", provision_secret="ps-x"))
+    board.wait_for_line("NOT_FOUND", timeout=30)
+    assert proxy.violations == []
+
+
+@pytest.mark.skipif(not app_has("read_devices"), reason="app.py has no read_devices hook yet (docs/internals.md)")
+def test_gateway_addresses_two_sub_devices(env):
+    proxy = env.proxy(ThingsBoard({"gw-t0ken": "gateway"}))
+    cloud = env.cloud()
+    answer_client_rpc(cloud)
+    board = env.board(e2e_config("thingsboard", proxy.url(), token="gw-t0ken", gateway_devices=["A", "B"]))
+    connects = cloud.wait(lambda t, _: t == "v1/gateway/connect", console=board.console)
+    cloud.wait(lambda t, _: len(cloud.got(lambda t2, _: t2 == "v1/gateway/connect")) >= 2)
+    connects = {json.loads(p)["device"] for _, p in cloud.got(lambda t, _: t == "v1/gateway/connect")}
+    assert connects == {"A", "B"}
+    seen = {}
+
+    def gw_items():
+        for _, p in cloud.got(lambda t, _: t == "v1/gateway/telemetry"):
+            for dev, items in json.loads(p).items():
+                seen.setdefault(dev, []).extend(items)
+        return "A" in seen and "B" in seen
+
+    cloud.wait(lambda t, _: gw_items(), console=board.console)
+    a = [i["values"] if "values" in i else i for i in seen["A"]]
+    b = [i["values"] if "values" in i else i for i in seen["B"]]
+    assert all(x["level"] < 1000 for x in a) and all(x["level"] > 1000 for x in b)
+    cloud.send("v1/gateway/rpc", {"device": "B", "data": {"id": 7, "method": "valve", "params": {"open": True}}})
+    r = cloud.wait(lambda t, p: t == "v1/gateway/rpc" and b'"id"' in p, console=board.console)
+    assert json.loads(r[0][1]) == {"device": "B", "id": 7, "data": {"valve": {"open": True}, "device": "B"}}
+    assert handled(board, "valve")[0].endswith(" B")
+    assert proxy.violations == []
