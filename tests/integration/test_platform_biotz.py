@@ -1,0 +1,90 @@
+"""Biotz end to end: the whole firmware on the host board, behind the Biotz broker profile
+(username = Device ID + password, its own publish/data and subscribe topics only, flat JSON
+with RFC 3339 UTC timestamps)."""
+
+import json
+import time
+
+import pytest
+
+from tests.integration.broker_profiles import (
+    E2E_USER,
+    Biotz,
+    Cloud,
+    ProfileProxy,
+    e2e_config,
+    handled,
+)
+from tests.integration.hostboard import HostBoard
+from tests.services import mosquitto_bin
+
+pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not installed")
+
+BASE = "biotz/1/0/cust-9/dev-5/"
+FW = {"name": "fw-2.0", "download-url": "https://fw.example/2.0.bin", "size": 1024,
+      "md5": "0" * 32, "sha1": "0" * 40, "sha256": "0" * 64}
+
+
+@pytest.fixture
+def env(broker, tmp_path):
+    made = []
+
+    class Env:
+        def proxy(self, profile):
+            p = ProfileProxy(profile, broker.ports["mqtt"]).start()
+            made.append(p)
+            return p
+
+        def cloud(self):
+            c = Cloud(broker.ports["mqtt"])
+            made.append(c)
+            return c
+
+        def board(self, cfg):
+            b = HostBoard(tmp_path / "board", cfg, user_py=E2E_USER).start()
+            made.append(b)
+            return b
+
+    yield Env()
+    for m in reversed(made):
+        (m.stop if hasattr(m, "stop") else m.close)()
+
+
+def cfg(url, password="bz-passw0rd"):
+    return e2e_config("biotz", url, device_id="dev-5", customer_id="cust-9", password=password)
+
+
+def test_telemetry_actions_and_retained_firmware_update(env, tmp_path):
+    proxy = env.proxy(Biotz("cust-9", {"dev-5": "bz-passw0rd"}))
+    cloud = env.cloud()
+    # retained before the device ever connects, as Biotz keeps it
+    cloud.send(BASE + "subscribe/firmware/update", FW, retain=True)
+    board = env.board(cfg(proxy.url()))
+    msgs = cloud.wait(lambda t, _: t == BASE + "publish/data/telemetry", console=board.console)
+    doc = json.loads(msgs[0][1])
+    for item in doc if isinstance(doc, list) else [doc]:
+        assert item["temp"] == 21.5 and item["seq"] >= 1
+    assert proxy.accepted()[0][0] == "dev-5"
+    cloud.send(BASE + "subscribe/action/echo", {"valve": 3})
+    board.wait_for_line("HANDLED echo")
+    # the firmware update is reported once, and again never, however often it is redelivered
+    board.wait_for_line("HANDLED firmware")
+    assert (tmp_path / "board" / "biotz_firmware").exists()
+    n = len(proxy.accepted())
+    proxy.drop_clients()
+    proxy.wait_for(lambda p: len(p.accepted()) > n, what="a reconnect")
+    time.sleep(2)
+    assert len(handled(board, "firmware")) == 1, board.console()
+    assert proxy.violations == []
+    assert "bz-passw0rd" not in board.console()
+
+
+def test_wrong_password_is_refused_and_reported(env):
+    proxy = env.proxy(Biotz("cust-9", {"dev-5": "bz-passw0rd"}))
+    env.cloud()
+    board = env.board(cfg(proxy.url(), password="bz-wr0ng"))
+    board.wait_for_line("refused our credentials")
+    assert proxy.connects and all(c[2] == 4 for c in proxy.connects)
+    assert not proxy.published
+    assert "bz-wr0ng" not in board.console()
+    assert proxy.violations == []

@@ -1,0 +1,163 @@
+"""Blynk end to end: the whole firmware on the host board, behind the Blynk broker profile
+(username device + token, clean session, only downlink/... subscriptions without +, device-API
+topics only, 1024-byte messages)."""
+
+import json
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from tests.integration.broker_profiles import (
+    E2E_USER,
+    Blynk,
+    Cloud,
+    ProfileProxy,
+    app_has,
+    e2e_config,
+    handled,
+)
+from tests.integration.hostboard import HostBoard
+from tests.services import mosquitto_bin
+
+pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not installed")
+
+TOKEN = "bl-dev-t0ken"
+TMPL = "TMPL4e2eTest"
+
+
+@pytest.fixture
+def env(broker, tmp_path):
+    made = []
+
+    class Env:
+        def proxy(self, profile):
+            p = ProfileProxy(profile, broker.ports["mqtt"]).start()
+            made.append(p)
+            return p
+
+        def cloud(self):
+            c = Cloud(broker.ports["mqtt"])
+            made.append(c)
+            return c
+
+        def board(self, cfg):
+            b = HostBoard(tmp_path / "board", cfg, user_py=E2E_USER).start()
+            made.append(b)
+            return b
+
+    yield Env()
+    for m in reversed(made):
+        (m.stop if hasattr(m, "stop") else m.close)()
+
+
+def cfg(url, **kw):
+    kw.setdefault("token", TOKEN)
+    kw.setdefault("template_id", TMPL)
+    kw.setdefault("template_name", "E2E")
+    return e2e_config("blynk", url, **kw)
+
+
+def test_telemetry_info_and_datastream_write(env):
+    proxy = env.proxy(Blynk({TOKEN}, template_id=TMPL))
+    cloud = env.cloud()
+    board = env.board(cfg(proxy.url()))
+    info = cloud.wait(lambda t, _: t == "info/mcu", console=board.console)
+    doc = json.loads(info[0][1])
+    assert doc["tmpl"] == TMPL and doc["rxbuff"] == 1024
+    assert proxy.accepted()[0][0] == "device"
+    assert ("device", "downlink/#") in proxy.subscribed
+    # two values per reading: batch_ds (or, for a backlog with time, timestamped batches)
+    batch = cloud.wait(lambda t, _: t == "batch_ds", console=board.console)
+    assert json.loads(batch[0][1]) == {"seq": json.loads(batch[0][1])["seq"], "temp": 21.5}
+    # a datastream write reaches the handler; the new value is written back to confirm it
+    cloud.send("downlink/ds/Setpoint", "22.5")
+    board.wait_for_line("HANDLED write")
+    assert json.loads(handled(board, "write")[0].split(" ", 2)[2].rsplit(" ", 1)[0])["value"] == 22.5
+    echo = cloud.wait(lambda t, _: t == "ds/Setpoint", console=board.console)
+    assert echo[0][1] == b"22.5"
+    cloud.send("downlink/ping", "")
+    time.sleep(0.5)
+    assert board.proc.poll() is None
+    assert proxy.violations == []
+    assert TOKEN not in board.console()
+
+
+def test_reboot_command_resets_the_board(env):
+    proxy = env.proxy(Blynk({TOKEN}, template_id=TMPL))
+    cloud = env.cloud()
+    board = env.board(cfg(proxy.url()))
+    cloud.wait(lambda t, _: t == "info/mcu", console=board.console)
+    cloud.send("downlink/reboot", "")
+    assert board.proc.wait(20) == 75, board.console()  # the host board's "reset me" exit
+    assert proxy.violations == []
+
+
+def test_redirect_moves_the_connection(env):
+    second = env.proxy(Blynk({TOKEN}, template_id=TMPL))
+    first = env.proxy(Blynk({TOKEN}, template_id=TMPL))
+    first.redirect = second.url()
+    env.cloud()
+    board = env.board(cfg(first.url()))
+    second.wait_for(lambda p: p.accepted(), what="a connection at the redirect target")
+    second.wait_for(lambda p: any(t == "batch_ds" for _, t, _ in p.published), what="telemetry after the redirect")
+    assert first.violations == [] and second.violations == []
+    n = len(first.accepted())
+    time.sleep(2)
+    assert len(first.accepted()) == n, "went back to the old server"
+    assert board.proc.poll() is None
+
+
+def test_redirect_to_a_websocket_url(env, broker):
+    # the target is mosquitto's own WebSocket listener: another scheme, no profile there
+    got = []
+    ready = threading.Event()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ws-watch")
+    sub.on_connect = lambda c, *a: (c.subscribe("batch_ds", 1), ready.set())
+    sub.on_message = lambda c, u, m: got.append(m.payload)
+    sub.connect("127.0.0.1", broker.ports["mqtt"])
+    sub.loop_start()
+    try:
+        assert ready.wait(5)
+        first = env.proxy(Blynk({TOKEN}, template_id=TMPL))
+        first.redirect = f"ws://localhost:{broker.ports['ws']}/mqtt"
+        board = env.board(cfg(first.url()))
+        end = time.monotonic() + 30
+        while not got and time.monotonic() < end:
+            time.sleep(0.1)
+        assert got, board.console()
+        assert first.violations == []
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+
+
+def test_wrong_token_is_refused_and_reported(env):
+    proxy = env.proxy(Blynk({TOKEN}, template_id=TMPL))
+    env.cloud()
+    board = env.board(cfg(proxy.url(), token="bl-wr0ng"))
+    board.wait_for_line("refused our credentials")
+    assert proxy.connects and all(c[2] == 4 for c in proxy.connects)
+    assert not proxy.published
+    assert "bl-wr0ng" not in board.console()
+    assert proxy.violations == []
+
+
+@pytest.mark.skipif(not app_has("read_devices"), reason="app.py has no read_devices hook yet (docs/internals.md)")
+def test_gateway_addresses_two_sub_devices(env):
+    proxy = env.proxy(Blynk(gateways={"gw-t0k": ["tokA", "tokB"]}, template_id=TMPL))
+    cloud = env.cloud()
+    board = env.board(cfg(proxy.url(), token="gw-t0k", gateway_tokens={"A": "tokA", "B": "tokB"}))
+    assert proxy.wait_for(lambda p: p.accepted())[0][0] == "mgmt_device"
+    for tok in ("tokA", "tokB"):
+        cloud.wait(lambda t, _, tok=tok: t == f"dev/{tok}/info/mcu", console=board.console)
+        cloud.wait(lambda t, _, tok=tok: t.startswith(f"dev/{tok}/ds/level"), console=board.console)
+    a = cloud.got(lambda t, _: t.startswith("dev/tokA/ds/level"))[0][1]
+    b = cloud.got(lambda t, _: t.startswith("dev/tokB/ds/level"))[0][1]
+    assert float(a) < 1000 < float(b) if not a.startswith(b"[") else True
+    cloud.send("dev/tokB/downlink/ds/Valve", "1")
+    board.wait_for_line("HANDLED write")
+    assert handled(board, "write")[0].endswith(" B")
+    assert cloud.wait(lambda t, _: t == "dev/tokB/ds/Valve")[0][1] == b"1"
+    assert proxy.violations == []

@@ -1,0 +1,75 @@
+"""Weightron end to end: the whole firmware on the host board, behind the Weightron broker
+profile (username = Application ID, password = a current token, <app>/devices/<id> only,
+{"$timestamp", "$native"} payloads)."""
+
+import json
+
+import pytest
+
+from tests.integration.broker_profiles import (
+    E2E_USER,
+    Cloud,
+    ProfileProxy,
+    Weightron,
+    e2e_config,
+    handled,
+)
+from tests.integration.hostboard import HostBoard
+from tests.services import mosquitto_bin
+
+pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not installed")
+
+APP = "app-e2e-42"
+
+
+@pytest.fixture
+def env(broker, tmp_path):
+    made = []
+
+    class Env:
+        def proxy(self, profile):
+            p = ProfileProxy(profile, broker.ports["mqtt"]).start()
+            made.append(p)
+            return p
+
+        def cloud(self):
+            c = Cloud(broker.ports["mqtt"])
+            made.append(c)
+            return c
+
+        def board(self, cfg):
+            b = HostBoard(tmp_path / "board", cfg, user_py=E2E_USER).start()
+            made.append(b)
+            return b
+
+    yield Env()
+    for m in reversed(made):
+        (m.stop if hasattr(m, "stop") else m.close)()
+
+
+def test_telemetry_and_commands(env):
+    proxy = env.proxy(Weightron(APP, {"access-t0ken-1"}))
+    cloud = env.cloud()
+    board = env.board(e2e_config("weightron", proxy.url(), application_id=APP, device_id="scale-7",
+                                 token="access-t0ken-1", command_topic=f"{APP}/devices/scale-7/commands"))
+    msgs = cloud.wait(lambda t, _: t == f"{APP}/devices/scale-7", console=board.console)
+    doc = json.loads(msgs[0][1])
+    assert doc["$native"]["temp"] == 21.5 and doc["$native"]["seq"] >= 1
+    assert set(doc) <= {"$timestamp", "$native"}
+    assert proxy.accepted()[0][0] == APP
+    cloud.send(f"{APP}/devices/scale-7/commands", {"method": "echo", "params": {"tare": 1}})
+    board.wait_for_line("HANDLED echo")
+    assert json.loads(handled(board, "echo")[0].split(" ", 2)[2].rsplit(" ", 1)[0]) == {"tare": 1}
+    assert proxy.violations == []
+    assert "access-t0ken-1" not in board.console()
+
+
+def test_expired_token_is_refused_and_reported(env):
+    proxy = env.proxy(Weightron(APP, {"access-t0ken-2"}))
+    env.cloud()
+    board = env.board(e2e_config("weightron", proxy.url(), application_id=APP, token="expired-t0ken"))
+    board.wait_for_line("refused our credentials")
+    assert proxy.connects and all(c[0] == APP and c[2] == 4 for c in proxy.connects)
+    assert not proxy.published
+    assert "expired-t0ken" not in board.console()
+    assert proxy.violations == []
