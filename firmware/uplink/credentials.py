@@ -8,6 +8,7 @@
 #           min_life_s left; its lifetime is counted on this board's ticks from the moment it
 #           arrived, so the board's and the relay's clocks need not agree on the expiry.
 # Secrets never reach a log line: only the relay URL, the HTTP status and the lifetime do.
+import asyncio
 import binascii
 import hashlib
 import json
@@ -67,6 +68,7 @@ class Credentials:
         self._life_ms = 0
         self._fresh = False
         self.fetches = 0  # relay requests made (for tests and status)
+        self._lock = asyncio.Lock()
         if self.source == "static":
             c = cfg or {}
             self._user = c.get("username") or fallback[0]
@@ -107,9 +109,12 @@ class Credentials:
     async def __call__(self):
         if self.source == "static":
             return self._user, self._pw
-        if self._pw is not None and self.remaining_s() > self.min_life_s:
-            return self._user, self._pw
-        await self._fetch()
+        if self._pw is None or self.remaining_s() <= self.min_life_s:
+            # one request at a time: the MQTT reconnect and an HTTP post asking together
+            # share the answer (and the heap holds one TLS session, not two)
+            async with self._lock:
+                if self._pw is None or self.remaining_s() <= self.min_life_s:
+                    await self._fetch()
         return self._user, self._pw
 
     def _headers(self, path):

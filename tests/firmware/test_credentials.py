@@ -1,13 +1,9 @@
 # uplink.credentials against the real token relay (host_tools.relay) in front of a real OIDC
 # provider on loopback (tests/oidc_provider.py: OIDCService), over TLS checked against the
 # relay's CA given as DER.
-import binascii
-import hashlib
-import json
 
 from mptest import env, raises
 from uplink import credentials, https
-from uplink.biotz_http import BiotzHTTP, encode, iso_ms
 
 NEEDS = ("oidc",)
 
@@ -64,6 +60,14 @@ async def test_cache_expires_at_min_life():
     assert c.fetches == 2
 
 
+async def test_concurrent_callers_share_one_relay_request():
+    import asyncio
+
+    c = credentials.Credentials(relay_cfg())
+    got = await asyncio.gather(c(), c(), c(), c())
+    assert c.fetches == 1 and len(set(got)) == 1
+
+
 async def test_invalidate_asks_for_a_fresh_token():
     c = credentials.Credentials(relay_cfg())
     _, pw1 = await c()
@@ -101,73 +105,6 @@ async def test_clock_far_off_is_refused():
     c = credentials.Credentials(relay_cfg(), now_ms=lambda: (time.time() - 3600) * 1000)
     with raises(credentials.CredentialsError, match="clock"):
         await c()
-
-
-def test_encode_flat_rfc3339():
-    body = json.loads(encode([{"ts": 1767268800000, "values": {"t": 1.5, "ok": True}},
-                              {"ts": None, "values": {"t": 2}}]))
-    assert body == [{"timestamp": "2026-01-01T12:00:00Z", "t": 1.5, "ok": True}, {"t": 2}]
-    assert iso_ms(1767268800250) == "2026-01-01T12:00:00.250Z"
-    with raises(ValueError, match="flat"):
-        encode([{"ts": None, "values": {"nested": {"a": 1}}}])
-
-
-def _fp(token):
-    return binascii.hexlify(hashlib.sha256(token.encode()).digest()).decode()[:16]
-
-
-async def _ingested():
-    st, body = await https.request("GET", env("OIDC_BASE") + "/test/ingested",
-                                   ca=env("OIDC_CA_DER"), max_body=16384)
-    assert st == 200
-    return json.loads(body)
-
-
-async def _reject_next(n):
-    st, _ = await https.request("POST", env("OIDC_BASE") + "/test/reject-ingest/%d" % n,
-                                ca=env("OIDC_CA_DER"), body=b"")
-    assert st == 204
-
-
-def biotz_client():
-    c = credentials.Credentials(relay_cfg(device_id="bz-1", key=env("RELAY_BZ_KEY")))
-    return c, BiotzHTTP(c, "telemetry", url=env("OIDC_BASE"), ca=env("OIDC_CA_DER"))
-
-
-async def test_biotz_http_posts_with_id_token():
-    await _reject_next(0)
-    c, b = biotz_client()
-    readings = [{"ts": 1767268800000 + i * 1000, "values": {"n": i}} for i in range(5)]
-    assert await b.post(readings) == 204
-    got = await _ingested()
-    assert got["bodies"] == [[{"timestamp": iso_ms(1767268800000 + i * 1000), "n": i}
-                              for i in range(5)]]
-    user, token = await c()
-    assert user == "dev-42@devices.data-ingestion.biotz.io"
-    assert token.count(".") == 2  # the id_token (a JWT), not the opaque access token
-    assert got["log"][0]["token"] == _fp(token)
-
-
-async def test_biotz_http_401_refreshes_once_and_retries():
-    await _reject_next(1)
-    c, b = biotz_client()
-    assert await b.post([{"ts": 1767268800000, "values": {"n": 1}}]) == 204
-    got = await _ingested()
-    assert [e["ok"] for e in got["log"]] == [False, True]
-    assert got["log"][0]["token"] != got["log"][1]["token"]  # a new id_token for the retry
-    assert b.refreshed == 1 and c.fetches == 2
-    assert len(got["bodies"]) == 1
-
-
-async def test_biotz_http_keeps_readings_when_refused_twice():
-    await _reject_next(2)
-    c, b = biotz_client()
-    readings = [{"ts": 1767268800000, "values": {"n": 1}}]
-    with raises(OSError, match="kept"):
-        await b.post(readings)
-    assert readings == [{"ts": 1767268800000, "values": {"n": 1}}]
-    got = await _ingested()
-    assert got["bodies"] == [] and len(got["log"]) == 2  # one retry, not a loop
 
 
 async def test_https_survives_a_header_longer_than_the_buffer():
