@@ -20,6 +20,7 @@ class Publisher:
         self.space = asyncio.Event()
         self.sent = 0
         self.acked = 0
+        self.undeliverable = 0
 
     def notify(self):
         """A record was put: wake the drain loop."""
@@ -46,7 +47,13 @@ class Publisher:
                 self.wake.clear()
                 await self._wait(self.wake, 1000)
                 continue
-            await self._send(recs)
+            try:
+                await self._send(recs)
+            except OSError as e:
+                # the link dropped mid-batch: the client resends what it had queued, and what
+                # it had not is read again from the cursor
+                log.warn("publish", "paused: %s" % e)
+                await asyncio.sleep_ms(200)
 
     async def _wait(self, ev, ms):
         try:
@@ -74,13 +81,21 @@ class Publisher:
             return
         i = 0
         for topic, payload, n in self.adapter.encode([r for _, r in pairs]):
+            ids = [rid for rid, _ in pairs[i : i + n]]
+            i += n
+            if topic is None:
+                # the platform can never carry these: drop them rather than block the queue
+                log.error("publish", "%d reading(s) dropped: %s" % (n, payload.decode()))
+                for rid in ids:
+                    self.outbox.ack(rid)
+                self.undeliverable += n
+                continue
             while len(self.inflight) >= self.window:
                 self.space.clear()
                 await self._wait(self.space, 1000)
-            ids = [rid for rid, _ in pairs[i : i + n]]
-            i += n
             pid = await self.client.publish(topic, payload, qos=1, wait=False)
-            self.inflight[pid] = ids
-            self.sent += len(ids)
-            self.cursor = ids[-1]
+            if ids:  # n == 0: one part of a split reading; its last part carries the ids
+                self.inflight[pid] = ids
+                self.sent += len(ids)
+                self.cursor = ids[-1]
         self.cursor = recs[-1][0]

@@ -14,7 +14,7 @@ from host_tools import hostboard
 
 class HostBoard:
     def __init__(self, state: Path, config: dict, *, user_py: str | None = None, compiled: bool = True,
-                 heapsize: str | None = "64k", files: dict | None = None):
+                 heapsize: str | None = "256k", files: dict | None = None):
         self.state = state
         state.mkdir(parents=True, exist_ok=True)
         (state / "config.json").write_text(json.dumps(config))

@@ -1,0 +1,348 @@
+# Composition root: config -> board -> Wi-Fi -> clock -> platform session -> tasks.
+# Every other module gets what it needs from here, so each can be tested alone.
+import asyncio
+import gc
+import json
+import sys
+import time
+
+from uplink import VERSION, log
+from uplink.config import ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # names for the type checker only; MicroPython ignores annotations
+    from typing import Any
+
+CONFIG = "config.json"
+
+RESET_DELAY_MS = 2000
+HEALTHY_AFTER_S = 60  # = safemode.HEALTHY_AFTER_S; safemode itself is unloaded after boot
+COMMAND_QUEUE = 8  # downlinks waiting for the handler; more are refused, not buffered
+
+
+class App:
+    # set up in main(); typed loosely so the checker does not demand None checks everywhere
+    wifi: Any = None
+    clock: Any = None
+    outbox: Any = None
+    client: Any = None
+    publisher: Any = None
+    adapter: Any = None
+
+    def __init__(self, cfg, board):
+        self.cfg = cfg
+        self.board = board
+        t = cfg["telemetry"]
+        self.interval_s = t["interval_ms"] / 1000 if t["interval_ms"] else t["interval_s"]
+        self.started = time.ticks_ms()
+        self.commands = []
+        self.command_ready = asyncio.Event()
+        self.telemetry_wake = asyncio.Event()
+        self.user = _import_user()
+        self.auth_failures = 0
+        self.subscribed = False
+
+    # -- context for platform adapters ---------------------------------------------------
+    @property
+    def version(self):
+        return VERSION
+
+    @property
+    def ip(self):
+        return self.wifi.ip if self.wifi else None
+
+    def save_config(self, cfg):
+        """Persist a changed config (e.g. a provisioned token): temp file + rename."""
+        import os
+
+        tmp = CONFIG + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(cfg, f)
+        os.rename(tmp, CONFIG)
+        self.cfg = cfg
+
+    # -- health --------------------------------------------------------------------------
+    def health(self):
+        gc.collect()
+        h = {
+            "uptime_s": time.ticks_diff(time.ticks_ms(), self.started) // 1000,
+            "heap_free": self.board.mem_free(),
+            "outbox_depth": self.outbox.depth if self.outbox else 0,
+            "dropped": self.outbox.dropped if self.outbox else 0,
+        }
+        rssi = self.wifi.rssi() if self.wifi else None
+        if rssi is not None:
+            h["rssi"] = rssi
+        t = self.board.chip_temperature()
+        if t is not None:
+            h["chip_temp"] = t
+        if self.auth_failures:
+            h["auth_failures"] = self.auth_failures
+        return h
+
+    # -- telemetry -----------------------------------------------------------------------
+    def wake_telemetry(self):
+        self.telemetry_wake.set()
+
+    def take_reading(self):
+        values = {}
+        if self.cfg["telemetry"]["health"]:
+            values.update(self.health())
+        try:
+            values.update(self.user.read() or {})
+        except Exception as e:  # a broken sensor must not stop health telemetry
+            log.exc("user", "read() failed", e)
+        return {"ts": self.clock.now_ms() if self.clock else None, "values": values}
+
+    def store(self, reading):
+        try:
+            self.outbox.put(json.dumps(reading).encode())
+        except (ValueError, OSError) as e:  # too big for a record, or the flash failed
+            log.error("outbox", "reading not stored: %s" % e)
+            return
+        self.publisher.notify()
+
+    async def telemetry_task(self):
+        while True:
+            self.store(self.take_reading())
+            self.telemetry_wake.clear()
+            try:
+                await asyncio.wait_for(self.telemetry_wake.wait(), self.interval_s)
+            except asyncio.TimeoutError:
+                pass
+
+    # -- downlinks -----------------------------------------------------------------------
+    def on_message(self, topic, payload, retained):
+        try:
+            cmd = self.adapter.handle(topic, payload, retained)
+        except Exception as e:  # malformed downlink: report, never crash the reader
+            log.warn("downlink", "ignored message on %s: %s" % (topic, e))
+            return
+        if cmd is None:
+            return
+        if len(self.commands) >= COMMAND_QUEUE:
+            log.warn("downlink", "command queue full: %s refused" % cmd.name)
+            return
+        self.commands.append(cmd)
+        self.command_ready.set()
+
+    async def command_task(self):
+        from uplink import commands
+
+        while True:
+            await self.command_ready.wait()
+            self.command_ready.clear()
+            while self.commands:
+                cmd = self.commands.pop(0)
+                try:
+                    result = await commands.execute(self, cmd)
+                except Exception as e:
+                    log.warn("cmd", "%s failed: %s" % (cmd.name, e))
+                    result = {"error": str(e)}
+                await self._reply(cmd, result)
+
+    async def _reply(self, cmd, result):
+        try:
+            r = self.adapter.reply(cmd, result)
+            if r is not None:
+                await self.client.publish(r[0], r[1], qos=0)
+        except Exception as e:
+            log.warn("cmd", "reply to %s not sent: %s" % (cmd.name, e))
+
+    async def reboot_soon(self):
+        await asyncio.sleep_ms(RESET_DELAY_MS)  # let the reply leave first
+        self.board.reset()
+
+    # -- connection status ----------------------------------------------------------------
+    def on_status(self, event, detail=None):
+        if event == "auth_error":
+            self.auth_failures += 1
+            log.error("mqtt", "broker refused our credentials (%s): check the token/password" % detail)
+        elif event in ("connected", "disconnected", "error", "backoff"):
+            (log.info if event == "connected" else log.warn)("mqtt", "%s %s" % (event, "" if detail is None else detail))
+        if event == "connected":
+            self.auth_failures = 0
+
+    async def on_connect(self):
+        if not self.subscribed:
+            # once: the client restores its subscriptions on every later reconnect
+            self.subscribed = True
+            for topic, qos in self.adapter.subscriptions():
+                await self.client.subscribe(topic, qos)
+        await self.adapter.on_connect(self.client)
+
+    # -- startup -------------------------------------------------------------------------
+    async def start_network(self):
+        from uplink.wifi import Wifi, WifiError
+
+        self.wifi = Wifi(self.board, self.cfg["wifi"]["networks"], self.cfg["wifi"]["timeout_s"])
+        delay = 2
+        while True:
+            try:
+                await self.wifi.connect()
+                break
+            except WifiError as e:
+                log.error("wifi", "%s; retrying in %d s" % (e, delay))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60)
+        log.info("wifi", "up, ip %s" % self.wifi.ip)
+        asyncio.create_task(self.wifi.run())
+
+    async def start_clock(self):
+        from uplink.clock import Clock
+
+        ntp = self.cfg["ntp"]
+        self.clock = Clock(self.board, ntp["servers"], ntp["timeout_ms"], ntp["resync_s"])
+        asyncio.create_task(self.clock.run())
+        url = self.adapter.url
+        if (url.startswith("mqtts:") or url.startswith("wss:")) and not self.cfg["platform"]["insecure"]:
+            # certificate validity checks need the real date
+            if not self.clock.valid():
+                log.info("clock", "waiting for the time before TLS")
+            await self.clock.wait_valid()
+
+    def _client(self, **kw):
+        from uplink.mqtt import MQTTClient
+
+        p = self.cfg["platform"]
+        ca = _read_file(p["ca"]) if p["ca"] else None
+        keepalive = getattr(self.adapter, "keepalive", None) or p["keepalive"]
+        return MQTTClient(self.adapter.url, self.adapter.client_id, keepalive=keepalive, ca=ca,
+                          insecure=p["insecure"], **kw)
+
+    async def open_client(self, user, password):
+        """A connected client with these credentials, for a platform's one-off exchanges
+        (ThingsBoard provisioning). One attempt; the caller disconnects it."""
+        c = self._client(user=user, password=password)
+        await c.connect()
+        return c
+
+    def make_client(self):
+        c = self._client(credentials=self.adapter.credentials)
+        c.on_message = self.on_message
+        c.on_status = self.on_status
+        c.on_connect = self.on_connect
+        return c
+
+    async def main(self):
+        from uplink import platforms
+        from uplink.outbox import Outbox
+        from uplink.publisher import Publisher
+
+        self.adapter = platforms.load(self.cfg["platform"]["kind"]).Adapter(self.cfg, self)
+        ob = self.cfg["outbox"]
+        self.outbox = Outbox(ob["dir"], ob["max_bytes"])
+        log.info("outbox", "%d readings waiting, %d dropped so far" % (self.outbox.depth, self.outbox.dropped))
+        await self.start_network()
+        await self.start_clock()
+        prepare = getattr(self.adapter, "prepare", None)
+        if prepare is not None:
+            await prepare(self)
+        self.client = self.make_client()
+        self.publisher = Publisher(self.outbox, self.adapter, self.client, self.cfg["telemetry"]["batch"])
+        self.client.on_ack = self.publisher.on_ack
+        asyncio.create_task(self.telemetry_task())
+        await self.connect()
+        asyncio.create_task(self.publisher.run())
+        asyncio.create_task(self.command_task())
+        await self.supervise()
+
+    async def connect(self):
+        await self.client.connect(retry=True)
+
+    async def supervise(self):
+        wdt = self.board.watchdog(30000)
+        healthy = False
+        while True:
+            wdt.feed()
+            self.outbox.flush()  # persist acknowledged progress now and then, not per ack
+            if not healthy and time.ticks_diff(time.ticks_ms(), self.started) > HEALTHY_AFTER_S * 1000:
+                from uplink import safemode
+
+                safemode.healthy()
+                healthy = True
+            await asyncio.sleep(5)
+
+
+def _read_file(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        raise ConfigError("%s: platform.ca: cannot read %r (is it on the board?)" % (CONFIG, path))
+
+
+def _import_user():
+    try:
+        import user
+
+        return user
+    except ImportError:
+        return _NoUser()
+
+
+class _NoUser:
+    def read(self):
+        return {}
+
+
+def load_config():
+    from uplink import config, platforms
+
+    # SCHEMAS imports only the configured platform's module: the others would cost heap
+    return config.load(CONFIG, platforms.SCHEMAS)
+
+
+def _unload(*names):
+    # Boot-only modules leave the heap once boot is done: on an ESP32 the bytecode of every
+    # imported .mpy lives in RAM, and the config checker alone is several KB of it.
+    import uplink
+
+    for name in names:
+        sys.modules.pop("uplink." + name, None)
+        if name in uplink.__dict__:
+            delattr(uplink, name)
+    gc.collect()
+
+
+def run():
+    """Entry point from main.py. Returns (to the REPL) in safe mode; never reboot-loops."""
+    from uplink import safemode
+
+    try:
+        safemode.enter_boot()
+        cfg = load_config()
+    except (safemode.SafeMode, ConfigError) as e:
+        _safe_mode(str(e))
+        return
+    del safemode
+    _unload("config", "safemode")
+    from uplink import board as boardmod
+
+    board = boardmod.load(cfg["device"]["board"])
+    log.info("boot", "uplink %s on %s (%s), reset cause %s" % (VERSION, board.name, cfg["device"]["name"], board.reset_cause()))
+    try:
+        asyncio.run(App(cfg, board).main())
+    except KeyboardInterrupt:
+        log.warn("boot", "stopped by Ctrl-C")
+        return
+    except ConfigError as e:
+        _safe_mode(str(e))
+        return
+    except Exception as e:
+        log.error("boot", "app crashed:")
+        sys.print_exception(e)
+    time.sleep_ms(RESET_DELAY_MS)  # a crash loop must not spin at full speed
+    board.reset()
+
+
+def _safe_mode(reason):
+    log.error("safe-mode", reason)
+    print("SAFE MODE: the app is stopped; fix the cause above, then reset the board.")
+    try:
+        with open("safemode.txt", "w") as f:
+            f.write(reason + "\n")
+    except OSError:
+        pass
+    if sys.platform != "esp32":
+        sys.exit(3)
