@@ -76,7 +76,10 @@ class BoardLink:
         except TransportError as e:
             raise explain_open_error(port, e) from None
         try:
+            # a read timeout only while getting in: with none, a silent port blocks forever
+            self.t.serial.timeout = 1.0
             self.t.enter_raw_repl(soft_reset=True, timeout_overall=timeout)
+            self.t.serial.timeout = None
         except (TransportError, OSError) as e:
             self.close()
             raise BoardError(
