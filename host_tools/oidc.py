@@ -31,11 +31,19 @@ import datetime as dt
 import logging
 import ssl
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
 import httpx
-from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
+
+with warnings.catch_warnings():
+    # authlib 1.9 announces it prefers "httpx2" (a fork); httpx is what this project pins and
+    # what authlib still supports. Its notice is not the user's business: import it quietly.
+    import authlib.deprecate  # noqa: F401  (sets authlib's own "always" filter first)
+
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
 
 log = logging.getLogger("uplink.oidc")
 

@@ -64,6 +64,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _TIME_RE = re.compile(r"^[0-9]{1,12}$")
 _SIG_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+AUDIT = web.RequestKey("audit", dict)  # what the audit line of this request will say
 
 
 class CredentialSource(Protocol):
@@ -196,7 +197,7 @@ class Relay:
     async def _audit_mw(self, request: web.Request, handler):
         t0 = time.perf_counter()
         info: dict = {"device": "-", "reason": "-"}
-        request["audit"] = info
+        request[AUDIT] = info
         status = 500
         try:
             resp = await handler(request)
@@ -220,13 +221,13 @@ class Relay:
             )
 
     def _deny(self, request: web.Request, reason: str, status: int = 401) -> web.Response:
-        request["audit"]["reason"] = reason
+        request[AUDIT]["reason"] = reason
         body = {401: "unauthorized", 429: "too many requests", 503: "unavailable"}[status]
         return web.json_response({"error": body}, status=status,
                                  headers={"Cache-Control": "no-store"})
 
     async def _credentials(self, request: web.Request) -> web.Response:
-        info = request["audit"]
+        info = request[AUDIT]
         h = request.headers
         device = h.get("X-Uplink-Device", "")
         ts = h.get("X-Uplink-Time", "")

@@ -27,12 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
-from authlib.jose import JsonWebKey, jwt
 from authlib.oauth2.rfc6749 import ClientMixin, grants
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask, jsonify, request
+from joserfc import jwt
+from joserfc.jwk import RSAKey
 from werkzeug.serving import make_server
 
 from tests.certs import make_pki
@@ -145,10 +144,7 @@ class OIDCProvider:
                  "expiry": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 86400 * 300)),
                  "company": {"name": "Acme"}},
             ]
-        self._rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        pem = self._rsa.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption())
-        self.jwk = JsonWebKey.import_key(pem, {"kty": "RSA", "kid": "test-1"})
+        self.jwk = RSAKey.generate_key(2048, parameters={"kid": "test-1"})
         self._server = None
         self._thread = None
         self.port = 0
@@ -313,7 +309,7 @@ class OIDCProvider:
 
         @app.get("/jwks")
         def jwks():
-            return jsonify({"keys": [self.jwk.as_dict(is_private=False)]})
+            return jsonify({"keys": [self.jwk.as_dict(private=False)]})
 
         return app
 
@@ -323,12 +319,13 @@ class OIDCProvider:
                   "exp": now + int(self.lifetime), "preferred_username": user,
                   "jti": secrets.token_hex(8)}
         header = {"alg": "RS256", "kid": "test-1"}
-        return jwt.encode(header, claims, self.jwk).decode()
+        return jwt.encode(header, claims, self.jwk)
 
     def verify_id_token(self, token: str) -> dict:
-        claims = jwt.decode(token, self.jwk)
-        claims.validate()
-        return dict(claims)
+        """Signature, then exp/iat (raises when invalid or expired)."""
+        tok = jwt.decode(token, self.jwk, algorithms=["RS256"])
+        jwt.JWTClaimsRegistry(exp={"essential": True}, sub={"essential": True}).validate(tok.claims)
+        return dict(tok.claims)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> "OIDCProvider":
