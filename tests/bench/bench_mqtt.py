@@ -1,0 +1,130 @@
+"""MQTT client throughput and memory, the firmware compiled to .mpy, against a local mosquitto.
+
+Prints, for mqtt:// (TCP), mqtts:// (TLS) and wss://: QoS 1 messages/s for 5,000 messages of
+100 bytes sent one `await publish()` after another, and the same 5,000 with `wait=False` and
+one `flush()`; the smallest `-X heapsize` at which a TLS connect + 1,000 QoS 1 publishes
+completes; the .mpy size of the transport and MQTT modules.
+
+    make bench BENCH_ARGS="mqtt"          .venv/bin/python -m tests.bench mqtt
+    options: --n=5000  --window=N  --schemes=mqtt,mqtts,wss
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from tests.integration import mpy
+from tests.services import Mosquitto
+
+SCRIPT = """
+import asyncio, gc, os, sys, time
+from uplink.mqtt import MQTTClient
+
+URL, CA, N, MODE, WINDOW = os.getenv("URL"), os.getenv("CA"), int(os.getenv("N")), os.getenv("MODE"), os.getenv("WINDOW")
+PAYLOAD = b"x" * 100
+
+async def main():
+    kw = {"window": int(WINDOW)} if WINDOW else {}
+    c = MQTTClient(URL, "bench-" + MODE, ca=CA, **kw)
+    await c.connect()
+    for _ in range(20):  # warm up: the first publishes pay for allocations and JIT-free caches
+        await c.publish("bench/" + MODE, PAYLOAD, qos=1)
+    gc.collect()
+    t0 = time.ticks_us()
+    if MODE == "one":
+        for _ in range(N):
+            await c.publish("bench/one", PAYLOAD, qos=1)
+    else:
+        for _ in range(N):
+            await c.publish("bench/drain", PAYLOAD, qos=1, wait=False)
+        await c.flush()
+    dt = time.ticks_diff(time.ticks_us(), t0)
+    print("RESULT", N, dt)
+    await c.disconnect()
+
+asyncio.run(main())
+"""
+
+HEAP = """
+import asyncio, gc, os
+from uplink.mqtt import MQTTClient
+
+async def main():
+    c = MQTTClient(os.getenv("URL"), "heap", ca=os.getenv("CA"))
+    await c.connect()
+    for i in range(500):
+        await c.publish("bench/heap", b"x" * 100, qos=1)
+    for i in range(500):
+        await c.publish("bench/heap", b"x" * 100, qos=1, wait=False)
+    await c.flush()
+    await c.disconnect()
+    print("HEAP-OK", gc.mem_free())
+
+asyncio.run(main())
+"""
+
+
+def _opt(argv: list[str], name: str, default: str) -> str:
+    for a in argv:
+        if a.startswith(f"--{name}="):
+            return a.split("=", 1)[1]
+    return default
+
+
+def _run(script: str, env: dict, heapsize: str | None = None, timeout: float = 120) -> str:
+    p = mpy.start(script, env=env, compiled=True, heapsize=heapsize)
+    try:
+        p.wait(timeout)
+    finally:
+        p.kill()
+    return p.output
+
+
+def main(argv: list[str]) -> None:
+    n = int(_opt(argv, "n", "5000"))
+    window = _opt(argv, "window", "")
+    schemes = _opt(argv, "schemes", "mqtt,mqtts,wss").split(",")
+    broker = Mosquitto(Path(tempfile.mkdtemp(prefix="uplink-bench-broker-"))).start()
+    try:
+        base = {"CA": str(broker.pki.ca_der), "N": str(n), "WINDOW": window}
+        print(f"QoS 1, {n} x 100 B, firmware as .mpy, default heap{', window ' + window if window else ''}")
+        print(f"{'scheme':8} {'one-at-a-time':>15} {'wait=False+flush':>18}")
+        for scheme in schemes:
+            rates = []
+            for mode in ("one", "drain"):
+                out = _run(SCRIPT, {**base, "URL": broker.url(scheme), "MODE": mode})
+                line = [x for x in out.splitlines() if x.startswith("RESULT")]
+                if not line:
+                    rates.append("failed")
+                    print(out[-2000:])
+                    continue
+                _, cnt, us = line[0].split()
+                rates.append(f"{int(cnt) * 1_000_000 // max(1, int(us)):,} msg/s")
+            print(f"{scheme:8} {rates[0]:>15} {rates[1]:>18}", flush=True)
+
+        smallest = None
+        tried = []
+        for heap in ("16k", "24k", "32k", "48k", "64k", "96k"):
+            out = _run(HEAP, {**base, "URL": broker.url("mqtts")}, heapsize=heap, timeout=60)
+            ok = "HEAP-OK" in out
+            tried.append(f"{heap}:{'ok' if ok else 'fail'}")
+            if ok:
+                smallest = heap
+                break
+        print(f"smallest -X heapsize for TLS connect + 1,000 QoS 1 publishes: {smallest} ({' '.join(tried)})")
+
+        fw = mpy.compiled_firmware() / "uplink"
+        sizes = {m: (fw / f"{m}.mpy").stat().st_size for m in ("transport", "mqtt", "ws")}
+        print(
+            f".mpy size: transport {sizes['transport']:,} B + mqtt {sizes['mqtt']:,} B = "
+            f"{sizes['transport'] + sizes['mqtt']:,} B (ws, loaded only for ws:// wss://: {sizes['ws']:,} B)"
+        )
+    finally:
+        broker.stop()
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
