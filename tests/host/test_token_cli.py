@@ -179,3 +179,43 @@ def test_build_relay_from_fleet_shares_sources_and_keys(fleet, provider):
     assert [r.status_code for r in rs] == [200] * 4
     assert len({r.json()["password"] for r in rs}) == 1
     assert provider.token_requests == 1  # two devices, one shared credential, one call
+
+
+def test_uplink_relay_command_serves_and_audits(fleet, provider, tmp_path):
+    """The real `uplink relay` process: listens, answers a signed request, logs the audit line
+    without secrets, stops on SIGTERM."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from host_tools import relay_pki
+    from host_tools.secrets import SecretStore
+    from tests.services import free_port, wait_port
+
+    path, secrets_file = fleet
+    port = free_port()
+    env = dict(os.environ, SSL_CERT_FILE=provider.ca_pem, UPLINK_STATE_DIR=str(tmp_path / "state"))
+    exe = os.path.join(os.path.dirname(sys.executable), "uplink")
+    proc = subprocess.Popen(
+        [exe, "--fleet", str(path), "--secrets-file", str(secrets_file), "--no-keyring",
+         "relay", "--listen", f"127.0.0.1:{port}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, timeout=20)
+        store = SecretStore(secrets_file, use_keyring=False, env={})
+        key = relay_pki.device_key(store, "field-7")  # created by the relay at start
+        pki = relay_pki.ensure_relay_pki(tmp_path / "state", ["127.0.0.1", "localhost"])
+        ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+        r = httpx.get(f"https://localhost:{port}{PATH}", headers=sign_headers("field-7", key),
+                      verify=ctx)
+        assert r.status_code == 200
+        token = r.json()["password"]
+        assert provider.verify_id_token(token)["sub"] == BIOTZ_USER[0]
+        time.sleep(0.3)
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=10)[0].decode()
+    assert "uplink.relay.audit" in out and "device=field-7" in out and "status=200" in out
+    for s in [token, key, *SECRETS.values()]:
+        assert s not in out
