@@ -173,6 +173,10 @@ class App:
 
     # -- startup -------------------------------------------------------------------------
     async def start_network(self):
+        if self.board.backend == "host" and not self.cfg["wifi"]["networks"]:
+            # the PC is already online: no Wi-Fi manager to keep in the heap
+            self.wifi = _Wired(self.board.wlan())
+            return
         from uplink.wifi import Wifi, WifiError
 
         self.wifi = Wifi(self.board, self.cfg["wifi"]["networks"], self.cfg["wifi"]["timeout_s"])
@@ -262,6 +266,16 @@ class App:
                 safemode.healthy()
                 healthy = True
             await asyncio.sleep(5)
+
+
+class _Wired:
+    """The host board's link: always up, no RSSI."""
+
+    def __init__(self, wlan):
+        self.ip = wlan.ifconfig()[0]
+
+    def rssi(self):
+        return None
 
 
 def _read_file(path):
