@@ -29,7 +29,7 @@ APP_ID = "app-5f1e2d"
 DEVICE = "wt-1"
 TOPIC = f"{APP_ID}/devices/{DEVICE}"
 N = 60
-LIFETIME = 12  # seconds: the provider's token lifetime
+LIFETIME = 15  # seconds: the provider's token lifetime
 MIN_LIFE = 4
 
 SCRIPT = r"""
@@ -69,8 +69,7 @@ asyncio.run(main())
 class Board:
     """The MicroPython process and its console lines."""
 
-    def __init__(self, tmp_path, env):
-        fw = compile_firmware(tmp_path / "mpy")
+    def __init__(self, tmp_path, fw, env):
         script = tmp_path / "device.py"
         script.write_text(SCRIPT)
         self.proc = subprocess.Popen(
@@ -156,6 +155,7 @@ def test_token_from_relay_rotates_and_no_reading_is_lost(broker, relay_service, 
     svc = relay_service
     src = svc.sources[DEVICE]
     provider = svc.provider
+    fw = compile_firmware(tmp_path / "mpy")  # before the token's clock starts ticking
     # the broker accepts only the current token (and our observer)
     first = svc.relay_thread.call(src.credential(MIN_LIFE))
     assert first.username == APP_ID
@@ -164,8 +164,8 @@ def test_token_from_relay_rotates_and_no_reading_is_lost(broker, relay_service, 
     dup: list = []
     sub = _subscriber(broker, got, dup)
     env = dict(svc.env(), BROKER_CA_DER=str(broker.pki.ca_der), MQTT_URL=broker.url("wss"),
-               TOPIC=TOPIC, N=str(N), GAP_MS="400", MIN_LIFE=str(MIN_LIFE))
-    board = Board(tmp_path, env)
+               TOPIC=TOPIC, N=str(N), GAP_MS="450", MIN_LIFE=str(MIN_LIFE))
+    board = Board(tmp_path, fw, env)
     try:
         board.wait("CONNECTED 1", timeout=30)
         # the token the board holds expires; the provider's next token replaces it
@@ -177,7 +177,7 @@ def test_token_from_relay_rotates_and_no_reading_is_lost(broker, relay_service, 
         assert second.password != first.password
         broker.set_passwords({APP_ID: second.password, "observer": "observer-pw"})
         _kick(broker, second.password)
-        board.wait("DONE", timeout=N * 0.4 + 60)
+        board.wait("DONE", timeout=N * 0.45 + 60)
         assert "DONE fetches=2" in board.wait("DONE")  # one token at start, one after expiry
         assert 0 < sent_before < N  # the rotation happened mid-stream
         end = time.monotonic() + 10
