@@ -70,3 +70,23 @@ def test_commands_only_when_a_command_topic_is_configured():
         a.handle("app42/devices/greenhouse-1/commands", b'{"params":{}}', False)
     with raises(ValueError, "not valid JSON"):
         a.handle("app42/devices/greenhouse-1/commands", b"tare", False)
+
+
+async def test_a_refused_token_is_invalidated_at_its_source():
+    a = wt(credentials={"source": "static", "username": "u", "password": "T1"})
+
+    class Source:
+        invalidated = 0
+
+        async def __call__(self):
+            return ("ignored", "T%d" % (self.invalidated + 1))
+
+        def invalidate(self):
+            self.invalidated += 1
+
+    src = Source()
+    a._creds = src
+    assert await a.credentials() == ("app42", "T1")
+    a.invalidate_credentials()
+    assert src.invalidated == 1 and await a.credentials() == ("app42", "T2")
+    wt().invalidate_credentials()  # no source: nothing to do

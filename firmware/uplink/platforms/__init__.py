@@ -164,6 +164,19 @@ def iso(ms):
     return out + (".%03dZ" % frac if frac else "Z")
 
 
+class Base:
+    """What every adapter shares."""
+
+    _creds = None  # the platform.credentials source, when configured
+
+    def invalidate_credentials(self):
+        """The broker refused our credentials: a relay token is fetched anew next time
+        (call on the MQTT client's "auth_error")."""
+        c = self._creds
+        if c is not None and hasattr(c, "invalidate"):
+            c.invalidate()
+
+
 def credential_source(pcfg):
     """The `platform.credentials` source (uplink.credentials) when one is configured, else
     None: the platform's own keys are used as they are."""

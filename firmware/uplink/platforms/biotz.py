@@ -3,6 +3,7 @@
 # several readings as one array.
 from uplink.config import ConfigError
 from uplink.platforms import (
+    Base,
     Command,
     command,
     credential_source,
@@ -27,7 +28,7 @@ SCHEMA = {
 }
 
 
-class Adapter:
+class Adapter(Base):
     def __init__(self, cfg, ctx):
         p = cfg["platform"]
         self.cfg = cfg

@@ -3,6 +3,7 @@
 # "Blynk". Largest message 1024 bytes: enforced here, before anything is sent.
 from uplink.config import ConfigError
 from uplink.platforms import (
+    Base,
     Command,
     client_id,
     credential_source,
@@ -27,7 +28,7 @@ SCHEMA = {
 }
 
 
-class Adapter:
+class Adapter(Base):
     clean = True  # Blynk accepts clean sessions only
     keepalive = 45  # what Blynk recommends
 

@@ -2,6 +2,7 @@
 # Wire contract: PLATFORMS.md "ThingsBoard". Token as username, no password.
 from uplink.config import ConfigError
 from uplink.platforms import (
+    Base,
     Command,
     client_id,
     command,
@@ -43,7 +44,7 @@ GW_ATTRIBUTES = GW + "attributes"
 GW_ATTR_RESPONSE = GW + "attributes/response"
 
 
-class Adapter:
+class Adapter(Base):
     def __init__(self, cfg, ctx):
         p = cfg["platform"]
         self.cfg = cfg

@@ -4,6 +4,7 @@
 # are configurable.
 from uplink.config import ConfigError
 from uplink.platforms import (
+    Base,
     client_id,
     command,
     credential_source,
@@ -30,7 +31,7 @@ SCHEMA = {
 }
 
 
-class Adapter:
+class Adapter(Base):
     def __init__(self, cfg, ctx):
         p = cfg["platform"]
         self.cfg = cfg
