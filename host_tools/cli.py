@@ -527,23 +527,30 @@ def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | 
         assert proc.stdout is not None
         sel = selectors.DefaultSelector()
         sel.register(proc.stdout, selectors.EVENT_READ)
+
+        def stop_deliberately(proc=proc) -> int:
+            proc.terminate()
+            proc.wait(5)
+            # stopped by the user, not crashed: do not count it towards the firmware's
+            # crash-loop guard (three short boots in a row -> safe mode)
+            (state / "boots.json").unlink(missing_ok=True)
+            return 0
+
         try:
             while proc.poll() is None or sel.select(0):
                 if end is not None and time.monotonic() > end:
-                    proc.terminate()
-                    proc.wait(5)
-                    return 0
+                    return stop_deliberately()
                 if sel.select(0.2):
                     chunk = os.read(proc.stdout.fileno(), 4096)
                     if not chunk:
                         break
                     UI.text(chunk.decode(errors="replace"))
         except KeyboardInterrupt:
-            proc.terminate()
-            proc.wait(5)
-            return 0
+            return stop_deliberately()
         code = proc.wait()
         if code != hostboard.RESET_EXIT_CODE:
+            if code:
+                UI.error(f"the firmware stopped (exit code {code}); its output is above")
             return code
         UI.info("[host board] the firmware reset itself: booting again")
 
@@ -557,9 +564,8 @@ def sim(
     heapsize: Annotated[Optional[str], typer.Option(help="MicroPython heap, e.g. 96k (an ESP32 without PSRAM).")] = None,
 ):
     """Run the device's bundle on the host board (MicroPython unix port), against its broker."""
-    code = _do_sim(device, seconds, compiled, heapsize)
-    if code:
-        raise typer.Exit(code if code < 64 else EXIT_FAIL)
+    if _do_sim(device, seconds, compiled, heapsize):
+        raise typer.Exit(EXIT_FAIL)
 
 
 @app.command()
@@ -576,9 +582,8 @@ def run(
     dev = fleet.device(device)
     UI.info(f"{fleet.path.name}: valid")
     if dev.board == "host" and port is None:
-        code = _do_sim(device, seconds, False, None)
-        if code:
-            raise typer.Exit(code if code < 64 else EXIT_FAIL)
+        if _do_sim(device, seconds, False, None):
+            raise typer.Exit(EXIT_FAIL)
         return
     port = port or pick_port()
     _do_deploy(device, port, dry_run=False, reset=True)

@@ -185,7 +185,7 @@ class SecretStore:
         """'keyring', 'env' or 'file': where `get(name)` finds the value; None if nowhere."""
         if self._kr_get(name) is not None:
             return "keyring"
-        if env_name(name) in self.env:
+        if self.env.get(env_name(name)):  # an empty variable counts as unset
             return "env"
         if name in self._file_data():
             return "file"
@@ -194,7 +194,7 @@ class SecretStore:
     def get(self, name: str) -> str | None:
         value = self._kr_get(name)
         if value is None:
-            value = self.env.get(env_name(name))
+            value = self.env.get(env_name(name)) or None
         if value is None:
             value = self._file_data().get(name)
         if value is not None:
