@@ -28,6 +28,7 @@ See docs/platforms.md ("How the tests hold the firmware to each cloud's rules").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import threading
@@ -743,10 +744,10 @@ def handle(cmd):
 """
 
 
-def e2e_config(kind: str, url: str, name: str = "e2e-dev", **platform) -> dict:
+def e2e_config(kind: str, url: str, name: str = "e2e-dev", ntp: list | None = None, **platform) -> dict:
     return {
         "device": {"name": name, "board": "host"},
-        "ntp": {"servers": []},
+        "ntp": {"servers": ntp or []},
         "platform": {"kind": kind, "url": url, **platform},
         "telemetry": {"interval_s": 1, "health": False},
         "outbox": {"max_bytes": 100000},
@@ -763,3 +764,15 @@ def app_has(hook: str) -> bool:
 
 def handled(board, name: str) -> list[str]:
     return [ln for ln in list(board.lines) if ln.startswith("HANDLED " + name + " ")]
+
+
+@contextlib.contextmanager
+def ntp_server():
+    """A loopback SNTP server telling the real time: yields its "host:port" for config."""
+    from tests.ntp_server import NtpServer
+
+    srv = NtpServer().start()
+    try:
+        yield f"{srv.host}:{srv.port}"
+    finally:
+        srv.stop()

@@ -2,6 +2,7 @@
 (username = Device ID + password, its own publish/data and subscribe topics only, flat JSON
 with RFC 3339 UTC timestamps)."""
 
+import datetime
 import json
 import time
 
@@ -14,6 +15,7 @@ from tests.integration.broker_profiles import (
     ProfileProxy,
     e2e_config,
     handled,
+    ntp_server,
 )
 from tests.integration.hostboard import HostBoard
 from tests.services import mosquitto_bin
@@ -77,6 +79,28 @@ def test_telemetry_actions_and_retained_firmware_update(env, tmp_path):
     assert len(handled(board, "firmware")) == 1, board.console()
     assert proxy.violations == []
     assert "bz-passw0rd" not in board.console()
+
+
+def test_timestamps_are_rfc3339_utc(env):
+    proxy = env.proxy(Biotz("cust-9", {"dev-5": "bz-passw0rd"}))
+    cloud = env.cloud()
+
+    def stamped():
+        out = []
+        for _, p in cloud.got(lambda t, _: t == BASE + "publish/data/telemetry"):
+            doc = json.loads(p)
+            out += [i for i in (doc if isinstance(doc, list) else [doc]) if "timestamp" in i]
+        return out
+
+    with ntp_server() as ntp:
+        board = env.board(e2e_config("biotz", proxy.url(), ntp=[ntp], device_id="dev-5", customer_id="cust-9",
+                                     password="bz-passw0rd"))
+        cloud.wait(lambda t, _: len(stamped()) >= 2, console=board.console)
+    for item in stamped():
+        when = datetime.datetime.fromisoformat(item["timestamp"].replace("Z", "+00:00"))
+        assert item["timestamp"].endswith("Z")
+        assert abs(when.timestamp() - time.time()) < 60, item
+    assert proxy.violations == []  # the profile checked the RFC 3339 form of every one
 
 
 def test_wrong_password_is_refused_and_reported(env):

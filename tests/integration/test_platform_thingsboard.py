@@ -14,6 +14,7 @@ from tests.integration.broker_profiles import (
     app_has,
     e2e_config,
     handled,
+    ntp_server,
 )
 from tests.integration.hostboard import HostBoard
 from tests.services import mosquitto_bin
@@ -128,6 +129,23 @@ def test_session_limit_is_honoured(env):
     assert all(len(p) <= 400 for p in later), [len(p) for p in later]
     batches = [json.loads(p) for p in later if p.startswith(b"[")]
     assert batches and max(len(b) for b in batches) >= 3, "the backlog did not go out in batches"
+    assert proxy.violations == []
+
+
+def test_telemetry_carries_ts_once_the_clock_is_set(env):
+    proxy = env.proxy(ThingsBoard({TOKEN: "device"}))
+    cloud = env.cloud()
+    answer_client_rpc(cloud)
+    with ntp_server() as ntp:
+        board = env.board(e2e_config("thingsboard", proxy.url(), ntp=[ntp], token=TOKEN))
+        cloud.wait(lambda t, _: len([i for i in telemetry_items(cloud) if "ts" in i]) >= 3, console=board.console)
+    stamped = [i for i in telemetry_items(cloud) if "ts" in i]
+    now = time.time() * 1000
+    for item in stamped:
+        assert set(item) == {"ts", "values"} and abs(item["ts"] - now) < 60_000, item
+    seqs = [i["values"]["seq"] for i in stamped]
+    ts = [i["ts"] for i in stamped]
+    assert ts == sorted(ts) and len(set(ts)) == len(ts) and seqs == sorted(seqs)
     assert proxy.violations == []
 
 

@@ -2,7 +2,9 @@
 profile (username = Application ID, password = a current token, <app>/devices/<id> only,
 {"$timestamp", "$native"} payloads)."""
 
+import datetime
 import json
+import time
 
 import pytest
 
@@ -13,6 +15,7 @@ from tests.integration.broker_profiles import (
     Weightron,
     e2e_config,
     handled,
+    ntp_server,
 )
 from tests.integration.hostboard import HostBoard
 from tests.services import mosquitto_bin
@@ -62,6 +65,19 @@ def test_telemetry_and_commands(env):
     assert json.loads(handled(board, "echo")[0].split(" ", 2)[2].rsplit(" ", 1)[0]) == {"tare": 1}
     assert proxy.violations == []
     assert "access-t0ken-1" not in board.console()
+
+
+def test_timestamp_is_iso_8601_utc(env):
+    proxy = env.proxy(Weightron(APP, {"access-t0ken-1"}))
+    cloud = env.cloud()
+    with ntp_server() as ntp:
+        board = env.board(e2e_config("weightron", proxy.url(), ntp=[ntp], application_id=APP, device_id="scale-7",
+                                     token="access-t0ken-1"))
+        msgs = cloud.wait(lambda t, p: t == f"{APP}/devices/scale-7" and b"$timestamp" in p, console=board.console)
+    doc = json.loads(msgs[0][1])
+    when = datetime.datetime.fromisoformat(doc["$timestamp"].replace("Z", "+00:00"))
+    assert abs(when.timestamp() - time.time()) < 60, doc
+    assert proxy.violations == []
 
 
 def test_expired_token_is_refused_and_reported(env):
