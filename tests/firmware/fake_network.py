@@ -6,6 +6,7 @@
 #   fake_network.reset()
 #   fake_network.add_ap("home", "secret", rssi=-60)
 #   fake_network.drop()                       # the current link goes down
+#   fake_network.FLAP_MS = 50                 # every link drops 50 ms after it came up
 #
 # Like the ESP32: connect() needs active(True); connect() while a connect is under way
 # raises OSError (call disconnect() first); the outcome arrives a little later.
@@ -25,6 +26,7 @@ STAT_CONNECT_FAIL = 203
 STAT_HANDSHAKE_TIMEOUT = 204
 
 DELAY_MS = 30  # how long an association takes
+FLAP_MS = None  # when set, every link drops this long after it came up (a flapping AP)
 APS = {}  # ssid -> dict(password, rssi, mode): mode "ok" | "hang" | "fail"
 LOG = []  # ("connect", ssid) / ("disconnect",) / ("scan",): what the firmware did
 _wlans = {}
@@ -35,6 +37,8 @@ def install():
 
 
 def reset():
+    global FLAP_MS
+    FLAP_MS = None
     APS.clear()
     del LOG[:]
     _wlans.clear()
@@ -105,6 +109,9 @@ class WLAN:
         self._status = STAT_IDLE
 
     def _settle(self):
+        if self._status == STAT_GOT_IP and FLAP_MS is not None:
+            if time.ticks_diff(time.ticks_ms(), self._t0) >= FLAP_MS:
+                self._status = STAT_BEACON_TIMEOUT
         if self._status != STAT_CONNECTING:
             return
         if time.ticks_diff(time.ticks_ms(), self._t0) < DELAY_MS:
@@ -120,6 +127,7 @@ class WLAN:
             self._status = STAT_WRONG_PASSWORD
         else:
             self._status = STAT_GOT_IP
+            self._t0 = time.ticks_ms()  # up since
 
     def status(self, param=None):
         self._settle()

@@ -1,0 +1,196 @@
+import asyncio
+
+import fake_hw
+import fake_network as net
+from mptest import raises
+from uplink import board
+from uplink.wifi import Wifi, WifiError
+
+fake_hw.install()
+
+HOME = {"ssid": "home", "password": "secret-home"}
+SHOP = {"ssid": "shop", "password": "secret-shop"}
+
+
+def make(networks, timeout_s=1, **kw):
+    net.reset()
+    for ssid, pw, rssi in kw.get("aps", ()):
+        net.add_ap(ssid, pw, rssi)
+    w = Wifi(board.load("esp32-devkitc"), networks, timeout_s)
+    w.POLL_MS = 10
+    w.BACKOFF_MIN_MS = 40
+    w.BACKOFF_MAX_MS = 200
+    w.STABLE_MS = 300
+    w.JOIN_POLL_MS = 5
+    return w
+
+
+def no_secrets(msg):
+    assert "secret" not in msg, msg
+
+
+async def test_joins_first_configured_network():
+    w = make([HOME, SHOP], aps=[("home", "secret-home", -70), ("shop", "secret-shop", -40)])
+    assert not w.connected and w.ip is None and w.rssi() is None
+    await w.connect()
+    # config order is the priority, not signal strength
+    assert w.connected and w.ssid == "home"
+    assert w.ip == "192.168.1.50" and w.rssi() == -70
+    assert net.connects() == ["home"]
+
+
+async def test_absent_network_skipped_by_scan():
+    w = make([HOME, SHOP], aps=[("shop", "secret-shop", -50)])
+    await w.connect()
+    assert w.ssid == "shop"
+    assert net.connects() == ["shop"]  # no time wasted on "home"
+
+
+async def test_wrong_password_told_apart_from_missing():
+    w = make([HOME, SHOP], aps=[("home", "nope", -50)])
+    with raises(WifiError) as r:
+        await w.connect()
+    msg = str(r.value)
+    assert msg == "home: wrong password; shop: not found", msg
+    no_secrets(msg)
+    assert not w.connected and w.ssid is None and w.last_error == msg
+
+
+async def test_wrong_password_falls_back_to_next_network():
+    w = make([HOME, SHOP], aps=[("home", "nope", -50), ("shop", "secret-shop", -80)])
+    await w.connect()
+    assert w.ssid == "shop" and net.connects() == ["home", "shop"]
+
+
+async def test_nothing_visible_tries_all_hidden_included():
+    w = make([HOME, SHOP])
+    with raises(WifiError) as r:
+        await w.connect()
+    assert str(r.value) == "home: not found; shop: not found", str(r.value)
+    assert net.connects() == ["home", "shop"]
+    # a hidden network does not show up in a scan but can be joined
+    w = make([HOME, SHOP], aps=[("home", "secret-home", -50)])
+    net.APS["home"]["hidden"] = True
+    real_scan = net.WLAN.scan
+    net.WLAN.scan = lambda self: []
+    try:
+        await w.connect()
+    finally:
+        net.WLAN.scan = real_scan
+    assert w.ssid == "home"
+
+
+async def test_timeout_and_connect_failure():
+    w = make([HOME, SHOP], timeout_s=0.3)
+    net.add_ap("home", "secret-home", mode="hang")
+    net.add_ap("shop", "secret-shop", mode="fail")
+    with raises(WifiError) as r:
+        await w.connect()
+    assert str(r.value) == "home: timeout after 300 ms; shop: connection failed", str(r.value)
+    # a failed attempt leaves the driver stopped, so the next connect is accepted
+    net.APS["home"]["mode"] = "ok"
+    await w.connect()
+    assert w.ssid == "home"
+
+
+async def test_handshake_timeout_means_wrong_password():
+    w = make([HOME], aps=[("home", "secret-home", -50)])
+    real = net.WLAN._settle
+
+    def settle(self):
+        real(self)
+        if self._status == net.STAT_GOT_IP:
+            self._status = net.STAT_HANDSHAKE_TIMEOUT
+
+    net.WLAN._settle = settle
+    try:
+        with raises(WifiError, "home: wrong password (WPA handshake failed)"):
+            await w.connect()
+    finally:
+        net.WLAN._settle = real
+
+
+async def test_no_networks_configured():
+    w = make([])
+    with raises(WifiError, "no networks configured"):
+        await w.connect()
+
+
+async def test_host_board_is_always_online():
+    w = Wifi(board.load("host"), [], 20)
+    await w.connect()
+    assert w.connected and w.ssid == "host" and w.ip == "127.0.0.1"
+    assert isinstance(w.rssi(), int)
+
+
+async def test_drop_then_return_reconnects():
+    w = make([HOME], aps=[("home", "secret-home", -50)])
+    await w.connect()
+    t = asyncio.create_task(w.run())
+    await asyncio.sleep_ms(50)
+    net.drop()
+    assert not w.connected
+    for _ in range(100):
+        await asyncio.sleep_ms(20)
+        if w.connected:
+            break
+    assert w.connected and w.drops == 1
+    assert net.connects() == ["home", "home"]
+    t.cancel()
+
+
+async def test_ap_gone_moves_to_the_next_network_and_keeps_trying():
+    w = make([HOME, SHOP], aps=[("home", "secret-home", -50)])
+    await w.connect()
+    t = asyncio.create_task(w.run())
+    net.remove_ap("home")
+    for _ in range(300):
+        await asyncio.sleep_ms(10)
+        if w.last_error:
+            break
+    assert not w.connected and "home: not found" in w.last_error, (w.connected, w.last_error, net.LOG)
+    net.add_ap("shop", "secret-shop", -60)
+    for _ in range(100):
+        await asyncio.sleep_ms(20)
+        if w.ssid:  # set once the join finished
+            break
+    assert w.connected and w.ssid == "shop", (w.connected, w.ssid, w.last_error, net.LOG[-12:])
+    t.cancel()
+
+
+async def test_flapping_link_backs_off():
+    w = make([HOME], aps=[("home", "secret-home", -50)])
+    waits = []
+    real = w._backoff
+
+    async def backoff(delay):
+        waits.append(delay)
+        await real(delay)
+
+    w._backoff = backoff
+    await w.connect()
+    t = asyncio.create_task(w.run())
+    net.FLAP_MS = 20  # every link dies soon after it comes up
+    while w.drops < 7:
+        await asyncio.sleep_ms(5)
+    net.FLAP_MS = None
+    # each quick drop doubles the wait, up to the cap
+    assert waits[:4] == [40, 80, 160, 200], waits
+    assert waits[4:7] == [200, 200, 200], waits
+    while not w.connected:
+        await asyncio.sleep_ms(5)
+    # once up for STABLE_MS the backoff resets: the next drop reconnects at once
+    await asyncio.sleep_ms(400)
+    n, drops = len(waits), w.drops
+    net.drop()
+    while not w.connected:
+        await asyncio.sleep_ms(5)
+    assert len(waits) == n and w.drops == drops + 1, (waits, n)
+    t.cancel()
+
+
+def test_jitter_spreads_within_the_delay():
+    w = make([HOME])
+    seen = [w.jitter(1000) for _ in range(50)]
+    assert all(500 <= x < 1000 for x in seen)
+    assert len(set(seen)) > 10
