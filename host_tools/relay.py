@@ -268,6 +268,9 @@ class Relay:
         except TokenError as e:
             log.warning("device %s: no credential: %s", device, e)
             return self._deny(request, "provider-error", 503)
+        except Exception as e:  # a bug or an odd answer: the device retries, the relay lives on
+            log.error("device %s: no credential: %s: %s", device, type(e).__name__, e)
+            return self._deny(request, "internal-error", 503)
         left = cred.expires_at - self.clock()
         if left < min_life:
             log.warning("device %s: the provider's token lives %.0fs, below min_life_s=%.0fs",
