@@ -42,8 +42,8 @@ def env(broker, tmp_path):
             made.append(c)
             return c
 
-        def board(self, cfg):
-            b = HostBoard(tmp_path / "board", cfg, user_py=E2E_USER).start()
+        def board(self, cfg, user_py=E2E_USER):
+            b = HostBoard(tmp_path / "board", cfg, user_py=user_py).start()
             made.append(b)
             return b
 
@@ -82,6 +82,33 @@ def test_telemetry_info_and_datastream_write(env):
     assert board.proc.poll() is None
     assert proxy.violations == []
     assert TOKEN not in board.console()
+
+
+WIDE_USER = """
+_n = [0]
+
+def read():
+    _n[0] += 1
+    out = {"seq": _n[0]}
+    for i in range(80):
+        out["Datastream_%02d" % i] = _n[0] * 1000 + i  # which reading it belongs to
+    return out
+"""
+
+
+def test_a_reading_over_1024_bytes_is_split_never_sent_oversize(env):
+    proxy = env.proxy(Blynk({TOKEN}, template_id=TMPL))
+    cloud = env.cloud()
+    board = env.board(cfg(proxy.url()), user_py=WIDE_USER)
+    cloud.wait(lambda t, _: len(cloud.got(lambda t2, _: t2 == "batch_ds")) >= 4, console=board.console)
+    first = {}
+    for _, p in cloud.got(lambda t, _: t == "batch_ds"):
+        assert len("batch_ds") + len(p) <= 1024
+        for k, v in json.loads(p).items():
+            if (k == "seq" and v == 1) or (k != "seq" and v // 1000 == 1):
+                first[k] = v
+    assert len(first) == 81  # the first reading arrived whole, in several messages
+    assert proxy.violations == []
 
 
 def test_reboot_command_resets_the_board(env):
