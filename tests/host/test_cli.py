@@ -1,0 +1,148 @@
+"""The `uplink` command's surface: --help everywhere, python -m host_tools, exit codes,
+devices, sim and run."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import typer.main
+
+from host_tools.cli import app
+from tests.host.uplink_helpers import Env
+from tests.virtual_board.launcher import VirtualBoard
+
+
+def all_command_paths() -> list[list[str]]:
+    root = typer.main.get_command(app)
+    out: list[list[str]] = []
+
+    def walk(cmd, path):
+        out.append(path)
+        if getattr(cmd, "commands", None):  # a group (typer may vendor its own click)
+            for name, sub in cmd.commands.items():
+                walk(sub, [*path, name])
+
+    walk(root, [])
+    return out
+
+
+def test_help_everywhere(tmp_path):
+    env = Env(tmp_path)
+    paths = all_command_paths()
+    names = {" ".join(p) for p in paths}
+    for expected in ("validate", "config show", "secrets set", "secrets list", "secrets rm", "provision",
+                     "build", "deploy", "flash-micropython", "devices", "logs", "run", "sim"):
+        assert expected in names
+    for p in paths:
+        r = env.run(*p, "--help")
+        assert r.code == 0, (p, r.output)
+        assert "Usage:" in r.stdout
+
+
+def test_python_dash_m_and_version(tmp_path):
+    env = Env(tmp_path)
+    r = env.run_process("--help")
+    assert r.code == 0 and "deploy" in r.stdout
+    r = env.run_process("--version")
+    assert r.code == 0 and r.stdout.startswith("uplink ")
+
+
+def test_exit_codes(tmp_path):
+    env = Env(tmp_path, '[devices.greenhouse.platform]\nkind = "blynk"\ntoken = "secret:t"\n')
+    assert env.run("deploy").code == 2  # usage
+    r = env.run("provision", "grenhouse")
+    assert r.code == 3 and "no device 'grenhouse' (did you mean 'greenhouse'?)" in r.stderr
+    assert env.run("provision", "greenhouse").code == 4  # secret t not set
+    assert env.run("provision", "greenhouse", env={"UPLINK_SECRET_T": "x"}).code == 0
+    r = env.run("--fleet", str(tmp_path / "missing.toml"), "validate")
+    assert r.code == 3 and "no fleet file" in r.stderr
+
+
+def test_quiet_and_verbose(tmp_path):
+    env = Env(tmp_path, '[devices.d.platform]\nkind = "blynk"\ntoken = "secret:t"\n')
+    env.env["UPLINK_SECRET_T"] = "x"
+    assert env.run("-q", "validate").output == ""
+    assert "1 device(s) OK" in env.run("validate").stderr
+    r = env.run("-v", "validate")
+    assert "no OS keyring (disabled)" in r.stderr  # -v says where secrets come from
+    assert "no OS keyring" not in env.run("validate").stderr
+
+
+def test_devices_lists_ports(monkeypatch, tmp_path):
+    from serial.tools import list_ports_common
+
+    p = list_ports_common.ListPortInfo("/dev/ttyACM0")
+    p.vid, p.pid, p.serial_number, p.product = 0x303A, 0x1001, "F4:12:FA:00:11:22", "USB JTAG/serial debug unit"
+    q = list_ports_common.ListPortInfo("/dev/ttyS0")
+    monkeypatch.setattr("serial.tools.list_ports.comports", lambda: [q, p])
+    r = Env(tmp_path).run("devices", "--json")
+    assert r.code == 0
+    rows = json.loads(r.stdout)
+    assert rows[0] == {"port": "/dev/ttyACM0", "serial_number": "F4:12:FA:00:11:22", "vid_pid": "303a:1001",
+                       "product": "USB JTAG/serial debug unit", "likely_board": True}
+    assert rows[1]["port"] == "/dev/ttyS0" and rows[1]["vid_pid"] is None
+    from host_tools.ports import pick_port
+
+    assert pick_port() == "/dev/ttyACM0"
+    r = Env(tmp_path).run("devices")
+    assert "303a:1001" in r.stdout and "F4:12:FA:00:11:22" in r.stdout
+
+
+def host_fleet(broker) -> str:
+    return f"""
+[devices.bench.platform]
+kind = "thingsboard"
+url = "{broker.url('mqtt')}"
+token = "secret:tok"
+
+[devices.bench.telemetry]
+interval_s = 1
+"""
+
+
+def subscribe(broker, topic):
+    import paho.mqtt.client as mqtt
+
+    got: list = []
+    ready = threading.Event()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    c.on_connect = lambda c, *a: c.subscribe(topic)
+    c.on_subscribe = lambda *a: ready.set()
+    c.on_message = lambda c, u, m: got.append(m.payload)
+    c.connect("127.0.0.1", broker.ports["mqtt"])
+    c.loop_start()
+    assert ready.wait(10)
+    return got, c
+
+
+def test_sim_publishes_to_the_configured_broker(tmp_path, broker):
+    env = Env(tmp_path, host_fleet(broker))
+    env.env["UPLINK_SECRET_TOK"] = "sim-token"
+    got, c = subscribe(broker, "v1/devices/me/telemetry")
+    try:
+        r = env.run("sim", "bench", "--seconds", "6")
+    finally:
+        c.loop_stop()
+    assert r.code == 0, r.output
+    assert got, r.output
+    assert not (env.build / "sim" / "bench" / "boots.json").exists()
+
+
+@pytest.mark.timeout(120)
+def test_run_validates_provisions_builds_deploys_and_follows_logs(tmp_path, broker):
+    env = Env(tmp_path / "fleet", host_fleet(broker))
+    env.env["UPLINK_SECRET_TOK"] = "run-token"
+    vb = VirtualBoard(tmp_path / "board").start()
+    try:
+        t = time.monotonic()
+        r = env.run("run", "bench", "--port", vb.port, "--seconds", "1")
+        assert time.monotonic() - t < 90
+    finally:
+        vb.stop()
+    assert r.code == 0, r.output
+    assert "valid" in r.stderr and "copied" in r.stderr and "console of" in r.stderr
+    assert (vb.root / "config.json").exists() and (vb.root / "uplink" / "app.mpy").exists()
+    assert vb.events()[-1] == "reset"
