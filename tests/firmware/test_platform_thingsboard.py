@@ -121,6 +121,15 @@ async def test_session_limit_is_honoured_by_encode():
         assert len(topic) + len(payload) + 4 <= 400
 
 
+async def test_session_limit_never_raises_the_configured_one():
+    a = tb(max_payload=2048)
+    c = Client()
+    await a.on_connect(c)
+    rid = [t for t, p, _ in c.published if b"getSessionLimits" in p][0].rsplit("/", 1)[1]
+    a.handle("v1/devices/me/rpc/response/" + rid, b'{"maxPayloadSize":65536}', False)
+    assert a.max_payload == 2048
+
+
 async def test_bad_session_limits_answer_is_a_value_error():
     a = tb()
     c = Client()

@@ -218,7 +218,8 @@ class Adapter(Base):
             size = ans.get("maxPayloadSize")
             if not isinstance(size, int) or isinstance(size, bool) or size < 256:
                 raise ValueError("getSessionLimits answer: bad maxPayloadSize %r" % (size,))
-            self.max_payload = size
+            # the server's limit can only lower ours (platform.max_payload also guards the heap)
+            self.max_payload = min(size, self.cfg["platform"].get("max_payload") or DEFAULT_MAX_PAYLOAD)
             return None
         if method == "getTime":
             ms = ans.get("serverTime")
