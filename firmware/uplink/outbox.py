@@ -25,7 +25,7 @@ import struct
 from binascii import crc32
 
 ACK_PERSIST = 16  # persist the head at least every this many acks
-PENDING_MAX = 32  # out-of-order acks remembered beyond the head
+PENDING = 512  # out-of-order acks are remembered this far beyond the head (one bit each)
 _HDR = 6
 
 
@@ -37,7 +37,7 @@ class Outbox:
         self.seg_bytes = segment_bytes or max(256, min(4096, max_bytes // 8))
         self.max_record = min(65535, self.seg_bytes - _HDR, max_bytes // 4)
         self._hdr = bytearray(_HDR)
-        self._pending = []  # acked ids above the head (out-of-order acks), bounded
+        self._bits = bytearray(PENDING // 8)  # ring: bit id % PENDING = acked, id > head
         self._unsaved = 0  # acks since the head was last persisted
         self._cursor = None  # (next id, segment first id, file offset) after the last read
         self._skip = None  # (first, end) ids found unreadable, for the head to step over
@@ -91,16 +91,16 @@ class Outbox:
         if id < self.head_id or id >= self._next:
             return
         if id != self.head_id:
-            # out of order: remember it (bounded; a forgotten one is just sent again)
-            if id not in self._pending and len(self._pending) < PENDING_MAX:
-                self._pending.append(id)
+            # out of order: remember it for when the head gets here. Beyond the ring it is
+            # forgotten and simply sent again when the publisher rereads from the head.
+            if id - self.head_id < PENDING:
+                k = id % PENDING
+                self._bits[k >> 3] |= 1 << (k & 7)
             return
-        h = id + 1
-        p = self._pending
-        while h in p:
-            p.remove(h)
-            h += 1
-        self._advance(h)
+        self._move_head(id + 1)
+        self._unsaved += 1
+        if not self._delete_consumed() and self._unsaved >= ACK_PERSIST:
+            self._save()
 
     def flush(self):
         """Persist the head now (e.g. before a planned reset)."""
@@ -217,18 +217,34 @@ class Outbox:
             self.dropped += last - i
             self._skip = (i, last)
             if self.head_id == i:
-                self._advance(last)
+                self._move_head(i)
 
-    def _advance(self, h):
-        if self._skip and h >= self._skip[0]:
-            h = max(h, self._skip[1])
-            self._skip = None
+    def _acked(self, i):
+        k = i % PENDING
+        return self._bits[k >> 3] & (1 << (k & 7))
+
+    def _move_head(self, h):
+        # Move the head to h and on over ids acked out of order or found unreadable, then
+        # clear the ring bits of every id passed (their slots belong to later ids now).
+        old = self.head_id
+        while True:
+            sk = self._skip
+            if sk and h >= sk[0]:
+                h = max(h, sk[1])
+                self._skip = None
+            while h < self._next and h - old < PENDING and self._acked(h):
+                h += 1
+            if not (self._skip and h >= self._skip[0]):
+                break
+        b = self._bits
+        if h - old >= PENDING:
+            for k in range(len(b)):
+                b[k] = 0
+        else:
+            for i in range(old, h):
+                k = i % PENDING
+                b[k >> 3] &= ~(1 << (k & 7))
         self.head_id = h
-        self._unsaved += 1
-        if self._delete_consumed():
-            return
-        if self._unsaved >= ACK_PERSIST:
-            self._save()
 
     def _delete_consumed(self):
         # Remove segments whose records are all acknowledged (never the tail: it names the
@@ -246,11 +262,7 @@ class Outbox:
         lost = end - max(self.head_id, segs[0])
         if lost > 0:
             self.dropped += lost
-            self.head_id = end
-            p = self._pending
-            for x in p[:]:
-                if x < end:
-                    p.remove(x)
+            self._move_head(end)
         # Counter first, delete second: a crash in between never under-counts.
         self._save()
         self._remove(segs[0])

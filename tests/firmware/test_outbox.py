@@ -250,3 +250,52 @@ def test_big_backlog_streams_within_a_small_heap():
         after = got[-1][0]
     assert n == 3000 and ob.depth == 0
     rmtree(d)
+
+
+def test_acks_in_reverse_over_a_whole_window():
+    # the publisher has window x batch records in flight; PUBACKs may come back in any order
+    d = tmpdir()
+    ob = Outbox(d, 65536)
+    ids = [ob.put(rec(i, 30)) for i in range(200)]
+    for i in reversed(ids[1:]):
+        ob.ack(i)
+    assert ob.head_id == ids[0] and ob.depth == 200
+    ob.ack(ids[0])
+    assert ob.depth == 0
+    rmtree(d)
+
+
+def test_ack_beyond_the_ring_is_forgotten_then_resent():
+    d = tmpdir()
+    ob = Outbox(d, 1 << 20)
+    ids = [ob.put(rec(i, 20)) for i in range(outbox.PENDING + 10)]
+    far = ids[outbox.PENDING + 5]
+    ob.ack(far)  # too far ahead to remember
+    for i in ids[: outbox.PENDING + 5]:
+        ob.ack(i)
+    assert ob.head_id == far  # forgotten: the publisher sends it again ...
+    assert ob.read(0, 1)[0][0] == far
+    ob.ack(far)  # ... and acks it again
+    assert ob.head_id == far + 1
+    rmtree(d)
+
+
+def test_head_jump_leaves_no_stale_acks():
+    # an id acked out of order and then dropped must not make the later id that shares its
+    # ring slot look acknowledged
+    d = tmpdir()
+    ob = Outbox(d, 40000, segment_bytes=4096)
+    first = ob.put(rec(0, 50))
+    ob.put(rec(1, 50))
+    ob.ack(first + 1)  # out of order, remembered in the ring
+    n = 2
+    while not ob.dropped:
+        ob.put(rec(n, 50))
+        n += 1
+    assert ob.head_id > first + 1
+    twin = first + 1 + outbox.PENDING  # same slot
+    assert ob._next > twin
+    for i in range(ob.head_id, twin):
+        ob.ack(i)
+    assert ob.head_id == twin, (ob.head_id, twin)
+    rmtree(d)
