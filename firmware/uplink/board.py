@@ -7,7 +7,6 @@
 #          reset() exits with RESET_EXIT so a supervisor restarts the process
 # ESP32-only modules are imported inside the esp32 backend only: the host never needs them.
 import gc
-import os
 import sys
 import time
 
@@ -34,19 +33,18 @@ def load(name):
     p = PROFILES.get(name)
     if p is None:
         p = ("esp32" if sys.platform == "esp32" else "host", None, False, False)
-    cls = Esp32Board if p[0] == "esp32" else HostBoard
-    return cls(name, p[1], p[2], p[3])
+    if p[0] == "esp32":
+        return Esp32Board(name, p[1], p[2], p[3])
+    # The host backend lives in its own module: an ESP32 never spends heap on it.
+    from uplink.board_host import HostBoard
+
+    return HostBoard(name, p[1], p[2], p[3])
 
 
 def _os_ms():
     # Epoch milliseconds from the port's clock. Integers only: an ESP32 float is single
     # precision, which cannot hold an epoch to the second.
     return time.time_ns() // 1000000 + EPOCH_OFFSET * 1000
-
-
-class _NoWatchdog:
-    def feed(self):
-        pass
 
 
 class Board:
@@ -137,97 +135,3 @@ class Esp32Board(Board):
             if c == getattr(machine, name + "_RESET", -1):
                 return {"PWRON": "power_on", "WDT": "watchdog"}.get(name, name.lower())
         return "unknown"
-
-
-class HostWLAN:
-    """A network.WLAN station stand-in on the host: the PC is already online."""
-
-    def __init__(self):
-        self._active = True
-
-    def active(self, on=None):
-        if on is None:
-            return self._active
-        self._active = bool(on)
-
-    def connect(self, ssid=None, key=None, **kw):
-        pass
-
-    def disconnect(self):
-        pass
-
-    def isconnected(self):
-        return self._active
-
-    def status(self, param=None):
-        if param == "rssi":
-            return -40
-        return 1010 if self._active else 1000  # STAT_GOT_IP / STAT_IDLE
-
-    def scan(self):
-        return []
-
-    def ifconfig(self, *args):
-        return ("127.0.0.1", "255.0.0.0", "127.0.0.1", "127.0.0.1")
-
-    def config(self, *args, **kw):
-        if args == ("ssid",):
-            return "host"
-        if args == ("mac",):
-            return b"\x02\x00\x00\x00\x00\x01"
-        return None
-
-
-class HostBoard(Board):
-    backend = "host"
-
-    def __init__(self, *args):
-        super().__init__(*args)
-        self._offset_ms = 0
-        self.led_on = False
-
-    def wlan(self):
-        if self._wlan is None:
-            self._wlan = HostWLAN()
-        return self._wlan
-
-    def unique_id(self):
-        # Stable per state directory, so two host boards on one PC are two devices.
-        try:
-            with open(ID_FILE) as f:
-                uid = f.read().strip()
-            if uid:
-                return uid
-        except OSError:
-            pass
-        import binascii
-
-        uid = binascii.hexlify(os.urandom(6)).decode()
-        with open(ID_FILE, "w") as f:
-            f.write(uid)
-        return uid
-
-    def reset(self):
-        sys.exit(RESET_EXIT)
-
-    def watchdog(self, ms):
-        if self._wdt is None:
-            self._wdt = _NoWatchdog()
-        return self._wdt
-
-    def led(self, on):
-        self.led_on = bool(on)
-
-    def chip_temperature(self):
-        return None
-
-    def set_rtc(self, epoch_s, ms=0):
-        # Never touch the PC's clock: keep the difference instead.
-        self._offset_ms = int(epoch_s) * 1000 + ms - _os_ms()
-
-    def time_ms(self):
-        return _os_ms() + self._offset_ms
-
-    def reset_cause(self):
-        # A supervisor that restarts us after RESET_EXIT can say so through the environment.
-        return os.getenv("UPLINK_RESET_CAUSE") or "power_on"
