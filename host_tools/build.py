@@ -9,6 +9,7 @@ board. Outputs are cached by content hash (source + arch + mpy-cross version).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +20,12 @@ from pathlib import Path
 from host_tools.fleet import REPO, board_profile
 
 FIRMWARE = REPO / "firmware"
+
+
+def firmware_dir() -> Path:
+    """The firmware tree to build: firmware/ of this repo, or $UPLINK_FIRMWARE_DIR."""
+    env = os.environ.get("UPLINK_FIRMWARE_DIR")
+    return Path(env) if env else FIRMWARE
 SOURCE_ONLY = {"boot.py", "main.py"}
 
 
@@ -73,7 +80,8 @@ def _explain(stderr: str, rel: str) -> BuildError:
     return BuildError(f"{where}: {reason}", file=f"firmware/{rel}", line=line)
 
 
-def build(board: str, *, firmware: Path = FIRMWARE, out: Path | None = None) -> tuple[Path, list[Built]]:
+def build(board: str, *, firmware: Path | None = None, out: Path | None = None) -> tuple[Path, list[Built]]:
+    firmware = firmware or firmware_dir()
     arch = board_profile(board).get("mpy_arch")
     target_root = out or out_dir(board)
     target_root.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import pty
+import shutil
 import subprocess
 import threading
 import time
@@ -52,6 +53,10 @@ def vboard(tmp_path):
 def test_deploy_copies_only_what_changed_and_boots(tmp_path, broker, vboard, record_property):
     env = Env(tmp_path / "fleet", fleet(broker))
     env.env["UPLINK_SECRET_BENCH_TOKEN"] = TOKEN
+    # a snapshot: firmware/ may be edited while this runs, and "nothing changed" must hold
+    fw = tmp_path / "firmware"
+    shutil.copytree(REPO / "firmware", fw, ignore=shutil.ignore_patterns("__pycache__"))
+    env.env["UPLINK_FIRMWARE_DIR"] = str(fw)
 
     # --dry-run on an empty board: everything would be copied, nothing is
     r = env.run("deploy", "bench", "--port", vboard.port, "--dry-run", "--json")
@@ -99,7 +104,7 @@ def test_deploy_copies_only_what_changed_and_boots(tmp_path, broker, vboard, rec
 
     # the bundle boots on the host board and publishes to the broker
     missing = [m for m in ("wifi.py", "clock.py", "mqtt.py", "app.py")
-               if not (REPO / "firmware" / "uplink" / m).exists()]
+               if not (fw / "uplink" / m).exists()]
     if missing:
         pytest.skip(f"firmware app not complete yet (missing {missing}): boot check left out")
     got = subscribe(broker, "v1/devices/me/telemetry")
