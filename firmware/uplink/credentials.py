@@ -5,8 +5,10 @@
 #           The request is signed with this device's own key (HMAC-SHA256 over method, path,
 #           device, time and a random nonce), so neither a client secret nor a replayable
 #           request ever lives on the board. A cached answer is reused while it has more than
-#           min_life_s left; its lifetime is counted on this board's ticks from the moment it
-#           arrived, so the board's and the relay's clocks need not agree on the expiry.
+#           min_life_s left; its lifetime (expires_in) is counted on this board's clock from
+#           the moment it arrived, so the board's and the relay's clocks need not agree on the
+#           expiry. (Not on ticks_ms: those wrap after 12 days on the ESP32, and a connection
+#           can well outlive that before the next reconnect looks at the cache.)
 # Secrets never reach a log line: only the relay URL, the HTTP status and the lifetime do.
 import asyncio
 import binascii
@@ -64,8 +66,7 @@ class Credentials:
         self._timeout_ms = timeout_ms
         self.min_life_s = 60
         self._user = self._pw = None
-        self._t0 = 0
-        self._life_ms = 0
+        self._exp_s = 0  # board-clock seconds when the cached token expires
         self._fresh = False
         self.fetches = 0  # relay requests made (for tests and status)
         self._lock = asyncio.Lock()
@@ -77,7 +78,7 @@ class Credentials:
         if self.source != "relay":
             raise ValueError("platform.credentials.source: expected 'static' or 'relay', got %r"
                              % self.source)
-        for k in ("url", "device_id", "key"):
+        for k in ("url", "ca", "device_id", "key"):
             if not cfg.get(k):
                 raise ValueError("platform.credentials.%s: missing (required for source relay)" % k)
         url = cfg["url"]
@@ -97,8 +98,8 @@ class Credentials:
         """Seconds the cached token has left (0 when none)."""
         if self._pw is None or self.source == "static":
             return 0
-        left = self._life_ms - time.ticks_diff(time.ticks_ms(), self._t0)
-        return left // 1000 if left > 0 else 0
+        left = self._exp_s - self._now_s()
+        return left if left > 0 else 0
 
     def invalidate(self):
         """The token was refused: drop it and ask the relay for a new one next time."""
@@ -117,9 +118,11 @@ class Credentials:
                     await self._fetch()
         return self._user, self._pw
 
+    def _now_s(self):
+        return int(self._now_ms() // 1000 if self._now_ms else _unix_s())
+
     def _headers(self, path):
-        now = self._now_ms() // 1000 if self._now_ms else _unix_s()
-        ts = str(int(now))
+        ts = str(self._now_s())
         nonce = binascii.hexlify(os.urandom(12)).decode()
         msg = "GET\n%s\n%s\n%s\n%s" % (path, self.device, ts, nonce)
         return {"X-Uplink-Device": self.device, "X-Uplink-Time": ts, "X-Uplink-Nonce": nonce,
@@ -134,7 +137,7 @@ class Credentials:
                                                timeout_ms=self._timeout_ms, max_body=6144)
         except (OSError, ValueError) as e:
             raise CredentialsError("token relay %s: %s" % (self.url, e))
-        t0 = time.ticks_ms()
+        t0 = self._now_s()
         if status == 401:
             raise CredentialsError("token relay %s refused device %r (401): check the device key "
                                    "and that the board's clock is set" % (self.url, self.device))
@@ -146,7 +149,7 @@ class Credentials:
         except (ValueError, KeyError, TypeError):
             raise CredentialsError("token relay %s: answer is not the expected JSON" % self.url)
         body = d = None
-        self._user, self._pw, self._t0, self._life_ms = user, pw, t0, life * 1000
+        self._user, self._pw, self._exp_s = user, pw, t0 + life
         self._fresh = False
         log.info("creds", "token from relay for %s, valid %ds" % (user, life))
 

@@ -37,6 +37,8 @@ def test_relay_config_checked():
         credentials.Credentials(relay_cfg(key=None))
     with raises(ValueError, match="https://"):
         credentials.Credentials(relay_cfg(url="http://127.0.0.1:1"))
+    with raises(ValueError, match="platform.credentials.ca"):
+        credentials.Credentials(relay_cfg(ca=None))
     with raises(ValueError, match="hex"):
         credentials.Credentials(relay_cfg(key="zz"))
 
@@ -58,6 +60,21 @@ async def test_cache_expires_at_min_life():
     await c()
     await c()
     assert c.fetches == 2
+
+
+async def test_lifetime_counted_on_the_board_clock():
+    import time
+
+    t = [time.time() * 1000]
+    c = credentials.Credentials(relay_cfg(min_life_s=280), now_ms=lambda: t[0])
+    await c()
+    assert 290 < c.remaining_s() <= 300 and c.fetches == 1
+    t[0] += 12000
+    await c()
+    assert c.fetches == 1  # ~287 s left: still above 280
+    t[0] += 12000  # (within the relay's 30 s time window)
+    await c()
+    assert c.fetches == 2  # ~275 s left: below 280: a new answer
 
 
 async def test_concurrent_callers_share_one_relay_request():
