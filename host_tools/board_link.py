@@ -88,7 +88,9 @@ class BoardLink:
                 "(`uplink flash-micropython`)? Is it stuck in a program that ignores Ctrl-C? "
                 "Press its reset button and retry"
             ) from None
-        self.t.exec("import os, hashlib")
+        self.exec("import os, hashlib\ntry:\n from binascii import a2b_base64 as _d\n"
+                  "except ImportError:\n _d=None")
+        self.has_b64 = bool(self.eval("_d is not None"))
 
     # -- primitives -----------------------------------------------------------------------
     def exec(self, code: str) -> bytes:
@@ -137,19 +139,36 @@ class BoardLink:
         """Write to PATH.tmp, then rename over PATH: a power cut leaves the old or the new file.
         (FAT cannot rename over an existing file: there the old one is removed first.)"""
         tmp = path + ".tmp"
-        self.exec(f"f=open({tmp!r},'wb')\nw=f.write\nfrom binascii import a2b_base64 as d")
-        try:
-            for i in range(0, len(data), self.CHUNK):
-                chunk = data[i:i + self.CHUNK]
-                self.exec("w(d('" + base64.b64encode(chunk).decode() + "'))")
-                if progress:
-                    progress(len(chunk))
-        finally:
-            self.exec("f.close()")
+        if not self.has_b64:  # a build without binascii: mpremote's own way
+            self._write_plain(tmp, data, progress)
+        else:
+            self.exec(f"f=open({tmp!r},'wb')\nw=f.write")
+            try:
+                for i in range(0, len(data), self.CHUNK):
+                    chunk = data[i:i + self.CHUNK]
+                    self.exec("w(_d('" + base64.b64encode(chunk).decode() + "'))")
+                    if progress:
+                        progress(len(chunk))
+            finally:
+                self.exec("f.close()")
         self.exec(
             f"try:\n os.rename({tmp!r},{path!r})\nexcept OSError:\n"
             f" os.remove({path!r})\n os.rename({tmp!r},{path!r})\n"
         )
+
+    def _write_plain(self, tmp: str, data: bytes, progress) -> None:
+        done = 0
+
+        def cb(written, _total):
+            nonlocal done
+            if progress:
+                progress(written - done)
+            done = written
+
+        try:
+            self.t.fs_writefile(tmp, data, chunk_size=256, progress_callback=cb)
+        except OSError as e:
+            raise BoardError(f"writing {tmp} on the board failed: {e}") from None
 
     def remove(self, path: str) -> None:
         self.exec(f"try:\n os.remove({path!r})\nexcept OSError:\n pass\n")
