@@ -33,8 +33,9 @@ class Outbox:
     def __init__(self, dir, max_bytes, segment_bytes=None):
         self.dir = dir.rstrip("/") or "."
         self.max_bytes = max_bytes
-        # At least ~8 segments fit, so dropping one loses about an eighth of the queue.
-        self.seg_bytes = segment_bytes or max(256, min(4096, max_bytes // 8))
+        # About 8 segments fit, so dropping one loses an eighth of the queue; small queues
+        # get 4, so that a record of a few hundred bytes still fits in a segment.
+        self.seg_bytes = segment_bytes or max(min(4096, max_bytes // 8), min(1024, max_bytes // 4))
         self.max_record = min(65535, self.seg_bytes - _HDR, max_bytes // 4)
         self._hdr = bytearray(_HDR)
         self._bits = bytearray(PENDING // 8)  # ring: bit id % PENDING = acked, id > head
@@ -66,9 +67,19 @@ class Outbox:
             self._drop_oldest()
         h = self._hdr
         struct.pack_into("<HI", h, 0, n, crc32(data, n) & 0xFFFFFFFF)
-        with open(self._path(self._segs[-1]), "ab") as f:
-            f.write(h)
-            f.write(data)
+        path = self._path(self._segs[-1])
+        try:
+            with open(path, "ab") as f:
+                f.write(h)
+                f.write(data)
+        except BaseException:
+            # Flash full, or the write was cut short: whatever landed must never have
+            # records appended after it.
+            if self._tail_bytes:
+                self._sealed = True
+            else:
+                _remove_quietly(path)
+            raise
         self._tail_bytes += _HDR + n
         self._bytes += _HDR + n
         i = self._next
@@ -99,8 +110,11 @@ class Outbox:
             return
         self._move_head(id + 1)
         self._unsaved += 1
-        if not self._delete_consumed() and self._unsaved >= ACK_PERSIST:
-            self._save()
+        try:
+            if not self._delete_consumed() and self._unsaved >= ACK_PERSIST:
+                self._save()
+        except OSError:
+            pass  # flash full or failing: the head is right in RAM, the next ack tries again
 
     def flush(self):
         """Persist the head now (e.g. before a planned reset)."""
@@ -298,6 +312,13 @@ class Outbox:
             f.write("%d %d\n" % (self.head_id, self.dropped))
         os.rename(tmp, self.dir + "/state")
         self._unsaved = 0
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def _makedirs(path):

@@ -299,3 +299,52 @@ def test_head_jump_leaves_no_stale_acks():
         ob.ack(i)
     assert ob.head_id == twin, (ob.head_id, twin)
     rmtree(d)
+
+
+class _TornFile:
+    # a file whose write stores half the bytes and fails: a full disk, an I/O error
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.f.close()
+
+    def write(self, b):
+        self.f.write(b[: len(b) // 2])
+        raise OSError(28)
+
+
+def _put_torn(ob, data):
+    def torn_open(path, mode="r"):
+        return _TornFile(open(path, mode))
+
+    outbox.open = torn_open
+    try:
+        with raises(OSError):
+            ob.put(data)
+    finally:
+        del outbox.open
+
+
+def test_failed_write_is_never_appended_after():
+    d = tmpdir()
+    ob = Outbox(d, 32768)
+    good = [(ob.put(rec(i)), rec(i)) for i in range(3)]
+    _put_torn(ob, rec(99))
+    good += [(ob.put(rec(i)), rec(i)) for i in range(3, 6)]
+    assert drain(ob) == good
+    assert drain(Outbox(d, 32768)) == good
+    rmtree(d)
+
+
+def test_failed_first_write_of_a_segment():
+    d = tmpdir()
+    ob = Outbox(d, 32768)
+    _put_torn(ob, rec(99))
+    good = [(ob.put(rec(i)), rec(i)) for i in range(3)]
+    assert drain(ob) == good
+    assert drain(Outbox(d, 32768)) == good
+    rmtree(d)

@@ -102,3 +102,34 @@ def test_power_cut_at_every_write_without_drops():
 @heapsize("128k")
 def test_power_cut_while_dropping_oldest():
     sweep(1536, 256, 60, 7, 1)
+
+
+@heapsize("128k")  # one heap size per file: the [py] run only takes the first size's tests
+def test_flash_full_then_space_again():
+    # max_bytes larger than the filesystem: put() fails with ENOSPC. The queue stays
+    # consistent, and works again once acknowledged records free space.
+    dev = RAMBlockDev(512, 24)
+    dev.format()
+    dev.mount(MNT)
+    try:
+        ob = Outbox(DIR, 65536, segment_bytes=1024)
+        stored = []
+        full = 0
+        for i in range(400):
+            try:
+                stored.append((ob.put(rec(i, 90)), rec(i, 90)))
+            except OSError:
+                full += 1
+                if full == 3:
+                    break
+        assert full == 3 and len(stored) > 20
+        assert drain(ob) == stored
+        assert drain(Outbox(DIR, 65536, segment_bytes=1024)) == stored
+        for rid, _ in stored:
+            ob.ack(rid)
+        ob.flush()
+        more = [(ob.put(rec(i, 90)), rec(i, 90)) for i in range(20)]
+        assert drain(ob) == more
+        assert drain(Outbox(DIR, 65536, segment_bytes=1024)) == more
+    finally:
+        dev.unmount(MNT)
