@@ -12,6 +12,8 @@ import socket
 import struct
 import time
 
+from uplink import log
+
 NTP_DELTA = 2208988800  # seconds from 1900 (NTP) to 1970 (unix)
 MIN_YEAR = 2024
 VALID_MS = 1704067200000  # 2024-01-01T00:00:00Z
@@ -135,10 +137,14 @@ class Clock:
         delay = 2
         while True:
             try:
-                await self.sync()
+                ms = await self.sync()
+                if delay != 2 or abs(self.correction_ms) > 1000:
+                    log.info("clock", "%s (corrected by %d s)" % (iso(ms), self.correction_ms // 1000))
                 delay = 2
                 await asyncio.sleep(self.resync_s)
-            except ClockError:
+            except ClockError as e:
+                if delay == 2:  # say it once per outage, not at every retry
+                    log.warn("clock", str(e))
                 await asyncio.sleep_ms(delay * 1000 + random.getrandbits(10))
                 delay = min(delay * 2, BACKOFF_MAX_S, self.resync_s)
 
