@@ -25,7 +25,8 @@ CONNACK = {
 }
 PINGREQ = b"\xc0\x00"
 DISCONNECT = b"\xe0\x00"
-YIELD_EVERY = 64  # packets the reader handles before letting other tasks run
+YIELD_EVERY = 64
+FLUSH_MS = 20  # longest a wait=False publish waits in the gather buffer  # packets the reader handles before letting other tasks run
 
 
 class MQTTError(Exception):
@@ -95,7 +96,7 @@ def publish_packet(topic, payload, qos, retain, pid):
 
 async def read_packet(s, max_packet):
     """(first byte, body) of the next packet; MQTTError when malformed or over max_packet."""
-    h = await s.readexactly(2)
+    h = s.take(2) or await s.readexactly(2)
     n = h[1]
     if n & 0x80:
         n &= 0x7F
@@ -110,7 +111,9 @@ async def read_packet(s, max_packet):
                 raise MQTTError("malformed remaining length from broker")
     if n > max_packet:
         raise MQTTError("packet of %d bytes from broker is over max_packet %d" % (n, max_packet))
-    return h[0], (await s.readexactly(n) if n else b"")
+    if not n:
+        return h[0], b""
+    return h[0], s.take(n) or await s.readexactly(n)
 
 
 class MQTTClient:
@@ -166,6 +169,7 @@ class MQTTClient:
         self._ev = asyncio.Event()  # pulsed when acks arrive or the connection changes
         self._lost = asyncio.Event()
         self._kick = asyncio.Event()  # gathered writes wait for the flusher
+        self._kicked = False
         self._keeper = None
         self._closing = False
         self._hook = False  # inside on_connect, where the window does not apply
@@ -215,24 +219,23 @@ class MQTTClient:
         if not qos:
             s = self._s
             if s is not None:  # QoS 0 is best effort: dropped while disconnected
-                self._send(s, publish_packet(topic, payload, 0, retain, 0), wait)
-                if wait or s.stuck():
-                    await self._drain(s)
+                await self._send(s, publish_packet(topic, payload, 0, retain, 0), wait)
             return 0
         if qos != 1:
             raise ValueError("QoS 2 is not supported")
         inflight = self._inflight
         while len(inflight) >= self._window and not self._hook:
             await self._room()
-        pid = self._new_pid()
+        pid = self._pid % 65535 + 1
+        if pid in inflight or pid in self._pending:
+            pid = self._new_pid()
+        self._pid = pid
         pkt = publish_packet(topic, payload, 1, retain, pid)
         inflight[pid] = pkt
         s = self._s
         if s is not None:
-            self._send(s, pkt, wait)
+            await self._send(s, pkt, wait)
             pkt[0] |= 8  # from now on a resend is a duplicate
-            if wait or s.stuck():
-                await self._drain(s)
         if wait:
             while pid in inflight:
                 await self._ev.wait()
@@ -262,8 +265,7 @@ class MQTTClient:
         if s is not None:
             pid = self._new_pid()
             self._pending[pid] = None
-            self._send(s, _packet(0xA2, bytes((pid >> 8, pid & 255)) + _field(topic)), True)
-            await self._drain(s)
+            await self._send(s, _packet(0xA2, bytes((pid >> 8, pid & 255)) + _field(topic)), True)
             await self._answer(s, pid)
 
     # -- connecting --------------------------------------------------------------------
@@ -286,6 +288,7 @@ class MQTTClient:
         self._s = s
         self._rx = self._tx = ticks_ms()
         self._kick.clear()
+        self._kicked = False
         self._tasks = [asyncio.create_task(self._reader(s)), asyncio.create_task(self._flusher(s))]
         if self._ka:
             self._tasks.append(asyncio.create_task(self._pinger(s)))
@@ -351,8 +354,7 @@ class MQTTClient:
     async def _sub(self, s, topic, qos):
         pid = self._new_pid()
         self._pending[pid] = None
-        self._send(s, _packet(0x82, bytes((pid >> 8, pid & 255)) + _field(topic) + bytes((qos,))), True)
-        await self._drain(s)
+        await self._send(s, _packet(0x82, bytes((pid >> 8, pid & 255)) + _field(topic) + bytes((qos,))), True)
         if await self._answer(s, pid) == 0x80:
             self._subs.pop(topic, None)
             raise MQTTError("broker refused the subscription to " + topic)
@@ -410,20 +412,45 @@ class MQTTClient:
 
     # -- the connection's tasks ----------------------------------------------------------
     async def _reader(self, s):
+        # PUBACKs are the bulk of the traffic: they are handled here without a call, and the
+        # waiting publishers are woken once per burst (when the buffer runs dry), not per ack
+        inflight = self._inflight
         n = 0
+        acked = False
         try:
             while True:
-                first, body = await read_packet(s, self._max)
+                h = s.take(4)
+                if h is not None and h[0] == 0x40 and h[1] == 2:
+                    if inflight.pop(h[2] << 8 | h[3], None) is not None:
+                        acked = True
+                        if self.on_ack is not None:
+                            self._ack(h[2] << 8 | h[3])
+                else:
+                    if h is not None:
+                        s.unread(4)
+                    if acked:  # the burst of acks is over: wake the publishers once
+                        acked = False
+                        self._pulse()
+                    first, body = await read_packet(s, self._max)
+                    self._handle(s, first, body)
                 self._rx = ticks_ms()
-                self._handle(s, first, body)
                 n += 1
                 if n >= YIELD_EVERY:  # a flood must not starve the app
                     n = 0
+                    if acked:
+                        acked = False
+                        self._pulse()
                     await asyncio.sleep_ms(0)
         except asyncio.CancelledError:
             raise
         except Exception as e:
             self._down(s, e)
+
+    def _ack(self, pid):
+        try:
+            self.on_ack(pid)
+        except Exception as e:
+            self._status("error", e)
 
     def _handle(self, s, first, body):
         if first == 0x40:  # PUBACK
@@ -433,10 +460,7 @@ class MQTTClient:
             if self._inflight.pop(pid, None) is not None:
                 self._pulse()
                 if self.on_ack is not None:
-                    try:
-                        self.on_ack(pid)
-                    except Exception as e:
-                        self._status("error", e)
+                    self._ack(pid)
         elif first >> 4 == 3:
             self._incoming(s, first, body)
         elif first == 0x90 or first == 0xB0:  # SUBACK, UNSUBACK
@@ -486,37 +510,47 @@ class MQTTClient:
                 self._down(s, OSError("no answer from broker within keepalive"))
                 return
             if ticks_diff(now, self._rx) >= ka // 2 or ticks_diff(now, self._tx) >= ka // 2:
-                self._send(s, PINGREQ, True)
-                await self._drain(s)
+                await self._send(s, PINGREQ, True)
 
     async def _flusher(self, s):
-        # sends what wait=False publishes gathered, once the publisher gives up the CPU
+        # Sends what wait=False publishes gathered. It waits FLUSH_MS first: a publisher in a
+        # burst drains by itself when the window fills, so this task wakes a few times a
+        # second instead of once per batch (each task switch costs a poll), while a lone
+        # publish still leaves within FLUSH_MS.
         while self._s is s:
             await self._kick.wait()
+            await asyncio.sleep_ms(FLUSH_MS)
+            self._kicked = False
             self._kick.clear()
             await self._drain(s)
 
     # -- helpers -----------------------------------------------------------------------
-    def _send(self, s, pkt, now):
+    async def _send(self, s, pkt, now):
+        # now: drain at once; else leave it gathered for the flusher (or a full window)
         try:
-            s.write(pkt)
+            if s.write(pkt) or now:
+                await s.drain()
+                self._tx = ticks_ms()
+            elif not self._kicked:
+                self._kicked = True
+                self._kick.set()
         except (OSError, EOFError) as e:
             self._down(s, e)
-            return
-        self._tx = ticks_ms()
-        if not now:
-            self._kick.set()
 
     async def _drain(self, s):
         try:
             await s.drain()
+            self._tx = ticks_ms()
         except (OSError, EOFError) as e:
             self._down(s, e)
 
     async def _room(self):
+        # the window is full: send what is gathered and wait for acks. Waking at the first
+        # free slot (not at half a window) keeps packets flowing, and with them our TCP ACKs:
+        # a broker that leaves Nagle on holds its next PUBACKs until it sees one (40 ms).
         s = self._s
         if s is not None:
-            await self._drain(s)  # the acks we wait for need the packets out first
+            await self._drain(s)
         await self._ev.wait()
 
     def _pulse(self):

@@ -87,20 +87,30 @@ class Stream:
         self._ob = bytearray(WBUF)
         self._om = memoryview(self._ob)
         self._w = 0  # gathered bytes are _ob[:_w]
+        self._stuck = False  # asyncio holds bytes the socket would not take yet
 
     # -- reading -----------------------------------------------------------------------
-    async def readexactly(self, n):
+    def take(self, n):
+        """n bytes if already buffered, else None: the reader's fast path (no syscall, no yield)."""
         r0 = self._r0
-        if self._r1 - r0 >= n:  # the common case: already buffered, no syscall, no yield
-            self._r0 = r0 + n
-            return bytes(self._im[r0 : r0 + n])
+        if self._r1 - r0 < n:
+            return None
+        self._r0 = r0 + n
+        return bytes(self._im[r0 : r0 + n])
+
+    def unread(self, n):
+        """Give back the last n bytes take() returned."""
+        self._r0 -= n
+
+    async def readexactly(self, n):
+        b = self.take(n)
+        if b is not None:
+            return b
         if n > RBUF:
             return await self._read_big(n)
         while self._r1 - self._r0 < n:
             await self._fill()
-        r0 = self._r0
-        self._r0 = r0 + n
-        return bytes(self._im[r0 : r0 + n])
+        return self.take(n)
 
     def buffered(self):
         return self._r1 - self._r0
@@ -116,22 +126,30 @@ class Stream:
             await self._fill()
 
     async def _fill(self):
-        # move what is left to the front, then read as much as fits
+        # move what is left to the front, then read as much as the socket has: over TLS each
+        # read returns one record (often one 4-byte PUBACK), so keep reading while it gives
         r0, r1 = self._r0, self._r1
         if r0:
             if r1 > r0:
                 self._ib[: r1 - r0] = bytes(self._im[r0:r1])
-            self._r0, self._r1 = 0, r1 - r0
-        m = self._im[self._r1 :]
+            self._r0, r1 = 0, r1 - r0
+            self._r1 = r1
+        im, s = self._im, self._s
         try:
-            n = self._s.readinto(m)
+            n = s.readinto(im[r1:])
             while n is None:  # nothing yet (or half a TLS record): wait until readable
-                n = await self._a.readinto(m)
+                n = await self._a.readinto(im[r1:])
+            if not n:
+                raise EOFError("connection closed by peer")
+            r1 += n
+            while r1 < RBUF:
+                n = s.readinto(im[r1:])
+                if not n:  # None: drained for now; 0: EOF, seen by the next fill
+                    break
+                r1 += n
         except ValueError as e:
             raise _tls_error(e)
-        if not n:
-            raise EOFError("connection closed by peer")
-        self._r1 += n
+        self._r1 = r1
 
     async def _read_big(self, n):
         out = bytearray(n)
@@ -155,42 +173,45 @@ class Stream:
 
     # -- writing -----------------------------------------------------------------------
     def write(self, buf):
-        """Queue buf whole; it reaches the socket at the next drain() (or when the buffer fills)."""
+        """Queue buf whole; it reaches the socket at the next drain() (or when the buffer fills).
+        Returns True when the socket is refusing bytes: the caller should drain() now."""
         n = len(buf)
         w = self._w
         if w + n > WBUF:
             self.push()
             w = 0
             if n > WBUF:  # too big to gather: hand it over in one piece
-                self._write(buf)
-                return
+                return self._write(buf)
         self._om[w : w + n] = buf
         self._w = w + n
+        return self._stuck
 
     def _write(self, buf):
         try:
             self._aw.write(buf)  # tries the socket now, keeps (copies) what it would not take
         except ValueError as e:
             raise _tls_error(e)
+        self._stuck = s = bool(getattr(self._aw, "out_buf"))
+        return s
 
     def push(self):
-        # give the gathered bytes to the socket without waiting
+        """Give the gathered bytes to the socket without waiting."""
         if self._w:
             self._write(self._om[: self._w])
             self._w = 0
 
     def stuck(self):
-        """True when the socket refused bytes: the writer should drain before adding more."""
-        return bool(getattr(self._aw, "out_buf"))
+        return self._stuck
 
     async def drain(self):
         self.push()
-        if getattr(self._aw, "out_buf"):  # the socket is full: wait until it takes the rest
+        if self._stuck:  # the socket is full: wait until it takes the rest
             async with self._lock:
                 try:
                     await self._aw.drain()
                 except ValueError as e:
                     raise _tls_error(e)
+            self._stuck = False
 
     def close(self):
         try:
@@ -203,6 +224,12 @@ async def open_tcp(host, port, *, ssl_ctx=None, server_hostname=None, timeout_ms
     """Connect to host:port, TLS-wrapped when ssl_ctx is given (SNI and name check = host)."""
     ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
     s = socket.socket(ai[0], ai[1], ai[2])
+    try:
+        # we gather whole packets and send each batch at once, so Nagle's wait for an ACK
+        # (which the peer delays up to 40 ms) only ever adds latency
+        s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY (same numbers in lwIP and Linux)
+    except OSError:
+        pass
     s.setblocking(False)
     try:
         s.connect(ai[-1])

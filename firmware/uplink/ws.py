@@ -97,6 +97,18 @@ class WSStream:
         self._more = False  # a fragmented message is in progress (continuations expected)
         self._closed = False
 
+    def take(self, n):
+        if self._left >= n:
+            b = self._raw.take(n)
+            if b is not None:
+                self._left -= n
+            return b
+        return None
+
+    def unread(self, n):
+        self._left += n
+        self._raw.unread(n)
+
     async def readexactly(self, n):
         if self._left >= n:  # the common case: the whole read lies inside this frame
             self._left -= n
@@ -161,7 +173,7 @@ class WSStream:
                 pass
 
     def write(self, buf):
-        self._raw.write(frame(buf))
+        return self._raw.write(frame(buf))
 
     async def drain(self):
         await self._raw.drain()

@@ -29,6 +29,15 @@ class Mem:
     def buffered(self):
         return len(self.data) - self.pos
 
+    def take(self, n):
+        if self.pos + n > len(self.data):
+            return None
+        self.pos += n
+        return self.data[self.pos - n : self.pos]
+
+    def unread(self, n):
+        self.pos -= n
+
     def write(self, buf):
         self.out.append(bytes(buf))
 
