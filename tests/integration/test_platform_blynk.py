@@ -153,7 +153,7 @@ def test_redirect_to_a_websocket_url(env, broker):
         end = time.monotonic() + 30
         while not got and time.monotonic() < end:
             time.sleep(0.1)
-        assert got, board.console()
+        assert got, (first.connects, first.published[:5], board.console())
         assert first.violations == []
     finally:
         sub.loop_stop()
