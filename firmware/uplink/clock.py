@@ -69,6 +69,8 @@ def check(resp, nonce):
         raise ValueError("kiss-o'-death %s" % (code.decode() if code.isalpha() else "code"))
     if leap == 3 or stratum > 15:
         raise ValueError("server not synchronised")
+    if not any(resp[40:48]):
+        raise ValueError("no transmit time")
     t2, t3 = _ntp_ms(resp, 32), _ntp_ms(resp, 40)
     if t3 < VALID_MS:
         raise ValueError("implausible year %d" % time.gmtime(t3 // 1000 - _EPOCH)[0])

@@ -146,6 +146,7 @@ def test_check_packet():
         (_packet(3976257600, n, leap=3), "not synchronised"),
         (_packet(3976257600, b"87654321"), "another request"),
         (_packet(3000000000, n), "implausible year 1995"),
+        (_packet(0, n)[:40] + bytes(8), "no transmit time"),
     ):
         with raises(ValueError, why):
             clock.check(pkt, n)
