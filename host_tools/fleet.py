@@ -85,7 +85,8 @@ def _check_ref(v):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=False)
+    # strict: "30" is not 30 and "yes" is not true; TOML has types, a wrong one is a mistake
+    model_config = ConfigDict(extra="forbid", validate_default=False, strict=True)
 
     @classmethod
     def secret_fields(cls) -> set[str]:
@@ -512,6 +513,10 @@ def parse_fleet(text: str, path: Path) -> Fleet:
             continue
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name):
             problems.append(f"{label}: device '{name}': device names use letters, digits, '_', '-', '.'")
+            continue
+        if "name" in entry:
+            problems.append(f"{label}: device '{name}': name: unknown key (the device's name is "
+                            f"the table's: [devices.{name}])")
             continue
         merged = merge(defaults, entry)
         raws[name] = merged

@@ -145,3 +145,14 @@ def test_cli_validate_exit_codes_and_json(tmp_path):
     r = env.run("validate")  # the secrets are not set
     assert r.code == 4
     assert "secret 'gh1_token' is not set" in r.stderr
+
+
+def test_types_are_strict(tmp_path):
+    msgs = problems(tmp_path, GOOD + '\n[devices.bz.telemetry]\ninterval_s = "30"\nhealth = "yes"\n')
+    assert any("telemetry.interval_s: " in m for m in msgs), msgs
+    assert any("telemetry.health: " in m and "boolean" in m for m in msgs), msgs
+
+
+def test_name_key_is_refused(tmp_path):
+    msgs = problems(tmp_path, GOOD + '\n[devices.x]\nname = "y"\nplatform = { kind = "blynk", token = "secret:t" }\n')
+    assert any("device 'x': name: unknown key" in m for m in msgs), msgs
