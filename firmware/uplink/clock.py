@@ -78,6 +78,8 @@ def check(resp, nonce):
 
 
 class Clock:
+    RETRY_MS = 2000  # first retry after a failed sync; doubles up to BACKOFF_MAX_S
+
     def __init__(self, board, servers, timeout_ms=2000, resync_s=3600):
         self.board = board
         self.servers = servers
@@ -136,19 +138,23 @@ class Clock:
 
     async def run(self):
         """Sync, then again every resync_s; while it fails, retry sooner with backoff."""
-        delay = 2
+        failing = False
+        delay = self.RETRY_MS
         while True:
             try:
                 ms = await self.sync()
-                if delay != 2 or abs(self.correction_ms) > 1000:
+                if failing or abs(self.correction_ms) > 1000:
                     log.info("clock", "%s (corrected by %d s)" % (iso(ms), self.correction_ms // 1000))
-                delay = 2
+                failing = False
+                delay = self.RETRY_MS
                 await asyncio.sleep(self.resync_s)
             except ClockError as e:
-                if delay == 2:  # say it once per outage, not at every retry
+                if not failing:  # say it once per outage, not at every retry
                     log.warn("clock", str(e))
-                await asyncio.sleep_ms(delay * 1000 + random.getrandbits(10))
-                delay = min(delay * 2, BACKOFF_MAX_S, self.resync_s)
+                failing = True
+                # jitter: boards rebooted by one power cut do not all ask at once
+                await asyncio.sleep_ms(delay + random.getrandbits(16) % (delay // 2 + 1))
+                delay = min(delay * 2, BACKOFF_MAX_S * 1000, self.resync_s * 1000)
 
     async def _query(self, server):
         host, port = _split(server)
