@@ -102,6 +102,20 @@ def test_deploy_copies_only_what_changed_and_boots(tmp_path, broker, vboard, rec
     env.write_fleet(fleet(broker))
     assert env.run("-q", "deploy", "bench", "--port", vboard.port).code == 0
 
+    # a module that leaves the firmware leaves the board; the board's own files stay
+    (vboard.root / "notes.txt").write_text("mine")
+    (fw / "uplink" / "extra.py").write_text("X = 1\n")
+    r = env.run("deploy", "bench", "--port", vboard.port, "--json", "--no-reset")
+    assert [c["path"] for c in json.loads(r.stdout)["copy"]] == ["uplink/extra.mpy"]
+    assert (vboard.root / "uplink" / "extra.mpy").exists()
+    (fw / "uplink" / "extra.py").unlink()
+    r = env.run("deploy", "bench", "--port", vboard.port, "--dry-run")
+    assert "would remove  uplink/extra.mpy" in r.stdout
+    r = env.run("deploy", "bench", "--port", vboard.port, "--json", "--no-reset")
+    assert json.loads(r.stdout)["remove"] == ["uplink/extra.mpy"]
+    assert not (vboard.root / "uplink" / "extra.mpy").exists()
+    assert (vboard.root / "notes.txt").read_text() == "mine"
+
     # the bundle boots on the host board and publishes to the broker
     missing = [m for m in ("wifi.py", "clock.py", "mqtt.py", "app.py")
                if not (fw / "uplink" / m).exists()]
