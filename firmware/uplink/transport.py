@@ -112,19 +112,6 @@ class Stream:
             await self._fill()
         return self.take(n)
 
-    def buffered(self):
-        return self._r1 - self._r0
-
-    async def readline(self):
-        """One line ending in \\n (for the WebSocket handshake); a longer one than RBUF fails."""
-        while True:
-            i = self._ib.find(b"\n", self._r0, self._r1)
-            if i >= 0:
-                return await self.readexactly(i + 1 - self._r0)
-            if self._r1 - self._r0 >= RBUF:
-                raise OSError("line longer than %d bytes" % RBUF)
-            await self._fill()
-
     async def _fill(self):
         # move what is left to the front, then read as much as the socket has: over TLS each
         # read returns one record (often one 4-byte PUBACK), so keep reading while it gives
@@ -199,9 +186,6 @@ class Stream:
         if self._w:
             self._write(self._om[: self._w])
             self._w = 0
-
-    def stuck(self):
-        return self._stuck
 
     async def drain(self):
         self.push()

@@ -8,7 +8,8 @@ import os
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CHUNK = 512  # mask this many bytes per big-integer XOR
-MAX_HEADERS = 32  # lines in the handshake response before we call it hostile
+MAX_HEADERS = 32
+MAX_LINE = 512  # lines in the handshake response before we call it hostile
 
 
 class WSError(OSError):
@@ -54,6 +55,18 @@ def frame(payload, opcode=2):
     return out
 
 
+async def _line(raw):
+    # one header line, byte by byte: the bytes are buffered already, and a hostile server
+    # cannot make us hold more than MAX_LINE of them
+    line = bytearray()
+    while len(line) < MAX_LINE:
+        c = await raw.readexactly(1)
+        if c == b"\n":
+            return bytes(line).strip()
+        line += c
+    raise WSError("WebSocket upgrade: header line too long")
+
+
 async def handshake(raw, host, port, path):
     """Upgrade a connected Stream to a WSStream, or raise WSError saying what the server did."""
     key = binascii.b2a_base64(os.urandom(16))[:-1]
@@ -64,13 +77,13 @@ async def handshake(raw, host, port, path):
     )
     raw.write(req.encode())
     await raw.drain()
-    status = (await raw.readline()).strip()
+    status = await _line(raw)
     parts = status.split(None, 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or parts[1] != b"101":
         raise WSError("WebSocket upgrade refused: %r" % status[:80])
     seen = {}
     for _ in range(MAX_HEADERS):
-        line = (await raw.readline()).strip()
+        line = await _line(raw)
         if not line:
             break
         name, _, value = line.partition(b":")
@@ -181,11 +194,6 @@ class WSStream:
     def push(self):
         self._raw.push()
 
-    def stuck(self):
-        return self._raw.stuck()
-
-    def buffered(self):
-        return min(self._left, self._raw.buffered())
 
     def close(self):
         self._send_close()

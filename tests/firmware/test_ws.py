@@ -20,15 +20,6 @@ class Mem:
         self.pos += n
         return self.data[self.pos - n : self.pos]
 
-    async def readline(self):
-        i = self.data.find(b"\n", self.pos)
-        if i < 0:
-            raise EOFError("end of test data")
-        return await self.readexactly(i + 1 - self.pos)
-
-    def buffered(self):
-        return len(self.data) - self.pos
-
     def take(self, n):
         if self.pos + n > len(self.data):
             return None
@@ -43,9 +34,6 @@ class Mem:
 
     def push(self):
         pass
-
-    def stuck(self):
-        return False
 
     async def drain(self):
         pass
