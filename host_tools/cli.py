@@ -508,14 +508,18 @@ def logs(
 # -- sim / run --------------------------------------------------------------------------------------
 def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | None) -> int:
     from host_tools import hostboard
-    from host_tools.provision import provision
+    from host_tools.provision import provision, write_file
 
     fleet = S.fleet()
     fleet.device(device)
     bundle = provision(fleet, device, S.store, S.build_root)
     state = S.build_root / "sim" / device
     hostboard.prepare_state_dir(bundle.dir, state)
-    os.chmod(state / "config.json", 0o600)
+    cfg = json.loads((state / "config.json").read_text())
+    if cfg["device"]["board"] != "host":  # the firmware would reach for an ESP32's Wi-Fi
+        UI.info(f"{device}: the host board stands in for its {cfg['device']['board']}")
+        cfg["device"]["board"] = "host"
+    write_file(state / "config.json", (json.dumps(cfg, indent=2) + "\n").encode(), 0o600)
     UI.info(f"{device} on the host board (state in {state}); Ctrl-C to stop")
     end = None if seconds is None else time.monotonic() + seconds
     import selectors

@@ -91,8 +91,10 @@ def test_devices_lists_ports(monkeypatch, tmp_path):
     assert "303a:1001" in r.stdout and "F4:12:FA:00:11:22" in r.stdout
 
 
-def host_fleet(broker) -> str:
+def host_fleet(broker, board="host") -> str:
     return f"""
+[devices.bench]
+board = "{board}"
 [devices.bench.platform]
 kind = "thingsboard"
 url = "{broker.url('mqtt')}"
@@ -118,8 +120,9 @@ def subscribe(broker, topic):
     return got, c
 
 
-def test_sim_publishes_to_the_configured_broker(tmp_path, broker):
-    env = Env(tmp_path, host_fleet(broker))
+@pytest.mark.parametrize("board", ["host", "esp32-devkitc"])
+def test_sim_publishes_to_the_configured_broker(tmp_path, broker, board):
+    env = Env(tmp_path, host_fleet(broker, board))
     env.env["UPLINK_SECRET_TOK"] = "sim-token"
     got, c = subscribe(broker, "v1/devices/me/telemetry")
     try:
@@ -129,6 +132,8 @@ def test_sim_publishes_to_the_configured_broker(tmp_path, broker):
     assert r.code == 0, r.output
     assert got, r.output
     assert not (env.build / "sim" / "bench" / "boots.json").exists()
+    # the bundle itself still says what the real board is
+    assert json.loads((env.build / "devices" / "bench" / "config.json").read_text())["device"]["board"] == board
 
 
 @pytest.mark.timeout(120)
