@@ -57,15 +57,16 @@ class Ledger:
 
     @classmethod
     def of(cls, received: list[tuple[int, int]], waiting: list[tuple[int, int]] = (), *,
-           dropped: set | None = None) -> "Ledger":
+           dropped: set | None = None, sent: set | None = None) -> "Ledger":
         """received: keys in arrival order (duplicates included); waiting: keys in the outbox.
-        dropped: keys the scenario expects to be gone (outbox full): neither sent nor lost."""
+        dropped: keys the scenario expects to be gone (outbox full): neither sent nor lost.
+        sent: when the scenario knows exactly what the device accepted, those keys."""
         got = set(received)
         wait = set(waiting) - got
         top: dict[int, int] = {}
         for b, n in got | wait:
             top[b] = max(top.get(b, 0), n)
-        allk = {(b, n) for b, m in top.items() for n in range(1, m + 1)}
+        allk = {(b, n) for b, m in top.items() for n in range(1, m + 1)} if sent is None else set(sent)
         dropped = (dropped or set()) - got - wait
         missing = sorted(allk - got - wait - dropped)
         first = list(dict.fromkeys(received))
@@ -92,6 +93,8 @@ class Observer:
     def __init__(self, port: int, topics: list[str], client_id: str = "observer"):
         self.msgs: list[tuple[str, bytes]] = []
         self.lock = threading.Lock()
+        self._readings: list = []
+        self._parsed = 0
         self.subscribed = 0  # SUBACKs received: one per (re)connection
         self.topics = topics
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
@@ -116,15 +119,15 @@ class Observer:
     def readings(self) -> list[dict]:
         """The values dicts of every telemetry reading received, in arrival order."""
         with self.lock:
-            msgs = list(self.msgs)
-        out = []
-        for topic, payload in msgs:
+            new = self.msgs[self._parsed:]
+            self._parsed = len(self.msgs)
+        for topic, payload in new:  # parsed once: tests poll this often
             if topic.endswith("telemetry"):
                 data = json.loads(payload)
                 for r in data if isinstance(data, list) else [data]:
                     # ThingsBoard: {"ts", "values"} when the device knows the time, else the values
-                    out.append(r.get("values", r) if isinstance(r, dict) else r)
-        return out
+                    self._readings.append(r.get("values", r) if isinstance(r, dict) else r)
+        return self._readings
 
     def keys(self) -> list[tuple[int, int]]:
         return [key(v) for v in self.readings() if isinstance(v, dict) and "seq" in v]
