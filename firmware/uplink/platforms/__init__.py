@@ -92,22 +92,6 @@ def command(method, params, reply_to=None, device=None):
     return Command(name, params, reply_to, device)
 
 
-def ctx_ip(ctx):
-    """The board's IP address from the app context (ctx.ip, or ctx.wifi.ip), or None."""
-    ip = getattr(ctx, "ip", None)
-    if ip is None:
-        ip = getattr(getattr(ctx, "wifi", None), "ip", None)
-    if callable(ip):
-        ip = ip()
-    return ip
-
-
-async def maybe_await(r):
-    if r is not None and hasattr(r, "send"):
-        return await r
-    return r
-
-
 def dumps(obj):
     return json.dumps(obj, separators=SEP)
 

@@ -4,7 +4,7 @@
 import asyncio
 
 from uplink.config import ConfigError
-from uplink.platforms import dumps, loads_obj, maybe_await
+from uplink.platforms import dumps, loads_obj
 
 REQUEST = "/provision/request"
 RESPONSE = "/provision/response"
@@ -91,3 +91,9 @@ def parse_response(payload):
         raise ProvisionError("provisioning refused: NOT_FOUND (no device profile has this "
                              "provision_key/provision_secret)")
     raise ProvisionError("provisioning refused: %s %s" % (status, ans.get("errorMsg", "")))
+
+
+async def maybe_await(r):
+    if r is not None and hasattr(r, "send"):
+        return await r
+    return r

@@ -7,7 +7,6 @@ from uplink.platforms import (
     client_id,
     command,
     credential_source,
-    ctx_ip,
     dumps,
     loads_obj,
     platform_url,
@@ -247,3 +246,13 @@ def _id(topic, prefix):
     except ValueError:
         raise ValueError("%s: request id %r is not a number" % (topic, rid))
     return v
+
+
+def ctx_ip(ctx):
+    """The board's IP address from the app context (ctx.ip, or ctx.wifi.ip), or None."""
+    ip = getattr(ctx, "ip", None)
+    if ip is None:
+        ip = getattr(getattr(ctx, "wifi", None), "ip", None)
+    if callable(ip):
+        ip = ip()
+    return ip
