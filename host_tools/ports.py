@@ -47,8 +47,14 @@ def follow(port: str, write: Callable[[str], None], *, baud: int = 115200,
 
     from host_tools.board_link import explain_open_error
 
+    s = serial.Serial()
+    s.port, s.baudrate, s.timeout, s.exclusive = port, baud, 0.2, True
+    # DTR/RTS released: on ESP32 boards they drive EN and GPIO0 (auto-reset into the
+    # bootloader); asserted, opening the console would hold the chip in reset
+    s.dtr = False
+    s.rts = False
     try:
-        s = serial.Serial(port, baud, timeout=0.2, exclusive=True)
+        s.open()
     except (serial.SerialException, OSError) as e:
         raise explain_open_error(port, e) from None
     end = None if seconds is None else time.monotonic() + seconds

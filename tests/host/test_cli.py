@@ -151,3 +151,23 @@ def test_run_validates_provisions_builds_deploys_and_follows_logs(tmp_path, brok
     assert "valid" in r.stderr and "copied" in r.stderr and "console of" in r.stderr
     assert (vb.root / "config.json").exists() and (vb.root / "uplink" / "app.mpy").exists()
     assert vb.events()[-1] == "reset"
+
+
+def test_logs_prints_the_console(tmp_path):
+    import os
+    import pty
+    import tty
+
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    port = os.ttyname(slave)
+    t = threading.Timer(0.5, lambda: os.write(master, b"     5 I boot: uplink 0.1.0 on esp32\r\n"))
+    t.start()
+    try:
+        r = Env(tmp_path).run("logs", "--port", port, "--seconds", "1.5")
+    finally:
+        t.join()
+        os.close(master)
+        os.close(slave)
+    assert r.code == 0, r.output
+    assert "I boot: uplink 0.1.0 on esp32\n" in r.stdout
