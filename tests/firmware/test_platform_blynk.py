@@ -49,6 +49,12 @@ async def test_subscribe_downlink_and_info_mcu_after_connect():
     assert info["ver"] == "1.2.3" and info["rxbuff"] == 1024 and "build" in info
 
 
+async def test_sync_asks_for_current_datastream_values():
+    c = Client()
+    await bl(sync=["Setpoint", "Mode"]).on_connect(c)
+    assert [(t, p) for t, p, _ in c.published] == [("info/mcu", c.published[0][1]), ("get/ds", b"Setpoint,Mode")]
+
+
 def test_single_value_goes_to_ds_as_plain_text():
     a = bl()
     assert a.encode([reading({"Temperature": 21.3})]) == [("ds/Temperature", b"21.3", 1)]

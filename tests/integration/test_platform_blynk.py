@@ -111,6 +111,18 @@ def test_a_reading_over_1024_bytes_is_split_never_sent_oversize(env):
     assert proxy.violations == []
 
 
+def test_sync_gets_current_values_after_connect(env):
+    proxy = env.proxy(Blynk({TOKEN}, template_id=TMPL))
+    cloud = env.cloud()
+    cloud.on(lambda t, p: t == "get/ds" and cloud.send("downlink/ds/Setpoint", "19", wait=False))
+    board = env.board(cfg(proxy.url(), sync=["Setpoint"]))
+    assert cloud.wait(lambda t, _: t == "get/ds", console=board.console)[0][1] == b"Setpoint"
+    board.wait_for_line("HANDLED write")
+    params = json.loads(handled(board, "write")[0].split(" ", 2)[2].rsplit(" ", 1)[0])
+    assert params == {"name": "Setpoint", "value": 19, "raw": "19"}
+    assert proxy.violations == []
+
+
 def test_reboot_command_resets_the_board(env):
     proxy = env.proxy(Blynk({TOKEN}, template_id=TMPL))
     cloud = env.cloud()

@@ -103,6 +103,9 @@ def test_telemetry_attributes_rpc_and_shared_attributes(env):
     # a shared attribute change reaches the handler
     cloud.send("v1/devices/me/attributes", {"mode": "eco"})
     board.wait_for_line('HANDLED attributes {"mode": "eco"}')
+    # the getTime answer comes back as a set_time command with the cloud's clock
+    line = board.wait_for_line("HANDLED set_time")
+    assert abs(json.loads(line.split(" ", 2)[2].rsplit(" ", 1)[0])["ms"] - time.time() * 1000) < 60_000
     assert proxy.violations == []
     assert TOKEN not in board.console()
 

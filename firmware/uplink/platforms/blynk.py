@@ -25,6 +25,7 @@ SCHEMA = {
     "template_name": (str, None),
     "gateway_tokens": (dict, None),
     "timestamped": (bool, True),
+    "sync": ([str], []),
 }
 
 
@@ -79,6 +80,9 @@ class Adapter(Base):
         payload = dumps(info).encode()
         for pre in self._prefixes():
             await client.publish(pre + "info/mcu", payload, 0)
+        sync = p.get("sync")
+        if sync:  # the current values come back as downlink/ds/<name> writes
+            await client.publish("get/ds", ",".join(sync).encode(), 0)
 
     # -- telemetry -------------------------------------------------------------------------
     def _prefix(self, r):
