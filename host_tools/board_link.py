@@ -180,6 +180,13 @@ class BoardLink:
         except self._TransportError:
             pass  # the board went away mid-answer: that is what a reset looks like
 
+    def leave(self) -> None:
+        """Back to the friendly REPL (Ctrl-B), without resetting."""
+        try:
+            self.t.exit_raw_repl()
+        except (self._TransportError, OSError):
+            pass
+
     def close(self) -> None:
         try:
             self.t.close()

@@ -156,6 +156,23 @@ def validate(
         if as_json:
             UI.data({"ok": False, "problems": e.problems})
         raise
+    from host_tools.provision import ProvisionError, ca_to_der
+
+    bad_files = []
+    for name, dev in fleet.devices.items():
+        if dev.platform.ca:
+            path = fleet.resolve_path(dev.platform.ca)
+            try:
+                ca_to_der(path.read_bytes(), str(path))
+            except OSError as e:
+                bad_files.append(f"{fleet.path.name}: device '{name}': platform.ca: cannot read "
+                                 f"{path} ({e.strerror})")
+            except ProvisionError as e:
+                bad_files.append(f"{fleet.path.name}: device '{name}': platform.ca: {e}")
+    if bad_files:
+        if as_json:
+            UI.data({"ok": False, "problems": bad_files})
+        raise FleetError(bad_files)
     missing: list[dict] = []
     if not no_secrets:
         store = S.store
@@ -404,7 +421,7 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
                     UI.text(f"would remove  {path}\n")
                 UI.info(f"{len(plan.copy)} to copy ({plan.copy_bytes} bytes), {len(plan.remove)} "
                         f"to remove, {len(plan.same)} unchanged")
-            link.t.exit_raw_repl()
+            link.leave()
             return plan
         with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                       console=UI.err, disable=UI.level < 0 or as_json, transient=True) as prog:
@@ -417,7 +434,7 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
         if reset:
             link.reset()
         else:
-            link.t.exit_raw_repl()
+            link.leave()
     finally:
         link.close()
     if as_json:

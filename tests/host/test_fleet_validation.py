@@ -156,3 +156,14 @@ def test_types_are_strict(tmp_path):
 def test_name_key_is_refused(tmp_path):
     msgs = problems(tmp_path, GOOD + '\n[devices.x]\nname = "y"\nplatform = { kind = "blynk", token = "secret:t" }\n')
     assert any("device 'x': name: unknown key" in m for m in msgs), msgs
+
+
+def test_validate_checks_ca_files(tmp_path):
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    env = Env(tmp_path, '[devices.d.platform]\nkind = "blynk"\ntoken = "secret:t"\nca = "bad.pem"\n')
+    r = env.run("validate", "--no-secrets")
+    assert r.code == 3 and "device 'd': platform.ca: " in r.stderr and "not a PEM or DER certificate" in r.stderr
+    env.write_fleet('[devices.d.platform]\nkind = "blynk"\ntoken = "secret:t"\nca = "gone.pem"\n')
+    r = env.run("validate", "--no-secrets")
+    assert r.code == 3 and "cannot read" in r.stderr and "gone.pem" in r.stderr
