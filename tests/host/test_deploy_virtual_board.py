@@ -206,3 +206,19 @@ def test_virtual_board_hashes_match_mpremote(vboard, tmp_path):
     finally:
         link.close()
     assert (vboard.root / "sub.txt").read_bytes() == bytes(range(256)) * 3
+
+
+def test_mpremote_cli_itself_works_on_the_virtual_board(vboard, tmp_path):
+    """The virtual board speaks mpremote's protocol, not just what our adapter uses."""
+    import sys
+
+    src = tmp_path / "hello.py"
+    src.write_text("print('hi')\n")
+    mp = [sys.executable, "-m", "mpremote", "connect", vboard.port]
+    r = subprocess.run([*mp, "fs", "cp", str(src), ":hello.py", "+", "fs", "cp", str(src), ":hello.py",
+                        "+", "exec", "print(6*7)", "+", "fs", "ls"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "Up to date: hello.py" in r.stdout  # mpremote's own hash skip
+    assert "42" in r.stdout and "hello.py" in r.stdout
+    assert (vboard.root / "hello.py").read_text() == "print('hi')\n"
