@@ -167,3 +167,14 @@ def test_validate_checks_ca_files(tmp_path):
     env.write_fleet('[devices.d.platform]\nkind = "blynk"\ntoken = "secret:t"\nca = "gone.pem"\n')
     r = env.run("validate", "--no-secrets")
     assert r.code == 3 and "cannot read" in r.stderr and "gone.pem" in r.stderr
+
+
+def test_the_documented_example_fleet_is_valid(tmp_path):
+    from tests.host.uplink_helpers import REPO
+
+    doc = (REPO / "docs" / "host_tools.md").read_text()
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    p = tmp_path / "fleet.toml"
+    p.write_text(example)
+    f = load_fleet(p)
+    assert {"greenhouse-1", "pump", "scale-1", "field-7"} <= set(f.devices)
