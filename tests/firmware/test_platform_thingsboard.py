@@ -227,7 +227,7 @@ async def test_provisioning_gets_and_stores_a_token():
 async def test_provisioning_refusals_are_reported():
     for answer, why in ((b'{"status":"NOT_FOUND"}', "NOT_FOUND"),
                         (b'{"status":"FAILURE","errorMsg":"Device already exists"}', "already exists"),
-                        (b"garbage", "not valid JSON")):
+                        (b'{"credentialsValue":"SECRET-TOKEN"', "not a JSON object")):
         ctx = Ctx()
         a = adapter("thingsboard", ctx, provision_key="pk", provision_secret="ps")
         c = Client(lambda t, p, answer=answer: ("/provision/response", answer))
@@ -235,8 +235,9 @@ async def test_provisioning_refusals_are_reported():
         async def open_client(user, password, c=c):
             return c
 
-        with raises(config.ConfigError, why):  # thingsboard.ProvisionError: safe mode with the reason
+        with raises(config.ConfigError, why) as r:  # tb_provision.ProvisionError: safe mode with the reason
             await a.prepare(open_client)
+        assert "SECRET" not in str(r.value)
         assert ctx.saved == [] and c.disconnected
 
 

@@ -76,8 +76,9 @@ def _opener(adapter):
 def parse_response(payload):
     try:
         ans = loads_obj(payload, "provision response")
-    except ValueError as e:
-        raise ProvisionError(str(e))
+    except ValueError:
+        # no preview of the payload: it may hold (part of) a token
+        raise ProvisionError("provision response: not a JSON object")
     status = ans.get("status")
     if status == "SUCCESS":
         if ans.get("credentialsType", "ACCESS_TOKEN") != "ACCESS_TOKEN":
