@@ -41,6 +41,10 @@ class Wifi:
     BACKOFF_MAX_MS = 60000
     STABLE_MS = 30000  # a link up this long resets the backoff
     JOIN_POLL_MS = 100  # how often a join attempt looks at wlan.status()
+    # The ESP32 driver retries a failed association by itself, and while it may retry,
+    # status() says STAT_CONNECTING; the reason (wrong password, no AP) only shows once its
+    # retries are used up, and by default they never are. So: one retry, then we decide.
+    RECONNECTS = 1
 
     def __init__(self, board, networks, timeout_s=20):
         self.board = board
@@ -79,6 +83,10 @@ class Wifi:
             return
         if not self.networks:
             raise WifiError("no networks configured")
+        try:
+            w.config(reconnects=self.RECONNECTS)
+        except (OSError, ValueError, TypeError):
+            pass  # a port without the setting: failures then show up as timeouts
         # Stop the driver's own reconnect attempts: a scan or connect while it is
         # connecting fails on the ESP32.
         w.disconnect()

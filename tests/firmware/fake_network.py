@@ -52,15 +52,15 @@ def remove_ap(ssid):
     # The AP is switched off: a link to it drops, scans and connects no longer find it.
     APS.pop(ssid, None)
     for w in _wlans.values():
-        if w._ssid == ssid and w._status == STAT_GOT_IP:
-            w._status = STAT_BEACON_TIMEOUT
+        if w._connected and w._ssid == ssid:
+            w._disconnected(STAT_BEACON_TIMEOUT)
 
 
 def drop():
     # The current link goes down (interference, AP reboot) while the AP stays known.
     for w in _wlans.values():
-        if w._status == STAT_GOT_IP:
-            w._status = STAT_BEACON_TIMEOUT
+        if w._connected:
+            w._disconnected(STAT_BEACON_TIMEOUT)
 
 
 def connects():
@@ -68,6 +68,11 @@ def connects():
 
 
 class WLAN:
+    # Mirrors ports/esp32/network_wlan.c: after a failed association the driver retries by
+    # itself, and status() says STAT_CONNECTING until config(reconnects=n) retries are
+    # used up (by default, never); only then does it return the reason (202, 201, ...).
+    # The retry counter is reset by connect() only, not by a successful association.
+
     def __new__(cls, interface=STA_IF):
         # The ESP32 hands out one object per interface.
         w = _wlans.get(interface)
@@ -82,7 +87,12 @@ class WLAN:
 
     def _init(self):
         self._active = False
-        self._status = STAT_IDLE
+        self._requested = False  # connect() called and no disconnect() since
+        self._connected = False
+        self._pending = False  # an association attempt under way
+        self._reason = 0  # last disconnect reason
+        self._conf = 0  # reconnects + 1; 0 = retry forever (the port's default)
+        self._tries = 0
         self._ssid = None
         self._key = None
         self._t0 = 0
@@ -92,47 +102,74 @@ class WLAN:
             return self._active
         self._active = bool(on)
         if not on:
-            self._status = STAT_IDLE
+            self._requested = self._connected = self._pending = False
 
     def connect(self, ssid=None, key=None, **kw):
         if not self._active:
             raise OSError("Wifi Not Started")
-        if self._status == STAT_CONNECTING:
+        if self._pending:
             raise OSError("Wifi Internal State Error")
         LOG.append(("connect", ssid))
         self._ssid, self._key = ssid, key
-        self._status = STAT_CONNECTING
-        self._t0 = time.ticks_ms()
+        self._tries = 0
+        self._requested = True
+        self._start()
 
     def disconnect(self):
         LOG.append(("disconnect",))
-        self._status = STAT_IDLE
+        self._requested = False
+        if self._connected or self._pending:
+            self._connected = self._pending = False
+            self._reason = 8  # WIFI_REASON_ASSOC_LEAVE
+
+    def _start(self):
+        self._pending = True
+        self._t0 = time.ticks_ms()
+
+    def _disconnected(self, reason):
+        # the port's STA_DISCONNECTED event handler
+        self._reason = reason
+        self._connected = self._pending = False
+        if self._requested:
+            if self._conf:
+                self._tries += 1
+                if self._tries >= self._conf:
+                    return
+            self._start()
 
     def _settle(self):
-        if self._status == STAT_GOT_IP and FLAP_MS is not None:
-            if time.ticks_diff(time.ticks_ms(), self._t0) >= FLAP_MS:
-                self._status = STAT_BEACON_TIMEOUT
-        if self._status != STAT_CONNECTING:
-            return
-        if time.ticks_diff(time.ticks_ms(), self._t0) < DELAY_MS:
+        now = time.ticks_ms()
+        if self._connected and FLAP_MS is not None and time.ticks_diff(now, self._t0) >= FLAP_MS:
+            self._disconnected(STAT_BEACON_TIMEOUT)
+        if not self._pending or time.ticks_diff(now, self._t0) < DELAY_MS:
             return
         ap = APS.get(self._ssid)
         if ap is None:
-            self._status = STAT_NO_AP_FOUND
+            self._disconnected(STAT_NO_AP_FOUND)
         elif ap["mode"] == "hang":
             return
         elif ap["mode"] == "fail":
-            self._status = STAT_CONNECT_FAIL
+            self._disconnected(STAT_CONNECT_FAIL)
         elif ap["password"] != (self._key or ""):
-            self._status = STAT_WRONG_PASSWORD
+            self._disconnected(STAT_WRONG_PASSWORD)
         else:
-            self._status = STAT_GOT_IP
-            self._t0 = time.ticks_ms()  # up since
+            self._pending = False
+            self._connected = True
+            self._reason = 0
+            self._t0 = now  # up since
+
+    @property
+    def _status(self):
+        if self._connected:
+            return STAT_GOT_IP
+        if self._requested and (self._conf == 0 or self._tries < self._conf):
+            return STAT_CONNECTING
+        return self._reason or STAT_IDLE
 
     def status(self, param=None):
         self._settle()
         if param == "rssi":
-            if self._status != STAT_GOT_IP:
+            if not self._connected:
                 raise OSError("not connected")
             return APS[self._ssid]["rssi"]
         if param is not None:
@@ -141,12 +178,14 @@ class WLAN:
 
     def isconnected(self):
         self._settle()
-        return self._status == STAT_GOT_IP
+        return self._connected
 
     def scan(self):
         if not self._active:
-            raise OSError("Wifi Not Started")
+            raise OSError("STA must be active")
         LOG.append(("scan",))
+        if self._pending:
+            return []  # the port ignores a failed scan start: "STA is connecting"
         # (ssid, bssid, channel, RSSI, security, hidden), strongest first like the ESP32
         out = [(s.encode(), b"\x00" * 6, 1, a["rssi"], 3, False) for s, a in APS.items()]
         out.sort(key=lambda t: -t[3])
@@ -158,12 +197,21 @@ class WLAN:
         return ("0.0.0.0", "0.0.0.0", "0.0.0.0", "0.0.0.0")
 
     def config(self, *args, **kw):
+        if kw:
+            if args:
+                raise TypeError("either pos or kw args are allowed")
+            for k, v in kw.items():
+                if k == "reconnects":
+                    self._conf = 0 if v == -1 else v + 1
+                elif k not in ("pm", "txpower", "dhcp_hostname", "hostname"):
+                    raise ValueError("unknown config param")
+            return None
         if args == ("ssid",):
             return self._ssid or ""
         if args == ("mac",):
             return b"\x24\x0a\xc4\x00\x00\x01"
         if args == ("hostname",):
             return "esp32"
-        if args:
-            raise ValueError("unknown config param")
-        return None
+        if args == ("reconnects",):
+            return self._conf - 1
+        raise ValueError("unknown config param")
