@@ -220,3 +220,25 @@ def test_jitter_spreads_within_the_delay():
     seen = [w.jitter(1000) for _ in range(50)]
     assert all(500 <= x < 1000 for x in seen)
     assert len(set(seen)) > 10
+
+
+async def test_passwords_never_logged():
+    from uplink import log
+
+    lines = []
+    real = log._emit
+    log._emit = lambda level, tag, msg: lines.append(msg)
+    try:
+        w = make([HOME, SHOP], aps=[("home", "wrong", -50), ("shop", "secret-shop", -60)])
+        await w.connect()
+        t = asyncio.create_task(w.run())
+        net.remove_ap("shop")
+        assert await wait_for(lambda: w.last_error is not None)
+        net.add_ap("shop", "secret-shop", -60)
+        assert await wait_for(lambda: w.connected and w.ssid == "shop")
+        t.cancel()
+    finally:
+        log._emit = real
+    assert lines and any("home: wrong password" in m for m in lines), lines
+    for m in lines + [w.last_error or ""]:
+        no_secrets(m)
