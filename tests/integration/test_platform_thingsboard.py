@@ -110,6 +110,28 @@ def test_telemetry_attributes_rpc_and_shared_attributes(env):
     assert TOKEN not in board.console()
 
 
+def test_attribute_request_and_claiming_after_connect(env):
+    proxy = env.proxy(ThingsBoard({TOKEN: "device"}))
+    cloud = env.cloud()
+    answer_client_rpc(cloud)
+
+    def attributes(topic, payload):
+        if topic.startswith("v1/devices/me/attributes/request/"):
+            rid = topic.rsplit("/", 1)[1]
+            cloud.send(f"v1/devices/me/attributes/response/{rid}", {"shared": {"targetTemp": 22}}, wait=False)
+
+    cloud.on(attributes)
+    board = env.board(e2e_config("thingsboard", proxy.url(), token=TOKEN, shared_attributes=["targetTemp"],
+                                 claim_secret="claim-s3cret", claim_duration_ms=30000))
+    req = cloud.wait(lambda t, _: t.startswith("v1/devices/me/attributes/request/"), console=board.console)
+    assert json.loads(req[0][1]) == {"sharedKeys": "targetTemp"}
+    board.wait_for_line('HANDLED attributes {"targetTemp": 22}')
+    claim = cloud.wait(lambda t, _: t == "v1/devices/me/claim", console=board.console)
+    assert json.loads(claim[0][1]) == {"secretKey": "claim-s3cret", "durationMs": 30000}
+    assert proxy.violations == []
+    assert "claim-s3cret" not in board.console()
+
+
 def test_session_limit_is_honoured(env):
     prof = ThingsBoard({TOKEN: "device"})
     proxy = env.proxy(prof)
