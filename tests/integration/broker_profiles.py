@@ -273,6 +273,14 @@ class ThingsBoard(Profile):
         elif topic.startswith("v1/devices/me/rpc/request/"):
             if not isinstance(doc, dict) or not isinstance(doc.get("method"), str):
                 return "client-side RPC needs a method"
+        elif topic == "v1/devices/me/claim":
+            if not isinstance(doc, dict) or not isinstance(doc.get("secretKey"), str) \
+                    or not isinstance(doc.get("durationMs", 0), int):
+                return f"claiming request needs secretKey (text) and durationMs (ms): {doc}"
+        elif topic.startswith("v1/devices/me/attributes/request/"):
+            if not isinstance(doc, dict) or not doc or any(
+                    k not in ("clientKeys", "sharedKeys") or not isinstance(v, str) for k, v in doc.items()):
+                return f"attribute request takes clientKeys/sharedKeys as comma-separated text: {doc}"
         return None
 
 
