@@ -2,6 +2,7 @@
 # the message carrying them arrives (MQTTClient.on_ack), so a dead link, a broker restart or
 # a power cut loses nothing that was stored: the worst case is a record sent twice.
 import asyncio
+import gc
 import json
 
 from uplink import log
@@ -13,6 +14,7 @@ class Publisher:
         self.adapter = adapter
         self.client = client
         self.batch = batch
+        self._n = batch  # records per read; halved after a MemoryError, grows back after
         self.window = window  # messages of ours in flight; bounds the id map below
         self.cursor = 0  # last record id handed to the client
         self.inflight = {}  # pid -> [record ids]
@@ -42,18 +44,32 @@ class Publisher:
 
     async def run(self):
         while True:
-            recs = self.outbox.read(self.cursor, self.batch) if self.client.is_connected else ()
+            recs = self.outbox.read(self.cursor, self._n) if self.client.is_connected else ()
             if not recs:
                 self.wake.clear()
                 await self._wait(self.wake, 1000)
                 continue
             try:
                 await self._send(recs)
+                if self._n < self.batch:
+                    self._n += 1
             except OSError as e:
                 # the link dropped mid-batch: the client resends what it had queued, and what
                 # it had not is read again from the cursor
                 log.warn("publish", "paused: %s" % e)
                 await asyncio.sleep_ms(200)
+            except Exception as e:
+                # MemoryError on a fragmented heap while encoding a backlog, an adapter bug:
+                # this task must never die, or readings pile up unsent until the outbox drops
+                # them. What was not handed to the client is read again from the cursor;
+                # after a MemoryError in smaller batches.
+                log.exc("publish", "paused", e)
+                gc.collect()
+                if isinstance(e, MemoryError):
+                    self._n = max(1, self._n // 2)
+                    await asyncio.sleep_ms(100)
+                else:
+                    await asyncio.sleep_ms(1000)
 
     async def _wait(self, ev, ms):
         try:

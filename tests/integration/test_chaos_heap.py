@@ -1,0 +1,77 @@
+"""Chaos: the heap runs short while a backlog drains.
+
+Found by test_chaos_kills on the host board at a 128 KB heap: after a broker outage the
+ThingsBoard adapter's encode() of a 20-reading batch raised MemoryError (1 KB on a
+fragmented heap), the exception killed the publisher task ("Task exception wasn't
+retrieved"), and the app went on measuring into an outbox nothing drained any more: every
+later reading would have been dropped once the outbox filled. Here the fault is made
+deterministic: an adapter that cannot encode more than 5 readings at a time (MemoryError)
+in front of the real Outbox, Publisher and MQTTClient. Nothing may be lost and the
+publisher must keep going.
+"""
+
+import pytest
+
+from tests.integration import mpy
+from tests.ledger import Ledger, Observer
+from tests.services import mosquitto_bin
+
+pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not installed")
+
+SCRIPT = """
+import asyncio, json, os
+from uplink.mqtt import MQTTClient
+from uplink.outbox import Outbox
+from uplink.publisher import Publisher
+
+N = 300
+fails = [0]
+
+
+class TightHeapAdapter:
+    max_payload = 4096
+
+    def encode(self, readings):
+        if len(readings) > 5:
+            fails[0] += 1
+            raise MemoryError("memory allocation failed, allocating 1020 bytes")
+        return [("chaos/telemetry", json.dumps([r["values"] for r in readings]).encode(), len(readings))]
+
+
+async def main():
+    ob = Outbox(os.getenv("DIR"), 1 << 20)
+    for i in range(1, N + 1):  # a backlog, as after an outage
+        ob.put(json.dumps({"ts": None, "values": {"seq": i}}).encode())
+    c = MQTTClient(os.getenv("URL"), "chaos-heap", keepalive=10)
+    pub = Publisher(ob, TightHeapAdapter(), c, batch=20)
+    c.on_ack = pub.on_ack
+    await c.connect(retry=True)
+    asyncio.create_task(pub.run())
+    for _ in range(600):
+        if pub.acked >= N and not ob.depth:
+            break
+        await asyncio.sleep_ms(100)
+    print("DONE acked=%d depth=%d encode_failures=%d" % (pub.acked, ob.depth, fails[0]))
+    await c.disconnect()
+
+
+asyncio.run(main())
+"""
+
+
+def test_publisher_survives_memory_error_while_encoding_a_backlog(tmp_path, broker):
+    obs = Observer(broker.ports["mqtt"], ["chaos/telemetry"], client_id="obs-heap")
+    p = mpy.start(SCRIPT, compiled=True, heapsize="96k",
+                  env={"URL": broker.url(), "DIR": str(tmp_path / "outbox")})
+    try:
+        done = p.expect("DONE", timeout=90)
+        assert p.wait(20) == 0, p.output
+        obs.quiet(0.5)
+        led = Ledger.of([(0, v["seq"]) for v in obs.readings()], sent={(0, i) for i in range(1, 301)})
+        led.extra = dict(kv.split("=") for kv in done.split()[1:])
+        print(led.table("MemoryError in encode"))
+        assert led.lost == 0, f"lost readings: {led.missing}\n{p.output}"
+        assert "acked=300 depth=0" in done, p.output
+    finally:
+        p.kill()
+        obs.close()
