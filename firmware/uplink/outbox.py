@@ -2,11 +2,11 @@
 # wait here until the broker acknowledges them, across resets and power cuts.
 #
 # Layout in `dir`:
-#   <first id>.seg  segment files; each record is framed as  len:u16 crc:u32 data  (little
-#                   endian; crc = crc32(data, len)). A record's id is the segment's first id
-#                   plus its position, so ids cost no flash.
-#   state           "head dropped": the oldest unacknowledged id and the dropped counter,
-#                   replaced by write-to-temp + rename so it is always whole.
+#   q/<first id>.seg  segment files; each record is framed as  len:u16 crc:u32 data  (little
+#                     endian; crc = crc32(data, len)). A record's id is the segment's first
+#                     id plus its position, so ids cost no flash.
+#   state0, state1    "seq head dropped crc": the oldest unacknowledged id and the dropped
+#                     counter, written to the two slots in turn; the newest whole one counts.
 #
 # Why this shape (littlefs on a few MB of NOR flash, ~100 KB of RAM):
 # - put() appends one record to the newest segment and closes the file: littlefs commits on
@@ -42,7 +42,7 @@ class Outbox:
         self._unsaved = 0  # acks since the head was last persisted
         self._cursor = None  # (next id, segment first id, file offset) after the last read
         self._skip = None  # (first, end) ids found unreadable, for the head to step over
-        _makedirs(self.dir)
+        _makedirs(self.dir + "/q")
         self._open()
 
     # -- public ----------------------------------------------------------------------------
@@ -61,7 +61,8 @@ class Outbox:
         n = len(data)
         if not 0 < n <= self.max_record:
             raise ValueError("record of %d bytes (1..%d)" % (n, self.max_record))
-        if not self._segs or self._sealed or (self._tail_bytes and self._tail_bytes + _HDR + n > self.seg_bytes):
+        sizes = self._sizes
+        if not sizes or self._sealed or (sizes[-1] and sizes[-1] + _HDR + n > self.seg_bytes):
             self._roll()
         while self._bytes + _HDR + n > self.max_bytes and len(self._segs) > 1:
             self._drop_oldest()
@@ -75,12 +76,12 @@ class Outbox:
         except BaseException:
             # Flash full, or the write was cut short: whatever landed must never have
             # records appended after it.
-            if self._tail_bytes:
+            if sizes[-1]:
                 self._sealed = True
             else:
                 _remove_quietly(path)
             raise
-        self._tail_bytes += _HDR + n
+        sizes[-1] += _HDR + n
         self._bytes += _HDR + n
         i = self._next
         self._next = i + 1
@@ -125,12 +126,12 @@ class Outbox:
 
     # -- internals -------------------------------------------------------------------------
     def _path(self, first):
-        return "%s/%d.seg" % (self.dir, first)
+        return "%s/q/%d.seg" % (self.dir, first)
 
     def _open(self):
         self.head_id, self.dropped = self._load_state()
         segs = []
-        for e in os.ilistdir(self.dir):
+        for e in os.ilistdir(self.dir + "/q"):
             name = e[0]
             if name.endswith(".seg"):
                 try:
@@ -140,9 +141,8 @@ class Outbox:
         segs.sort()
         self._segs = segs
         self._sealed = False
-        self._tail_bytes = 0
-        self._bytes = 0
         self._next = self.head_id
+        count = 0
         while segs:
             count, end, fsize = self._scan(segs[-1])
             if fsize == end:
@@ -153,11 +153,11 @@ class Outbox:
                 self._sealed = True
                 break
             os.remove(self._path(segs.pop()))
+        # sizes of the segments, kept in RAM: a stat in a big littlefs directory is slow
+        self._sizes = [os.stat(self._path(s))[6] for s in segs]
+        self._bytes = sum(self._sizes)
         if segs:
-                self._next = segs[-1] + count
-                self._tail_bytes = fsize
-                for s in segs:
-                    self._bytes += os.stat(self._path(s))[6]
+            self._next = segs[-1] + count
         self._next = max(self._next, self.head_id, 1)
         self.head_id = max(self.head_id, segs[0] if segs else self._next, 1)
         self.head_id = min(self.head_id, self._next)
@@ -282,12 +282,8 @@ class Outbox:
         self._remove(segs[0])
 
     def _remove(self, first):
-        path = self._path(first)
-        try:
-            self._bytes -= os.stat(path)[6]
-            os.remove(path)
-        except OSError:
-            pass
+        _remove_quietly(self._path(first))
+        self._bytes -= self._sizes.pop(0)
         self._segs.pop(0)
         if self._cursor and self._cursor[1] == first:
             self._cursor = None
@@ -295,22 +291,33 @@ class Outbox:
     def _roll(self):
         # Start a new segment at the next id; its file appears with its first record.
         self._segs.append(self._next)
-        self._tail_bytes = 0
+        self._sizes.append(0)
         self._sealed = False
 
     def _load_state(self):
-        try:
-            with open(self.dir + "/state") as f:
-                head, dropped = f.read().split()
-            return int(head), int(dropped)
-        except (OSError, ValueError):
-            return 1, 0
+        # The newer of the two slots that is whole; (head 1, dropped 0) when neither is.
+        best = (0, 1, 0)
+        for k in (0, 1):
+            try:
+                with open("%s/state%d" % (self.dir, k)) as f:
+                    seq, head, dropped, check = f.read().split()
+                if crc32(b"%s %s %s" % (seq, head, dropped)) != int(check):
+                    continue
+                if int(seq) > best[0]:
+                    best = (int(seq), int(head), int(dropped))
+            except (OSError, ValueError):
+                pass
+        self._seq = best[0]
+        return best[1], best[2]
 
     def _save(self):
-        tmp = self.dir + "/state.tmp"
-        with open(tmp, "w") as f:
-            f.write("%d %d\n" % (self.head_id, self.dropped))
-        os.rename(tmp, self.dir + "/state")
+        # Two slots written in turn, each checked by a CRC: a write cut short spoils only
+        # the slot being written. (A temp file + rename would be as safe, but a littlefs
+        # rename in a directory of segments costs ten times more.)
+        self._seq += 1
+        line = b"%d %d %d" % (self._seq, self.head_id, self.dropped)
+        with open("%s/state%d" % (self.dir, self._seq & 1), "wb") as f:
+            f.write(b"%s %d\n" % (line, crc32(line)))
         self._unsaved = 0
 
 

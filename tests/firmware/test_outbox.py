@@ -80,7 +80,7 @@ def test_full_drops_oldest_counts_and_persists():
     ob2 = Outbox(d, 4096)
     assert ob2.dropped == ob.dropped and ob2.depth == ob.depth
     # no file beyond the bound
-    total = sum(os.stat(d + "/" + n)[6] for n in os.listdir(d) if n.endswith(".seg"))
+    total = sum(os.stat(d + "/q/" + n)[6] for n in os.listdir(d + "/q"))
     assert total <= 4096
     rmtree(d)
 
@@ -136,8 +136,8 @@ def test_torn_tail_is_ignored_and_never_appended_after():
     d = tmpdir()
     ob = Outbox(d, 32768)
     ids = [ob.put(rec(i)) for i in range(3)]
-    seg = [n for n in os.listdir(d) if n.endswith(".seg")][0]
-    with open(d + "/" + seg, "ab") as f:  # a record cut short: header and half the data
+    seg = [n for n in os.listdir(d + "/q") if n.endswith(".seg")][0]
+    with open(d + "/q/" + seg, "ab") as f:  # a record cut short: header and half the data
         f.write(b"\x64\x00\x01\x02\x03\x04reading")
     ob2 = Outbox(d, 32768)
     assert drain(ob2) == [(ids[0], rec(0)), (ids[1], rec(1)), (ids[2], rec(2))]
@@ -154,7 +154,7 @@ def test_torn_first_record_of_a_segment():
     ob = Outbox(d, 32768)
     a = ob.put(b"one")
     ob.flush()
-    with open("%s/%d.seg" % (d, a + 1), "wb") as f:  # a new segment, its first write torn
+    with open("%s/q/%d.seg" % (d, a + 1), "wb") as f:  # a new segment, its first write torn
         f.write(b"\x10\x00\xaa")
     ob2 = Outbox(d, 32768)
     assert drain(ob2) == [(a, b"one")]
@@ -168,11 +168,11 @@ def test_corrupt_record_in_old_segment_is_counted_and_stepped_over():
     d = tmpdir()
     ob = Outbox(d, 8192, segment_bytes=1024)
     ids = [ob.put(rec(i)) for i in range(30)]
-    segs = sorted(int(n[:-4]) for n in os.listdir(d) if n.endswith(".seg"))
+    segs = sorted(int(n[:-4]) for n in os.listdir(d + "/q") if n.endswith(".seg"))
     assert len(segs) >= 3
     # flip a byte in the 2nd record of the first segment: it and the rest of that
     # segment become unreadable
-    p = "%s/%d.seg" % (d, segs[0])
+    p = "%s/q/%d.seg" % (d, segs[0])
     with open(p, "rb") as f:
         b = bytearray(f.read())
     b[106 + 20] ^= 0xFF
@@ -347,4 +347,32 @@ def test_failed_first_write_of_a_segment():
     good = [(ob.put(rec(i)), rec(i)) for i in range(3)]
     assert drain(ob) == good
     assert drain(Outbox(d, 32768)) == good
+    rmtree(d)
+
+
+def test_state_slot_torn_falls_back_to_the_other():
+    d = tmpdir()
+    ob = Outbox(d, 2048)
+    ids = [ob.put(rec(i)) for i in range(40)]  # drops some: dropped > 0 is saved
+    dropped = ob.dropped
+    assert dropped > 0
+    live = [r for r, _ in drain(ob)]
+    ob.ack(live[0])
+    ob.flush()
+    older_head = ob.head_id
+    ob.ack(live[1])
+    ob.flush()  # the newer slot
+    newer = "%s/state%d" % (d, ob._seq & 1)
+    with open(newer, "rb") as f:
+        text = f.read()
+    with open(newer, "wb") as f:
+        f.write(text[: len(text) // 2])  # cut short
+    ob2 = Outbox(d, 2048)
+    assert ob2.dropped == dropped and ob2.head_id == older_head
+    assert [r for r, _ in drain(ob2)] == live[1:]
+    # both slots gone bad: the queue still opens, from the oldest record on flash
+    with open("%s/state%d" % (d, 1 - (ob._seq & 1)), "wb") as f:
+        f.write(b"9 9 9 9\n")  # whole-looking but wrong check
+    ob3 = Outbox(d, 2048)
+    assert ob3.head_id <= live[1] and ob3.put(b"x") == ids[-1] + 1
     rmtree(d)
