@@ -57,6 +57,7 @@ class Board:
         self.has_temperature = has_temperature
         self._wlan = None
         self._wdt = None
+        self._led = None
 
     def mem_free(self):
         return gc.mem_free()
@@ -98,9 +99,11 @@ class Esp32Board(Board):
     def led(self, on):
         if self.led_pin is None:
             return
-        from machine import Pin
+        if self._led is None:  # made once: the LED blinks often, allocations add up
+            from machine import Pin
 
-        Pin(self.led_pin, Pin.OUT).value(bool(on) != self.led_active_low)
+            self._led = Pin(self.led_pin, Pin.OUT)
+        self._led.value(bool(on) != self.led_active_low)
 
     def chip_temperature(self):
         if not self.has_temperature:
