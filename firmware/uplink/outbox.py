@@ -299,9 +299,9 @@ class Outbox:
         best = (0, 1, 0)
         for k in (0, 1):
             try:
-                with open("%s/state%d" % (self.dir, k)) as f:
+                with open("%s/state%d" % (self.dir, k), "rb") as f:
                     seq, head, dropped, check = f.read().split()
-                if crc32(b"%s %s %s" % (seq, head, dropped)) != int(check):
+                if crc32(b" ".join((seq, head, dropped))) != int(check):
                     continue
                 if int(seq) > best[0]:
                     best = (int(seq), int(head), int(dropped))
