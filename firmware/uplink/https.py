@@ -88,18 +88,18 @@ async def _exchange(s, method, host, port, path, headers, body, max_body):
     return status, (await s.readexactly(length) if length else b"")
 
 
-async def _line(s):
-    try:
-        return await s.readline()
-    except OSError:
-        # a header line longer than the stream's buffer (cookies, security policies): the
-        # buffer is full of it; drop it whole, byte by byte from the buffer, without keeping it
-        if s.buffered() < transport.RBUF:
-            raise
-    await s.readexactly(s.buffered())
-    while await s.readexactly(1) != b"\n":
-        pass
-    return b"X-Dropped: long line\r\n"
+async def _line(s, cap=200):
+    """One line through readexactly(1) alone (the documented Stream interface; buffered bytes
+    cost no syscall). Bytes past `cap` are dropped: long header lines (cookies, security
+    policies) carry nothing this client needs, and must not cost heap."""
+    buf = bytearray()
+    while True:
+        c = await s.readexactly(1)
+        if c == b"\n":
+            buf += c
+            return bytes(buf)
+        if len(buf) < cap:
+            buf += c
 
 
 async def _chunks(s, max_body):
