@@ -90,7 +90,7 @@ class Observer:
     (never through the fault proxy). Counts its (re)connections so a test can wait until it
     is back before letting the device's traffic through again."""
 
-    def __init__(self, port: int, topics: list[str], client_id: str = "observer"):
+    def __init__(self, port: int, topics: list[str], client_id: str = "observer", auth: tuple | None = None):
         self.msgs: list[tuple[str, bytes]] = []
         self.lock = threading.Lock()
         self._readings: list = []
@@ -102,6 +102,8 @@ class Observer:
         self.c.on_subscribe = self._on_subscribe
         self.c.on_message = self._on_message
         self.c.reconnect_delay_set(0.05, 0.3)
+        if auth:
+            self.c.username_pw_set(*auth)
         self.c.connect("127.0.0.1", port, keepalive=10)
         self.c.loop_start()
         self.wait(lambda: self.subscribed > 0, 10)

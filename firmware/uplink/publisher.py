@@ -44,12 +44,12 @@ class Publisher:
 
     async def run(self):
         while True:
-            recs = self.outbox.read(self.cursor, self._n) if self.client.is_connected else ()
-            if not recs:
-                self.wake.clear()
-                await self._wait(self.wake, 1000)
-                continue
             try:
+                recs = self.outbox.read(self.cursor, self._n) if self.client.is_connected else ()
+                if not recs:
+                    self.wake.clear()
+                    await self._wait(self.wake, 1000)
+                    continue
                 await self._send(recs)
                 if self._n < self.batch:
                     self._n += 1

@@ -6,7 +6,8 @@ fragmented heap), the exception killed the publisher task ("Task exception wasn'
 retrieved"), and the app went on measuring into an outbox nothing drained any more: every
 later reading would have been dropped once the outbox filled. Here the fault is made
 deterministic: an adapter that cannot encode more than 5 readings at a time (MemoryError)
-in front of the real Outbox, Publisher and MQTTClient. Nothing may be lost and the
+and an outbox read that fails once (as outbox.read did at a 128 KB heap), with the real
+Outbox, Publisher and MQTTClient. Nothing may be lost and the
 publisher must keep going.
 """
 
@@ -42,6 +43,15 @@ async def main():
     ob = Outbox(os.getenv("DIR"), 1 << 20)
     for i in range(1, N + 1):  # a backlog, as after an outage
         ob.put(json.dumps({"ts": None, "values": {"seq": i}}).encode())
+    _read, reads = ob.read, [0]
+
+    def read(after, n):  # the outbox's read runs out of heap once, too
+        reads[0] += 1
+        if reads[0] == 2:
+            raise MemoryError("memory allocation failed, allocating 144 bytes")
+        return _read(after, n)
+
+    ob.read = read
     c = MQTTClient(os.getenv("URL"), "chaos-heap", keepalive=10)
     pub = Publisher(ob, TightHeapAdapter(), c, batch=20)
     c.on_ack = pub.on_ack

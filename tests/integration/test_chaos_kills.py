@@ -30,8 +30,7 @@ def test_broker_sigkilled_three_times_none_lost(tmp_path):
     broker = Mosquitto(tmp_path / "broker").start()
     obs = Observer(broker.ports["mqtt"], [TOPIC])
     proxy = FaultProxy(broker.ports["mqtt"], seed=20)
-    board = HostBoard(tmp_path / "board", app_config(proxy.port, interval_ms=20), user_py=SEQ_USER,
-                      heapsize="128k").start()
+    board = HostBoard(tmp_path / "board", app_config(proxy.port, interval_ms=20), user_py=SEQ_USER).start()
     try:
         for kill in range(3):
             want = 150 * (kill + 1)
@@ -67,8 +66,7 @@ def test_firmware_sigkilled_twice_every_accepted_reading_delivered(tmp_path):
     broker = Mosquitto(tmp_path / "broker").start()
     obs = Observer(broker.ports["mqtt"], [TOPIC])
     proxy = FaultProxy(broker.ports["mqtt"], seed=21)
-    board = HostBoard(tmp_path / "board", app_config(proxy.port, interval_ms=20), user_py=SEQ_USER,
-                      heapsize="128k").start()
+    board = HostBoard(tmp_path / "board", app_config(proxy.port, interval_ms=20), user_py=SEQ_USER).start()
     held = set()  # readings in the outbox at the moment of a kill
     try:
         for boot in (1, 2):
