@@ -145,7 +145,7 @@ class MQTTClient:
         will=None,
         ca=None,
         insecure=False,
-        window=32,
+        window=48,
         max_packet=4096,
     ):
         transport.parse_url(url)  # a bad URL fails here, not at the first connect
@@ -159,12 +159,19 @@ class MQTTClient:
         self._will = will  # (topic, message[, retain[, qos]])
         self._ca = ca
         self._insecure = insecure
-        self._window = max(1, window)
+        window = max(1, window)
+        self._window = window
         self._max = max_packet
         self._s = None  # the current stream, None while disconnected
         self._tasks = []  # reader, pinger, flusher of the current connection
         self._pid = 0
-        self._inflight = {}  # pid -> PUBLISH packet awaiting PUBACK (kept for resending)
+        # QoS 1 packets awaiting PUBACK, kept for resending: packet id pid lives in slot
+        # pid % window. Two fixed lists instead of a dict: no table regrowth or tombstones
+        # as ids cycle, so a long drain neither fragments the heap nor slows lookups.
+        self._ipid = [0] * window  # pid in each slot, 0 = free
+        self._ipkt: list = [None] * window
+        self._n = 0  # packets in flight
+        self._extra = {}  # beyond the window: publishes from on_connect with a full window
         self._pending = {}  # pid -> None until SUBACK/UNSUBACK, then the return code
         self._subs = {}  # topic -> qos, restored after each reconnect
         self._ev = asyncio.Event()  # pulsed when acks arrive or the connection changes
@@ -224,21 +231,18 @@ class MQTTClient:
             return 0
         if qos != 1:
             raise ValueError("QoS 2 is not supported")
-        inflight = self._inflight
-        while len(inflight) >= self._window and not self._hook:
+        while self._n >= self._window and not self._hook:
             await self._room()
-        pid = self._pid % 65535 + 1
-        if pid in inflight or pid in self._pending:
-            pid = self._new_pid()
-        self._pid = pid
+        pid = self._new_pid(self._n < self._window)
         pkt = publish_packet(topic, payload, 1, retain, pid)
-        inflight[pid] = pkt
+        if not self._hold(pid, pkt):
+            self._extra[pid] = pkt  # on_connect's publishes may go beyond the window
         s = self._s
         if s is not None:
             await self._send(s, pkt, wait)
             pkt[0] |= 8  # from now on a resend is a duplicate
         if wait:
-            while pid in inflight:
+            while self._holds(pid):
                 await self._ev.wait()
         return pid
 
@@ -248,7 +252,7 @@ class MQTTClient:
             s = self._s
             if s is not None:
                 await self._drain(s)
-            if not self._inflight:
+            if not self._n and not self._extra:
                 return
             await self._ev.wait()
 
@@ -345,11 +349,11 @@ class MQTTClient:
             return
         # resend in the order first sent: pids were handed out in sequence
         last = self._pid
-        for pid in sorted(self._inflight, key=lambda p: (p - last - 1) % 65535):
-            pkt = self._inflight.get(pid)
-            if pkt is not None:
-                s.write(pkt)
-                pkt[0] |= 8
+        pids = [p for p in self._ipid if p] + list(self._extra)
+        for pid in sorted(pids, key=lambda p: (p - last - 1) % 65535):
+            pkt = self._ipkt[pid % self._window] if pid not in self._extra else self._extra[pid]
+            s.write(pkt)
+            pkt[0] |= 8
         await self._drain(s)
 
     async def _sub(self, s, topic, qos):
@@ -415,17 +419,31 @@ class MQTTClient:
     async def _reader(self, s):
         # PUBACKs are the bulk of the traffic: they are handled here without a call, and the
         # waiting publishers are woken once per burst (when the buffer runs dry), not per ack
-        inflight = self._inflight
+        ipid = self._ipid
+        w = self._window
         n = 0
         acked = False
         try:
             while True:
                 h = s.take(4)
+                if h is None:  # wait for data here, so a lone PUBACK takes the fast path too
+                    if acked:  # the burst of acks is over: wake the publishers once
+                        acked = False
+                        self._pulse()
+                    await s.fill()
+                    h = s.take(4)
                 if h is not None and h[0] == 0x40 and h[1] == 2:
-                    if inflight.pop(h[2] << 8 | h[3], None) is not None:
+                    pid = h[2] << 8 | h[3]
+                    k = pid % w
+                    if ipid[k] == pid:
+                        ipid[k] = 0
+                        self._ipkt[k] = None
+                        self._n -= 1
                         acked = True
                         if self.on_ack is not None:
-                            self._ack(h[2] << 8 | h[3])
+                            self._ack(pid)
+                    elif self._extra and self._release(pid):
+                        acked = True
                 else:
                     if h is not None:
                         s.unread(4)
@@ -458,7 +476,7 @@ class MQTTClient:
             if len(body) != 2:
                 raise MQTTError("malformed PUBACK")
             pid = body[0] << 8 | body[1]
-            if self._inflight.pop(pid, None) is not None:
+            if self._release(pid):
                 self._pulse()
                 if self.on_ack is not None:
                     self._ack(pid)
@@ -559,13 +577,38 @@ class MQTTClient:
         self._ev.set()
         self._ev.clear()
 
-    def _new_pid(self):
+    def _new_pid(self, slot=False):
+        # the next id not in use; with slot, also one whose window slot is free
         pid = self._pid
+        ipid, w = self._ipid, self._window
         while True:
             pid = pid % 65535 + 1
-            if pid not in self._inflight and pid not in self._pending:
+            k = ipid[pid % w]
+            if (not k if slot else k != pid) and pid not in self._pending and pid not in self._extra:
                 self._pid = pid
                 return pid
+
+    def _hold(self, pid, pkt):
+        k = pid % self._window
+        if self._ipid[k]:
+            return False
+        self._ipid[k] = pid
+        self._ipkt[k] = pkt
+        self._n += 1
+        return True
+
+    def _holds(self, pid):
+        return self._ipid[pid % self._window] == pid or pid in self._extra
+
+    def _release(self, pid):
+        k = pid % self._window
+        if self._ipid[k] == pid:
+            self._ipid[k] = 0
+            self._ipkt[k] = None
+            self._n -= 1
+        elif self._extra.pop(pid, None) is None:
+            return False
+        return True
 
     def _status(self, event, detail):
         if self.on_status is not None:

@@ -109,10 +109,11 @@ class Stream:
         if n > RBUF:
             return await self._read_big(n)
         while self._r1 - self._r0 < n:
-            await self._fill()
+            await self.fill()
         return self.take(n)
 
-    async def _fill(self):
+    async def fill(self):
+        """Wait until at least one more byte is buffered."""
         # move what is left to the front, then read as much as the socket has: over TLS each
         # read returns one record (often one 4-byte PUBACK), so keep reading while it gives
         r0, r1 = self._r0, self._r1

@@ -122,6 +122,12 @@ class WSStream:
         self._left += n
         self._raw.unread(n)
 
+    async def fill(self):
+        if self._left:
+            await self._raw.fill()
+        else:
+            await self._next_frame()
+
     async def readexactly(self, n):
         if self._left >= n:  # the common case: the whole read lies inside this frame
             self._left -= n

@@ -143,7 +143,7 @@ def test_parse_url():
 
 
 async def test_lost_connection_restores_subscriptions_and_resends_qos1():
-    c = client("mqtt", "lost")
+    c = client("mqtt", "lost", window=3)  # the three below fill it: on_connect goes beyond
     c.backoff_min_ms = 50
     hooks = []
 
@@ -164,7 +164,7 @@ async def test_lost_connection_restores_subscriptions_and_resends_qos1():
     await until(lambda: len(c.got) >= 3)
     assert sorted(p for _, p, _ in c.got) == [b"m0", b"m1", b"m2"]
     assert len(set(pids)) == 3
-    assert hooks == [True, True]
+    assert hooks == [True, True] and not c._extra and not c._n
     ev = [e for e, _ in c.events]
     assert ev[:2] == ["connected", "disconnected"] and "connected" in ev[2:]
     await c.disconnect()
@@ -189,7 +189,7 @@ async def test_oversize_message_drops_the_connection_not_the_program():
     await c.subscribe(topic, 0)
     p = client("mqtt", "pub")
     await p.connect()
-    await p.publish(topic, bytes(5000), qos=1)
+    await p.publish(topic, bytes(2000), qos=1)  # over the 1024 the subscriber accepts
     await until(lambda: any(e == "disconnected" for e, _ in c.events))
     e, d = [x for x in c.events if x[0] == "disconnected"][0]
     assert isinstance(d, mqtt.MQTTError) and "max_packet" in str(d)
@@ -214,20 +214,25 @@ async def test_pipelined_window_and_on_ack():
     total = 0
     for i in range(300):
         total += await c.publish("pipe/x", b"x" * 50, qos=1, wait=False)
-        assert len(c._inflight) <= 8
+        assert c._n <= 8
     await c.flush()
-    assert acked == [300, total] and not c._inflight
+    assert acked == [300, total] and not c._n
     await c.disconnect()
 
 
 async def test_packet_ids_wrap_and_skip_ids_in_flight():
-    c = mqtt.MQTTClient("mqtt://h", "x")
+    c = mqtt.MQTTClient("mqtt://h", "x", window=4)  # pid p lives in slot p % 4
+    assert c._hold(65535, bytearray(1)) and c._hold(1, bytearray(1)) and c._hold(6, bytearray(1))
+    assert not c._hold(3, bytearray(1))  # slot 3 is 65535's
     c._pid = 65534
-    c._inflight[65535] = bytearray(1)
-    c._inflight[1] = bytearray(1)
-    assert [c._new_pid() for _ in range(2)] == [2, 3]
+    assert c._new_pid(True) == 4  # wraps past 65535; 1, 2, 3 have no free slot
+    c._pending[4] = None  # awaiting a SUBACK
+    c._pid = 65534
+    assert c._new_pid(True) == 8
+    assert c._new_pid(False) == 9  # any id not in use (for SUBSCRIBE): slot 1 holds 1, not 9
+    assert c._release(6) and not c._release(6) and c._n == 2
     c._pid = 65533
-    assert c._new_pid() == 65534
+    assert c._new_pid(True) == 65534  # slot 2 is free again
 
 
 async def test_dead_broker_is_detected_by_keepalive():

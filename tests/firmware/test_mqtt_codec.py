@@ -65,7 +65,7 @@ def client():
 
 async def test_reader_handles_acks_messages_and_answers_qos1():
     c = client()
-    c._inflight[5] = bytearray(b"x")
+    c._hold(5, bytearray(b"x"))
     acks = []
     c.on_ack = acks.append
     pub1 = b"\x32" + rl(2 + 3 + 2 + 2) + b"\x00\x03a/b\x00\x09hi"
@@ -73,7 +73,7 @@ async def test_reader_handles_acks_messages_and_answers_qos1():
     s = Mem(data)
     c._s = s
     await c._reader(s)  # ends at the end of data: EOFError, connection dropped
-    assert acks == [5] and not c._inflight
+    assert acks == [5] and not c._n
     assert c.got == [("t", b"abc", True), ("a/b", b"hi", False)]
     assert s.out == [b"\x40\x02\x00\x09"]  # PUBACK for the QoS 1 message
     assert c.events[-1][0] == "disconnected" and isinstance(c.events[-1][1], EOFError)
@@ -126,7 +126,7 @@ async def test_fuzz_random_and_truncated_packets():
                 b[rnd(len(b))] = rnd(256)
             data = bytes(b[: rnd(len(b) + 1)] if rnd(2) else b)
         c = client()
-        c._inflight[5] = bytearray(b"x")
+        c._hold(5, bytearray(b"x"))
         c._pending[2] = None
         s = Mem(data)
         c._s = s

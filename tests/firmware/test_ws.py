@@ -29,6 +29,10 @@ class Mem:
     def unread(self, n):
         self.pos -= n
 
+    async def fill(self):
+        if self.pos >= len(self.data):
+            raise EOFError("end of test data")
+
     def write(self, buf):
         self.out.append(bytes(buf))
 
