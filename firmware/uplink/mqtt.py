@@ -284,9 +284,9 @@ class MQTTClient:
             self._url, ca=self._ca, insecure=self._insecure, timeout_ms=self.connect_timeout_ms
         )
         try:
-            s.write(self._connect_packet(user, pw))
-            await s.drain()
-            await asyncio.wait_for_ms(self._connack(s), self.connect_timeout_ms)
+            # (over TLS the handshake runs inside this first drain: it is under the timeout too)
+            pkt = self._connect_packet(user, pw)
+            await asyncio.wait_for_ms(self._connack(s, pkt), self.connect_timeout_ms)
         except BaseException:
             s.close()
             raise
@@ -319,7 +319,9 @@ class MQTTClient:
         head = b"\x00\x04MQTT\x04" + bytes((flags, self._ka >> 8, self._ka & 255))
         return _packet(0x10, head + payload)
 
-    async def _connack(self, s):
+    async def _connack(self, s, pkt):
+        s.write(pkt)
+        await s.drain()
         p = await s.readexactly(4)
         if p[0] != 0x20 or p[1] != 2:
             raise MQTTError("expected CONNACK, broker sent %r" % p)

@@ -235,6 +235,17 @@ async def test_packet_ids_wrap_and_skip_ids_in_flight():
     assert c._new_pid(True) == 65534  # slot 2 is free again
 
 
+async def serve_on_free_port(handler):
+    # (the unix port has no getsockname: try random free ports)
+    for _ in range(20):
+        port = 20000 + int.from_bytes(os.urandom(2), "big") % 40000
+        try:
+            return port, await asyncio.start_server(handler, "127.0.0.1", port)
+        except OSError:
+            pass
+    raise AssertionError("no free port")
+
+
 async def test_dead_broker_is_detected_by_keepalive():
     # a server that accepts, answers CONNACK, then never says anything again
     async def serve(r, w):
@@ -244,14 +255,7 @@ async def test_dead_broker_is_detected_by_keepalive():
         await w.drain()
         await asyncio.sleep(30)
 
-    # (the unix port has no getsockname: try random free ports)
-    for _ in range(20):
-        port = 20000 + int.from_bytes(os.urandom(2), "big") % 40000
-        try:
-            srv = await asyncio.start_server(serve, "127.0.0.1", port)
-            break
-        except OSError:
-            pass
+    port, srv = await serve_on_free_port(serve)
     try:
         c = mqtt.MQTTClient("mqtt://127.0.0.1:%d" % port, "dead", keepalive=1)
         events = []
@@ -261,5 +265,21 @@ async def test_dead_broker_is_detected_by_keepalive():
         await until(lambda: len(events) > 1, 3000)
         assert events[1][0] == "disconnected" and "keepalive" in events[1][1], events
         await c.disconnect()
+    finally:
+        srv.close()
+
+
+async def test_silent_server_times_out_in_tls_handshake_and_connack():
+    async def serve(r, w):
+        await asyncio.sleep(30)  # accepts, then says nothing
+
+    port, srv = await serve_on_free_port(serve)
+    try:
+        for scheme in ("mqtts", "mqtt"):
+            c = mqtt.MQTTClient("%s://127.0.0.1:%d" % (scheme, port), "mute", insecure=True)
+            c.connect_timeout_ms = 300
+            with raises(asyncio.TimeoutError):
+                await c.connect()
+            assert not c.is_connected
     finally:
         srv.close()

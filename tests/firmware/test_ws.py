@@ -173,6 +173,8 @@ async def test_handshake_checks_the_accept_key():
         await ws.handshake(Raw(proto=b"other"), "h", 80, "/")
     with raises(ws.WSError, "404"):
         await ws.handshake(Raw(status=b"HTTP/1.1 404 Not Found"), "h", 80, "/")
+    with raises(ws.WSError, "too long"):  # an endless header line is cut off, not buffered
+        await ws.handshake(Raw(status=b"HTTP/1.1 101 " + b"x" * 2000), "h", 80, "/")
 
 
 def rnd(n):
