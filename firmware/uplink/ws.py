@@ -9,7 +9,8 @@ import os
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CHUNK = 512  # mask this many bytes per big-integer XOR
 MAX_HEADERS = 32
-MAX_LINE = 512  # lines in the handshake response before we call it hostile
+MAX_LINE = 512
+WANTED = (b"upgrade", b"connection", b"sec-websocket-accept", b"sec-websocket-protocol")  # lines in the handshake response before we call it hostile
 
 
 class WSError(OSError):
@@ -87,7 +88,9 @@ async def handshake(raw, host, port, path):
         if not line:
             break
         name, _, value = line.partition(b":")
-        seen[name.strip().lower()] = value.strip()
+        name = name.strip().lower()
+        if name in WANTED:  # keep only what we check: a hostile server cannot make us hoard
+            seen[name] = value.strip()
     else:
         raise WSError("WebSocket upgrade: too many header lines")
     if seen.get(b"upgrade", b"").lower() != b"websocket":
