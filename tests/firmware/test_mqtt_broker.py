@@ -283,3 +283,23 @@ async def test_silent_server_times_out_in_tls_handshake_and_connack():
             assert not c.is_connected
     finally:
         srv.close()
+
+
+async def test_long_drain_does_not_grow_memory():
+    import gc
+
+    c = client("mqtt", "steady")
+    await c.connect()
+
+    async def burst():
+        for i in range(1500):
+            await c.publish("steady/x", b"x" * 100, qos=1, wait=False)
+        await c.flush()
+        gc.collect()
+        return gc.mem_free()
+
+    await burst()  # the first burst sizes everything that is reused
+    m1 = await burst()
+    m2 = await burst()
+    assert m2 >= m1 - 256, (m1, m2)
+    await c.disconnect()
