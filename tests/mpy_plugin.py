@@ -110,7 +110,8 @@ class FirmwareFile(pytest.File):
                     heap=heap,
                     needs=needs,
                     lineno=lineno,
-                    siblings=[t for t in tests if t[1] == heap],
+                    # one process per variant and heap size: [py] runs them all at once
+                    siblings=tests if variant == "py" else [t for t in tests if t[1] == heap],
                 )
 
 

@@ -102,9 +102,23 @@ class App:
             return
         self.publisher.notify()
 
+    def take_device_readings(self, ts):
+        # gateway modes: user.read_devices() -> {sub-device name: values}
+        try:
+            per_device = getattr(self.user, "read_devices")() or {}
+        except Exception as e:
+            log.exc("user", "read_devices() failed", e)
+            return
+        for name in per_device:
+            self.store({"ts": ts, "values": per_device[name], "device": name})
+
     async def telemetry_task(self):
+        gateway = hasattr(self.user, "read_devices")
         while True:
-            self.store(self.take_reading())
+            reading = self.take_reading()
+            self.store(reading)
+            if gateway:
+                self.take_device_readings(reading["ts"])
             self.telemetry_wake.clear()
             try:
                 await asyncio.wait_for(self.telemetry_wake.wait(), self.interval_s)
@@ -157,6 +171,9 @@ class App:
     def on_status(self, event, detail=None):
         if event == "auth_error":
             self.auth_failures += 1
+            invalidate = getattr(self.adapter, "invalidate_credentials", None)
+            if invalidate is not None:
+                invalidate()  # a relay token the broker refused must not be offered again
             log.error("mqtt", "broker refused our credentials (%s): check the token/password" % detail)
         elif event in ("connected", "disconnected", "error", "backoff"):
             (log.info if event == "connected" else log.warn)("mqtt", "%s %s" % (event, "" if detail is None else detail))

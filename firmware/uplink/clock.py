@@ -115,6 +115,15 @@ class Clock:
             pass
         return self._ev.is_set()
 
+    def set_from_cloud(self, ms):
+        """A time from the platform (TB getTime, Blynk utc): good enough while SNTP has not
+        answered yet, never over an SNTP sync. Returns whether it was taken."""
+        if self.synced or ms < VALID_MS:
+            return False
+        self.board.set_rtc(ms // 1000, ms % 1000)
+        self._ev.set()
+        return True
+
     async def sync(self):
         """Set the clock from the first server that answers sensibly; ClockError naming
         every server's failure otherwise."""

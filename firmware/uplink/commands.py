@@ -4,7 +4,10 @@ import asyncio
 
 from uplink import log
 
-BUILTIN = ("reboot", "set_interval", "ping", "status", "redirect")
+BUILTIN = ("reboot", "set_interval", "ping", "status", "redirect", "set_time")
+# Notifications the platforms turn into commands on every attribute change or answer: a
+# user.py without a handler for them is normal, not an error.
+NOTICES = ("attributes", "firmware", "rpc_answer", "set_time")
 
 
 def _interval(params):
@@ -42,10 +45,19 @@ async def execute(app, cmd):
         app.client.set_url(url)
         await app.client.reconnect()
         return None
+    if name == "set_time" and app.clock.set_from_cloud(cmd.params.get("ms", 0)):
+        log.info("clock", "time taken from the cloud until SNTP answers")
     handler = getattr(app.user, "handle", None)
     if handler is None:
+        if name in NOTICES:
+            return None
         raise ValueError("unknown command %r" % name)
-    r = handler(cmd)
+    try:
+        r = handler(cmd)
+    except ValueError:
+        if name in NOTICES:  # user.py handles other commands, not this notice
+            return None
+        raise
     if r is not None and hasattr(r, "send"):
         r = await r
     return r
