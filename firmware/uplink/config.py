@@ -2,12 +2,12 @@
 # with the key path and what was expected, instead of surfacing later as a confusing failure.
 import json
 
+from uplink import ConfigError  # noqa: F401 (one class, even when this module is imported again)
+
 REQUIRED = object()
 PATH = "config.json"
 
 
-class ConfigError(Exception):
-    pass
 
 
 def _positive(v):
@@ -168,4 +168,6 @@ def load(path=PATH, extra=None):
             text = f.read()
     except OSError:
         raise ConfigError("%s: missing: put a config.json on the board (uplink deploy does this)" % path)
+    except UnicodeError:  # a damaged file must stop in safe mode with a reason, not crash
+        raise ConfigError("%s: not UTF-8 text (damaged? deploy it again)" % path)
     return parse(text, extra)

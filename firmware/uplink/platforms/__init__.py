@@ -166,9 +166,12 @@ def credential_source(pcfg):
     None: the platform's own keys are used as they are."""
     if pcfg.get("credentials") is None:
         return None
-    from uplink import credentials
+    from uplink import ConfigError, credentials
 
-    return credentials.from_config(pcfg)
+    try:
+        return credentials.from_config(pcfg)
+    except ValueError as e:  # a bad credentials section: safe mode with the key, not a crash
+        raise ConfigError("config.json: %s" % e)
 
 
 def client_id(cfg, ctx=None):
