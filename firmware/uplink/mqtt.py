@@ -428,12 +428,15 @@ class MQTTClient:
         try:
             while True:
                 h = s.take(4)
-                if h is None:  # wait for data here, so a lone PUBACK takes the fast path too
+                if h is None:
                     if acked:  # the burst of acks is over: wake the publishers once
                         acked = False
                         self._pulse()
-                    await s.fill()
-                    h = s.take(4)
+                    if s.take(1) is None:  # nothing buffered: wait here, so that a lone
+                        await s.fill()  # PUBACK takes the fast path too
+                        h = s.take(4)
+                    else:  # a short packet (PINGRESP) or part of one: the slow path
+                        s.unread(1)
                 if h is not None and h[0] == 0x40 and h[1] == 2:
                     pid = h[2] << 8 | h[3]
                     k = pid % w

@@ -1,6 +1,7 @@
 # MQTT packet building and parsing without a broker: exact bytes of PUBLISH/CONNECT, the
 # decoder's limits, and a fuzz run of random and truncated packets through the client's reader
 # (no crash, no hang, no unbounded allocation: only MQTTError/EOFError, connection dropped).
+import asyncio
 import gc
 import os
 
@@ -135,3 +136,49 @@ async def test_fuzz_random_and_truncated_packets():
         assert e == "disconnected", e
         assert isinstance(d, (mqtt.MQTTError, EOFError)), repr(d)
         assert s.pos <= len(data)
+
+
+class Quiet(Mem):
+    """Like Mem, but at the end of the data it waits (a live connection with nothing to say)."""
+
+    async def readexactly(self, n):
+        if self.pos + n > len(self.data):
+            await asyncio.sleep(60)
+        return await super().readexactly(n)
+
+    async def fill(self):
+        await asyncio.sleep(60)  # everything there is, is already buffered
+
+
+async def test_short_and_split_packets_are_handled_without_more_data():
+    # a lone PINGRESP must not wait for a following packet (the keepalive would call the
+    # broker dead), nor a PUBACK split over two WebSocket frames
+    from test_ws import srv
+    from uplink import ws
+
+    cases = (
+        (lambda: Quiet(b"\xd0\x00"), "rx"),
+        (lambda: Quiet(b"\x40\x02\x00\x05\xd0\x00"), "rx"),
+        (lambda: ws.WSStream(Quiet(srv(b"\x40\x02") + srv(b"\x00\x05"))), "ack"),
+        (lambda: ws.WSStream(Quiet(srv(b"\xd0") + srv(b"\x00"))), "rx"),
+    )
+    for make, what in cases:
+        c = client()
+        c._hold(5, bytearray(b"x"))
+        s = make()
+        c._s = s
+        rx = []
+        handle = c._handle
+
+        def counting(s, first, body, handle=handle):  # the slow-path packets, in order
+            rx.append(first)
+            handle(s, first, body)
+
+        c._handle = counting
+        t = asyncio.create_task(c._reader(s))
+        await asyncio.sleep_ms(50)
+        if what == "ack":
+            assert not c._n, "PUBACK split over frames not handled"
+        else:
+            assert rx[-1:] == [0xD0], "PINGRESP not handled: %r" % rx
+        t.cancel()
