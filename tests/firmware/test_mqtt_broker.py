@@ -303,3 +303,13 @@ async def test_long_drain_does_not_grow_memory():
     m2 = await burst()
     assert m2 >= m1 - 256, (m1, m2)
     await c.disconnect()
+
+
+async def test_idle_connection_stays_up_on_keepalive():
+    # PINGREQ/PINGRESP keep a quiet connection alive: nothing else arrives for 2.5 keepalives
+    c = client("mqtts", "idle", keepalive=1)
+    await c.connect()
+    await asyncio.sleep_ms(2500)
+    assert [e for e, _ in c.events] == ["connected"], c.events
+    await c.publish("idle/x", b"still here", qos=1)
+    await c.disconnect()
