@@ -113,7 +113,8 @@ class App:
             self.store({"ts": ts, "values": per_device[name], "device": name})
 
     async def telemetry_task(self):
-        gateway = hasattr(self.user, "read_devices")
+        # sub-device readings only where the platform runs a gateway session (adapter.gateway)
+        gateway = hasattr(self.user, "read_devices") and getattr(self.adapter, "gateway", None)
         while True:
             reading = self.take_reading()
             self.store(reading)
