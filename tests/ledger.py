@@ -205,3 +205,13 @@ def outbox_readings(state: Path, dir: str = "outbox", max_bytes: int = 1 << 30) 
         elif parts and parts[0] == "BAD":
             raise AssertionError("unreadable record in the outbox: " + line)
     return keys, dropped
+
+
+def show(capsys, text: str) -> None:
+    """Print past pytest's output capture (the `capsys` fixture): a scenario's ledger belongs
+    in `make test`'s output even when the scenario passes."""
+    if capsys is None:
+        print(text, flush=True)
+        return
+    with capsys.disabled():
+        print(text, flush=True)

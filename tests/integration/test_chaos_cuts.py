@@ -17,7 +17,7 @@ import pytest
 from tests.faultproxy import FaultProxy
 from tests.integration import mpy
 from tests.integration.hostboard import HostBoard
-from tests.ledger import SEQ_USER, Ledger, Observer, outbox_readings
+from tests.ledger import SEQ_USER, Ledger, Observer, outbox_readings, show
 from tests.services import Mosquitto, mosquitto_bin
 
 pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not installed")
@@ -98,7 +98,7 @@ def inject(proxy: FaultProxy, obs: Observer, total: int, cuts: int, done) -> dic
     return kinds
 
 
-def test_10k_qos1_readings_50_random_cuts_publish_path(tmp_path):
+def test_10k_qos1_readings_50_random_cuts_publish_path(tmp_path, capsys):
     n, cuts = 10_000, 50
     broker = Mosquitto(tmp_path / "broker").start()
     obs = Observer(broker.ports["mqtt"], ["chaos/telemetry"])
@@ -115,7 +115,7 @@ def test_10k_qos1_readings_50_random_cuts_publish_path(tmp_path):
         led = Ledger.of([(0, v["seq"]) for v in obs.readings()], sent={(0, i) for i in range(1, n + 1)})
         led.extra = {"cuts": proxy.cuts, **kinds, "s": round(secs, 1), "ooo": led.out_of_order,
                      **dict(kv.split("=") for kv in done.split()[1:] if kv.split("=")[0] in ("reconnects", "heap_low"))}
-        print(led.table("10k QoS1, 50 cuts (pub path)"))
+        show(capsys, led.table("10k QoS1, 50 cuts (pub path)"))
         assert proxy.cuts >= cuts, "the proxy cut fewer connections than planned"
         assert led.lost == 0, f"lost readings: {led.missing}"
         assert "acked=%d depth=0 dropped=0" % n in done, done
@@ -136,7 +136,7 @@ def app_config(port: int, **telemetry) -> dict:
     }
 
 
-def test_full_app_readings_survive_random_cuts(tmp_path):
+def test_full_app_readings_survive_random_cuts(tmp_path, capsys):
     n, cuts = (10_000, 50) if LONG else (1_000, 10)
     broker = Mosquitto(tmp_path / "broker").start()
     obs = Observer(broker.ports["mqtt"], ["v1/devices/me/telemetry"])
@@ -153,7 +153,7 @@ def test_full_app_readings_survive_random_cuts(tmp_path):
         led = Ledger.of(obs.keys(), waiting)
         led.extra = {"cuts": proxy.cuts, **kinds, "s": round(secs, 1), "ooo": led.out_of_order,
                      "reconnects": proxy.connections - 1}
-        print(led.table(f"app: {n} readings, {cuts} cuts"))
+        show(capsys, led.table(f"app: {n} readings, {cuts} cuts"))
         assert proxy.cuts >= cuts
         assert led.lost == 0, f"lost readings: {led.missing}"
         assert dropped == 0

@@ -14,7 +14,7 @@ publisher must keep going.
 import pytest
 
 from tests.integration import mpy
-from tests.ledger import Ledger, Observer
+from tests.ledger import Ledger, Observer, show
 from tests.services import mosquitto_bin
 
 pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not installed")
@@ -69,7 +69,7 @@ asyncio.run(main())
 """
 
 
-def test_publisher_survives_memory_error_while_encoding_a_backlog(tmp_path, broker):
+def test_publisher_survives_memory_error_while_encoding_a_backlog(tmp_path, broker, capsys):
     obs = Observer(broker.ports["mqtt"], ["chaos/telemetry"], client_id="obs-heap")
     p = mpy.start(SCRIPT, compiled=True, heapsize="96k",
                   env={"URL": broker.url(), "DIR": str(tmp_path / "outbox")})
@@ -79,7 +79,7 @@ def test_publisher_survives_memory_error_while_encoding_a_backlog(tmp_path, brok
         obs.quiet(0.5)
         led = Ledger.of([(0, v["seq"]) for v in obs.readings()], sent={(0, i) for i in range(1, 301)})
         led.extra = dict(kv.split("=") for kv in done.split()[1:])
-        print(led.table("MemoryError in encode"))
+        show(capsys, led.table("MemoryError in encode"))
         assert led.lost == 0, f"lost readings: {led.missing}\n{p.output}"
         assert "acked=300 depth=0" in done, p.output
     finally:

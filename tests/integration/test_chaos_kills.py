@@ -18,7 +18,7 @@ import pytest
 from tests.faultproxy import FaultProxy
 from tests.integration.hostboard import HostBoard
 from tests.integration.test_chaos_cuts import app_config
-from tests.ledger import SEQ_USER, Ledger, Observer, outbox_readings
+from tests.ledger import SEQ_USER, Ledger, Observer, outbox_readings, show
 from tests.services import Mosquitto, mosquitto_bin
 
 pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not installed")
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not i
 TOPIC = "v1/devices/me/telemetry"
 
 
-def test_broker_sigkilled_three_times_none_lost(tmp_path):
+def test_broker_sigkilled_three_times_none_lost(tmp_path, capsys):
     broker = Mosquitto(tmp_path / "broker").start()
     obs = Observer(broker.ports["mqtt"], [TOPIC])
     proxy = FaultProxy(broker.ports["mqtt"], seed=20)
@@ -51,7 +51,7 @@ def test_broker_sigkilled_three_times_none_lost(tmp_path):
         led = Ledger.of(obs.keys(), waiting)
         led.extra = {"broker_kills": 3, "reconnects": proxy.connections - 1, "ooo": led.out_of_order,
                      "publish_errors": board.console().count("E publish")}
-        print(led.table("broker SIGKILL x3"))
+        show(capsys, led.table("broker SIGKILL x3"))
         assert led.lost == 0, f"lost readings: {led.missing}"
         assert dropped == 0
         assert "disconnected" in board.console()  # the device did see the broker go
@@ -62,7 +62,7 @@ def test_broker_sigkilled_three_times_none_lost(tmp_path):
         broker.stop()
 
 
-def test_firmware_sigkilled_twice_every_accepted_reading_delivered(tmp_path):
+def test_firmware_sigkilled_twice_every_accepted_reading_delivered(tmp_path, capsys):
     broker = Mosquitto(tmp_path / "broker").start()
     obs = Observer(broker.ports["mqtt"], [TOPIC])
     proxy = FaultProxy(broker.ports["mqtt"], seed=21)
@@ -89,7 +89,7 @@ def test_firmware_sigkilled_twice_every_accepted_reading_delivered(tmp_path):
         led = Ledger.of(obs.keys(), waiting)
         led.extra = {"firmware_kills": 2, "held_at_kills": len(held), "ooo": led.out_of_order,
                      "publish_errors": board.console().count("E publish")}
-        print(led.table("firmware SIGKILL x2"))
+        show(capsys, led.table("firmware SIGKILL x2"))
         assert not held - got, f"readings the outbox held at a kill never arrived: {sorted(held - got)[:20]}"
         assert led.lost == 0, f"lost readings: {led.missing}"
         assert dropped == 0

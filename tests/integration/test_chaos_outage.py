@@ -17,7 +17,7 @@ import pytest
 from tests.faultproxy import FaultProxy
 from tests.integration.hostboard import HostBoard
 from tests.integration.test_chaos_cuts import app_config
-from tests.ledger import SEQ_USER, Ledger, Observer, outbox_readings
+from tests.ledger import SEQ_USER, Ledger, Observer, outbox_readings, show
 from tests.services import Mosquitto, mosquitto_bin
 
 pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not installed")
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not i
 TOPIC = "v1/devices/me/telemetry"
 
 
-def test_outbox_full_drops_oldest_reports_and_recovers(tmp_path):
+def test_outbox_full_drops_oldest_reports_and_recovers(tmp_path, capsys):
     broker = Mosquitto(tmp_path / "broker").start()
     obs = Observer(broker.ports["mqtt"], [TOPIC])
     proxy = FaultProxy(broker.ports["mqtt"], seed=30)
@@ -49,7 +49,7 @@ def test_outbox_full_drops_oldest_reports_and_recovers(tmp_path):
         led = Ledger.of(obs.keys(), waiting, dropped={(1, n) for n in gone})
         led.extra = {"dropped_by_outbox": dropped, "dropped_reported": reported, "gone": len(gone),
                      "gone_range": f"{gone[0]}..{gone[-1]}" if gone else "-"}
-        print(led.table("outbox full in an outage"))
+        show(capsys, led.table("outbox full in an outage"))
         assert dropped > 0, "the outage did not fill the outbox: the test proves nothing"
         # what is gone is one block of the oldest readings of the outage, nothing after it
         assert gone == list(range(gone[0], gone[-1] + 1)), f"not one block: {gone}"
@@ -73,7 +73,7 @@ uplink.mqtt.MQTTClient.auth_backoff_ms = 1000
 """
 
 
-def test_credentials_rotated_backs_off_reports_and_recovers(tmp_path):
+def test_credentials_rotated_backs_off_reports_and_recovers(tmp_path, capsys):
     broker = Mosquitto(tmp_path / "broker", passwords={"dev": "pw-1", "cloud": "c"}).start()
     obs = Observer(broker.ports["mqtt"], [TOPIC], auth=("cloud", "c"))
     proxy = FaultProxy(broker.ports["mqtt"], seed=31)
@@ -102,7 +102,7 @@ def test_credentials_rotated_backs_off_reports_and_recovers(tmp_path):
         reported = max(v.get("auth_failures", 0) for v in obs.readings())
         led.extra = {"connects_in_8s": attempts, "per_s": round(rate, 2), "auth_failures": reported,
                      "recovered_s": round(recovered_s, 1)}
-        print(led.table("credentials rotated"))
+        show(capsys, led.table("credentials rotated"))
         # a client without backoff (or the 0.5 s error backoff) would have made 15+ attempts
         assert 1 <= attempts <= 6, f"{attempts} CONNECT attempts in 8 s: hammering the broker"
         assert reported >= 1, "auth_failures never reached the cloud"

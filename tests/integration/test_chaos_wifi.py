@@ -10,7 +10,7 @@ client has to notice by its keepalive. No reading may be lost.
 import pytest
 
 from tests.integration import mpy
-from tests.ledger import Ledger, Observer
+from tests.ledger import Ledger, Observer, show
 from tests.services import mosquitto_bin
 
 pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not installed")
@@ -160,7 +160,7 @@ asyncio.run(main())
 """
 
 
-def test_wifi_flapping_while_publishing_none_lost(tmp_path, broker):
+def test_wifi_flapping_while_publishing_none_lost(tmp_path, broker, capsys):
     obs = Observer(broker.ports["mqtt"], ["chaos/telemetry"], client_id="obs-wifi")
     p = mpy.start(SCRIPT % {"n": N, "drops": DROPS}, compiled=True, heapsize="96k",
                   env={"URL": broker.url(), "DIR": str(tmp_path / "outbox")})
@@ -171,7 +171,7 @@ def test_wifi_flapping_while_publishing_none_lost(tmp_path, broker):
         led = Ledger.of([(0, v["seq"]) for v in obs.readings()], sent={(0, i) for i in range(1, N + 1)})
         stats = dict(kv.split("=") for kv in done.split()[1:])
         led.extra = {**stats, "ooo": led.out_of_order}
-        print(led.table(f"Wi-Fi flapping x{DROPS}"))
+        show(capsys, led.table(f"Wi-Fi flapping x{DROPS}"))
         assert led.lost == 0, f"lost readings: {led.missing}\n{p.output}"
         assert f"acked={N} depth=0" in done, p.output
         # the driver repairs some drops by itself before Wifi.run() looks (as on an ESP32)
