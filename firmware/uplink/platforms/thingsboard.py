@@ -25,6 +25,9 @@ SCHEMA = {
     "claim_secret": (str, None),
     "claim_duration_ms": (int, 60000, lambda v: v > 0 or "a number above 0"),
     "max_payload": (int, DEFAULT_MAX_PAYLOAD, lambda v: v >= 256 or "at least 256"),
+    # getSessionLimits/getTime after connect; off for servers older than ThingsBoard 3.5,
+    # or a plain broker that echoes a device's requests back to it (make demo)
+    "client_rpc": (bool, True),
 }
 
 ME = "v1/devices/me/"
@@ -101,7 +104,7 @@ class Adapter(Base):
         # QoS 1 without waiting for each PUBACK: the client pipelines them
         await client.publish(ATTRIBUTES, dumps(attrs).encode(), 1, False, False)
         self._pending = {}
-        for method in ("getSessionLimits", "getTime"):
+        for method in ("getSessionLimits", "getTime") if self.cfg["platform"].get("client_rpc", True) else ():
             t, payload = self.rpc_request(method)
             await client.publish(t, payload, 1, False, False)
         if self.shared_keys:
