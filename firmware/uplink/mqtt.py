@@ -181,6 +181,7 @@ class MQTTClient:
         self._keeper = None
         self._closing = False
         self._hook = False  # inside on_connect, where the window does not apply
+        self._restorer = None  # the task resending after a connect (see _connect_once)
         self._rx = self._tx = 0
 
     # -- public ------------------------------------------------------------------------
@@ -238,7 +239,8 @@ class MQTTClient:
         if not self._hold(pid, pkt):
             self._extra[pid] = pkt  # on_connect's publishes may go beyond the window
         s = self._s
-        if s is not None:
+        r = self._restorer
+        if s is not None and (r is None or r is asyncio.current_task()):
             await self._send(s, pkt, wait)
             pkt[0] |= 8  # from now on a resend is a duplicate
         if wait:
@@ -299,7 +301,14 @@ class MQTTClient:
             self._tasks.append(asyncio.create_task(self._pinger(s)))
         self._status("connected", None)
         self._pulse()
-        await self._restore(s)
+        # Until the unacknowledged packets are resent, other tasks' QoS 1 publishes only
+        # queue (the resend sends them, in pid order): written at once they overtook the
+        # older ones, and the resend sent them a second time.
+        self._restorer = asyncio.current_task()
+        try:
+            await self._restore(s)
+        finally:
+            self._restorer = None
 
     def _connect_packet(self, user, pw):
         flags = 0x02 if self._clean else 0

@@ -157,6 +157,8 @@ def test_full_app_readings_survive_random_cuts(tmp_path, capsys):
         assert proxy.cuts >= cuts
         assert led.lost == 0, f"lost readings: {led.missing}"
         assert dropped == 0
+        # first arrivals in the order measured: a reconnect resends the oldest first
+        assert led.out_of_order == 0, "readings overtook older ones after a reconnect"
     finally:
         board.stop()
         proxy.close()
