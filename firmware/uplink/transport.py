@@ -88,6 +88,10 @@ class Stream:
         self._om = memoryview(self._ob)
         self._w = 0  # gathered bytes are _ob[:_w]
         self._stuck = False  # asyncio holds bytes the socket would not take yet
+        # Bytes written while a drain waits go here, not to asyncio: its drain() ends by
+        # emptying its buffer, which would drop anything appended meanwhile.
+        self._draining = False
+        self._more = []
 
     # -- reading -----------------------------------------------------------------------
     def take(self, n):
@@ -175,6 +179,10 @@ class Stream:
         return self._stuck
 
     def _write(self, buf):
+        if self._draining:
+            self._more.append(bytes(buf))  # (bounded: each writer then waits in drain)
+            self._stuck = True
+            return True
         try:
             self._aw.write(buf)  # tries the socket now, keeps (copies) what it would not take
         except ValueError as e:
@@ -190,12 +198,23 @@ class Stream:
 
     async def drain(self):
         self.push()
-        if self._stuck:  # the socket is full: wait until it takes the rest
-            async with self._lock:
-                try:
+        if not self._stuck:
+            return
+        async with self._lock:  # the socket is full: wait until it takes the rest
+            self._draining = True
+            try:
+                while True:
                     await self._aw.drain()
-                except ValueError as e:
-                    raise _tls_error(e)
+                    more = self._more
+                    if not more:
+                        break
+                    self._more = []
+                    for b in more:
+                        self._aw.write(b)
+            except ValueError as e:
+                raise _tls_error(e)
+            finally:
+                self._draining = False
             self._stuck = False
 
     def close(self):
