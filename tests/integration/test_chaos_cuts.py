@@ -31,6 +31,7 @@ from uplink.outbox import Outbox
 from uplink.publisher import Publisher
 
 N = int(os.getenv("N"))
+PAUSE = int(os.getenv("PAUSE_MS", "10"))
 TOPIC = "chaos/telemetry"
 
 
@@ -51,13 +52,17 @@ async def produce(ob, pub):
         ob.put(json.dumps({"ts": None, "values": {"seq": i}}).encode())
         pub.notify()
         if i % 20 == 0:
-            await asyncio.sleep_ms(10)  # about 2,000 readings a second at most
+            await asyncio.sleep_ms(PAUSE)  # 10 ms: about 2,000 readings a second at most
     print("PRODUCED", N)
 
 
 async def main():
     ob = Outbox(os.getenv("DIR"), 1 << 20)
-    c = MQTTClient(os.getenv("URL"), "chaos-10k", keepalive=10)
+    ca = None
+    if os.getenv("CA"):
+        with open(os.getenv("CA"), "rb") as f:
+            ca = f.read()
+    c = MQTTClient(os.getenv("URL"), "chaos-10k", keepalive=10, ca=ca)
     events = {}
 
     def status(ev, detail):
@@ -117,6 +122,36 @@ def test_10k_qos1_readings_50_random_cuts_publish_path(tmp_path, capsys):
                      **dict(kv.split("=") for kv in done.split()[1:] if kv.split("=")[0] in ("reconnects", "heap_low"))}
         show(capsys, led.table("10k QoS1, 50 cuts (pub path)"))
         assert proxy.cuts >= cuts, "the proxy cut fewer connections than planned"
+        assert led.lost == 0, f"lost readings: {led.missing}"
+        assert "acked=%d depth=0 dropped=0" % n in done, done
+    finally:
+        p.kill()
+        proxy.close()
+        obs.close()
+        broker.stop()
+
+
+@pytest.mark.parametrize("scheme", ["mqtts", "ws", "wss"])
+def test_cuts_mid_tls_record_and_websocket_frame(tmp_path, capsys, scheme):
+    """The same publish path over TLS, WebSocket and both: a cut in the middle of a chunk is
+    a cut in the middle of a TLS record or a WebSocket frame."""
+    n, cuts = 1_000, 10
+    broker = Mosquitto(tmp_path / "broker").start()
+    obs = Observer(broker.ports["mqtt"], ["chaos/telemetry"])
+    proxy = FaultProxy(broker.ports[scheme], seed=12)
+    path = "/mqtt" if scheme.startswith("ws") else ""
+    p = mpy.start(PUBLISH_PATH, compiled=True, heapsize="128k",
+                  env={"N": str(n), "URL": f"{scheme}://localhost:{proxy.port}{path}", "DIR": str(tmp_path / "outbox"),
+                       "CA": str(broker.pki.ca_der), "PAUSE_MS": "50"})
+    try:
+        kinds = inject(proxy, obs, n, cuts, lambda: any("DONE" in ln for ln in p.lines) or p.proc.poll() is not None)
+        done = p.expect("DONE", timeout=120)
+        assert p.wait(30) == 0, p.output
+        obs.quiet(0.5)
+        led = Ledger.of([(0, v["seq"]) for v in obs.readings()], sent={(0, i) for i in range(1, n + 1)})
+        led.extra = {"cuts": proxy.cuts, **kinds, "ooo": led.out_of_order}
+        show(capsys, led.table(f"{scheme}: {n} readings, {cuts} cuts"))
+        assert proxy.cuts >= cuts
         assert led.lost == 0, f"lost readings: {led.missing}"
         assert "acked=%d depth=0 dropped=0" % n in done, done
     finally:
