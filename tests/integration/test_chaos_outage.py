@@ -113,3 +113,40 @@ def test_credentials_rotated_backs_off_reports_and_recovers(tmp_path, capsys):
         proxy.close()
         obs.close()
         broker.stop()
+
+
+def test_stalled_link_is_detected_by_keepalive_none_lost(tmp_path, capsys):
+    """The link goes silent without a FIN or RST (a router died): the device must find out by
+    its keepalive, reconnect and resend. A slow link (proxy delay) comes first."""
+    broker = Mosquitto(tmp_path / "broker").start()
+    obs = Observer(broker.ports["mqtt"], [TOPIC])
+    proxy = FaultProxy(broker.ports["mqtt"], seed=32)
+    cfg = app_config(proxy.port, interval_ms=20)
+    cfg["platform"]["keepalive"] = 2
+    board = HostBoard(tmp_path / "board", cfg, user_py=SEQ_USER).start()
+    try:
+        assert obs.wait(lambda: len(obs.keys()) >= 50), board.console()
+        proxy.delay(0.05)  # a slow link: every chunk 50 ms late
+        n = len(set(obs.keys()))
+        assert obs.wait(lambda: len(set(obs.keys())) >= n + 50), board.console()
+        proxy.delay(0)
+        c0 = proxy.connections
+        proxy.stall(True)
+        before = max(k[1] for k in obs.keys())
+        board.wait_for_line("within keepalive", 15)
+        proxy.stall(False)
+        assert obs.wait(lambda: max(k[1] for k in obs.keys()) >= before + 300, 30), board.console()
+        board.stop()
+        obs.quiet(0.5)
+        waiting, dropped = outbox_readings(board.state)
+        led = Ledger.of(obs.keys(), waiting)
+        led.extra = {"reconnects_after_stall": proxy.connections - c0, "ooo": led.out_of_order}
+        show(capsys, led.table("slow link, then stalled"))
+        assert proxy.connections > c0, "the device never reconnected after the stall"
+        assert led.lost == 0, f"lost readings: {led.missing}"
+        assert dropped == 0
+    finally:
+        board.stop()
+        proxy.close()
+        obs.close()
+        broker.stop()
