@@ -157,9 +157,9 @@ class Clock:
                 failing = False
                 delay = self.RETRY_MS
                 await asyncio.sleep(self.resync_s)
-            except ClockError as e:
+            except Exception as e:  # ClockError; a MemoryError must not end the task either
                 if not failing:  # say it once per outage, not at every retry
-                    log.warn("clock", str(e))
+                    log.warn("clock", str(e) if isinstance(e, ClockError) else "sync failed: %r" % e)
                 failing = True
                 # jitter: boards rebooted by one power cut do not all ask at once
                 await asyncio.sleep_ms(delay + random.getrandbits(16) % (delay // 2 + 1))

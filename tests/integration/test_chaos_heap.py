@@ -85,3 +85,48 @@ def test_publisher_survives_memory_error_while_encoding_a_backlog(tmp_path, brok
     finally:
         p.kill()
         obs.close()
+
+
+CLOCK_SCRIPT = """
+import asyncio
+from uplink import clock
+
+
+class Board:
+    def time_ms(self):
+        return 0  # the RTC is not in the present: the clock must sync
+
+    def set_rtc(self, s, ms=0):
+        pass
+
+
+calls = [0]
+
+
+async def sync():
+    calls[0] += 1
+    if calls[0] == 1:
+        raise MemoryError("memory allocation failed, allocating 248 bytes")
+    raise clock.ClockError("no answer")
+
+
+async def main():
+    c = clock.Clock(Board(), ["127.0.0.1:9"], resync_s=60)
+    c.RETRY_MS = 20
+    c.sync = sync
+    t = asyncio.create_task(c.run())
+    await asyncio.sleep_ms(500)
+    print("SYNC_CALLS", calls[0], "alive", not t.done() if hasattr(t, "done") else True)
+
+
+asyncio.run(main())
+"""
+
+
+def test_clock_task_survives_memory_error():
+    """Seen at a 128 KB heap: a MemoryError inside the SNTP sync ended Clock.run, so the
+    device never synced again. It must retry like after any failed sync."""
+    p = mpy.start(CLOCK_SCRIPT, compiled=True, heapsize="96k")
+    line = p.expect("SYNC_CALLS", timeout=30)
+    assert p.wait(10) == 0, p.output
+    assert int(line.split()[1]) >= 2, p.output
