@@ -92,6 +92,7 @@ class App:
             values.update(self.user.read() or {})
         except Exception as e:  # a broken sensor must not stop health telemetry
             log.exc("user", "read() failed", e)
+        _drop_unencodable(values)
         return {"ts": self.clock.now_ms() if self.clock else None, "values": values}
 
     def store(self, reading):
@@ -116,10 +117,16 @@ class App:
         # sub-device readings only where the platform runs a gateway session (adapter.gateway)
         gateway = hasattr(self.user, "read_devices") and getattr(self.adapter, "gateway", None)
         while True:
-            reading = self.take_reading()
-            self.store(reading)
-            if gateway:
-                self.take_device_readings(reading["ts"])
+            try:
+                reading = self.take_reading()
+                self.store(reading)
+                if gateway:
+                    self.take_device_readings(reading["ts"])
+            except Exception as e:
+                # a value JSON cannot encode (bytes from a sensor), a MemoryError: lose this
+                # reading, not every later one (this task ending would stop all telemetry)
+                log.exc("telemetry", "reading skipped", e)
+                gc.collect()
             self.telemetry_wake.clear()
             try:
                 await asyncio.wait_for(self.telemetry_wake.wait(), self.interval_s)
@@ -294,6 +301,21 @@ class _Wired:
 
     def rssi(self):
         return None
+
+
+def _drop_unencodable(values):
+    # NaN/inf (a failed sensor read) and objects JSON has no form for: MicroPython's
+    # json.dumps writes them as they print ('nan', '<object>'), the record is then not JSON,
+    # and the publisher drops the whole reading as corrupt. Drop only the bad value.
+    for k in list(values):
+        v = values[k]
+        if isinstance(v, float) and (v != v or v - v != 0):
+            bad = True
+        else:
+            bad = not isinstance(k, str) or not isinstance(v, (int, float, str, bool, list, dict, type(None)))
+        if bad:
+            log.warn("user", "value %r of %r is not JSON: left out" % (k, v))
+            del values[k]
 
 
 def _read_file(path):

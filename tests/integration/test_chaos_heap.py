@@ -130,3 +130,40 @@ def test_clock_task_survives_memory_error():
     line = p.expect("SYNC_CALLS", timeout=30)
     assert p.wait(10) == 0, p.output
     assert int(line.split()[1]) >= 2, p.output
+
+
+BAD_READING_USER = """
+_n = [0]
+def read():
+    _n[0] += 1
+    if _n[0] == 5:
+        return {"seq": 5, "t": float("nan")}  # a failed sensor read
+    if _n[0] == 7:
+        return {"seq": 7, "t": float("inf"), "obj": object()}
+    return {"seq": _n[0], "t": 21.5}
+"""
+
+
+def test_reading_with_nan_or_an_object_is_delivered_without_that_value(tmp_path, broker, capsys):
+    """MicroPython's json.dumps writes NaN, inf and objects as they print ('nan',
+    '<object>'): the stored record was not JSON and the publisher dropped the whole reading
+    (health values included) as corrupt. The reading must arrive without the bad value."""
+    from tests.integration.hostboard import HostBoard
+    from tests.integration.test_chaos_cuts import app_config
+
+    obs = Observer(broker.ports["mqtt"], ["v1/devices/me/telemetry"], client_id="obs-bad-reading")
+    board = HostBoard(tmp_path / "board", app_config(broker.ports["mqtt"], interval_ms=50),
+                      user_py=BAD_READING_USER).start()
+    try:
+        ok = obs.wait(lambda: len({k for k in obs.keys() if k[1] <= 20}) >= 20, 20)
+        board.stop()
+        led = Ledger.of([k for k in obs.keys() if k[1] <= 20], sent={(0, n) for n in range(1, 21)})
+        led.extra = {"bad_values": "nan at 5, inf+object at 7"}
+        show(capsys, led.table("reading with NaN/objects"))
+        assert ok and led.lost == 0, f"lost: {led.missing}\n{board.console()}"
+        by_seq = {v["seq"]: v for v in obs.readings()}
+        assert "t" not in by_seq[5] and "t" not in by_seq[7] and by_seq[6]["t"] == 21.5
+        assert "is not JSON: left out" in board.console()
+    finally:
+        board.stop()
+        obs.close()
