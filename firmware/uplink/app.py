@@ -123,8 +123,8 @@ class App:
                 if gateway:
                     self.take_device_readings(reading["ts"])
             except Exception as e:
-                # a value JSON cannot encode (bytes from a sensor), a MemoryError: lose this
-                # reading, not every later one (this task ending would stop all telemetry)
+                # a MemoryError while taking or storing a reading: lose this reading, not
+                # every later one (this task ending would stop all telemetry)
                 log.exc("telemetry", "reading skipped", e)
                 gc.collect()
             self.telemetry_wake.clear()
@@ -314,7 +314,7 @@ def _drop_unencodable(values):
         else:
             bad = not isinstance(k, str) or not isinstance(v, (int, float, str, bool, list, dict, type(None)))
         if bad:
-            log.warn("user", "value %r of %r is not JSON: left out" % (k, v))
+            log.warn("user", "read() value %r = %r is not JSON: left out" % (k, v))
             del values[k]
 
 
