@@ -8,6 +8,7 @@ import os
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CHUNK = 512  # mask this many bytes per big-integer XOR
+GATHER = 1024  # payload gathered into one frame
 MAX_HEADERS = 32
 MAX_LINE = 512
 WANTED = (b"upgrade", b"connection", b"sec-websocket-accept", b"sec-websocket-protocol")  # lines in the handshake response before we call it hostile
@@ -105,10 +106,15 @@ async def handshake(raw, host, port, path):
 
 
 class WSStream:
-    """The payload bytes of incoming data frames as one stream; each write() is one frame."""
+    """The payload bytes of incoming data frames as one stream. Writes are gathered and leave
+    as one frame per batch (at push/drain), so masking and framing are paid once a batch."""
 
     def __init__(self, raw):
         self._raw = raw
+        self._gb = bytearray(GATHER)
+        self._gm = memoryview(self._gb)
+        self._gn = 0  # gathered payload is _gb[:_gn]
+        self._stuck = False
         self._left = 0  # payload bytes still to read in the current data frame
         self._more = False  # a fragmented message is in progress (continuations expected)
         self._closed = False
@@ -195,12 +201,31 @@ class WSStream:
                 pass
 
     def write(self, buf):
-        return self._raw.write(frame(buf))
+        """Gather buf; True when the socket below refuses bytes (the caller should drain)."""
+        n = len(buf)
+        g = self._gn
+        if g + n > GATHER:
+            self._frame()
+            g = 0
+            if n > GATHER:  # too big to gather: a frame of its own
+                self._stuck = self._raw.write(frame(buf))
+                return self._stuck
+        self._gm[g : g + n] = buf  # copied now: the caller may change buf (the DUP bit)
+        self._gn = g + n
+        return self._stuck
+
+    def _frame(self):
+        if self._gn:
+            self._stuck = self._raw.write(frame(self._gm[: self._gn]))
+            self._gn = 0
 
     async def drain(self):
+        self._frame()
         await self._raw.drain()
+        self._stuck = False
 
     def push(self):
+        self._frame()
         self._raw.push()
 
 
