@@ -208,3 +208,20 @@ async def test_fuzz_random_and_truncated_frames():
                 await s.readexactly(1 + rnd(8))
         except allowed:
             pass
+
+
+async def test_writes_are_gathered_into_one_frame_per_batch():
+    raw = Mem(b"")
+    s = ws.WSStream(raw)
+    pkt = bytearray(b"\x32\x05\x00\x01t\x00\x01")
+    s.write(pkt)
+    pkt[0] |= 8  # the client sets DUP right after writing: the first send must not show it
+    s.write(b"\x30\x03\x00\x01u")
+    assert raw.out == []  # nothing framed before the batch ends
+    await s.drain()
+    assert [unmask(f) for f in raw.out] == [(2, b"\x32\x05\x00\x01t\x00\x01\x30\x03\x00\x01u")]
+    big = os.urandom(ws.GATHER + 1)
+    s.write(b"a")
+    s.write(big)  # too big to gather: what was gathered goes first, then its own frame
+    s.push()
+    assert [unmask(f) for f in raw.out[1:]] == [(2, b"a"), (2, big)]
