@@ -111,7 +111,10 @@ class App:
             log.exc("user", "read_devices() failed", e)
             return
         for name in per_device:
-            self.store({"ts": ts, "values": per_device[name], "device": name})
+            values = per_device[name]
+            if isinstance(values, dict):
+                _drop_unencodable(values)
+            self.store({"ts": ts, "values": values, "device": name})
 
     async def telemetry_task(self):
         # sub-device readings only where the platform runs a gateway session (adapter.gateway)

@@ -167,3 +167,46 @@ def test_reading_with_nan_or_an_object_is_delivered_without_that_value(tmp_path,
     finally:
         board.stop()
         obs.close()
+
+
+GATEWAY_USER = """
+_n = [0]
+def read():
+    _n[0] += 1
+    return {"seq": _n[0]}
+def read_devices():
+    return {"A": {"seq": _n[0], "t": float("nan") if _n[0] == 3 else 20.0}}
+"""
+
+
+def test_sub_device_reading_with_nan_is_delivered_without_it(tmp_path, broker):
+    """The same for gateway sub-device readings (ThingsBoard gateway mode)."""
+    import json as _json
+
+    from tests.integration.hostboard import HostBoard
+    from tests.integration.test_chaos_cuts import app_config
+
+    obs = Observer(broker.ports["mqtt"], ["v1/gateway/telemetry"], client_id="obs-gw")
+    cfg = app_config(broker.ports["mqtt"], interval_ms=50)
+    cfg["platform"]["gateway_devices"] = ["A"]
+    board = HostBoard(tmp_path / "board", cfg, user_py=GATEWAY_USER).start()
+
+    def sub_readings():
+        out = {}
+        with obs.lock:
+            msgs = list(obs.msgs)
+        for _, payload in msgs:
+            for r in _json.loads(payload).get("A", []):
+                v = r.get("values", r)
+                out[v["seq"]] = v
+        return out
+
+    try:
+        ok = obs.wait(lambda: len(set(sub_readings()) & set(range(1, 11))) == 10, 20)
+        board.stop()
+        got = sub_readings()
+        assert ok, f"sub-device readings missing: {sorted(set(range(1, 11)) - set(got))}\n{board.console()}"
+        assert "t" not in got[3] and got[4]["t"] == 20.0
+    finally:
+        board.stop()
+        obs.close()
