@@ -6,8 +6,7 @@ import json
 import sys
 import time
 
-from uplink import VERSION, log
-from uplink.config import ConfigError
+from uplink import VERSION, ConfigError, log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # names for the type checker only; MicroPython ignores annotations
