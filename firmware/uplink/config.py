@@ -97,6 +97,8 @@ def _fail(path, msg):
 
 
 def _check_value(v, spec, path):
+    if v is None and spec[1] is None:
+        return None  # null for an optional key that defaults to absent: same as leaving it out
     typ = spec[0]
     if isinstance(typ, dict):
         return check(v, typ, path)

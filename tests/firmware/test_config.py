@@ -93,3 +93,18 @@ def test_missing_file():
 def test_positive_check():
     with raises(config.ConfigError, "outbox.max_bytes"):
         config.parse(doc(outbox={"max_bytes": 0}), EXTRA)
+
+
+def test_null_means_absent_for_optional_keys():
+    d = json.loads(doc())
+    d["platform"]["ca"] = None
+    d["platform"]["credentials"] = None
+    c = config.parse(json.dumps(d), EXTRA)
+    assert c["platform"]["ca"] is None and c["platform"]["credentials"] is None
+
+
+def test_null_for_a_key_with_a_value_default_is_refused():
+    d = json.loads(doc())
+    d["platform"]["insecure"] = None
+    with raises(config.ConfigError, "platform.insecure: expected true or false, got null"):
+        config.parse(json.dumps(d), EXTRA)
