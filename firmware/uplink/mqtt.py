@@ -228,23 +228,30 @@ class MQTTClient:
         if not qos:
             s = self._s
             if s is not None:  # QoS 0 is best effort: dropped while disconnected
-                await self._send(s, publish_packet(topic, payload, 0, retain, 0), wait)
+                if self._send(s, publish_packet(topic, payload, 0, retain, 0), wait):
+                    await self._drain(s)
             return 0
         if qos != 1:
             raise ValueError("QoS 2 is not supported")
         while self._n >= self._window and not self._hook:
             await self._room()
-        pid = self._new_pid(self._n < self._window)
+        pid = self._pid % 65535 + 1  # the common case inline: the next id, its slot free
+        if self._ipid[pid % self._window] or pid in self._pending or pid in self._extra:
+            pid = self._new_pid(self._n < self._window)
+        self._pid = pid
         pkt = publish_packet(topic, payload, 1, retain, pid)
         if not self._hold(pid, pkt):
             self._extra[pid] = pkt  # on_connect's publishes may go beyond the window
         s = self._s
         r = self._restorer
         if s is not None and (r is None or r is asyncio.current_task()):
-            await self._send(s, pkt, wait)
+            stuck = self._send(s, pkt, wait)
             pkt[0] |= 8  # from now on a resend is a duplicate
+            if stuck:
+                await self._drain(s)
         if wait:
-            while self._holds(pid):
+            k = pid % self._window
+            while self._ipid[k] == pid or pid in self._extra:
                 await self._ev.wait()
         return pid
 
@@ -272,7 +279,8 @@ class MQTTClient:
         if s is not None:
             pid = self._new_pid()
             self._pending[pid] = None
-            await self._send(s, _packet(0xA2, bytes((pid >> 8, pid & 255)) + _field(topic)), True)
+            if self._send(s, _packet(0xA2, bytes((pid >> 8, pid & 255)) + _field(topic)), True):
+                await self._drain(s)
             await self._answer(s, pid)
 
     # -- connecting --------------------------------------------------------------------
@@ -370,7 +378,8 @@ class MQTTClient:
     async def _sub(self, s, topic, qos):
         pid = self._new_pid()
         self._pending[pid] = None
-        await self._send(s, _packet(0x82, bytes((pid >> 8, pid & 255)) + _field(topic) + bytes((qos,))), True)
+        if self._send(s, _packet(0x82, bytes((pid >> 8, pid & 255)) + _field(topic) + bytes((qos,))), True):
+            await self._drain(s)
         if await self._answer(s, pid) == 0x80:
             self._subs.pop(topic, None)
             raise MQTTError("broker refused the subscription to " + topic)
@@ -543,7 +552,8 @@ class MQTTClient:
                 self._down(s, OSError("no answer from broker within keepalive"))
                 return
             if ticks_diff(now, self._rx) >= ka // 2 or ticks_diff(now, self._tx) >= ka // 2:
-                await self._send(s, PINGREQ, True)
+                if self._send(s, PINGREQ, True):
+                    await self._drain(s)
 
     async def _flusher(self, s):
         # Sends what wait=False publishes gathered. It waits FLUSH_MS first: a publisher in a
@@ -558,17 +568,21 @@ class MQTTClient:
             await self._drain(s)
 
     # -- helpers -----------------------------------------------------------------------
-    async def _send(self, s, pkt, now):
-        # now: drain at once; else leave it gathered for the flusher (or a full window)
+    def _send(self, s, pkt, now):
+        # Write pkt; now: hand it to the socket at once. True when the socket is full and the
+        # caller must drain (usually the socket takes it all: no coroutine, no task switch).
+        # Otherwise it stays gathered for the flusher (or a full window).
         try:
             if s.write(pkt) or now:
-                await s.drain()
+                if s.push():
+                    return True
                 self._tx = ticks_ms()
             elif not self._kicked:
                 self._kicked = True
                 self._kick.set()
         except (OSError, EOFError) as e:
             self._down(s, e)
+        return False
 
     async def _drain(self, s):
         try:
@@ -610,9 +624,6 @@ class MQTTClient:
         self._ipkt[k] = pkt
         self._n += 1
         return True
-
-    def _holds(self, pid):
-        return self._ipid[pid % self._window] == pid or pid in self._extra
 
     def _release(self, pid):
         k = pid % self._window

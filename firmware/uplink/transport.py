@@ -73,8 +73,9 @@ def _tls_error(e):
 class Stream:
     """A connected (maybe TLS-wrapped) non-blocking socket as a buffered byte stream."""
 
-    def __init__(self, sock):
+    def __init__(self, sock, tls=False, wbuf=WBUF):
         self._s = sock
+        self._tls = tls
         # asyncio's stream over the same socket: used only to wait for readiness and to
         # hold bytes the socket would not take yet (bounded: the caller drains each batch)
         self._a = asyncio.StreamReader(sock)
@@ -84,7 +85,8 @@ class Stream:
         self._im = memoryview(self._ib)
         self._r0 = 0  # unread bytes are _ib[_r0:_r1]
         self._r1 = 0
-        self._ob = bytearray(WBUF)
+        self._ob = bytearray(wbuf)
+        self._wcap = wbuf
         self._om = memoryview(self._ob)
         self._w = 0  # gathered bytes are _ob[:_w]
         self._stuck = False  # asyncio holds bytes the socket would not take yet
@@ -119,7 +121,7 @@ class Stream:
     async def fill(self):
         """Wait until at least one more byte is buffered."""
         # move what is left to the front, then read as much as the socket has: over TLS each
-        # read returns one record (often one 4-byte PUBACK), so keep reading while it gives
+        # read returns one record (often one 4-byte PUBACK), so there keep reading while it gives
         r0, r1 = self._r0, self._r1
         if r0:
             if r1 > r0:
@@ -134,7 +136,7 @@ class Stream:
             if not n:
                 raise EOFError("connection closed by peer")
             r1 += n
-            while r1 < RBUF:
+            while self._tls and r1 < RBUF:  # (a TCP read already took all there was)
                 n = s.readinto(im[r1:])
                 if not n:  # None: drained for now; 0: EOF, seen by the next fill
                     break
@@ -169,10 +171,11 @@ class Stream:
         Returns True when the socket is refusing bytes: the caller should drain() now."""
         n = len(buf)
         w = self._w
-        if w + n > WBUF:
+        cap = self._wcap
+        if w + n > cap:
             self.push()
             w = 0
-            if n > WBUF:  # too big to gather: hand it over in one piece
+            if n > cap:  # too big to gather: hand it over in one piece
                 return self._write(buf)
         self._om[w : w + n] = buf
         self._w = w + n
@@ -191,10 +194,11 @@ class Stream:
         return s
 
     def push(self):
-        """Give the gathered bytes to the socket without waiting."""
+        """Give the gathered bytes to the socket without waiting; True if it refused some."""
         if self._w:
             self._write(self._om[: self._w])
             self._w = 0
+        return self._stuck
 
     async def drain(self):
         self.push()
@@ -224,8 +228,9 @@ class Stream:
             pass
 
 
-async def open_tcp(host, port, *, ssl_ctx=None, server_hostname=None, timeout_ms=10000):
-    """Connect to host:port, TLS-wrapped when ssl_ctx is given (SNI and name check = host)."""
+async def open_tcp(host, port, *, ssl_ctx=None, server_hostname=None, timeout_ms=10000, wbuf=WBUF):
+    """Connect to host:port, TLS-wrapped when ssl_ctx is given (SNI and name check = host).
+    wbuf: bytes gathered between drains (WebSocket gathers whole frames itself)."""
     ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
     s = socket.socket(ai[0], ai[1], ai[2])
     try:
@@ -247,7 +252,7 @@ async def open_tcp(host, port, *, ssl_ctx=None, server_hostname=None, timeout_ms
         s.close()
         raise
     if ssl_ctx is None:
-        return Stream(s)
+        return Stream(s, False, wbuf)
     try:
         # the handshake runs inside the first reads and writes, so it never blocks the loop
         t = ssl_ctx.wrap_socket(
@@ -260,7 +265,7 @@ async def open_tcp(host, port, *, ssl_ctx=None, server_hostname=None, timeout_ms
     except BaseException:
         s.close()
         raise
-    return Stream(t)
+    return Stream(t, True, wbuf)
 
 
 async def _connected(s, host, port):
@@ -284,8 +289,11 @@ async def open_stream(url, *, ca=None, insecure=False, timeout_ms=10000):
         if insecure:
             print("WARNING: TLS certificate check is OFF for %s (insecure)" % host)
         ctx = tls_context(ca, insecure)
-    s = await open_tcp(host, port, ssl_ctx=ctx, server_hostname=host, timeout_ms=timeout_ms)
-    if scheme in ("mqtt", "mqtts"):
+    plain = scheme in ("mqtt", "mqtts")
+    s = await open_tcp(
+        host, port, ssl_ctx=ctx, server_hostname=host, timeout_ms=timeout_ms, wbuf=WBUF if plain else 64
+    )
+    if plain:
         return s
     from uplink import ws
 

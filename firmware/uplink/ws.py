@@ -226,7 +226,7 @@ class WSStream:
 
     def push(self):
         self._frame()
-        self._raw.push()
+        return self._raw.push()
 
 
     def close(self):

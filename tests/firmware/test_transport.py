@@ -15,21 +15,14 @@ async def test_writes_while_a_drain_waits_are_not_lost():
     async def serve(r, w):
         # checks records as they arrive: each writer's must come whole and in order
         await go.wait()  # read nothing until the client's socket is full
-        pend = b""
-        while True:
-            b = await r.read(4096)
-            if not b:
-                break
-            seen[2] += len(b)
-            pend += b
-            while pend:
-                n = 1000 if pend[0] == 65 else 6  # "A..." or "B..."
-                if len(pend) < n:
-                    break
-                k = 0 if n == 1000 else 1
-                assert pend[:6] == (b"A%05d", b"B%05d")[k] % seen[k], (pend[:6], seen)
-                seen[k] += 1
-                pend = pend[n:]
+        while seen[0] < 300 or seen[1] < 200:
+            head = await r.readexactly(6)
+            k = 0 if head[0] == 65 else 1  # "A....." or "B....."
+            assert head == (b"A%05d", b"B%05d")[k] % seen[k], (head, seen)
+            if not k:
+                await r.readexactly(994)
+            seen[k] += 1
+            seen[2] += 1000 if not k else 6
         done.set()
 
     port, srv = await serve_on_free_port(serve)
@@ -59,10 +52,13 @@ async def test_writes_while_a_drain_waits_are_not_lost():
             await ta
             await tb
             await s.drain()
-            s.close()
             await done.wait()
+            s.close()
 
-        await asyncio.wait_for_ms(run(), 20000)
+        try:
+            await asyncio.wait_for_ms(run(), 20000)
+        except asyncio.TimeoutError:
+            raise AssertionError("stalled: %r, stream %r" % (seen, (s._stuck, s._draining, len(s._more), s._w)))
     finally:
         srv.close()
     assert seen == [300, 200, 300 * 1000 + 200 * 6], seen
