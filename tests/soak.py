@@ -119,6 +119,13 @@ class Soak:
               f"faults={dict(sorted(self.faults.items()))} proxy_cuts={self.proxy.cuts}", flush=True)
         if led.missing:
             print(f"[soak] missing so far (boot, seq): {led.missing}", flush=True)
+        kinds: dict[str, int] = {}
+        for ln in self.board.lines:
+            if " E " in ln:
+                k = ln.split(" E ", 1)[1][:60]
+                kinds[k] = kinds.get(k, 0) + 1
+        if kinds:
+            print(f"[soak] firmware errors by kind: {kinds}", flush=True)
 
     def interim(self) -> Ledger:
         # while running, readings above the last one delivered may still be in the outbox:
