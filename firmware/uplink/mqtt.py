@@ -373,6 +373,9 @@ class MQTTClient:
             pkt = self._ipkt[pid % self._window] if pid not in self._extra else self._extra[pid]
             s.write(pkt)
             pkt[0] |= 8
+        # all queued packets are written: from here other tasks send their own again (a
+        # publish made while the drain below waits would otherwise never be sent)
+        self._restorer = None
         await self._drain(s)
 
     async def _sub(self, s, topic, qos):
