@@ -4,6 +4,10 @@ import json
 
 from uplink import ConfigError  # noqa: F401 (one class, even when this module is imported again)
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for the type checker only: MicroPython ignores annotations
+    from typing import NoReturn
+
 REQUIRED = object()
 PATH = "config.json"
 
@@ -92,12 +96,12 @@ def suggest(key, known):
     return best
 
 
-def _fail(path, msg):
+def _fail(path, msg) -> "NoReturn":
     raise ConfigError("%s: %s: %s" % (PATH, path, msg))
 
 
 def _check_value(v, spec, path):
-    if v is None and spec[1] is None:
+    if v is None and len(spec) > 1 and spec[1] is None:
         return None  # null for an optional key that defaults to absent: same as leaving it out
     typ = spec[0]
     if isinstance(typ, dict):

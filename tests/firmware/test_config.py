@@ -108,3 +108,8 @@ def test_null_for_a_key_with_a_value_default_is_refused():
     d["platform"]["insecure"] = None
     with raises(config.ConfigError, "platform.insecure: expected true or false, got null"):
         config.parse(json.dumps(d), EXTRA)
+
+
+def test_null_inside_a_list_is_refused_with_its_path():
+    with raises(config.ConfigError, "ntp.servers[0]: expected text, got null"):
+        config.parse(doc(ntp={"servers": [None]}), EXTRA)
