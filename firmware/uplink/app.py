@@ -224,7 +224,10 @@ class App:
 
         ntp = self.cfg["ntp"]
         self.clock = Clock(self.board, ntp["servers"], ntp["timeout_ms"], ntp["resync_s"])
-        asyncio.create_task(self.clock.run())
+        if ntp["servers"]:
+            asyncio.create_task(self.clock.run())
+        else:  # e.g. the host board, whose clock is the PC's
+            log.info("clock", "no NTP servers configured: the board's own clock is used")
         url = self.adapter.url
         if (url.startswith("mqtts:") or url.startswith("wss:")) and not self.cfg["platform"]["insecure"]:
             # certificate validity checks need the real date

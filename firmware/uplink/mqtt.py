@@ -182,6 +182,7 @@ class MQTTClient:
         self._closing = False
         self._hook = False  # inside on_connect, where the window does not apply
         self._restorer = None  # the task resending after a connect (see _connect_once)
+        self._fresh = []  # pids on_connect published itself: sent once, not resent
         self._rx = self._tx = 0
 
     # -- public ------------------------------------------------------------------------
@@ -245,6 +246,8 @@ class MQTTClient:
         s = self._s
         r = self._restorer
         if s is not None and (r is None or r is asyncio.current_task()):
+            if r is not None:
+                self._fresh.append(pid)  # on_connect's own: already on this connection
             stuck = self._send(s, pkt, wait)
             pkt[0] |= 8  # from now on a resend is a duplicate
             if stuck:
@@ -313,10 +316,12 @@ class MQTTClient:
         # queue (the resend sends them, in pid order): written at once they overtook the
         # older ones, and the resend sent them a second time.
         self._restorer = asyncio.current_task()
+        self._fresh = []
         try:
             await self._restore(s)
         finally:
             self._restorer = None
+            self._fresh = []
 
     def _connect_packet(self, user, pw):
         flags = 0x02 if self._clean else 0
@@ -368,7 +373,9 @@ class MQTTClient:
             return
         # resend in the order first sent: pids were handed out in sequence
         last = self._pid
-        pids = [p for p in self._ipid if p] + list(self._extra)
+        fresh = self._fresh
+        pids = [p for p in self._ipid if p and p not in fresh] + [p for p in self._extra if p not in fresh]
+        self._fresh = []
         for pid in sorted(pids, key=lambda p: (p - last - 1) % 65535):
             pkt = self._ipkt[pid % self._window] if pid not in self._extra else self._extra[pid]
             s.write(pkt)

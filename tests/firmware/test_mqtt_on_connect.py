@@ -1,0 +1,27 @@
+# What on_connect publishes goes out once per connection: the resend after a connect is for
+# packets of earlier connections, not for the ones the hook just wrote.
+import asyncio
+
+from test_mqtt_broker import client, uid, until
+
+NEEDS = ("broker",)
+
+
+async def test_on_connect_publish_is_sent_once_per_connect():
+    topic = "t/oc/" + uid()
+    c = client("mqtt", "oc")
+
+    async def hello():
+        await c.publish(topic, b"hello", qos=1, wait=False)
+
+    c.on_connect = hello
+    await c.subscribe(topic, 1)  # recorded now, subscribed at connect, before the hook runs
+    await c.connect()
+    await until(lambda: c.got)
+    await asyncio.sleep_ms(300)  # a resent duplicate would be here by now
+    assert [p for _, p, _ in c.got] == [b"hello"], c.got
+    await c.reconnect()  # a second connection: the hook runs again, once
+    await until(lambda: len(c.got) >= 2)
+    await asyncio.sleep_ms(300)
+    await c.disconnect()
+    assert [p for _, p, _ in c.got] == [b"hello", b"hello"], c.got
