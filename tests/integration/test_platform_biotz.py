@@ -9,15 +9,11 @@ import time
 import pytest
 
 from tests.integration.broker_profiles import (
-    E2E_USER,
     Biotz,
-    Cloud,
-    ProfileProxy,
     e2e_config,
     handled,
     ntp_server,
 )
-from tests.integration.hostboard import HostBoard
 from tests.services import mosquitto_bin
 
 pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not installed")
@@ -25,31 +21,6 @@ pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not i
 BASE = "biotz/1/0/cust-9/dev-5/"
 FW = {"name": "fw-2.0", "download-url": "https://fw.example/2.0.bin", "size": 1024,
       "md5": "0" * 32, "sha1": "0" * 40, "sha256": "0" * 64}
-
-
-@pytest.fixture
-def env(broker, tmp_path):
-    made = []
-
-    class Env:
-        def proxy(self, profile):
-            p = ProfileProxy(profile, broker.ports["mqtt"]).start()
-            made.append(p)
-            return p
-
-        def cloud(self):
-            c = Cloud(broker.ports["mqtt"])
-            made.append(c)
-            return c
-
-        def board(self, cfg):
-            b = HostBoard(tmp_path / "board", cfg, user_py=E2E_USER).start()
-            made.append(b)
-            return b
-
-    yield Env()
-    for m in reversed(made):
-        (m.stop if hasattr(m, "stop") else m.close)()
 
 
 def cfg(url, password="bz-passw0rd"):

@@ -10,46 +10,17 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from tests.integration.broker_profiles import (
-    E2E_USER,
     Blynk,
-    Cloud,
-    ProfileProxy,
     app_has,
     e2e_config,
     handled,
 )
-from tests.integration.hostboard import HostBoard
 from tests.services import mosquitto_bin
 
 pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not installed")
 
 TOKEN = "bl-dev-t0ken"
 TMPL = "TMPL4e2eTest"
-
-
-@pytest.fixture
-def env(broker, tmp_path):
-    made = []
-
-    class Env:
-        def proxy(self, profile):
-            p = ProfileProxy(profile, broker.ports["mqtt"]).start()
-            made.append(p)
-            return p
-
-        def cloud(self):
-            c = Cloud(broker.ports["mqtt"])
-            made.append(c)
-            return c
-
-        def board(self, cfg, user_py=E2E_USER):
-            b = HostBoard(tmp_path / "board", cfg, user_py=user_py).start()
-            made.append(b)
-            return b
-
-    yield Env()
-    for m in reversed(made):
-        (m.stop if hasattr(m, "stop") else m.close)()
 
 
 def cfg(url, **kw):

@@ -7,50 +7,17 @@ import time
 import pytest
 
 from tests.integration.broker_profiles import (
-    E2E_USER,
-    Cloud,
-    ProfileProxy,
     ThingsBoard,
     app_has,
     e2e_config,
     handled,
     ntp_server,
 )
-from tests.integration.hostboard import HostBoard
 from tests.services import mosquitto_bin
 
 pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not installed")
 
 TOKEN = "tb-t0ken-e2e"
-
-
-@pytest.fixture
-def env(broker, tmp_path):
-    made = {"proxies": [], "boards": [], "clouds": []}
-
-    class Env:
-        def proxy(self, profile):
-            p = ProfileProxy(profile, broker.ports["mqtt"]).start()
-            made["proxies"].append(p)
-            return p
-
-        def cloud(self):
-            c = Cloud(broker.ports["mqtt"])
-            made["clouds"].append(c)
-            return c
-
-        def board(self, cfg, name="board"):
-            b = HostBoard(tmp_path / name, cfg, user_py=E2E_USER).start()
-            made["boards"].append(b)
-            return b
-
-    yield Env()
-    for b in made["boards"]:
-        b.stop()
-    for c in made["clouds"]:
-        c.close()
-    for p in made["proxies"]:
-        p.stop()
 
 
 def answer_client_rpc(cloud, max_payload=65536):

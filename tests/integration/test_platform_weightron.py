@@ -9,45 +9,16 @@ import time
 import pytest
 
 from tests.integration.broker_profiles import (
-    E2E_USER,
-    Cloud,
-    ProfileProxy,
     Weightron,
     e2e_config,
     handled,
     ntp_server,
 )
-from tests.integration.hostboard import HostBoard
 from tests.services import mosquitto_bin
 
 pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not installed")
 
 APP = "app-e2e-42"
-
-
-@pytest.fixture
-def env(broker, tmp_path):
-    made = []
-
-    class Env:
-        def proxy(self, profile):
-            p = ProfileProxy(profile, broker.ports["mqtt"]).start()
-            made.append(p)
-            return p
-
-        def cloud(self):
-            c = Cloud(broker.ports["mqtt"])
-            made.append(c)
-            return c
-
-        def board(self, cfg):
-            b = HostBoard(tmp_path / "board", cfg, user_py=E2E_USER).start()
-            made.append(b)
-            return b
-
-    yield Env()
-    for m in reversed(made):
-        (m.stop if hasattr(m, "stop") else m.close)()
 
 
 def test_telemetry_and_commands(env):
