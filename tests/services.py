@@ -43,6 +43,10 @@ def mosquitto_bin() -> str | None:
     )
 
 
+class _PortTaken(Exception):
+    pass
+
+
 class Mosquitto:
     """A mosquitto process with four listeners; ports stay fixed across restarts."""
 
@@ -57,6 +61,7 @@ class Mosquitto:
         # with persistence, sessions and queued QoS 1 messages survive a stop() + start()
         self.persistence = persistence
         self.proc: subprocess.Popen | None = None
+        self._started = False
         self.log = self.dir / "mosquitto.log"
 
     # -- configuration -------------------------------------------------------------------
@@ -111,14 +116,43 @@ class Mosquitto:
         exe = mosquitto_bin()
         if exe is None:
             raise RuntimeError("mosquitto is not installed: run `make setup` as root or apt-get install mosquitto")
+        for _ in range(5):
+            try:
+                return self._start(exe)
+            except _PortTaken:
+                # free_port() only found a free port a moment ago: another process may have
+                # taken it since. A first start picks new ones; a restart must keep its ports.
+                if self._started:
+                    break
+                self.ports = {k: free_port() for k in self.ports}
+        raise RuntimeError(f"mosquitto did not start: {self._log_text()}")
+
+    def _log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def _start(self, exe: str) -> "Mosquitto":
         conf = self._write_conf()
         self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            for port in self.ports.values():
-                wait_port(port)
-        except TimeoutError:
-            self.stop()
-            raise RuntimeError(f"mosquitto did not start: {self.log.read_text() if self.log.exists() else ''}") from None
+        end = time.monotonic() + 10
+        waiting = list(self.ports.values())
+        while waiting:
+            if self.proc.poll() is not None:
+                if "Address already in use" in self._log_text():
+                    raise _PortTaken()
+                raise RuntimeError(f"mosquitto exited: {self._log_text()}")
+            if time.monotonic() > end:
+                self.stop()
+                raise RuntimeError(f"mosquitto did not start: {self._log_text()}")
+            try:
+                wait_port(waiting[0], timeout=0.2)
+                waiting.pop(0)
+            except TimeoutError:
+                pass
+        time.sleep(0.05)  # a port answered by another process: mosquitto exits on it
+        if self.proc.poll() is not None:
+            raise _PortTaken() if "Address already in use" in self._log_text() else RuntimeError(
+                f"mosquitto exited: {self._log_text()}")
+        self._started = True
         return self
 
     def kill(self) -> None:

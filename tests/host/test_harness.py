@@ -96,3 +96,25 @@ def test_broker_fixture_ca_refuses_other_ca(broker):
     with socket.create_connection(("localhost", broker.ports["mqtts"])) as s:
         with pytest.raises(ssl.SSLCertVerificationError):
             ctx.wrap_socket(s, server_hostname="localhost")
+
+
+def test_broker_first_start_moves_off_a_port_someone_took(tmp_path):
+    import socket as so
+
+    from tests.services import Mosquitto, mosquitto_bin
+
+    if mosquitto_bin() is None:
+        pytest.skip("mosquitto not installed")
+    b = Mosquitto(tmp_path / "b")
+    thief = so.socket()
+    thief.setsockopt(so.SOL_SOCKET, so.SO_REUSEADDR, 1)
+    thief.bind(("127.0.0.1", b.ports["mqtts"]))
+    thief.listen()
+    taken = b.ports["mqtts"]
+    try:
+        b.start()
+        assert b.ports["mqtts"] != taken
+        so.create_connection(("127.0.0.1", b.ports["mqtt"]), 2).close()
+    finally:
+        b.stop()
+        thief.close()
