@@ -16,7 +16,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
 RESET_EXIT_CODE = 75  # board.reset() on the host board exits with this: "restart me"
-SAFE_MODE_EXIT_CODE = 3
 
 
 def _bin(name: str) -> str:
@@ -67,18 +66,3 @@ def start(state_dir: Path, *, compiled: bool = False, heapsize: str | None = Non
     """Boot the firmware on the host board with `state_dir` as its filesystem."""
     args, fw = command(state_dir, compiled=compiled, heapsize=heapsize)
     return subprocess.Popen(args, cwd=state_dir, env=firmware_env(fw, env), stdout=stdout, stderr=stderr)
-
-
-def run_forever(state_dir: Path, **kw) -> int:
-    """Run like a board: restart when the firmware resets itself, stop on anything else."""
-    while True:
-        proc = start(state_dir, stdout=None, stderr=None, **kw)
-        try:
-            code = proc.wait()
-        except KeyboardInterrupt:
-            proc.terminate()
-            proc.wait()
-            raise
-        if code != RESET_EXIT_CODE:
-            return code
-        print("[host board] firmware reset itself: booting again", flush=True)

@@ -4,7 +4,6 @@ import asyncio
 
 from uplink import log
 
-BUILTIN = ("reboot", "set_interval", "ping", "status", "redirect", "set_time")
 # Notifications the platforms turn into commands on every attribute change or answer: a
 # user.py without a handler for them is normal, not an error.
 NOTICES = ("attributes", "firmware", "rpc_answer", "set_time")
