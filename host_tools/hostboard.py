@@ -23,8 +23,37 @@ def _bin(name: str) -> str:
     return str(exe) if exe.exists() else (shutil.which(name) or name)
 
 
-def micropython() -> str:
-    return _bin("micropython")
+def micropython(model: bool = True) -> str:
+    """The interpreter that runs firmware as the chip would: the ESP32 model where it is
+    installed (`model=False`, or none installed: the 64-bit PyPI unix port)."""
+    return (model and esp32_model()) or _bin("micropython")
+
+
+_model: list = []  # [path or None, why not], found once per process
+
+
+def esp32_model() -> str | None:
+    """The ESP32 model (../shared/esp32-model, installed by `make setup` as
+    micropython-esp32-model): 32-bit, float32, 2000 epoch, ticks wrapping at 2**30.
+    UPLINK_ESP32_MODEL names another binary, or `off` to use the PyPI port."""
+    if not _model:
+        want = os.environ.get("UPLINK_ESP32_MODEL", "")
+        exe = want or str(Path(sys.executable).parent / "micropython-esp32-model")
+        why = ""
+        if want.lower() in ("off", "0", "no"):
+            exe, why = None, "UPLINK_ESP32_MODEL=off"
+        elif not os.path.exists(exe):
+            exe, why = None, f"{exe} not found (run `make setup` beside ../shared/esp32-model)"
+        elif subprocess.run([exe, "-c", "pass"], capture_output=True).returncode != 0:
+            exe, why = None, f"{exe} does not run (the 32-bit C library: apt-get install libc6-i386)"
+        _model[:] = [exe, why]
+    return _model[0]
+
+
+def esp32_model_missing() -> str:
+    """Why the ESP32 model is not used ('' when it is)."""
+    esp32_model()
+    return _model[1]
 
 
 def compile_firmware(out: Path) -> Path:

@@ -1,8 +1,9 @@
 """pytest plugin: run tests/firmware/test_*.py inside the MicroPython unix port.
 
-Each `test_*` function becomes a pytest item, twice: `[py]` runs the firmware sources with the
-unix port's default heap; `[mpy]` runs the mpy-cross-compiled firmware under an ESP32-like
-heap (96k unless the test says `@heapsize("128k")`). One MicroPython process runs every
+Each `test_*` function becomes a pytest item, twice: `[py]` runs the firmware sources on the
+64-bit PyPI unix port with its default heap; `[mpy]` runs the mpy-cross-compiled firmware on
+the ESP32 model (../shared/esp32-model: 32-bit, float32, 2000 epoch, ticks wrapping at
+2**30) under an ESP32-sized heap (96k unless the test says `@heapsize("128k")`). One MicroPython process runs every
 function of a file that shares a variant and heap size; the process reports each function
 between markers, and a failure shows the MicroPython traceback.
 
@@ -29,9 +30,22 @@ DEFAULT_HEAP = "96k"
 FILE_TIMEOUT = float(os.environ.get("MPY_TEST_TIMEOUT", "240"))
 
 
-def micropython_bin() -> str:
-    exe = Path(sys.executable).parent / "micropython"
-    return str(exe) if exe.exists() else "micropython"
+def micropython_bin(model: bool = True) -> str:
+    """The ESP32 model (where compiled firmware is proven) unless model=False or it is not
+    installed; then the PyPI unix port. One choice for the whole suite: host_tools.hostboard."""
+    from host_tools import hostboard
+
+    return hostboard.micropython(model)
+
+
+def pytest_report_header(config):
+    from host_tools import hostboard
+
+    why = hostboard.esp32_model_missing()
+    if why:
+        return [f"firmware: [mpy] and host-board tests on the 64-bit PyPI port: no ESP32 model ({why})"]
+    return [f"firmware: [py] on the PyPI unix port, [mpy] and host-board tests on the ESP32 model "
+            f"({hostboard.esp32_model()})"]
 
 
 def compile_firmware(dest: Path) -> Path:
@@ -134,7 +148,7 @@ class FirmwareItem(pytest.Item):
             names = [t[0] for t in self.siblings]
         else:
             fw = FIRMWARE
-            args = [micropython_bin()]
+            args = [micropython_bin(model=False)]
             names = [t[0] for t in self.siblings]
         args += [str(FW_TESTS / "mptest.py"), self.path.stem, *names]
         try:

@@ -3,6 +3,7 @@
 import gc
 import io
 import os
+import random
 import sys
 
 MARK = "\x1e@@"
@@ -19,6 +20,23 @@ def heapsize(size):
 def env(name, default=None):
     v = os.getenv(name)
     return default if v is None else v
+
+
+# Every random input of a test comes from `random`, seeded per test from TEST_SEED (or a fresh
+# seed, printed when the test fails), so any failing case can be replayed exactly.
+SEED = int(env("TEST_SEED") or int.from_bytes(os.urandom(3), "big"))
+
+
+def randbytes(n):
+    """n bytes from the seeded generator (in place of os.urandom in tests)."""
+    return bytes(random.getrandbits(8) for _ in range(n))
+
+
+class SeededOS:
+    """Stands in for `os` in a firmware module under test (`ws.os = SeededOS()`), so the
+    bytes it draws from urandom (a WebSocket key, a mask) follow the test's seed."""
+
+    urandom = staticmethod(randbytes)
 
 
 class raises:
@@ -56,6 +74,7 @@ def main(modname, names):
     mod = __import__(modname)
     for name in names:
         print(MARK + "START " + name)
+        random.seed(SEED)
         gc.collect()
         try:
             _run_one(getattr(mod, name))
@@ -64,6 +83,12 @@ def main(modname, names):
             sys.print_exception(e, buf)
             print(MARK + "FAIL " + name)
             print(buf.getvalue())
+            print("replay: TEST_SEED=%d" % SEED)
+            if isinstance(e, MemoryError):  # exhausted, or fragmented? the largest free block says
+                import micropython
+
+                gc.collect()
+                micropython.mem_info()
             print(MARK + "END " + name)
             if isinstance(e, KeyboardInterrupt):
                 raise

@@ -3,7 +3,7 @@
 import asyncio
 import os
 
-from mptest import env, raises
+from mptest import env, raises, randbytes
 from uplink import mqtt, transport
 
 NEEDS = ("broker",)
@@ -48,7 +48,7 @@ async def round_trip(scheme):
     assert c.is_connected
     topic = "rt/%s/%s" % (scheme, uid())
     await c.subscribe(topic, 1)
-    big = os.urandom(3000)  # larger than the stream buffers and than one WS chunk
+    big = randbytes(3000)  # larger than the stream buffers and than one WS chunk
     pid = await c.publish(topic, b"q1", qos=1)
     assert pid > 0
     await c.publish(topic, big, qos=0)

@@ -1,8 +1,8 @@
 # The byte stream under MQTT: bytes written by several tasks while the socket is full are
 # neither lost nor reordered (per writer), and reads across the buffer edge are exact.
 import asyncio
-import os
 
+from mptest import randbytes
 from test_mqtt_broker import serve_on_free_port
 from uplink import transport
 
@@ -65,7 +65,7 @@ async def test_writes_while_a_drain_waits_are_not_lost():
 
 
 async def test_reads_across_the_buffer_edge():
-    data = os.urandom(3000)
+    data = randbytes(3000)
 
     async def serve(r, w):
         w.write(data)

@@ -1,9 +1,8 @@
 # Frames over 64 KiB (the 8-byte length form), in their own file: the plugin runs one heap
 # size per file for the [py] variant.
 import gc
-import os
 
-from mptest import heapsize
+from mptest import heapsize, randbytes
 from test_ws import unmask
 from uplink import ws
 
@@ -12,7 +11,7 @@ from uplink import ws
 def test_64k_frames_use_the_long_length_and_mask_correctly():
     for n in (65535, 65536, 70001):
         gc.collect()
-        p = os.urandom(n)
+        p = randbytes(n)
         fr = ws.frame(p)
         assert fr[1] & 0x7F == (126 if n < 65536 else 127)
         op, body = unmask(fr)

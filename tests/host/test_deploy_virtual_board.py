@@ -20,7 +20,8 @@ import pytest
 
 from host_tools.board_link import BoardError, explain_open_error
 from tests.host.uplink_helpers import REPO, Env
-from tests.virtual_board.launcher import VirtualBoard, micropython_bin
+from tests.mpy_plugin import micropython_bin
+from tests.virtual_board.launcher import VirtualBoard
 
 TOKEN = "tb-token-e2e-4471"
 

@@ -20,8 +20,10 @@ HERE = Path(__file__).resolve().parent
 
 
 def micropython_bin() -> str:
-    exe = Path(sys.executable).parent / "micropython"
-    return str(exe) if exe.exists() else "micropython"
+    # the raw-REPL responder is a test tool, not firmware: the PyPI port runs it
+    from host_tools import hostboard
+
+    return hostboard.micropython(model=False)
 
 
 class VirtualBoard:
