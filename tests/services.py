@@ -121,14 +121,22 @@ class Mosquitto:
                 return self._start(exe)
             except _PortTaken:
                 # free_port() only found a free port a moment ago: another process may have
-                # taken it since. A first start picks new ones; a restart must keep its ports.
+                # taken it since. A first start picks new ones; a restart must keep its ports
+                # (clients reconnect to them), so it waits for them to come free instead.
                 if self._started:
-                    break
-                self.ports = {k: free_port() for k in self.ports}
+                    time.sleep(0.5)
+                else:
+                    self.ports = {k: free_port() for k in self.ports}
         raise RuntimeError(f"mosquitto did not start: {self._log_text()}")
 
     def _log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
+
+    def _port_taken(self) -> bool:
+        # plain listeners say "Address already in use"; the websockets ones (libwebsockets)
+        # only "Unable to create websockets listener on port N"
+        log = self._log_text()
+        return "Address already in use" in log or "Unable to create websockets listener" in log
 
     def _start(self, exe: str) -> "Mosquitto":
         conf = self._write_conf()
@@ -137,7 +145,7 @@ class Mosquitto:
         waiting = list(self.ports.values())
         while waiting:
             if self.proc.poll() is not None:
-                if "Address already in use" in self._log_text():
+                if self._port_taken():
                     raise _PortTaken()
                 raise RuntimeError(f"mosquitto exited: {self._log_text()}")
             if time.monotonic() > end:
@@ -150,7 +158,7 @@ class Mosquitto:
                 pass
         time.sleep(0.05)  # a port answered by another process: mosquitto exits on it
         if self.proc.poll() is not None:
-            raise _PortTaken() if "Address already in use" in self._log_text() else RuntimeError(
+            raise _PortTaken() if self._port_taken() else RuntimeError(
                 f"mosquitto exited: {self._log_text()}")
         self._started = True
         return self

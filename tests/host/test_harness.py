@@ -98,7 +98,18 @@ def test_broker_fixture_ca_refuses_other_ca(broker):
             ctx.wrap_socket(s, server_hostname="localhost")
 
 
-def test_broker_first_start_moves_off_a_port_someone_took(tmp_path):
+def _thief(port):
+    import socket as so
+
+    t = so.socket()
+    t.setsockopt(so.SOL_SOCKET, so.SO_REUSEADDR, 1)
+    t.bind(("0.0.0.0", port))  # the websockets listeners bind every address
+    t.listen()
+    return t
+
+
+@pytest.mark.parametrize("listener", ["mqtts", "wss"])
+def test_broker_first_start_moves_off_a_port_someone_took(tmp_path, listener):
     import socket as so
 
     from tests.services import Mosquitto, mosquitto_bin
@@ -106,15 +117,33 @@ def test_broker_first_start_moves_off_a_port_someone_took(tmp_path):
     if mosquitto_bin() is None:
         pytest.skip("mosquitto not installed")
     b = Mosquitto(tmp_path / "b")
-    thief = so.socket()
-    thief.setsockopt(so.SOL_SOCKET, so.SO_REUSEADDR, 1)
-    thief.bind(("127.0.0.1", b.ports["mqtts"]))
-    thief.listen()
-    taken = b.ports["mqtts"]
+    taken = b.ports[listener]
+    thief = _thief(taken)
     try:
         b.start()
-        assert b.ports["mqtts"] != taken
+        assert b.ports[listener] != taken
         so.create_connection(("127.0.0.1", b.ports["mqtt"]), 2).close()
+    finally:
+        b.stop()
+        thief.close()
+
+
+def test_broker_restart_waits_for_its_own_port(tmp_path):
+    import socket as so
+
+    from tests.services import Mosquitto, mosquitto_bin
+
+    if mosquitto_bin() is None:
+        pytest.skip("mosquitto not installed")
+    b = Mosquitto(tmp_path / "b").start()
+    ports = dict(b.ports)
+    b.kill()
+    thief = _thief(ports["ws"])  # held briefly, as a dying process or a racing test would
+    threading.Timer(0.8, thief.close).start()
+    try:
+        b.start()  # a restart keeps its ports: clients reconnect to them
+        assert b.ports == ports
+        so.create_connection(("127.0.0.1", ports["ws"]), 2).close()
     finally:
         b.stop()
         thief.close()
