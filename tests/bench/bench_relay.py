@@ -118,9 +118,74 @@ def _shape(keepalive: bool) -> None:
             proc.kill()
 
 
+def _flood(spread: bool) -> None:
+    """A device's token during a flood: `uplink relay` at a 1,024-file limit holding 1,020 slow
+    TLS and 1,100 bare TCP connections, from 127.0.0.1 only (the per-address cap) or spread
+    over 40 loopback addresses (the total cap), the device on 127.0.0.2."""
+    import tempfile
+    from pathlib import Path
+
+    from tests.oidc_provider import OIDCProvider
+    from tests.relay_flood import Flood, RelayProcess, ensure_fds, good_request, rss_kb
+
+    if not ensure_fds(4096):
+        print("relay flood: skipped (this process may not open 4,096 files)")
+        return
+    attackers = [f"127.0.1.{i}" for i in range(1, 41)] if spread else ["127.0.0.1"]
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the provider's request lines
+    provider = OIDCProvider(lifetime=300).start()
+    with tempfile.TemporaryDirectory() as d:
+        relay = RelayProcess(provider, Path(d)).start()
+        pid = relay.proc.pid if relay.proc else 0
+        try:
+            ctx = relay.ssl_context()
+
+            async def go():
+                await good_request(relay, ctx)  # token fetched before the flood
+                before = rss_kb(pid)
+                flood = Flood(relay.port, ctx)
+                t0 = time.perf_counter()
+                try:
+                    await flood.open(1020, tls=True, addresses=attackers)
+                    await flood.open(1100, tls=False, addresses=attackers)
+                    t_open = time.perf_counter() - t0
+                    held = await flood.settle(1024)
+                    during = rss_kb(pid)
+                    got = [await good_request(relay, ctx) for _ in range(20)]
+                finally:
+                    await flood.close()
+                after = before
+                for _ in range(50):
+                    await asyncio.sleep(0.1)
+                    after = rss_kb(pid)
+                    if after < before + 8 * 1024:
+                        break
+                return before, during, after, held, got, t_open
+
+            before, during, after, held, got, t_open = asyncio.run(go())
+        finally:
+            log = relay.stop()
+            provider.stop()
+    ok = [t for st, t, _ in got if st == 200]
+    lines = log.splitlines()
+    print(
+        f"relay flood from {len(attackers)} address(es) (1,020 slow TLS + 1,100 bare TCP opened "
+        f"in {t_open:.1f} s, {held} held by the relay): device on 127.0.0.2 got "
+        f"{len(ok)}/{len(got)} tokens, new TLS connection each, p50 {_pct(ok, 50):.0f} ms, "
+        f"max {max(ok) * 1000:.0f} ms; relay RSS {before // 1024} MB before, "
+        f"{during // 1024} MB during, {after // 1024} MB after; relay log {len(lines)} lines, "
+        f"{len(log)} bytes",
+        flush=True,
+    )
+
+
 def main(argv: list[str]) -> None:
     for keepalive in (True, False):
         _shape(keepalive)
+    for spread in (False, True):
+        _flood(spread)
 
 
 if __name__ == "__main__":
