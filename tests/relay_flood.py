@@ -80,13 +80,16 @@ def nofile_soft(pid: int) -> int:
 
 class RelayProcess:
     def __init__(self, provider, workdir: Path, *, nofile: tuple[int, int] = (1024, 1024),
-                 args: tuple[str, ...] = ()):
+                 args: tuple[str, ...] = (), umask: int | None = None,
+                 state_dir: Path | None = None):
         from tests.services import free_port
 
         self.provider = provider
         self.dir = workdir
         self.nofile = nofile
         self.args = args
+        self.umask = umask
+        self.state_dir = state_dir or workdir / "state"
         self.port = free_port()
         self.log_path = workdir / "relay.log"
         self.fleet = workdir / "fleet.toml"
@@ -104,12 +107,14 @@ class RelayProcess:
         self.secrets.write_text(json.dumps({"wt_secret": WEIGHTRON_CLIENT[1],
                                             "wt_api_key": WEIGHTRON_API_KEY}))
         self.secrets.chmod(0o600)
-        env = dict(os.environ, SSL_CERT_FILE=p.ca_pem, UPLINK_STATE_DIR=str(self.dir / "state"),
+        env = dict(os.environ, SSL_CERT_FILE=p.ca_pem, UPLINK_STATE_DIR=str(self.state_dir),
                    PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-        nofile = self.nofile
+        nofile, umask = self.nofile, self.umask
 
-        def limit():  # in the child only: the test process keeps its own limit
+        def limit():  # in the child only: the test process keeps its own limit and umask
             resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+            if umask is not None:
+                os.umask(umask)
 
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -120,7 +125,7 @@ class RelayProcess:
         wait_port(self.port, timeout=30)
         store = SecretStore(self.secrets, use_keyring=False, env={})
         self.key = relay_pki.device_key(store, DEVICE)  # created by the relay at start
-        pki = relay_pki.ensure_relay_pki(self.dir / "state", ["127.0.0.1", "localhost"])
+        pki = relay_pki.ensure_relay_pki(self.state_dir, ["127.0.0.1", "localhost"])
         self.ca = str(pki.ca_pem)
         return self
 
