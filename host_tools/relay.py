@@ -40,7 +40,6 @@ builds them from the fleet file.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import re
@@ -55,7 +54,7 @@ from typing import Callable, Protocol
 from aiohttp import web
 
 from host_tools.oidc import Credential, TokenError
-from host_tools.relay_conns import BACKLOG, CONN_KEY, Gate, TLSConn
+from host_tools.relay_conns import BACKLOG, CONN_KEY, Gate, TLSConn, freeze_heap
 
 log = logging.getLogger("uplink.relay")
 audit = logging.getLogger("uplink.relay.audit")
@@ -103,9 +102,10 @@ def canonical(method: str, path: str, device: str, ts: str, nonce: str) -> bytes
 
 
 def sign(key_hex: str, method: str, path: str, device: str, ts: str, nonce: str) -> str:
-    return hmac.new(
-        bytes.fromhex(key_hex), canonical(method, path, device, ts, nonce), hashlib.sha256
-    ).hexdigest()
+    # hmac.digest: OpenSSL's one-shot HMAC, a third of hmac.new()'s cost per request
+    return hmac.digest(
+        bytes.fromhex(key_hex), canonical(method, path, device, ts, nonce), "sha256"
+    ).hex()
 
 
 def sign_headers(
@@ -220,6 +220,7 @@ class Relay:
 
     async def serve_forever(self) -> None:
         await self.start()
+        freeze_heap()  # no 10-30 ms full GC passes over startup objects between requests
         try:
             await asyncio.Event().wait()
         finally:
@@ -294,7 +295,8 @@ class Relay:
         if why:
             return self._deny(request, why)
 
-        fresh = request.query.get("fresh") == "1"
+        # (the query string is parsed only when there is one: most requests have none)
+        fresh = bool(request.query_string) and request.query.get("fresh") == "1"
         if fresh:
             last = self._last_fresh.get(id(dev.source), 0.0)
             if now - last < self.settings.fresh_floor_s:
@@ -324,6 +326,8 @@ class Relay:
         )
 
 
+_UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
+
+
 def _printable(s: str) -> str:
-    s = s[:128]
-    return "".join(c if 32 < ord(c) < 127 else "?" for c in s)
+    return _UNPRINTABLE.sub("?", s[:128])

@@ -64,6 +64,17 @@ def raise_nofile_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
+def freeze_heap() -> None:
+    """Move everything alive now (modules, settings, the app) out of the cyclic GC's way.
+
+    A full collection walks every tracked object: ~70,000 after the relay's imports, 10-30 ms
+    during which no request is answered, every time enough request objects have survived
+    (the nonce store keeps one per request for a minute). Frozen objects are never scanned;
+    what requests create afterwards is collected as before."""
+    gc.collect()
+    gc.freeze()
+
+
 def _malloc_trim() -> Callable[[], object] | None:
     name = ctypes.util.find_library("c")
     try:
