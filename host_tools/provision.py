@@ -24,6 +24,7 @@ from host_tools.fleet import (
     ThingsBoard,
     Weightron,
 )
+from host_tools.private_dir import private_dir
 from host_tools.secrets import SecretStore
 
 BUNDLE_FILES = ("config.json", "ca.der", "relay_ca.der", "board.json")
@@ -225,7 +226,7 @@ def _drop_none(d: dict) -> dict:
 
 def write_file(path: Path, data: bytes, mode: int) -> None:
     """Atomic write with the final mode set before the data lands (never briefly readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
         os.fchmod(fd, mode)
@@ -243,8 +244,7 @@ def write_file(path: Path, data: bytes, mode: int) -> None:
 
 def provision(fleet: Fleet, name: str, store: SecretStore, out: Path | None = None) -> Bundle:
     config, files = render(fleet, name, store)
-    target = bundle_dir(fleet, name, out)
-    target.mkdir(parents=True, exist_ok=True)
+    target = private_dir(bundle_dir(fleet, name, out))  # config.json holds secrets
     secret_files = {"config.json"}  # tokens, Wi-Fi passwords, the relay device key
     for fname, data in sorted(files.items()):
         write_file(target / fname, data, 0o600 if fname in secret_files else 0o644)

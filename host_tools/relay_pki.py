@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from host_tools.private_dir import private_dir
+
 CA_DAYS = 3650
 CERT_DAYS = 825
 
@@ -54,8 +56,13 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _write_public(path: Path, data: bytes) -> None:
+    # readable by all, writable by the owner only, whatever the umask: the CA certificate goes
+    # into every device bundle, so nobody else may swap it
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -99,9 +106,8 @@ def ensure_relay_pki(state_dir: Path, hosts: list[str]) -> RelayPki:
     """Create the relay CA and server certificate under `state_dir/relay-pki` once; reuse."""
     if not hosts:
         raise ValueError("the relay certificate needs at least one host name or IP address")
-    d = Path(state_dir) / "relay-pki"
-    d.mkdir(parents=True, exist_ok=True)
-    os.chmod(d, 0o700)
+    private_dir(state_dir)  # the state folder holds more than the relay's keys
+    d = private_dir(Path(state_dir) / "relay-pki")
     pki = RelayPki(d, d / "ca.pem", d / "ca.der", d / "ca.key", d / "relay.pem", d / "relay.key")
     now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
 

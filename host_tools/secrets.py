@@ -24,6 +24,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from host_tools.private_dir import private_dir
+
 SERVICE = "uplink"
 PREFIX = "secret:"
 ENV_PREFIX = "UPLINK_SECRET_"
@@ -75,7 +77,7 @@ def default_file() -> Path:
 
 def _write_private(path: Path, data: dict) -> None:
     """Write JSON atomically, created 0600 from the start (never briefly world-readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
         os.fchmod(fd, 0o600)

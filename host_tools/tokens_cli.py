@@ -162,6 +162,15 @@ def register(app: typer.Typer) -> None:
             "--listen", help="HOST:PORT to listen on (default: [relay] listen).")] = None,
         min_life: Annotated[Optional[int], typer.Option(
             "--min-life", help="Never hand out a token with fewer seconds left.")] = None,
+        max_connections: Annotated[Optional[int], typer.Option(
+            "--max-connections",
+            help="Open connections in all (default 1000, lowered to fit the open-file limit).",
+        )] = None,
+        max_per_address: Annotated[Optional[int], typer.Option(
+            "--max-per-address", help="Open connections per client address (default 64).")] = None,
+        header_timeout: Annotated[Optional[float], typer.Option(
+            "--header-timeout",
+            help="Seconds a connection has to send its request headers (default 10).")] = None,
     ):
         """Serve fresh platform credentials to the fleet's devices over HTTPS (token relay)."""
         from host_tools.fleet import FleetError, load_fleet
@@ -170,7 +179,10 @@ def register(app: typer.Typer) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         try:
             fl = load_fleet(_fleet_path(ctx))
-            relay = build_relay(fl, _store(ctx), listen=listen, min_life=min_life)
+            limits = {k: v for k, v in (("max_connections", max_connections),
+                                        ("max_per_address", max_per_address),
+                                        ("header_timeout_s", header_timeout)) if v is not None}
+            relay = build_relay(fl, _store(ctx), listen=listen, min_life=min_life, **limits)
         except (FleetError, SecretError, ValueError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(EXIT_SECRET if isinstance(e, SecretError) else EXIT_FLEET) from None
@@ -196,7 +208,8 @@ def _listen(s: str) -> tuple[str, int]:
     return m.group(1) or "0.0.0.0", int(m.group(2))
 
 
-def build_relay(fl, store, *, listen: str | None = None, min_life: int | None = None):
+def build_relay(fl, store, *, listen: str | None = None, min_life: int | None = None,
+                **limits):
     """A Relay for every device of the fleet whose credentials = "relay"."""
     from host_tools import relay as relay_mod
     from host_tools import relay_pki
@@ -220,6 +233,6 @@ def build_relay(fl, store, *, listen: str | None = None, min_life: int | None = 
         raise ValueError(f"{fl.path.name}: no device has credentials = \"relay\"")
     settings = relay_mod.RelaySettings(
         cert_pem=pki.cert_pem, key_pem=pki.key_pem, host=host, port=port,
-        min_life_s=float(min_life if min_life is not None else rc.min_life_s),
+        min_life_s=float(min_life if min_life is not None else rc.min_life_s), **limits,
     )
     return relay_mod.Relay(settings, devices)

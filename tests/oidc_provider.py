@@ -381,7 +381,7 @@ class OIDCService:
     """
 
     def __init__(self, lifetime: float = 300.0, min_life_s: float = 60.0,
-                 fresh_floor_s: float = 0.0):
+                 fresh_floor_s: float = 0.0, **relay_settings):
         from host_tools import oidc, relay, relay_pki
 
         self.provider = OIDCProvider(lifetime=lifetime)
@@ -389,6 +389,7 @@ class OIDCService:
         self._mods = (oidc, relay, relay_pki)
         self.min_life_s = min_life_s
         self.fresh_floor_s = fresh_floor_s
+        self.relay_settings = relay_settings
         self.relay_thread: RelayThread | None = None
         self.sources: dict = {}
 
@@ -405,7 +406,8 @@ class OIDCService:
         }
         settings = relay.RelaySettings(self.pki.cert_pem, self.pki.key_pem, host="127.0.0.1",
                                        port=0, min_life_s=self.min_life_s,
-                                       fresh_floor_s=self.fresh_floor_s)
+                                       fresh_floor_s=self.fresh_floor_s,
+                                       **self.relay_settings)
         devices = [relay.RelayDevice(n, self.keys[n], self.sources[n]) for n in self.keys]
         self.relay_thread = RelayThread(relay.Relay(settings, devices))
         self.port = self.relay_thread.start()

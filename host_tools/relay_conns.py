@@ -1,0 +1,282 @@
+"""The token relay's connection gate: caps, timeouts and counters for its TCP/TLS connections.
+
+aiohttp's TCPSite hands TLS to asyncio, which starts a handshake for every accepted socket with
+a 60 s timeout and no limit on how many are open. A client that connects and sends nothing,
+or sends its request headers a byte at a time, then holds a file descriptor and ~290 KB
+(asyncio's 256 KiB TLS read buffer, OpenSSL's state) for a minute, or an hour (aiohttp's
+keep-alive timeout), so about a thousand of them starve every device. Here the relay listens
+on a plain TCP server whose protocol is `TLSConn`, an `asyncio.sslproto.SSLProtocol` that
+first checks the gate:
+
+- **caps**: `max_per_address` open connections per client address, `max_connections` in
+  all (lowered to fit the open-file limit, which `raise_nofile_limit` lifts to the hard limit
+  first). Over the per-address cap a new connection is closed at once. At the total cap the
+  oldest connection that is not in the middle of a request (still in its handshake, still
+  sending headers, or idle between keep-alive requests) is closed to make room: slow clients
+  are always the oldest, so a device that connects and asks promptly gets in.
+- **timeouts**: the TLS handshake must finish within `handshake_timeout_s`, and the request
+  headers must be in within `header_timeout_s` of the accept or of the previous answer
+  (which is also the keep-alive idle timeout). One sweeper task enforces the latter.
+- **memory**: each connection's TLS read buffer is 16 KiB, not 256 KiB; after a flood the
+  freed heap is handed back to the OS (glibc `malloc_trim`).
+- **log**: refusals, timeouts and accept errors (EMFILE) are counted and logged as one
+  summary line per `stats_log_interval_s`, never a line or a traceback per event.
+
+`asyncio.sslproto` is the standard library's own TLS protocol (the one `loop.create_server(
+ssl=...)` uses); subclassing it keeps TLS exactly as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import gc
+import logging
+import resource
+import ssl
+from asyncio import sslproto
+from collections import OrderedDict
+from typing import Callable
+
+log = logging.getLogger("uplink.relay")
+
+# room kept below the open-file limit for everything that is not a client connection: the
+# listening sockets, the event loop, the token sources' HTTPS pools, log files, and the burst
+# asyncio accepts in one go (up to BACKLOG sockets) before the gate sees any of them
+BACKLOG = 128
+FD_RESERVE = BACKLOG + 96
+CONN_KEY = "uplink_conn"  # get_extra_info() key under which a transport finds its TLSConn
+_ACCEPT_ERROR = "socket.accept() out of system resource"
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft open-file limit to the hard limit where allowed; returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError) as e:
+            log.warning("relay: could not raise the open-file limit from %d to %d: %s",
+                        soft, want, e)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def freeze_heap() -> None:
+    """Move everything alive now (modules, settings, the app) out of the cyclic GC's way.
+
+    A full collection walks every tracked object: ~70,000 after the relay's imports, 10-30 ms
+    during which no request is answered, every time enough request objects have survived
+    (the nonce store keeps one per request for a minute). Frozen objects are never scanned;
+    what requests create afterwards is collected as before."""
+    gc.collect()
+    gc.freeze()
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        fn = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None  # not glibc: nothing to call
+    fn.argtypes = [ctypes.c_size_t]
+    return lambda: fn(0)
+
+
+def _addr_key(peer) -> str:
+    host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
+    if isinstance(host, str) and host.startswith("::ffff:") and "." in host:
+        host = host[7:]  # an IPv4 client on a dual-stack socket: the same address
+    return host
+
+
+class Gate:
+    """Counts, caps and times out the relay's connections; one per listening relay."""
+
+    def __init__(self, *, max_connections: int, max_per_address: int,
+                 handshake_timeout_s: float, header_timeout_s: float,
+                 stats_log_interval_s: float = 60.0):
+        self.max_per_address = max_per_address
+        self.handshake_timeout_s = handshake_timeout_s
+        self.header_timeout_s = header_timeout_s
+        self.stats_log_interval_s = stats_log_interval_s
+        self.file_limit = raise_nofile_limit()
+        self.max_connections = max(16, min(max_connections, self.file_limit - FD_RESERVE))
+        self.open = 0
+        self.peak = 0
+        self.per_address: dict[str, int] = {}
+        # connections not inside a request, oldest first, with the time they must have sent
+        # their headers by: the sweeper closes the expired ones, the total cap evicts the first
+        self.idle: OrderedDict[TLSConn, float] = OrderedDict()
+        self.conns: set[TLSConn] = set()
+        # what happened since the last summary line
+        self.counts = dict.fromkeys(
+            ("refused_per_address", "evicted", "header_timeouts", "accept_errors"), 0)
+        self.refused_addresses: set[str] = set()
+        self.totals = dict(self.counts)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.Task | None = None
+        self._prev_handler = None
+        self._window_start = 0.0  # start of what the next summary line counts
+        self._last_line = float("-inf")  # the first event is reported at once, then 1/interval
+        self._trim = _malloc_trim()
+        self._trim_at = 0  # peak size after which the next drain trims the heap
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._window_start = loop.time()
+        self._prev_handler = loop.get_exception_handler()
+        loop.set_exception_handler(self._exception_handler)
+        self._sweeper = loop.create_task(self._sweep())
+
+    async def stop(self) -> None:
+        for c in list(self.conns):
+            c.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            try:
+                await self._sweeper
+            except asyncio.CancelledError:
+                pass
+            self._sweeper = None
+        if self._loop is not None:
+            self._summary(self._loop.time(), force=True)
+            if self._loop.get_exception_handler() == self._exception_handler:
+                self._loop.set_exception_handler(self._prev_handler)
+            self._loop = None
+
+    # -- connection accounting --------------------------------------------------------------
+    def admit(self, conn: TLSConn, addr: str, now: float) -> bool:
+        """A new TCP connection from `addr`: True to serve it, False to close it."""
+        n = self.per_address.get(addr, 0)
+        if n >= self.max_per_address:
+            self.counts["refused_per_address"] += 1
+            self.refused_addresses.add(addr)
+            return False
+        if self.open >= self.max_connections:
+            if not self.idle:  # every slot is inside a request: those finish soon
+                self.counts["evicted"] += 1  # counted as a refusal of the newcomer
+                return False
+            oldest = next(iter(self.idle))
+            self.counts["evicted"] += 1
+            oldest.abort()  # releases its slot now (below), its socket a moment later
+        self.open += 1
+        self.peak = max(self.peak, self.open)
+        self.per_address[addr] = n + 1
+        self.conns.add(conn)
+        self.idle[conn] = now + self.header_timeout_s
+        return True
+
+    def release(self, conn: TLSConn) -> None:
+        if conn not in self.conns:
+            return
+        self.conns.discard(conn)
+        self.idle.pop(conn, None)
+        self.open -= 1
+        n = self.per_address.get(conn.addr, 1) - 1
+        if n > 0:
+            self.per_address[conn.addr] = n
+        else:
+            self.per_address.pop(conn.addr, None)
+
+    def busy(self, conn: TLSConn) -> None:
+        """The connection's request headers are in: no deadline while it is being answered."""
+        self.idle.pop(conn, None)
+
+    def done(self, conn: TLSConn, now: float) -> None:
+        """Answered: the next request's headers (keep-alive) are due within the timeout."""
+        if conn in self.conns:
+            self.idle[conn] = now + self.header_timeout_s
+            self.idle.move_to_end(conn)
+
+    # -- the sweeper: deadlines, summary line, heap trim -------------------------------------
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        step = min(1.0, self.header_timeout_s / 4)
+        while True:
+            await asyncio.sleep(step)
+            now = loop.time()
+            while self.idle:
+                conn, deadline = next(iter(self.idle.items()))
+                if deadline > now:
+                    break
+                self.counts["header_timeouts"] += 1
+                conn.abort()
+            self._summary(now)
+            # a flood has passed: hand the heap it grew back to the OS, once per flood
+            if self.peak >= 32 and self.peak >= self._trim_at and self.open <= self.peak // 8:
+                gc.collect()  # connections are reference cycles (TLS protocol <-> transports)
+                if self._trim is not None:
+                    self._trim()
+                self._trim_at = self.peak * 2
+                self.peak = self.open
+
+    def _summary(self, now: float, force: bool = False) -> None:
+        if not any(self.counts.values()):
+            return
+        if not force and now - self._last_line < self.stats_log_interval_s:
+            return
+        c = self.counts
+        log.warning(
+            "relay: in the last %.0f s: %d connection(s) refused at the per-address cap %d "
+            "(from %d address(es)), %d closed at the total cap %d, %d closed for not sending "
+            "request headers within %.0f s, %d accept error(s) (out of file descriptors?); "
+            "%d open now",
+            now - self._window_start, c["refused_per_address"], self.max_per_address,
+            len(self.refused_addresses), c["evicted"], self.max_connections,
+            c["header_timeouts"], self.header_timeout_s, c["accept_errors"], self.open,
+        )
+        for k, v in c.items():
+            self.totals[k] += v
+        self.counts = dict.fromkeys(c, 0)
+        self.refused_addresses.clear()
+        self._window_start = self._last_line = now
+
+    def _exception_handler(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        # asyncio reports each failed accept() (EMFILE and friends) with a traceback and
+        # retries a second later; count them into the summary line instead
+        if context.get("message") == _ACCEPT_ERROR:
+            self.counts["accept_errors"] += 1
+            return
+        if self._prev_handler is not None:
+            self._prev_handler(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+
+class TLSConn(sslproto.SSLProtocol):
+    """One client connection: admitted by the gate, then TLS exactly as asyncio does it."""
+
+    max_size = 16 * 1024  # asyncio's TLS read buffer: 256 KiB per connection by default
+
+    def __init__(self, gate: Gate, app_protocol: asyncio.BaseProtocol, ctx: ssl.SSLContext,
+                 loop: asyncio.AbstractEventLoop):
+        super().__init__(loop, app_protocol, ctx, None, server_side=True,
+                         ssl_handshake_timeout=gate.handshake_timeout_s,
+                         ssl_shutdown_timeout=gate.handshake_timeout_s)
+        self._extra[CONN_KEY] = self
+        self.gate = gate
+        self.addr = "?"
+        self.raw: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        self.raw = transport
+        self.addr = _addr_key(transport.get_extra_info("peername"))
+        if not self.gate.admit(self, self.addr, self._loop.time()):
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.gate.release(self)
+        self._extra.pop(CONN_KEY, None)  # no reference cycle: freed at once, not by the gc
+        self.raw = None
+        super().connection_lost(exc)
+
+    def abort(self) -> None:
+        self.gate.release(self)
+        if self.raw is not None:
+            self.raw.abort()  # type: ignore[attr-defined]
