@@ -119,15 +119,20 @@ class FirmwareFile(pytest.File):
 PYPI_PORT_HEAP_FACTOR = 1.5
 
 
+def heap_kb(heap: str) -> int:
+    """'96k' -> 96, '1M' -> 1024, '65536' -> 64 (as -X heapsize reads them)."""
+    n = heap.rstrip("kKmM")
+    unit = heap[len(n):].lower()
+    return int(n) * 1024 if unit == "m" else int(n) if unit else int(n) // 1024
+
+
 def port_heap(heap: str) -> str:
     """The -X heapsize to give the interpreter that runs compiled firmware for an ESP32 budget."""
     from host_tools import hostboard
 
     if hostboard.esp32_model():
         return heap
-    n, unit = heap.rstrip("kKmM"), heap[len(heap.rstrip("kKmM")):].lower()
-    kb = int(n) * (1024 if unit == "m" else 1) if unit else int(n) // 1024
-    return f"{int(kb * PYPI_PORT_HEAP_FACTOR)}k"
+    return f"{int(heap_kb(heap) * PYPI_PORT_HEAP_FACTOR)}k"
 
 
 def run_mptest(path: Path, names: list, *, fw: Path, heap: str | None, extra: dict | None = None):

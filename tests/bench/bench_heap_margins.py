@@ -23,7 +23,7 @@ STEP_K = 4
 
 
 def _kb(heap: str) -> int:
-    return int(plugin.port_heap(heap).rstrip("k"))
+    return plugin.heap_kb(plugin.port_heap(heap))
 
 
 def _passes(path: Path, names: list, fw: Path, kb: int, extra: dict) -> bool:
