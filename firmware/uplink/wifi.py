@@ -85,8 +85,11 @@ class Wifi:
         """Join the first configured network that works; WifiError saying, per network,
         why none did."""
         w = self._wlan
-        if not w.active():
-            w.active(True)
+        try:
+            if not w.active():
+                w.active(True)
+        except OSError as e:  # the radio did not start: callers retry WifiError forever
+            raise WifiError("radio not started (%s)" % e)
         if w.isconnected():  # the host board, or the driver got the link back by itself
             if self.ssid is None:
                 self.ssid = w.config("ssid")
@@ -99,7 +102,10 @@ class Wifi:
             pass  # a port without the setting: failures then show up as timeouts
         # Stop the driver's own reconnect attempts: a scan or connect while it is
         # connecting fails on the ESP32.
-        w.disconnect()
+        try:
+            w.disconnect()
+        except OSError:
+            pass  # nothing to stop
         seen = self._scan() if len(self.networks) > 1 else None
         if seen is not None and not any(n["ssid"] in seen for n in self.networks):
             seen = None  # nothing known in sight: maybe hidden, try them all

@@ -307,3 +307,27 @@ async def test_passwords_never_logged():
     assert lines and any("home: wrong password" in m for m in lines), lines
     for m in lines + [w.last_error or ""]:
         no_secrets(m)
+
+
+async def test_run_outlives_driver_errors():
+    # the radio refuses to start a few times (e.g. "Wifi Not Initialized"); run() must not die
+    w = make([HOME], aps=[("home", "secret-home", -50)])
+    real = net.WLAN.active
+    fails = [3]
+
+    def active(self, on=None):
+        if on and fails[0]:
+            fails[0] -= 1
+            raise OSError("Wifi Not Initialized")
+        return real(self, on)
+
+    net.WLAN.active = active
+    try:
+        with raises(WifiError, "radio not started (Wifi Not Initialized)"):
+            await w.connect()
+        t = asyncio.create_task(w.run())
+        ok = await wait_for(lambda: w.connected and w.ssid, 5000)
+        t.cancel()
+    finally:
+        net.WLAN.active = real
+    assert ok and not fails[0], (fails, w.last_error)
