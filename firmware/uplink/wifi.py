@@ -1,12 +1,14 @@
 # Station Wi-Fi: join the best known network, tell a wrong password from a missing network,
 # and keep the link up.
 #
-# Networks are tried in config order (first = preferred). A scan first skips those not on the
-# air, unless none is visible (hidden SSIDs never show up in scans: then all are tried). Each
-# attempt is watched through wlan.status() until it succeeds, fails with a reason, or times
-# out. run() watches the link; after a drop it reconnects with exponential backoff and
-# jitter, and the backoff only resets once a link has stayed up a while, so a flapping AP is
-# not hammered. Passwords never appear in messages.
+# Networks are tried in config order (first = preferred). With more than one configured, a
+# scan first skips those not on the air, unless none is visible (hidden SSIDs never show up
+# in scans: then all are tried); with one there is nothing to choose, and the scan (which
+# blocks the whole board for ~1.5 s on the ESP32) is skipped. Each attempt is watched through
+# wlan.status() until it succeeds, fails with a reason, or times out. run() watches the link
+# and rejoins forever, with exponential backoff and jitter; the backoff only resets once a
+# link has stayed up a while, so a flapping AP is not hammered. Passwords never appear in
+# messages.
 import asyncio
 import random
 import time
@@ -45,6 +47,14 @@ class Wifi:
     # status() says STAT_CONNECTING; the reason (wrong password, no AP) only shows once its
     # retries are used up, and by default they never are. So: one retry, then we decide.
     RECONNECTS = 1
+    # The ESP32 port clears its last disconnect reason only on GOT_IP: connect() keeps it,
+    # and status() reports a "not found" / "wrong password" reason before "connecting"
+    # (ports/esp32/network_wlan.c, network_wlan_status). So right after connect() status()
+    # may still show the previous attempt's failure. A failure code counts only once it
+    # differs from what status() said before connect(), or status() moved on meanwhile, or
+    # this long has passed: longer than one attempt of the driver (~2.5 s for "not found",
+    # more for a WPA2 handshake that times out).
+    FRESH_MS = 6000
 
     def __init__(self, board, networks, timeout_s=20):
         self.board = board
@@ -75,8 +85,11 @@ class Wifi:
         """Join the first configured network that works; WifiError saying, per network,
         why none did."""
         w = self._wlan
-        if not w.active():
-            w.active(True)
+        try:
+            if not w.active():
+                w.active(True)
+        except OSError as e:  # the radio did not start: callers retry WifiError forever
+            raise WifiError("radio not started (%s)" % e)
         if w.isconnected():  # the host board, or the driver got the link back by itself
             if self.ssid is None:
                 self.ssid = w.config("ssid")
@@ -89,8 +102,11 @@ class Wifi:
             pass  # a port without the setting: failures then show up as timeouts
         # Stop the driver's own reconnect attempts: a scan or connect while it is
         # connecting fails on the ESP32.
-        w.disconnect()
-        seen = self._scan()
+        try:
+            w.disconnect()
+        except OSError:
+            pass  # nothing to stop
+        seen = self._scan() if len(self.networks) > 1 else None
         if seen is not None and not any(n["ssid"] in seen for n in self.networks):
             seen = None  # nothing known in sight: maybe hidden, try them all
         why = []
@@ -136,6 +152,8 @@ class Wifi:
                 continue
             except WifiError as e:
                 log.error("wifi", str(e))
+            except Exception as e:  # a driver OSError, a MemoryError: never stop rejoining
+                log.error("wifi", "join failed: %r" % e)
             await self._backoff(delay)
             delay = min(delay * 2, self.BACKOFF_MAX_MS)
 
@@ -157,16 +175,20 @@ class Wifi:
     async def _join(self, ssid, password):
         # One attempt: None once connected, else the reason it failed.
         w = self._wlan
+        stale = w.status()  # a failure shown now belongs to an earlier attempt
         try:
             w.connect(ssid, password)
         except OSError as e:
             return "connect refused (%s)" % e
         t0 = time.ticks_ms()
+        fresh = min(self.FRESH_MS, self.timeout_ms)
         while True:
             st = w.status()
             if st == STAT_GOT_IP or w.isconnected():
                 return None
-            if st in _WHY:
+            if st != stale:
+                stale = None  # status moved: whatever it says from now on is this attempt's
+            if st in _WHY and (stale is None or time.ticks_diff(time.ticks_ms(), t0) >= fresh):
                 w.disconnect()  # or the driver keeps retrying on its own
                 return _WHY[st]
             if time.ticks_diff(time.ticks_ms(), t0) >= self.timeout_ms:
