@@ -13,6 +13,7 @@ import struct
 import time
 
 from uplink import log
+from uplink.board import gmtime
 
 NTP_DELTA = 2208988800  # seconds from 1900 (NTP) to 1970 (unix)
 MIN_YEAR = 2024
@@ -26,13 +27,7 @@ class ClockError(Exception):
 
 def iso(ms):
     """Epoch milliseconds -> "2026-01-01T12:00:00Z"."""
-    t = time.gmtime(ms // 1000 - _EPOCH)
-    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % t[:6]
-
-
-# gmtime counts from the port's epoch: 1970 on the unix port and newer ESP32 builds, 2000 on
-# older ones.
-_EPOCH = 946684800 - time.mktime((2000, 1, 1, 0, 0, 0, 0, 0))
+    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % gmtime(ms // 1000)[:6]
 
 
 def _split(server):
@@ -73,7 +68,7 @@ def check(resp, nonce):
         raise ValueError("no transmit time")
     t2, t3 = _ntp_ms(resp, 32), _ntp_ms(resp, 40)
     if t3 < VALID_MS:
-        raise ValueError("implausible year %d" % time.gmtime(t3 // 1000 - _EPOCH)[0])
+        raise ValueError("implausible year %d" % gmtime(t3 // 1000)[0])
     return t2, t3
 
 
