@@ -33,7 +33,7 @@ class App:
         self.board = board
         t = cfg["telemetry"]
         self.interval_s = t["interval_ms"] / 1000 if t["interval_ms"] else t["interval_s"]
-        self.started = time.ticks_ms()
+        self.started = log.uptime_s()
         self.commands = []
         self.command_ready = asyncio.Event()
         self.telemetry_wake = asyncio.Event()
@@ -64,7 +64,7 @@ class App:
     def health(self):
         gc.collect()
         h = {
-            "uptime_s": time.ticks_diff(time.ticks_ms(), self.started) // 1000,
+            "uptime_s": log.uptime_s(),  # since boot, right across the ticks wrap
             "heap_free": self.board.mem_free(),
             "outbox_depth": self.outbox.depth if self.outbox else 0,
             "dropped": self.outbox.dropped if self.outbox else 0,
@@ -290,7 +290,9 @@ class App:
         while True:
             wdt.feed()
             self.outbox.flush()  # persist acknowledged progress now and then, not per ack
-            if not healthy and time.ticks_diff(time.ticks_ms(), self.started) > HEALTHY_AFTER_S * 1000:
+            # log.uptime_s() called here every 5 s also keeps the uptime right across the
+            # ticks wrap (it must be called at least every 6 days)
+            if not healthy and log.uptime_s() - self.started > HEALTHY_AFTER_S:
                 from uplink import safemode
 
                 safemode.healthy()
