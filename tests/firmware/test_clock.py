@@ -91,6 +91,29 @@ async def test_run_keeps_trying_while_unsynced():
     task.cancel()
 
 
+async def test_blocked_ntp_is_said_with_servers_and_duration():
+    import builtins
+
+    c = Clock(board_in_2000(), [srv("silent")], timeout_ms=50, resync_s=3600)
+    c.RETRY_MS = 50
+    c.BLOCKED_SAY_S = 0  # every retry, for the test
+    lines = []
+    real = builtins.print
+    builtins.print = lambda s: lines.append(s)
+    try:
+        task = asyncio.create_task(c.run())
+        for _ in range(100):  # a few retries at most
+            if len(lines) >= 2:
+                break
+            await asyncio.sleep_ms(20)
+        task.cancel()
+    finally:
+        builtins.print = real
+    assert "no time from any server" in lines[0], lines
+    assert "NTP blocked? no time from %s for " % srv("silent") in lines[1], lines
+    assert "UDP port 123" in lines[1], lines
+
+
 def test_a_present_rtc_counts_as_valid_before_sync():
     # the host board's clock is the PC's; an ESP32 RTC survives a soft reset
     c = Clock(board.load("host"), [OK])
