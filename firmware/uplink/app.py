@@ -27,13 +27,14 @@ class App:
     client: Any = None
     publisher: Any = None
     adapter: Any = None
+    boots: Any = None
 
     def __init__(self, cfg, board):
         self.cfg = cfg
         self.board = board
         t = cfg["telemetry"]
         self.interval_s = t["interval_ms"] / 1000 if t["interval_ms"] else t["interval_s"]
-        self.started = time.ticks_ms()
+        self.started = log.uptime_s()
         self.commands = []
         self.command_ready = asyncio.Event()
         self.telemetry_wake = asyncio.Event()
@@ -64,7 +65,7 @@ class App:
     def health(self):
         gc.collect()
         h = {
-            "uptime_s": time.ticks_diff(time.ticks_ms(), self.started) // 1000,
+            "uptime_s": log.uptime_s(),  # since boot, right across the ticks wrap
             "heap_free": self.board.mem_free(),
             "outbox_depth": self.outbox.depth if self.outbox else 0,
             "dropped": self.outbox.dropped if self.outbox else 0,
@@ -92,7 +93,21 @@ class App:
         except Exception as e:  # a broken sensor must not stop health telemetry
             log.exc("user", "read() failed", e)
         _drop_unencodable(values)
-        return {"ts": self.clock.now_ms() if self.clock else None, "values": values}
+        return self._mark({"values": values})
+
+    def _mark(self, reading):
+        # the time now, or (clock not known yet) this boot and its uptime: uplink.boots
+        now = self.clock.now_ms() if self.clock else None
+        if self.boots is None:
+            reading["ts"] = now
+            return reading
+        return self.boots.mark(reading, now)
+
+    def stamp(self, reading, final=False):
+        """For the publisher: a stored reading's time, once it can be known (uplink.boots)."""
+        if self.boots is None:
+            return True
+        return self.boots.stamp(reading, self.clock.now_ms() if self.clock else None, final)
 
     def store(self, reading):
         try:
@@ -102,7 +117,7 @@ class App:
             return
         self.publisher.notify()
 
-    def take_device_readings(self, ts):
+    def take_device_readings(self, reading):
         # gateway modes: user.read_devices() -> {sub-device name: values}
         try:
             per_device = getattr(self.user, "read_devices")() or {}
@@ -113,7 +128,11 @@ class App:
             values = per_device[name]
             if isinstance(values, dict):
                 _drop_unencodable(values)
-            self.store({"ts": ts, "values": values, "device": name})
+            r = {"values": values, "device": name}
+            for k in ("ts", "boot", "up"):  # the same time as the device's own reading
+                if k in reading:
+                    r[k] = reading[k]
+            self.store(r)
 
     async def telemetry_task(self):
         # sub-device readings only where the platform runs a gateway session (adapter.gateway)
@@ -123,7 +142,7 @@ class App:
                 reading = self.take_reading()
                 self.store(reading)
                 if gateway:
-                    self.take_device_readings(reading["ts"])
+                    self.take_device_readings(reading)
             except Exception as e:
                 # a MemoryError while taking or storing a reading: lose this reading, not
                 # every later one (this task ending would stop all telemetry)
@@ -230,10 +249,15 @@ class App:
             log.info("clock", "no NTP servers configured: the board's own clock is used")
         url = self.adapter.url
         if (url.startswith("mqtts:") or url.startswith("wss:")) and not self.cfg["platform"]["insecure"]:
-            # certificate validity checks need the real date
+            # Certificate validity checks need the real date, so the platform's own time
+            # (ThingsBoard getTime, Blynk utc) cannot help here: it only comes over the
+            # connection. NTP must answer, or the RTC must be set already (soft reset).
             if not self.clock.valid():
                 log.info("clock", "waiting for the time before TLS")
+                self.clock.blocked_hint = ("; TLS to the platform waits for it (the certificate "
+                                           "check needs the date): UDP port 123 must reach them")
             await self.clock.wait_valid()
+            self.clock.blocked_hint = Clock.blocked_hint
 
     def _client(self, **kw):
         from uplink.mqtt import MQTTClient
@@ -266,6 +290,9 @@ class App:
         self.adapter = platforms.load(self.cfg["platform"]["kind"]).Adapter(self.cfg, self)
         ob = self.cfg["outbox"]
         self.outbox = Outbox(ob["dir"], ob["max_bytes"])
+        from uplink.boots import Boots
+
+        self.boots = Boots()
         log.info("outbox", "%d readings waiting, %d dropped so far" % (self.outbox.depth, self.outbox.dropped))
         await self.start_network()
         await self.start_clock()
@@ -273,7 +300,8 @@ class App:
         if prepare is not None:
             await prepare(self)
         self.client = self.make_client()
-        self.publisher = Publisher(self.outbox, self.adapter, self.client, self.cfg["telemetry"]["batch"])
+        self.publisher = Publisher(self.outbox, self.adapter, self.client, self.cfg["telemetry"]["batch"],
+                                   stamp=self.stamp)
         self.client.on_ack = self.publisher.on_ack
         asyncio.create_task(self.telemetry_task())
         await self.connect()
@@ -290,11 +318,15 @@ class App:
         while True:
             wdt.feed()
             self.outbox.flush()  # persist acknowledged progress now and then, not per ack
-            if not healthy and time.ticks_diff(time.ticks_ms(), self.started) > HEALTHY_AFTER_S * 1000:
+            # log.uptime_s() called here every 5 s also keeps the uptime right across the
+            # ticks wrap (it must be called at least every 6 days)
+            if not healthy and log.uptime_s() - self.started > HEALTHY_AFTER_S:
                 from uplink import safemode
 
                 safemode.healthy()
                 healthy = True
+            if self.boots is not None:
+                self.boots.tick(self.clock.now_ms() if self.clock else None)
             await asyncio.sleep(5)
 
 

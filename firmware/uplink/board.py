@@ -22,8 +22,11 @@ PROFILES = {
 RESET_EXIT = 75  # host board: exit code that means "restart me" (EX_TEMPFAIL)
 ID_FILE = "board_id"  # host board: the unique id, in the state directory (the cwd)
 
-# Seconds from 1970 to the port's epoch: 0 where time.time() counts from 1970 (unix, newer
-# ESP32 builds), 946684800 on ports that count from 2000.
+# Seconds from 1970 to the port's epoch: 0 on the unix port (MICROPY_EPOCH_IS_1970 in
+# ports/unix/mpconfigport.h), 946684800 on the ESP32, which never sets it and so counts
+# time.time(), time_ns(), gmtime() and mktime() from 2000 (py/mpconfig.h default; its
+# mp_hal_time_ns in ports/esp32/mphalport.c is gettimeofday, set by RTC.datetime in 2000
+# seconds). Every epoch the firmware handles is unix; this is the one place that converts.
 EPOCH_OFFSET = 946684800 - time.mktime((2000, 1, 1, 0, 0, 0, 0, 0))
 
 
@@ -41,10 +44,16 @@ def load(name):
     return HostBoard(name, p[1], p[2], p[3])
 
 
-def _os_ms():
-    # Epoch milliseconds from the port's clock. Integers only: an ESP32 float is single
-    # precision, which cannot hold an epoch to the second.
+def os_ms():
+    """Unix epoch milliseconds from the port's clock (the RTC on an ESP32, the PC's on the
+    host). Integers only: an ESP32 float is single precision, which cannot hold an epoch to
+    the second."""
     return time.time_ns() // 1000000 + EPOCH_OFFSET * 1000
+
+
+def gmtime(epoch_s):
+    """time.gmtime() of a unix epoch second, on a port of either epoch."""
+    return time.gmtime(epoch_s - EPOCH_OFFSET)
 
 
 class Board:
@@ -123,12 +132,12 @@ class Esp32Board(Board):
     def set_rtc(self, epoch_s, ms=0):
         import machine
 
-        t = time.gmtime(int(epoch_s) - EPOCH_OFFSET)
+        t = gmtime(int(epoch_s))
         # RTC.datetime: (year, month, day, weekday, hours, minutes, seconds, microseconds)
         machine.RTC().datetime((t[0], t[1], t[2], t[6], t[3], t[4], t[5], ms * 1000))
 
     def time_ms(self):
-        return _os_ms()
+        return os_ms()
 
     def reset_cause(self):
         import machine

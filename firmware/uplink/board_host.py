@@ -4,7 +4,7 @@
 import os
 import sys
 
-from uplink.board import ID_FILE, RESET_EXIT, Board, _os_ms
+from uplink.board import ID_FILE, RESET_EXIT, Board, os_ms
 
 
 class _NoWatchdog:
@@ -96,10 +96,10 @@ class HostBoard(Board):
 
     def set_rtc(self, epoch_s, ms=0):
         # Never touch the PC's clock: keep the difference instead.
-        self._offset_ms = int(epoch_s) * 1000 + ms - _os_ms()
+        self._offset_ms = int(epoch_s) * 1000 + ms - os_ms()
 
     def time_ms(self):
-        return _os_ms() + self._offset_ms
+        return os_ms() + self._offset_ms
 
     def reset_cause(self):
         # A supervisor that restarts us after RESET_EXIT can say so through the environment.

@@ -13,6 +13,7 @@ import struct
 import time
 
 from uplink import log
+from uplink.board import gmtime
 
 NTP_DELTA = 2208988800  # seconds from 1900 (NTP) to 1970 (unix)
 MIN_YEAR = 2024
@@ -26,13 +27,7 @@ class ClockError(Exception):
 
 def iso(ms):
     """Epoch milliseconds -> "2026-01-01T12:00:00Z"."""
-    t = time.gmtime(ms // 1000 - _EPOCH)
-    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % t[:6]
-
-
-# gmtime counts from the port's epoch: 1970 on the unix port and newer ESP32 builds, 2000 on
-# older ones.
-_EPOCH = 946684800 - time.mktime((2000, 1, 1, 0, 0, 0, 0, 0))
+    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % gmtime(ms // 1000)[:6]
 
 
 def _split(server):
@@ -73,12 +68,15 @@ def check(resp, nonce):
         raise ValueError("no transmit time")
     t2, t3 = _ntp_ms(resp, 32), _ntp_ms(resp, 40)
     if t3 < VALID_MS:
-        raise ValueError("implausible year %d" % time.gmtime(t3 // 1000 - _EPOCH)[0])
+        raise ValueError("implausible year %d" % gmtime(t3 // 1000)[0])
     return t2, t3
 
 
 class Clock:
     RETRY_MS = 2000  # first retry after a failed sync; doubles up to BACKOFF_MAX_S
+    BLOCKED_SAY_S = 300  # while syncs fail, a console line this often
+    # what the unknown time means for this app (set by App.start_clock)
+    blocked_hint = "; UDP port 123 must reach them"
 
     def __init__(self, board, servers, timeout_ms=2000, resync_s=3600):
         self.board = board
@@ -147,20 +145,27 @@ class Clock:
 
     async def run(self):
         """Sync, then again every resync_s; while it fails, retry sooner with backoff."""
-        failing = False
+        failing = None  # log.uptime_s() when the syncs started failing
+        said = 0
         delay = self.RETRY_MS
         while True:
             try:
                 ms = await self.sync()
-                if failing or abs(self.correction_ms) > 1000:
+                if failing is not None or abs(self.correction_ms) > 1000:
                     log.info("clock", "%s (corrected by %d s)" % (iso(ms), self.correction_ms // 1000))
-                failing = False
+                failing = None
                 delay = self.RETRY_MS
                 await asyncio.sleep(self.resync_s)
             except Exception as e:  # ClockError; a MemoryError must not end the task either
-                if not failing:  # say it once per outage, not at every retry
+                now = log.uptime_s()
+                if failing is None:
+                    failing = said = now
                     log.warn("clock", str(e) if isinstance(e, ClockError) else "sync failed: %r" % e)
-                failing = True
+                elif now - said >= self.BLOCKED_SAY_S:  # not at every retry: every few minutes
+                    said = now
+                    log.warn("clock", "NTP blocked? no time from %s for %d s (%s)%s" % (
+                        ", ".join(self.servers), now - failing, self.last_error or e,
+                        "" if self.synced else self.blocked_hint))
                 # jitter: boards rebooted by one power cut do not all ask at once
                 await asyncio.sleep_ms(delay + random.getrandbits(16) % (delay // 2 + 1))
                 delay = min(delay * 2, BACKOFF_MAX_S * 1000, self.resync_s * 1000)

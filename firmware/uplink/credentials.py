@@ -15,9 +15,8 @@ import binascii
 import hashlib
 import json
 import os
-import time
 
-from uplink import https, log
+from uplink import board, https, log
 
 PATH = "/v1/credentials"
 
@@ -48,12 +47,6 @@ class HMAC:
         h = hashlib.sha256(self._o)
         h.update(inner)
         return binascii.hexlify(h.digest()).decode()
-
-
-def _unix_s():
-    # the unix port and MicroPython >= 1.22 on the ESP32 count from 1970; an app whose clock
-    # knows better passes now_ms (uplink.clock's epoch milliseconds)
-    return time.time()
 
 
 class Credentials:
@@ -119,7 +112,9 @@ class Credentials:
         return self._user, self._pw
 
     def _now_s(self):
-        return int(self._now_ms() // 1000 if self._now_ms else _unix_s())
+        # Unix seconds, as the relay checks them: time.time() counts from 2000 on the ESP32
+        # (see uplink.board.EPOCH_OFFSET) and would sign every request 30 years early.
+        return int((self._now_ms() if self._now_ms else board.os_ms()) // 1000)
 
     def _headers(self, path):
         ts = str(self._now_s())

@@ -9,7 +9,9 @@ from uplink import log
 
 
 class Publisher:
-    def __init__(self, outbox, adapter, client, batch=20, window=8):
+    HOLD_S = 30  # how long readings of this boot wait for the clock before going untimed
+
+    def __init__(self, outbox, adapter, client, batch=20, window=8, stamp=None):
         self.outbox = outbox
         self.adapter = adapter
         self.client = client
@@ -23,6 +25,9 @@ class Publisher:
         self.sent = 0
         self.acked = 0
         self.undeliverable = 0
+        # stamp(reading, final) -> False while a reading cannot have its time yet (boots.py)
+        self.stamp = stamp
+        self._held = None  # log.uptime_s() when readings started waiting for the clock
 
     def notify(self):
         """A record was put: wake the drain loop."""
@@ -89,8 +94,29 @@ class Publisher:
                 readings.append(None)
         return readings
 
+    def _stamp(self, stamp, recs, readings):
+        # Readings of this boot taken before the clock was known wait for it (a plain-TCP
+        # session learns the time from the platform moments after connecting), at most
+        # HOLD_S; the records from the first waiting one on are left for later.
+        final = self._held is not None and log.uptime_s() - self._held >= self.HOLD_S
+        for k, r in enumerate(readings):
+            if r is not None and not stamp(r, final):
+                if self._held is None:
+                    self._held = log.uptime_s()
+                    log.warn("publish", "readings wait for the clock (at most %d s)" % self.HOLD_S)
+                return k
+        if not final:  # once given up, the clock's absence is no reason to wait again
+            self._held = None
+        return len(recs)
+
     async def _send(self, recs):
         readings = self._decode(recs)
+        if self.stamp is not None:
+            k = self._stamp(self.stamp, recs, readings)
+            if k == 0:
+                await asyncio.sleep_ms(1000)
+                return
+            recs, readings = recs[:k], readings[:k]
         pairs = [(recs[i][0], r) for i, r in enumerate(readings) if r is not None]
         if not pairs:
             self.cursor = recs[-1][0]

@@ -129,18 +129,24 @@ class Wifi:
         """Watch the link forever; reconnect after a drop, with backoff and jitter."""
         delay = self.BACKOFF_MIN_MS
         up_since = time.ticks_ms() if self.connected else None
+        # Decided once, STABLE_MS after the link came up: a ticks_diff over the link's whole
+        # life is wrong after 2**29 ms (6.2 days) on the ESP32, and a week-old link that
+        # drops would look like a flapping one.
+        stable = False
         while True:
             if self._wlan.isconnected():
                 if up_since is None:
                     up_since = time.ticks_ms()
-                elif time.ticks_diff(time.ticks_ms(), up_since) >= self.STABLE_MS:
+                    stable = False
+                elif not stable and time.ticks_diff(time.ticks_ms(), up_since) >= self.STABLE_MS:
                     delay = self.BACKOFF_MIN_MS
+                    stable = True
                 await asyncio.sleep_ms(self.POLL_MS)
                 continue
             if up_since is not None:
                 self.drops += 1
                 log.warn("wifi", "link to %s lost" % self.ssid)
-                if time.ticks_diff(time.ticks_ms(), up_since) < self.STABLE_MS:
+                if not stable and time.ticks_diff(time.ticks_ms(), up_since) < self.STABLE_MS:
                     # it was up only briefly: a flapping AP, wait before trying again
                     await self._backoff(delay)
                     delay = min(delay * 2, self.BACKOFF_MAX_MS)
@@ -149,6 +155,7 @@ class Wifi:
                 await self.connect()
                 log.info("wifi", "back on %s, ip %s" % (self.ssid, self.ip))
                 up_since = time.ticks_ms()
+                stable = False
                 continue
             except WifiError as e:
                 log.error("wifi", str(e))

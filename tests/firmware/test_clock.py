@@ -1,11 +1,11 @@
 import asyncio
 import struct
-import time
 
 import fake_hw
 from mptest import env, raises
 from uplink import board, clock
 from uplink.clock import Clock, ClockError
+from wallclock import unix_ms as pc_ms
 
 NEEDS = ("ntp",)
 HOST = env("NTP_HOST", "127.0.0.1")
@@ -15,10 +15,6 @@ OFFSET = int(env("NTP_OFFSET_MS", "0"))
 
 def srv(kind):
     return "%s:%s" % (HOST, env("NTP_%s_PORT" % kind.upper()))
-
-
-def pc_ms():
-    return time.time_ns() // 1000000  # the unix port counts from 1970
 
 
 def board_in_2000():
@@ -95,6 +91,29 @@ async def test_run_keeps_trying_while_unsynced():
     task.cancel()
 
 
+async def test_blocked_ntp_is_said_with_servers_and_duration():
+    import builtins
+
+    c = Clock(board_in_2000(), [srv("silent")], timeout_ms=50, resync_s=3600)
+    c.RETRY_MS = 50
+    c.BLOCKED_SAY_S = 0  # every retry, for the test
+    lines = []
+    real = builtins.print
+    builtins.print = lambda s: lines.append(s)
+    try:
+        task = asyncio.create_task(c.run())
+        for _ in range(100):  # a few retries at most
+            if len(lines) >= 2:
+                break
+            await asyncio.sleep_ms(20)
+        task.cancel()
+    finally:
+        builtins.print = real
+    assert "no time from any server" in lines[0], lines
+    assert "NTP blocked? no time from %s for " % srv("silent") in lines[1], lines
+    assert "UDP port 123" in lines[1], lines
+
+
 def test_a_present_rtc_counts_as_valid_before_sync():
     # the host board's clock is the PC's; an ESP32 RTC survives a soft reset
     c = Clock(board.load("host"), [OK])
@@ -107,7 +126,7 @@ async def test_esp32_board_gets_its_rtc_set():
     c = Clock(b, [OK])
     await c.sync()
     t = fake_hw.machine.rtc
-    want = time.gmtime((pc_ms() + OFFSET) // 1000)
+    want = board.gmtime((pc_ms() + OFFSET) // 1000)
     assert t[:3] == want[:3] and t[3] == want[6], (t, want)
     assert abs((t[4] * 3600 + t[5] * 60 + t[6]) - (want[3] * 3600 + want[4] * 60 + want[5])) <= 1
 

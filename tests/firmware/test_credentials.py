@@ -4,6 +4,7 @@
 
 from mptest import env, raises
 from uplink import credentials, https
+from wallclock import unix_ms
 
 NEEDS = ("oidc",)
 
@@ -54,6 +55,14 @@ async def test_relay_gives_token_and_cache_reused():
     assert c.fetches == 1  # more than min_life_s left: no second request
 
 
+def test_request_signed_with_unix_time_on_a_port_of_either_epoch():
+    # no now_ms: the port's own clock. On the ESP32 (and its model) time.time() counts from
+    # 2000; the relay wants unix seconds within 30 s, so a raw time.time() is 30 years off.
+    c = credentials.Credentials(relay_cfg())
+    h = c._headers("/v1/credentials")
+    assert abs(int(h["X-Uplink-Time"]) - unix_ms() // 1000) <= 2, (h["X-Uplink-Time"], unix_ms())
+
+
 async def test_cache_expires_at_min_life():
     # a min_life_s above the token's remaining lifetime: every call asks the relay again
     c = credentials.Credentials(relay_cfg(min_life_s=299))
@@ -63,9 +72,7 @@ async def test_cache_expires_at_min_life():
 
 
 async def test_lifetime_counted_on_the_board_clock():
-    import time
-
-    t = [time.time() * 1000]
+    t = [unix_ms()]
     c = credentials.Credentials(relay_cfg(min_life_s=280), now_ms=lambda: t[0])
     await c()
     assert 290 < c.remaining_s() <= 300 and c.fetches == 1
@@ -117,9 +124,7 @@ async def test_wrong_ca_refused():
 
 async def test_clock_far_off_is_refused():
     # a board whose clock is an hour off sends a stale timestamp: 401, a message saying so
-    import time
-
-    c = credentials.Credentials(relay_cfg(), now_ms=lambda: (time.time() - 3600) * 1000)
+    c = credentials.Credentials(relay_cfg(), now_ms=lambda: unix_ms() - 3600000)
     with raises(credentials.CredentialsError, match="clock"):
         await c()
 
