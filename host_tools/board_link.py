@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 
 MANIFEST = ".uplink-manifest.json"
+HOLD = "hold"  # firmware/main.py: a boot that finds it starts no app and arms no watchdog
 
 
 class BoardError(Exception):
@@ -76,21 +77,47 @@ class BoardLink:
             self.t = SerialTransport(port, baudrate=115200)
         except TransportError as e:
             raise explain_open_error(port, e) from None
-        try:
-            # a read timeout only while getting in: with none, a silent port blocks forever
-            self.t.serial.timeout = 1.0
-            self.t.enter_raw_repl(soft_reset=True, timeout_overall=timeout)
-            self.t.serial.timeout = None
-        except (TransportError, OSError) as e:
-            self.close()
-            raise BoardError(
-                f"no MicroPython board answered on {port} ({e}). Is MicroPython on it "
-                "(`uplink flash-micropython`)? Is it stuck in a program that ignores Ctrl-C? "
-                "Press its reset button and retry"
-            ) from None
+        self._enter(timeout)
+
+    def _enter(self, timeout: float, attempts: int = 2) -> None:
+        # Two tries: the Ctrl-C that stops a running app may reset an ESP32 into the
+        # maintenance hold (its watchdog cannot be stopped), and the first try then talks to
+        # a board that is rebooting.
+        for attempt in range(attempts):
+            try:
+                # a read timeout only while getting in: with none, a silent port blocks forever
+                self.t.serial.timeout = 1.0
+                self.t.enter_raw_repl(soft_reset=True, timeout_overall=timeout)
+                self.t.serial.timeout = None
+                break
+            except (self._TransportError, OSError) as e:
+                if attempt + 1 < attempts:
+                    continue
+                self.close()
+                raise BoardError(
+                    f"no MicroPython board answered on {self.port} ({e}). Is MicroPython on it "
+                    "(`uplink flash-micropython`)? Is it stuck in a program that ignores Ctrl-C? "
+                    "Press its reset button and retry"
+                ) from None
         self.exec("import os, hashlib\ntry:\n from binascii import a2b_base64 as _d\n"
                   "except ImportError:\n _d=None")
         self.has_b64 = bool(self.eval("_d is not None"))
+
+    # -- the maintenance hold ---------------------------------------------------------------
+    def enter_hold(self, timeout: float = 15.0) -> bool:
+        """Reset the board into the maintenance hold: the flag file, then machine.reset();
+        the boot that finds the flag (firmware/main.py) removes it and starts neither the app
+        nor its watchdog, which on an ESP32 cannot be stopped once armed and would otherwise
+        race the copy. True when the board honoured the hold (firmware without it: False)."""
+        self.exec(f"f=open({HOLD!r},'w')\nf.write('deploy')\nf.close()")
+        self.reset()
+        self._enter(timeout, attempts=3)
+        return not self.eval(f"{HOLD!r} in os.listdir()")
+
+    def leave_hold(self) -> None:
+        """No flag left behind (firmware that did not honour it): the next reset starts the
+        app. The reset itself is the caller's (`uplink deploy --no-reset` stays held)."""
+        self.remove(HOLD)
 
     # -- primitives -----------------------------------------------------------------------
     def exec(self, code: str) -> bytes:

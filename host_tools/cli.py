@@ -569,7 +569,7 @@ def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | 
         except KeyboardInterrupt:
             return stop_deliberately()
         code = proc.wait()
-        if code != hostboard.RESET_EXIT_CODE:
+        if not hostboard.restarts(code):
             if code:
                 UI.error(f"the firmware stopped (exit code {code}); its output is above")
             return code

@@ -71,6 +71,19 @@ def plan(link: BoardLink, files: dict[str, bytes]) -> tuple[Plan, list[str]]:
 
 def execute(link: BoardLink, files: dict[str, bytes], p: Plan,
             progress: Callable[[str, int], None] | None = None) -> None:
+    """Copy and remove what the plan says, with the board in the maintenance hold (no app,
+    no watchdog counting down while ~65 KB go over at 115200 baud)."""
+    if not (p.copy or p.remove):
+        return
+    link.enter_hold()
+    try:
+        _apply(link, files, p, progress)
+    finally:
+        link.leave_hold()
+
+
+def _apply(link: BoardLink, files: dict[str, bytes], p: Plan,
+           progress: Callable[[str, int], None] | None) -> None:
     dirs: set[str] = set()
     for path, _, _ in p.copy:
         parent = PurePosixPath(path).parent

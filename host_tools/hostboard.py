@@ -16,6 +16,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
 RESET_EXIT_CODE = 75  # board.reset() on the host board exits with this: "restart me"
+WATCHDOG_EXIT_CODE = -9  # the host board's watchdog bit (SIGKILL, firmware/uplink/board_host.py)
+
+
+def restarts(code: int | None) -> bool:
+    """A host-board exit after which the chip would boot again: reset() or a watchdog bite."""
+    return code in (RESET_EXIT_CODE, WATCHDOG_EXIT_CODE)
 
 
 def _bin(name: str) -> str:

@@ -28,13 +28,13 @@ class App:
     publisher: Any = None
     adapter: Any = None
     boots: Any = None
+    safe_mode_reason = None
 
     def __init__(self, cfg, board):
         self.cfg = cfg
         self.board = board
         t = cfg["telemetry"]
         self.interval_s = t["interval_ms"] / 1000 if t["interval_ms"] else t["interval_s"]
-        self.started = log.uptime_s()
         self.commands = []
         self.command_ready = asyncio.Event()
         self.telemetry_wake = asyncio.Event()
@@ -78,6 +78,8 @@ class App:
             h["chip_temp"] = t
         if self.auth_failures:
             h["auth_failures"] = self.auth_failures
+        if self.safe_mode_reason:  # the first run after safe mode says why it was there
+            h["safe_mode"] = self.safe_mode_reason
         return h
 
     # -- telemetry -----------------------------------------------------------------------
@@ -287,6 +289,7 @@ class App:
         from uplink.outbox import Outbox
         from uplink.publisher import Publisher
 
+        asyncio.create_task(self.mark_healthy())
         self.adapter = platforms.load(self.cfg["platform"]["kind"]).Adapter(self.cfg, self)
         ob = self.cfg["outbox"]
         self.outbox = Outbox(ob["dir"], ob["max_bytes"])
@@ -314,20 +317,24 @@ class App:
 
     async def supervise(self):
         wdt = self.board.watchdog(30000)
-        healthy = False
         while True:
             wdt.feed()
             self.outbox.flush()  # persist acknowledged progress now and then, not per ack
-            # log.uptime_s() called here every 5 s also keeps the uptime right across the
-            # ticks wrap (it must be called at least every 6 days)
-            if not healthy and log.uptime_s() - self.started > HEALTHY_AFTER_S:
-                from uplink import safemode
-
-                safemode.healthy()
-                healthy = True
+            # called every 5 s, log.uptime_s() keeps the uptime right across the ticks wrap
+            # (it must be called at least every 6 days)
+            log.uptime_s()
             if self.boots is not None:
                 self.boots.tick(self.clock.now_ms() if self.clock else None)
             await asyncio.sleep(5)
+
+    async def mark_healthy(self):
+        # Running this long without a crash is healthy, cloud or no cloud: a router outage
+        # is not a crash loop.
+        await asyncio.sleep(HEALTHY_AFTER_S)
+        from uplink import safemode
+
+        safemode.healthy()
+        _unload("safemode")
 
 
 class _Wired:
@@ -396,44 +403,124 @@ def _unload(*names):
     gc.collect()
 
 
+HOLD = "hold"  # = main.py's HOLD: one boot in maintenance, no app, no watchdog
+
+
 def run():
-    """Entry point from main.py. Returns (to the REPL) in safe mode; never reboot-loops."""
+    """Entry point from main.py. A crash, or an unexpected error at boot (a full filesystem,
+    no memory), resets the board after a delay and counts for safe mode; safe mode waits,
+    then resets. Returns (to the REPL) only on Ctrl-C."""
+    from uplink import board as boardmod
     from uplink import safemode
 
+    board = None
     try:
-        safemode.enter_boot()
-        cfg = load_config()
-    except (safemode.SafeMode, ConfigError) as e:
-        _safe_mode(str(e))
-        return
-    del safemode
-    _unload("config", "safemode")
-    from uplink import board as boardmod
-
-    board = boardmod.load(cfg["device"]["board"])
-    log.info("boot", "uplink %s on %s (%s), reset cause %s" % (VERSION, board.name, cfg["device"]["name"], board.reset_cause()))
-    try:
-        asyncio.run(App(cfg, board).main())
+        try:
+            cfg = load_config()
+        except ConfigError as e:
+            cfg = e  # safe mode, once the board is known and the count checked
+        board = boardmod.load(cfg["device"]["board"] if isinstance(cfg, dict) else boardmod.DEFAULT)
+        cause = board.reset_cause()
+        safemode.enter_boot(cause)
+        if not isinstance(cfg, dict):
+            raise cfg
+        last = safemode.last_reason()
     except KeyboardInterrupt:
         log.warn("boot", "stopped by Ctrl-C")
         return
-    except ConfigError as e:
-        _safe_mode(str(e))
+    except (safemode.SafeMode, ConfigError) as e:
+        _safe_mode(board, str(e))
         return
     except Exception as e:
-        log.error("boot", "app crashed:")
+        _crash(board, "boot failed", e)
+        return
+    del safemode
+    _unload("config", "safemode")
+    log.info("boot", "uplink %s on %s (%s), reset cause %s" % (VERSION, board.name, cfg["device"]["name"], cause))
+    if last:
+        log.warn("boot", "back from safe mode (%s)" % last)
+    try:
+        app = App(cfg, board)
+        app.safe_mode_reason = last
+        asyncio.run(app.main())
+        raise RuntimeError("the app returned")
+    except KeyboardInterrupt:
+        _interrupted(board)
+    except ConfigError as e:
+        _safe_mode(board, str(e))
+    except Exception as e:
+        _crash(board, "app crashed", e)
+
+
+def _crash(board, what, e):
+    """A crash exit: logged, counted for safe mode, then a reset after RESET_DELAY_MS (a
+    crash loop must not spin at full speed)."""
+    reason = "%s: %s: %s" % (what, type(e).__name__, e)
+    try:
+        log.error("boot", reason)
         sys.print_exception(e)
-    time.sleep_ms(RESET_DELAY_MS)  # a crash loop must not spin at full speed
+        from uplink import safemode
+
+        counted = safemode.crashed(reason)
+    except Exception:  # MemoryError: what matters now is the reset
+        counted = False
+    if not counted:
+        # a count that cannot be stored (full filesystem) cannot stop a crash loop: wait as
+        # long as safe mode would before each reset instead
+        _safe_mode(board, reason + " (the crash count could not be stored)")
+        return
+    try:
+        time.sleep_ms(RESET_DELAY_MS)
+    except KeyboardInterrupt:
+        _interrupted(board)
+        return
+    _reset(board)
+
+
+def _reset(board):
+    if board is None:
+        from uplink import board as boardmod
+
+        board = boardmod.load(boardmod.DEFAULT)
     board.reset()
 
 
-def _safe_mode(reason):
-    log.error("safe-mode", reason)
-    print("SAFE MODE: the app is stopped; fix the cause above, then reset the board.")
+def _interrupted(board):
+    """Ctrl-C: back to the REPL. An ESP32 watchdog the app armed cannot be stopped and
+    would bite the user there, and a machine.Timer feeding it dies at the next soft reset
+    (ports/esp32/machine_timer.c: a finaliser deinits it, run by gc_sweep_all in main.c's
+    soft_reset_exit), which is what mpremote does first. So reset into the maintenance hold:
+    the REPL, with no app and no watchdog, until the next reset."""
+    log.warn("boot", "stopped by Ctrl-C")
+    if board is None or board.armed_watchdog() is None or not board.watchdog_outlives_program:
+        return
+    print("the watchdog is armed: resetting into the maintenance hold")
     try:
-        with open("safemode.txt", "w") as f:
-            f.write(reason + "\n")
+        with open(HOLD, "w") as f:
+            f.write("ctrl-c")
     except OSError:
         pass
-    if sys.platform != "esp32":
-        sys.exit(3)
+    board.reset()
+
+
+def _safe_mode(board, reason):
+    """Stop the app for safemode.retry_s(), then reset for another try. The reason stays in
+    safemode.txt for the next healthy run to report. Ctrl-C gives the REPL."""
+    from uplink import safemode
+
+    log.error("safe-mode", reason)
+    safemode.note(reason)
+    wait = safemode.retry_s()
+    del safemode
+    print("SAFE MODE: the app is stopped; it tries again in %d s. Fix the cause above, or Ctrl-C for the REPL." % wait)
+    wdt = board.armed_watchdog() if board is not None else None
+    try:
+        while wait > 0:  # a watchdog the app armed before failing is fed meanwhile
+            if wdt is not None:
+                wdt.feed()
+            time.sleep(min(wait, 5))
+            wait -= 5
+    except KeyboardInterrupt:
+        _interrupted(board)
+        return
+    _reset(board)

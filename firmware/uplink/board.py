@@ -3,8 +3,8 @@
 #
 # Two backends:
 #   esp32  network.WLAN, machine.RTC/WDT/Pin/reset, esp32 temperature sensor
-#   host   the unix port on a PC: Wi-Fi always up, OS clock plus an offset, no watchdog,
-#          reset() exits with RESET_EXIT so a supervisor restarts the process
+#   host   the unix port on a PC: Wi-Fi always up, OS clock plus an offset, a watchdog that
+#          behaves like the ESP32's, reset() exits with RESET_EXIT so a supervisor restarts it
 # ESP32-only modules are imported inside the esp32 backend only: the host never needs them.
 import gc
 import sys
@@ -20,6 +20,9 @@ PROFILES = {
 }
 
 RESET_EXIT = 75  # host board: exit code that means "restart me" (EX_TEMPFAIL)
+# device.board when config.json does not say: the board the firmware runs on. "esp32" is no
+# profile, so it gets the esp32 backend without LED or temperature sensor (any ESP32 chip).
+DEFAULT = "esp32" if sys.platform == "esp32" else "host"
 ID_FILE = "board_id"  # host board: the unique id, in the state directory (the cwd)
 
 # Seconds from 1970 to the port's epoch: 0 on the unix port (MICROPY_EPOCH_IS_1970 in
@@ -58,6 +61,7 @@ def gmtime(epoch_s):
 
 class Board:
     backend = ""
+    watchdog_outlives_program = False  # True: still armed when the program returns to the REPL
 
     def __init__(self, name, led_pin=None, led_active_low=False, has_temperature=False):
         self.name = name
@@ -71,12 +75,20 @@ class Board:
     def mem_free(self):
         return gc.mem_free()
 
+    def armed_watchdog(self):
+        """The watchdog if this program armed it, else None."""
+        return self._wdt
+
     def __repr__(self):
         return "<Board %s (%s)>" % (self.name, self.backend)
 
 
 class Esp32Board(Board):
     backend = "esp32"
+    # The task watchdog lives in the IDF, below MicroPython: machine.WDT has no deinit
+    # (ports/esp32/machine_wdt.c) and a soft reset leaves it armed (ports/esp32/main.c,
+    # soft_reset_exit). It outlives the program: a Ctrl-C must reset into the hold.
+    watchdog_outlives_program = True
 
     def wlan(self):
         if self._wlan is None:
@@ -140,6 +152,8 @@ class Esp32Board(Board):
         return os_ms()
 
     def reset_cause(self):
+        # ports/esp32/modmachine.c, mp_machine_reset_cause: brownout is reported as PWRON,
+        # machine.reset() (ESP_RST_SW) and panics as HARD, the task watchdog as WDT.
         import machine
 
         c = machine.reset_cause()

@@ -1,15 +1,47 @@
 # The host board backend (the MicroPython unix port on a PC): Wi-Fi is always up, the clock
-# is the PC's plus an offset, there is no watchdog, and reset() exits with board.RESET_EXIT
-# so a supervisor restarts the process. Loaded by board.load() only on the host.
+# is the PC's plus an offset, the watchdog behaves like the ESP32's, and reset() exits with
+# board.RESET_EXIT so a supervisor restarts the process. The process is the chip: its start
+# is a power-on. Loaded by board.load() only on the host.
 import os
 import sys
+import time
 
 from uplink.board import ID_FILE, RESET_EXIT, Board, os_ms
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for the type checker only
+    from typing import Any
 
-class _NoWatchdog:
+CAUSE_FILE = "reset_cause"  # state directory: why the process ended, for the next boot
+_WDT_KEY = "_uplink_wdt"  # sys.modules slot: process state, like the IDF's, not the program's
+_cause = []  # this process's reset cause: read at import (boot), before anything writes it
+
+
+class _Watchdog:
+    """machine.WDT as the ESP32 port has it (ports/esp32/machine_wdt.c): one per chip, no
+    deinit, WDT(timeout=...) again only changes the timeout (esp_task_wdt_reconfigure). The
+    IDF's task watchdog is not MicroPython state, so a soft reset (ports/esp32/main.c,
+    soft_reset_exit) leaves it armed: here a thread that no Python reference keeps alive or can
+    stop. Unfed for `ms`, it records "watchdog" as the next boot's reset cause and kills the
+    process (SIGKILL, exit -9: host_tools.hostboard restarts on it as on RESET_EXIT)."""
+
+    def __init__(self, ms):
+        import _thread
+
+        self.ms = ms
+        self.deadline = time.ticks_add(time.ticks_ms(), ms)
+        # made now: the thread must not allocate (the unix port's threads share the heap
+        # without a lock)
+        self._bite = "echo watchdog > '%s/%s'; kill -KILL $PPID" % (os.getcwd(), CAUSE_FILE)
+        _thread.start_new_thread(self._run, ())
+
     def feed(self):
-        pass
+        self.deadline = time.ticks_add(time.ticks_ms(), self.ms)
+
+    def _run(self):
+        while time.ticks_diff(self.deadline, time.ticks_ms()) > 0:
+            time.sleep_ms(20)
+        os.system(self._bite)
 
 
 class HostWLAN:
@@ -81,12 +113,20 @@ class HostBoard(Board):
         return uid
 
     def reset(self):
+        # machine.reset() is ESP_RST_SW, which machine.reset_cause() reports as HARD
+        _write_cause("hard")
         sys.exit(RESET_EXIT)
 
     def watchdog(self, ms):
-        if self._wdt is None:
-            self._wdt = _NoWatchdog()
-        return self._wdt
+        w: Any = sys.modules.get(_WDT_KEY)
+        if w is None:
+            w = _Watchdog(ms)
+            sys.modules[_WDT_KEY] = w
+        else:
+            w.ms = ms
+            w.feed()
+        self._wdt = w
+        return w
 
     def led(self, on):
         self.led_on = bool(on)
@@ -102,5 +142,30 @@ class HostBoard(Board):
         return os_ms() + self._offset_ms
 
     def reset_cause(self):
-        # A supervisor that restarts us after RESET_EXIT can say so through the environment.
-        return os.getenv("UPLINK_RESET_CAUSE") or "power_on"
+        if not _cause:
+            _take_cause()
+        return _cause[0]
+
+
+def _take_cause():
+    # What the last process left in CAUSE_FILE ("hard" from reset(), "watchdog" from a bite);
+    # nothing means the process was started or killed: a power-on.
+    c = None
+    try:
+        with open(CAUSE_FILE) as f:
+            c = f.read().strip()
+        os.remove(CAUSE_FILE)
+    except OSError:
+        pass
+    _cause[:] = [c or "power_on"]
+
+
+def _write_cause(c):
+    try:
+        with open(CAUSE_FILE, "w") as f:
+            f.write(c)
+    except OSError:
+        pass
+
+
+_take_cause()

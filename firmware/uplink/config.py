@@ -1,6 +1,7 @@
 # Reads /config.json and checks it against a schema, so a mistake is reported once, at boot,
 # with the key path and what was expected, instead of surfacing later as a confusing failure.
 import json
+import sys
 
 from uplink import ConfigError  # noqa: F401 (one class, even when this module is imported again)
 
@@ -42,7 +43,10 @@ CREDENTIALS = {
 }
 
 SCHEMA = {
-    "device": ({"name": (str, REQUIRED), "board": (str, "host")}, REQUIRED),
+    # board: the port's own when not given (board.DEFAULT), so a hand-written config on an
+    # ESP32 still gets Wi-Fi and the watchdog. safe_mode_retry_s: safemode.py reads it raw.
+    "device": ({"name": (str, REQUIRED), "board": (str, "esp32" if sys.platform == "esp32" else "host"),
+                "safe_mode_retry_s": (int, 1200, _positive)}, REQUIRED),
     "wifi": (
         {"networks": ([{"ssid": (str, REQUIRED), "password": (str, "")}], []),
          "timeout_s": (int, 20, _positive)},

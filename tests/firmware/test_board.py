@@ -65,10 +65,7 @@ def test_host_reset_exits_with_restart_code():
 
 
 def test_host_misc():
-    b = board.load("host")
-    w = b.watchdog(5000)
-    w.feed()
-    assert b.watchdog(1000) is w
+    b = board.load("host")  # its watchdog would end this process: tested in children below
     b.led(True)
     assert b.chip_temperature() is None
     assert b.mem_free() > 0
@@ -112,8 +109,88 @@ def test_host_board_never_imports_esp32_modules():
     for m in ("network", "machine", "esp32"):
         sys.modules.pop(m, None)
     b = board.load("host")
-    b.wlan(), b.watchdog(100), b.led(1), b.chip_temperature(), b.time_ms(), b.set_rtc(1800000000)
+    b.wlan(), b.led(1), b.chip_temperature(), b.time_ms(), b.set_rtc(1800000000)
     b.reset_cause(), b.mem_free()
     for m in ("network", "machine", "esp32"):
         assert m not in sys.modules, m
     fake_hw.install()
+
+
+# -- the host board's watchdog behaves like the ESP32's (ports/esp32/machine_wdt.c) ---------
+SOFT_RESET = """
+import gc, sys, time
+from uplink import board
+w = board.load("host").watchdog(300)
+assert not hasattr(w, "deinit") and not hasattr(w, "stop")
+assert "machine" not in sys.modules and "esp32" not in sys.modules
+# a soft reset: all of the program's state goes, the IDF's task watchdog stays
+for k in list(sys.modules):
+    if k.startswith("uplink"):
+        del sys.modules[k]
+del board, w
+gc.collect()
+"""
+
+
+def _child(script, name):
+    # the bite kills the whole process: it has to be another one
+    d = "wdt-%s-%d" % (name, time.ticks_cpu() & 0xFFFFFF)
+    os.mkdir(d)
+    with open(d + "/child.py", "w") as f:
+        f.write(script)
+    os.system('cd %s && "%s" child.py > out.txt 2>&1' % (d, sys.executable))
+    with open(d + "/out.txt") as f:
+        out = f.read()
+    try:
+        with open(d + "/reset_cause") as f:
+            cause = f.read().strip()
+    except OSError:
+        cause = None
+    return d, out, cause
+
+
+def test_host_watchdog_cannot_be_stopped_and_bites_after_a_soft_reset():
+    d, out, cause = _child(SOFT_RESET + "time.sleep(5)\nprint('not bitten')\n", "bite")
+    assert "not bitten" not in out and cause == "watchdog", (out, cause)
+    # the next boot in that state directory is told why
+    _, out, cause = _child("from uplink import board\nprint(board.load('host').reset_cause())\n", "next")
+    assert "power_on" in out  # another directory: a fresh board
+    os.rename(d + "/child.py", d + "/old.py")
+    with open(d + "/child.py", "w") as f:
+        f.write("from uplink import board\nprint(board.load('host').reset_cause())\n")
+    os.system('cd %s && "%s" child.py > out.txt 2>&1' % (d, sys.executable))
+    with open(d + "/out.txt") as f:
+        assert f.read().strip() == "watchdog"
+
+
+def test_host_watchdog_is_one_per_process_and_can_be_fed_after_a_soft_reset():
+    # as machine.WDT(timeout=...) after a soft reset: the same watchdog, still armed, fed on
+    script = SOFT_RESET + (
+        "from uplink import board\n"
+        "w = board.load('host').watchdog(300)\n"
+        "for _ in range(30):\n    w.feed()\n    time.sleep_ms(50)\n"
+        "print('alive')\n")
+    _, out, cause = _child(script, "fed")
+    assert "alive" in out and cause is None, (out, cause)
+
+
+def test_host_reset_tells_the_next_boot_it_was_a_hard_reset():
+    d = "cause-%d" % (time.ticks_cpu() & 0xFFFFFF)
+    os.mkdir(d)
+    os.chdir(d)
+    try:
+        with raises(SystemExit):
+            board.load("host").reset()
+        with open("reset_cause") as f:
+            assert f.read() == "hard"  # machine.reset() is ESP_RST_SW: HARD on the ESP32
+    finally:
+        os.chdir("..")
+
+
+def test_default_board_is_the_port_the_firmware_runs_on():
+    from uplink import config
+
+    assert board.DEFAULT == "host"  # the unix port
+    cfg = config.parse('{"device": {"name": "x"}, "platform": {"kind": "k"}}', {"k": {}})
+    assert cfg["device"]["board"] == board.DEFAULT
+    assert board.load("esp32").backend == ("esp32" if sys.platform == "esp32" else "host")

@@ -223,3 +223,30 @@ def test_mpremote_cli_itself_works_on_the_virtual_board(vboard, tmp_path):
     assert "Up to date: hello.py" in r.stdout  # mpremote's own hash skip
     assert "42" in r.stdout and "hello.py" in r.stdout
     assert (vboard.root / "hello.py").read_text() == "print('hi')\n"
+
+
+def test_deploy_copies_in_the_maintenance_hold_and_leaves_it(tmp_path, broker, vboard):
+    """The board is reset into the hold (firmware/main.py: no app, no watchdog) before the
+    first byte is copied, and the flag is gone before the closing reset starts the app."""
+    env = Env(tmp_path / "fleet", fleet(broker))
+    env.env["UPLINK_SECRET_BENCH_TOKEN"] = TOKEN
+    r = env.run("deploy", "bench", "--port", vboard.port, "--json")
+    assert r.code == 0, r.output
+    ev = vboard.events()
+    # in: flag + reset, the boot honours it; out: the final reset finds no flag (no "hold")
+    assert ev.count("hold") == 1 and ev[-1] == "reset", ev
+    assert ev.index("hold") == ev.index("reset") + 1
+    assert not (vboard.root / "hold").exists()
+
+    before = len(vboard.events())
+    r = env.run("deploy", "bench", "--port", vboard.port, "--json")
+    assert json.loads(r.stdout)["copy"] == []
+    assert "hold" not in vboard.events()[before:]  # nothing to copy: the app is left alone
+
+    # --no-reset: the board stays in the hold it entered (the app not running), no flag left
+    env.write_fleet(fleet(broker).replace("interval_s = 1", "interval_s = 3"))
+    before = len(vboard.events())
+    r = env.run("deploy", "bench", "--port", vboard.port, "--json", "--no-reset")
+    assert r.code == 0, r.output
+    assert vboard.events()[before:].count("hold") == 1 and vboard.events()[-1] != "reset"
+    assert not (vboard.root / "hold").exists()

@@ -126,22 +126,10 @@ def test_rpc_reaches_user_handler_and_reply_arrives(broker, tmp_path):
 def test_broken_config_enters_safe_mode(tmp_path):
     cfg = tb_config(1883)
     cfg["telemetry"]["intervall_s"] = 5
+    cfg["device"]["safe_mode_retry_s"] = 1
     board = HostBoard(tmp_path / "board", cfg).start()
-    assert board.proc.wait(20) == 3
+    assert board.proc.wait(20) == 75  # safe mode waits, then resets for another try
     line = board.wait_for_line("safe-mode")
     assert "telemetry.intervall_s" in line and "did you mean 'interval_s'" in line
     assert "SAFE MODE" in board.console()
     assert (tmp_path / "board" / "safemode.txt").exists()
-
-
-def test_crash_loop_stops_after_three_boots(tmp_path):
-    # a user.py that kills the app at import time, every boot
-    cfg = tb_config(1883)
-    board = HostBoard(tmp_path / "board", cfg, user_py="raise RuntimeError('sensor bus dead')\n")
-    codes = []
-    for _ in range(4):
-        board.start()
-        codes.append(board.proc.wait(30))
-    assert codes[:3] == [75, 75, 75], board.console()  # crash -> reset, three times
-    assert codes[3] == 3, board.console()  # then safe mode, no more resets
-    assert "boots in a row" in board.console()

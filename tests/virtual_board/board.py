@@ -8,7 +8,9 @@
 # Raw REPL: bytes collect until Ctrl-D, then "OK", the program's output, "\x04", the
 # traceback if any, "\x04", ">". Ctrl-D on an empty buffer soft-reboots; Ctrl-B leaves;
 # the raw-paste request (Ctrl-E A Ctrl-A) gets "R\x00" (not supported), so mpremote falls
-# back to plain raw REPL. machine.reset() is recorded in EVENTS_FILE and acts as a reboot.
+# back to plain raw REPL. machine.reset() is recorded in EVENTS_FILE and acts as a reboot;
+# the reboot models firmware/main.py's maintenance hold: a "hold" file is removed and
+# recorded ("hold"); without one the app would start (not modelled: nothing to record).
 import os
 import sys
 
@@ -108,6 +110,11 @@ def main():
                 out(b"\x04\x04")
             except Reset:
                 event("reset")
+                try:
+                    os.remove("hold")
+                    event("hold")
+                except OSError:
+                    pass
                 g = fresh()
                 raw = False
                 out(b"\x04\x04")

@@ -1,0 +1,136 @@
+# app.run()'s boot flow on both backends: Ctrl-C with an armed ESP32 watchdog resets into the
+# maintenance hold, safe mode waits and resets (feeding a watchdog armed before), unexpected
+# errors at boot reset instead of leaving the board at the REPL.
+import json
+import os
+
+import fake_hw
+from mptest import raises
+from uplink import app, board, board_host, safemode
+
+fake_hw.install()
+_main = app.App.main
+
+
+def _clean():
+    for f in (safemode.PATH, safemode.PATH + ".tmp", safemode.REASON, "config.json", app.HOLD,
+              board_host.CAUSE_FILE):
+        try:
+            os.remove(f)
+        except OSError:
+            pass
+    app.App.main = _main
+    fake_hw.machine.wdts[:] = []
+    board_host._cause[:] = []
+
+
+def _config(board_id):
+    with open("config.json", "w") as f:
+        json.dump({"device": {"name": "t", "board": board_id, "safe_mode_retry_s": 1},
+                   "platform": {"kind": "thingsboard", "url": "mqtt://127.0.0.1:1", "token": "t"}}, f)
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def test_ctrl_c_with_armed_esp32_watchdog_resets_into_the_hold():
+    _clean()
+    _config("esp32-devkitc")
+
+    async def armed_then_interrupted(self):
+        self.board.watchdog(30000)
+        raise KeyboardInterrupt
+
+    app.App.main = armed_then_interrupted
+    with raises(fake_hw.Reset):
+        app.run()
+    assert _read(app.HOLD) == "ctrl-c"
+    assert safemode.crashes() == 0  # a person stopping the app is no crash
+    _clean()
+
+
+def test_ctrl_c_before_the_watchdog_is_armed_returns_to_the_repl():
+    _clean()
+    _config("esp32-devkitc")
+
+    async def interrupted(self):
+        raise KeyboardInterrupt
+
+    app.App.main = interrupted
+    app.run()
+    assert app.HOLD not in os.listdir()
+    _clean()
+
+
+def test_safe_mode_feeds_an_armed_watchdog_then_resets():
+    _clean()
+    _config("esp32-devkitc")
+    b = board.load("esp32-devkitc")
+    wdt = b.watchdog(30000)
+    with raises(fake_hw.Reset):
+        app._safe_mode(b, "platform.token: refused")
+    assert wdt.fed >= 1
+    assert _read(safemode.REASON).strip() == "platform.token: refused"
+    _clean()
+
+
+def test_crash_loop_enters_safe_mode_which_resets_later():
+    _clean()
+    _config("esp32-devkitc")
+
+    async def crash(self):
+        raise RuntimeError("sensor bus dead")
+
+    app.App.main = crash
+    for _ in range(safemode.LIMIT):
+        with raises(fake_hw.Reset):
+            app.run()
+    assert safemode.crashes() == safemode.LIMIT
+
+    async def must_not_start(self):
+        raise AssertionError("the app started in safe mode")
+
+    app.App.main = must_not_start
+    with raises(fake_hw.Reset):  # safe mode: no app, a wait of safe_mode_retry_s, a reset
+        app.run()
+    assert "3 crash exits in a row" in _read(safemode.REASON)
+    assert fake_hw.machine.wdts == []
+    _clean()
+
+
+def test_memory_error_at_boot_resets_and_counts():
+    _clean()
+    _config("host")
+    load = app.load_config
+
+    def no_memory():
+        raise MemoryError("memory allocation failed")
+
+    app.load_config = no_memory
+    try:
+        with raises(SystemExit) as r:
+            app.run()
+    finally:
+        app.load_config = load
+    assert r.value.args[0] == board.RESET_EXIT
+    assert safemode.crashes() == 1
+    _clean()
+
+
+def test_os_error_at_boot_resets_after_the_safe_mode_wait():
+    _clean()
+    _config("host")
+    with open(board_host.CAUSE_FILE, "w") as f:
+        f.write("watchdog")  # so enter_boot has to store the count...
+    os.mkdir(safemode.PATH + ".tmp")  # ...on a filesystem that refuses (as a full one does)
+    try:
+        with raises(SystemExit) as r:
+            app.run()
+    finally:
+        os.rmdir(safemode.PATH + ".tmp")
+    assert r.value.args[0] == board.RESET_EXIT
+    assert "could not be stored" in _read(safemode.REASON)
+    assert _read(board_host.CAUSE_FILE) == "hard"  # the next boot is told: a reset, not power-on
+    _clean()

@@ -1,0 +1,90 @@
+"""Safe mode and the maintenance hold on the host board (the firmware compiled, on the ESP32
+model): crash exits count, power cuts do not; safe mode resets itself after its wait; the hold
+boots without the app; an error at boot resets instead of stopping."""
+
+from __future__ import annotations
+
+import json
+
+from tests.integration.hostboard import HostBoard
+
+
+def config(**device):
+    # a broker port nothing listens on: the cloud is never reached, which is not a crash
+    return {
+        "device": {"name": "sm", "board": "host", "safe_mode_retry_s": 1, **device},
+        "ntp": {"servers": []},
+        "platform": {"kind": "thingsboard", "url": "mqtt://127.0.0.1:9", "token": "t0k3n"},
+        "telemetry": {"interval_s": 1, "health": True},
+    }
+
+
+def boots(board: HostBoard, n: int) -> list[int | None]:
+    codes = []
+    for _ in range(n):
+        board.start()
+        assert board.proc is not None
+        codes.append(board.proc.wait(30))
+    return codes
+
+
+def test_crash_loop_enters_safe_mode_then_reboots_itself(tmp_path):
+    board = HostBoard(tmp_path / "board", config(), user_py="raise RuntimeError('sensor bus dead')\n")
+    codes = boots(board, 5)
+    # three crash exits; then safe mode, which waits safe_mode_retry_s and resets (75, not a
+    # REPL for good); then one more try, which crashes again
+    assert codes == [75] * 5, board.console()
+    assert "3 crash exits in a row" in board.console() and "sensor bus dead" in board.console()
+    assert "SAFE MODE" in board.console()
+    assert "3 crash exits" in (board.state / "safemode.txt").read_text()
+    assert json.loads((board.state / "boots.json").read_text())["crashes"] == 3
+
+
+def test_back_from_safe_mode_the_reason_is_in_health(tmp_path):
+    board = HostBoard(tmp_path / "board", config())
+    (board.state / "safemode.txt").write_text("3 crash exits in a row; the last: x\n")
+    board.start()
+    try:
+        board.wait_for_line("back from safe mode (3 crash exits in a row; the last: x)")
+    finally:
+        board.stop()
+
+
+def test_power_cuts_and_an_unreachable_cloud_are_not_a_crash_loop(tmp_path):
+    board = HostBoard(tmp_path / "board", config())
+    for _ in range(4):  # pulled plug: killed while the app runs, the cloud never reached
+        board.lines.clear()
+        board.start()
+        board.wait_for_line("mqtt")
+        board.kill()
+    assert "safe-mode" not in board.console() and "SAFE MODE" not in board.console()
+    assert "reset cause power_on" in board.console()
+    assert not (board.state / "safemode.txt").exists()
+
+
+def test_maintenance_hold_boots_without_the_app_once(tmp_path):
+    board = HostBoard(tmp_path / "board", config())
+    (board.state / "hold").write_text("deploy")
+    board.start()
+    assert board.proc is not None and board.proc.wait(20) == 0, board.console()
+    assert "MAINTENANCE HOLD (deploy)" in board.console()
+    assert " boot:" not in board.console()  # the app never started: no watchdog either
+    assert not (board.state / "hold").exists() and not (board.state / "reset_cause").exists()
+    board.lines.clear()
+    board.start()  # one-shot: the next boot starts the app
+    try:
+        board.wait_for_line("boot: uplink")
+    finally:
+        board.stop()
+
+
+def test_os_error_at_boot_resets_instead_of_stopping(tmp_path):
+    board = HostBoard(tmp_path / "board", config())
+    # the last run was a watchdog reset, and the crash count cannot be written (a directory
+    # where its temp file goes: open() fails as on a full filesystem)
+    (board.state / "reset_cause").write_text("watchdog")
+    (board.state / "boots.json.tmp").mkdir()
+    codes = boots(board, 1)
+    assert codes == [75], board.console()  # not a traceback and a REPL (exit 1)
+    assert "could not be stored" in board.console()
+    assert (board.state / "reset_cause").read_text() == "hard"
