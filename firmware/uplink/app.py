@@ -265,7 +265,8 @@ class App:
 
         self.adapter = platforms.load(self.cfg["platform"]["kind"]).Adapter(self.cfg, self)
         ob = self.cfg["outbox"]
-        self.outbox = Outbox(ob["dir"], ob["max_bytes"])
+        # readings less than 5 s apart go to flash in batches (flash wear): outbox.py
+        self.outbox = Outbox(ob["dir"], ob["max_bytes"], hold_ms=5000)
         log.info("outbox", "%d readings waiting, %d dropped so far" % (self.outbox.depth, self.outbox.dropped))
         await self.start_network()
         await self.start_clock()
