@@ -65,10 +65,10 @@ class App:
         gc.collect()
         h = {
             "uptime_s": time.ticks_diff(time.ticks_ms(), self.started) // 1000,
-            "heap_free": self.board.mem_free(),
             "outbox_depth": self.outbox.depth if self.outbox else 0,
             "dropped": self.outbox.dropped if self.outbox else 0,
         }
+        h.update(self.board.memory())  # gc_free; on the ESP32 also idf_free, idf_largest
         rssi = self.wifi.rssi() if self.wifi else None
         if rssi is not None:
             h["rssi"] = rssi

@@ -116,3 +116,11 @@ def test_host_board_never_imports_esp32_modules():
     for m in ("network", "machine", "esp32"):
         assert m not in sys.modules, m
     fake_hw.install()
+
+
+def test_memory_health_keys():
+    assert list(board.load("host").memory()) == ["gc_free"]
+    m = board.load("esp32-devkitc").memory()
+    # the GC heap, and the IDF heap that mbedTLS and the GC heap's growth draw on
+    assert m["gc_free"] > 0
+    assert m["idf_free"] == 35716 and m["idf_largest"] == 35512, m
