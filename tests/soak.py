@@ -5,7 +5,7 @@
     make soak SOAK_ARGS="--minutes 30"
 
 Set-up: mosquitto (persistence on) <- fault proxy <- the firmware (.mpy, ThingsBoard profile,
-a reading every --interval-ms, health on so every reading carries `heap_free`; heap 256 KB:
+a reading every --interval-ms, health on so every reading carries `gc_free`; heap 256 KB:
 the 64-bit unix port's objects are about twice an ESP32's, and at 128k the app runs short). The observer is a paho subscriber with a persistent session
 connected straight to the broker. Every --fault-s seconds one fault, chosen at random
 (seeded): a cut of every connection, a cut in the middle of a chunk, a stall longer than the
@@ -15,7 +15,7 @@ A broker SIGKILL loses mosquitto's in-memory state, so the observer is kept soun
 is stalled first (whatever the broker acknowledged reaches the observer), the broker is
 killed with the device's messages still in flight, and the proxy passes traffic again only
 once the observer has resubscribed. Every few minutes: the ledger (sent, delivered,
-duplicated, lost) and the heap low-water mark (the minimum `heap_free` the device reported).
+duplicated, lost) and the heap low-water mark (the minimum `gc_free` the device reported).
 At the end the device is stopped and its outbox read: every number below the highest of
 each boot must be delivered or still waiting. Exit code 1 if anything was lost.
 """
@@ -103,7 +103,7 @@ class Soak:
 
     # -- reporting ---------------------------------------------------------------------------
     def heap_low(self) -> int | None:
-        heaps = [v["heap_free"] for v in self.obs.readings() if isinstance(v, dict) and "heap_free" in v]
+        heaps = [v["gc_free"] for v in self.obs.readings() if isinstance(v, dict) and "gc_free" in v]
         return min(heaps) if heaps else None
 
     def report(self, led: Ledger, final=False) -> None:

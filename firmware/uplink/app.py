@@ -66,10 +66,10 @@ class App:
         gc.collect()
         h = {
             "uptime_s": log.uptime_s(),  # since boot, right across the ticks wrap
-            "heap_free": self.board.mem_free(),
             "outbox_depth": self.outbox.depth if self.outbox else 0,
             "dropped": self.outbox.dropped if self.outbox else 0,
         }
+        h.update(self.board.memory())  # gc_free; on the ESP32 also idf_free, idf_largest
         rssi = self.wifi.rssi() if self.wifi else None
         if rssi is not None:
             h["rssi"] = rssi
@@ -292,7 +292,8 @@ class App:
         asyncio.create_task(self.mark_healthy())
         self.adapter = platforms.load(self.cfg["platform"]["kind"]).Adapter(self.cfg, self)
         ob = self.cfg["outbox"]
-        self.outbox = Outbox(ob["dir"], ob["max_bytes"])
+        # readings less than 5 s apart go to flash in batches (flash wear): outbox.py
+        self.outbox = Outbox(ob["dir"], ob["max_bytes"], hold_ms=5000)
         from uplink.boots import Boots
 
         self.boots = Boots()

@@ -79,6 +79,11 @@ class Board:
         """The watchdog if this program armed it, else None."""
         return self._wdt
 
+    def memory(self):
+        """Health keys for the memory that can be known: gc_free, the free bytes of the
+        MicroPython (GC) heap areas; the host has nothing else."""
+        return {"gc_free": gc.mem_free()}
+
     def __repr__(self):
         return "<Board %s (%s)>" % (self.name, self.backend)
 
@@ -150,6 +155,21 @@ class Esp32Board(Board):
 
     def time_ms(self):
         return os_ms()
+
+    def memory(self):
+        # On the chip the GC heap is only part of the story: mbedTLS (a TLS session takes
+        # tens of KB), Wi-Fi and lwIP allocate from the ESP-IDF heap, and the GC heap grows
+        # by taking blocks from that same heap (ports/esp32: MICROPY_GC_SPLIT_HEAP_AUTO,
+        # gc_get_max_new_split = heap_caps_get_largest_free_block). idf_free is the IDF data
+        # heaps' free bytes, idf_largest the biggest block one allocation can get
+        # (esp32.idf_heap_info tuples: total, free, largest free block, minimum free).
+        import esp32
+
+        free = largest = 0
+        for r in esp32.idf_heap_info(esp32.HEAP_DATA):
+            free += r[1]
+            largest = max(largest, r[2])
+        return {"gc_free": gc.mem_free(), "idf_free": free, "idf_largest": largest}
 
     def reset_cause(self):
         # ports/esp32/modmachine.c, mp_machine_reset_cause: brownout is reported as PWRON,

@@ -19,6 +19,17 @@ def _positive(v):
     return v > 0 or "a number above 0"
 
 
+# telemetry.interval_ms floor. Below it the reading loop (gc.collect, JSON, a flash write)
+# runs back to back and starves the MQTT tasks; and every reading lands on flash (held in RAM
+# at most 5 s, see outbox.py), so flash life shrinks with the rate: `make bench`
+# prints the years per interval.
+MIN_INTERVAL_MS = 10
+
+
+def _interval_ms(v):
+    return v >= MIN_INTERVAL_MS or "at least %d (ms; readings that fast wear the flash out in months, see docs/config.md)" % MIN_INTERVAL_MS
+
+
 def _url(v):
     i = v.find("://")
     if i < 0 or v[:i] not in ("mqtt", "mqtts", "ws", "wss"):
@@ -69,7 +80,7 @@ SCHEMA = {
         REQUIRED,
     ),
     "telemetry": (
-        {"interval_s": (int, 30, _positive), "interval_ms": (int, None, _positive),
+        {"interval_s": (int, 30, _positive), "interval_ms": (int, None, _interval_ms),
          "health": (bool, True), "batch": (int, 20, _positive)},
         {},
     ),

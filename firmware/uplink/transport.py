@@ -50,19 +50,36 @@ def parse_url(url):
     return scheme, host, port, path
 
 
+_ctx = {}  # (ca, insecure) -> SSLContext: at most two (the broker's and the token relay's)
+
+
 def tls_context(ca=None, insecure=False):
-    """A client context that checks the server against `ca` (DER bytes or a DER file path)."""
+    """A client context that checks the server against `ca` (DER bytes or a DER file path).
+    Made once per CA and reused by every connect: an SSLContext holds its own entropy and
+    DRBG state and the parsed CA chain (extmod/modtls_mbedtls.c, ssl_context_make_new and
+    ssl_context_load_cadata: mbedtls_ssl_conf_ca_chain keeps pointing at the context's
+    cacert, so the CA stays loaded for later wrap_socket calls). A new one per reconnect
+    was a DER file read, a certificate parse and a few KB of garbage each time, on the
+    ESP32 partly in the IDF heap that mbedTLS and Wi-Fi share."""
+    key = (ca, bool(insecure))
+    ctx = _ctx.get(key)
+    if ctx is not None:
+        return ctx
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if insecure:
         ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    if ca is None:
-        raise ValueError("TLS needs a CA certificate (DER) unless insecure is set")
-    if isinstance(ca, str):
-        with open(ca, "rb") as f:
-            ca = f.read()
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cadata=ca)
+    else:
+        if ca is None:
+            raise ValueError("TLS needs a CA certificate (DER) unless insecure is set")
+        der = ca
+        if isinstance(ca, str):
+            with open(ca, "rb") as f:
+                der = f.read()
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cadata=der)
+    if len(_ctx) >= 2:
+        _ctx.clear()  # a third CA: only happens when a config changes, so start over
+    _ctx[key] = ctx
     return ctx
 
 
@@ -73,9 +90,10 @@ def _tls_error(e):
 class Stream:
     """A connected (maybe TLS-wrapped) non-blocking socket as a buffered byte stream."""
 
-    def __init__(self, sock, tls=False, wbuf=WBUF):
+    def __init__(self, sock, tls=False, wbuf=WBUF, raw=None):
         self._s = sock
         self._tls = tls
+        self._raw = raw  # the TCP socket under a TLS one (see close)
         # asyncio's stream over the same socket: used only to wait for readiness and to
         # hold bytes the socket would not take yet (bounded: the caller drains each batch)
         self._a = asyncio.StreamReader(sock)
@@ -222,10 +240,17 @@ class Stream:
             self._stuck = False
 
     def close(self):
-        try:
-            self._s.close()
-        except OSError:
-            pass
+        # Close the TLS socket and then the TCP socket under it. A TLS socket whose handshake
+        # failed inside a read or write has already let go of that TCP socket
+        # (extmod/modtls_mbedtls.c, ssl_check_async_handshake_failure sets sock to NULL), so
+        # its close() closes nothing, and the lwIP socket (a /proc fd on the host) stayed
+        # open until a GC pass found it. Closing a closed socket does nothing on both ports.
+        for s in (self._s, self._raw):
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
 
 
 async def open_tcp(host, port, *, ssl_ctx=None, server_hostname=None, timeout_ms=10000, wbuf=WBUF):
@@ -265,7 +290,7 @@ async def open_tcp(host, port, *, ssl_ctx=None, server_hostname=None, timeout_ms
     except BaseException:
         s.close()
         raise
-    return Stream(t, True, wbuf)
+    return Stream(t, True, wbuf, s)
 
 
 async def _connected(s, host, port):

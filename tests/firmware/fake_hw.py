@@ -70,6 +70,14 @@ class _Esp32:
     def raw_temperature(self):
         return self.raw
 
+    HEAP_DATA = 4  # ports/esp32/modesp32.c: MALLOC_CAP_8BIT
+
+    def idf_heap_info(self, cap):
+        # modesp32.c esp32_idf_heap_info: per matching region (total, free, largest free
+        # block, minimum free ever); numbers as in the ESP32 docs' example
+        assert cap == self.HEAP_DATA
+        return [(240, 0, 0, 0), (7288, 0, 0, 0), (16648, 4, 4, 4), (79912, 35712, 35512, 35108)]
+
 
 machine = _Machine()
 machine.Pin = _Pin

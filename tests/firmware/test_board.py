@@ -194,3 +194,11 @@ def test_default_board_is_the_port_the_firmware_runs_on():
     cfg = config.parse('{"device": {"name": "x"}, "platform": {"kind": "k"}}', {"k": {}})
     assert cfg["device"]["board"] == board.DEFAULT
     assert board.load("esp32").backend == ("esp32" if sys.platform == "esp32" else "host")
+
+
+def test_memory_health_keys():
+    assert list(board.load("host").memory()) == ["gc_free"]
+    m = board.load("esp32-devkitc").memory()
+    # the GC heap, and the IDF heap that mbedTLS and the GC heap's growth draw on
+    assert m["gc_free"] > 0
+    assert m["idf_free"] == 35716 and m["idf_largest"] == 35512, m

@@ -1,10 +1,20 @@
 # The byte stream under MQTT: bytes written by several tasks while the socket is full are
-# neither lost nor reordered (per writer), and reads across the buffer edge are exact.
+# neither lost nor reordered (per writer), and reads across the buffer edge are exact; TLS
+# connects reuse one context per CA and leave no socket open when the handshake fails.
 import asyncio
+import os
 
-from mptest import randbytes
+from mptest import env, raises, randbytes
 from test_mqtt_broker import serve_on_free_port
-from uplink import transport
+from uplink import mqtt, transport
+
+NEEDS = ("broker",)
+HOST = env("BROKER_HOST", "localhost")
+
+
+def open_fds():
+    # the process's open file descriptors: every socket the firmware forgot to close is one
+    return len(os.listdir("/proc/self/fd"))
 
 
 async def test_writes_while_a_drain_waits_are_not_lost():
@@ -82,3 +92,72 @@ async def test_reads_across_the_buffer_edge():
         s.close()
     finally:
         srv.close()
+
+
+async def test_failed_tls_handshakes_leave_no_socket_open():
+    # wrong CA (refused inside the first read/write) and wrong name, 5 times each, over mqtts
+    # and wss; no gc.collect() in between: a finaliser must not be what closes them
+    port = env("BROKER_MQTTS_PORT")
+    for url, ca in (
+        ("mqtts://%s:%s" % (HOST, port), env("BROKER_WRONG_CA_DER")),
+        ("wss://%s:%s/mqtt" % (HOST, env("BROKER_WSS_PORT")), env("BROKER_WRONG_CA_DER")),
+        ("mqtts://127.0.0.2:%s" % port, env("BROKER_CA_DER")),
+    ):
+        before = open_fds()
+        for _ in range(5):
+            c = mqtt.MQTTClient(url, "x", ca=ca)
+            with raises(OSError):
+                await c.connect()
+        assert open_fds() == before, (url, before, open_fds())
+
+
+async def test_a_closed_tls_stream_closes_its_tcp_socket():
+    before = open_fds()
+    ctx = transport.tls_context(env("BROKER_WRONG_CA_DER"))
+    s = await transport.open_tcp("127.0.0.1", int(env("BROKER_MQTTS_PORT")), ssl_ctx=ctx, server_hostname="localhost")
+    s.write(b"\xc0\x00")
+    with raises(OSError, "not correctly signed"):
+        await s.drain()
+        await s.readexactly(1)
+    assert open_fds() == before + 1
+    s.close()
+    assert open_fds() == before
+
+
+class CountingSSL:
+    # stands in for the `ssl` module inside transport: counts the contexts made
+    def __init__(self, real):
+        self.real = real
+        self.made = 0
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def SSLContext(self, proto):
+        self.made += 1
+        return self.real.SSLContext(proto)
+
+
+async def test_reconnects_reuse_one_tls_context_per_ca():
+    real = transport.ssl
+    transport.ssl = counting = CountingSSL(real)
+    transport._ctx.clear()
+    try:
+        url = "mqtts://%s:%s" % (HOST, env("BROKER_MQTTS_PORT"))
+        c = mqtt.MQTTClient(url, "ctx-" + "".join("%02x" % b for b in os.urandom(4)), ca=env("BROKER_CA_DER"))
+        for _ in range(3):
+            await c.connect()
+            assert c.is_connected
+            await c.publish("ctx/test", b"x", qos=1)  # the CA still checks the server each time
+            await c.disconnect()
+        assert counting.made == 1, counting.made
+        # a wrong CA is its own context, and is still refused after the good one was cached
+        bad = mqtt.MQTTClient(url, "x", ca=env("BROKER_WRONG_CA_DER"))
+        for _ in range(2):
+            with raises(OSError, "not correctly signed"):
+                await bad.connect()
+        assert counting.made == 2, counting.made
+        assert transport.tls_context(env("BROKER_CA_DER")) is transport.tls_context(env("BROKER_CA_DER"))
+        assert len(transport._ctx) <= 2
+    finally:
+        transport.ssl = real

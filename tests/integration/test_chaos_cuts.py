@@ -176,7 +176,7 @@ def test_full_app_readings_survive_random_cuts(tmp_path, capsys):
     broker = Mosquitto(tmp_path / "broker").start()
     obs = Observer(broker.ports["mqtt"], ["v1/devices/me/telemetry"])
     proxy = FaultProxy(broker.ports["mqtt"], seed=11)
-    board = HostBoard(tmp_path / "board", app_config(proxy.port, interval_ms=5), user_py=SEQ_USER).start()
+    board = HostBoard(tmp_path / "board", app_config(proxy.port, interval_ms=10), user_py=SEQ_USER).start()
     try:
         t0 = time.monotonic()
         kinds = inject(proxy, obs, n, cuts, lambda: len(set(obs.keys())) >= n or board.proc.poll() is not None)
