@@ -21,7 +21,7 @@ import time
 import paho.mqtt.client as paho
 import pytest
 
-from tests.mpy_plugin import compile_firmware, micropython_bin, micropython_env
+from tests.mpy_plugin import compile_firmware, micropython_bin, micropython_env, port_heap
 from tests.oidc_provider import OIDCService
 from tests.services import Mosquitto, mosquitto_bin
 
@@ -73,7 +73,7 @@ class Board:
         script = tmp_path / "device.py"
         script.write_text(SCRIPT)
         self.proc = subprocess.Popen(
-            [micropython_bin(), "-X", "heapsize=96k", str(script)],
+            [micropython_bin(), "-X", f"heapsize={port_heap('96k')}", str(script)],
             env=micropython_env(fw, env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             cwd=str(tmp_path),
         )
