@@ -424,8 +424,9 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
             link.leave()
             return plan
         with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                      console=UI.err, disable=UI.level < 0 or as_json, transient=True) as prog:
-            task = prog.add_task("deploying", total=plan.copy_bytes or 1)
+                      console=UI.err, disable=UI.level < 0 or as_json or not plan.copy,
+                      transient=True) as prog:
+            task = prog.add_task("deploying", total=plan.copy_bytes)
 
             def step(path, n):
                 prog.update(task, advance=n, description=path)
