@@ -526,6 +526,7 @@ def logs(
 # -- sim / run --------------------------------------------------------------------------------------
 def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | None) -> int:
     from host_tools import hostboard
+    from host_tools import sim as simmod
     from host_tools.provision import provision, write_file
 
     fleet = S.fleet()
@@ -538,43 +539,17 @@ def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | 
         UI.info(f"{device}: the host board stands in for its {cfg['device']['board']}")
         cfg["device"]["board"] = "host"
     write_file(state / "config.json", (json.dumps(cfg, indent=2) + "\n").encode(), 0o600)
-    UI.info(f"{device} on the host board (state in {state}); Ctrl-C to stop")
-    end = None if seconds is None else time.monotonic() + seconds
-    import selectors
-    import subprocess
-
-    while True:
-        proc = hostboard.start(state, compiled=compiled, heapsize=heapsize,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        assert proc.stdout is not None
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
-
-        def stop_deliberately(proc=proc) -> int:
-            proc.terminate()
-            proc.wait(5)
-            # stopped by the user, not crashed: do not count it towards the firmware's
-            # crash-loop guard (three short boots in a row -> safe mode)
-            (state / "boots.json").unlink(missing_ok=True)
-            return 0
-
-        try:
-            while proc.poll() is None or sel.select(0):
-                if end is not None and time.monotonic() > end:
-                    return stop_deliberately()
-                if sel.select(0.2):
-                    chunk = os.read(proc.stdout.fileno(), 4096)
-                    if not chunk:
-                        break
-                    UI.text(chunk.decode(errors="replace"))
-        except KeyboardInterrupt:
-            return stop_deliberately()
-        code = proc.wait()
-        if code != hostboard.RESET_EXIT_CODE:
-            if code:
-                UI.error(f"the firmware stopped (exit code {code}); its output is above")
-            return code
-        UI.info("[host board] the firmware reset itself: booting again")
+    heapsize = heapsize or simmod.default_heapsize(compiled)
+    UI.detail(f"interpreter {hostboard.micropython()}"
+              + ("" if hostboard.esp32_model() else f" (no ESP32 model: {hostboard.esp32_model_missing()})"))
+    UI.info(f"{device} on the host board ({'compiled' if compiled else 'sources'}, "
+            f"{heapsize} heap; state in {state}); Ctrl-C to stop")
+    problem = simmod.run(state, seconds=seconds, compiled=compiled, heapsize=heapsize,
+                         write=UI.text, info=UI.info)
+    if problem:
+        UI.error(problem)
+        return EXIT_FAIL
+    return EXIT_OK
 
 
 @app.command()
@@ -582,8 +557,8 @@ def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | 
 def sim(
     device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
     seconds: Annotated[Optional[float], typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
-    compiled: Annotated[bool, typer.Option(help="Run the mpy-cross output instead of the sources.")] = False,
-    heapsize: Annotated[Optional[str], typer.Option(help="MicroPython heap, e.g. 96k (an ESP32 without PSRAM).")] = None,
+    compiled: Annotated[bool, typer.Option("--compiled/--source", help="Run the mpy-cross output, as the board does, or the sources.")] = True,
+    heapsize: Annotated[Optional[str], typer.Option(help="MicroPython heap (default on the ESP32 model: 112k, an ESP32 without PSRAM; 144k with --source).")] = None,
 ):
     """Run the device's bundle on the host board (MicroPython unix port), against its broker."""
     if _do_sim(device, seconds, compiled, heapsize):
@@ -604,7 +579,7 @@ def run(
     dev = fleet.device(device)
     UI.info(f"{fleet.path.name}: valid")
     if dev.board == "host" and port is None:
-        if _do_sim(device, seconds, False, None):
+        if _do_sim(device, seconds, True, None):
             raise typer.Exit(EXIT_FAIL)
         return
     port = port or pick_port()
