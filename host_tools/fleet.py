@@ -17,8 +17,9 @@ token = "secret:gh1_token"
 Every string may be a secret reference "secret:NAME" (see secrets.py); fields that hold
 secrets (tokens, passwords, keys) must be references, so a fleet file can be shared.
 
-A mistake is reported as ``fleet.toml: device 'greenhouse-1': platform.tokn: unknown key
-(did you mean 'token'?)`` — the file, the device, the key path, the nearest valid key.
+A mistake is reported as ``fleet.toml:12: device 'greenhouse-1': platform.tokn: unknown key
+(did you mean 'token'?)`` — the file and line, the device, the key path, the nearest valid
+key; a wrong type says what to write instead.
 This is the only module that imports pydantic.
 """
 
@@ -45,6 +46,7 @@ from pydantic import (
 )
 
 from host_tools.secrets import NAME_RE, PREFIX
+from host_tools.toml_lines import key_lines, line_of, parse_path
 
 REPO = Path(__file__).resolve().parent.parent
 BOARDS_DIR = REPO / "boards"
@@ -147,7 +149,39 @@ Credentials = Annotated[
 ]
 
 
-class WeightronOidc(Strict):
+_LOOPBACK = re.compile(r"^(127(\.\d{1,3}){3}|\[::1\]|localhost)$", re.IGNORECASE)
+
+
+def _https_url(v: str, allow_loopback_http: bool, sends: str) -> str:
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://(\[[^\]]*\]|[^/:?#]+)", v)
+    if not m:
+        raise ValueError(f"expected an https:// URL, got {json.dumps(v)} (add https://)")
+    scheme, host = m.group(1).lower(), m.group(2)
+    if scheme == "https":
+        return v
+    if scheme != "http":
+        raise ValueError(f"expected an https:// URL, got {json.dumps(v)}")
+    if not _LOOPBACK.match(host):
+        raise ValueError(f"http:// would send {sends} in clear: use https://")
+    if not allow_loopback_http:
+        raise ValueError(f"http:// would send {sends} in clear: use https://, or for a "
+                         "provider on this machine set allow_loopback_http = true")
+    return v
+
+
+class _OidcBase(Strict):
+    # before the URLs: their validators read it (pydantic validates fields in order)
+    allow_loopback_http: bool = False
+    _token_url_gets: typing.ClassVar[str] = "the client secret"
+
+    @field_validator("token_url", "access_url", check_fields=False)
+    @classmethod
+    def _urls(cls, v, info):
+        sends = cls._token_url_gets if info.field_name == "token_url" else "the API key and token"
+        return _https_url(v, bool(info.data.get("allow_loopback_http")), sends)
+
+
+class WeightronOidc(_OidcBase):
     token_url: str = "https://auth.weightron.cloud/oidc/token"
     client_id: str
     client_secret: str = secret_field(...)
@@ -158,7 +192,8 @@ class WeightronOidc(Strict):
     _v = _refs_only("client_secret", "api_key")
 
 
-class BiotzOidc(Strict):
+class BiotzOidc(_OidcBase):
+    _token_url_gets: typing.ClassVar[str] = "the password"
     token_url: str = "https://auth.biotz.io/realms/biotz-platform/protocol/openid-connect/token"
     client_id: str = "biotz-platform-devices"
     username: str
@@ -447,13 +482,60 @@ def _message(e: dict, model) -> tuple[str, str]:
         hint = f"did you mean '{near[0]}'? " if near else ""
         return where + ".kind", f"unknown kind {json.dumps(got)} ({hint}known: {', '.join(KINDS)})"
     if etype == "literal_error" and path and path[-1] == "credentials":
-        msg = "expected \"relay\" or a table {username, password}"
-    got = e.get("input")
-    if etype not in ("missing",) and not isinstance(got, (dict, list)) and got is not None:
-        shown = got if not (isinstance(got, str) and _looks_secret(path)) else "<hidden>"
-        if str(got) not in msg:
-            msg = f"{msg} (got {json.dumps(shown)})"
+        return where, "expected \"relay\" or a table {username, password}, got " \
+            + _describe(e.get("input"), path)
+    expected = _expected(etype, e.get("ctx") or {})
+    if expected:
+        return where, f"{expected}, got {_describe(e.get('input'), path)}{_fix(etype, e.get('input'))}"
     return where, msg
+
+
+def _expected(etype: str, ctx: dict) -> str | None:
+    """What a person should write, for pydantic's type and range errors (its own wording,
+    'Input should be a valid integer', says neither what was wrong nor how to fix it)."""
+    simple = {
+        "int_type": "expected a whole number", "int_from_float": "expected a whole number",
+        "float_type": "expected a number", "bool_type": "expected true or false",
+        "string_type": "expected a string in quotes", "list_type": "expected a list [...]",
+        "dict_type": "expected a table", "model_type": "expected a table",
+        "model_attributes_type": "expected a table",
+    }
+    if etype in simple:
+        return simple[etype]
+    if etype == "greater_than":
+        return f"expected a number above {ctx.get('gt')}"
+    if etype == "greater_than_equal":
+        return f"expected a number of at least {ctx.get('ge')}"
+    if etype == "literal_error":
+        return f"expected {ctx.get('expected')}"
+    return None
+
+
+def _describe(v, path: list[str]) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return f"the number {v}"
+    if isinstance(v, str):
+        return "a string (hidden: it may be a secret)" if _looks_secret(path) else f"the string {json.dumps(v)}"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, dict):
+        return "a table"
+    return "nothing" if v is None else type(v).__name__
+
+
+def _fix(etype: str, v) -> str:
+    if isinstance(v, str) and etype in ("int_type", "float_type"):
+        if re.fullmatch(r"[+-]?\d+(\.\d+)?", v.strip()):
+            return " (remove the quotes)"
+    if isinstance(v, str) and etype == "bool_type":
+        return " (remove the quotes)" if v.lower() in ("true", "false") else " (write true or false, no quotes)"
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and etype == "string_type":
+        return " (put it in quotes)"
+    if isinstance(v, float) and etype in ("int_type", "int_from_float"):
+        return " (no decimal point)"
+    return ""
 
 
 def _looks_secret(path: list[str]) -> bool:
@@ -483,40 +565,51 @@ def parse_fleet(text: str, path: Path) -> Fleet:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise FleetError([f"{label}: not valid TOML: {e}"]) from None
+    lines = key_lines(text)
+
+    def at(*keys) -> str:
+        """`fleet.toml:12`: the line of the key path (or of its table, when it is missing)."""
+        n = line_of(lines, tuple(k for part in keys for k in (parse_path(part) if isinstance(part, str) else part)))
+        return f"{label}:{n}" if n else label
+
     problems: list[str] = []
     for k in doc:
         if k not in TOP_KEYS:
-            problems.append(f"{label}: {k}: unknown top-level table" + _key_hint(k, sorted(TOP_KEYS)))
+            problems.append(f"{at((k,))}: {k}: unknown top-level table" + _key_hint(k, sorted(TOP_KEYS)))
     defaults = doc.get("defaults", {})
     if not isinstance(defaults, dict):
-        problems.append(f"{label}: defaults: expected a table")
+        problems.append(f"{at(('defaults',))}: defaults: expected a table")
         defaults = {}
     relay = None
+    relay_broken = False  # reported once; what depends on [relay] is not reported again
     if "relay" in doc:
         try:
             relay = Relay.model_validate(doc["relay"])
         except ValidationError as err:
+            relay_broken = True
             for e in err.errors():
                 where, msg = _message(dict(e, loc=("relay",) + tuple(e["loc"])), _Top)
-                problems.append(f"{label}: {where}: {msg}")
+                problems.append(f"{at(where)}: {where}: {msg}")
     devices: dict[str, Device] = {}
     raws: dict[str, Any] = {}
+    from_defaults: dict[tuple[str, str], list[str]] = {}  # (key, problem) -> devices
     table = doc.get("devices", {})
     if not isinstance(table, dict):
-        problems.append(f"{label}: devices: expected tables [devices.NAME]")
+        problems.append(f"{at(('devices',))}: devices: expected tables [devices.NAME]")
         table = {}
     if not table and not problems:
         problems.append(f"{label}: no devices: add a table [devices.NAME] for each board")
     for name, entry in table.items():
+        here = ("devices", name)
         if not isinstance(entry, dict):
-            problems.append(f"{label}: device '{name}': expected a table [devices.{name}]")
+            problems.append(f"{at(here)}: device '{name}': expected a table [devices.{name}]")
             continue
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name):
-            problems.append(f"{label}: device '{name}': device names use letters, digits, '_', '-', '.'")
+            problems.append(f"{at(here)}: device '{name}': device names use letters, digits, '_', '-', '.'")
             continue
         if "name" in entry:
-            problems.append(f"{label}: device '{name}': name: unknown key (the device's name is "
-                            f"the table's: [devices.{name}])")
+            problems.append(f"{at(here, ('name',))}: device '{name}': name: unknown key (the device's "
+                            f"name is the table's: [devices.{name}])")
             continue
         merged = merge(defaults, entry)
         raws[name] = merged
@@ -525,28 +618,39 @@ def parse_fleet(text: str, path: Path) -> Fleet:
         except ValidationError as err:
             for e in err.errors():
                 where, msg = _message(e, Device)
-                own = _origin(entry, where.split(".")) or not _origin(defaults, where.split("."))
-                src = "" if own else " (set in [defaults])"
-                problems.append(f"{label}: device '{name}': {where}: {msg}{src}")
+                if _origin(entry, where.split(".")) or not _origin(defaults, where.split(".")):
+                    problems.append(f"{at(here, where)}: device '{name}': {where}: {msg}")
+                else:  # one mistake in [defaults]: one report, not one per device
+                    from_defaults.setdefault((where, msg), []).append(name)
             continue
         dev.name = name
-        problems.extend(f"{label}: device '{name}': {p}" for p in _cross_checks(dev, relay))
+        problems.extend(f"{at(here, p.split(':', 1)[0])}: device '{name}': {p}"
+                        for p in _cross_checks(dev, relay, relay_broken))
         devices[name] = dev
+    for (where, msg), names in from_defaults.items():
+        problems.append(f"{at('defaults.' + where)}: [defaults] {where}: {msg} (for device"
+                        f"{'s' if len(names) > 1 else ''} {', '.join(repr(n) for n in names)})")
     if problems:
-        raise FleetError(problems)
+        raise FleetError(sorted(problems, key=_line_number))  # in file order, as a compiler
     return Fleet(path=path, defaults=defaults, relay=relay, devices=devices, raw=raws)
+
+
+def _line_number(problem: str) -> int:
+    m = re.match(r"^[^:]*:(\d+):", problem)
+    return int(m.group(1)) if m else 0
 
 
 class _Top(BaseModel):
     relay: Relay
 
 
-def _cross_checks(dev: Device, relay: Relay | None) -> list[str]:
-    """What no single field can say: combinations that leave the device unable to connect."""
+def _cross_checks(dev: Device, relay: Relay | None, relay_broken: bool = False) -> list[str]:
+    """What no single field can say: combinations that leave the device unable to connect.
+    (A [relay] table with mistakes of its own has been reported: not again from here.)"""
     out = []
     p = dev.platform
     if p.relay:
-        if relay is None or not relay.url:
+        if not relay_broken and (relay is None or not relay.url):
             out.append("platform.credentials: \"relay\" needs a [relay] table with url = "
                        "\"https://<this machine>:8443\" (what the device connects to)")
         if isinstance(p, (ThingsBoard, Blynk)):
