@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import typer.core
 from rich.table import Table
 
 from host_tools import __version__
@@ -25,9 +26,19 @@ from host_tools.ui import REDACT, UI
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INVALID, EXIT_SECRET, EXIT_BOARD, EXIT_BUILD, EXIT_CLOUD = range(8)
 
+EXIT_CODES = ("Exit codes: 0 ok, 1 failure, 2 bad usage, 3 invalid fleet file (or unknown device "
+              "or board), 4 a secret is missing, 5 board or port problem, 6 build failure "
+              "(mpy-cross), 7 cloud provisioning or token refused or unreachable.")
+
+# typer labels every flag `<bool>` (and -v `<int>`) in help, as if it took a value; they take none
+_type_label = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = (  # type: ignore[method-assign]
+    lambda self, ctx: None if self.is_flag or self.count else _type_label(self, ctx))
+
 app = typer.Typer(
     name="uplink",
     help="Provision, build, deploy and flash Uplink boards from this machine.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -126,11 +137,7 @@ def main_options(
     no_keyring: Annotated[bool, typer.Option("--no-keyring", help="Do not use the OS keyring.", envvar="UPLINK_NO_KEYRING")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
 ):
-    """Provision, build, deploy and flash Uplink boards.
-
-    Exit codes: 0 ok, 1 failure, 2 bad usage, 3 invalid fleet file, 4 missing secret,
-    5 board or port problem, 6 build failure, 7 cloud provisioning failure.
-    """
+    """Global options; the exit codes are in EXIT_CODES (the epilog of `uplink --help`)."""
     S.fleet_path = fleet
     S.secrets_file = secrets_file
     S.no_keyring = no_keyring
@@ -508,15 +515,21 @@ def devices(as_json: Annotated[bool, typer.Option("--json", help="Machine-readab
 @app.command()
 @guarded
 def logs(
+    device: Annotated[Optional[str], typer.Argument(help="Device name from the fleet file (checked; optional).")] = None,
     port: Annotated[Optional[str], typer.Option("--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
     baud: Annotated[int, typer.Option(help="Baud rate.")] = 115200,
     seconds: Annotated[Optional[float], typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
 ):
-    """Print the board's serial console until Ctrl-C."""
+    """Print the board's serial console until Ctrl-C (`uplink logs DEVICE`, as after `run`)."""
     from host_tools.ports import follow, pick_port
 
+    if device is not None:
+        dev = S.fleet().device(device)  # an unknown name: exit 3 with the nearest one
+        if dev.board == "host" and port is None:
+            UI.error(f"'{device}' is a host-board device: its log is `uplink sim {device}`")
+            raise typer.Exit(EXIT_USAGE)
     port = port or pick_port()
-    UI.info(f"console of {port} ({baud} baud); Ctrl-C to stop")
+    UI.info(f"console of {(device + ' on ') if device else ''}{port} ({baud} baud); Ctrl-C to stop")
     try:
         follow(port, UI.text, baud=baud, seconds=seconds)
     except KeyboardInterrupt:
