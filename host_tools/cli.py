@@ -480,10 +480,16 @@ def flash_micropython(
     from host_tools import flash as fl
     from host_tools.fleet import board_profile
 
-    boards = _boards_for_build(board)
+    # the host board has no flash: in a mixed fleet it is not a candidate
+    boards = [b for b in _boards_for_build(board) if board or board_profile(b).get("esptool_chip")]
+    if not boards:
+        raise fl.FlashError("the fleet has only host-board devices, which run MicroPython's unix "
+                            "port (`uplink sim`): pass --board for the board you are flashing")
     if len(boards) != 1:
         raise fl.FlashError(f"the fleet has several boards ({', '.join(boards)}): pass --board")
     profile = board_profile(boards[0])
+    fl.steps(profile, image)  # the host board: nothing to flash
+    fl.check_image(profile, image)  # before --dry-run prints commands that would fail
     if dry_run:
         for cmd in fl.plan(profile, port, image, erase=erase):
             UI.text(" ".join(cmd) + "\n")
