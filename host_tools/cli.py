@@ -22,7 +22,7 @@ from rich.table import Table
 
 from host_tools import __version__
 from host_tools.secrets import SecretError, SecretStore
-from host_tools.ui import REDACT, UI
+from host_tools.ui import REDACT, UI, plural
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INVALID, EXIT_SECRET, EXIT_BOARD, EXIT_BUILD, EXIT_CLOUD = range(8)
 
@@ -195,7 +195,7 @@ def validate(
             UI.error(f"{fleet.path.name}: device '{m['device']}': {m['key']}: secret "
                      f"'{m['secret']}' is not set (uplink secrets set {m['secret']})")
         if not missing:
-            UI.info(f"{fleet.path.name}: {len(fleet.devices)} device(s) OK: "
+            UI.info(f"{fleet.path.name}: {plural(len(fleet.devices), 'device')} OK: "
                     + ", ".join(sorted(fleet.devices)))
     if missing:
         raise typer.Exit(EXIT_SECRET)
@@ -389,9 +389,10 @@ def build(
                        "files": [vars(i) for i in items],
                        "total_bytes": sum(i.out_bytes for i in items)}
         if not as_json and UI.level >= 0:
-            t = Table("file", "source", "on board", "", title=f"{bid} ({report[bid]['arch'] or 'bytecode'}) -> {root}")
+            t = Table("file", "source bytes", "on board", "how", title=f"{bid} ({report[bid]['arch'] or 'bytecode'}) -> {root}")
             for i in items:
-                t.add_row(i.rel, str(i.src_bytes), str(i.out_bytes), "cached" if i.cached else "compiled")
+                how = ("compiled" if i.compiled else "copied (runs as source)") + (", cached" if i.cached else "")
+                t.add_row(i.rel, str(i.src_bytes), str(i.out_bytes), how)
             t.add_row("[b]total[/b]", str(sum(i.src_bytes for i in items)), f"[b]{report[bid]['total_bytes']}[/b]", "")
             UI.out.print(t)
     if as_json:
@@ -405,6 +406,7 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
     from host_tools import build as b
     from host_tools import deploy as d
     from host_tools.board_link import BoardLink
+    from host_tools.bundle import device_modules, select
     from host_tools.ports import pick_port
     from host_tools.provision import provision
 
@@ -412,7 +414,8 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
     dev = fleet.device(device)
     bundle = provision(fleet, device, S.store, S.build_root)
     root, _ = b.build(dev.board, out=S.build_root / "firmware" / dev.board)
-    files = d.local_files(b.files(root), bundle.dir)
+    modules = device_modules(b.firmware_dir(), dev.platform.kind, dev.profile().get("backend") == "host")
+    files = d.local_files(select(b.files(root), modules), bundle.dir)
     port = port or pick_port()
     UI.detail(f"connecting to {port}")
     link = BoardLink(port)
@@ -426,7 +429,7 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
                     UI.text(f"would copy  {path}  ({n} bytes, {why})\n")
                 for path in plan.remove:
                     UI.text(f"would remove  {path}\n")
-                UI.info(f"{len(plan.copy)} to copy ({plan.copy_bytes} bytes), {len(plan.remove)} "
+                UI.info(f"{len(plan.copy)} to copy ({plural(plan.copy_bytes, 'byte')}), {len(plan.remove)} "
                         f"to remove, {len(plan.same)} unchanged")
             link.leave()
             return plan
@@ -448,8 +451,8 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
     if as_json:
         UI.data(dict(plan.as_dict(), dry_run=False, reset=reset))
     else:
-        UI.info(f"{device}: copied {len(plan.copy)} file(s) ({plan.copy_bytes} bytes), removed "
-                f"{len(plan.remove)}, {len(plan.same)} unchanged" + ("; board reset" if reset else ""))
+        UI.info(f"{device}: copied {plural(len(plan.copy), 'file')} ({plural(plan.copy_bytes, 'byte')}), "
+                f"removed {len(plan.remove)}, {len(plan.same)} unchanged" + ("; board reset" if reset else ""))
     return plan
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from host_tools import hostboard
+from host_tools.ui import plural
 
 SAFE_MODE_EXIT = 3  # firmware/uplink/app.py _safe_mode() on a host board
 
@@ -42,7 +43,7 @@ class _Watch:
 def _memory_hint(w: _Watch, heapsize: str, compiled: bool) -> str:
     if not w.memory_errors:
         return ""
-    hint = (f"; it ran out of memory with a {heapsize} heap ({w.memory_errors} MemoryError(s) "
+    hint = (f"; it ran out of memory with a {heapsize} heap ({plural(w.memory_errors, 'MemoryError')} "
             "above): an ESP32 without PSRAM has about 100 KB, so make user.py or the firmware "
             "smaller, or try a larger --heapsize to see how much it needs")
     if not compiled:

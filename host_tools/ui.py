@@ -15,6 +15,11 @@ from rich.file_proxy import FileProxy
 MASK = "***"
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """`1 file`, `3 files`: no "1 file(s)" in what a person reads."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
 class Redactor:
     def __init__(self):
         self.sources: list[Callable[[], list[str]]] = []

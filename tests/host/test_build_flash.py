@@ -179,3 +179,22 @@ def test_cli_flash_dry_run(tmp_path):
                           "--board", "esp32-devkitc", "--dry-run", "--no-erase")
     assert r.code == 0, r.output
     assert r.stdout.strip().endswith(f"--chip esp32 --port /dev/ttyUSB9 --baud 460800 write-flash -z 0x1000 {img}")
+
+
+def test_cli_build_table_says_what_is_copied_and_what_compiled(tmp_path):
+    fw = small_firmware(tmp_path)
+    env = Env(tmp_path / "env")
+    env.env["UPLINK_FIRMWARE_DIR"] = str(fw)
+
+    def rows(out: str) -> dict[str, str]:
+        cells = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines() if line.count("│") == 5]
+        return {c[0]: c[3] for c in cells}
+
+    r = env.run("build", "--board", "esp32-devkitc")
+    assert r.code == 0, r.output
+    assert rows(r.stdout) == {"boot.py": "copied (runs as source)", "main.py": "copied (runs as source)",
+                              "uplink/__init__.mpy": "compiled", "uplink/app.mpy": "compiled", "total": ""}
+    again = rows(env.run("build", "--board", "esp32-devkitc").stdout)
+    assert again["boot.py"] == "copied (runs as source), cached" and again["uplink/app.mpy"] == "compiled, cached"
+    assert {f["rel"]: f["compiled"] for f in json.loads(env.run("build", "--board", "esp32-devkitc", "--json").stdout)
+            ["esp32-devkitc"]["files"]}["main.py"] is False

@@ -65,7 +65,7 @@ def test_quiet_and_verbose(tmp_path):
     env = Env(tmp_path, '[devices.d.platform]\nkind = "blynk"\ntoken = "secret:t"\n')
     env.env["UPLINK_SECRET_T"] = "x"
     assert env.run("-q", "validate").output == ""
-    assert "1 device(s) OK" in env.run("validate").stderr
+    assert "fleet.toml: 1 device OK: d" in env.run("validate").stderr
     r = env.run("-v", "validate")
     assert "no OS keyring (disabled)" in r.stderr  # -v says where secrets come from
     assert "no OS keyring" not in env.run("validate").stderr

@@ -64,4 +64,4 @@ def test_a_heap_too_small_to_boot_fails_clearly(tmp_path):
     assert r.code == 1, r.output
     assert "MemoryError" in r.stdout
     assert ("error: the firmware stopped (exit code 1; its output is above); it ran out of "
-            "memory with a 24k heap (1 MemoryError(s) above)") in r.stderr
+            "memory with a 24k heap (1 MemoryError above)") in r.stderr

@@ -65,7 +65,7 @@ def test_deploy_with_nothing_to_copy_ends_on_a_terminal(tmp_path, vboard, term):
     code = term.wait(120)
     assert code is not None, f"`uplink deploy` did not end; the screen:\n{term.screen()}"
     assert code == 0, term.output()
-    assert "copied 0 file(s)" in term.output()
+    assert "bench: copied 0 files (0 bytes), removed 0," in term.output()
     assert not BAR.search(term.output())  # nothing to copy: no bar
 
 
