@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from tests.host.uplink_helpers import Env
 from tests.host.test_build_flash import esp_image
+from tests.host.uplink_helpers import Env
 from tests.virtual_board.launcher import VirtualBoard
 
 WIFI = "wifi-pw-Zq81x"
