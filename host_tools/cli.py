@@ -17,17 +17,28 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import typer.core
 from rich.table import Table
 
 from host_tools import __version__
 from host_tools.secrets import SecretError, SecretStore
-from host_tools.ui import REDACT, UI
+from host_tools.ui import REDACT, UI, plural
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INVALID, EXIT_SECRET, EXIT_BOARD, EXIT_BUILD, EXIT_CLOUD = range(8)
+
+EXIT_CODES = ("Exit codes: 0 ok, 1 failure, 2 bad usage, 3 invalid fleet file (or unknown device "
+              "or board), 4 a secret is missing, 5 board or port problem, 6 build failure "
+              "(mpy-cross), 7 cloud provisioning or token refused or unreachable.")
+
+# typer labels every flag `<bool>` (and -v `<int>`) in help, as if it took a value; they take none
+_type_label = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = (  # type: ignore[method-assign]
+    lambda self, ctx: None if self.is_flag or self.count else _type_label(self, ctx))
 
 app = typer.Typer(
     name="uplink",
     help="Provision, build, deploy and flash Uplink boards from this machine.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -126,11 +137,7 @@ def main_options(
     no_keyring: Annotated[bool, typer.Option("--no-keyring", help="Do not use the OS keyring.", envvar="UPLINK_NO_KEYRING")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
 ):
-    """Provision, build, deploy and flash Uplink boards.
-
-    Exit codes: 0 ok, 1 failure, 2 bad usage, 3 invalid fleet file, 4 missing secret,
-    5 board or port problem, 6 build failure, 7 cloud provisioning failure.
-    """
+    """Global options; the exit codes are in EXIT_CODES (the epilog of `uplink --help`)."""
     S.fleet_path = fleet
     S.secrets_file = secrets_file
     S.no_keyring = no_keyring
@@ -188,7 +195,7 @@ def validate(
             UI.error(f"{fleet.path.name}: device '{m['device']}': {m['key']}: secret "
                      f"'{m['secret']}' is not set (uplink secrets set {m['secret']})")
         if not missing:
-            UI.info(f"{fleet.path.name}: {len(fleet.devices)} device(s) OK: "
+            UI.info(f"{fleet.path.name}: {plural(len(fleet.devices), 'device')} OK: "
                     + ", ".join(sorted(fleet.devices)))
     if missing:
         raise typer.Exit(EXIT_SECRET)
@@ -382,9 +389,10 @@ def build(
                        "files": [vars(i) for i in items],
                        "total_bytes": sum(i.out_bytes for i in items)}
         if not as_json and UI.level >= 0:
-            t = Table("file", "source", "on board", "", title=f"{bid} ({report[bid]['arch'] or 'bytecode'}) -> {root}")
+            t = Table("file", "source bytes", "on board", "how", title=f"{bid} ({report[bid]['arch'] or 'bytecode'}) -> {root}")
             for i in items:
-                t.add_row(i.rel, str(i.src_bytes), str(i.out_bytes), "cached" if i.cached else "compiled")
+                how = ("compiled" if i.compiled else "copied (runs as source)") + (", cached" if i.cached else "")
+                t.add_row(i.rel, str(i.src_bytes), str(i.out_bytes), how)
             t.add_row("[b]total[/b]", str(sum(i.src_bytes for i in items)), f"[b]{report[bid]['total_bytes']}[/b]", "")
             UI.out.print(t)
     if as_json:
@@ -398,6 +406,7 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
     from host_tools import build as b
     from host_tools import deploy as d
     from host_tools.board_link import BoardLink
+    from host_tools.bundle import device_modules, select
     from host_tools.ports import pick_port
     from host_tools.provision import provision
 
@@ -405,7 +414,8 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
     dev = fleet.device(device)
     bundle = provision(fleet, device, S.store, S.build_root)
     root, _ = b.build(dev.board, out=S.build_root / "firmware" / dev.board)
-    files = d.local_files(b.files(root), bundle.dir)
+    modules = device_modules(b.firmware_dir(), dev.platform.kind, dev.profile().get("backend") == "host")
+    files = d.local_files(select(b.files(root), modules), bundle.dir)
     port = port or pick_port()
     UI.detail(f"connecting to {port}")
     link = BoardLink(port)
@@ -419,13 +429,14 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
                     UI.text(f"would copy  {path}  ({n} bytes, {why})\n")
                 for path in plan.remove:
                     UI.text(f"would remove  {path}\n")
-                UI.info(f"{len(plan.copy)} to copy ({plan.copy_bytes} bytes), {len(plan.remove)} "
+                UI.info(f"{len(plan.copy)} to copy ({plural(plan.copy_bytes, 'byte')}), {len(plan.remove)} "
                         f"to remove, {len(plan.same)} unchanged")
             link.leave()
             return plan
         with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                      console=UI.err, disable=UI.level < 0 or as_json, transient=True) as prog:
-            task = prog.add_task("deploying", total=plan.copy_bytes or 1)
+                      console=UI.err, disable=UI.level < 0 or as_json or not plan.copy,
+                      transient=True) as prog:
+            task = prog.add_task("deploying", total=plan.copy_bytes)
 
             def step(path, n):
                 prog.update(task, advance=n, description=path)
@@ -440,8 +451,8 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
     if as_json:
         UI.data(dict(plan.as_dict(), dry_run=False, reset=reset))
     else:
-        UI.info(f"{device}: copied {len(plan.copy)} file(s) ({plan.copy_bytes} bytes), removed "
-                f"{len(plan.remove)}, {len(plan.same)} unchanged" + ("; board reset" if reset else ""))
+        UI.info(f"{device}: copied {plural(len(plan.copy), 'file')} ({plural(plan.copy_bytes, 'byte')}), "
+                f"removed {len(plan.remove)}, {len(plan.same)} unchanged" + ("; board reset" if reset else ""))
     return plan
 
 
@@ -472,10 +483,16 @@ def flash_micropython(
     from host_tools import flash as fl
     from host_tools.fleet import board_profile
 
-    boards = _boards_for_build(board)
+    # the host board has no flash: in a mixed fleet it is not a candidate
+    boards = [b for b in _boards_for_build(board) if board or board_profile(b).get("esptool_chip")]
+    if not boards:
+        raise fl.FlashError("the fleet has only host-board devices, which run MicroPython's unix "
+                            "port (`uplink sim`): pass --board for the board you are flashing")
     if len(boards) != 1:
         raise fl.FlashError(f"the fleet has several boards ({', '.join(boards)}): pass --board")
     profile = board_profile(boards[0])
+    fl.steps(profile, image)  # the host board: nothing to flash
+    fl.check_image(profile, image)  # before --dry-run prints commands that would fail
     if dry_run:
         for cmd in fl.plan(profile, port, image, erase=erase):
             UI.text(" ".join(cmd) + "\n")
@@ -507,15 +524,21 @@ def devices(as_json: Annotated[bool, typer.Option("--json", help="Machine-readab
 @app.command()
 @guarded
 def logs(
+    device: Annotated[Optional[str], typer.Argument(help="Device name from the fleet file (checked; optional).")] = None,
     port: Annotated[Optional[str], typer.Option("--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
     baud: Annotated[int, typer.Option(help="Baud rate.")] = 115200,
     seconds: Annotated[Optional[float], typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
 ):
-    """Print the board's serial console until Ctrl-C."""
+    """Print the board's serial console until Ctrl-C (`uplink logs DEVICE`, as after `run`)."""
     from host_tools.ports import follow, pick_port
 
+    if device is not None:
+        dev = S.fleet().device(device)  # an unknown name: exit 3 with the nearest one
+        if dev.board == "host" and port is None:
+            UI.error(f"'{device}' is a host-board device: its log is `uplink sim {device}`")
+            raise typer.Exit(EXIT_USAGE)
     port = port or pick_port()
-    UI.info(f"console of {port} ({baud} baud); Ctrl-C to stop")
+    UI.info(f"console of {(device + ' on ') if device else ''}{port} ({baud} baud); Ctrl-C to stop")
     try:
         follow(port, UI.text, baud=baud, seconds=seconds)
     except KeyboardInterrupt:
@@ -525,6 +548,7 @@ def logs(
 # -- sim / run --------------------------------------------------------------------------------------
 def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | None) -> int:
     from host_tools import hostboard
+    from host_tools import sim as simmod
     from host_tools.provision import provision, write_file
 
     fleet = S.fleet()
@@ -537,43 +561,17 @@ def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | 
         UI.info(f"{device}: the host board stands in for its {cfg['device']['board']}")
         cfg["device"]["board"] = "host"
     write_file(state / "config.json", (json.dumps(cfg, indent=2) + "\n").encode(), 0o600)
-    UI.info(f"{device} on the host board (state in {state}); Ctrl-C to stop")
-    end = None if seconds is None else time.monotonic() + seconds
-    import selectors
-    import subprocess
-
-    while True:
-        proc = hostboard.start(state, compiled=compiled, heapsize=heapsize,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        assert proc.stdout is not None
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
-
-        def stop_deliberately(proc=proc) -> int:
-            proc.terminate()
-            proc.wait(5)
-            # stopped by the user, not crashed: do not count it towards the firmware's
-            # crash-loop guard (three short boots in a row -> safe mode)
-            (state / "boots.json").unlink(missing_ok=True)
-            return 0
-
-        try:
-            while proc.poll() is None or sel.select(0):
-                if end is not None and time.monotonic() > end:
-                    return stop_deliberately()
-                if sel.select(0.2):
-                    chunk = os.read(proc.stdout.fileno(), 4096)
-                    if not chunk:
-                        break
-                    UI.text(chunk.decode(errors="replace"))
-        except KeyboardInterrupt:
-            return stop_deliberately()
-        code = proc.wait()
-        if not hostboard.restarts(code):
-            if code:
-                UI.error(f"the firmware stopped (exit code {code}); its output is above")
-            return code
-        UI.info("[host board] the firmware reset itself: booting again")
+    heapsize = heapsize or simmod.default_heapsize(compiled)
+    UI.detail(f"interpreter {hostboard.micropython()}"
+              + ("" if hostboard.esp32_model() else f" (no ESP32 model: {hostboard.esp32_model_missing()})"))
+    UI.info(f"{device} on the host board ({'compiled' if compiled else 'sources'}, "
+            f"{heapsize} heap; state in {state}); Ctrl-C to stop")
+    problem = simmod.run(state, seconds=seconds, compiled=compiled, heapsize=heapsize,
+                         write=UI.text, info=UI.info)
+    if problem:
+        UI.error(problem)
+        return EXIT_FAIL
+    return EXIT_OK
 
 
 @app.command()
@@ -581,8 +579,8 @@ def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | 
 def sim(
     device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
     seconds: Annotated[Optional[float], typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
-    compiled: Annotated[bool, typer.Option(help="Run the mpy-cross output instead of the sources.")] = False,
-    heapsize: Annotated[Optional[str], typer.Option(help="MicroPython heap, e.g. 96k (an ESP32 without PSRAM).")] = None,
+    compiled: Annotated[bool, typer.Option("--compiled/--source", help="Run the mpy-cross output, as the board does, or the sources.")] = True,
+    heapsize: Annotated[Optional[str], typer.Option(help="MicroPython heap (default on the ESP32 model: 112k, an ESP32 without PSRAM; 144k with --source).")] = None,
 ):
     """Run the device's bundle on the host board (MicroPython unix port), against its broker."""
     if _do_sim(device, seconds, compiled, heapsize):
@@ -603,7 +601,7 @@ def run(
     dev = fleet.device(device)
     UI.info(f"{fleet.path.name}: valid")
     if dev.board == "host" and port is None:
-        if _do_sim(device, seconds, False, None):
+        if _do_sim(device, seconds, True, None):
             raise typer.Exit(EXIT_FAIL)
         return
     port = port or pick_port()

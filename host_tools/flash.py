@@ -20,6 +20,35 @@ class FlashError(Exception):
     pass
 
 
+# esptool's "Firmware Image Format": byte 0 is the magic 0xE9; on the ESP32 family a 16-byte
+# extended header follows the 8-byte common one, with the chip id (uint16 LE) at its bytes 4-5.
+ESP_IMAGE_MAGIC = 0xE9
+CHIP_ID_OFFSET = 8 + 4
+
+
+def check_image(profile: dict, image: Path) -> None:
+    """Refuse what is not a firmware image for this board's chip, before anything is erased.
+    MicroPython's .bin begins with the second-stage bootloader, an image of that format."""
+    from esptool.targets import CHIP_DEFS
+
+    if not image.is_file():
+        raise FlashError(f"no image file {image}: download one from https://micropython.org/download/")
+    with image.open("rb") as f:
+        head = f.read(CHIP_ID_OFFSET + 2)
+    chip = profile.get("esptool_chip") or ""
+    if len(head) < CHIP_ID_OFFSET + 2 or head[0] != ESP_IMAGE_MAGIC:
+        raise FlashError(f"{image} is not an ESP32 firmware image (it does not start with the "
+                         f"image magic 0xE9): download the .bin for {profile.get('chip')} from "
+                         "https://micropython.org/download/")
+    got = int.from_bytes(head[CHIP_ID_OFFSET:CHIP_ID_OFFSET + 2], "little")
+    want = getattr(CHIP_DEFS.get(chip), "IMAGE_CHIP_ID", None)
+    if want is not None and got != want:
+        names = {getattr(d, "IMAGE_CHIP_ID", None): d.CHIP_NAME for d in CHIP_DEFS.values()}
+        raise FlashError(f"{image} is built for {names.get(got, f'chip id {got}')}, but board "
+                         f"'{profile.get('id')}' is {profile.get('chip')}: download the "
+                         f"{profile.get('chip')} image (or pass --board)")
+
+
 def esptool_args(chip: str, port: str, baud: int, *step: str) -> list[str]:
     return [sys.executable, "-m", "esptool", "--chip", chip, "--port", port, "--baud", str(baud), *step]
 
@@ -53,8 +82,7 @@ def _run(cmd: list[str]) -> int:
 def flash(profile: dict, port: str, image: Path, *, erase: bool = True, run: Runner = _run,
           log: Callable[[str], None] = print) -> list[list[str]]:
     """Run each step, falling back from 460800 to 115200 baud; returns the commands run."""
-    if not image.is_file():
-        raise FlashError(f"no image file {image}: download one from https://micropython.org/download/")
+    check_image(profile, image)
     done: list[list[str]] = []
     chip = profile.get("esptool_chip")
     for step in steps(profile, image, erase=erase):

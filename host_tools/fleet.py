@@ -17,9 +17,10 @@ token = "secret:gh1_token"
 Every string may be a secret reference "secret:NAME" (see secrets.py); fields that hold
 secrets (tokens, passwords, keys) must be references, so a fleet file can be shared.
 
-A mistake is reported as ``fleet.toml: device 'greenhouse-1': platform.tokn: unknown key
-(did you mean 'token'?)`` — the file, the device, the key path, the nearest valid key.
-This is the only module that imports pydantic.
+A mistake is reported as ``fleet.toml:12: device 'greenhouse-1': platform.tokn: unknown key
+(did you mean 'token'?)`` — the file and line, the device, the key path, the nearest valid
+key; a wrong type says what to write instead.
+This and fleet_errors.py (how a mistake is told) are the only modules that import pydantic.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import json
 import os
 import re
 import tomllib
-import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -44,7 +44,9 @@ from pydantic import (
     field_validator,
 )
 
+from host_tools.fleet_errors import key_hint, line_number, message, written_in
 from host_tools.secrets import NAME_RE, PREFIX
+from host_tools.toml_lines import key_lines, line_of, parse_path
 
 REPO = Path(__file__).resolve().parent.parent
 BOARDS_DIR = REPO / "boards"
@@ -147,7 +149,39 @@ Credentials = Annotated[
 ]
 
 
-class WeightronOidc(Strict):
+_LOOPBACK = re.compile(r"^(127(\.\d{1,3}){3}|\[::1\]|localhost)$", re.IGNORECASE)
+
+
+def _https_url(v: str, allow_loopback_http: bool, sends: str) -> str:
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://(\[[^\]]*\]|[^/:?#]+)", v)
+    if not m:
+        raise ValueError(f"expected an https:// URL, got {json.dumps(v)} (add https://)")
+    scheme, host = m.group(1).lower(), m.group(2)
+    if scheme == "https":
+        return v
+    if scheme != "http":
+        raise ValueError(f"expected an https:// URL, got {json.dumps(v)}")
+    if not _LOOPBACK.match(host):
+        raise ValueError(f"http:// would send {sends} in clear: use https://")
+    if not allow_loopback_http:
+        raise ValueError(f"http:// would send {sends} in clear: use https://, or for a "
+                         "provider on this machine set allow_loopback_http = true")
+    return v
+
+
+class _OidcBase(Strict):
+    # before the URLs: their validators read it (pydantic validates fields in order)
+    allow_loopback_http: bool = False
+    _token_url_gets: typing.ClassVar[str] = "the client secret"
+
+    @field_validator("token_url", "access_url", check_fields=False)
+    @classmethod
+    def _urls(cls, v, info):
+        sends = cls._token_url_gets if info.field_name == "token_url" else "the API key and token"
+        return _https_url(v, bool(info.data.get("allow_loopback_http")), sends)
+
+
+class WeightronOidc(_OidcBase):
     token_url: str = "https://auth.weightron.cloud/oidc/token"
     client_id: str
     client_secret: str = secret_field(...)
@@ -158,7 +192,8 @@ class WeightronOidc(Strict):
     _v = _refs_only("client_secret", "api_key")
 
 
-class BiotzOidc(Strict):
+class BiotzOidc(_OidcBase):
+    _token_url_gets: typing.ClassVar[str] = "the password"
     token_url: str = "https://auth.biotz.io/realms/biotz-platform/protocol/openid-connect/token"
     client_id: str = "biotz-platform-devices"
     username: str
@@ -364,159 +399,57 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _unwrap(tp):
-    """Strip Optional/Annotated; returns (base type, union tag -> type or None)."""
-    while True:
-        origin = typing.get_origin(tp)
-        if origin is Annotated:
-            tp = typing.get_args(tp)[0]
-            continue
-        if origin in (Union, types.UnionType):
-            args = [a for a in typing.get_args(tp) if a is not type(None)]
-            if len(args) == 1:
-                tp = args[0]
-                continue
-            tags = {}
-            for a in args:
-                meta = getattr(a, "__metadata__", ())
-                for m in meta:
-                    if isinstance(m, Tag):
-                        tags[m.tag] = typing.get_args(a)[0]
-            return tp, tags
-        return tp, None
-
-
-def _walk(model, loc) -> tuple[list[str], list[str] | None]:
-    """Follow a pydantic error location through the models: (clean path, known keys at the
-    end or None). Union tags (the platform kind) are dropped from the path."""
-    path: list[str] = []
-    tp: Any = model
-    keys = None
-    for part in loc:
-        tp, tags = _unwrap(tp)
-        if tags is not None:
-            if part in tags:  # a discriminator tag pydantic puts in the location
-                tp = tags[part]
-                continue
-            tp = None
-        if isinstance(part, int):
-            path[-1:] = [f"{path[-1]}[{part}]"] if path else [f"[{part}]"]
-            args = typing.get_args(tp) if tp is not None else ()
-            tp = args[0] if args else None
-            continue
-        path.append(str(part))
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
-            keys = list(tp.model_fields)
-            f = tp.model_fields.get(part)
-            tp = f.annotation if f is not None else None
-        elif typing.get_origin(tp) is dict:
-            tp = typing.get_args(tp)[1]
-            keys = None
-        else:
-            tp = None
-            keys = None
-    return path, keys
-
-
-def _key_hint(key: str, known: list[str]) -> str:
-    known = [k for k in known if k != "name"]
-    near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    if near:
-        return f" (did you mean '{near[0]}'?)"
-    return f"; valid keys here: {', '.join(known)}"
-
-
-def _message(e: dict, model) -> tuple[str, str]:
-    loc = e["loc"]
-    path, _ = _walk(model, loc)
-    where = ".".join(path) or "(top level)"
-    etype = e["type"]
-    if etype == "extra_forbidden":
-        parent, known = _walk(model, loc[:-1] + ("__x__",))
-        return where, "unknown key" + _key_hint(str(loc[-1]), known or [])
-    if etype == "missing":
-        return where, "missing (required)"
-    msg = e["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    if etype == "platform_kind":
-        got = e.get("input", {}).get("kind") if isinstance(e.get("input"), dict) else None
-        if got is None:
-            return where + ".kind", "missing (required): one of " + ", ".join(KINDS)
-        near = difflib.get_close_matches(str(got), list(KINDS), n=1, cutoff=0.5)
-        hint = f"did you mean '{near[0]}'? " if near else ""
-        return where + ".kind", f"unknown kind {json.dumps(got)} ({hint}known: {', '.join(KINDS)})"
-    if etype == "literal_error" and path and path[-1] == "credentials":
-        msg = "expected \"relay\" or a table {username, password}"
-    got = e.get("input")
-    if etype not in ("missing",) and not isinstance(got, (dict, list)) and got is not None:
-        shown = got if not (isinstance(got, str) and _looks_secret(path)) else "<hidden>"
-        if str(got) not in msg:
-            msg = f"{msg} (got {json.dumps(shown)})"
-    return where, msg
-
-
-def _looks_secret(path: list[str]) -> bool:
-    last = path[-1] if path else ""
-    return any(w in last for w in ("password", "token", "secret", "key"))
-
-
-def _origin(raw_device: dict, path: list[str]) -> bool:
-    """True when the key path exists in the device's own table (else it came from defaults)."""
-    node: Any = raw_device
-    for p in path:
-        m = re.match(r"^(.*?)((\[\d+\])*)$", p)
-        name = m.group(1) if m else p
-        if not isinstance(node, dict) or name not in node:
-            return False
-        node = node[name]
-        for idx in re.findall(r"\[(\d+)\]", m.group(2) if m else ""):
-            if not isinstance(node, list) or int(idx) >= len(node):
-                return False
-            node = node[int(idx)]
-    return True
-
-
 def parse_fleet(text: str, path: Path) -> Fleet:
     label = path.name
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise FleetError([f"{label}: not valid TOML: {e}"]) from None
+    lines = key_lines(text)
+
+    def at(*keys) -> str:
+        """`fleet.toml:12`: the line of the key path (or of its table, when it is missing)."""
+        n = line_of(lines, tuple(k for part in keys for k in (parse_path(part) if isinstance(part, str) else part)))
+        return f"{label}:{n}" if n else label
+
     problems: list[str] = []
     for k in doc:
         if k not in TOP_KEYS:
-            problems.append(f"{label}: {k}: unknown top-level table" + _key_hint(k, sorted(TOP_KEYS)))
+            problems.append(f"{at((k,))}: {k}: unknown top-level table" + key_hint(k, sorted(TOP_KEYS)))
     defaults = doc.get("defaults", {})
     if not isinstance(defaults, dict):
-        problems.append(f"{label}: defaults: expected a table")
+        problems.append(f"{at(('defaults',))}: defaults: expected a table")
         defaults = {}
     relay = None
+    relay_broken = False  # reported once; what depends on [relay] is not reported again
     if "relay" in doc:
         try:
             relay = Relay.model_validate(doc["relay"])
         except ValidationError as err:
+            relay_broken = True
             for e in err.errors():
-                where, msg = _message(dict(e, loc=("relay",) + tuple(e["loc"])), _Top)
-                problems.append(f"{label}: {where}: {msg}")
+                where, msg = message(dict(e, loc=("relay",) + tuple(e["loc"])), _Top)
+                problems.append(f"{at(where)}: {where}: {msg}")
     devices: dict[str, Device] = {}
     raws: dict[str, Any] = {}
+    from_defaults: dict[tuple[str, str], list[str]] = {}  # (key, problem) -> devices
     table = doc.get("devices", {})
     if not isinstance(table, dict):
-        problems.append(f"{label}: devices: expected tables [devices.NAME]")
+        problems.append(f"{at(('devices',))}: devices: expected tables [devices.NAME]")
         table = {}
     if not table and not problems:
         problems.append(f"{label}: no devices: add a table [devices.NAME] for each board")
     for name, entry in table.items():
+        here = ("devices", name)
         if not isinstance(entry, dict):
-            problems.append(f"{label}: device '{name}': expected a table [devices.{name}]")
+            problems.append(f"{at(here)}: device '{name}': expected a table [devices.{name}]")
             continue
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name):
-            problems.append(f"{label}: device '{name}': device names use letters, digits, '_', '-', '.'")
+            problems.append(f"{at(here)}: device '{name}': device names use letters, digits, '_', '-', '.'")
             continue
         if "name" in entry:
-            problems.append(f"{label}: device '{name}': name: unknown key (the device's name is "
-                            f"the table's: [devices.{name}])")
+            problems.append(f"{at(here, ('name',))}: device '{name}': name: unknown key (the device's "
+                            f"name is the table's: [devices.{name}])")
             continue
         merged = merge(defaults, entry)
         raws[name] = merged
@@ -524,16 +457,21 @@ def parse_fleet(text: str, path: Path) -> Fleet:
             dev = Device.model_validate(merged)
         except ValidationError as err:
             for e in err.errors():
-                where, msg = _message(e, Device)
-                own = _origin(entry, where.split(".")) or not _origin(defaults, where.split("."))
-                src = "" if own else " (set in [defaults])"
-                problems.append(f"{label}: device '{name}': {where}: {msg}{src}")
+                where, msg = message(e, Device, KINDS)
+                if written_in(entry, where.split(".")) or not written_in(defaults, where.split(".")):
+                    problems.append(f"{at(here, where)}: device '{name}': {where}: {msg}")
+                else:  # one mistake in [defaults]: one report, not one per device
+                    from_defaults.setdefault((where, msg), []).append(name)
             continue
         dev.name = name
-        problems.extend(f"{label}: device '{name}': {p}" for p in _cross_checks(dev, relay))
+        problems.extend(f"{at(here, p.split(':', 1)[0])}: device '{name}': {p}"
+                        for p in _cross_checks(dev, relay, relay_broken))
         devices[name] = dev
+    for (where, msg), names in from_defaults.items():
+        problems.append(f"{at('defaults.' + where)}: [defaults] {where}: {msg} (for device"
+                        f"{'s' if len(names) > 1 else ''} {', '.join(repr(n) for n in names)})")
     if problems:
-        raise FleetError(problems)
+        raise FleetError(sorted(problems, key=line_number))  # in file order, as a compiler
     return Fleet(path=path, defaults=defaults, relay=relay, devices=devices, raw=raws)
 
 
@@ -541,12 +479,13 @@ class _Top(BaseModel):
     relay: Relay
 
 
-def _cross_checks(dev: Device, relay: Relay | None) -> list[str]:
-    """What no single field can say: combinations that leave the device unable to connect."""
+def _cross_checks(dev: Device, relay: Relay | None, relay_broken: bool = False) -> list[str]:
+    """What no single field can say: combinations that leave the device unable to connect.
+    (A [relay] table with mistakes of its own has been reported: not again from here.)"""
     out = []
     p = dev.platform
     if p.relay:
-        if relay is None or not relay.url:
+        if not relay_broken and (relay is None or not relay.url):
             out.append("platform.credentials: \"relay\" needs a [relay] table with url = "
                        "\"https://<this machine>:8443\" (what the device connects to)")
         if isinstance(p, (ThingsBoard, Blynk)):

@@ -27,6 +27,7 @@ from host_tools import oidc
 # exit codes shared with the rest of `uplink` (host_tools/cli.py)
 EXIT_FLEET = 3
 EXIT_SECRET = 4
+EXIT_CLOUD = 7  # the provider refused or did not answer (docs/host_tools.md, exit codes)
 
 
 def _root_params(ctx: typer.Context | None) -> dict:
@@ -138,7 +139,7 @@ def register(app: typer.Typer) -> None:
             cred, tok = asyncio.run(fetch_token(settings))
         except oidc.TokenError as e:
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(EXIT_CLOUD) from None
         rep = token_report(device, settings, cred, tok, reveal)
         if as_json:
             if not reveal:
@@ -159,7 +160,7 @@ def register(app: typer.Typer) -> None:
     def relay_cmd(
         ctx: typer.Context,
         listen: Annotated[Optional[str], typer.Option(
-            "--listen", help="HOST:PORT to listen on (default: [relay] listen).")] = None,
+            "--listen", help="HOST:PORT to listen on (default: \\[relay] listen).")] = None,
         min_life: Annotated[Optional[int], typer.Option(
             "--min-life", help="Never hand out a token with fewer seconds left.")] = None,
         max_connections: Annotated[Optional[int], typer.Option(

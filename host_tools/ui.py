@@ -10,8 +10,14 @@ import sys
 from collections.abc import Callable
 
 from rich.console import Console
+from rich.file_proxy import FileProxy
 
 MASK = "***"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """`1 file`, `3 files`: no "1 file(s)" in what a person reads."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
 class Redactor:
@@ -46,7 +52,14 @@ class _Stream:
 
     @property
     def _target(self):
-        return getattr(sys, self.name)
+        target = getattr(sys, self.name)
+        # While a rich Live display (the deploy progress bar) runs on a terminal, sys.stdout
+        # and sys.stderr are rich FileProxy objects that print through our Console, whose
+        # file is this stream: writing into the proxy would feed the Console its own output
+        # forever. A Console's file must be the real stream, so skip the proxies.
+        while isinstance(target, FileProxy):
+            target = target.rich_proxied_file
+        return target
 
     def write(self, s: str) -> int:
         self._target.write(REDACT(s))

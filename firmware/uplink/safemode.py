@@ -7,7 +7,7 @@
 # run has reported it.
 import json
 
-PATH = "boots.json"
+PATH = "crashes.json"  # not boots.json: that is uplink/boots.py's boot registry
 REASON = "safemode.txt"
 LIMIT = 3
 HEALTHY_AFTER_S = 60

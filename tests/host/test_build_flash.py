@@ -95,9 +95,17 @@ def test_esptool_commands_and_offsets(tmp_path, board, chip, offset):
     assert cmds == [pre + ["erase-flash"], pre + ["write-flash", "-z", offset, str(img)]]
 
 
+def esp_image(path, chip_id: int, size: int = 4096):
+    """The first bytes of an ESP image as esptool documents them (magic 0xE9, 3 segments,
+    DIO, 4MB@40MHz, an entry point; extended header with the chip id at bytes 12-13)."""
+    head = bytes([0xE9, 3, 2, 0x20]) + (0x40080000).to_bytes(4, "little")
+    ext = bytes([0xEE, 0, 0, 0]) + chip_id.to_bytes(2, "little") + bytes(10)
+    path.write_bytes((head + ext).ljust(size, b"\xff"))
+    return path
+
+
 def test_flash_falls_back_to_115200(tmp_path):
-    img = tmp_path / "fw.bin"
-    img.write_bytes(b"\0")
+    img = esp_image(tmp_path / "fw.bin", 0)
     ran = []
 
     def runner(cmd):
@@ -119,10 +127,74 @@ def test_flash_refuses_the_host_board_and_missing_images(tmp_path):
         fl.flash(board_profile("esp32-s3"), "/dev/ttyUSB0", tmp_path / "nope.bin", run=lambda c: 0)
 
 
+def test_flash_refuses_what_is_not_an_image_for_the_chip(tmp_path):
+    import random
+
+    junk = bytearray(random.Random(14).randbytes(4096))
+    junk[0] = 0x7F if junk[0] == 0xE9 else junk[0]
+    (tmp_path / "junk.bin").write_bytes(junk)
+    ran = []
+    env = Env(tmp_path)
+    r = env.run("flash-micropython", "--port", "/dev/ttyUSB9", "--image", str(tmp_path / "junk.bin"),
+                "--board", "esp32-devkitc")
+    assert r.code == 1
+    assert r.stderr == (f"error: {tmp_path / 'junk.bin'} is not an ESP32 firmware image (it does not "
+                        "start with the image magic 0xE9): download the .bin for ESP32 from "
+                        "https://micropython.org/download/\n")
+    esp_image(tmp_path / "s3.bin", 9)  # an ESP32-S3 image
+    r = env.run("flash-micropython", "--port", "/dev/ttyUSB9", "--image", str(tmp_path / "s3.bin"),
+                "--board", "esp32-devkitc", "--dry-run")
+    assert r.code == 1 and r.stdout == ""
+    assert r.stderr == (f"error: {tmp_path / 's3.bin'} is built for ESP32-S3, but board 'esp32-devkitc' "
+                        "is ESP32: download the ESP32 image (or pass --board)\n")
+    fl.flash(board_profile("esp32-s3"), "/dev/ttyUSB0", tmp_path / "s3.bin", run=lambda c: ran.append(c) or 0)
+    assert len(ran) == 2
+
+
+def test_cli_flash_dry_run_refuses_a_missing_image(tmp_path):
+    r = Env(tmp_path).run("flash-micropython", "--port", "/dev/ttyUSB9", "--image", str(tmp_path / "gone.bin"),
+                          "--board", "esp32-s3", "--dry-run")
+    assert r.code == 1 and r.stdout == ""
+    assert r.stderr == (f"error: no image file {tmp_path / 'gone.bin'}: download one from "
+                        "https://micropython.org/download/\n")
+
+
+def test_cli_flash_in_a_mixed_fleet_ignores_the_host_board(tmp_path):
+    img = esp_image(tmp_path / "fw.bin", 0)
+    env = Env(tmp_path, '[devices.a]\nboard = "esp32-devkitc"\n[devices.a.platform]\nkind = "blynk"\n'
+                        'token = "secret:t"\n[devices.b.platform]\nkind = "blynk"\ntoken = "secret:t"\n')
+    r = env.run("flash-micropython", "--port", "/dev/ttyUSB9", "--image", str(img), "--dry-run")
+    assert r.code == 0, r.output
+    assert r.stdout.strip().endswith(f"--chip esp32 --port /dev/ttyUSB9 --baud 460800 write-flash -z 0x1000 {img}")
+    env.write_fleet('[devices.b.platform]\nkind = "blynk"\ntoken = "secret:t"\n')
+    r = env.run("flash-micropython", "--port", "/dev/ttyUSB9", "--image", str(img), "--dry-run")
+    assert r.code == 1 and r.stderr == (
+        "error: the fleet has only host-board devices, which run MicroPython's unix port "
+        "(`uplink sim`): pass --board for the board you are flashing\n")
+
+
 def test_cli_flash_dry_run(tmp_path):
-    img = tmp_path / "fw.bin"
-    img.write_bytes(b"\0")
+    img = esp_image(tmp_path / "fw.bin", 0)
     r = Env(tmp_path).run("flash-micropython", "--port", "/dev/ttyUSB9", "--image", str(img),
                           "--board", "esp32-devkitc", "--dry-run", "--no-erase")
     assert r.code == 0, r.output
     assert r.stdout.strip().endswith(f"--chip esp32 --port /dev/ttyUSB9 --baud 460800 write-flash -z 0x1000 {img}")
+
+
+def test_cli_build_table_says_what_is_copied_and_what_compiled(tmp_path):
+    fw = small_firmware(tmp_path)
+    env = Env(tmp_path / "env")
+    env.env["UPLINK_FIRMWARE_DIR"] = str(fw)
+
+    def rows(out: str) -> dict[str, str]:
+        cells = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines() if line.count("│") == 5]
+        return {c[0]: c[3] for c in cells}
+
+    r = env.run("build", "--board", "esp32-devkitc")
+    assert r.code == 0, r.output
+    assert rows(r.stdout) == {"boot.py": "copied (runs as source)", "main.py": "copied (runs as source)",
+                              "uplink/__init__.mpy": "compiled", "uplink/app.mpy": "compiled", "total": ""}
+    again = rows(env.run("build", "--board", "esp32-devkitc").stdout)
+    assert again["boot.py"] == "copied (runs as source), cached" and again["uplink/app.mpy"] == "compiled, cached"
+    assert {f["rel"]: f["compiled"] for f in json.loads(env.run("build", "--board", "esp32-devkitc", "--json").stdout)
+            ["esp32-devkitc"]["files"]}["main.py"] is False

@@ -65,7 +65,7 @@ def test_quiet_and_verbose(tmp_path):
     env = Env(tmp_path, '[devices.d.platform]\nkind = "blynk"\ntoken = "secret:t"\n')
     env.env["UPLINK_SECRET_T"] = "x"
     assert env.run("-q", "validate").output == ""
-    assert "1 device(s) OK" in env.run("validate").stderr
+    assert "fleet.toml: 1 device OK: d" in env.run("validate").stderr
     r = env.run("-v", "validate")
     assert "no OS keyring (disabled)" in r.stderr  # -v says where secrets come from
     assert "no OS keyring" not in env.run("validate").stderr
@@ -131,7 +131,7 @@ def test_sim_publishes_to_the_configured_broker(tmp_path, broker, board):
         c.loop_stop()
     assert r.code == 0, r.output
     assert got, r.output
-    assert not (env.build / "sim" / "bench" / "boots.json").exists()
+    assert not (env.build / "sim" / "bench" / "crashes.json").exists()  # a stop is no crash
     # the bundle itself still says what the real board is
     assert json.loads((env.build / "devices" / "bench" / "config.json").read_text())["device"]["board"] == board
 
@@ -170,4 +170,67 @@ def test_logs_prints_the_console(tmp_path):
         os.close(master)
         os.close(slave)
     assert r.code == 0, r.output
+    assert "I boot: uplink 0.1.0 on esp32\n" in r.stdout
+
+
+def test_help_shows_no_value_for_flags_and_keeps_brackets(tmp_path):
+    env = Env(tmp_path)
+    for p in all_command_paths():
+        out = env.run(*p, "--help").stdout
+        assert "<bool>" not in out, (p, out)
+    assert "<int>" not in env.run("--help").stdout.split("--verbose")[1].split("\n")[0]  # -v -v
+    assert "HOST:PORT to listen on (default: [relay] listen)." in env.run("relay", "--help").stdout
+    # rich reads "[word]" in help text as markup and drops it: every "[" must be escaped
+    root = typer.main.get_command(app)
+
+    def texts(cmd):
+        yield cmd.help or ""
+        for prm in cmd.params:
+            yield getattr(prm, "help", None) or ""
+        for sub in getattr(cmd, "commands", {}).values():
+            yield from texts(sub)
+
+    import re
+
+    assert [t for t in texts(root) if re.search(r"(?<!\\)\[[a-z]", t)] == []
+
+
+def test_help_lists_the_exit_codes(tmp_path):
+    out = " ".join(Env(tmp_path).run("--help").stdout.replace("│", " ").split())
+    assert ("Exit codes: 0 ok, 1 failure, 2 bad usage, 3 invalid fleet file (or unknown device or "
+            "board), 4 a secret is missing, 5 board or port problem, 6 build failure (mpy-cross), "
+            "7 cloud provisioning or token refused or unreachable.") in out
+
+
+def test_logs_takes_the_device(tmp_path):
+    import os
+    import pty
+    import tty
+
+    env = Env(tmp_path, '[devices.gh]\nboard = "esp32-devkitc"\n[devices.gh.platform]\nkind = "blynk"\n'
+                        'token = "secret:t"\n[devices.sim1.platform]\nkind = "blynk"\ntoken = "secret:t"\n')
+    r = env.run("logs", "gg", "--seconds", "0.1")
+    assert r.code == 3 and "no device 'gg' (did you mean 'gh'?)" in r.stderr
+    r = env.run("logs", "sim1")
+    assert r.code == 2 and "error: 'sim1' is a host-board device: its log is `uplink sim sim1`" in r.stderr
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    port = os.ttyname(slave)
+    stop = threading.Event()
+
+    def board():  # says its line until told to stop: opening the port drops what came before
+        while not stop.wait(0.2):
+            os.write(master, b"     5 I boot: uplink 0.1.0 on esp32\r\n")
+
+    t = threading.Thread(target=board)
+    t.start()
+    try:
+        r = env.run("logs", "gh", "--port", port, "--seconds", "1")
+    finally:
+        stop.set()
+        t.join()
+        os.close(master)
+        os.close(slave)
+    assert r.code == 0, r.output
+    assert f"console of gh on {port} (115200 baud)" in r.stderr
     assert "I boot: uplink 0.1.0 on esp32\n" in r.stdout

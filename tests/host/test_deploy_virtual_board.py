@@ -74,9 +74,15 @@ def test_deploy_copies_only_what_changed_and_boots(tmp_path, broker, vboard, rec
     on_board = board_files(vboard.root)
     local = {p.relative_to(env.build / "firmware" / "host").as_posix(): p.read_bytes()
              for p in (env.build / "firmware" / "host").rglob("*") if p.is_file() and ".cache" not in p.parts}
+    # only the configured cloud's adapter (and what it imports) goes: not the other clouds'
+    others = {"uplink/platforms/blynk.mpy", "uplink/platforms/weightron.mpy", "uplink/platforms/biotz.mpy"}
+    assert others <= set(local)
+    local = {p: v for p, v in local.items() if p not in others and p != "uplink/biotz_http.mpy"}
     local.update({p.name: p.read_bytes() for p in (env.build / "devices" / "bench").iterdir()})
     assert on_board == local
     assert "uplink/mqtt.mpy" in on_board and "main.py" in on_board and "ca.der" in on_board
+    assert {"uplink/platforms/thingsboard.mpy", "uplink/platforms/tb_gateway.mpy",
+            "uplink/board_host.mpy"} <= set(on_board)
     assert json.loads(on_board["config.json"])["platform"]["token"] == TOKEN
     assert not any(name.endswith(".tmp") for name in on_board)
     assert vboard.events()[-1] == "reset"
@@ -103,13 +109,19 @@ def test_deploy_copies_only_what_changed_and_boots(tmp_path, broker, vboard, rec
     env.write_fleet(fleet(broker))
     assert env.run("-q", "deploy", "bench", "--port", vboard.port).code == 0
 
-    # a module that leaves the firmware leaves the board; the board's own files stay
+    # a module nothing imports is not deployed; one user.py imports is
     (vboard.root / "notes.txt").write_text("mine")
     (fw / "uplink" / "extra.py").write_text("X = 1\n")
     r = env.run("deploy", "bench", "--port", vboard.port, "--json", "--no-reset")
-    assert [c["path"] for c in json.loads(r.stdout)["copy"]] == ["uplink/extra.mpy"]
+    assert json.loads(r.stdout)["copy"] == []
+    user = (fw / "user.py").read_text()
+    (fw / "user.py").write_text("from uplink import extra  # noqa: F401\n" + user)
+    r = env.run("deploy", "bench", "--port", vboard.port, "--json", "--no-reset")
+    assert [c["path"] for c in json.loads(r.stdout)["copy"]] == ["uplink/extra.mpy", "user.mpy"]
     assert (vboard.root / "uplink" / "extra.mpy").exists()
+    # a module that leaves the firmware leaves the board; the board's own files stay
     (fw / "uplink" / "extra.py").unlink()
+    (fw / "user.py").write_text(user)
     r = env.run("deploy", "bench", "--port", vboard.port, "--dry-run")
     assert "would remove  uplink/extra.mpy" in r.stdout
     r = env.run("deploy", "bench", "--port", vboard.port, "--json", "--no-reset")
@@ -250,3 +262,16 @@ def test_deploy_copies_in_the_maintenance_hold_and_leaves_it(tmp_path, broker, v
     assert r.code == 0, r.output
     assert vboard.events()[before:].count("hold") == 1 and vboard.events()[-1] != "reset"
     assert not (vboard.root / "hold").exists()
+
+
+def test_an_esp32_device_gets_its_cloud_and_no_host_backend(tmp_path, vboard):
+    env = Env(tmp_path / "fleet", '[devices.pump]\nboard = "esp32-devkitc"\n[devices.pump.platform]\n'
+                                  'kind = "blynk"\ntoken = "secret:t"\n')
+    r = env.run("deploy", "pump", "--port", vboard.port, "--dry-run", "--json", env={"UPLINK_SECRET_T": "x"})
+    assert r.code == 0, r.output
+    paths = {c["path"] for c in json.loads(r.stdout)["copy"]}
+    assert {"boot.py", "main.py", "user.mpy", "uplink/app.mpy", "uplink/platforms/__init__.mpy",
+            "uplink/platforms/blynk.mpy", "config.json"} <= paths
+    assert not [p for p in paths if p.startswith("uplink/platforms/") and p not in
+                ("uplink/platforms/__init__.mpy", "uplink/platforms/blynk.mpy")]
+    assert "uplink/board_host.mpy" not in paths

@@ -68,28 +68,34 @@ def test_good_fleet_loads_with_defaults_merged_and_defaults_of_the_oidc_tables(t
 
 def test_typo_names_file_device_key_path_and_suggests(tmp_path):
     msgs = problems(tmp_path, GOOD.replace('token = "secret:gh1_token"', 'tokn = "secret:gh1_token"'))
-    assert "fleet.toml: device 'greenhouse-1': platform.tokn: unknown key (did you mean 'token'?)" in msgs
+    assert "fleet.toml:12: device 'greenhouse-1': platform.tokn: unknown key (did you mean 'token'?)" in msgs
 
 
 def test_typo_deep_in_a_nested_table(tmp_path):
     msgs = problems(tmp_path, GOOD.replace("api_key =", "api_kye ="))
-    assert "fleet.toml: device 'scale-1': platform.oidc.api_kye: unknown key (did you mean 'api_key'?)" in msgs
-    assert "fleet.toml: device 'scale-1': platform.oidc.api_key: missing (required)" in msgs
+    assert "fleet.toml:20: device 'scale-1': platform.oidc.api_kye: unknown key (did you mean 'api_key'?)" in msgs
+    # a missing key: the line of the table it belongs in
+    assert "fleet.toml:20: device 'scale-1': platform.oidc.api_key: missing (required)" in msgs
 
 
 def test_typo_in_a_list_item_gives_the_index(tmp_path):
-    msgs = problems(tmp_path, GOOD.replace('ssid = "home", password', 'ssid = "home", pasword'))
-    assert any(m.startswith("fleet.toml: device 'bz': wifi.networks[0].pasword: unknown key "
-                            "(did you mean 'password'?)") for m in msgs), msgs
+    text = GOOD.replace('wifi.networks = [{ ssid = "home", password = "secret:wifi_home" }]', "")
+    text += '[devices.bz.wifi]\nnetworks = [\n  { ssid = "a" },\n  { ssid = "b", pasword = "secret:w" },\n]\n'
+    assert problems(tmp_path, text) == [
+        "fleet.toml:30: device 'bz': wifi.networks[1].pasword: unknown key (did you mean 'password'?)"]
 
 
-def test_a_mistake_in_defaults_says_so(tmp_path):
-    msgs = problems(tmp_path, GOOD.replace('board = "esp32-devkitc"', 'board = "esp32-devkit"'))
-    gh = [m for m in msgs if "'greenhouse-1'" in m]
-    assert gh and "board: unknown board 'esp32-devkit' (did you mean 'esp32-devkitc'?)" in gh[0]
-    assert gh[0].endswith("(set in [defaults])")
-    # scale-1 sets its own board: not affected
-    assert not any("'scale-1'" in m and "board" in m for m in msgs)
+def test_a_mistake_in_defaults_is_reported_once_at_its_line(tmp_path):
+    text = GOOD.replace('board = "esp32-devkitc"', 'board = "esp32-devkit"')
+    text = text.replace('ssid = "home", password', 'ssid = "home", pasword')
+    # scale-1 sets its own board: the board mistake is not its problem
+    assert problems(tmp_path, text) == [
+        "fleet.toml:3: [defaults] board: unknown board 'esp32-devkit' (did you mean 'esp32-devkitc'?); "
+        "known boards: esp32-c3, esp32-devkitc, esp32-s3, host (profiles in boards/) "
+        "(for devices 'greenhouse-1', 'bz')",
+        "fleet.toml:4: [defaults] wifi.networks[0].pasword: unknown key (did you mean 'password'?) "
+        "(for devices 'greenhouse-1', 'scale-1', 'bz')",
+    ]
 
 
 def test_unknown_kind_suggests_the_nearest(tmp_path):
@@ -106,8 +112,16 @@ def test_a_secret_written_in_clear_is_refused_without_echoing_it(tmp_path):
 
 
 def test_wrong_type_says_what_was_expected(tmp_path):
-    msgs = problems(tmp_path, GOOD + '\n[devices.bz.telemetry]\ninterval_s = "often"\n')
-    assert any(m.startswith("fleet.toml: device 'bz': telemetry.interval_s: ") and "integer" in m for m in msgs), msgs
+    msgs = problems(tmp_path, GOOD + '\n[devices.bz.telemetry]\ninterval_s = "often"\nbatch = 2.5\n'
+                    'health = 1\n[devices.bz.outbox]\ndir = 7\nmax_bytes = 0\n')
+    assert msgs == [
+        "fleet.toml:29: device 'bz': telemetry.interval_s: expected a whole number, got the string \"often\"",
+        "fleet.toml:30: device 'bz': telemetry.batch: expected a whole number, got the number 2.5 (no decimal point)",
+        "fleet.toml:31: device 'bz': telemetry.health: expected true or false, got the number 1",
+        "fleet.toml:33: device 'bz': outbox.dir: expected a string in quotes, got the number 7 (put it in quotes)",
+        "fleet.toml:34: device 'bz': outbox.max_bytes: expected a number above 0, got the number 0",
+    ]
+    assert not any("Input should" in m for m in msgs)
 
 
 def test_relay_credentials_need_a_relay_table(tmp_path):
@@ -136,7 +150,7 @@ def test_cli_validate_exit_codes_and_json(tmp_path):
     env = Env(tmp_path, GOOD.replace("tokn", "token").replace('token = "secret:gh1_token"', 'tokn = "secret:gh1_token"'))
     r = env.run("validate")
     assert r.code == 3
-    assert "fleet.toml: device 'greenhouse-1': platform.tokn: unknown key (did you mean 'token'?)" in r.stderr
+    assert "error: fleet.toml:12: device 'greenhouse-1': platform.tokn: unknown key (did you mean 'token'?)\n" in r.stderr
     r = env.run("validate", "--json")
     assert r.code == 3 and '"ok": false' in r.stdout
     env.write_fleet(GOOD)
@@ -148,9 +162,45 @@ def test_cli_validate_exit_codes_and_json(tmp_path):
 
 
 def test_types_are_strict(tmp_path):
-    msgs = problems(tmp_path, GOOD + '\n[devices.bz.telemetry]\ninterval_s = "30"\nhealth = "yes"\n')
-    assert any("telemetry.interval_s: " in m for m in msgs), msgs
-    assert any("telemetry.health: " in m and "boolean" in m for m in msgs), msgs
+    msgs = problems(tmp_path, GOOD + '\n[devices.bz.telemetry]\ninterval_s = "30"\nhealth = "yes"\n'
+                    'batch = "20"\n[devices.bz.wifi]\ntimeout_s = "true"\n')
+    assert msgs == [
+        "fleet.toml:29: device 'bz': telemetry.interval_s: expected a whole number, got the string \"30\" (remove the quotes)",
+        "fleet.toml:30: device 'bz': telemetry.health: expected true or false, got the string \"yes\" (write true or false, no quotes)",
+        "fleet.toml:31: device 'bz': telemetry.batch: expected a whole number, got the string \"20\" (remove the quotes)",
+        "fleet.toml:33: device 'bz': wifi.timeout_s: expected a whole number, got the string \"true\"",
+    ]
+
+
+def test_a_typo_in_relay_is_one_error_not_two(tmp_path):
+    # with `ur` for `url` the relay has no url: the relay device must not be told again
+    assert problems(tmp_path, GOOD.replace('url = "https://192.168.1.10:8443"', 'ur = "https://192.168.1.10:8443"')) == [
+        "fleet.toml:7: relay.ur: unknown key (did you mean 'url'?)"]
+
+
+OIDC = GOOD.replace('oidc = { client_id = "abc",', 'oidc = { token_url = "TOKEN_URL", client_id = "abc",')
+
+
+def test_an_oidc_token_url_must_be_https(tmp_path):
+    assert problems(tmp_path, OIDC.replace("TOKEN_URL", "auth.weightron.cloud/oidc/token")) == [
+        "fleet.toml:20: device 'scale-1': platform.oidc.token_url: expected an https:// URL, "
+        "got \"auth.weightron.cloud/oidc/token\" (add https://)"]
+    assert problems(tmp_path, OIDC.replace("TOKEN_URL", "http://auth.weightron.cloud/oidc/token")) == [
+        "fleet.toml:20: device 'scale-1': platform.oidc.token_url: http:// would send the client "
+        "secret in clear: use https://"]
+    assert problems(tmp_path, OIDC.replace("TOKEN_URL", "http://127.0.0.1:8080/token")) == [
+        "fleet.toml:20: device 'scale-1': platform.oidc.token_url: http:// would send the client "
+        "secret in clear: use https://, or for a provider on this machine set allow_loopback_http = true"]
+    # allowed for loopback only, and only when asked for
+    p = tmp_path / "fleet.toml"
+    p.write_text(OIDC.replace('"TOKEN_URL",', '"http://127.0.0.1:8080/token", allow_loopback_http = true,'))
+    assert load_fleet(p).devices["scale-1"].platform.oidc.token_url == "http://127.0.0.1:8080/token"
+    assert problems(tmp_path, OIDC.replace('"TOKEN_URL",', '"http://10.0.0.5/token", allow_loopback_http = true,')) == [
+        "fleet.toml:20: device 'scale-1': platform.oidc.token_url: http:// would send the client "
+        "secret in clear: use https://"]
+    env = Env(tmp_path / "cli", OIDC.replace("TOKEN_URL", "auth.weightron.cloud/oidc/token"))
+    r = env.run("validate", "--no-secrets")
+    assert r.code == 3 and "platform.oidc.token_url: expected an https:// URL" in r.stderr
 
 
 def test_name_key_is_refused(tmp_path):

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from tests.host.test_build_flash import esp_image
 from tests.host.uplink_helpers import Env
 from tests.virtual_board.launcher import VirtualBoard
 
@@ -58,7 +59,7 @@ def env(tmp_path, broker):
 def test_no_command_prints_a_secret(env, tmp_path):
     vb = VirtualBoard(tmp_path / "board").start()
     img = tmp_path / "mp.bin"
-    img.write_bytes(b"\0" * 64)
+    esp_image(img, 9)  # an ESP32-S3 image header: flash-micropython checks it
     runs = []
     try:
         for verbosity in ([], ["-v"]):

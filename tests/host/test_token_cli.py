@@ -140,7 +140,7 @@ def test_token_refused_by_provider(fleet, tmp_path):
     bad = dict(SECRETS, wt_secret="wrong-secret-xyz")
     secrets_file.write_text(json.dumps(bad))
     r = uplink(fleet, "token", "scale-1")
-    assert r.exit_code == 1 and "invalid_client" in r.output
+    assert r.exit_code == 7 and "invalid_client" in r.output
     assert "wrong-secret-xyz" not in r.output
 
 
@@ -219,3 +219,30 @@ def test_uplink_relay_command_serves_and_audits(fleet, provider, tmp_path):
     assert "uplink.relay.audit" in out and "device=field-7" in out and "status=200" in out
     for s in [token, key, *SECRETS.values()]:
         assert s not in out
+
+
+def test_token_errors_exit_with_the_cloud_code(tmp_path):
+    import socket
+
+    from tests.host.uplink_helpers import Env
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    env = Env(tmp_path, f"""
+[devices.scale.platform]
+kind = "weightron"
+credentials = "relay"
+[devices.scale.platform.oidc]
+token_url = "https://127.0.0.1:{port}/token"
+client_id = "c"
+client_secret = "secret:cs"
+api_key = "secret:ak"
+[relay]
+url = "https://127.0.0.1:8443"
+""")
+    r = env.run("token", "scale", env={"UPLINK_SECRET_CS": "cs-value-77", "UPLINK_SECRET_AK": "ak-value-77"})
+    assert r.code == 7, r.output
+    assert f"error: cannot reach https://127.0.0.1:{port}/token" in r.stderr
+    assert "cs-value-77" not in r.output and "ak-value-77" not in r.output

@@ -37,7 +37,7 @@ def test_crash_loop_enters_safe_mode_then_reboots_itself(tmp_path):
     assert "3 crash exits in a row" in board.console() and "sensor bus dead" in board.console()
     assert "SAFE MODE" in board.console()
     assert "3 crash exits" in (board.state / "safemode.txt").read_text()
-    assert json.loads((board.state / "boots.json").read_text())["crashes"] == 3
+    assert json.loads((board.state / "crashes.json").read_text())["crashes"] == 3
 
 
 def test_back_from_safe_mode_the_reason_is_in_health(tmp_path):
@@ -83,7 +83,7 @@ def test_os_error_at_boot_resets_instead_of_stopping(tmp_path):
     # the last run was a watchdog reset, and the crash count cannot be written (a directory
     # where its temp file goes: open() fails as on a full filesystem)
     (board.state / "reset_cause").write_text("watchdog")
-    (board.state / "boots.json.tmp").mkdir()
+    (board.state / "crashes.json.tmp").mkdir()
     codes = boots(board, 1)
     assert codes == [75], board.console()  # not a traceback and a REPL (exit 1)
     assert "could not be stored" in board.console()

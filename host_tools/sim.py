@@ -1,0 +1,122 @@
+"""`uplink sim`: the firmware on the host board, booted again whenever it resets itself (as a
+board would), until Ctrl-C or `seconds`; then a verdict a person can act on when it did not
+run: a crash loop that ended in safe mode, or a heap too small for it."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from host_tools import hostboard
+from host_tools.ui import plural
+
+# firmware/uplink/app.py _safe_mode(): the console line, then a wait of safe_mode_retry_s
+# (20 minutes by default) before the next try. A simulation says why at once instead.
+SAFE_MODE_LINE = "SAFE MODE:"
+
+
+def default_heapsize(compiled: bool) -> str:
+    """An ESP32 without PSRAM has 100-120 KB of heap. On the ESP32 model (32-bit) the compiled
+    firmware with Wi-Fi networks and TLS ran out at 96k and ran at 100k: 112k leaves it some
+    room; the sources need more, to be compiled on the board. The 64-bit PyPI port's 8-byte
+    pointers and 32-byte GC blocks need more still (the host-board tests' 160k)."""
+    if hostboard.esp32_model():
+        return "112k" if compiled else "144k"
+    return "160k" if compiled else "256k"
+
+
+class _Watch:
+    """Counts the MemoryErrors the firmware reports and sees it enter safe mode, line by line
+    (chunks split lines)."""
+
+    def __init__(self):
+        self.memory_errors = 0
+        self.safe_mode = False
+        self._partial = ""
+
+    def feed(self, text: str) -> None:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()[-200:]  # a line's head is enough to recognise it
+        self.memory_errors += sum("MemoryError" in line for line in lines)
+        self.safe_mode = self.safe_mode or any(SAFE_MODE_LINE in line for line in lines)
+
+
+def _memory_hint(w: _Watch, heapsize: str, compiled: bool) -> str:
+    if not w.memory_errors:
+        return ""
+    hint = (f"; it ran out of memory with a {heapsize} heap ({plural(w.memory_errors, 'MemoryError')} "
+            "above): an ESP32 without PSRAM has about 100 KB, so make user.py or the firmware "
+            "smaller, or try a larger --heapsize to see how much it needs")
+    if not compiled:
+        hint += ("; with --source the board's heap also compiles the modules: the board "
+                 "runs the compiled build (drop --source)")
+    return hint
+
+
+def run(state: Path, *, seconds: float | None, compiled: bool, heapsize: str,
+        write: Callable[[str], None], info: Callable[[str], None]) -> str | None:
+    """Run until stopped; None when the firmware ran, else what went wrong."""
+    end = None if seconds is None else time.monotonic() + seconds
+    watch = _Watch()
+    while True:
+        proc = hostboard.start(state, compiled=compiled, heapsize=heapsize,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        stopped = False
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            try:
+                while proc.poll() is None or sel.select(0):
+                    if end is not None and time.monotonic() > end:
+                        stopped = True
+                        break
+                    if sel.select(0.2):
+                        chunk = os.read(proc.stdout.fileno(), 4096).decode(errors="replace")
+                        if not chunk:
+                            break
+                        watch.feed(chunk)
+                        write(chunk)
+                        if watch.safe_mode:
+                            break
+            except KeyboardInterrupt:
+                stopped = True
+        hint = _memory_hint(watch, heapsize, compiled)
+        if watch.safe_mode:
+            _stop(proc)
+            why = _read(state / "safemode.txt") or "see its output above"
+            if "crash exits in a row" in why:  # safemode.py's crash-loop guard, not a config error
+                return f"the firmware crash-looped: {why}; it stopped in safe mode{hint}"
+            return f"the firmware stopped in safe mode: {why}{hint}"
+        if stopped:
+            # a stop is not a crash: the firmware counts only crash exits (safemode.py)
+            _stop(proc)
+            return f"the firmware kept running but failed{hint}" if hint else None
+        code = proc.wait()
+        proc.stdout.close()
+        if hostboard.restarts(code):
+            info("[host board] the firmware reset itself: booting again")
+            continue
+        if code == 0:
+            return f"the firmware ended{hint}" if hint else None
+        return f"the firmware stopped (exit code {code}; its output is above){hint}"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
