@@ -19,7 +19,14 @@ import threading
 import time
 from pathlib import Path
 
-from tests.mpy_plugin import FIRMWARE, ROOT, compile_firmware, micropython_bin, micropython_env, port_heap
+from tests.mpy_plugin import (
+    FIRMWARE,
+    ROOT,
+    compile_firmware,
+    micropython_bin,
+    micropython_env,
+    port_heap,
+)
 
 _compiled: Path | None = None
 
