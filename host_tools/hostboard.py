@@ -36,6 +36,9 @@ def micropython(model: bool = True) -> str:
 
 
 _model: list = []  # [path or None, why not], found once per process
+# exit with a thread alive, as the host board's watchdog thread is: the i686 build needs the
+# 32-bit libgcc_s for pthread_cancel then, or it aborts
+_PROBE = "import _thread, time\n_thread.start_new_thread(time.sleep, (1,))\ntime.sleep_ms(20)"
 
 
 def esp32_model() -> str | None:
@@ -50,8 +53,9 @@ def esp32_model() -> str | None:
             exe, why = None, "UPLINK_ESP32_MODEL=off"
         elif not os.path.exists(exe):
             exe, why = None, f"{exe} not found (run `make setup` beside ../shared/esp32-model)"
-        elif subprocess.run([exe, "-c", "pass"], capture_output=True).returncode != 0:
-            exe, why = None, f"{exe} does not run (the 32-bit C library: apt-get install libc6-i386)"
+        elif subprocess.run([exe, "-c", _PROBE], capture_output=True).returncode != 0:
+            exe, why = None, (f"{exe} does not run, or aborts at exit with a thread alive (the 32-bit "
+                              "C libraries: apt-get install libc6-i386 lib32gcc-s1)")
         _model[:] = [exe, why]
     return _model[0]
 

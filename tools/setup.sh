@@ -29,15 +29,17 @@ if [ -f "$MODEL_DIR/micropython" ]; then
        ! (cd "$MODEL_DIR" && sha256sum --quiet -c micropython.sha256); then
         echo "setup: $MODEL_DIR/micropython does not match its micropython.sha256: not installed" >&2
     else
-        if [ ! -e /lib/ld-linux.so.2 ] && [ "$(id -u)" = 0 ]; then
-            # the model is an i686 binary: it needs the 32-bit C library
+        if [ "$(id -u)" = 0 ] && ! dpkg -s libc6-i386 lib32gcc-s1 >/dev/null 2>&1; then
+            # the model is an i686 binary: it needs the 32-bit C library, and libgcc_s for
+            # pthread_cancel (exiting with a thread alive, as the host board's watchdog is,
+            # aborts without it)
             apt-get update -qq
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libc6-i386 >/dev/null
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libc6-i386 lib32gcc-s1 >/dev/null
         fi
         install -m 0755 "$MODEL_DIR/micropython" "$VENV/bin/micropython-esp32-model"
         if ! "$VENV/bin/micropython-esp32-model" -c 'pass' 2>/dev/null; then
-            echo "setup: the ESP32 model does not run here: install the 32-bit C library" \
-                 "('sudo apt-get install libc6-i386')" >&2
+            echo "setup: the ESP32 model does not run here: install the 32-bit C libraries" \
+                 "('sudo apt-get install libc6-i386 lib32gcc-s1')" >&2
         fi
     fi
 else
