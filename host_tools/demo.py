@@ -100,7 +100,9 @@ def demo_config(port: int, interval_s: int) -> dict:
         "platform": {"kind": "thingsboard", "url": f"mqtt://127.0.0.1:{port}", "token": "demo-token",
                      "client_rpc": False},
         "telemetry": {"interval_s": interval_s},
-        "outbox": {"max_bytes": 65536},
+        # a live console: each reading shows as it is taken, not held in RAM to spare flash
+        # (the host board has no flash to wear)
+        "outbox": {"max_bytes": 65536, "hold_ms": 0},
     }
 
 

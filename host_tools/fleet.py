@@ -128,6 +128,7 @@ class Telemetry(Strict):
 class Outbox(Strict):
     max_bytes: int = Field(32768, gt=0)
     dir: str = "outbox"
+    hold_ms: int = Field(5000, ge=0)  # docs/config.md: readings held in RAM to spare the flash
 
 
 class StaticCredentials(Strict):
@@ -313,6 +314,7 @@ def board_profile(board_id: str) -> dict:
 class Device(Strict):
     name: str = ""  # filled from the [devices.NAME] key
     board: str = "host"
+    safe_mode_retry_s: int = Field(1200, gt=0)  # docs/config.md: safe mode's wait before a retry
     wifi: Wifi = Wifi()
     ntp: Ntp = Ntp()
     platform: Platform

@@ -206,14 +206,15 @@ def render(fleet: Fleet, name: str, store: SecretStore, *, redact: bool = False
     # present key whose value is null: leave such keys out, which means the same to both
     platform = _drop_none(platform)
     config = {
-        "device": {"name": name, "board": dev.board},
+        "device": {"name": name, "board": dev.board, "safe_mode_retry_s": dev.safe_mode_retry_s},
         "wifi": {"networks": networks, "timeout_s": dev.wifi.timeout_s},
         "ntp": {"servers": list(dev.ntp.servers), "resync_s": dev.ntp.resync_s,
                 "timeout_ms": dev.ntp.timeout_ms},
         "platform": platform,
         "telemetry": {"interval_s": dev.telemetry.interval_s, "health": dev.telemetry.health,
                       "batch": dev.telemetry.batch},
-        "outbox": {"max_bytes": dev.outbox.max_bytes, "dir": dev.outbox.dir},
+        "outbox": {"max_bytes": dev.outbox.max_bytes, "dir": dev.outbox.dir,
+                   "hold_ms": dev.outbox.hold_ms},
     }
     files["config.json"] = (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode()
     files["board.json"] = (json.dumps(dev.profile(), indent=2, sort_keys=True) + "\n").encode()

@@ -292,8 +292,8 @@ class App:
         asyncio.create_task(self.mark_healthy())
         self.adapter = platforms.load(self.cfg["platform"]["kind"]).Adapter(self.cfg, self)
         ob = self.cfg["outbox"]
-        # readings less than 5 s apart go to flash in batches (flash wear): outbox.py
-        self.outbox = Outbox(ob["dir"], ob["max_bytes"], hold_ms=5000)
+        # readings less than hold_ms apart go to flash in batches (flash wear): outbox.py
+        self.outbox = Outbox(ob["dir"], ob["max_bytes"], hold_ms=ob["hold_ms"])
         from uplink.boots import Boots
 
         self.boots = Boots()

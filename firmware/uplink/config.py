@@ -19,6 +19,10 @@ def _positive(v):
     return v > 0 or "a number above 0"
 
 
+def _not_negative(v):
+    return v >= 0 or "0 or more"
+
+
 # telemetry.interval_ms floor. Below it the reading loop (gc.collect, JSON, a flash write)
 # runs back to back and starves the MQTT tasks; and every reading lands on flash (held in RAM
 # at most 5 s, see outbox.py), so flash life shrinks with the rate: `make bench`
@@ -84,7 +88,8 @@ SCHEMA = {
          "health": (bool, True), "batch": (int, 20, _positive)},
         {},
     ),
-    "outbox": ({"max_bytes": (int, 32768, _positive), "dir": (str, "outbox")}, {}),
+    "outbox": ({"max_bytes": (int, 32768, _positive), "dir": (str, "outbox"),
+                "hold_ms": (int, 5000, _not_negative)}, {}),
 }
 
 _NAMES = {str: "text", int: "a whole number", bool: "true or false", float: "a number",

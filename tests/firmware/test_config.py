@@ -113,3 +113,11 @@ def test_null_for_a_key_with_a_value_default_is_refused():
 def test_null_inside_a_list_is_refused_with_its_path():
     with raises(config.ConfigError, "ntp.servers[0]: expected text, got null"):
         config.parse(doc(ntp={"servers": [None]}), EXTRA)
+
+
+def test_outbox_hold_ms_defaults_to_five_seconds_and_refuses_negative():
+    assert config.parse(doc(), EXTRA)["outbox"]["hold_ms"] == 5000
+    assert config.parse(doc(outbox={"hold_ms": 0}), EXTRA)["outbox"]["hold_ms"] == 0
+    with raises(config.ConfigError, "outbox.hold_ms") as r:
+        config.parse(doc(outbox={"hold_ms": -1}), EXTRA)
+    assert "0 or more" in str(r.value)

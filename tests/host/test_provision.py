@@ -71,14 +71,14 @@ def test_config_json_matches_the_firmware_format(env):
     d = env.build / "devices" / "gh"
     cfg = json.loads((d / "config.json").read_text())
     assert list(cfg) == ["device", "wifi", "ntp", "platform", "telemetry", "outbox"]
-    assert cfg["device"] == {"name": "gh", "board": "esp32-devkitc"}
+    assert cfg["device"] == {"name": "gh", "board": "esp32-devkitc", "safe_mode_retry_s": 1200}
     assert cfg["wifi"] == {"networks": [{"ssid": "home", "password": "wifi-pw-7781"},
                                         {"ssid": "open", "password": ""}], "timeout_s": 20}
     p = cfg["platform"]
     assert p["kind"] == "thingsboard" and p["url"] == "mqtts://tb.example.com:8883"
     assert p["ca"] == "ca.der" and p["token"] == "tb-token-5523" and p["insecure"] is False
     assert cfg["telemetry"] == {"interval_s": 10, "health": True, "batch": 20}
-    assert cfg["outbox"] == {"max_bytes": 32768, "dir": "outbox"}
+    assert cfg["outbox"] == {"max_bytes": 32768, "dir": "outbox", "hold_ms": 5000}
     # the firmware's own checker accepts it as it is
     fw = firmware_config_module()
     checked = fw.parse((d / "config.json").read_text(), {"thingsboard": {"token": (str, None)}})
