@@ -246,8 +246,18 @@ class Biotz(PlatformBase):
     customer_id: str | None = None
     password: str | None = secret_field()
     message_type: str = "telemetry"
+    # "http": readings are POSTed to HTTP ingestion with the relay's id_token (MQTT takes
+    # the device password, never the token)
+    transport: Literal["mqtt", "http"] = "mqtt"
+    ingest_url: str | None = Field(None, pattern=r"^https://[^/]+$")
     oidc: BiotzOidc | None = None
     _v = _refs_only("password")
+
+    def device_url(self) -> str:
+        """What the device connects to: the broker, or HTTP ingestion."""
+        if self.transport == "http":
+            return self.ingest_url or "https://ingestion-http.biotz.io"
+        return self.effective_url()
 
 
 KINDS = {"thingsboard": ThingsBoard, "blynk": Blynk, "weightron": Weightron, "biotz": Biotz}
@@ -568,6 +578,28 @@ def _cross_checks(dev: Device, relay: Relay | None) -> list[str]:
                 out.append(f"platform.{k}: missing (from the device's Biotz credentials file)")
         if not p.relay and not p.password and p.credentials is None:
             out.append("platform.password: missing (the device password, as \"secret:NAME\")")
+    out.extend(_contract_checks(p))
+    return out
+
+
+def _contract_checks(p) -> list[str]:
+    """Each cloud's documented login and TLS rules (docs/platforms.md)."""
+    out = []
+    if isinstance(p, Biotz):
+        if p.transport == "mqtt" and p.relay:
+            out.append("platform.credentials: Biotz MQTT logs in with the Device ID and the device "
+                       "password; the relay's id_token is for HTTP ingestion (set transport = "
+                       "\"http\", or password = \"secret:NAME\" without credentials)")
+        if p.transport == "http" and not p.relay:
+            out.append("platform.transport: \"http\" posts with an id_token from the token relay "
+                       "(set credentials = \"relay\" and [platform.oidc])")
+    url = p.device_url() if isinstance(p, Biotz) else p.effective_url()
+    if not p.ca and not p.insecure:
+        from host_tools import ca
+
+        if ca.needs_tls(url) and ca.default_ca(p.kind, url) is None:
+            out.append(f"platform.ca: {url} is TLS and uplink ships no CA for that host (set ca = "
+                       f"\"path/to/root.pem\", the CA that signed the server's certificate)")
     return out
 
 
