@@ -151,7 +151,8 @@ class WeightronOidc(Strict):
     token_url: str = "https://auth.weightron.cloud/oidc/token"
     client_id: str
     client_secret: str = secret_field(...)
-    scope: str | None = None
+    # Weightron's docs: "openid is required for all requests" (offline_access may be added)
+    scope: str = "openid"
     api_key: str = secret_field(...)
     access_url: str = "https://api.weightron.cloud/access"
     application_id: str | None = None

@@ -139,6 +139,8 @@ class App:
     async def telemetry_task(self):
         # sub-device readings only where the platform runs a gateway session (adapter.gateway)
         gateway = hasattr(self.user, "read_devices") and getattr(self.adapter, "gateway", None)
+        if not getattr(self.adapter, "publishes", True):
+            return  # a watcher (Weightron without publish = true) sends no readings
         while True:
             try:
                 reading = self.take_reading()
@@ -200,6 +202,9 @@ class App:
 
     # -- connection status ----------------------------------------------------------------
     def on_status(self, event, detail=None):
+        explain = getattr(self.adapter, "explain", None)
+        if explain is not None:  # what a refusal means on this cloud (Weightron permissions)
+            detail = explain(event, detail)
         if event == "auth_error":
             self.auth_failures += 1
             invalidate = getattr(self.adapter, "invalidate_credentials", None)
