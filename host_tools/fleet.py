@@ -236,6 +236,10 @@ class Weightron(PlatformBase):
     values_key: str | None = None
     fields: dict[str, Any] | None = None
     command_topic: str | None = None
+    # devices/hubs under the application to watch ("devices/<id>", "hubs/#", "#"); writing
+    # needs the Devices write permission, off by default: publish only when it is granted
+    watch: list[str] | None = None
+    publish: bool | None = None
     max_payload: int | None = Field(None, ge=256)
     oidc: WeightronOidc | None = None
     _v = _refs_only("token")

@@ -133,6 +133,8 @@ def _kind_keys(dev: Device, store: SecretStore, redact: bool = False) -> dict:
         put("values_key", p.values_key)
         put("fields", p.fields)
         put("command_topic", p.command_topic)
+        put("watch", p.watch)
+        put("publish", p.publish)
         put("max_payload", p.max_payload)
     elif isinstance(p, Biotz):
         put("device_id", p.device_id)

@@ -187,3 +187,17 @@ token = "secret:t"
     d = e.build / "devices" / "plain"
     assert not (d / "ca.der").exists()
     assert "ca" not in json.loads((d / "config.json").read_text())["platform"]
+
+
+def test_weightron_watch_and_publish_reach_the_board(env):
+    env.env.update({"UPLINK_SECRET_WT_CS": "x", "UPLINK_SECRET_WT_API": "y"})
+    env.write_fleet(fleet_text(str(env.pki.ca_pem)).replace(
+        'credentials = "relay"\n', 'credentials = "relay"\nwatch = ["devices/bridge-1", "hubs/#"]\n'
+        'publish = true\n'))
+    assert env.run("provision", "scale").code == 0, env.run("provision", "scale").output
+    p = json.loads((env.build / "devices" / "scale" / "config.json").read_text())["platform"]
+    assert p["watch"] == ["devices/bridge-1", "hubs/#"] and p["publish"] is True
+    fw = firmware_config_module()
+    schema = {"weightron": {"watch": ([str], None), "publish": (bool, False)}}  # weightron.SCHEMA's
+    doc = {"device": {"name": "s", "board": "esp32-devkitc"}, "platform": p}
+    assert fw.parse(json.dumps(doc), schema)["platform"]["publish"] is True
