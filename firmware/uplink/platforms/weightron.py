@@ -57,7 +57,7 @@ class Adapter(Base):
             raise ConfigError("config.json: platform.credentials: missing: Weightron's password "
                               "is a short-lived access token: configure the token relay "
                               "(credentials.source = relay) or, for a test, platform.token")
-        self.app_id = self.topic = None
+        self.app_id = self.topic = ""  # "": not known until the relay answers
         app_id = p.get("application_id")
         if app_id:
             self._set_app(app_id)
@@ -84,7 +84,7 @@ class Adapter(Base):
             # the username is always the Application ID; the source supplies the token (and,
             # from the relay, the Application ID it found)
             user, token = await self._creds()
-            if self.app_id is None:
+            if not self.app_id:
                 self._set_app(user)
             return (self.app_id, token)
         return (self.app_id, self.cfg["platform"]["token"])
@@ -155,7 +155,7 @@ class Adapter(Base):
 
     def handle(self, topic, payload, retained):
         if topic != self.cfg["platform"].get("command_topic"):
-            if self.app_id is None or not self._watched(topic):
+            if not self.app_id or not self._watched(topic):
                 return None
             # a watched device or hub: its current value, for user.py (e.g. a traffic light
             # that follows a weighbridge)
