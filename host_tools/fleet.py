@@ -186,7 +186,8 @@ class WeightronOidc(_OidcBase):
     token_url: str = "https://auth.weightron.cloud/oidc/token"
     client_id: str
     client_secret: str = secret_field(...)
-    scope: str | None = None
+    # Weightron's docs: "openid is required for all requests" (offline_access may be added)
+    scope: str = "openid"
     api_key: str = secret_field(...)
     access_url: str = "https://api.weightron.cloud/access"
     application_id: str | None = None
@@ -271,6 +272,10 @@ class Weightron(PlatformBase):
     values_key: str | None = None
     fields: dict[str, Any] | None = None
     command_topic: str | None = None
+    # devices/hubs under the application to watch ("devices/<id>", "hubs/#", "#"); writing
+    # needs the Devices write permission, off by default: publish only when it is granted
+    watch: list[str] | None = None
+    publish: bool | None = None
     max_payload: int | None = Field(None, ge=256)
     oidc: WeightronOidc | None = None
     _v = _refs_only("token")
@@ -282,8 +287,18 @@ class Biotz(PlatformBase):
     customer_id: str | None = None
     password: str | None = secret_field()
     message_type: str = "telemetry"
+    # "http": readings are POSTed to HTTP ingestion with the relay's id_token (MQTT takes
+    # the device password, never the token)
+    transport: Literal["mqtt", "http"] = "mqtt"
+    ingest_url: str | None = Field(None, pattern=r"^https://[^/]+$")
     oidc: BiotzOidc | None = None
     _v = _refs_only("password")
+
+    def device_url(self) -> str:
+        """What the device connects to: the broker, or HTTP ingestion."""
+        if self.transport == "http":
+            return self.ingest_url or "https://ingestion-http.biotz.io"
+        return self.effective_url()
 
 
 KINDS = {"thingsboard": ThingsBoard, "blynk": Blynk, "weightron": Weightron, "biotz": Biotz}
@@ -509,6 +524,28 @@ def _cross_checks(dev: Device, relay: Relay | None, relay_broken: bool = False) 
                 out.append(f"platform.{k}: missing (from the device's Biotz credentials file)")
         if not p.relay and not p.password and p.credentials is None:
             out.append("platform.password: missing (the device password, as \"secret:NAME\")")
+    out.extend(_contract_checks(p))
+    return out
+
+
+def _contract_checks(p) -> list[str]:
+    """Each cloud's documented login and TLS rules (docs/platforms.md)."""
+    out = []
+    if isinstance(p, Biotz):
+        if p.transport == "mqtt" and p.relay:
+            out.append("platform.credentials: Biotz MQTT logs in with the Device ID and the device "
+                       "password; the relay's id_token is for HTTP ingestion (set transport = "
+                       "\"http\", or password = \"secret:NAME\" without credentials)")
+        if p.transport == "http" and not p.relay:
+            out.append("platform.transport: \"http\" posts with an id_token from the token relay "
+                       "(set credentials = \"relay\" and [platform.oidc])")
+    url = p.device_url() if isinstance(p, Biotz) else p.effective_url()
+    if not p.ca and not p.insecure:
+        from host_tools import ca
+
+        if ca.needs_tls(url) and ca.default_ca(p.kind, url) is None:
+            out.append(f"platform.ca: {url} is TLS and uplink ships no CA for that host (set ca = "
+                       f"\"path/to/root.pem\", the CA that signed the server's certificate)")
     return out
 
 

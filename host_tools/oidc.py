@@ -62,7 +62,7 @@ class ClientCredentialsSettings:
     token_url: str
     client_id: str
     client_secret: str = field(repr=False)
-    scope: str | None = None
+    scope: str | None = "openid"  # Weightron: "openid is required for all requests"
     api_key: str | None = field(default=None, repr=False)
     access_url: str | None = None
     application_id: str | None = None  # pin one application when the account has several
@@ -306,6 +306,9 @@ class WeightronSource(TokenSource):
 
     async def _lookup_application(self) -> str:
         s = self.settings
+        if s.application_id:
+            # pinned: /access would only confirm it, and costs a token and a round trip
+            return s.application_id
         if not s.access_url:
             if not s.application_id:
                 raise TokenError("neither access_url nor application_id is set")

@@ -76,6 +76,15 @@ def _read_ca(fleet: Fleet, ref: str, where: str) -> bytes:
     return ca_to_der(data, str(path))
 
 
+def _default_ca(p) -> Path | None:
+    from host_tools import ca
+
+    if p.insecure:
+        return None
+    url = p.device_url() if isinstance(p, Biotz) else p.effective_url()
+    return ca.default_ca(p.kind, url)
+
+
 def _resolver(store: SecretStore, redact: bool):
     if redact:  # show where a secret comes from, never its value
         return lambda value, context=None: value
@@ -124,12 +133,17 @@ def _kind_keys(dev: Device, store: SecretStore, redact: bool = False) -> dict:
         put("values_key", p.values_key)
         put("fields", p.fields)
         put("command_topic", p.command_topic)
+        put("watch", p.watch)
+        put("publish", p.publish)
         put("max_payload", p.max_payload)
     elif isinstance(p, Biotz):
         put("device_id", p.device_id)
         put("customer_id", p.customer_id)
         put("password", p.password, True)
         put("message_type", p.message_type)
+        if p.transport != "mqtt":
+            put("transport", p.transport)
+            put("ingest_url", p.ingest_url)
     return out
 
 
@@ -184,6 +198,10 @@ def render(fleet: Fleet, name: str, store: SecretStore, *, redact: bool = False
     files: dict[str, bytes] = {}
     if p.ca:
         files["ca.der"] = _read_ca(fleet, p.ca, f"device '{name}': platform.ca")
+    else:
+        shipped = _default_ca(p)
+        if shipped is not None:  # the cloud's own public host: its documented root
+            files["ca.der"] = ca_to_der(shipped.read_bytes(), str(shipped))
     ctx = f"device '{name}'"
     resolve = _resolver(store, redact)
     networks = [
@@ -195,7 +213,7 @@ def render(fleet: Fleet, name: str, store: SecretStore, *, redact: bool = False
     platform = {
         "kind": p.kind,
         "url": p.effective_url(),
-        "ca": "ca.der" if p.ca else None,
+        "ca": "ca.der" if "ca.der" in files else None,
         "insecure": p.insecure,
         "keepalive": p.keepalive,
         "client_id": p.client_id,

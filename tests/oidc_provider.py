@@ -126,7 +126,7 @@ class OIDCProvider:
         self.refresh_tokens: dict[str, Issued] = {}
         self.clients = {
             WEIGHTRON_CLIENT[0]: Client(WEIGHTRON_CLIENT[0], WEIGHTRON_CLIENT[1],
-                                        ("client_credentials",), "read write"),
+                                        ("client_credentials",), "openid offline_access"),
             BIOTZ_CLIENT: Client(BIOTZ_CLIENT, None, ("password", "refresh_token"),
                                  "openid profile"),
         }
@@ -250,6 +250,14 @@ class OIDCProvider:
                 provider.token_requests += 1
             if provider.delay_s:
                 time.sleep(provider.delay_s)
+            if (request.form.get("grant_type") == "client_credentials"
+                    and "openid" not in request.form.get("scope", "").split()):
+                # Weightron (docs.weightron.cloud, Authentication): "openid is required for
+                # all requests"; offline_access is the only other scope
+                with provider._lock:
+                    provider.refused += 1
+                return jsonify({"error": "invalid_scope",
+                                "error_description": "openid is required"}), 400
             resp = server.create_token_response()
             if resp.status_code != 200:
                 with provider._lock:

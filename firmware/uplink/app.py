@@ -139,6 +139,8 @@ class App:
     async def telemetry_task(self):
         # sub-device readings only where the platform runs a gateway session (adapter.gateway)
         gateway = hasattr(self.user, "read_devices") and getattr(self.adapter, "gateway", None)
+        if not getattr(self.adapter, "publishes", True):
+            return  # a watcher (Weightron without publish = true) sends no readings
         while True:
             try:
                 reading = self.take_reading()
@@ -200,6 +202,9 @@ class App:
 
     # -- connection status ----------------------------------------------------------------
     def on_status(self, event, detail=None):
+        explain = getattr(self.adapter, "explain", None)
+        if explain is not None:  # what a refusal means on this cloud (Weightron permissions)
+            detail = explain(event, detail)
         if event == "auth_error":
             self.auth_failures += 1
             invalidate = getattr(self.adapter, "invalidate_credentials", None)
@@ -250,7 +255,7 @@ class App:
         else:  # e.g. the host board, whose clock is the PC's
             log.info("clock", "no NTP servers configured: the board's own clock is used")
         url = self.adapter.url
-        if (url.startswith("mqtts:") or url.startswith("wss:")) and not self.cfg["platform"]["insecure"]:
+        if url[: url.find(":")] in ("mqtts", "wss", "https") and not self.cfg["platform"]["insecure"]:
             # Certificate validity checks need the real date, so the platform's own time
             # (ThingsBoard getTime, Blynk utc) cannot help here: it only comes over the
             # connection. NTP must answer, or the RTC must be set already (soft reset).
@@ -278,7 +283,10 @@ class App:
         return c
 
     def make_client(self):
-        c = self._client(credentials=self.adapter.credentials)
+        mk = getattr(self.adapter, "make_client", None)  # Biotz transport http
+        c = mk(self) if mk is not None else None
+        if c is None:
+            c = self._client(credentials=self.adapter.credentials)
         c.on_message = self.on_message
         c.on_status = self.on_status
         c.on_connect = self.on_connect

@@ -6,9 +6,11 @@
 # A refused token (401) is exchanged for a fresh one once and the POST retried. Any other
 # failure raises, so the caller keeps the readings (in the outbox) and tries again later:
 # nothing is dropped here.
+import asyncio
 import json
+import random
 
-from uplink import https, log
+from uplink import https
 
 DEFAULT_URL = "https://ingestion-http.biotz.io"
 
@@ -63,7 +65,9 @@ class BiotzHTTP:
         self.refreshed = 0
 
     async def post(self, readings):
-        body = encode(readings)
+        return await self.post_body(encode(readings), len(readings))
+
+    async def post_body(self, body, n=1):
         status = await self._post(body)
         if status == 401:
             # the id_token expired or was revoked before its time: one new token, one retry
@@ -72,8 +76,7 @@ class BiotzHTTP:
             status = await self._post(body)
         if not 200 <= status < 300:
             raise IngestError("Biotz ingestion %s answered HTTP %d; %d readings kept for later"
-                              % (self.url, status, len(readings)))
-        log.info("biotz", "%d readings ingested over HTTP" % len(readings))
+                              % (self.url, status, n))
         return status
 
     async def _post(self, body):
@@ -84,3 +87,105 @@ class BiotzHTTP:
             {"Authorization": "Bearer " + token, "Content-Type": "application/json"},
             body, ca=self.ca, timeout_ms=self.timeout_ms, max_body=2048)
         return status
+
+
+class Session:
+    """Biotz HTTP ingestion behind the MQTT client's interface, so the publisher and the flash
+    outbox work unchanged (`transport = "http"`, platforms/biotz.py): publish() queues a body
+    and returns an id; the id is acknowledged (on_ack) only after a 2xx, so a reading leaves
+    the outbox only once ingestion has it. A failed POST is retried, oldest first, after a
+    backoff; meanwhile is_connected is False and the publisher reads nothing new."""
+
+    on_message = on_status = on_connect = on_ack = None
+    QUEUE = 2  # bodies held in RAM; the publisher waits in publish() beyond that
+    backoff_min_ms = 2000
+    backoff_max_ms = 60000
+
+    def __init__(self, credentials, message_type, url=None, ca=None, timeout_ms=10000):
+        self.http = BiotzHTTP(credentials, message_type, url=url, ca=ca, timeout_ms=timeout_ms)
+        self._queue = []  # [(pid, body)], oldest first
+        self._pid = 0
+        self._ok = False
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._task = None
+
+    @property
+    def is_connected(self):
+        return self._ok
+
+    async def connect(self, retry=False):
+        # "connected" = a token in hand: the relay answered (the first POST proves the rest)
+        n = 0
+        while True:
+            try:
+                await self.http.credentials()
+                break
+            except OSError as e:
+                if not retry:
+                    raise
+                n = await self._backoff(e, n)
+        self._up()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+
+    def _up(self):
+        if not self._ok:
+            self._ok = True
+            self._status("connected", None)
+            if self.on_connect is not None:
+                asyncio.create_task(self.on_connect())
+
+    async def subscribe(self, topic, qos=0):
+        pass  # HTTP ingestion has no downlink
+
+    async def disconnect(self):
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self._ok = False
+
+    async def publish(self, topic, payload, qos=1, retain=False, wait=False):
+        while len(self._queue) >= self.QUEUE:
+            self._room.clear()
+            await self._room.wait()
+        self._pid = self._pid % 65535 + 1
+        self._queue.append((self._pid, payload))
+        self._wake.set()
+        return self._pid
+
+    async def _run(self):
+        n = 0
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            pid, body = self._queue[0]
+            try:
+                await self.http.post_body(body)
+            except Exception as e:  # kept: the same body goes again after the backoff
+                self._ok = False
+                n = await self._backoff(e, n)
+                continue
+            n = 0
+            self._queue.pop(0)
+            self._room.set()
+            self._up()
+            if self.on_ack is not None:
+                self.on_ack(pid)
+
+    async def _backoff(self, e, n):
+        self._status("error", e)
+        delay = min(self.backoff_max_ms, self.backoff_min_ms << min(n, 8))
+        delay = delay // 2 + random.getrandbits(16) * (delay // 2) // 65536  # jitter
+        self._status("backoff", delay / 1000)
+        await asyncio.sleep_ms(delay)
+        return n + 1
+
+    def _status(self, event, detail):
+        if self.on_status is not None:
+            try:
+                self.on_status(event, detail)
+            except Exception:
+                pass

@@ -6,7 +6,7 @@ from uplink import log
 
 # Notifications the platforms turn into commands on every attribute change or answer: a
 # user.py without a handler for them is normal, not an error.
-NOTICES = ("attributes", "firmware", "rpc_answer", "set_time")
+NOTICES = ("attributes", "firmware", "rpc_answer", "set_time", "watch")
 
 
 def _interval(params):

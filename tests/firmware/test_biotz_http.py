@@ -83,3 +83,37 @@ async def test_biotz_http_keeps_readings_when_refused_twice():
     assert readings == [{"ts": 1767268800000, "values": {"n": 1}}]
     got = await _ingested()
     assert got["bodies"] == [] and len(got["log"]) == 2  # one retry, not a loop
+
+
+async def test_session_acks_only_after_ingestion_and_keeps_order_across_refusals():
+    # transport = "http": the publisher sees the MQTT client's interface; an id is acked (the
+    # reading leaves the outbox) only after a 2xx, and a refused body is sent again, in order
+    import asyncio
+
+    from uplink.biotz_http import Session
+
+    await _reject_next(2)  # the first POST and its one retry with a fresh token: both 401
+    c = credentials.Credentials(relay_cfg())
+    s = Session(c, "telemetry", url=env("OIDC_BASE"), ca=env("OIDC_CA_DER"))
+    s.backoff_min_ms = 20
+    acked, events = [], []
+    s.on_ack = acked.append
+    s.on_status = lambda ev, d: events.append(ev)
+    await s.connect(retry=True)
+    assert s.is_connected and events == ["connected"]
+    pids = []
+    for i in range(2):
+        pids.append(await s.publish("", ('[{"n":%d}]' % i).encode(), qos=1, wait=False))
+    assert acked == []  # nothing acknowledged before ingestion answered
+    pids.append(await s.publish("", b'{"n":2}', qos=1, wait=False))  # waits for room in the queue
+    for _ in range(500):
+        if len(acked) == 3:
+            break
+        await asyncio.sleep_ms(10)
+    assert acked == pids
+    got = await _ingested()
+    assert got["bodies"] == [[{"n": 0}], [{"n": 1}], {"n": 2}]
+    assert [e["ok"] for e in got["log"]] == [False, False, True, True, True]
+    assert "error" in events and "backoff" in events and events[-1] == "connected"
+    assert c.fetches == 2  # the first token and the one refresh on a 401 (the relay rate-limits more)
+    await s.disconnect()

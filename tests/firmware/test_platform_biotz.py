@@ -103,3 +103,35 @@ def test_retained_firmware_update_reported_once_per_distinct_message():
         b.handle(topic, b'{"name":"x"}', True)
     assert b.handle(topic, b'{"name":"x"}', True) is None  # reported once, even when malformed
     os.remove(a.firmware_file)
+
+
+RELAY = {"source": "relay", "url": "https://10.0.0.1:8443", "ca": "relay_ca.der",
+         "device_id": "dev5", "key": "00" * 32}
+
+
+async def test_mqtt_never_logs_in_with_the_relays_id_token():
+    # Biotz MQTT = Device ID + device password; the relay's id_token is for HTTP ingestion
+    with raises(config.ConfigError, "platform.credentials: Biotz MQTT logs in with the Device ID"):
+        bz(password=None, credentials=RELAY)
+    with raises(config.ConfigError, "platform.credentials: Biotz MQTT logs in with the Device ID"):
+        bz(credentials=RELAY)
+    a = bz()
+    assert await a.credentials() == ("dev5", "PW") and a.make_client(None) is None
+
+
+def test_transport_http_posts_to_ingestion_with_the_relay():
+    a = bz(password=None, transport="http", credentials=RELAY)
+    assert a.url == "https://ingestion-http.biotz.io" and a.subscriptions() == []
+    s = a.make_client(None)
+    assert s.http.url == "https://ingestion-http.biotz.io/api/device/publish/data/telemetry"
+    assert s.http.credentials is a._creds and not s.is_connected
+    a = bz(password=None, transport="http", credentials=RELAY, message_type="m1",
+           ingest_url="https://ingest.example")
+    assert a.make_client(None).http.url == "https://ingest.example/api/device/publish/data/m1"
+    # the publisher's messages are what ingestion takes: flat objects, RFC 3339 UTC
+    t, p, n = a.encode([reading({"t": 1}, TS), reading({"t": 2})])[0]
+    assert n == 2 and json.loads(p) == [{"timestamp": "2026-01-01T12:00:00Z", "t": 1}, {"t": 2}]
+    with raises(config.ConfigError, "transport http posts with an id_token from the token relay"):
+        bz(transport="http")
+    with raises(config.ConfigError, "platform.transport"):
+        bz(transport="coap")

@@ -12,6 +12,7 @@ TS = 1767268800000
 
 def wt(**kw):
     kw.setdefault("application_id", "app42")
+    kw.setdefault("publish", True)
     if "credentials" not in kw:
         kw.setdefault("token", "ACCESS")
     return adapter("weightron", **kw)
@@ -90,3 +91,60 @@ async def test_a_refused_token_is_invalidated_at_its_source():
     a.invalidate_credentials()
     assert src.invalidated == 1 and await a.credentials() == ("app42", "T2")
     wt().invalidate_credentials()  # no source: nothing to do
+
+
+class _Relay:
+    # what uplink.credentials.Credentials with source relay answers: (username, token)
+    source = "relay"
+
+    async def __call__(self):
+        return ("app-from-relay", "TOKEN")
+
+
+async def test_the_relay_username_is_the_application_id_when_none_is_configured():
+    from platform_fakes import Ctx, make_cfg
+    from uplink.platforms import weightron
+
+    # with no relay and no application_id: refused at boot, naming the key
+    with raises(config.ConfigError, "platform.application_id: missing"):
+        weightron.Adapter(make_cfg("weightron", token="T"), Ctx())
+    cfg = make_cfg("weightron", token="T", watch=["devices/#"], publish=True)
+    orig = weightron.credential_source
+    weightron.credential_source = lambda p: _Relay()
+    try:
+        a = weightron.Adapter(cfg, Ctx())
+    finally:
+        weightron.credential_source = orig
+    assert await a.credentials() == ("app-from-relay", "TOKEN")
+    assert a.subscriptions() == [("app-from-relay/devices/#", 0)]
+    assert a.encode([reading({"w": 1})])[0][0] == "app-from-relay/devices/greenhouse-1"
+
+
+def test_watching_is_the_default_and_publishing_needs_publish_true():
+    a = wt(publish=False, watch=["devices/bridge-1", "hubs/#"])
+    assert not a.publishes
+    assert a.subscriptions() == [("app42/devices/bridge-1", 0), ("app42/hubs/#", 0)]
+    out = a.encode([reading({"w": 1}), reading({"w": 2})])
+    assert out == [(None, b"platform.publish is off: this device only watches", 2)]
+    cmd = a.handle("app42/devices/bridge-1", b'{"$timestamp":"2026-01-01T12:00:00Z","$native":{"w":7}}', False)
+    assert cmd == Command("watch", {"topic": "devices/bridge-1",
+                                    "value": {"$timestamp": "2026-01-01T12:00:00Z", "$native": {"w": 7}}})
+    assert a.handle("other/devices/x", b"{}", False) is None
+    assert a.handle("app42/devices/bridge-2", b"{}", False) is None  # not watched
+    assert a.handle("app42/hubs/h1/x", b"[1]", False).params == {"topic": "hubs/h1/x", "value": [1]}
+    with raises(ValueError, "not valid JSON"):
+        a.handle("app42/hubs/h1", b"{", False)
+    assert wt().publishes and not adapter("weightron", application_id="a", token="t").publishes
+
+
+def test_refusals_name_the_permission():
+    a = wt(watch=["devices/#"])
+    assert a.explain("error", "broker refused the subscription to app42/devices/#") == (
+        "Weightron refused the subscription to app42/devices/#: the Devices & Hubs read "
+        "permission is off by default; ask your reseller")
+    assert a.explain("disconnected", "connection lost") == "connection lost"  # nothing published
+    a.encode([reading({"w": 1})])
+    assert a.explain("disconnected", "connection lost") == (
+        "Weightron refused the publish to app42/devices/greenhouse-1 (it closed the connection "
+        "right after it: connection lost): the Devices write permission is off by default; ask "
+        "your reseller")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from host_tools.fleet import FleetError, load_fleet, secret_refs
-from tests.host.uplink_helpers import Env
+from tests.host.uplink_helpers import REPO, Env
 
 GOOD = """
 [defaults]
@@ -228,3 +228,38 @@ def test_the_documented_example_fleet_is_valid(tmp_path):
     p.write_text(example)
     f = load_fleet(p)
     assert {"greenhouse-1", "pump", "scale-1", "field-7"} <= set(f.devices)
+
+
+def test_a_tls_url_with_no_ca_and_no_shipped_default_is_refused_naming_the_fix(tmp_path):
+    r = Env(tmp_path, '[devices.x.platform]\nkind = "thingsboard"\n'
+            'url = "mqtts://tb.example.com:8883"\ntoken = "secret:t"\n').run("validate", "--no-secrets")
+    assert r.code == 3
+    assert ("fleet.toml: device 'x': platform.ca: mqtts://tb.example.com:8883 is TLS and uplink "
+            "ships no CA for that host (set ca = \"path/to/root.pem\", the CA that signed the "
+            "server's certificate)") in r.stderr
+    # the same with a ca, with insecure, or on the cloud's own host (a shipped root): valid
+    for extra in ('ca = "root.pem"\n', "insecure = true\n"):
+        (tmp_path / "root.pem").write_bytes((REPO / "host_tools/ca/isrg-root-x1.pem").read_bytes())
+        e = Env(tmp_path, '[devices.x.platform]\nkind = "thingsboard"\n'
+                'url = "mqtts://tb.example.com:8883"\ntoken = "secret:t"\n' + extra)
+        assert e.run("validate", "--no-secrets").code == 0
+    for kind, keys in (("thingsboard", 'token = "secret:t"'), ("blynk", 'token = "secret:t"'),
+                       ("biotz", 'device_id = "d"\ncustomer_id = "c"\npassword = "secret:p"')):
+        e = Env(tmp_path, f'[devices.x.platform]\nkind = "{kind}"\n{keys}\n')
+        assert e.run("validate", "--no-secrets").code == 0, kind
+
+
+def test_biotz_relay_is_for_http_ingestion_and_http_needs_the_relay(tmp_path):
+    base = ('[relay]\nurl = "https://10.0.0.1:8443"\n[devices.b.platform]\nkind = "biotz"\n'
+            'device_id = "d"\ncustomer_id = "c"\n')
+    oidc = 'oidc = { username = "d@devices.data-ingestion.biotz.io", password = "secret:p" }\n'
+    assert problems(tmp_path, base + 'credentials = "relay"\n' + oidc) == [
+        "fleet.toml: device 'b': platform.credentials: Biotz MQTT logs in with the Device ID and "
+        "the device password; the relay's id_token is for HTTP ingestion (set transport = "
+        "\"http\", or password = \"secret:NAME\" without credentials)"]
+    assert problems(tmp_path, base + 'transport = "http"\npassword = "secret:p"\n') == [
+        "fleet.toml: device 'b': platform.transport: \"http\" posts with an id_token from the "
+        "token relay (set credentials = \"relay\" and [platform.oidc])"]
+    p = tmp_path / "fleet.toml"
+    p.write_text(base + 'transport = "http"\ncredentials = "relay"\n' + oidc)
+    assert load_fleet(p).device("b").platform.device_url() == "https://ingestion-http.biotz.io"

@@ -261,9 +261,10 @@ def test_access_wrong_api_key_and_expired_application(provider):
 
     with pytest.raises(oidc.TokenError, match="HTTP 403"):
         asyncio.run(one(wt(provider, api_key="wrong")))
-    with pytest.raises(oidc.TokenError, match="expired"):
-        asyncio.run(one(wt(provider, application_id="app-old-expired")))
+    # a pinned application is used as it is: no /access call (nor the token it needs)
+    provider.reset_counters()
     assert asyncio.run(one(wt(provider, application_id="app-5f1e2d"))) == "app-5f1e2d"
+    assert provider.access_requests == 0 and provider.token_requests == 0
     # no lookup at all when the application is pinned and there is no access URL
     assert asyncio.run(one(wt(provider, access_url=None, application_id="x"))) == "x"
 
@@ -314,3 +315,21 @@ def test_tokens_and_secrets_never_logged_or_in_repr(provider, caplog):
     for r in seen[-6:]:
         for s in secrets + tokens:
             assert s not in r
+
+
+def test_weightron_scope_defaults_to_openid_which_the_provider_requires(provider):
+    # the documented rule, modelled by the test provider: no openid, no token
+    with pytest.raises(oidc.TokenError, match="invalid_scope"):
+        run(lambda: _token(wt(provider, scope=None)))
+    tok = run(lambda: _token(wt(provider)))
+    assert "openid" in (tok.scope or "").split()
+    tok = run(lambda: _token(wt(provider, scope="openid offline_access")))
+    assert set((tok.scope or "").split()) == {"openid", "offline_access"}
+
+
+async def _token(settings):
+    src = oidc.WeightronSource(settings)
+    try:
+        return await src.token()
+    finally:
+        await src.aclose()

@@ -99,7 +99,9 @@ def test_bundle_is_deterministic_and_private(env):
     assert stat.S_IMODE((d / "config.json").stat().st_mode) == 0o600
     assert stat.S_IMODE((d / "ca.der").stat().st_mode) == 0o644
     # a file that has no place in the bundle any more is removed
-    env.write_fleet(fleet_text(str(env.pki.ca_pem)).replace('ca = "', 'x = "').replace("x = ", "# x = "))
+    # (plain MQTT: a TLS URL to a host with no shipped CA would need a ca)
+    env.write_fleet(fleet_text(str(env.pki.ca_pem)).replace('ca = "', 'x = "').replace("x = ", "# x = ")
+                    .replace("mqtts://tb.example.com:8883", "mqtt://tb.example.com:1883"))
     assert env.run("provision", "gh").code == 0
     assert not (d / "ca.der").exists()
     assert "ca" not in json.loads((d / "config.json").read_text())["platform"]
@@ -154,3 +156,48 @@ def test_thingsboard_registered_token_is_used(env):
     assert env.run("provision", "gh").code == 0
     p = json.loads((env.build / "devices" / "gh" / "config.json").read_text())["platform"]
     assert p["token"] == "issued-9" and "provision_key" not in p
+
+
+def test_the_clouds_own_hosts_get_their_shipped_root_ca(tmp_path):
+    """README's examples (documented URL, no ca) must connect: the bundle carries the root
+    the cloud's hosts chain to (host_tools/ca/README.md), as DER, named in config.json."""
+    from host_tools.provision import ca_to_der
+
+    root = ca_to_der((REPO / "host_tools" / "ca" / "isrg-root-x1.pem").read_bytes(), "x")
+    e = Env(tmp_path, """
+[devices.tb.platform]
+kind = "thingsboard"
+token = "secret:t"
+[devices.bl.platform]
+kind = "blynk"
+url = "wss://fra1.blynk.cloud:443/mqtt"
+token = "secret:t"
+[devices.plain.platform]
+kind = "thingsboard"
+url = "mqtt://tb.local:1883"
+token = "secret:t"
+""")
+    e.env.update({"UPLINK_SECRET_T": "tok"})
+    for name in ("tb", "bl"):
+        assert e.run("provision", name).code == 0
+        d = e.build / "devices" / name
+        assert (d / "ca.der").read_bytes() == root
+        assert json.loads((d / "config.json").read_text())["platform"]["ca"] == "ca.der"
+    assert e.run("provision", "plain").code == 0
+    d = e.build / "devices" / "plain"
+    assert not (d / "ca.der").exists()
+    assert "ca" not in json.loads((d / "config.json").read_text())["platform"]
+
+
+def test_weightron_watch_and_publish_reach_the_board(env):
+    env.env.update({"UPLINK_SECRET_WT_CS": "x", "UPLINK_SECRET_WT_API": "y"})
+    env.write_fleet(fleet_text(str(env.pki.ca_pem)).replace(
+        'credentials = "relay"\n', 'credentials = "relay"\nwatch = ["devices/bridge-1", "hubs/#"]\n'
+        'publish = true\n'))
+    assert env.run("provision", "scale").code == 0, env.run("provision", "scale").output
+    p = json.loads((env.build / "devices" / "scale" / "config.json").read_text())["platform"]
+    assert p["watch"] == ["devices/bridge-1", "hubs/#"] and p["publish"] is True
+    fw = firmware_config_module()
+    schema = {"weightron": {"watch": ([str], None), "publish": (bool, False), "application_id": (str, None), "device_id": (str, None)}}
+    doc = {"device": {"name": "s", "board": "esp32-devkitc"}, "platform": p}
+    assert fw.parse(json.dumps(doc), schema)["platform"]["publish"] is True

@@ -57,6 +57,7 @@ board = "host"
 kind = "biotz"
 device_id = "field-7"
 customer_id = "c-1"
+transport = "http"
 credentials = "relay"
 [devices.field-7.platform.oidc]
 token_url = "{token_url}"

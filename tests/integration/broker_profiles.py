@@ -392,10 +392,16 @@ class Weightron(Profile):
     name = "weightron"
     RESERVED = {"$timestamp", "$raw", "$native"}
 
-    def __init__(self, app_id: str, tokens=(), extra_reserved=()):
+    def __init__(self, app_id: str, tokens=(), extra_reserved=(), write=True):
         self.app_id = app_id
         self.tokens = set(tokens)
         self.reserved = self.RESERVED | set(extra_reserved)
+        # Source: https://docs.weightron.cloud/docs-mqtt/RequestingAccess - MQTT permissions
+        # come in groups (Devices & Hubs, Processes, Documents), each read and/or write; they
+        # are disabled by default and granted on request through the reseller. So a publish
+        # without the Devices write permission is refused (modelled as the connection closed;
+        # ASSUMPTION: the docs do not say how the broker refuses).
+        self.write = write
 
     def connect(self, c: Connect) -> Session:
         if c.username != self.app_id:
@@ -408,6 +414,8 @@ class Weightron(Profile):
         return None if topic.startswith(self.app_id + "/") else f"subscription {topic} outside {self.app_id}/"
 
     def check_publish(self, s, topic, payload, qos, retain):
+        if not self.write:
+            return f"publish to {topic}: the Devices write permission is off"
         if not re.fullmatch(re.escape(self.app_id) + r"/(devices|hubs)/[^/+#]+", topic):
             return f"publish to {topic}: not {self.app_id}/devices/<id> or /hubs/<id>"
         doc = _json(payload)

@@ -83,3 +83,73 @@ def test_wrong_password_is_refused_and_reported(env):
     assert not proxy.published
     assert "bz-wr0ng" not in board.console()
     assert proxy.violations == []
+
+
+SEQ_USER = """
+_n = [0]
+def read():
+    _n[0] += 1
+    return {"seq": _n[0]}
+"""
+
+
+def test_http_ingestion_with_the_relays_id_token_loses_nothing(tmp_path):
+    """transport = "http": the outbox drains to HTTP ingestion with the id_token the relay
+    got by the password grant; a refused token is renewed once, a refused POST is kept and
+    sent again, so every reading arrives, in order."""
+    from tests.integration.hostboard import HostBoard
+    from tests.oidc_provider import OIDCService
+
+    svc = OIDCService().start()
+    board = None
+    p = svc.provider
+
+    def seqs():
+        with p._lock:
+            bodies = list(p.ingested)
+        out = []
+        for b in bodies:
+            out += [o["seq"] for o in (b if isinstance(b, list) else [b])]
+        return out
+
+    def wait(pred, timeout=40.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if pred(seqs()):
+                return True
+            time.sleep(0.05)
+        return False
+
+    try:
+        config = {
+            "device": {"name": "bz-1", "board": "host"},
+            "ntp": {"servers": []},
+            "platform": {
+                "kind": "biotz", "device_id": "dev-42", "customer_id": "c-1",
+                "transport": "http", "ingest_url": p.base, "ca": "ingest_ca.der",
+                "credentials": {"source": "relay", "url": svc.url, "ca": "relay_ca.der",
+                                "device_id": "bz-1", "key": svc.keys["bz-1"], "min_life_s": 60},
+            },
+            "telemetry": {"interval_ms": 300, "health": False},
+            "outbox": {"max_bytes": 200000},
+        }
+        files = {"ingest_ca.der": p.pki.ca_der.read_bytes(),
+                 "relay_ca.der": svc.pki.ca_der.read_bytes()}
+        board = HostBoard(tmp_path / "board", config, user_py=SEQ_USER, files=files).start()
+        assert wait(lambda s: len(s) >= 3), "nothing ingested; console:\n" + board.console()
+        with p._lock:
+            p.reject_ingest = 2  # the POST and its one retry with a fresh id_token: both 401
+        before = max(seqs())
+        assert wait(lambda s: max(s) >= before + 10), "stalled; console:\n" + board.console()
+        got = seqs()
+        assert sorted(set(got)) == list(range(1, max(got) + 1)), "a reading is missing"
+        with p._lock:
+            log = list(p.ingest_log)
+        assert [e["ok"] for e in log].count(False) == 2 and log[-1]["ok"]
+        console = board.console()
+        assert "Biotz ingestion" in console and "answered HTTP 401" in console
+        assert svc.keys["bz-1"] not in console and "bz-passw0rd" not in console
+    finally:
+        if board is not None:
+            board.stop()
+        svc.stop()

@@ -24,7 +24,7 @@ APP = "app-e2e-42"
 def test_telemetry_and_commands(env):
     proxy = env.proxy(Weightron(APP, {"access-t0ken-1"}))
     cloud = env.cloud()
-    board = env.board(e2e_config("weightron", proxy.url(), application_id=APP, device_id="scale-7",
+    board = env.board(e2e_config("weightron", proxy.url(), publish=True, application_id=APP, device_id="scale-7",
                                  token="access-t0ken-1", command_topic=f"{APP}/devices/scale-7/commands"))
     msgs = cloud.wait(lambda t, _: t == f"{APP}/devices/scale-7", console=board.console)
     doc = json.loads(msgs[0][1])
@@ -42,7 +42,7 @@ def test_timestamp_is_iso_8601_utc(env):
     proxy = env.proxy(Weightron(APP, {"access-t0ken-1"}))
     cloud = env.cloud()
     with ntp_server() as ntp:
-        board = env.board(e2e_config("weightron", proxy.url(), ntp=[ntp], application_id=APP, device_id="scale-7",
+        board = env.board(e2e_config("weightron", proxy.url(), ntp=[ntp], publish=True, application_id=APP, device_id="scale-7",
                                      token="access-t0ken-1"))
         msgs = cloud.wait(lambda t, p: t == f"{APP}/devices/scale-7" and b"$timestamp" in p, console=board.console)
     doc = json.loads(msgs[0][1])
@@ -54,9 +54,42 @@ def test_timestamp_is_iso_8601_utc(env):
 def test_expired_token_is_refused_and_reported(env):
     proxy = env.proxy(Weightron(APP, {"access-t0ken-2"}))
     env.cloud()
-    board = env.board(e2e_config("weightron", proxy.url(), application_id=APP, token="expired-t0ken"))
+    board = env.board(e2e_config("weightron", proxy.url(), publish=True, application_id=APP, token="expired-t0ken"))
     board.wait_for_line("refused our credentials")
     assert proxy.connects and all(c[0] == APP and c[2] == 4 for c in proxy.connects)
     assert not proxy.published
     assert "expired-t0ken" not in board.console()
     assert proxy.violations == []
+
+
+def test_watching_devices_without_write_permission(env):
+    # the default: subscribe to chosen devices/hubs, hand each value to user.py, publish nothing
+    proxy = env.proxy(Weightron(APP, {"access-t0ken-1"}, write=False))
+    cloud = env.cloud()
+    board = env.board(e2e_config("weightron", proxy.url(), application_id=APP, token="access-t0ken-1",
+                                 watch=["devices/bridge-1", "hubs/#"]))
+    board.wait_for_line("mqtt: connected")
+    doc = {"$timestamp": "2026-01-01T12:00:00Z", "$native": {"weight": 3120}}
+    for _ in range(50):  # until the subscription is in place at the broker
+        cloud.send(f"{APP}/devices/bridge-1", doc)
+        if handled(board, "watch"):
+            break
+        time.sleep(0.2)
+    cloud.send(f"{APP}/devices/bridge-2", {"$native": {"weight": 1}})  # not watched
+    cloud.send(f"{APP}/hubs/hub-9", {"$native": {"light": "red"}})
+    board.wait_for_line("hubs/hub-9")
+    got = [json.loads(ln.split(" ", 2)[2].rsplit(" ", 1)[0]) for ln in handled(board, "watch")]
+    assert got[0] == {"topic": "devices/bridge-1", "value": doc}
+    assert {"topic": "hubs/hub-9", "value": {"$native": {"light": "red"}}} in got
+    assert all(g["topic"] != "devices/bridge-2" for g in got)
+    time.sleep(1.5)  # a telemetry interval: nothing may be published
+    assert proxy.published == [] and proxy.violations == []
+
+
+def test_publish_without_the_write_permission_names_it(env):
+    proxy = env.proxy(Weightron(APP, {"access-t0ken-1"}, write=False))
+    env.cloud()
+    board = env.board(e2e_config("weightron", proxy.url(), publish=True, application_id=APP,
+                                 device_id="scale-7", token="access-t0ken-1"))
+    board.wait_for_line("Weightron refused the publish to app-e2e-42/devices/scale-7")
+    assert "the Devices write permission is off by default; ask your reseller" in board.console()

@@ -94,7 +94,7 @@ def test_app_reconnects_with_a_fresh_relay_token_and_loses_nothing(tmp_path):
             "ntp": {"servers": []},
             "platform": {
                 "kind": "weightron", "url": broker.url("wss"), "ca": "broker_ca.der",
-                "application_id": APP_ID, "device_id": DEVICE, "keepalive": 10,
+                "application_id": APP_ID, "device_id": DEVICE, "keepalive": 10, "publish": True,
                 "credentials": {"source": "relay", "url": svc.url, "ca": "relay_ca.der",
                                 "device_id": DEVICE, "key": svc.keys[DEVICE],
                                 "min_life_s": MIN_LIFE},

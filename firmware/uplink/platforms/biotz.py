@@ -1,6 +1,8 @@
 # Biotz: mqtts, username = Device ID, password = the device password (no token for MQTT).
-# Wire contract: PLATFORMS.md "Biotz". Flat JSON objects with an RFC 3339 UTC "timestamp";
-# several readings as one array.
+# Or, with transport = "http", HTTP ingestion: POST with the id_token the token relay gets by
+# Keycloak's password grant (uplink.biotz_http.Session; the password stays off the board).
+# The id_token is never an MQTT password. Wire contract: PLATFORMS.md "Biotz". Flat JSON
+# objects with an RFC 3339 UTC "timestamp"; several readings as one array.
 from uplink.config import ConfigError
 from uplink.platforms import (
     Base,
@@ -16,6 +18,7 @@ from uplink.platforms import (
 )
 
 DEFAULT_URL = "mqtts://broker.biotz.io:8883"
+INGEST_URL = "https://ingestion-http.biotz.io"  # = biotz_http.DEFAULT_URL
 FIRMWARE_FILE = "biotz_firmware"  # sha256 of the last firmware/update message reported
 
 SCHEMA = {
@@ -24,6 +27,8 @@ SCHEMA = {
     "password": (str, None),
     "message_type": (str, "telemetry"),
     "action_types": ([str], ["+"]),
+    "transport": (str, "mqtt", lambda v: v in ("mqtt", "http") or "mqtt or http"),
+    "ingest_url": (str, None),
     "max_payload": (int, 65536, lambda v: v >= 256 or "at least 256"),
 }
 
@@ -48,16 +53,43 @@ class Adapter(Base):
         self.topic = self.base + "publish/data/" + mt
         self.firmware_file = FIRMWARE_FILE
         self._creds = credential_source(p)
-        if not p.get("password") and self._creds is None:
+        relay = getattr(self._creds, "source", None) == "relay"
+        self.http = p.get("transport") == "http"
+        if self.http:
+            self.url = p.get("ingest_url") or INGEST_URL
+            self.message_type = mt
+            if not relay:
+                raise ConfigError("config.json: platform.credentials: transport http posts with "
+                                  "an id_token from the token relay: set credentials.source = "
+                                  "relay")
+        elif relay:
+            raise ConfigError("config.json: platform.credentials: Biotz MQTT logs in with the "
+                              "Device ID and the device password; the relay's id_token is for "
+                              "HTTP ingestion (set transport = http, or platform.password)")
+        elif not p.get("password") and self._creds is None:
             raise ConfigError("config.json: platform.password: missing: the Password from the "
                               "device's Biotz credentials file")
 
     async def credentials(self):
-        if self._creds is not None:
-            return await self._creds()
+        if self._creds is not None and not self.http:
+            return await self._creds()  # static username/password
         return (self.device_id, self.cfg["platform"]["password"])
 
+    def make_client(self, app):
+        """transport http: the ingestion session in place of the MQTT client (app.py)."""
+        if not self.http:
+            return None
+        from uplink.biotz_http import Session
+
+        ca = self.cfg["platform"].get("ca")
+        if ca:
+            with open(ca, "rb") as f:
+                ca = f.read()
+        return Session(self._creds, self.message_type, url=self.url, ca=ca)
+
     def subscriptions(self):
+        if self.http:
+            return []  # HTTP ingestion has no downlink
         subs = [(self.base + "subscribe/action/" + t, 1)
                 for t in self.cfg["platform"].get("action_types") or ["+"]]
         subs.append((self.base + "subscribe/firmware/update", 1))

@@ -2,14 +2,23 @@
 # OIDC access token (from platform.credentials, i.e. the token relay; or platform.token).
 # Wire contract: PLATFORMS.md "Weightron". Topic and payload shape are per contract, so both
 # are configurable.
+# The topic tree is documented for *subscribing* (monitoring weighbridges, terminals, traffic
+# lights); writing needs the Devices write permission, off by default
+# (https://docs.weightron.cloud/docs-mqtt/RequestingAccess). So the device first of all
+# watches (`watch`: each message becomes a "watch" command for user.py) and publishes its own
+# readings only with `publish = true`.
+from time import ticks_diff, ticks_ms
+
 from uplink.config import ConfigError
 from uplink.platforms import (
     Base,
+    Command,
     client_id,
     command,
     credential_source,
     dumps,
     iso,
+    loads,
     loads_obj,
     platform_url,
     too_big,
@@ -27,6 +36,8 @@ SCHEMA = {
     "values_key": (str, "$native"),
     "fields": (dict, None),
     "command_topic": (str, None),
+    "watch": ([str], None),
+    "publish": (bool, False),
     "max_payload": (int, 65536, lambda v: v >= 256 or "at least 256"),
 }
 
@@ -39,38 +50,86 @@ class Adapter(Base):
         self.url = platform_url(cfg, DEFAULT_URL)
         self.client_id = client_id(cfg)
         self.max_payload = p.get("max_payload") or 65536
-        self.app_id = p.get("application_id")
-        if not self.app_id or not topic_ok(self.app_id):
-            raise ConfigError("config.json: platform.application_id: missing: the Application ID "
-                              "(the _id that GET https://api.weightron.cloud/access lists)")
         self.device_id = p.get("device_id") or cfg["device"]["name"]
         self._template = p.get("topic") or DEFAULT_TOPIC
-        self.topic = self.topic_for(self.device_id)
         self._creds = credential_source(p)
         if not p.get("token") and self._creds is None:
             raise ConfigError("config.json: platform.credentials: missing: Weightron's password "
                               "is a short-lived access token: configure the token relay "
                               "(credentials.source = relay) or, for a test, platform.token")
+        self.app_id = self.topic = ""  # "": not known until the relay answers
+        app_id = p.get("application_id")
+        if app_id:
+            self._set_app(app_id)
+        elif getattr(self._creds, "source", None) != "relay":
+            # the relay looks the Application ID up (GET /access) and answers it as the
+            # username; without the relay nothing on the board can
+            raise ConfigError("config.json: platform.application_id: missing: the Application ID "
+                              "(the _id that GET https://api.weightron.cloud/access lists)")
+        self.publishes = bool(p.get("publish"))
+        self._first_pub = None  # ticks_ms of this session's first publish
+
+    def _set_app(self, app_id):
+        if not topic_ok(app_id):
+            raise ConfigError("config.json: platform.application_id: a single topic level, got %r"
+                              % app_id)
+        self.app_id = app_id
+        self.topic = self.topic_for(self.device_id)
 
     def topic_for(self, device_id):
         return self._template.replace("{application_id}", self.app_id).replace("{device_id}", device_id)
 
     async def credentials(self):
         if self._creds is not None:
-            # the username is always the Application ID; the source supplies the token
-            return (self.app_id, (await self._creds())[1])
+            # the username is always the Application ID; the source supplies the token (and,
+            # from the relay, the Application ID it found)
+            user, token = await self._creds()
+            if not self.app_id:
+                self._set_app(user)
+            return (self.app_id, token)
         return (self.app_id, self.cfg["platform"]["token"])
 
     def subscriptions(self):
-        t = self.cfg["platform"].get("command_topic")
-        return [(t, 1)] if t else []
+        # called after the first connect: the Application ID is known by then
+        p = self.cfg["platform"]
+        subs = [(self.app_id + "/" + w, 0) for w in p.get("watch") or ()]
+        t = p.get("command_topic")
+        return subs + [(t, 1)] if t else subs
 
     async def on_connect(self, client):
-        pass
+        self._first_pub = None
+
+    def explain(self, event, detail):
+        """What a refusal means on Weightron: MQTT permissions are off until the reseller
+        grants them (docs-mqtt/RequestingAccess)."""
+        text = str(detail)
+        if event == "error" and "refused the subscription" in text:
+            return ("Weightron %s: the Devices & Hubs read permission is off by default; ask "
+                    "your reseller" % text.replace("broker ", "", 1))
+        if (event == "disconnected" and self._first_pub is not None
+                and ticks_diff(ticks_ms(), self._first_pub) < 10000):
+            self._first_pub = None
+            return ("Weightron refused the publish to %s (it closed the connection right after "
+                    "it: %s): the Devices write permission is off by default; ask your reseller"
+                    % (self.topic, text))
+        return detail
+
+    def _watched(self, topic):
+        if not topic.startswith(self.app_id + "/"):
+            return False
+        parts = topic[len(self.app_id) + 1:].split("/")
+        for w in self.cfg["platform"].get("watch") or ():
+            if _match(w.split("/"), parts):
+                return True
+        return False
 
     def encode(self, readings):
         # one message per reading: the documented payload is a single object
         p = self.cfg["platform"]
+        if not self.publishes:
+            return [(None, b"platform.publish is off: this device only watches", len(readings))]
+        if self._first_pub is None:
+            self._first_pub = ticks_ms()
         key = p.get("values_key") or "$native"
         fields = p.get("fields")
         out = []
@@ -96,7 +155,12 @@ class Adapter(Base):
 
     def handle(self, topic, payload, retained):
         if topic != self.cfg["platform"].get("command_topic"):
-            return None
+            if not self.app_id or not self._watched(topic):
+                return None
+            # a watched device or hub: its current value, for user.py (e.g. a traffic light
+            # that follows a weighbridge)
+            return Command("watch", {"topic": topic[len(self.app_id) + 1:],
+                                     "value": loads(payload, "watched " + topic)})
         req = loads_obj(payload, "command")
         method = req.get("method", req.get("name"))
         if not isinstance(method, str) or not method:
@@ -105,3 +169,13 @@ class Adapter(Base):
 
     def reply(self, cmd, result):
         return None
+
+
+def _match(pattern, parts):
+    """MQTT filter levels against topic levels (+ one level, # the rest)."""
+    for i, p in enumerate(pattern):
+        if p == "#":
+            return True
+        if i >= len(parts) or (p != "+" and p != parts[i]):
+            return False
+    return len(pattern) == len(parts)
