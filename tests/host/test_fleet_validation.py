@@ -234,7 +234,7 @@ def test_a_tls_url_with_no_ca_and_no_shipped_default_is_refused_naming_the_fix(t
     r = Env(tmp_path, '[devices.x.platform]\nkind = "thingsboard"\n'
             'url = "mqtts://tb.example.com:8883"\ntoken = "secret:t"\n').run("validate", "--no-secrets")
     assert r.code == 3
-    assert ("fleet.toml: device 'x': platform.ca: mqtts://tb.example.com:8883 is TLS and uplink "
+    assert ("fleet.toml:1: device 'x': platform.ca: mqtts://tb.example.com:8883 is TLS and uplink "
             "ships no CA for that host (set ca = \"path/to/root.pem\", the CA that signed the "
             "server's certificate)") in r.stderr
     # the same with a ca, with insecure, or on the cloud's own host (a shipped root): valid
@@ -254,11 +254,11 @@ def test_biotz_relay_is_for_http_ingestion_and_http_needs_the_relay(tmp_path):
             'device_id = "d"\ncustomer_id = "c"\n')
     oidc = 'oidc = { username = "d@devices.data-ingestion.biotz.io", password = "secret:p" }\n'
     assert problems(tmp_path, base + 'credentials = "relay"\n' + oidc) == [
-        "fleet.toml: device 'b': platform.credentials: Biotz MQTT logs in with the Device ID and "
+        "fleet.toml:7: device 'b': platform.credentials: Biotz MQTT logs in with the Device ID and "
         "the device password; the relay's id_token is for HTTP ingestion (set transport = "
         "\"http\", or password = \"secret:NAME\" without credentials)"]
     assert problems(tmp_path, base + 'transport = "http"\npassword = "secret:p"\n') == [
-        "fleet.toml: device 'b': platform.transport: \"http\" posts with an id_token from the "
+        "fleet.toml:7: device 'b': platform.transport: \"http\" posts with an id_token from the "
         "token relay (set credentials = \"relay\" and [platform.oidc])"]
     p = tmp_path / "fleet.toml"
     p.write_text(base + 'transport = "http"\ncredentials = "relay"\n' + oidc)
