@@ -187,6 +187,10 @@ class MQTTClient:
 
     # -- public ------------------------------------------------------------------------
     @property
+    def window(self):
+        return self._window
+
+    @property
     def is_connected(self):
         return self._s is not None
 

@@ -9,7 +9,7 @@ heap's low-water mark during the drain, and beside it the client's raw wait=Fals
 100-byte message per reading) and the outbox's own read+ack rate on the same heap.
 
     make bench BENCH_ARGS=drain          .venv/bin/python -m tests.bench drain
-    options: --n=10000  --heap=96k  --schemes=mqtts  --batch=20
+    options: --n=10000  --heap=96k  --schemes=mqtts  --batch=20  --window=N (the client's)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import asyncio, gc, json, os, time
 from uplink.outbox import Outbox
 
 N, MODE, BATCH = int(os.getenv("N")), os.getenv("MODE"), int(os.getenv("BATCH"))
-URL, CA, DIR = os.getenv("URL"), os.getenv("CA"), os.getenv("DIR")
+URL, CA, DIR, WINDOW = os.getenv("URL"), os.getenv("CA"), os.getenv("DIR"), os.getenv("WINDOW")
 
 
 def reading(i):
@@ -50,7 +50,7 @@ async def drain():
 
     ob = fill()
     ad = Adapter({"platform": {"token": "bench", "url": URL}, "device": {"name": "bench"}}, None)
-    c = MQTTClient(URL, "bench-drain", ca=CA)
+    c = MQTTClient(URL, "bench-drain", ca=CA, **({"window": int(WINDOW)} if WINDOW else {}))
     pub = Publisher(ob, ad, c, batch=BATCH)
     c.on_ack = pub.on_ack
     asyncio.create_task(pub.run())
@@ -63,7 +63,8 @@ async def drain():
     while ob.depth:
         await asyncio.sleep_ms(2)
         k += 1
-        if k % 25 == 0:
+        if k % 50 == 0:  # about every 100 ms: what is live, not garbage not yet collected
+            gc.collect()
             low = min(low, gc.mem_free())
     dt = time.ticks_diff(time.ticks_us(), t0)
     print("RESULT", N, dt, low, pub.acked)
@@ -122,14 +123,16 @@ def main(argv: list[str]) -> None:
     heap = _opt(argv, "heap", "96k")
     batch = _opt(argv, "batch", "20")
     schemes = _opt(argv, "schemes", "mqtts").split(",")
+    window = _opt(argv, "window", "")
     broker = Mosquitto(Path(tempfile.mkdtemp(prefix="uplink-bench-broker-"))).start()
     try:
-        print(f"{n} readings queued offline, then drained; firmware as .mpy, -X heapsize={heap}, batch {batch}")
+        print(f"{n} readings queued offline, then drained; firmware as .mpy, -X heapsize={heap}, batch {batch}"
+              f"{', client window ' + window if window else ''}")
         for scheme in schemes:
             rows = []
             for mode in ("drain", "raw", "outbox"):
                 env = {"N": str(n), "MODE": mode, "BATCH": batch, "URL": broker.url(scheme),
-                       "CA": str(broker.pki.ca_der), "DIR": tempfile.mkdtemp(prefix="uplink-bench-outbox-")}
+                       "CA": str(broker.pki.ca_der), "WINDOW": window, "DIR": tempfile.mkdtemp(prefix="uplink-bench-outbox-")}
                 out = _run(SCRIPT, env, heapsize=heap, timeout=300)
                 res = _result(out)
                 mem_errors = out.count("MemoryError")
