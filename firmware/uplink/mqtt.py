@@ -57,6 +57,10 @@ def _field(b):
     return bytes((len(b) >> 8, len(b) & 255)) + b
 
 
+def _span(ms):
+    return "%d s" % (ms // 1000) if ms % 1000 == 0 else "%d ms" % ms
+
+
 def _packet(first, body):
     return bytes((first,)) + _varint(len(body)) + body
 
@@ -125,9 +129,13 @@ class MQTTClient:
     on_connect: Any = None
     on_status: Any = None
     # Reconnect pacing (ms). A refused login waits long: hammering a broker with a bad token
-    # gets a device banned, and a new token takes minutes to appear anyway.
+    # gets a device banned, and a new token takes minutes to appear anyway. Other failures
+    # (no network, broker down) wait at most 15 s (7.5-15 s with jitter): at 60 s a device
+    # stayed offline up to a minute after the network came back, while an attempt costs one
+    # connect (plus a TLS handshake, ~1 s of CPU on an ESP32) and the jitter spreads a
+    # fleet's retries after a broker restart. kick() ends a wait at once.
     backoff_min_ms = 500
-    backoff_max_ms = 60000
+    backoff_max_ms = 15000
     auth_backoff_ms = 60000
     auth_backoff_max_ms = 900000
     connect_timeout_ms = 10000
@@ -184,6 +192,7 @@ class MQTTClient:
         self._restorer = None  # the task resending after a connect (see _connect_once)
         self._fresh = []  # pids on_connect published itself: sent once, not resent
         self._rx = self._tx = 0
+        self._now = asyncio.Event()  # kick(): end the reconnect wait
 
     # -- public ------------------------------------------------------------------------
     @property
@@ -206,6 +215,12 @@ class MQTTClient:
             await self._connect_once()
         if self._keeper is None:
             self._keeper = asyncio.create_task(self._keep())
+
+    def kick(self):
+        """The network is back (e.g. Wi-Fi reconnected): a reconnect waiting out its backoff
+        tries now, and the backoff starts again from backoff_min_ms. A wait after a refused
+        login (auth_backoff_ms) is not shortened: a bad token must not hammer the broker."""
+        self._now.set()
 
     async def reconnect(self):
         if self._s is not None:
@@ -297,13 +312,22 @@ class MQTTClient:
         user, pw = self._user, self._pw
         if self._creds is not None:
             user, pw = await self._creds()  # a token may have been refreshed
-        s = await transport.open_stream(
-            self._url, ca=self._ca, insecure=self._insecure, timeout_ms=self.connect_timeout_ms
-        )
+        ms = self.connect_timeout_ms
+        try:
+            s = await transport.open_stream(self._url, ca=self._ca, insecure=self._insecure, timeout_ms=ms)
+        except asyncio.TimeoutError:
+            raise OSError("cannot reach %s within %s (TCP connect or WebSocket upgrade)"
+                          % (transport.parse_url(self._url)[1], _span(ms)))
+        sent = [False]
         try:
             # (over TLS the handshake runs inside this first drain: it is under the timeout too)
             pkt = self._connect_packet(user, pw)
-            await asyncio.wait_for_ms(self._connack(s, pkt), self.connect_timeout_ms)
+            await asyncio.wait_for_ms(self._connack(s, pkt, sent), ms)
+        except asyncio.TimeoutError:
+            s.close()
+            # a broker (or a proxy, a captive portal) that accepts TCP but never speaks MQTT
+            raise MQTTError(("no CONNACK within %s" if sent[0] else
+                             "no answer to the TLS handshake within %s") % _span(ms))
         except BaseException:
             s.close()
             raise
@@ -345,9 +369,10 @@ class MQTTClient:
         head = b"\x00\x04MQTT\x04" + bytes((flags, self._ka >> 8, self._ka & 255))
         return _packet(0x10, head + payload)
 
-    async def _connack(self, s, pkt):
+    async def _connack(self, s, pkt, sent):
         s.write(pkt)
         await s.drain()
+        sent[0] = True
         p = await s.readexactly(4)
         if p[0] != 0x20 or p[1] != 2:
             raise MQTTError("expected CONNACK, broker sent %r" % p)
@@ -411,6 +436,7 @@ class MQTTClient:
         n = 0
         auth = 0
         while not self._closing:
+            self._now.clear()  # a kick() from now on (even during this attempt) ends the wait
             try:
                 await self._connect_once()
                 return
@@ -418,13 +444,22 @@ class MQTTClient:
                 self._status("auth_error", e.args[0])
                 delay = min(self.auth_backoff_max_ms, self.auth_backoff_ms << min(auth, 8))
                 auth += 1
+                wake = None
             except Exception as e:  # OSError, TLS, timeout, other refusals: all worth a retry
                 self._status("error", e)
                 delay = min(self.backoff_max_ms, self.backoff_min_ms << min(n, 16))
                 n += 1
+                wake = self._now
             delay = delay // 2 + random.getrandbits(16) * (delay // 2) // 65536  # jitter
             self._status("backoff", delay / 1000)
-            await asyncio.sleep_ms(delay)
+            if wake is None:
+                await asyncio.sleep_ms(delay)
+                continue
+            try:
+                await asyncio.wait_for_ms(wake.wait(), delay)
+                n = 0  # kicked: the network changed, so earlier failures say nothing
+            except asyncio.TimeoutError:
+                pass
 
     async def _keep(self):
         # runs for the client's life: re-establishes every lost connection
