@@ -57,8 +57,16 @@ def _field(b):
     return bytes((len(b) >> 8, len(b) & 255)) + b
 
 
+def _span(ms):
+    return "%d s" % (ms // 1000) if ms % 1000 == 0 else "%d ms" % ms
+
+
 def _packet(first, body):
     return bytes((first,)) + _varint(len(body)) + body
+
+
+def _sub_packet(pid, topic, qos):
+    return _packet(0x82, bytes((pid >> 8, pid & 255)) + _field(topic) + bytes((qos,)))
 
 
 def publish_packet(topic, payload, qos, retain, pid):
@@ -125,9 +133,13 @@ class MQTTClient:
     on_connect: Any = None
     on_status: Any = None
     # Reconnect pacing (ms). A refused login waits long: hammering a broker with a bad token
-    # gets a device banned, and a new token takes minutes to appear anyway.
+    # gets a device banned, and a new token takes minutes to appear anyway. Other failures
+    # (no network, broker down) wait at most 15 s (7.5-15 s with jitter): at 60 s a device
+    # stayed offline up to a minute after the network came back, while an attempt costs one
+    # connect (plus a TLS handshake, ~1 s of CPU on an ESP32) and the jitter spreads a
+    # fleet's retries after a broker restart. kick() ends a wait at once.
     backoff_min_ms = 500
-    backoff_max_ms = 60000
+    backoff_max_ms = 15000
     auth_backoff_ms = 60000
     auth_backoff_max_ms = 900000
     connect_timeout_ms = 10000
@@ -171,7 +183,6 @@ class MQTTClient:
         self._ipid = [0] * window  # pid in each slot, 0 = free
         self._ipkt: list = [None] * window
         self._n = 0  # packets in flight
-        self._extra = {}  # beyond the window: publishes from on_connect with a full window
         self._pending = {}  # pid -> None until SUBACK/UNSUBACK, then the return code
         self._subs = {}  # topic -> qos, restored after each reconnect
         self._ev = asyncio.Event()  # pulsed when acks arrive or the connection changes
@@ -180,12 +191,14 @@ class MQTTClient:
         self._kicked = False
         self._keeper = None
         self._closing = False
-        self._hook = False  # inside on_connect, where the window does not apply
-        self._restorer = None  # the task resending after a connect (see _connect_once)
-        self._fresh = []  # pids on_connect published itself: sent once, not resent
         self._rx = self._tx = 0
+        self._now = asyncio.Event()  # kick(): end the reconnect wait
 
     # -- public ------------------------------------------------------------------------
+    @property
+    def window(self):
+        return self._window
+
     @property
     def is_connected(self):
         return self._s is not None
@@ -202,6 +215,12 @@ class MQTTClient:
             await self._connect_once()
         if self._keeper is None:
             self._keeper = asyncio.create_task(self._keep())
+
+    def kick(self):
+        """The network is back (e.g. Wi-Fi reconnected): a reconnect waiting out its backoff
+        tries now, and the backoff starts again from backoff_min_ms. A wait after a refused
+        login (auth_backoff_ms) is not shortened: a bad token must not hammer the broker."""
+        self._now.set()
 
     async def reconnect(self):
         if self._s is not None:
@@ -234,27 +253,26 @@ class MQTTClient:
             return 0
         if qos != 1:
             raise ValueError("QoS 2 is not supported")
-        while self._n >= self._window and not self._hook:
+        while self._n >= self._window:
             await self._room()
+        w = self._window
         pid = self._pid % 65535 + 1  # the common case inline: the next id, its slot free
-        if self._ipid[pid % self._window] or pid in self._pending or pid in self._extra:
-            pid = self._new_pid(self._n < self._window)
+        if self._ipid[pid % w] or pid in self._pending:
+            pid = self._new_pid(True)
         self._pid = pid
         pkt = publish_packet(topic, payload, 1, retain, pid)
-        if not self._hold(pid, pkt):
-            self._extra[pid] = pkt  # on_connect's publishes may go beyond the window
+        k = pid % w
+        self._ipid[k] = pid
+        self._ipkt[k] = pkt
+        self._n += 1
         s = self._s
-        r = self._restorer
-        if s is not None and (r is None or r is asyncio.current_task()):
-            if r is not None:
-                self._fresh.append(pid)  # on_connect's own: already on this connection
+        if s is not None:  # else the resend after the next CONNACK sends it
             stuck = self._send(s, pkt, wait)
             pkt[0] |= 8  # from now on a resend is a duplicate
             if stuck:
                 await self._drain(s)
         if wait:
-            k = pid % self._window
-            while self._ipid[k] == pid or pid in self._extra:
+            while self._ipid[k] == pid:
                 await self._ev.wait()
         return pid
 
@@ -264,7 +282,7 @@ class MQTTClient:
             s = self._s
             if s is not None:
                 await self._drain(s)
-            if not self._n and not self._extra:
+            if not self._n:
                 return
             await self._ev.wait()
 
@@ -293,35 +311,54 @@ class MQTTClient:
         user, pw = self._user, self._pw
         if self._creds is not None:
             user, pw = await self._creds()  # a token may have been refreshed
-        s = await transport.open_stream(
-            self._url, ca=self._ca, insecure=self._insecure, timeout_ms=self.connect_timeout_ms
-        )
+        ms = self.connect_timeout_ms
+        try:
+            s = await transport.open_stream(self._url, ca=self._ca, insecure=self._insecure, timeout_ms=ms)
+        except asyncio.TimeoutError:
+            raise OSError("cannot reach %s within %s (TCP connect or WebSocket upgrade)"
+                          % (transport.parse_url(self._url)[1], _span(ms)))
+        sent = [False]
         try:
             # (over TLS the handshake runs inside this first drain: it is under the timeout too)
             pkt = self._connect_packet(user, pw)
-            await asyncio.wait_for_ms(self._connack(s, pkt), self.connect_timeout_ms)
+            await asyncio.wait_for_ms(self._connack(s, pkt, sent), ms)
+        except asyncio.TimeoutError:
+            s.close()
+            # a broker (or a proxy, a captive portal) that accepts TCP but never speaks MQTT
+            raise MQTTError(("no CONNACK within %s" if sent[0] else
+                             "no answer to the TLS handshake within %s") % _span(ms))
         except BaseException:
             s.close()
             raise
+        # The subscriptions, then the unacknowledged QoS 1 packets (and those published while
+        # disconnected) in the order first sent, are written before the stream is handed to
+        # anyone: nothing overtakes them or is sent twice, a reply to a resent packet finds
+        # its subscription (the broker takes packets in order), and on_connect's publishes
+        # wait for slots like any other (the reader frees them as the acks come).
+        subs = []
+        for topic, qos in self._subs.items():
+            pid = self._new_pid()
+            self._pending[pid] = None
+            s.write(_sub_packet(pid, topic, qos))
+            subs.append((pid, topic))
+        last = self._pid
+        for pid in sorted([p for p in self._ipid if p], key=lambda p: (p - last - 1) % 65535):
+            pkt = self._ipkt[pid % self._window]
+            s.write(pkt)
+            pkt[0] |= 8
         self._s = s
         self._rx = self._tx = ticks_ms()
         self._kick.clear()
         self._kicked = False
-        self._tasks = [asyncio.create_task(self._reader(s)), asyncio.create_task(self._flusher(s))]
+        # on_connect runs in a task of this connection: cancelled if it drops, so a hook
+        # waiting for a slot never holds up the next reconnect
+        self._tasks = [asyncio.create_task(self._reader(s)), asyncio.create_task(self._flusher(s)),
+                       asyncio.create_task(self._restore(s, subs))]
         if self._ka:
             self._tasks.append(asyncio.create_task(self._pinger(s)))
         self._status("connected", None)
         self._pulse()
-        # Until the unacknowledged packets are resent, other tasks' QoS 1 publishes only
-        # queue (the resend sends them, in pid order): written at once they overtook the
-        # older ones, and the resend sent them a second time.
-        self._restorer = asyncio.current_task()
-        self._fresh = []
-        try:
-            await self._restore(s)
-        finally:
-            self._restorer = None
-            self._fresh = []
+        await self._drain(s)
 
     def _connect_packet(self, user, pw):
         flags = 0x02 if self._clean else 0
@@ -341,9 +378,10 @@ class MQTTClient:
         head = b"\x00\x04MQTT\x04" + bytes((flags, self._ka >> 8, self._ka & 255))
         return _packet(0x10, head + payload)
 
-    async def _connack(self, s, pkt):
+    async def _connack(self, s, pkt, sent):
         s.write(pkt)
         await s.drain()
+        sent[0] = True
         p = await s.readexactly(4)
         if p[0] != 0x20 or p[1] != 2:
             raise MQTTError("expected CONNACK, broker sent %r" % p)
@@ -352,43 +390,22 @@ class MQTTClient:
             why = "CONNACK %d: %s" % (code, CONNACK.get(code, "unknown reason"))
             raise (MQTTAuthError if code in (4, 5) else MQTTError)(why, code)
 
-    async def _restore(self, s):
-        # subscriptions first, so replies to what on_connect publishes are not missed
-        for topic, qos in list(self._subs.items()):
-            if self._s is not s:
-                return
-            try:
-                await self._sub(s, topic, qos)
-            except MQTTError as e:
-                self._status("error", e)
-        if self.on_connect is not None:
-            self._hook = True
+    async def _restore(self, s, subs):
+        # the SUBACKs first, so replies to what on_connect publishes are not missed
+        for pid, topic in subs:
+            if await self._answer(s, pid) == 0x80:
+                self._subs.pop(topic, None)
+                self._status("error", MQTTError("broker refused the subscription to " + topic))
+        if self.on_connect is not None and self._s is s:
             try:
                 await self.on_connect()
             except Exception as e:
                 self._status("error", e)
-            finally:
-                self._hook = False
-        if self._s is not s:
-            return
-        # resend in the order first sent: pids were handed out in sequence
-        last = self._pid
-        fresh = self._fresh
-        pids = [p for p in self._ipid if p and p not in fresh] + [p for p in self._extra if p not in fresh]
-        self._fresh = []
-        for pid in sorted(pids, key=lambda p: (p - last - 1) % 65535):
-            pkt = self._ipkt[pid % self._window] if pid not in self._extra else self._extra[pid]
-            s.write(pkt)
-            pkt[0] |= 8
-        # all queued packets are written: from here other tasks send their own again (a
-        # publish made while the drain below waits would otherwise never be sent)
-        self._restorer = None
-        await self._drain(s)
 
     async def _sub(self, s, topic, qos):
         pid = self._new_pid()
         self._pending[pid] = None
-        if self._send(s, _packet(0x82, bytes((pid >> 8, pid & 255)) + _field(topic) + bytes((qos,))), True):
+        if self._send(s, _sub_packet(pid, topic, qos), True):
             await self._drain(s)
         if await self._answer(s, pid) == 0x80:
             self._subs.pop(topic, None)
@@ -407,6 +424,7 @@ class MQTTClient:
         n = 0
         auth = 0
         while not self._closing:
+            self._now.clear()  # a kick() from now on (even during this attempt) ends the wait
             try:
                 await self._connect_once()
                 return
@@ -414,13 +432,22 @@ class MQTTClient:
                 self._status("auth_error", e.args[0])
                 delay = min(self.auth_backoff_max_ms, self.auth_backoff_ms << min(auth, 8))
                 auth += 1
+                wake = None
             except Exception as e:  # OSError, TLS, timeout, other refusals: all worth a retry
                 self._status("error", e)
                 delay = min(self.backoff_max_ms, self.backoff_min_ms << min(n, 16))
                 n += 1
+                wake = self._now
             delay = delay // 2 + random.getrandbits(16) * (delay // 2) // 65536  # jitter
             self._status("backoff", delay / 1000)
-            await asyncio.sleep_ms(delay)
+            if wake is None:
+                await asyncio.sleep_ms(delay)
+                continue
+            try:
+                await asyncio.wait_for_ms(wake.wait(), delay)
+                n = 0  # kicked: the network changed, so earlier failures say nothing
+            except asyncio.TimeoutError:
+                pass
 
     async def _keep(self):
         # runs for the client's life: re-establishes every lost connection
@@ -449,8 +476,6 @@ class MQTTClient:
     async def _reader(self, s):
         # PUBACKs are the bulk of the traffic: they are handled here without a call, and the
         # waiting publishers are woken once per burst (when the buffer runs dry), not per ack
-        ipid = self._ipid
-        w = self._window
         n = 0
         acked = False
         try:
@@ -466,16 +491,7 @@ class MQTTClient:
                     else:  # a short packet (PINGRESP) or part of one: the slow path
                         s.unread(1)
                 if h is not None and h[0] == 0x40 and h[1] == 2:
-                    pid = h[2] << 8 | h[3]
-                    k = pid % w
-                    if ipid[k] == pid:
-                        ipid[k] = 0
-                        self._ipkt[k] = None
-                        self._n -= 1
-                        acked = True
-                        if self.on_ack is not None:
-                            self._ack(pid)
-                    elif self._extra and self._release(pid):
+                    if self._release(h[2] << 8 | h[3]):
                         acked = True
                 else:
                     if h is not None:
@@ -498,21 +514,12 @@ class MQTTClient:
         except Exception as e:
             self._down(s, e)
 
-    def _ack(self, pid):
-        try:
-            self.on_ack(pid)
-        except Exception as e:
-            self._status("error", e)
-
     def _handle(self, s, first, body):
         if first == 0x40:  # PUBACK
             if len(body) != 2:
                 raise MQTTError("malformed PUBACK")
-            pid = body[0] << 8 | body[1]
-            if self._release(pid):
+            if self._release(body[0] << 8 | body[1]):
                 self._pulse()
-                if self.on_ack is not None:
-                    self._ack(pid)
         elif first >> 4 == 3:
             self._incoming(s, first, body)
         elif first == 0x90 or first == 0xB0:  # SUBACK, UNSUBACK
@@ -622,27 +629,23 @@ class MQTTClient:
         while True:
             pid = pid % 65535 + 1
             k = ipid[pid % w]
-            if (not k if slot else k != pid) and pid not in self._pending and pid not in self._extra:
+            if (not k if slot else k != pid) and pid not in self._pending:
                 self._pid = pid
                 return pid
 
-    def _hold(self, pid, pkt):
-        k = pid % self._window
-        if self._ipid[k]:
-            return False
-        self._ipid[k] = pid
-        self._ipkt[k] = pkt
-        self._n += 1
-        return True
-
     def _release(self, pid):
+        # a PUBACK: True if it freed a slot (the caller wakes the waiting publishers)
         k = pid % self._window
-        if self._ipid[k] == pid:
-            self._ipid[k] = 0
-            self._ipkt[k] = None
-            self._n -= 1
-        elif self._extra.pop(pid, None) is None:
+        if self._ipid[k] != pid:
             return False
+        self._ipid[k] = 0
+        self._ipkt[k] = None
+        self._n -= 1
+        if self.on_ack is not None:
+            try:
+                self.on_ack(pid)
+            except Exception as e:
+                self._status("error", e)
         return True
 
     def _status(self, event, detail):

@@ -1,27 +1,44 @@
 # Drains the outbox to the broker. Records leave the outbox only when the broker's PUBACK for
 # the message carrying them arrives (MQTTClient.on_ack), so a dead link, a broker restart or
 # a power cut loses nothing that was stored: the worst case is a record sent twice.
+#
+# Memory is the limit, not speed. The only window is the client's (publish(wait=False) waits
+# for a free slot); a message carries consecutive records of at most INFLIGHT_BYTES / window
+# stored bytes (MSG_BYTES at most, one record at least), so what waits for PUBACKs stays
+# near INFLIGHT_BYTES and every allocation on the way (decoded readings, payload, the packet
+# the client keeps for a resend) near 1 KB or less, which a fragmented 96 KB heap still
+# finds. Sending a whole batch of 20 readings as one 3 KB message met MemoryError there
+# several times a second (make bench BENCH_ARGS=drain).
 import asyncio
 import gc
 import json
 
 from uplink import log
 
+MSG_BYTES = 1024
+INFLIGHT_BYTES = 8192
+
 
 class Publisher:
     HOLD_S = 30  # how long readings of this boot wait for the clock before going untimed
 
-    def __init__(self, outbox, adapter, client, batch=20, window=8, stamp=None):
+    def __init__(self, outbox, adapter, client, batch=20, stamp=None):
         self.outbox = outbox
         self.adapter = adapter
         self.client = client
         self.batch = batch
         self._n = batch  # records per read; halved after a MemoryError, grows back after
-        self.window = window  # messages of ours in flight; bounds the id map below
         self.cursor = 0  # last record id handed to the client
-        self.inflight = {}  # pid -> [record ids]
+        # Messages in flight, by the client's slot of their packet id (pid % window: the
+        # client never has two packets in flight in one slot): the pid and the first and last
+        # record id it carries. Fixed lists, so a long drain allocates no table.
+        w = client.window
+        self._pid = [0] * w
+        self._first = [0] * w
+        self._last = [0] * w
+        self._early = []  # PUBACKs that came while publish() ran (see _group)
+        self._publishing = False
         self.wake = asyncio.Event()
-        self.space = asyncio.Event()
         self.sent = 0
         self.acked = 0
         self.undeliverable = 0
@@ -33,19 +50,27 @@ class Publisher:
         """A record was put: wake the drain loop."""
         self.wake.set()
 
+    @property
+    def in_flight(self):
+        return sum(1 for p in self._pid if p)
+
     def on_ack(self, pid):
-        ids = self.inflight.pop(pid, None)
-        if ids is None:
+        k = pid % len(self._pid)
+        if self._pid[k] != pid:
+            if self._publishing and len(self._early) < 8:
+                self._early.append(pid)
             return
-        for rid in ids:
-            self.outbox.ack(rid)
-        self.acked += len(ids)
-        self.space.set()
+        self._pid[k] = 0
+        ob = self.outbox
+        for rid in range(self._first[k], self._last[k] + 1):
+            ob.ack(rid)  # (a corrupt record in between was acked already: no effect)
+        self.acked += self._last[k] - self._first[k] + 1
 
     def restart(self):
         """After a reboot or a fresh session: resend from the oldest unacknowledged record."""
         self.cursor = 0
-        self.inflight = {}
+        for k in range(len(self._pid)):
+            self._pid[k] = 0
 
     async def run(self):
         while True:
@@ -56,6 +81,7 @@ class Publisher:
                     await self._wait(self.wake, 1000)
                     continue
                 await self._send(recs)
+                recs = None
                 if self._n < self.batch:
                     self._n += 1
             except OSError as e:
@@ -64,11 +90,12 @@ class Publisher:
                 log.warn("publish", "paused: %s" % e)
                 await asyncio.sleep_ms(200)
             except Exception as e:
-                # MemoryError on a fragmented heap while encoding a backlog, an adapter bug:
-                # this task must never die, or readings pile up unsent until the outbox drops
-                # them. What was not handed to the client is read again from the cursor;
-                # after a MemoryError in smaller batches.
+                # MemoryError on a fragmented heap, an adapter bug: this task must never die,
+                # or readings pile up unsent until the outbox drops them. What was not handed
+                # to the client is read again from the cursor; after a MemoryError in
+                # smaller batches.
                 log.exc("publish", "paused", e)
+                recs = None
                 gc.collect()
                 if isinstance(e, MemoryError):
                     self._n = max(1, self._n // 2)
@@ -82,62 +109,88 @@ class Publisher:
         except asyncio.TimeoutError:
             pass
 
-    def _decode(self, recs):
-        readings = []
-        for rid, data in recs:
-            try:
-                readings.append(json.loads(data))
-            except ValueError:
-                # A record that does not parse can never be sent: drop it, say so, move on.
-                log.error("outbox", "record %d is corrupt: dropped" % rid)
-                self.outbox.ack(rid)
-                readings.append(None)
-        return readings
+    async def _send(self, recs):
+        # the records of one message go to the adapter together; only they are ever decoded
+        i, n = 0, len(recs)
+        cap = min(MSG_BYTES, INFLIGHT_BYTES // self.client.window)
+        while i < n:
+            j, size = i + 1, len(recs[i][1])
+            while j < n and size + len(recs[j][1]) <= cap:
+                size += len(recs[j][1])
+                j += 1
+            if not await self._group(recs, i, j):
+                return  # readings wait for the clock: the rest is read again later
+            i = j
 
-    def _stamp(self, stamp, recs, readings):
+    def _stampable(self, stamp, readings):
         # Readings of this boot taken before the clock was known wait for it (a plain-TCP
         # session learns the time from the platform moments after connecting), at most
-        # HOLD_S; the records from the first waiting one on are left for later.
+        # HOLD_S; how many from the first can go now.
         final = self._held is not None and log.uptime_s() - self._held >= self.HOLD_S
         for k, r in enumerate(readings):
-            if r is not None and not stamp(r, final):
+            if not stamp(r, final):
                 if self._held is None:
                     self._held = log.uptime_s()
                     log.warn("publish", "readings wait for the clock (at most %d s)" % self.HOLD_S)
                 return k
         if not final:  # once given up, the clock's absence is no reason to wait again
             self._held = None
-        return len(recs)
+        return len(readings)
 
-    async def _send(self, recs):
-        readings = self._decode(recs)
-        if self.stamp is not None:
-            k = self._stamp(self.stamp, recs, readings)
-            if k == 0:
-                await asyncio.sleep_ms(1000)
-                return
-            recs, readings = recs[:k], readings[:k]
-        pairs = [(recs[i][0], r) for i, r in enumerate(readings) if r is not None]
-        if not pairs:
-            self.cursor = recs[-1][0]
-            return
-        i = 0
-        for topic, payload, n in self.adapter.encode([r for _, r in pairs]):
-            ids = [rid for rid, _ in pairs[i : i + n]]
-            i += n
-            if topic is None:
-                # the platform can never carry these: drop them rather than block the queue
-                log.error("publish", "%d reading(s) dropped: %s" % (n, payload.decode()))
-                for rid in ids:
-                    self.outbox.ack(rid)
-                self.undeliverable += n
-                continue
-            while len(self.inflight) >= self.window:
-                self.space.clear()
-                await self._wait(self.space, 1000)
-            pid = await self.client.publish(topic, payload, qos=1, wait=False)
-            if ids:  # n == 0: one part of a split reading; its last part carries the ids
-                self.inflight[pid] = ids
-                self.sent += len(ids)
-                self.cursor = ids[-1]
-        self.cursor = recs[-1][0]
+    async def _group(self, recs, i, j):
+        """Send records i..j-1 as one message; False when some wait for the clock."""
+        ids = []
+        readings = []
+        for k in range(i, j):
+            rid, data = recs[k]
+            try:
+                readings.append(json.loads(data))
+                ids.append(rid)
+            except ValueError:
+                # A record that does not parse can never be sent: drop it, say so, move on.
+                log.error("outbox", "record %d is corrupt: dropped" % rid)
+                self.outbox.ack(rid)
+        whole = True
+        if readings and self.stamp is not None:
+            k = self._stampable(self.stamp, readings)
+            if k < len(readings):
+                whole = False
+                del readings[k:]
+                del ids[k:]
+                if not k:
+                    await asyncio.sleep_ms(1000)
+                    return False
+        if readings:
+            out = self.adapter.encode(readings)
+            readings = None
+            a = 0
+            for topic, payload, n in out:
+                a += n
+                if topic is None:
+                    # the platform can never carry these: drop them rather than block the queue
+                    log.error("publish", "%d reading(s) dropped: %s" % (n, payload.decode()))
+                    for rid in ids[a - n : a]:
+                        self.outbox.ack(rid)
+                    self.undeliverable += n
+                    continue
+                # a publish that has to drain lets the reader run: the PUBACK can come before
+                # the pid is known here (then on_ack found no records for it)
+                early = self._early
+                early.clear()
+                self._publishing = True
+                try:
+                    pid = await self.client.publish(topic, payload, qos=1, wait=False)
+                finally:
+                    self._publishing = False
+                if n:  # n == 0: one part of a split reading; its last part carries the ids
+                    k = pid % len(self._pid)
+                    self._pid[k] = pid
+                    self._first[k] = ids[a - n]
+                    self._last[k] = ids[a - 1]
+                    self.sent += n
+                    self.cursor = ids[a - 1]
+                    if pid in early:
+                        self.on_ack(pid)
+        if whole:
+            self.cursor = recs[j - 1][0]
+        return whole

@@ -146,6 +146,7 @@ def test_a_lost_boots_file_starts_over():
 
 class Client:
     is_connected = True
+    window = 8
 
     def __init__(self):
         self.sent = []

@@ -25,3 +25,24 @@ async def test_on_connect_publish_is_sent_once_per_connect():
     await asyncio.sleep_ms(300)
     await c.disconnect()
     assert [p for _, p, _ in c.got] == [b"hello", b"hello"], c.got
+
+
+async def test_unacknowledged_packets_are_resent_before_on_connect_publishes():
+    # what waited for a PUBACK is older than anything on_connect sends: it goes first
+    topic = "t/order/" + uid()
+    c = client("mqtt", "order", window=3)
+    c.backoff_min_ms = 50
+
+    async def hello():
+        if c.events.count(("connected", None)) > 1:
+            await c.publish(topic, b"hello", qos=1, wait=False)
+
+    c.on_connect = hello
+    await c.subscribe(topic, 1)
+    await c.connect()
+    c._s._s.close()  # the broker never sees what is published next
+    for i in range(3):  # a full window: on_connect's publish has to wait for a slot
+        await c.publish(topic, b"m%d" % i, qos=1, wait=False)
+    await until(lambda: len(c.got) >= 4)
+    await c.disconnect()
+    assert [p for _, p, _ in c.got] == [b"m0", b"m1", b"m2", b"hello"], c.got

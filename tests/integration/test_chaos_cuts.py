@@ -109,7 +109,10 @@ def test_10k_qos1_readings_50_random_cuts_publish_path(tmp_path, capsys):
     obs = Observer(broker.ports["mqtt"], ["chaos/telemetry"])
     proxy = FaultProxy(broker.ports["mqtt"], seed=10)
     p = mpy.start(PUBLISH_PATH, compiled=True, heapsize="96k",
-                  env={"N": str(n), "URL": f"mqtt://127.0.0.1:{proxy.port}", "DIR": str(tmp_path / "outbox")})
+                  # 1,000 readings/s: the drain keeps up with faster production, and then 10,000
+                  # readings end before 50 cuts at least 0.15 s apart could happen
+                  env={"N": str(n), "URL": f"mqtt://127.0.0.1:{proxy.port}", "DIR": str(tmp_path / "outbox"),
+                       "PAUSE_MS": "20"})
     try:
         t0 = time.monotonic()
         kinds = inject(proxy, obs, n, cuts, lambda: any("DONE" in ln for ln in p.lines) or p.proc.poll() is not None)

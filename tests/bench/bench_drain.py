@@ -1,0 +1,160 @@
+"""Backlog drain through the whole firmware path, on the ESP32 model at the firmware's heap.
+
+10,000 readings (the app's own shape: health values plus a few sensor values, stored as the
+app stores them) are queued in the Outbox while the client is offline; then the client
+connects and the Publisher drains them through the ThingsBoard adapter and the MQTTClient
+to a local mosquitto over mqtts. Printed: readings/s from the connect until the outbox is
+empty, MemoryErrors the publisher met (each one is a "paused: MemoryError" line), the
+heap's low-water mark during the drain, and beside it the client's raw wait=False rate (one
+100-byte message per reading) and the outbox's own read+ack rate on the same heap.
+
+    make bench BENCH_ARGS=drain          .venv/bin/python -m tests.bench drain
+    options: --n=10000  --heap=96k  --schemes=mqtts  --batch=20  --window=N (the client's)
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from tests.bench.bench_mqtt import _opt, _run
+from tests.services import Mosquitto
+
+SCRIPT = """
+import asyncio, gc, json, os, time
+from uplink.outbox import Outbox
+
+N, MODE, BATCH = int(os.getenv("N")), os.getenv("MODE"), int(os.getenv("BATCH"))
+URL, CA, DIR, WINDOW = os.getenv("URL"), os.getenv("CA"), os.getenv("DIR"), os.getenv("WINDOW")
+
+
+def reading(i):
+    # what App.take_reading stores: health values, then the user's, an epoch-ms ts
+    return {"ts": 1767225600000 + i * 1000, "values": {
+        "uptime_s": 3600 + i, "heap_free": 41234 - (i & 1023), "outbox_depth": N - i,
+        "dropped": 0, "rssi": -61 - (i & 7), "chip_temp": 41.5,
+        "t": 21.5 + (i & 15) / 10, "h": 40.2, "p": 1013.2, "seq": i}}
+
+
+def fill():
+    ob = Outbox(DIR, 4 << 20)
+    for i in range(N):
+        ob.put(json.dumps(reading(i)).encode())
+    return ob
+
+
+async def drain():
+    from uplink.mqtt import MQTTClient
+    from uplink.platforms.thingsboard import Adapter
+    from uplink.publisher import Publisher
+
+    ob = fill()
+    ad = Adapter({"platform": {"token": "bench", "url": URL}, "device": {"name": "bench"}}, None)
+    c = MQTTClient(URL, "bench-drain", ca=CA, **({"window": int(WINDOW)} if WINDOW else {}))
+    pub = Publisher(ob, ad, c, batch=BATCH)
+    c.on_ack = pub.on_ack
+    asyncio.create_task(pub.run())
+    gc.collect()
+    low = gc.mem_free()
+    t0 = time.ticks_us()
+    await c.connect()
+    pub.notify()
+    k = 0
+    while ob.depth:
+        await asyncio.sleep_ms(2)
+        k += 1
+        if k % 50 == 0:  # about every 100 ms: what is live, not garbage not yet collected
+            gc.collect()
+            low = min(low, gc.mem_free())
+    dt = time.ticks_diff(time.ticks_us(), t0)
+    print("RESULT", N, dt, low, pub.acked)
+    await c.disconnect()
+
+
+async def raw():
+    from uplink.mqtt import MQTTClient
+
+    c = MQTTClient(URL, "bench-raw", ca=CA)
+    await c.connect()
+    payload = b"x" * 100
+    gc.collect()
+    t0 = time.ticks_us()
+    for _ in range(N):
+        await c.publish("bench/raw", payload, qos=1, wait=False)
+    await c.flush()
+    print("RESULT", N, time.ticks_diff(time.ticks_us(), t0), gc.mem_free(), N)
+    await c.disconnect()
+
+
+def outbox():
+    ob = fill()
+    gc.collect()
+    t0 = time.ticks_us()
+    after = 0
+    while True:
+        got = ob.read(after, BATCH)
+        if not got:
+            break
+        for rid, _ in got:
+            ob.ack(rid)
+        after = got[-1][0]
+    print("RESULT", N, time.ticks_diff(time.ticks_us(), t0), gc.mem_free(), N)
+
+
+if MODE == "drain":
+    asyncio.run(drain())
+elif MODE == "raw":
+    asyncio.run(raw())
+else:
+    outbox()
+"""
+
+
+def _result(out: str) -> tuple[int, int, int, int] | None:
+    line = [x for x in out.splitlines() if x.startswith("RESULT")]
+    if not line:
+        return None
+    n, us, low, acked = (int(x) for x in line[0].split()[1:])
+    return n, us, low, acked
+
+
+def main(argv: list[str]) -> None:
+    n = int(_opt(argv, "n", "10000"))
+    heap = _opt(argv, "heap", "96k")
+    batch = _opt(argv, "batch", "20")
+    schemes = _opt(argv, "schemes", "mqtts").split(",")
+    window = _opt(argv, "window", "")
+    broker = Mosquitto(Path(tempfile.mkdtemp(prefix="uplink-bench-broker-"))).start()
+    try:
+        print(f"{n} readings queued offline, then drained; firmware as .mpy, -X heapsize={heap}, batch {batch}"
+              f"{', client window ' + window if window else ''}")
+        for scheme in schemes:
+            rows = []
+            for mode in ("drain", "raw", "outbox"):
+                env = {"N": str(n), "MODE": mode, "BATCH": batch, "URL": broker.url(scheme),
+                       "CA": str(broker.pki.ca_der), "WINDOW": window, "DIR": tempfile.mkdtemp(prefix="uplink-bench-outbox-")}
+                out = _run(SCRIPT, env, heapsize=heap, timeout=300)
+                res = _result(out)
+                mem_errors = out.count("MemoryError")
+                if res is None:
+                    print(f"{scheme} {mode}: failed\n{out[-2000:]}")
+                    rows.append(None)
+                    continue
+                cnt, us, low, acked = res
+                rows.append((cnt * 1_000_000 // max(1, us), low, mem_errors, acked))
+            d, r, o = rows
+            if d:
+                print(f"{scheme:6} drain (Outbox+Publisher+ThingsBoard+MQTTClient): {d[0]:>6,} readings/s"
+                      f"  MemoryErrors {d[2]}  heap low-water {d[1]:,} B free  acked {d[3]:,}")
+            if r:
+                print(f"{scheme:6} client alone, wait=False + flush (100 B each):   {r[0]:>6,} msg/s")
+            if o:
+                print(f"{'':6} outbox alone, read+ack (batch {batch}):             {o[0]:>6,} records/s", flush=True)
+    finally:
+        broker.stop()
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
