@@ -243,7 +243,13 @@ class App:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60)
         log.info("wifi", "up, ip %s" % self.wifi.ip)
+        # back on Wi-Fi, MQTT tries at once instead of sitting out a backoff grown in the outage
+        self.wifi.on_up = self._network_back
         asyncio.create_task(self.wifi.run())
+
+    def _network_back(self):
+        if self.client is not None:
+            self.client.kick()
 
     async def start_clock(self):
         from uplink.clock import Clock

@@ -63,6 +63,7 @@ class Wifi:
         self.ssid = None
         self.last_error = None
         self.drops = 0  # links lost while run() watched
+        self.on_up = None  # called when run() has rejoined: the app's MQTT retries at once
         self._wlan = board.wlan()
 
     @property
@@ -156,6 +157,8 @@ class Wifi:
                 log.info("wifi", "back on %s, ip %s" % (self.ssid, self.ip))
                 up_since = time.ticks_ms()
                 stable = False
+                if self.on_up is not None:
+                    self.on_up()
                 continue
             except WifiError as e:
                 log.error("wifi", str(e))

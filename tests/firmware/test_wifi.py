@@ -331,3 +331,17 @@ async def test_run_outlives_driver_errors():
     finally:
         net.WLAN.active = real
     assert ok and not fails[0], (fails, w.last_error)
+
+
+async def test_rejoining_tells_the_app_so_mqtt_retries_at_once():
+    w = make([HOME], aps=[("home", "secret-home", -50)])
+    ups = []
+    w.on_up = lambda: ups.append(w.ssid)
+    await w.connect()
+    t = asyncio.create_task(w.run())
+    net.remove_ap("home")
+    assert await wait_for(lambda: w.last_error == "home: not found")
+    assert ups == []  # nothing to tell while the link is down
+    net.add_ap("home", "secret-home", -50)
+    assert await wait_for(lambda: ups == ["home"])
+    t.cancel()
