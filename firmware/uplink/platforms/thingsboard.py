@@ -104,16 +104,17 @@ class Adapter(Base):
 
     async def on_connect(self, client):
         # Not "fw_version": that is the shared attribute announcing an OTA package. The running
-        # firmware is current_fw_title/current_fw_version telemetry, as ThingsBoard's OTA docs
-        # have the device report it (thingsboard.io/docs/user-guide/ota-updates/).
-        attrs = {"board": self.ctx.board.name}
+        # firmware goes by the names ThingsBoard's OTA guide gives it, current_fw_title and
+        # current_fw_version (thingsboard.io/docs/user-guide/ota-updates/). As client
+        # attributes for now: the guide sends them as telemetry beside fw_state, which comes
+        # with OTA; until then a telemetry message that is no reading is not worth its bytes.
+        attrs = {"board": self.ctx.board.name, "current_fw_title": FW_TITLE,
+                 "current_fw_version": self.ctx.version}
         ip = ctx_ip(self.ctx)
         if ip:
             attrs["ip"] = ip
         # QoS 1 without waiting for each PUBACK: the client pipelines them
         await client.publish(ATTRIBUTES, dumps(attrs).encode(), 1, False, False)
-        fw = {"current_fw_title": FW_TITLE, "current_fw_version": self.ctx.version}
-        await client.publish(TELEMETRY, dumps(fw).encode(), 1, False, False)
         self._pending = {}
         p = self.cfg["platform"]
         methods = ("getSessionLimits", p.get("time_method") or "getCurrentTime")
