@@ -88,7 +88,10 @@ class App:
 
     def take_reading(self):
         values = {}
-        if self.cfg["telemetry"]["health"]:
+        health = self.cfg["telemetry"]["health"]
+        if health is None:  # not set: where the platform has room for the keys (platforms.Base.HEALTH)
+            health = getattr(self.adapter, "HEALTH", False)
+        if health:
             values.update(self.health())
         try:
             values.update(self.user.read() or {})
@@ -279,7 +282,7 @@ class App:
         ca = _read_file(p["ca"]) if p["ca"] else None
         keepalive = getattr(self.adapter, "keepalive", None) or p["keepalive"]
         return MQTTClient(self.adapter.url, self.adapter.client_id, keepalive=keepalive, ca=ca,
-                          insecure=p["insecure"], **kw)
+                          insecure=p["insecure"], max_packet=getattr(self.adapter, "max_packet", 4096), **kw)
 
     async def open_client(self, user, password):
         """A connected client with these credentials, for a platform's one-off exchanges

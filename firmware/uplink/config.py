@@ -85,7 +85,7 @@ SCHEMA = {
     ),
     "telemetry": (
         {"interval_s": (int, 30, _positive), "interval_ms": (int, None, _interval_ms),
-         "health": (bool, True), "batch": (int, 20, _positive)},
+         "health": (bool, None), "batch": (int, 20, _positive)},
         {},
     ),
     "outbox": ({"max_bytes": (int, 32768, _positive), "dir": (str, "outbox"),

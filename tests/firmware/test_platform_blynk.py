@@ -46,7 +46,9 @@ async def test_subscribe_downlink_and_info_mcu_after_connect():
     assert [p[0] for p in c.published] == ["info/mcu"]
     info = json.loads(c.published[0][1])
     assert info["tmpl"] == "TMPL123" and info["type"] == "TMPL123"
-    assert info["ver"] == "1.2.3" and info["rxbuff"] == 1024 and "build" in info
+    assert info["ver"] == "1.2.3" and info["rxbuff"] == 1024
+    # "build" is the build date, never the version
+    assert isinstance(info["build"], str) and info["build"] and info["build"] != info["ver"]
 
 
 async def test_sync_asks_for_current_datastream_values():
@@ -58,14 +60,17 @@ async def test_sync_asks_for_current_datastream_values():
 def test_single_value_goes_to_ds_as_plain_text():
     a = bl()
     assert a.encode([reading({"Temperature": 21.3})]) == [("ds/Temperature", b"21.3", 1)]
-    assert a.encode([reading({"Power": True})]) == [("ds/Power", b"1", 1)]
+    # Boolean datastreams take true/false (docs.blynk.io .../device-mqtt-api/datastreams)
+    assert a.encode([reading({"Power": True})]) == [("ds/Power", b"true", 1)]
+    assert a.encode([reading({"Power": False})]) == [("ds/Power", b"false", 1)]
     assert a.encode([reading({"Label": "open"}, TS)]) == [("ds/Label", b"open", 1)]
 
 
 def test_several_values_go_to_batch_ds():
     out = bl().encode([reading({"Temperature": 23.1, "Power": True, "Mode": "eco"})])
     assert len(out) == 1 and out[0][0] == "batch_ds" and out[0][2] == 1
-    assert json.loads(out[0][1]) == {"Temperature": 23.1, "Power": 1, "Mode": "eco"}
+    assert json.loads(out[0][1]) == {"Temperature": 23.1, "Power": True, "Mode": "eco"}
+    assert b'"Power":true' in out[0][1]
 
 
 def test_buffered_readings_with_time_use_timestamped_batch():
@@ -143,6 +148,9 @@ def test_reboot_ping_and_datastream_writes():
     cmd = a.handle("downlink/ds/Setpoint", b"22.5", False)
     assert cmd.name == "write" and cmd.params == {"name": "Setpoint", "value": 22.5, "raw": "22.5"}
     assert a.handle("downlink/ds/Switch", b"1", False).params["value"] == 1
+    sw = a.handle("downlink/ds/Switch", b"true", False)
+    assert sw.params["value"] is True
+    assert a.reply(sw, False) == ("ds/Switch", b"false")
     assert a.handle("downlink/ds/Label", b"hello", False).params["value"] == "hello"
     # the write is confirmed by sending the new state back to the datastream
     assert a.reply(cmd, 22.5) == ("ds/Setpoint", b"22.5")
@@ -156,17 +164,19 @@ def test_reboot_ping_and_datastream_writes():
         a.handle("downlink/ota/json", b"{", False)
 
 
-async def test_gateway_mode_prefixes_every_sub_device_topic():
+async def test_gateway_mode_addresses_every_device_through_dev_token():
+    # Gateway API: every device, the gateway's own too, is dev/<its token>/...; nothing is
+    # subscribed or published unprefixed (docs.blynk.io/en/blynk.cloud-mqtt-api/mqtt-gateway-api)
     a = bl(gateway_tokens=GW, token="GWTOKEN")
     subs = sorted(t for t, _ in a.subscriptions())
-    assert subs == ["dev/tokA/downlink/#", "dev/tokB/downlink/#", "downlink/#"]
+    assert subs == ["dev/GWTOKEN/downlink/#", "dev/tokA/downlink/#", "dev/tokB/downlink/#"]
     for t, _ in a.subscriptions():
         assert "+" not in t
     c = Client()
     await a.on_connect(c)
-    assert sorted(p[0] for p in c.published) == ["dev/tokA/info/mcu", "dev/tokB/info/mcu", "info/mcu"]
+    assert sorted(p[0] for p in c.published) == ["dev/GWTOKEN/info/mcu", "dev/tokA/info/mcu", "dev/tokB/info/mcu"]
     out = a.encode([reading({"T": 1}, None, "A"), reading({"T": 2, "H": 3}, None, "B"), reading({"heap": 9})])
-    assert [(t, n) for t, _, n in out] == [("dev/tokA/ds/T", 1), ("dev/tokB/batch_ds", 1), ("ds/heap", 1)]
+    assert [(t, n) for t, _, n in out] == [("dev/tokA/ds/T", 1), ("dev/tokB/batch_ds", 1), ("dev/GWTOKEN/ds/heap", 1)]
     out = a.encode([reading({"T": 1}, TS, "A"), reading({"T": 2}, TS + 1, "A"), reading({"T": 3}, TS + 2, "B")])
     assert [(t, n) for t, _, n in out] == [("dev/tokA/ds/T/timestamped_batch", 2), ("dev/tokB/ds/T", 1)]
     out = a.encode([reading({"T": 1}, None, "Z")])
@@ -174,6 +184,38 @@ async def test_gateway_mode_prefixes_every_sub_device_topic():
     cmd = a.handle("dev/tokB/downlink/ds/Valve", b"1", False)
     assert cmd.device == "B" and cmd.params["value"] == 1
     assert a.reply(cmd, 1) == ("dev/tokB/ds/Valve", b"1")
+    own = a.handle("dev/GWTOKEN/downlink/ds/Mode", b"2", False)
+    assert own.device is None and a.reply(own, 2) == ("dev/GWTOKEN/ds/Mode", b"2")
     assert a.handle("dev/tokA/downlink/reboot", b"", False) == Command("reboot", None, None, "A")
     with raises(ValueError, "unknown sub-device"):
         a.handle("dev/tokZ/downlink/reboot", b"", False)
+    with raises(ValueError, "redirect"):
+        a.handle("dev/tokA/downlink/redirect", b"mqtt://x:1", False)
+
+
+async def test_gateway_sync_asks_for_the_gateways_own_values_prefixed():
+    c = Client()
+    await bl(gateway_tokens=GW, token="GWTOKEN", sync=["Mode"]).on_connect(c)
+    assert ("dev/GWTOKEN/get/ds", b"Mode") in [(t, p) for t, p, _ in c.published]
+    assert "get/ds" not in [t for t, _, _ in c.published]
+
+
+async def test_gateway_login_with_oauth_client_credentials():
+    # The Gateway API's first login option: MQTT username = the OAuth Client ID, password =
+    # the Client Secret; no token of its own (docs.blynk.io .../mqtt-gateway-api)
+    a = adapter("blynk", template_id="TMPL123", oauth_client_id="oc-123", oauth_client_secret="s3cret",
+                gateway_tokens=GW)
+    assert await a.credentials() == ("oc-123", "s3cret")
+    assert a.client_id == "greenhouse-1"  # the MQTT client id stays the device's own
+    assert sorted(t for t, _ in a.subscriptions()) == ["dev/tokA/downlink/#", "dev/tokB/downlink/#"]
+    c = Client()
+    await a.on_connect(c)
+    assert sorted(p[0] for p in c.published) == ["dev/tokA/info/mcu", "dev/tokB/info/mcu"]
+    # the session has no device of its own: a reading without a sub-device cannot go anywhere
+    out = a.encode([reading({"T": 1}), reading({"T": 2}, None, "A")])
+    assert out[0][0] is None and b"OAuth" in out[0][1] and out[0][2] == 1
+    assert out[1] == ("dev/tokA/ds/T", b"2", 1)
+    with raises(config.ConfigError, "oauth_client_secret"):
+        adapter("blynk", oauth_client_id="oc-123", gateway_tokens=GW)
+    with raises(config.ConfigError, "platform.gateway_tokens"):
+        adapter("blynk", oauth_client_id="oc-123", oauth_client_secret="s")

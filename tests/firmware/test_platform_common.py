@@ -61,3 +61,26 @@ def test_topic_levels_refuse_wildcards():
     assert platforms.topic_ok("Temperature")
     for bad in ("", "a/b", "a+", "#"):
         assert not platforms.topic_ok(bad)
+
+
+def _reading_keys(kind, health, **keys):
+    from platform_fakes import adapter as make_adapter
+    from uplink import app, board
+
+    tel = {"interval_ms": 0, "interval_s": 60, "health": health}
+    a = app.App({"telemetry": tel}, board.load("host"))
+    a.user = type("U", (), {"read": lambda self: {"T": 1}})()
+    a.adapter = make_adapter(kind, **keys)
+    return set(a.take_reading()["values"])
+
+
+def test_health_keys_only_where_the_platform_has_room_unless_configured():
+    # Blynk takes only template datastreams and Biotz only schema fields: a health key
+    # there is refused or lost. ThingsBoard stores any telemetry key.
+    doc = {"device": {"name": "x"}, "platform": {"kind": "blynk"}}
+    assert config.parse(json.dumps(doc), platforms.SCHEMAS)["telemetry"]["health"] is None
+    assert _reading_keys("blynk", None, token="t") == {"T"}
+    tb = _reading_keys("thingsboard", None, token="t")
+    assert "T" in tb and "uptime_s" in tb and "gc_free" in tb
+    assert "uptime_s" in _reading_keys("blynk", True, token="t")  # configured: sent
+    assert _reading_keys("thingsboard", False, token="t") == {"T"}

@@ -91,22 +91,49 @@ async def test_on_connect_publishes_client_attributes_and_asks_limits_and_time()
     await a.on_connect(c)
     topics = [p[0] for p in c.published]
     assert topics[0] == "v1/devices/me/attributes"
-    assert json.loads(c.published[0][1]) == {"fw_version": "1.2.3", "board": "esp32-devkitc", "ip": "10.0.0.7"}
+    # no client attribute "fw_version": that name is the OTA shared attribute announcing a
+    # package; the running firmware is reported as current_fw_title/current_fw_version
+    assert json.loads(c.published[0][1]) == {"board": "esp32-devkitc", "ip": "10.0.0.7",
+                                             "current_fw_title": "uplink", "current_fw_version": "1.2.3"}
     reqs = {}
     for t, p, _ in c.published[1:]:
         assert t.startswith("v1/devices/me/rpc/request/")
         reqs[json.loads(p)["method"]] = t.rsplit("/", 1)[1]
-    assert sorted(reqs) == ["getSessionLimits", "getTime"]
+    # getCurrentTime: the method of ThingsBoard's documented rule-chain example
+    assert sorted(reqs) == ["getCurrentTime", "getSessionLimits"]
     # the answers come back on the matching ids
     rid = reqs["getSessionLimits"]
     limits = b'{"maxPayloadSize":1024,"maxInflightMessages":100,"rateLimits":{"messages":"200:1"}}'
     assert a.handle("v1/devices/me/rpc/response/" + rid, limits, False) is None
     assert a.max_payload == 1024
-    rid = reqs["getTime"]
-    cmd = a.handle("v1/devices/me/rpc/response/" + rid, b'{"serverTime":1767268800123}', False)
+    # the example's script node answers new Date().getTime(): a bare number of ms
+    rid = reqs["getCurrentTime"]
+    cmd = a.handle("v1/devices/me/rpc/response/" + rid, b"1767268800123", False)
     assert cmd == Command("set_time", {"ms": 1767268800123})
     # an answer nobody asked for is ignored
-    assert a.handle("v1/devices/me/rpc/response/999", b'{"serverTime":1}', False) is None
+    assert a.handle("v1/devices/me/rpc/response/999", b"1", False) is None
+
+
+async def test_time_method_and_reply_key_are_configurable():
+    a = tb(time_method="getTime", time_key="serverTime")
+    c = Client()
+    await a.on_connect(c)
+    rid = [t for t, p, _ in c.published if b'"getTime"' in p][0].rsplit("/", 1)[1]
+    cmd = a.handle("v1/devices/me/rpc/response/" + rid, b'{"serverTime":1767268800123}', False)
+    assert cmd == Command("set_time", {"ms": 1767268800123})
+    a = tb()
+    c = Client()
+    await a.on_connect(c)
+    rid = [t for t, p, _ in c.published if b"getCurrentTime" in p][0].rsplit("/", 1)[1]
+    with raises(ValueError, "time_key"):  # an object without time_key: say which key to set
+        a.handle("v1/devices/me/rpc/response/" + rid, b'{"serverTime":1767268800123}', False)
+
+
+def test_max_downlink_sets_the_clients_packet_limit():
+    assert tb().max_packet == 4096
+    assert tb(max_downlink=16384).max_packet == 16384
+    with raises(config.ConfigError, "max_downlink"):
+        tb(max_downlink=10)
 
 
 async def test_session_limit_is_honoured_by_encode():
@@ -173,8 +200,14 @@ def test_shared_attributes_updates_and_responses():
     a = tb()
     assert a.handle("v1/devices/me/attributes", b'{"targetTemp":22}', False) == Command("attributes", {"targetTemp": 22})
     assert a.handle("v1/devices/me/attributes", b'{"deleted":["x"]}', False).params == {"deleted": ["x"]}
-    cmd = a.handle("v1/devices/me/attributes/response/3", b'{"client":{"a":1},"shared":{"mode":"eco"}}', False)
+    # shared keys only: as a shared update
+    cmd = a.handle("v1/devices/me/attributes/response/3", b'{"shared":{"mode":"eco"}}', False)
     assert cmd == Command("attributes", {"mode": "eco"})
+    # client keys were asked: the client section is kept, beside the shared one
+    cmd = a.handle("v1/devices/me/attributes/response/3", b'{"client":{"a":1},"shared":{"mode":"eco"}}', False)
+    assert cmd == Command("attributes", {"client": {"a": 1}, "shared": {"mode": "eco"}})
+    cmd = a.handle("v1/devices/me/attributes/response/4", b'{"client":{"a":1}}', False)
+    assert cmd == Command("attributes", {"client": {"a": 1}, "shared": {}})
 
 
 async def test_attribute_request_on_connect_when_configured():

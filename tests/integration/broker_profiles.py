@@ -155,13 +155,147 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
+# -- rules: what each profile enforces, and where the platform documents it ----------------
+@dataclass(frozen=True)
+class Rule:
+    """One rule a profile enforces. `source`: the documentation page it comes from; `says`:
+    what that page says, in our words. A rule with no page behind it is an `assumption`
+    (`says` then tells why we keep it). tests/integration/test_platform_profiles.py fails on a
+    rule without either, and on a violation that names no declared rule."""
+
+    says: str
+    source: str | None = None
+    assumption: bool = False
+
+
+_MQTT = "https://docs.oasis-open.org/mqtt/mqtt/v3.1.1/os/mqtt-v3.1.1-os.html"
+_TB = "https://thingsboard.io/docs/reference/mqtt-api/"
+_TB_GW = "https://thingsboard.io/docs/reference/gateway-mqtt-api/"
+_TB_PROV = "https://thingsboard.io/docs/user-guide/device-provisioning/"
+_TB_CLAIM = "https://thingsboard.io/docs/user-guide/claiming-devices/"
+_TB_OTA = "https://thingsboard.io/docs/user-guide/ota-updates/"
+_TB_CONF = "https://thingsboard.io/docs/user-guide/install/config/"
+_BL_AUTH = "https://docs.blynk.io/en/blynk.cloud-mqtt-api/device-mqtt-api/authentication"
+_BL_TOPICS = "https://docs.blynk.io/en/blynk.cloud-mqtt-api/device-mqtt-api/topic-structure"
+_BL_DS = "https://docs.blynk.io/en/blynk.cloud-mqtt-api/device-mqtt-api/datastreams"
+_BL_GW = "https://docs.blynk.io/en/blynk.cloud-mqtt-api/mqtt-gateway-api"
+_WT_TOPICS = "https://docs.weightron.cloud/docs-mqtt/TopicStructure"
+_WT_USE = "https://docs.weightron.cloud/docs-mqtt/UsingTheService"
+_BIOTZ = ("Biotz's documentation ('Publishing Device data', the device credentials file); its "
+          "page addresses are not in our records, only its content (PLATFORMS.md)")
+
+RULES: dict[str, Rule] = {
+    # MQTT itself and this proxy
+    "mqtt.connect_first": Rule("The first packet a client sends must be CONNECT, and only one "
+                               "CONNECT per connection [MQTT-3.1.0-1, -2].", _MQTT),
+    "proxy.mqtt311": Rule("The proxy parses MQTT 3.1.1 only. All four clouds accept 3.1.1 (ThingsBoard "
+                          "and Blynk also 5); a device speaking 5 would need a v5 parser here.",
+                          assumption=True),
+    # ThingsBoard
+    "tb.token_username": Rule("Access-token devices put the token in the CONNECT username.", _TB),
+    "tb.no_password": Rule("The docs' access-token CONNECT has a username and nothing else; ThingsBoard "
+                           "ignores a password there, so one is most likely the token in the wrong "
+                           "field.", assumption=True),
+    "tb.unknown_token": Rule("ThingsBoard answers an unknown token with CONNACK 5 (not authorised); the "
+                             "docs do not name the code.", assumption=True),
+    "tb.qos": Rule("ThingsBoard's broker supports QoS 0 and 1 only.", _TB),
+    "tb.no_retain": Rule("ThingsBoard's device API has no retained messages; a retained publish means the "
+                         "device expects something the platform does not do.", assumption=True),
+    "tb.max_payload": Rule("The MQTT transport refuses messages over transport.mqtt.netty.max_payload_size, "
+                           "65536 bytes unless the admin changes it.", _TB_CONF),
+    "tb.provision": Rule("A device provisions itself by connecting with username 'provision', subscribing "
+                         "/provision/response and publishing deviceName, provisionDeviceKey and "
+                         "provisionDeviceSecret to /provision/request.", _TB_PROV),
+    "tb.topics": Rule("A device publishes to v1/devices/me/telemetry, .../attributes, "
+                      ".../attributes/request/$id, .../rpc/request/$id, .../rpc/response/$id and subscribes "
+                      "v1/devices/me/attributes, .../attributes/response/+, .../rpc/request/+, "
+                      ".../rpc/response/+.", _TB),
+    "tb.fw_topics": Rule("Firmware chunks are asked on v2/fw/request/$id/chunk/$n and arrive on "
+                         "v2/fw/response/+/chunk/+.", _TB_OTA),
+    "tb.claim": Rule("Claiming: publish {\"secretKey\": text, \"durationMs\": ms} to v1/devices/me/claim.",
+                     _TB_CLAIM),
+    "tb.gateway_topics": Rule("A gateway device publishes v1/gateway/connect, disconnect, telemetry, "
+                              "attributes, attributes/request, rpc, claim and subscribes v1/gateway/rpc, "
+                              "v1/gateway/attributes, v1/gateway/attributes/response.", _TB_GW),
+    "tb.telemetry": Rule("Telemetry is an object of key-values, or {\"ts\": unix ms, \"values\": {...}}, "
+                         "or an array of those.", _TB),
+    "tb.json": Rule("Telemetry, attributes, RPC and provisioning payloads are JSON.", _TB),
+    "tb.attributes": Rule("Client attributes are published as one JSON object of key-values.", _TB),
+    "tb.ota_names": Rule("fw_title/fw_version/fw_checksum... are the shared attributes that announce an "
+                         "OTA package; the device reports what it runs as current_fw_title and "
+                         "current_fw_version. A client attribute fw_version would be confused with them.",
+                         _TB_OTA),
+    "tb.attr_request": Rule("An attribute request is {\"clientKeys\": \"a,b\", \"sharedKeys\": \"c,d\"}: "
+                            "comma-separated names.", _TB),
+    "tb.client_rpc": Rule("A client-side RPC request has a method (and params).", _TB),
+    "tb.gateway_shapes": Rule("Gateway telemetry is {device: [readings]}; connect/disconnect carry "
+                              "{\"device\": name}; an RPC reply carries device, id and data.", _TB_GW),
+    # Blynk
+    "blynk.clean": Rule("Only clean sessions are supported.", _BL_AUTH),
+    "blynk.client_id": Rule("The client id is empty or any UTF-8 text up to 64 characters.", _BL_AUTH),
+    "blynk.device_login": Rule("Device API: username 'device', password the device's auth token; bad "
+                               "credentials get CONNACK 4.", _BL_AUTH),
+    "blynk.gateway_login": Rule("Gateway API: username 'mgmt_device' with the gateway device's own token, "
+                                "or the OAuth client's Client ID as username and its Client Secret as "
+                                "password.", _BL_GW),
+    "blynk.downlink_only": Rule("The device subscribes to downlink messages (downlink/# as a rule).",
+                                _BL_AUTH),
+    "blynk.no_plus": Rule("'+' in a subscription is refused (PLATFORMS.md says so; the docs show downlink/# "
+                          "and downlink/ds/# only).", assumption=True),
+    "blynk.qos": Rule("Blynk publishes with QoS 0 or 1 (downlink/ping is 'always QoS 1'); QoS 2 is not "
+                      "mentioned anywhere.", assumption=True),
+    "blynk.max_message": Rule("1024 bytes per message: what PLATFORMS.md and Blynk's samples (rxbuff 1024) "
+                              "use; the docs state no uplink limit.", assumption=True),
+    "blynk.gateway_prefix": Rule("On a Gateway API session every device is addressed by prefixing the "
+                                 "device-API topic with dev/<its token>/ (no wildcard in the token).",
+                                 _BL_GW),
+    "blynk.topics": Rule("Uplink topics: info/mcu, ds/<Datastream>, ds/<Datastream>/timestamped_batch, "
+                         "batch_ds, event/<code>, get/ds, get/ds/all, get/utc/all/json.", _BL_TOPICS),
+    "blynk.json": Rule("batch_ds, timestamped_batch and info/mcu carry JSON.", _BL_DS),
+    "blynk.batch_ds": Rule("batch_ds takes one JSON object {datastream name: value}.", _BL_DS),
+    "blynk.boolean": Rule("Values must match the datastream's type: true or false for a Boolean "
+                          "datastream.", _BL_DS),
+    "blynk.timestamped": Rule("timestamped_batch takes [[timestamp in ms, value], ...].", _BL_DS),
+    "blynk.ds_text": Rule("ds/<Datastream> takes the value as plain text (123, hello, 3.14).", _BL_DS),
+    "blynk.info_mcu": Rule("After every clean connect the device publishes info/mcu with tmpl (the Template "
+                           "ID), ver, build, type and rxbuff (its MQTT receive buffer in bytes).", _BL_AUTH),
+    # Weightron
+    "wt.login": Rule("MQTT over secure WebSocket with the Application ID as username and a current access "
+                     "token as password.", _WT_USE),
+    "wt.qos": Rule("QoS levels are not documented; the firmware uses 0 and 1.", assumption=True),
+    "wt.topics": Rule("Topics are <application_id>/devices/<device_id> and <application_id>/hubs/<hub_id> "
+                      "(and .../#).", _WT_TOPICS),
+    "wt.payload": Rule("A device value is a JSON object; keys starting with $ are reserved ($timestamp, an "
+                       "ISO date string; $raw; $native).", _WT_TOPICS),
+    # Biotz
+    "biotz.login": Rule("MQTT username = the Device ID, password = the device Password from the "
+                        "credentials file. " + _BIOTZ, assumption=True),
+    "biotz.qos": Rule("QoS levels are not documented; the firmware uses 0 and 1.", assumption=True),
+    "biotz.topics": Rule("Publish to biotz/1/0/<customer>/<device>/publish/data/<message type>; subscribe "
+                         ".../subscribe/action/<type> and .../subscribe/firmware/update. " + _BIOTZ,
+                         assumption=True),
+    "biotz.payload": Rule("Flat JSON objects (or an array of them) matching the message type's schema; "
+                          "timestamps in epoch ms or RFC 3339 UTC with Z. " + _BIOTZ, assumption=True),
+}
+
+
+def broke(rule: str, detail: str) -> str:
+    """A violation of the declared `rule`: its text names the rule."""
+    if rule not in RULES:
+        raise KeyError(f"broker profile rule {rule!r} is not declared in RULES")
+    return f"{detail} [{rule}]"
+
+
 # -- profiles ----------------------------------------------------------------------------
 class Refuse(Exception):
-    """CONNECT refused with this CONNACK return code (and, if `violation`, recorded)."""
+    """CONNECT refused with this CONNACK return code under `rule` (and, if `violation`,
+    recorded)."""
 
-    def __init__(self, code: int, why: str, violation: bool = False):
-        super().__init__(why)
+    def __init__(self, code: int, rule: str, why: str, violation: bool = False):
+        super().__init__(broke(rule, why))
         self.code = code
+        self.rule = rule
+        self.why = why
         self.violation = violation
 
 
@@ -183,6 +317,8 @@ def _json(payload: bytes):
 class Profile:
     name = "plain"
     max_qos = 1
+    qos_rule = "tb.qos"  # the rule behind max_qos, per profile
+    json_rule = "tb.json"  # the rule a payload that is not JSON breaks
 
     def connect(self, c: Connect) -> Session:
         return Session(c.username, c.client_id, "any")
@@ -196,19 +332,23 @@ class Profile:
 
 # ThingsBoard ----------------------------------------------------------------------------
 _TB_ME_PUB = [r"v1/devices/me/telemetry", r"v1/devices/me/attributes", r"v1/devices/me/attributes/request/\d+",
-              r"v1/devices/me/rpc/response/\d+", r"v1/devices/me/rpc/request/\d+", r"v1/devices/me/claim",
-              r"v2/fw/request/\d+/chunk/\d+"]
+              r"v1/devices/me/rpc/response/\d+", r"v1/devices/me/rpc/request/\d+", r"v1/devices/me/claim"]
+_TB_FW_PUB = [r"v2/fw/request/\d+/chunk/\d+"]
 _TB_GW_PUB = [r"v1/gateway/(connect|disconnect|telemetry|attributes|rpc|claim|attributes/request)"]
 _TB_ME_SUB = ["v1/devices/me/attributes", "v1/devices/me/attributes/response/+", "v1/devices/me/rpc/request/+",
-              "v1/devices/me/rpc/response/+", "v2/fw/response/+/chunk/+"]
+              "v1/devices/me/rpc/response/+"]
+_TB_FW_SUB = ["v2/fw/response/+/chunk/+"]
 _TB_GW_SUB = ["v1/gateway/rpc", "v1/gateway/attributes", "v1/gateway/attributes/response"]
+_TB_OTA_SHARED = {"fw_title", "fw_version", "fw_checksum", "fw_checksum_algorithm", "fw_size", "fw_url"}
 
 
 class ThingsBoard(Profile):
     """Access token as username, no password; `provision` (no password) for provisioning;
-    v1/... topics only; JSON shapes of telemetry/attributes/gateway; max payload."""
+    v1/... topics only; JSON shapes of telemetry/attributes/gateway; max payload. Every
+    refusal names its rule in RULES."""
 
     name = "thingsboard"
+    qos_rule = "tb.qos"
 
     def __init__(self, tokens: dict[str, str] | None = None, *, provisioning: bool = False,
                  max_payload: int = 65536):
@@ -218,80 +358,98 @@ class ThingsBoard(Profile):
 
     def connect(self, c: Connect) -> Session:
         if c.password is not None:
-            raise Refuse(4, "ThingsBoard access-token CONNECT carries no password", violation=True)
+            raise Refuse(4, "tb.no_password", "ThingsBoard access-token CONNECT carries no password", violation=True)
         if c.username == "provision" and self.provisioning:
             return Session(c.username, c.client_id, "provision")
         if c.username is None or c.username not in self.tokens:
-            raise Refuse(5, "unknown access token")
+            raise Refuse(5, "tb.token_username" if c.username is None else "tb.unknown_token", "unknown access token")
         return Session(c.username, c.client_id, self.tokens[c.username])
 
     def check_subscribe(self, s, topic, qos):
         if s.role == "provision":
-            return None if topic == "/provision/response" else f"provisioning session subscribed {topic}"
-        allowed = _TB_ME_SUB + (_TB_GW_SUB if s.role == "gateway" else [])
-        return None if topic in allowed else f"subscription to {topic} is not a ThingsBoard device topic"
+            return None if topic == "/provision/response" else broke(
+                "tb.provision", f"provisioning session subscribed {topic}")
+        if topic in _TB_ME_SUB or topic in _TB_FW_SUB:
+            return None
+        if s.role == "gateway" and topic in _TB_GW_SUB:
+            return None
+        return broke(_tb_topic_rule(topic), f"subscription to {topic} is not a ThingsBoard device topic")
 
     def check_publish(self, s, topic, payload, qos, retain):
         if len(payload) > self.max_payload:
-            return f"payload of {len(payload)} bytes over the {self.max_payload}-byte limit on {topic}"
+            return broke("tb.max_payload", f"payload of {len(payload)} bytes over the {self.max_payload}-byte "
+                         f"limit on {topic}")
         if retain:
-            return f"retained publish to {topic}"
+            return broke("tb.no_retain", f"retained publish to {topic}")
         if s.role == "provision":
             if topic != "/provision/request":
-                return f"provisioning session published to {topic}"
+                return broke("tb.provision", f"provisioning session published to {topic}")
             doc = _json(payload)
             if set(doc) < {"deviceName", "provisionDeviceKey", "provisionDeviceSecret"}:
-                return f"provision request without deviceName/provisionDeviceKey/provisionDeviceSecret: {doc}"
+                return broke("tb.provision", "provision request without deviceName/provisionDeviceKey/"
+                             f"provisionDeviceSecret: {doc}")
             return None
-        patterns = _TB_ME_PUB + (_TB_GW_PUB if s.role == "gateway" else [])
-        if not any(re.fullmatch(p, topic) for p in patterns):
-            return f"publish to {topic}: not a ThingsBoard {s.role} topic"
+        if any(re.fullmatch(p, topic) for p in _TB_FW_PUB):
+            return None
+        if not any(re.fullmatch(p, topic) for p in _TB_ME_PUB + (_TB_GW_PUB if s.role == "gateway" else [])):
+            return broke(_tb_topic_rule(topic), f"publish to {topic}: not a ThingsBoard {s.role} topic")
         doc = _json(payload)
         if topic == "v1/devices/me/telemetry":
             for item in doc if isinstance(doc, list) else [doc]:
                 why = _tb_telemetry_item(item)
                 if why:
                     return why
-        elif topic == "v1/devices/me/attributes" and not isinstance(doc, dict):
-            return "client attributes must be a JSON object"
+        elif topic == "v1/devices/me/attributes":
+            if not isinstance(doc, dict):
+                return broke("tb.attributes", "client attributes must be a JSON object")
+            clash = sorted(_TB_OTA_SHARED & set(doc))
+            if clash:
+                return broke("tb.ota_names", f"client attribute {clash} has the name of an OTA shared attribute")
         elif topic == "v1/gateway/telemetry":
             if not isinstance(doc, dict) or not doc:
-                return "gateway telemetry must be {device: [readings]}"
+                return broke("tb.gateway_shapes", "gateway telemetry must be {device: [readings]}")
             for dev, items in doc.items():
                 if not isinstance(items, list):
-                    return f"gateway telemetry for {dev}: expected a list"
+                    return broke("tb.gateway_shapes", f"gateway telemetry for {dev}: expected a list")
                 for item in items:
                     why = _tb_telemetry_item(item)
                     if why:
                         return why
         elif topic in ("v1/gateway/connect", "v1/gateway/disconnect"):
             if not isinstance(doc, dict) or not isinstance(doc.get("device"), str):
-                return f"{topic} needs {{\"device\": name}}"
+                return broke("tb.gateway_shapes", f"{topic} needs {{\"device\": name}}")
         elif topic == "v1/gateway/rpc":
             if not isinstance(doc, dict) or not {"device", "id", "data"} <= set(doc):
-                return "gateway RPC reply needs device, id and data"
+                return broke("tb.gateway_shapes", "gateway RPC reply needs device, id and data")
         elif topic.startswith("v1/devices/me/rpc/request/"):
             if not isinstance(doc, dict) or not isinstance(doc.get("method"), str):
-                return "client-side RPC needs a method"
+                return broke("tb.client_rpc", "client-side RPC needs a method")
         elif topic == "v1/devices/me/claim":
             if not isinstance(doc, dict) or not isinstance(doc.get("secretKey"), str) \
                     or not isinstance(doc.get("durationMs", 0), int):
-                return f"claiming request needs secretKey (text) and durationMs (ms): {doc}"
+                return broke("tb.claim", f"claiming request needs secretKey (text) and durationMs (ms): {doc}")
         elif topic.startswith("v1/devices/me/attributes/request/"):
             if not isinstance(doc, dict) or not doc or any(
                     k not in ("clientKeys", "sharedKeys") or not isinstance(v, str) for k, v in doc.items()):
-                return f"attribute request takes clientKeys/sharedKeys as comma-separated text: {doc}"
+                return broke("tb.attr_request", "attribute request takes clientKeys/sharedKeys as "
+                             f"comma-separated text: {doc}")
         return None
+
+
+def _tb_topic_rule(topic: str) -> str:
+    if topic.startswith("v1/gateway/"):
+        return "tb.gateway_topics"
+    return "tb.fw_topics" if topic.startswith("v2/fw/") else "tb.topics"
 
 
 def _tb_telemetry_item(item) -> str | None:
     if not isinstance(item, dict) or not item:
-        return f"telemetry item is not a non-empty object: {item!r}"
+        return broke("tb.telemetry", f"telemetry item is not a non-empty object: {item!r}")
     if "ts" in item or "values" in item:
         if set(item) != {"ts", "values"} or not isinstance(item["ts"], int) or not isinstance(item["values"], dict):
-            return f"telemetry with ts must be {{\"ts\": ms, \"values\": {{...}}}}: {item!r}"
+            return broke("tb.telemetry", f"telemetry with ts must be {{\"ts\": ms, \"values\": {{...}}}}: {item!r}")
         if item["ts"] < 1_000_000_000_000:
-            return f"telemetry ts {item['ts']} is not epoch milliseconds"
+            return broke("tb.telemetry", f"telemetry ts {item['ts']} is not epoch milliseconds")
     return None
 
 
@@ -302,81 +460,99 @@ BLYNK_MAX_MESSAGE = 1024
 
 
 class Blynk(Profile):
-    """username `device` + device token password (or `mgmt_device` + gateway token), clean
-    session, client id <= 64; only downlink/... subscriptions without `+`; device-API topics
-    only (prefixed dev/<token>/ for a gateway's sub-devices); 1024-byte messages."""
+    """username `device` + device token password; gateway API: `mgmt_device` + the gateway's
+    token, or an OAuth client's id + secret, every device (the gateway too) then addressed
+    as dev/<token>/; clean session, client id <= 64; only downlink/... subscriptions;
+    device-API topics only; Boolean datastreams (`booleans`) take true/false."""
 
     name = "blynk"
+    qos_rule = "blynk.qos"
+    json_rule = "blynk.json"
 
-    def __init__(self, tokens=(), gateways: dict[str, list[str]] | None = None, template_id: str | None = None):
+    def __init__(self, tokens=(), gateways: dict[str, list[str]] | None = None, template_id: str | None = None,
+                 oauth: dict[str, tuple[str, list[str]]] | None = None, booleans=()):
         self.tokens = set(tokens)
         self.gateways = dict(gateways or {})  # gateway token -> its sub-devices' tokens
+        self.oauth = dict(oauth or {})  # OAuth client id -> (secret, the devices' tokens it reaches)
         self.template_id = template_id
+        self.booleans = set(booleans)
 
     def connect(self, c: Connect) -> Session:
         if not c.clean:
-            raise Refuse(2, "Blynk accepts clean sessions only", violation=True)
+            raise Refuse(2, "blynk.clean", "Blynk accepts clean sessions only", violation=True)
         if len(c.client_id) > 64:
-            raise Refuse(2, "client id longer than 64 characters", violation=True)
+            raise Refuse(2, "blynk.client_id", "client id longer than 64 characters", violation=True)
         pw = c.password.decode() if c.password is not None else None
         if c.username == "device" and pw in self.tokens:
             return Session(c.username, c.client_id, "device", {"prefixes": [""]})
         if c.username == "mgmt_device" and pw in self.gateways:
             return Session(c.username, c.client_id, "gateway",
-                           {"prefixes": [""] + [f"dev/{t}/" for t in self.gateways[pw]]})
-        raise Refuse(4, "bad token" if c.username in ("device", "mgmt_device") else
-                     f"username must be 'device' or 'mgmt_device', got {c.username!r}",
-                     violation=c.username not in ("device", "mgmt_device"))
+                           {"prefixes": [f"dev/{t}/" for t in [pw] + self.gateways[pw]]})
+        if c.username in self.oauth and pw == self.oauth[c.username][0]:
+            return Session(c.username, c.client_id, "gateway",
+                           {"prefixes": [f"dev/{t}/" for t in self.oauth[c.username][1]]})
+        if c.username in ("device", "mgmt_device") or c.username in self.oauth:
+            raise Refuse(4, "blynk.device_login" if c.username == "device" else "blynk.gateway_login", "bad token")
+        raise Refuse(4, "blynk.device_login", f"username must be 'device', 'mgmt_device' or an OAuth client id, "
+                     f"got {c.username!r}", violation=True)
 
     def _split(self, s: Session, topic: str) -> tuple[str | None, str]:
         for pre in sorted(s.data["prefixes"], key=len, reverse=True):
             if pre and topic.startswith(pre):
                 return pre, topic[len(pre):]
-        if topic.startswith("dev/"):
-            return None, topic
-        return "", topic
+        if "" in s.data["prefixes"] and not topic.startswith("dev/"):
+            return "", topic
+        return None, topic
 
     def check_subscribe(self, s, topic, qos):
         if "+" in topic:
-            return f"subscription {topic}: '+' is not allowed"
+            return broke("blynk.no_plus", f"subscription {topic}: '+' is not allowed")
         pre, rest = self._split(s, topic)
         if pre is None:
-            return f"subscription {topic}: not a sub-device of this gateway"
-        if not rest.startswith("downlink/") and rest != "downlink/#":
-            return f"subscription {topic}: only downlink/... is allowed"
+            return broke("blynk.gateway_prefix", f"subscription {topic}: not dev/<token>/ of a device this "
+                         "session reaches")
+        if not rest.startswith("downlink/"):
+            return broke("blynk.downlink_only", f"subscription {topic}: only downlink/... is allowed")
         return None
 
     def check_publish(self, s, topic, payload, qos, retain):
         if len(topic.encode()) + len(payload) > BLYNK_MAX_MESSAGE:
-            return f"message of {len(topic) + len(payload)} bytes on {topic} over Blynk's {BLYNK_MAX_MESSAGE}"
+            return broke("blynk.max_message", f"message of {len(topic) + len(payload)} bytes on {topic} over "
+                         f"Blynk's {BLYNK_MAX_MESSAGE}")
         pre, rest = self._split(s, topic)
         if pre is None:
-            return f"publish to {topic}: not a sub-device of this gateway"
+            return broke("blynk.gateway_prefix", f"publish to {topic}: not dev/<token>/ of a device this "
+                         "session reaches")
         if not any(re.fullmatch(p, rest) for p in _BLYNK_PUB):
-            return f"publish to {topic}: not a Blynk device-API topic"
+            return broke("blynk.topics", f"publish to {topic}: not a Blynk device-API topic")
         if rest == "batch_ds":
             doc = _json(payload)
             if not isinstance(doc, dict) or not doc:
-                return "batch_ds must be a non-empty JSON object"
+                return broke("blynk.batch_ds", "batch_ds must be a non-empty JSON object")
+            for k in self.booleans & set(doc):
+                if not isinstance(doc[k], bool):
+                    return broke("blynk.boolean", f"Boolean datastream {k} got {doc[k]!r}, not true/false")
         elif rest.endswith("/timestamped_batch"):
             doc = _json(payload)
             if not isinstance(doc, list) or not all(
                     isinstance(x, list) and len(x) == 2 and isinstance(x[0], int) and x[0] > 1_000_000_000_000
                     for x in doc):
-                return f"timestamped_batch must be [[ms, value], ...]: {payload[:80]!r}"
+                return broke("blynk.timestamped", f"timestamped_batch must be [[ms, value], ...]: {payload[:80]!r}")
+            if rest[3:-len("/timestamped_batch")] in self.booleans and not all(isinstance(x[1], bool) for x in doc):
+                return broke("blynk.boolean", f"Boolean datastream on {topic} got values that are not true/false")
         elif rest == "info/mcu":
             doc = _json(payload)
-            if not isinstance(doc, dict) or "ver" not in doc or doc.get("rxbuff") != BLYNK_MAX_MESSAGE:
-                return f"info/mcu needs ver and rxbuff: {doc}"
-            if self.template_id and (doc.get("tmpl") != self.template_id or doc.get("type") != self.template_id):
-                return f"info/mcu tmpl/type must be the template id {self.template_id}: {doc}"
+            if not isinstance(doc, dict) or "ver" not in doc or not isinstance(doc.get("rxbuff"), int):
+                return broke("blynk.info_mcu", f"info/mcu needs ver and rxbuff (bytes): {doc}")
+            if self.template_id and doc.get("tmpl") != self.template_id:
+                return broke("blynk.info_mcu", f"info/mcu tmpl must be the template id {self.template_id}: {doc}")
         elif rest.startswith("ds/"):
             try:
                 payload.decode()
             except UnicodeDecodeError:
-                return f"ds value on {topic} is not text"
+                return broke("blynk.ds_text", f"ds value on {topic} is not text")
             if payload.startswith(b"{") or payload.startswith(b"["):
-                return f"ds/<name> takes a plain value, got JSON {payload[:40]!r}"
+                return broke("blynk.ds_text", f"ds/<name> takes a plain value, got JSON {payload[:40]!r}")
         return None
 
 
@@ -390,6 +566,8 @@ class Weightron(Profile):
     payload a JSON object with an ISO 8601 $timestamp and $native/$raw."""
 
     name = "weightron"
+    qos_rule = "wt.qos"
+    json_rule = "wt.payload"
     RESERVED = {"$timestamp", "$raw", "$native"}
 
     def __init__(self, app_id: str, tokens=(), extra_reserved=(), write=True):
@@ -405,30 +583,31 @@ class Weightron(Profile):
 
     def connect(self, c: Connect) -> Session:
         if c.username != self.app_id:
-            raise Refuse(5, f"username must be the Application ID, got {c.username!r}", violation=True)
+            raise Refuse(5, "wt.login", f"username must be the Application ID, got {c.username!r}", violation=True)
         if c.password is None or c.password.decode() not in self.tokens:
-            raise Refuse(4, "access token not valid (expired or unknown)")
+            raise Refuse(4, "wt.login", "access token not valid (expired or unknown)")
         return Session(c.username, c.client_id, "app")
 
     def check_subscribe(self, s, topic, qos):
-        return None if topic.startswith(self.app_id + "/") else f"subscription {topic} outside {self.app_id}/"
+        return None if topic.startswith(self.app_id + "/") else broke(
+            "wt.topics", f"subscription {topic} outside {self.app_id}/")
 
     def check_publish(self, s, topic, payload, qos, retain):
         if not self.write:
             return f"publish to {topic}: the Devices write permission is off"
         if not re.fullmatch(re.escape(self.app_id) + r"/(devices|hubs)/[^/+#]+", topic):
-            return f"publish to {topic}: not {self.app_id}/devices/<id> or /hubs/<id>"
+            return broke("wt.topics", f"publish to {topic}: not {self.app_id}/devices/<id> or /hubs/<id>")
         doc = _json(payload)
         if not isinstance(doc, dict):
-            return "payload must be a JSON object"
+            return broke("wt.payload", "payload must be a JSON object")
         for k in doc:
             if k.startswith("$") and k not in self.reserved:
-                return f"reserved key {k} is not one of {sorted(self.reserved)}"
+                return broke("wt.payload", f"reserved key {k} is not one of {sorted(self.reserved)}")
         if "$native" not in doc and "$raw" not in doc:
-            return "payload has neither $native nor $raw"
+            return broke("wt.payload", "payload has neither $native nor $raw")
         ts = doc.get("$timestamp")
         if ts is not None and not (isinstance(ts, str) and _ISO.fullmatch(ts)):
-            return f"$timestamp is not ISO 8601: {ts!r}"
+            return broke("wt.payload", f"$timestamp is not ISO 8601: {ts!r}")
         return None
 
 
@@ -442,6 +621,8 @@ class Biotz(Profile):
     firmware/update topics; flat JSON objects (or arrays of them), timestamps RFC 3339 UTC."""
 
     name = "biotz"
+    qos_rule = "biotz.qos"
+    json_rule = "biotz.payload"
 
     def __init__(self, customer_id: str, devices: dict[str, str]):
         self.customer_id = customer_id
@@ -449,7 +630,7 @@ class Biotz(Profile):
 
     def connect(self, c: Connect) -> Session:
         if c.username not in self.devices or c.password is None or c.password.decode() != self.devices[c.username]:
-            raise Refuse(4, "bad device id or password")
+            raise Refuse(4, "biotz.login", "bad device id or password")
         return Session(c.username, c.client_id, "device",
                        {"base": f"biotz/1/0/{self.customer_id}/{c.username}/"})
 
@@ -457,24 +638,24 @@ class Biotz(Profile):
         base = s.data["base"]
         if topic == base + "subscribe/firmware/update" or re.fullmatch(re.escape(base) + r"subscribe/action/([^/+#]+|\+)", topic):
             return None
-        return f"subscription {topic}: not this device's action or firmware topic"
+        return broke("biotz.topics", f"subscription {topic}: not this device's action or firmware topic")
 
     def check_publish(self, s, topic, payload, qos, retain):
         if not re.fullmatch(re.escape(s.data["base"]) + r"publish/data/[^/+#]+", topic):
-            return f"publish to {topic}: not {s.data['base']}publish/data/<message type>"
+            return broke("biotz.topics", f"publish to {topic}: not {s.data['base']}publish/data/<message type>")
         doc = _json(payload)
         items = doc if isinstance(doc, list) else [doc]
         if not items:
-            return "empty array"
+            return broke("biotz.payload", "empty array")
         for item in items:
             if not isinstance(item, dict):
-                return f"not an object: {item!r}"
+                return broke("biotz.payload", f"not an object: {item!r}")
             for k, v in item.items():
                 if isinstance(v, (dict, list)):
-                    return f"objects must be flat: {k} is nested"
+                    return broke("biotz.payload", f"objects must be flat: {k} is nested")
             ts = item.get("timestamp")
             if ts is not None and not (isinstance(ts, int) or (isinstance(ts, str) and _RFC3339_UTC.fullmatch(ts))):
-                return f"timestamp must be epoch ms or RFC 3339 UTC with Z: {ts!r}"
+                return broke("biotz.payload", f"timestamp must be epoch ms or RFC 3339 UTC with Z: {ts!r}")
         return None
 
 
@@ -583,18 +764,19 @@ class ProfileProxy:
         try:
             first, packet, body = await read_packet(reader)
             if first >> 4 != CONNECT:
-                self._violation(None, f"first packet is type {first >> 4}, not CONNECT")
+                self._violation(None, broke("mqtt.connect_first", f"first packet is type {first >> 4}, not CONNECT"))
                 return
             c = parse_connect(body)
             if c.protocol != "MQTT" or c.level != 4:
-                self._violation(c.username, f"protocol {c.protocol} level {c.level}: expected MQTT 3.1.1")
+                self._violation(c.username, broke("proxy.mqtt311", f"protocol {c.protocol} level {c.level}: "
+                                                  "expected MQTT 3.1.1"))
             try:
                 session = self.profile.connect(c)
             except Refuse as r:
                 with self._lock:
                     self.connects.append((c.username, c.client_id, r.code))
                 if r.violation:
-                    self._violation(c.username, f"CONNECT: {r}")
+                    self._violation(c.username, broke(r.rule, f"CONNECT: {r.why}"))
                 writer.write(bytes([0x20, 2, 0, r.code]))
                 await writer.drain()
                 return
@@ -646,20 +828,20 @@ class ProfileProxy:
                 with self._lock:
                     self.published.append((s.username, topic, payload))
                 if qos > prof.max_qos:
-                    why = f"publish QoS {qos} to {topic}"
+                    why = broke(prof.qos_rule, f"publish QoS {qos} to {topic}")
                 else:
                     try:
                         why = prof.check_publish(s, topic, payload, qos, retain)
                     except AssertionError as e:
-                        why = f"{topic}: {e}"
+                        why = broke(prof.json_rule, f"{topic}: {e}")
             elif kind == SUBSCRIBE:
                 for topic, qos in parse_subscribe(body):
                     with self._lock:
                         self.subscribed.append((s.username, topic))
-                    why = why or (f"subscribe QoS {qos} to {topic}" if qos > prof.max_qos else None) \
-                        or prof.check_subscribe(s, topic, qos)
+                    why = why or (broke(prof.qos_rule, f"subscribe QoS {qos} to {topic}")
+                                  if qos > prof.max_qos else None) or prof.check_subscribe(s, topic, qos)
             elif kind == CONNECT:
-                why = "second CONNECT on one connection"
+                why = broke("mqtt.connect_first", "second CONNECT on one connection")
             if why:
                 self._violation(s.username, why)
                 return  # the cloud closes the connection

@@ -171,3 +171,23 @@ def test_gateway_addresses_two_sub_devices(env):
     assert handled(board, "write")[0].endswith(" B")
     assert cloud.wait(lambda t, _: t == "dev/tokB/ds/Valve")[0][1] == b"1"
     assert proxy.violations == []
+
+
+@pytest.mark.skipif(not app_has("read_devices"), reason="app.py has no read_devices hook yet (docs/internals.md)")
+def test_gateway_logs_in_with_an_oauth_client(env):
+    # The Gateway API's first login option: the OAuth client's id and secret, no token of
+    # the gateway's own; every device is reached through dev/<its token>/
+    proxy = env.proxy(Blynk(oauth={"oc-e2e": ("oc-s3cret", ["tokA", "tokB"])}, template_id=TMPL))
+    cloud = env.cloud()
+    board = env.board(e2e_config("blynk", proxy.url(), template_id=TMPL, oauth_client_id="oc-e2e",
+                                 oauth_client_secret="oc-s3cret", gateway_tokens={"A": "tokA", "B": "tokB"}))
+    assert proxy.wait_for(lambda p: p.accepted())[0][0] == "oc-e2e"
+    for tok in ("tokA", "tokB"):
+        cloud.wait(lambda t, _, tok=tok: t == f"dev/{tok}/info/mcu", console=board.console)
+        cloud.wait(lambda t, _, tok=tok: t.startswith(f"dev/{tok}/ds/level"), console=board.console)
+    cloud.send("dev/tokA/downlink/ds/Valve", "true")
+    board.wait_for_line("HANDLED write")
+    assert cloud.wait(lambda t, _: t == "dev/tokA/ds/Valve")[0][1] == b"true"
+    assert not [t for _, t, _ in proxy.published if not t.startswith("dev/")]
+    assert proxy.violations == []
+    assert "oc-s3cret" not in board.console()

@@ -4,6 +4,7 @@ everything would make those tests pass for wrong firmware)."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -74,7 +75,10 @@ def proxies(broker):
 
 def closed_for(proxy, dev, text):
     assert dev.gone.wait(5), "the proxy did not close the connection"
-    assert any(text in v for v in proxy.violations), proxy.violations
+    hits = [v for v in proxy.violations if text in v]
+    assert hits, proxy.violations
+    # each names the documented (or assumed) rule it broke: RULES in broker_profiles
+    assert all(re.search(r"\[[a-z0-9_.]+\]$", v) for v in hits), hits
 
 
 def test_thingsboard_token_rules(proxies):
@@ -87,12 +91,17 @@ def test_thingsboard_token_rules(proxies):
     d = Dev(p.port, "GOOD")
     assert d.wait() == 0
     d.pub("v1/devices/me/telemetry", b'[{"ts":1767268800000,"values":{"t":1}},{"t":2}]')
-    d.pub("v1/devices/me/attributes", b'{"fw_version":"1"}')
+    d.pub("v1/devices/me/attributes", b'{"board":"esp32"}')
     d.c.subscribe("v1/devices/me/rpc/request/+", 1)
     time.sleep(0.3)
     assert p.violations == []
     d.pub("v1/devices/me/telemetry", b'{"ts":1767268800,"values":{"t":1}}', qos=0)
     closed_for(p, d, "not epoch milliseconds")
+    p.violations.clear()
+    d = Dev(p.port, "GOOD")
+    d.wait()
+    d.pub("v1/devices/me/attributes", b'{"fw_version":"1.0"}', qos=0)  # the OTA shared attribute's name
+    closed_for(p, d, "OTA shared attribute")
 
 
 def test_thingsboard_topic_and_size(proxies):
@@ -146,11 +155,20 @@ def test_blynk_gateway_and_redirect(proxies):
     d = Dev(p.port, "mgmt_device", "GW")
     assert d.wait() == 0
     d.c.subscribe("dev/tokA/downlink/#", 1)
+    d.c.subscribe("dev/GW/downlink/#", 1)  # the gateway itself: dev/<its token>/ too
     d.pub("dev/tokB/ds/T", b"1")
+    d.pub("dev/GW/info/mcu", b'{"ver":"1","build":"x","rxbuff":1024}')
     time.sleep(0.3)
     assert p.violations == []
     d.pub("dev/tokZ/ds/T", b"1", qos=0)
-    closed_for(p, d, "not a sub-device")
+    closed_for(p, d, "not dev/<token>/")
+    # a gateway session addresses nothing unprefixed
+    for act in (lambda d: d.c.subscribe("downlink/#", 1), lambda d: d.pub("ds/T", b"1", qos=0)):
+        p.violations.clear()
+        d = Dev(p.port, "mgmt_device", "GW")
+        d.wait()
+        act(d)
+        closed_for(p, d, "not dev/<token>/")
     p.violations.clear()
     p.redirect = "mqtt://elsewhere:1883"
     d = Dev(p.port, "mgmt_device", "GW")
@@ -159,6 +177,19 @@ def test_blynk_gateway_and_redirect(proxies):
     while not d.msgs and time.monotonic() < end:
         time.sleep(0.05)
     assert d.msgs == [("downlink/redirect", b"mqtt://elsewhere:1883")]
+
+
+def test_blynk_oauth_gateway_login_and_booleans(proxies):
+    p = proxies(Blynk(oauth={"oc-1": ("sec", ["tokA"])}, booleans={"Power"}))
+    assert Dev(p.port, "oc-1", "wrong").wait() == 4
+    d = Dev(p.port, "oc-1", "sec")
+    assert d.wait() == 0
+    d.c.subscribe("dev/tokA/downlink/#", 1)
+    d.pub("dev/tokA/batch_ds", b'{"Power":true,"T":1}')
+    time.sleep(0.3)
+    assert p.violations == []
+    d.pub("dev/tokA/batch_ds", b'{"Power":1}', qos=0)
+    closed_for(p, d, "not true/false")
 
 
 def test_weightron_rules(proxies):
@@ -213,7 +244,7 @@ def test_directions_are_kept_apart(proxies, broker):
         d.wait()
         d.c.subscribe("v1/devices/me/attributes", 1)
         time.sleep(0.3)
-        d.pub("v1/devices/me/attributes", b'{"fw_version":"1"}')
+        d.pub("v1/devices/me/attributes", b'{"board":"esp32"}')
         cloud.wait(lambda t, _: t == "v1/devices/me/attributes")
         cloud.send("v1/devices/me/attributes", {"mode": "eco"})
         end = time.monotonic() + 5
@@ -224,3 +255,91 @@ def test_directions_are_kept_apart(proxies, broker):
         assert p.violations == []
     finally:
         cloud.close()
+
+
+# -- every rule cites the platform's documentation (or says it is an assumption) ----------
+def _profiles_tree():
+    import ast
+    from pathlib import Path
+
+    path = Path(__file__).with_name("broker_profiles.py")
+    return ast.parse(path.read_text()), ast
+
+
+def test_every_declared_rule_cites_a_page_or_is_marked_an_assumption():
+    from tests.integration.broker_profiles import RULES
+
+    assert RULES
+    for name, rule in RULES.items():
+        assert len(rule.says) > 20, f"{name}: say what the page says (or why it is assumed)"
+        if rule.assumption:
+            continue
+        assert rule.source and rule.source.startswith("https://"), f"{name}: no documentation URL"
+
+
+def test_every_violation_and_refusal_names_a_declared_rule():
+    from tests.integration import broker_profiles as bp
+
+    tree, ast = _profiles_tree()
+    used = set()
+
+    def text_outside_broke(node):
+        # a violation written as bare text, not through broke(rule, ...)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "broke":
+            return False
+        if isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+            return True
+        if isinstance(node, ast.IfExp):
+            return text_outside_broke(node.body) or text_outside_broke(node.orelse)
+        if isinstance(node, ast.BoolOp):
+            return any(text_outside_broke(v) for v in node.values)
+        return False
+
+    checked = 0
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        if fn.name in ("check_subscribe", "check_publish", "_tb_telemetry_item", "_upstream", "_client"):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Return) and node.value is not None:
+                    assert not text_outside_broke(node.value), f"{fn.name} line {node.lineno}: uncited violation"
+                    checked += 1
+                if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "why" for t in node.targets):
+                    assert not text_outside_broke(node.value), f"{fn.name} line {node.lineno}: uncited violation"
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Call):
+                f = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                if f == "Refuse":
+                    rule = node.args[1]
+                    names = [rule.body, rule.orelse] if isinstance(rule, ast.IfExp) else [rule]
+                    for r in names:
+                        assert isinstance(r, ast.Constant) and r.value in bp.RULES, \
+                            f"line {node.lineno}: Refuse without a declared rule"
+                        used.add(r.value)
+                elif f == "broke" and isinstance(node.args[0], ast.Constant):
+                    assert node.args[0].value in bp.RULES, f"line {node.lineno}: rule {node.args[0].value} undeclared"
+                    used.add(node.args[0].value)
+                elif f == "_violation":
+                    arg = node.args[1]  # broke(...), or `why`, whose assignments are checked above
+                    assert (isinstance(arg, ast.Call) and getattr(arg.func, "id", None) == "broke") or \
+                        getattr(arg, "id", None) == "why", f"line {node.lineno}: violation without a rule"
+    assert checked > 20
+    for cls in (bp.ThingsBoard, bp.Blynk, bp.Weightron, bp.Biotz):
+        for attr in ("qos_rule", "json_rule"):
+            assert getattr(cls, attr) in bp.RULES
+    # a declared rule nothing names is a stale one: every rule appears in the checks' code
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Constant) and node.value in bp.RULES:
+                    used.add(node.value)
+    assert set(bp.RULES) - used == set(), "declared rules no profile enforces"
+
+
+def test_a_violation_says_which_rule_it_broke():
+    from tests.integration.broker_profiles import RULES, Session, ThingsBoard
+
+    s = Session("T", "c", "device")
+    why = ThingsBoard({"T": "device"}).check_publish(s, "v1/devices/me/telemetry", b'{"ts":1,"values":{}}', 1, False)
+    rule = why.rsplit("[", 1)[1].rstrip("]")
+    assert rule == "tb.telemetry" and RULES[rule].source.startswith("https://thingsboard.io/")

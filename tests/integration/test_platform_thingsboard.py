@@ -29,8 +29,10 @@ def answer_client_rpc(cloud, max_payload=65536):
                 cloud.send(f"v1/devices/me/rpc/response/{rid}",
                            {"maxPayloadSize": max_payload, "maxInflightMessages": 100,
                             "rateLimits": {"messages": "200:1"}}, wait=False)
-            elif req["method"] == "getTime":
-                cloud.send(f"v1/devices/me/rpc/response/{rid}", {"serverTime": int(time.time() * 1000)}, wait=False)
+            elif req["method"] == "getCurrentTime":
+                # ThingsBoard's documented rule chain: a script node answers
+                # new Date().getTime(), a bare number (thingsboard.io/docs/user-guide/rpc/)
+                cloud.send(f"v1/devices/me/rpc/response/{rid}", str(int(time.time() * 1000)), wait=False)
 
     cloud.on(answer)
 
@@ -59,7 +61,8 @@ def test_telemetry_attributes_rpc_and_shared_attributes(env):
     # the right CONNECT: token as username, no password (the profile refuses anything else)
     assert proxy.accepted() and proxy.accepted()[0][0] == TOKEN
     attrs = json.loads(cloud.wait(lambda t, _: t == "v1/devices/me/attributes")[0][1])
-    assert attrs["board"] == "host" and attrs["fw_version"]
+    assert attrs["board"] == "host" and "fw_version" not in attrs  # the OTA shared attribute's name
+    assert attrs["current_fw_title"] == "uplink" and attrs["current_fw_version"]
     # server-side RPC: a user method, and a built-in; replies on the same ids
     cloud.send("v1/devices/me/rpc/request/42", {"method": "echo", "params": {"x": 1}})
     r = cloud.wait(lambda t, _: t == "v1/devices/me/rpc/response/42", console=board.console)
@@ -70,7 +73,7 @@ def test_telemetry_attributes_rpc_and_shared_attributes(env):
     # a shared attribute change reaches the handler
     cloud.send("v1/devices/me/attributes", {"mode": "eco"})
     board.wait_for_line('HANDLED attributes {"mode": "eco"}')
-    # the getTime answer comes back as a set_time command with the cloud's clock
+    # the getCurrentTime answer comes back as a set_time command with the cloud's clock
     line = board.wait_for_line("HANDLED set_time")
     assert abs(json.loads(line.split(" ", 2)[2].rsplit(" ", 1)[0])["ms"] - time.time() * 1000) < 60_000
     assert proxy.violations == []

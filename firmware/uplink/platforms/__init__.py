@@ -149,9 +149,36 @@ def iso(ms):
 
 
 class Base:
-    """What every adapter shares."""
+    """What every adapter shares: call Base.__init__(self, cfg, ctx, default_url, ...) first.
+
+    Sets cfg, ctx, url (platform.url or the kind's default), client_id (platform.client_id,
+    else `client_id`, else the device name; at most 64 characters), max_payload
+    (platform.max_payload when the kind has that key, else `max_payload`) and the
+    platform.credentials source. biotz.py and weightron.py still set these themselves."""
 
     _creds = None  # the platform.credentials source, when configured
+    # Health keys in every reading when telemetry.health is not set: only where the platform
+    # stores any key it is sent (ThingsBoard); Blynk and Biotz refuse or drop unknown keys.
+    HEALTH = False
+
+    def __init__(self, cfg, ctx, default_url, max_payload=65536, client_id=None):
+        p = cfg["platform"]
+        self.cfg = cfg
+        self.ctx = ctx
+        self.url = p.get("url") or default_url
+        self.client_id = (p.get("client_id") or client_id or cfg["device"]["name"])[:64]
+        self.max_payload = p.get("max_payload") or max_payload
+        self._creds = credential_source(p)
+
+    def require(self, key, hint):
+        """platform.<key>, unless a credentials source stands in for it: ConfigError naming
+        the key and where its value is found."""
+        v = self.cfg["platform"].get(key)
+        if not v and self._creds is None:
+            from uplink import ConfigError
+
+            raise ConfigError("config.json: platform.%s: missing: %s" % (key, hint))
+        return v
 
     def invalidate_credentials(self):
         """The broker refused our credentials: a relay token is fetched anew next time
@@ -187,3 +214,45 @@ def too_big(n, size, limit):
     """The drop marker of encode(): (None, reason, n). These n readings cannot be sent on
     this platform at all; the app drops them, counts them and logs the reason."""
     return (None, ("reading of %d bytes exceeds the %d-byte message limit" % (size, limit)).encode(), n)
+
+
+class Pack:
+    """JSON pieces joined into messages of at most `room` bytes: "[a,b,c]" (or "{...}" with
+    brackets="{}"). The one size-limit loop every adapter needs: add() what fits(), send
+    what add() and take() hand back."""
+
+    def __init__(self, room, brackets="[]"):
+        self.room = room
+        self.brackets = brackets
+        self.parts = []
+        self.size = 2
+
+    def fits(self, piece):
+        """Whether `piece` fits a message on its own."""
+        return len(piece) + 2 <= self.room
+
+    def full_for(self, piece):
+        """Whether `piece` would push the pieces gathered so far over the limit."""
+        return bool(self.parts) and self.size + 1 + len(piece) > self.room
+
+    def add(self, piece):
+        """Add a piece that fits(); returns the message completed first when the piece did
+        not fit beside the others, else None."""
+        done = self.take() if self.full_for(piece) else None
+        self.size += len(piece) + (1 if self.parts else 0)
+        self.parts.append(piece)
+        return done
+
+    def take(self, bare=False):
+        """The gathered pieces as one message (text), or None; bare: a lone piece without
+        brackets."""
+        parts = self.parts
+        if not parts:
+            return None
+        s = parts[0] if bare and len(parts) == 1 else self.brackets[0] + ",".join(parts) + self.brackets[1]
+        self.parts = []
+        self.size = 2
+        return s
+
+    def __len__(self):
+        return len(self.parts)

@@ -1,15 +1,16 @@
-# Blynk (blynk.cloud) MQTT device API, and the gateway API (one connection as mgmt_device,
-# every device-API topic prefixed dev/<sub-device token>/). Wire contract: PLATFORMS.md
-# "Blynk". Largest message 1024 bytes: enforced here, before anything is sent.
+# Blynk (blynk.cloud) MQTT device API, and the gateway API (one connection as mgmt_device
+# with the gateway's token, or as an OAuth client; every device, the gateway itself too, is
+# addressed as dev/<its token>/). Wire contract: PLATFORMS.md "Blynk",
+# https://docs.blynk.io/en/blynk.cloud-mqtt-api/mqtt-gateway-api. Largest message 1024
+# bytes: enforced here, before anything is sent.
+import uplink
 from uplink.config import ConfigError
 from uplink.platforms import (
     Base,
     Command,
-    client_id,
-    credential_source,
+    Pack,
     dumps,
     loads_obj,
-    platform_url,
     text,
     too_big,
     topic_ok,
@@ -18,12 +19,20 @@ from uplink.platforms import (
 DEFAULT_URL = "mqtts://blynk.cloud:8883"
 MAX_MESSAGE = 1024
 SCHEMES = ("mqtt://", "mqtts://", "ws://", "wss://")
+# info/mcu "build" is the firmware's build date. A build step may set uplink.BUILD (or the
+# app ctx.build); without one the console shows this, never the version (that is "ver").
+BUILD = "unknown"
 
 SCHEMA = {
     "token": (str, None),
     "template_id": (str, None),
     "template_name": (str, None),
     "gateway_tokens": (dict, None),
+    # Gateway API login with an OAuth client (Blynk console: Organization -> OAuth clients):
+    # MQTT username = its Client ID, password = its Client Secret. Not "client_id": that
+    # common key is the MQTT client id, which must stay unique per connection.
+    "oauth_client_id": (str, None),
+    "oauth_client_secret": (str, None),
     "timestamped": (bool, True),
     "sync": ([str], []),
 }
@@ -34,17 +43,10 @@ class Adapter(Base):
     keepalive = 45  # what Blynk recommends
 
     def __init__(self, cfg, ctx):
+        Base.__init__(self, cfg, ctx, DEFAULT_URL, MAX_MESSAGE)
         p = cfg["platform"]
-        self.cfg = cfg
-        self.ctx = ctx
-        self.url = platform_url(cfg, DEFAULT_URL)
-        self.client_id = client_id(cfg)
-        self.max_payload = MAX_MESSAGE
+        self.max_payload = MAX_MESSAGE  # Blynk's, whatever the config says
         self.timestamped = p.get("timestamped", True)
-        self._creds = credential_source(p)
-        if not p.get("token") and self._creds is None:
-            raise ConfigError("config.json: platform.token: missing: the device's auth token "
-                              "(the gateway's own token in gateway mode)")
         gw = p.get("gateway_tokens") or {}
         self._tokens = {}  # sub-device name -> token
         self._names = {}  # token -> sub-device name
@@ -55,15 +57,41 @@ class Adapter(Base):
                                   "token (text without / + #)" % name)
             self._tokens[name] = tok
             self._names[tok] = name
-        self.gateway = bool(self._tokens)
+        self.oauth = bool(p.get("oauth_client_id") or p.get("oauth_client_secret"))
+        self.gateway = bool(self._tokens) or self.oauth
+        if self.oauth:
+            if not (p.get("oauth_client_id") and p.get("oauth_client_secret")) and self._creds is None:
+                raise ConfigError("config.json: platform.oauth_client_id and oauth_client_secret: "
+                                  "both are needed (Blynk console: the OAuth client's Client ID "
+                                  "and Client Secret)")
+            if not self._tokens:
+                raise ConfigError("config.json: platform.gateway_tokens: missing: an OAuth client "
+                                  "login is a gateway session; list {sub-device name: its token}")
+        else:
+            self.require("token", "the device's auth token (the gateway's own token in gateway mode)")
+        tok = p.get("token")
+        # The gateway API addresses every device, the gateway itself too, as dev/<token>/;
+        # an OAuth client session has no device of its own. A plain device session: "".
+        if not self.gateway:
+            self._own = ""
+        elif tok and not self.oauth:
+            if not topic_ok(tok):
+                raise ConfigError("config.json: platform.token: expected a device token (text without / + #)")
+            self._own = "dev/" + tok + "/"
+        else:
+            self._own = None
 
     async def credentials(self):
         if self._creds is not None:
             return await self._creds()
-        return ("mgmt_device" if self.gateway else "device", self.cfg["platform"]["token"])
+        p = self.cfg["platform"]
+        if self.oauth:
+            return (p["oauth_client_id"], p["oauth_client_secret"])
+        return ("mgmt_device" if self.gateway else "device", p["token"])
 
     def _prefixes(self):
-        yield ""
+        if self._own is not None:
+            yield self._own
         for name in self._tokens:
             yield "dev/" + self._tokens[name] + "/"
 
@@ -72,8 +100,8 @@ class Adapter(Base):
 
     async def on_connect(self, client):
         p = self.cfg["platform"]
-        info = {"ver": self.ctx.version, "build": getattr(self.ctx, "build", None) or self.ctx.version,
-                "rxbuff": MAX_MESSAGE}
+        build = getattr(self.ctx, "build", None) or getattr(uplink, "BUILD", None) or BUILD
+        info = {"ver": self.ctx.version, "build": build, "rxbuff": MAX_MESSAGE}
         if p.get("template_id"):
             info["tmpl"] = p["template_id"]
             info["type"] = p["template_id"]
@@ -81,14 +109,14 @@ class Adapter(Base):
         for pre in self._prefixes():
             await client.publish(pre + "info/mcu", payload, 0)
         sync = p.get("sync")
-        if sync:  # the current values come back as downlink/ds/<name> writes
-            await client.publish("get/ds", ",".join(sync).encode(), 0)
+        if sync and self._own is not None:  # the current values come back as downlink/ds/<name> writes
+            await client.publish(self._own + "get/ds", ",".join(sync).encode(), 0)
 
     # -- telemetry -------------------------------------------------------------------------
     def _prefix(self, r):
         dev = r.get("device")
         if dev is None or not self.gateway:
-            return ""
+            return self._own
         tok = self._tokens.get(dev)
         return None if tok is None else "dev/" + tok + "/"
 
@@ -99,8 +127,10 @@ class Adapter(Base):
             r = readings[i]
             pre = self._prefix(r)
             if pre is None:
-                out.append((None, ("no token for sub-device %r in platform.gateway_tokens"
-                                   % r.get("device")).encode(), 1))
+                dev = r.get("device")
+                out.append((None, (("no token for sub-device %r in platform.gateway_tokens" % dev)
+                                   if dev is not None else "an OAuth gateway session has no device of "
+                                   "its own: send readings for sub-devices (user.read_devices)").encode(), 1))
                 i += 1
                 continue
             j = i
@@ -138,22 +168,18 @@ class Adapter(Base):
         # several values: batch_ds, split over several messages when needed (n=0 for the parts
         # before the last: the reading is delivered when its last part is)
         topic = pre + "batch_ds"
-        room = self._room(topic)
-        parts = []
-        size = 2
+        pack = Pack(self._room(topic), "{}")
         start = len(out)
         for name in values:
-            piece = dumps(name) + ":" + dumps(_json_value(values[name]))
-            if len(piece) + 2 > room:
+            piece = dumps(name) + ":" + dumps(values[name])
+            if not pack.fits(piece):
                 del out[start:]
                 out.append(too_big(1, len(piece) + 2, self.max_payload))
                 return
-            if parts and size + 1 + len(piece) > room:
-                out.append((topic, ("{" + ",".join(parts) + "}").encode(), 0))
-                parts, size = [], 2
-            size += len(piece) + (1 if parts else 0)
-            parts.append(piece)
-        out.append((topic, ("{" + ",".join(parts) + "}").encode(), 1))
+            done = pack.add(piece)
+            if done is not None:
+                out.append((topic, done.encode(), 0))
+        out.append((topic, pack.take().encode(), 1))  # type: ignore
 
     def _timestamped(self, readings, i, j, pre, out):
         start = len(out)
@@ -164,23 +190,19 @@ class Adapter(Base):
                     names.append(name)
         for name in names:
             topic = pre + "ds/" + name + "/timestamped_batch"
-            room = self._room(topic)
-            parts = []
-            size = 2
+            pack = Pack(self._room(topic))
             for k in range(i, j):
                 values = readings[k]["values"]
                 if name not in values:
                     continue
-                piece = "[%d,%s]" % (readings[k]["ts"], dumps(_json_value(values[name])))
-                if len(piece) + 2 > room:
+                piece = "[%d,%s]" % (readings[k]["ts"], dumps(values[name]))
+                if not pack.fits(piece):
                     continue  # one oversize value cannot be sent; the rest still can
-                if parts and size + 1 + len(piece) > room:
-                    out.append((topic, ("[" + ",".join(parts) + "]").encode(), 0))
-                    parts, size = [], 2
-                size += len(piece) + (1 if parts else 0)
-                parts.append(piece)
-            if parts:
-                out.append((topic, ("[" + ",".join(parts) + "]").encode(), 0))
+                done = pack.add(piece)
+                if done is not None:
+                    out.append((topic, done.encode(), 0))
+            if len(pack):
+                out.append((topic, pack.take().encode(), 0))  # type: ignore
         if len(out) > start:
             last = out[-1]
             out[-1] = (last[0], last[1], j - i)
@@ -194,17 +216,17 @@ class Adapter(Base):
         if topic.startswith("dev/"):
             k = topic.find("/", 4)
             tok = topic[4:k] if k > 0 else ""
-            dev = self._names.get(tok)
-            if dev is None:
-                raise ValueError("downlink for an unknown sub-device token")
             pre = topic[:k + 1]
+            dev = self._names.get(tok)
+            if dev is None and pre != self._own:
+                raise ValueError("downlink for an unknown sub-device token")
             topic = topic[k + 1:]
         if not topic.startswith("downlink/"):
             return None
         what = topic[9:]
         if what == "redirect":
-            if dev is not None:
-                raise ValueError("redirect addressed to a sub-device")
+            if pre:
+                raise ValueError("redirect addressed to one device of a gateway session")
             url = text(payload, "redirect").strip()
             host = url[url.find("://") + 3:] if "://" in url else ""
             if not any(url.startswith(s) for s in SCHEMES) or not host or host[0] in "/:":
@@ -251,17 +273,12 @@ def _names_ok(values):
     return True
 
 
-def _json_value(v):
-    # Blynk switches and LEDs are 0/1
-    if v is True:
-        return 1
-    if v is False:
-        return 0
-    return v
-
-
 def _text(v):
-    v = _json_value(v)
+    # Boolean datastreams take true/false (docs.blynk.io .../device-mqtt-api/datastreams)
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
     if isinstance(v, str):
         return v
     if isinstance(v, (int, float)):
@@ -270,6 +287,8 @@ def _text(v):
 
 
 def _parse_value(raw):
+    if raw == "true" or raw == "false":
+        return raw == "true"
     try:
         return int(raw)
     except ValueError:

@@ -1,20 +1,19 @@
 # ThingsBoard (self-hosted or ThingsBoard Cloud), MQTT device API and gateway API.
 # Wire contract: PLATFORMS.md "ThingsBoard". Token as username, no password.
-from uplink.config import ConfigError
 from uplink.platforms import (
     Base,
     Command,
-    client_id,
+    Pack,
     command,
-    credential_source,
     dumps,
+    loads,
     loads_obj,
-    platform_url,
     too_big,
 )
 
 DEFAULT_URL = "mqtts://mqtt.thingsboard.cloud:8883"
 DEFAULT_MAX_PAYLOAD = 65536
+FW_TITLE = "uplink"  # current_fw_title: what an OTA package's title must match
 
 SCHEMA = {
     "token": (str, None),
@@ -25,9 +24,18 @@ SCHEMA = {
     "claim_secret": (str, None),
     "claim_duration_ms": (int, 60000, lambda v: v > 0 or "a number above 0"),
     "max_payload": (int, DEFAULT_MAX_PAYLOAD, lambda v: v >= 256 or "at least 256"),
-    # getSessionLimits/getTime after connect; off for servers older than ThingsBoard 3.5,
+    # getSessionLimits and the time (time_method) after connect; off for servers older than ThingsBoard 3.5,
     # or a plain broker that echoes a device's requests back to it (make demo)
     "client_rpc": (bool, True),
+    # ThingsBoard has no stock time handler: its docs' rule-chain example answers the
+    # client-side RPC "getCurrentTime" with new Date().getTime(), a bare number of ms
+    # (thingsboard.io/docs/user-guide/rpc/, "Processing the client-side RPC by the platform").
+    # A rule chain that answers with an object instead: name the key in time_key.
+    "time_method": (str, "getCurrentTime"),
+    "time_key": (str, None),
+    # Largest packet the device takes from the broker (shared attributes, RPC): a bigger one
+    # costs that much heap; what is over it is dropped.
+    "max_downlink": (int, 4096, lambda v: v >= 256 or "at least 256"),
 }
 
 ME = "v1/devices/me/"
@@ -47,13 +55,12 @@ GW_ATTR_RESPONSE = GW + "attributes/response"
 
 
 class Adapter(Base):
+    HEALTH = True  # any telemetry key is stored: the health keys have room here
+
     def __init__(self, cfg, ctx):
+        Base.__init__(self, cfg, ctx, DEFAULT_URL, DEFAULT_MAX_PAYLOAD)
         p = cfg["platform"]
-        self.cfg = cfg
-        self.ctx = ctx
-        self.url = platform_url(cfg, DEFAULT_URL)
-        self.client_id = client_id(cfg)
-        self.max_payload = p.get("max_payload") or DEFAULT_MAX_PAYLOAD
+        self.max_packet = p.get("max_downlink") or 4096  # MQTTClient(max_packet=...)
         self.gateway = p.get("gateway_devices") or []
         self._gw = None
         if self.gateway:  # the gateway API's code is loaded only by gateways
@@ -61,10 +68,9 @@ class Adapter(Base):
 
             self._gw = tb_gateway
         self.shared_keys = p.get("shared_attributes") or []
-        self._creds = credential_source(p)
-        if not p.get("token") and self._creds is None and not self.needs_provisioning():
-            raise ConfigError("config.json: platform.token: missing: give the device's access token, "
-                              "or provision_key and provision_secret to provision it on first boot")
+        if not self.needs_provisioning():
+            self.require("token", "give the device's access token, or provision_key and "
+                         "provision_secret to provision it on first boot")
         self._rpc_id = 0
         self._pending = {}  # client-side RPC / attribute request id -> method
         self._claimed = False
@@ -97,14 +103,22 @@ class Adapter(Base):
         return subs
 
     async def on_connect(self, client):
-        attrs = {"fw_version": self.ctx.version, "board": self.ctx.board.name}
+        # Not "fw_version": that is the shared attribute announcing an OTA package. The running
+        # firmware goes by the names ThingsBoard's OTA guide gives it, current_fw_title and
+        # current_fw_version (thingsboard.io/docs/user-guide/ota-updates/). As client
+        # attributes for now: the guide sends them as telemetry beside fw_state, which comes
+        # with OTA; until then a telemetry message that is no reading is not worth its bytes.
+        attrs = {"board": self.ctx.board.name, "current_fw_title": FW_TITLE,
+                 "current_fw_version": self.ctx.version}
         ip = ctx_ip(self.ctx)
         if ip:
             attrs["ip"] = ip
         # QoS 1 without waiting for each PUBACK: the client pipelines them
         await client.publish(ATTRIBUTES, dumps(attrs).encode(), 1, False, False)
         self._pending = {}
-        for method in ("getSessionLimits", "getTime") if self.cfg["platform"].get("client_rpc", True) else ():
+        p = self.cfg["platform"]
+        methods = ("getSessionLimits", p.get("time_method") or "getCurrentTime")
+        for method in methods if p.get("client_rpc", True) else ():
             t, payload = self.rpc_request(method)
             await client.publish(t, payload, 1, False, False)
         if self.shared_keys:
@@ -164,27 +178,24 @@ class Adapter(Base):
     def _encode_me(self, readings, i, out):
         # one reading: the object itself; several: one JSON array (TB stores each with its ts)
         limit = self.max_payload
-        room = limit - len(TELEMETRY) - 4
-        pieces = []
-        size = 2  # the array's brackets
+        pack = Pack(limit - len(TELEMETRY) - 4)
         n = len(readings)
         while i < n:
             r = readings[i]
             if self.gateway and r.get("device") is not None:
                 break
             piece = self._piece(r)
-            if len(piece) > room:
-                if pieces:
+            if len(piece) > pack.room:  # a lone object goes without the brackets
+                if len(pack):
                     break
                 out.append(too_big(1, len(piece), limit))
                 return i + 1
-            if pieces and size + len(piece) + 1 > room:
+            if pack.full_for(piece):
                 break
-            size += len(piece) + (1 if pieces else 0)
-            pieces.append(piece)
+            pack.add(piece)
             i += 1
-        payload = pieces[0] if len(pieces) == 1 else "[" + ",".join(pieces) + "]"
-        out.append((TELEMETRY, payload.encode(), len(pieces)))
+        count = len(pack)
+        out.append((TELEMETRY, pack.take(True).encode(), count))  # type: ignore
         return i
 
     # -- downlink --------------------------------------------------------------------------
@@ -202,9 +213,13 @@ class Adapter(Base):
             _id(topic, ATTR_RESPONSE)
             resp = loads_obj(payload, "attributes response")
             shared = resp.get("shared") or {}
-            if not isinstance(shared, dict):
-                raise ValueError("attributes response: 'shared' is not an object")
-            return Command("attributes", shared)
+            client = resp.get("client")
+            if not isinstance(shared, dict) or not isinstance(client or {}, dict):
+                raise ValueError("attributes response: 'shared'/'client' is not an object")
+            if client is None:  # the usual answer (shared keys asked): as a shared update
+                return Command("attributes", shared)
+            # clientKeys were asked: both sections, as ThingsBoard answers them
+            return Command("attributes", {"client": client, "shared": shared})
         if topic.startswith(RPC_RESPONSE):
             return self._rpc_answer(_id(topic, RPC_RESPONSE), payload)
         if self._gw is not None and topic.startswith(GW):
@@ -215,6 +230,9 @@ class Adapter(Base):
         method = self._pending.pop(rid, None)
         if method is None:
             return None
+        p = self.cfg["platform"]
+        if method == (p.get("time_method") or "getCurrentTime"):
+            return _time_answer(loads(payload, method + " answer"), p.get("time_key"), method)
         ans = loads_obj(payload, method + " answer")
         if method == "getSessionLimits":
             size = ans.get("maxPayloadSize")
@@ -223,11 +241,6 @@ class Adapter(Base):
             # the server's limit can only lower ours (platform.max_payload also guards the heap)
             self.max_payload = min(size, self.cfg["platform"].get("max_payload") or DEFAULT_MAX_PAYLOAD)
             return None
-        if method == "getTime":
-            ms = ans.get("serverTime")
-            if not isinstance(ms, int) or isinstance(ms, bool) or ms <= 0:
-                raise ValueError("getTime answer: bad serverTime %r" % (ms,))
-            return Command("set_time", {"ms": ms})
         return Command("rpc_answer", {"method": method, "result": ans})
 
     def reply(self, cmd, result):
@@ -240,6 +253,16 @@ class Adapter(Base):
             return (GW_RPC, dumps({"device": cmd.device, "id": to[1],
                                    "data": {} if result is None else result}).encode())
         return None
+
+
+def _time_answer(ans, key, method):
+    # epoch ms as a bare number (the documented rule chain), or under time_key
+    ms = ans.get(key) if key and isinstance(ans, dict) else ans
+    if not isinstance(ms, int) or isinstance(ms, bool) or ms <= 0:
+        raise ValueError("%s answer: expected epoch milliseconds%s, got %s"
+                         % (method, " under %r" % key if key else " (a bare number; or set platform.time_key)",
+                            dumps(ans)[:60]))
+    return Command("set_time", {"ms": ms})
 
 
 def _id(topic, prefix):
