@@ -31,6 +31,11 @@ def slot(root=""):
         s["failed"], cur = cur, s.get("prev") or ""
         s["cur"] = cur
         del s["trial"]
+        try:  # the crash that ended the trial (uplink.safemode), before the next boot's app overwrites it
+            with open(root + "boots.json") as f:
+                s["why"] = json.load(f).get("last")
+        except (OSError, ValueError, AttributeError):
+            pass
     else:
         s["trial"] = 1
     try:  # temp + rename: a power cut leaves the old pointer or the new one

@@ -4,6 +4,7 @@
 # then SLOT is switched by temp + rename. main.py boots the new slot on trial; see docs/ota.md.
 # Every step streams through one 1 KB buffer: a bundle is never in RAM.
 import asyncio
+import gc
 import hashlib
 import json
 import os
@@ -133,12 +134,18 @@ class Stage:
                 h.update(buf if n == BUF else buf[:n])
                 await asyncio.sleep_ms(0)  # crypto on a 240 MHz chip: let the other tasks run
             f.seek(0)
-            head = b""
-            while not head.endswith(b"\n") and len(head) < HEADER_MAX:
-                part = f.readline(256)  # small reads: one 8 KB block may not exist in a used heap
-                if not part:
+            hlen = 0
+            while hlen < HEADER_MAX:  # the manifest line's length, in small reads
+                n = f.readinto(buf)
+                i = bytes(buf[:n]).find(b"\n") if n else -1
+                if i >= 0 or not n:
+                    hlen += i + 1
                     break
-                head += part
+                hlen += n
+            del buf
+            gc.collect()  # one block the manifest's size, in a heap the chunks fragmented
+            f.seek(0)
+            head = f.read(hlen)
         got = _hex(h.digest())
         if got != self.want["sha256"].lower():
             raise OtaError("checksum mismatch: got sha256 %s, expected %s" % (got, self.want["sha256"]))
