@@ -4,8 +4,47 @@
 # maintenance: the app is not started, so no watchdog is armed, and the REPL is free for the
 # tools. It is removed as it is honoured: the next reset starts the app again.
 import os
+import sys
 
 HOLD = "hold"
+SLOT = "slot.json"  # = uplink.ota.SLOT: which app slot boots (docs/ota.md)
+
+
+def slot(root=""):
+    """The app directory to boot: "" (the app deployed over USB, at the root) or an OTA slot.
+    A slot on trial gets one boot: the next boot without a commit by uplink.ota (a crash, the
+    watchdog, a power cut, the trial timer) boots the previous app instead."""
+    import json
+
+    try:
+        with open(root + SLOT) as f:
+            s = json.load(f)
+        cur = s.get("cur") or ""
+        if cur:
+            os.stat(root + cur + "/bundle.json")  # written last by the install: a whole slot
+    except (OSError, ValueError, AttributeError):
+        return ""
+    t = s.get("trial")
+    if t is None:
+        return cur
+    if t:
+        s["failed"], cur = cur, s.get("prev") or ""
+        s["cur"] = cur
+        del s["trial"]
+        try:  # the crash that ended the trial (uplink.safemode), before the next boot's app overwrites it
+            with open(root + "boots.json") as f:
+                s["why"] = json.load(f).get("last")
+        except (OSError, ValueError, AttributeError):
+            pass
+    else:
+        s["trial"] = 1
+    try:  # temp + rename: a power cut leaves the old pointer or the new one
+        with open(root + SLOT + ".tmp", "w") as f:
+            json.dump(s, f)
+        os.rename(root + SLOT + ".tmp", root + SLOT)
+    except OSError:
+        return s.get("prev") or ""  # a trial that cannot be counted does not run
+    return cur
 
 why = None
 try:
@@ -14,16 +53,20 @@ try:
     os.remove(HOLD)
 except OSError:
     why = None  # none, or one that cannot be removed: never a hold that outlives its boot
-if why is not None:
+if __name__ != "__main__":
+    pass  # imported by a test for slot()
+elif why is not None:
     print("MAINTENANCE HOLD (%s): app not started, watchdog not armed; reset to start it." % why)
 else:
     import gc
 
+    app_dir = slot()
+    if app_dir:
+        sys.path.insert(0, app_dir)  # its uplink/ and user code win over the root's
     gc.collect()
     try:
         from uplink import app
     except Exception as e:  # a half-copied firmware, no memory: not the REPL for good
-        import sys
         import time
 
         sys.print_exception(e)

@@ -376,11 +376,15 @@ def _boards_for_build(board: str | None) -> list[str]:
 def build(
     board: Annotated[Optional[str], typer.Option(help="Board profile id (boards/*.json); default: every board in the fleet.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable size table.")] = False,
+    bundle: Annotated[Optional[str], typer.Option("--bundle", metavar="DEVICE", help="Write DEVICE's app as one OTA bundle (docs/ota.md).")] = None,
+    version: Annotated[Optional[str], typer.Option("--version", help="The bundle's version (default: the firmware's).")] = None,
 ):
     """mpy-cross every firmware module for the board (cached), with a size table."""
     from host_tools import build as b
     from host_tools.fleet import board_profile
 
+    if bundle is not None:
+        return _build_bundle(bundle, version, as_json)
     report = {}
     for bid in _boards_for_build(board):
         board_profile(bid)
@@ -397,6 +401,31 @@ def build(
             UI.out.print(t)
     if as_json:
         UI.data(report)
+
+
+def _build_bundle(device: str, version: str | None, as_json: bool):
+    from host_tools import ota_bundle as bu
+
+    dev = S.fleet().device(device)
+    version = version or _firmware_version()
+    out = S.build_root / "bundles" / f"{device}-{version}.uplb"
+    made = bu.build_bundle(dev.board, version, out, build_root=S.build_root)
+    info = {"bundle": str(made.path), "title": made.manifest["title"], "version": version,
+            "board": dev.board, "size": made.size, "sha256": made.sha256, "files": len(made.manifest["files"])}
+    if as_json:
+        UI.data(info)
+    else:
+        UI.text(f"{made.path}: {made.manifest['title']} {version}, {len(made.manifest['files'])} files, "
+                f"{made.size} bytes, sha256 {made.sha256}\n")
+
+
+def _firmware_version() -> str:
+    import re
+
+    from host_tools.build import firmware_dir
+
+    m = re.search(r'VERSION = "([^"]+)"', (firmware_dir() / "uplink" / "__init__.py").read_text())
+    return m.group(1) if m else "0"
 
 
 # -- deploy ------------------------------------------------------------------------------------

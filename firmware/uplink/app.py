@@ -28,6 +28,7 @@ class App:
     publisher: Any = None
     adapter: Any = None
     boots: Any = None
+    ota: Any = None
     safe_mode_reason = None
 
     def __init__(self, cfg, board):
@@ -168,6 +169,8 @@ class App:
         except Exception as e:  # malformed downlink: report, never crash the reader
             log.warn("downlink", "ignored message on %s: %s" % (topic, e))
             return
+        if cmd is not None and cmd.name == "ota":  # a firmware update announced: uplink.ota_tb
+            cmd = self.ota.take(cmd) if self.ota is not None else None
         if cmd is None:
             return
         if len(self.commands) >= COMMAND_QUEUE:
@@ -324,6 +327,11 @@ class App:
         self.publisher = Publisher(self.outbox, self.adapter, self.client, self.cfg["telemetry"]["batch"],
                                    stamp=self.stamp)
         self.client.on_ack = self.publisher.on_ack
+        if self.cfg["platform"]["kind"] == "thingsboard":  # OTA, and the trial of a new app
+            from uplink.ota_tb import Updater
+
+            self.ota = Updater(self)
+            asyncio.create_task(self.ota.run())
         asyncio.create_task(self.telemetry_task())
         await self.connect()
         asyncio.create_task(self.publisher.run())

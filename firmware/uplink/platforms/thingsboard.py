@@ -46,6 +46,7 @@ ATTR_RESPONSE = ME + "attributes/response/"
 RPC_REQUEST = ME + "rpc/request/"
 RPC_RESPONSE = ME + "rpc/response/"
 CLAIM = ME + "claim"
+FW_RESPONSE = "v2/fw/response/"
 GW = "v1/gateway/"
 GW_TELEMETRY = GW + "telemetry"
 GW_CONNECT = GW + "connect"
@@ -208,7 +209,7 @@ class Adapter(Base):
                 raise ValueError("RPC request %s: no method" % rid)
             return command(method, req.get("params"), ("me", rid))
         if topic == ATTRIBUTES:
-            return Command("attributes", loads_obj(payload, "shared attributes"))
+            return _shared(loads_obj(payload, "shared attributes"))
         if topic.startswith(ATTR_RESPONSE):
             _id(topic, ATTR_RESPONSE)
             resp = loads_obj(payload, "attributes response")
@@ -217,11 +218,16 @@ class Adapter(Base):
             if not isinstance(shared, dict) or not isinstance(client or {}, dict):
                 raise ValueError("attributes response: 'shared'/'client' is not an object")
             if client is None:  # the usual answer (shared keys asked): as a shared update
-                return Command("attributes", shared)
+                return _shared(shared)
             # clientKeys were asked: both sections, as ThingsBoard answers them
             return Command("attributes", {"client": client, "shared": shared})
         if topic.startswith(RPC_RESPONSE):
             return self._rpc_answer(_id(topic, RPC_RESPONSE), payload)
+        if topic.startswith(FW_RESPONSE):  # an OTA chunk: to uplink.ota_tb, straight to flash
+            ota = getattr(self.ctx, "ota", None)
+            if ota is not None:
+                ota.on_chunk(topic, payload)
+            return None
         if self._gw is not None and topic.startswith(GW):
             return self._gw.handle(topic, payload)
         return None
@@ -263,6 +269,11 @@ def _time_answer(ans, key, method):
                          % (method, " under %r" % key if key else " (a bare number; or set platform.time_key)",
                             dumps(ans)[:60]))
     return Command("set_time", {"ms": ms})
+
+
+def _shared(attrs):
+    # fw_title + fw_version: ThingsBoard announcing a firmware OTA (uplink.ota_tb)
+    return Command("ota" if "fw_title" in attrs and "fw_version" in attrs else "attributes", attrs)
 
 
 def _id(topic, prefix):

@@ -1,0 +1,220 @@
+# Over-the-air update, the flash side: a bundle (host_tools/ota_bundle.py: one JSON manifest line,
+# then the files back to back) is appended to PART chunk by chunk as it arrives, checked whole
+# (size, sha256, board, format) and per file while it is unpacked into the slot not running,
+# then SLOT is switched by temp + rename. main.py boots the new slot on trial; see docs/ota.md.
+# Every step streams through one 1 KB buffer: a bundle is never in RAM.
+import asyncio
+import gc
+import hashlib
+import json
+import os
+
+PART = "ota.part"  # the download so far
+DL = "ota.dl"  # what PART is a download of: resume only the same bundle
+SLOT = "slot.json"  # = main.py's SLOT
+MANIFEST = "bundle.json"  # in a slot, written last: main.py boots only a slot that has it
+FORMAT = "uplink-bundle/1"
+HEADER_MAX = 8192  # = host_tools/ota_bundle.py HEADER_MAX
+BUF = 1024
+
+
+class OtaError(Exception):
+    """A bundle refused; the message is what fw_error reports."""
+
+
+def _hex(b):
+    return "".join("%02x" % x for x in b)
+
+
+def _size(path):
+    try:
+        return os.stat(path)[6]
+    except OSError:
+        return -1
+
+
+def _load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _save(path, obj):
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f)
+    os.rename(path + ".tmp", path)
+
+
+def _rm(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _rmtree(path):
+    try:
+        entries = list(os.ilistdir(path))
+    except OSError:
+        return
+    for e in entries:
+        p = path + "/" + e[0]
+        if e[1] == 0x4000:
+            _rmtree(p)
+        else:
+            os.remove(p)
+    os.rmdir(path)
+
+
+def read_slot(root=""):
+    return _load(root + SLOT) or {}
+
+
+def write_slot(s, root=""):
+    _save(root + SLOT, s)
+
+
+def current(root=""):
+    """(title, version) of the app running: its slot's manifest, or (None, None) for the
+    app deployed over USB."""
+    cur = read_slot(root).get("cur")
+    m = _load(root + cur + "/" + MANIFEST) if cur else None
+    return (m.get("title"), m.get("version")) if m else (None, None)
+
+
+class Stage:
+    """One download: `want` = {"title", "version", "size", "sha256"} as the cloud announced."""
+
+    def __init__(self, want, chunk, root=""):
+        self.want = want
+        self.chunk = chunk
+        self.root = root
+
+    def begin(self):
+        """The next chunk to fetch: where PART left off when it is this bundle's, else 0."""
+        r = self.root
+        d = dict(self.want, chunk=self.chunk)
+        n = _size(r + PART)
+        if _load(r + DL) == d and n >= 0 and n % self.chunk == 0 and n <= self.want["size"]:
+            return n // self.chunk
+        _rm(r + PART)
+        _save(r + DL, d)
+        open(r + PART, "wb").close()
+        return 0
+
+    def add(self, data):
+        """Append one chunk (on flash before the next is asked for); True when all is here."""
+        with open(self.root + PART, "ab") as f:
+            f.write(data)
+        return _size(self.root + PART) >= self.want["size"]
+
+    def have(self):
+        return max(_size(self.root + PART), 0)
+
+    def drop(self):
+        _rm(self.root + PART)
+        _rm(self.root + DL)
+
+    async def verify(self, board):
+        """The whole download checked before anything changes: size, sha256, format, board.
+        Returns the manifest."""
+        path = self.root + PART
+        size = _size(path)
+        if size != self.want["size"]:
+            raise OtaError("download truncated: %d of %d bytes" % (max(size, 0), self.want["size"]))
+        h = hashlib.sha256()
+        buf = bytearray(BUF)
+        with open(path, "rb") as f:
+            while True:
+                n = f.readinto(buf)
+                if not n:
+                    break
+                h.update(buf if n == BUF else buf[:n])
+                await asyncio.sleep_ms(0)  # crypto on a 240 MHz chip: let the other tasks run
+            f.seek(0)
+            hlen = 0
+            while hlen < HEADER_MAX:  # the manifest line's length, in small reads
+                n = f.readinto(buf)
+                i = bytes(buf[:n]).find(b"\n") if n else -1
+                if i >= 0 or not n:
+                    hlen += i + 1
+                    break
+                hlen += n
+            del buf
+            gc.collect()  # one block the manifest's size, in a heap the chunks fragmented
+            f.seek(0)
+            head = f.read(hlen)
+        got = _hex(h.digest())
+        if got != self.want["sha256"].lower():
+            raise OtaError("checksum mismatch: got sha256 %s, expected %s" % (got, self.want["sha256"]))
+        try:
+            m = json.loads(head)
+            files = m["files"]
+        except (ValueError, KeyError, TypeError):
+            raise OtaError("not an uplink bundle (no manifest line)")
+        if m.get("format") != FORMAT:
+            raise OtaError("bundle format %r, this firmware reads %s" % (m.get("format"), FORMAT))
+        if m.get("board") != board:
+            raise OtaError("bundle is for board %r, this board is %r" % (m.get("board"), board))
+        if len(head) + sum(e[1] for e in files) != size:
+            raise OtaError("bundle sizes do not add up: damaged manifest")
+        for e in files:
+            p = e[0]
+            if not isinstance(p, str) or p.startswith("/") or ".." in p.split("/") or p == MANIFEST:
+                raise OtaError("bad path in bundle: %r" % (p,))
+        m["head"] = len(head)
+        return m
+
+    async def install(self, m):
+        """Unpack into the slot not running, each file checked; returns the slot's name.
+        The running app and SLOT are untouched: a failure here changes nothing that boots."""
+        r = self.root
+        cur = read_slot(r).get("cur") or ""
+        new = "app_b" if cur == "app_a" else "app_a"
+        _rmtree(r + new)
+        os.mkdir(r + new)
+        buf = memoryview(bytearray(BUF))
+        body = hashlib.sha256()
+        with open(r + PART, "rb") as src:
+            src.seek(m["head"])
+            for path, size, sha in m["files"]:
+                _mkdirs(r + new, path)
+                h = hashlib.sha256()
+                left = size
+                with open(r + new + "/" + path, "wb") as out:
+                    while left:
+                        n = src.readinto(buf[:min(left, BUF)])
+                        if not n:
+                            raise OtaError("%s: the bundle ends early" % path)
+                        mv = buf[:n]
+                        h.update(mv)
+                        body.update(mv)
+                        out.write(mv)
+                        left -= n
+                        await asyncio.sleep_ms(0)
+                if _hex(h.digest()) != sha:
+                    raise OtaError("%s: sha256 mismatch" % path)
+        if _hex(body.digest()) != m.get("body_sha256"):
+            raise OtaError("bundle body sha256 mismatch")
+        del m["head"]
+        _save(r + new + "/" + MANIFEST, m)  # last: the slot is whole
+        return new
+
+    def switch(self, new):
+        """Point the next boot at `new`, on trial (main.py). Atomic: temp + rename."""
+        s = read_slot(self.root)
+        write_slot({"cur": new, "prev": s.get("cur") or "", "trial": 0, "sum": self.want["sha256"]}, self.root)
+        self.drop()
+
+
+def _mkdirs(base, path):
+    parts = path.split("/")[:-1]
+    d = base
+    for p in parts:
+        d += "/" + p
+        try:
+            os.mkdir(d)
+        except OSError:
+            pass  # exists

@@ -1,0 +1,114 @@
+"""`uplink build --bundle`: one file holding a board's app, for over-the-air updates.
+
+Format (docs/ota.md), chosen so a board can check and unpack it while streaming it from flash
+with a 1 KB buffer: one line of JSON (the manifest), then every file's bytes back to back in
+the manifest's order. Nothing is compressed (a board would need the RAM for a window).
+
+    {"format": "uplink-bundle/1", "title": ..., "version": ..., "board": ..., "arch": ...,
+     "files": [[path, size, sha256-hex], ...], "body_sha256": ...}\\n<file bytes>...
+
+`body_sha256` covers the bytes after the manifest line; the sha256 of the whole file (what a
+cloud's OTA checksum is) is printed and written beside it as `<bundle>.sha256`. boot.py and
+main.py are not in it: they are the boot loader that picks the app slot, and stay as deployed
+over USB. config.json never is (secrets stay on the board).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from host_tools.build import BuildError
+
+FORMAT = "uplink-bundle/1"
+LEFT_OUT = {"boot.py", "main.py", "config.json"}  # the boot loader; the board's secrets
+HEADER_MAX = 8192  # the board reads the manifest line into RAM: keep it bounded
+_VERSION = re.compile(r"^[A-Za-z0-9._+-]{1,32}$")
+
+
+class BundleError(BuildError):  # `uplink build` reports it as a build failure (exit 6)
+    pass
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+    size: int
+    sha256: str  # of the whole file: the cloud's fw_checksum
+
+
+def title_for(board: str) -> str:
+    return f"uplink-{board}"
+
+
+def make(files: dict[str, Path], out: Path, *, board: str, arch: str | None, version: str,
+         title: str | None = None, trial_s: int | None = None, commit_after_s: int | None = None) -> Bundle:
+    """Write the bundle of `files` (board path -> local file) to `out`."""
+    if not _VERSION.match(version):
+        raise BundleError(f"version {version!r}: 1 to 32 of letters, digits and . _ + -")
+    entries, body = [], hashlib.sha256()
+    for rel in sorted(files):
+        if rel in LEFT_OUT or rel.split("/")[-1] == "config.json":
+            continue
+        if rel.startswith("/") or ".." in rel.split("/"):
+            raise BundleError(f"{rel}: not a path inside the app")
+        data = files[rel].read_bytes()
+        entries.append([rel, len(data), hashlib.sha256(data).hexdigest()])
+        body.update(data)
+    if not entries:
+        raise BundleError("nothing to bundle: the build is empty")
+    manifest = {"format": FORMAT, "title": title or title_for(board), "version": version, "board": board,
+                "arch": arch, "files": entries, "body_sha256": body.hexdigest()}
+    if trial_s is not None:
+        manifest["trial_s"] = trial_s
+    if commit_after_s is not None:
+        manifest["commit_after_s"] = commit_after_s
+    head = (json.dumps(manifest, separators=(",", ":")) + "\n").encode()
+    if len(head) > HEADER_MAX:
+        raise BundleError(f"manifest of {len(head)} bytes is over {HEADER_MAX}: too many files")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    whole = hashlib.sha256(head)
+    with open(out, "wb") as f:
+        f.write(head)
+        for rel, _, _ in entries:
+            data = files[rel].read_bytes()
+            f.write(data)
+            whole.update(data)
+    digest = whole.hexdigest()
+    out.with_name(out.name + ".sha256").write_text(f"{digest}  {out.name}\n")
+    return Bundle(out, manifest, out.stat().st_size, digest)
+
+
+def read(path: Path) -> Bundle:
+    """Open and fully check a bundle (the same checks the board makes)."""
+    raw = Path(path).read_bytes()
+    nl = raw.find(b"\n")
+    if nl < 0 or nl >= HEADER_MAX:
+        raise BundleError(f"{path}: no manifest line")
+    m = json.loads(raw[:nl])
+    if m.get("format") != FORMAT:
+        raise BundleError(f"{path}: format {m.get('format')!r}, expected {FORMAT}")
+    body = raw[nl + 1:]
+    if hashlib.sha256(body).hexdigest() != m["body_sha256"]:
+        raise BundleError(f"{path}: body sha256 mismatch")
+    pos = 0
+    for rel, size, sha in m["files"]:
+        if hashlib.sha256(body[pos:pos + size]).hexdigest() != sha:
+            raise BundleError(f"{path}: {rel}: sha256 mismatch")
+        pos += size
+    if pos != len(body):
+        raise BundleError(f"{path}: {len(body) - pos} bytes after the last file")
+    return Bundle(Path(path), m, len(raw), hashlib.sha256(raw).hexdigest())
+
+
+def build_bundle(board: str, version: str, out: Path, *, build_root: Path, **kw) -> Bundle:
+    """mpy-cross the firmware for `board` (host_tools.build) and bundle it."""
+    from host_tools import build as b
+    from host_tools.fleet import board_profile
+
+    root, _ = b.build(board, out=build_root / "firmware" / board)
+    return make(b.files(root), out, board=board, arch=board_profile(board).get("mpy_arch"), version=version, **kw)

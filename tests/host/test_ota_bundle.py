@@ -1,0 +1,57 @@
+"""`uplink build --bundle DEVICE`: one OTA file with a manifest the board checks while streaming."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from host_tools import ota_bundle as bu
+from tests.host.test_build_flash import small_firmware
+from tests.host.uplink_helpers import Env
+
+FLEET = '[devices.pump]\nboard = "esp32-devkitc"\n[devices.pump.platform]\nkind = "thingsboard"\ntoken = "secret:t"\n'
+
+
+def test_bundle_cli_manifest_hashes_and_no_secrets(tmp_path):
+    fw = small_firmware(tmp_path)
+    (fw / "user.py").write_text("def read():\n    return {'x': 1}\n")
+    (fw / "config.json").write_text('{"platform": {"token": "SECRET"}}')  # must never travel
+    env = Env(tmp_path / "env", FLEET)
+    r = env.run("build", "--bundle", "pump", "--version", "1.2.3", "--json",
+                env={"UPLINK_FIRMWARE_DIR": str(fw), "UPLINK_SECRET_T": "x"})
+    assert r.code == 0, r.output
+    info = json.loads(r.stdout)
+    raw = open(info["bundle"], "rb").read()
+    assert info["sha256"] == hashlib.sha256(raw).hexdigest() and info["size"] == len(raw)
+    assert open(info["bundle"] + ".sha256").read().split()[0] == info["sha256"]
+    head, body = raw.split(b"\n", 1)
+    m = json.loads(head)
+    assert m["version"] == "1.2.3" and m["board"] == "esp32-devkitc" and m["arch"] == "xtensawin"
+    paths = [f[0] for f in m["files"]]
+    # the boot loader and the board's secrets stay out; the app and the user's code go in
+    assert paths == ["uplink/__init__.mpy", "uplink/app.mpy", "user.mpy"]
+    assert b"SECRET" not in raw
+    pos = 0
+    for _path, size, sha in m["files"]:
+        assert hashlib.sha256(body[pos:pos + size]).hexdigest() == sha
+        assert body[pos:pos + 1] == b"M"  # .mpy
+        pos += size
+    assert pos == len(body) and m["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert bu.read(info["bundle"]).sha256 == info["sha256"]
+
+
+def test_bundle_read_refuses_tampering_and_make_refuses_bad_version(tmp_path):
+    fw = small_firmware(tmp_path)
+    out = tmp_path / "b.uplb"
+    made = bu.make({p.relative_to(fw).as_posix(): p for p in fw.rglob("*.py")}, out,
+                   board="host", arch=None, version="2")
+    raw = bytearray(out.read_bytes())
+    raw[-1] ^= 1
+    out.write_bytes(bytes(raw))
+    with pytest.raises(bu.BundleError, match="sha256 mismatch"):
+        bu.read(out)
+    assert made.size == len(raw)
+    with pytest.raises(bu.BundleError, match="version"):
+        bu.make({}, out, board="host", arch=None, version="1 2")

@@ -1,0 +1,142 @@
+"""OTA through ThingsBoard end to end: the compiled firmware on the host board (ESP32 model)
+against mosquitto and tests/integration/tb_ota_server.py playing ThingsBoard's OTA side.
+The board restarts when it resets (exit 75), as a chip would."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from host_tools import bundle as bu
+from host_tools import hostboard
+from tests.faultproxy import FaultProxy
+from tests.integration.hostboard import HostBoard
+from tests.integration.tb_ota_server import TbOta
+from tests.services import mosquitto_bin
+
+pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not installed")
+
+USER = 'print("USER %s")\ndef read():\n    return {"v": %r}\n'
+
+
+def config(port: int) -> dict:
+    return {"device": {"name": "ota", "board": "host"}, "ntp": {"servers": []},
+            "platform": {"kind": "thingsboard", "url": f"mqtt://127.0.0.1:{port}", "token": "t0k",
+                         "client_rpc": False},
+            "telemetry": {"interval_s": 1, "health": False}, "outbox": {"max_bytes": 100000}}
+
+
+def make_bundle(tmp: Path, version: str, user_py: str, board: str = "host") -> Path:
+    fw = hostboard.compile_firmware(hostboard.ROOT / "build" / "host-mpy")
+    from host_tools import build
+
+    files = {k: v for k, v in build.files(fw).items() if not k.startswith("user.")}
+    (tmp / f"user-{version}.py").write_text(user_py)
+    files["user.py"] = tmp / f"user-{version}.py"
+    return bu.make(files, tmp / f"b-{version}.uplb", board=board, arch=None, version=version,
+                   commit_after_s=2).path
+
+
+class Supervised:
+    """Boots the board again after each reset, until stop()."""
+
+    def __init__(self, board: HostBoard):
+        self.board, self.boots, self.done = board, 0, False
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self) -> None:
+        while not self.done:
+            self.board.start()
+            assert self.board.proc is not None
+            code = self.board.proc.wait()
+            self.boots += 1
+            # reset() exits 75; on the model a reset with the watchdog thread running may also
+            # end in the C library's abort ("libgcc_s.so.1 must be installed for
+            # pthread_cancel"): still a reset; only a clean exit (0) ends the board
+            if code == 0 or not (hostboard.restarts(code) or code < 0):
+                return
+
+    def stop(self) -> None:
+        self.done = True
+        self.board.stop()
+
+
+def test_update_over_a_connection_cut_five_times_then_committed(broker, tmp_path):
+    proxy = FaultProxy(broker.ports["mqtt"])
+    path = make_bundle(tmp_path, "2", USER % ("v2", "2"))
+    tb = TbOta(broker.ports["mqtt"], path)
+    cut_at = {2, 4, 6, 8, 10}
+
+    def cut(n):
+        if n in cut_at:
+            cut_at.discard(n)
+            proxy.cut_all()
+
+    tb.on_chunk = cut
+    board = HostBoard(tmp_path / "board", config(proxy.port), user_py=USER % ("v1", "1"))
+    cfg_before = (board.state / "config.json").read_bytes()
+    run = Supervised(board)
+    try:
+        tb.announce()
+        done = tb.wait_state("UPDATED", 180, board.console)
+        assert done["current_fw_version"] == "2" and done["current_fw_title"] == "uplink-host"
+        states = [d["fw_state"] for d in tb.states]
+        for s in ("DOWNLOADING", "DOWNLOADED", "VERIFIED", "UPDATING", "UPDATED"):
+            assert s in states, states
+        assert not cut_at and proxy.cuts >= 5
+        assert tb.chunks >= (path.stat().st_size + 2047) // 2048 + 5 - 5  # every chunk, some twice
+        assert "USER v2" in board.console()
+        slot = json.loads((board.state / "slot.json").read_text())
+        assert slot["cur"] == "app_a" and "trial" not in slot
+        assert (board.state / "config.json").read_bytes() == cfg_before  # never in a bundle
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == slot["sum"]
+    finally:
+        run.stop()
+        tb.stop()
+        proxy.close()
+
+
+def test_refusals_and_a_crashing_bundle_rolls_back(broker, tmp_path):
+    good = make_bundle(tmp_path, "2", USER % ("v2", "2"))
+    raw = good.read_bytes()
+    tb = TbOta(broker.ports["mqtt"], raw, checksum="ab" * 32)
+    board = HostBoard(tmp_path / "board", config(broker.ports["mqtt"]), user_py=USER % ("v1", "1"))
+    run = Supervised(board)
+    try:
+        tb.announce()
+        err = tb.wait_state("FAILED", 60, board.console)["fw_error"]
+        assert "checksum mismatch" in err
+        # a truncated download: the server's file ends before fw_size
+        tb.states.clear()
+        tb.data = raw[: len(raw) // 2]
+        tb.attrs.update(fw_version="2b", fw_checksum=hashlib.sha256(raw).hexdigest())
+        tb.announce()
+        assert "download truncated" in tb.wait_state("FAILED", 60, board.console)["fw_error"]
+        # a bundle for another board
+        other = make_bundle(tmp_path, "3", USER % ("v3", "3"), board="esp32-devkitc").read_bytes()
+        tb.states.clear()
+        tb.data = other
+        tb.attrs.update(fw_version="3", fw_size=len(other), fw_checksum=hashlib.sha256(other).hexdigest())
+        tb.announce()
+        assert "bundle is for board 'esp32-devkitc'" in tb.wait_state("FAILED", 60, board.console)["fw_error"]
+        assert not (board.state / "slot.json").exists() and "USER v1" in board.console()
+        # code that crashes on boot: one trial boot, then the old app, which says why
+        crash = make_bundle(tmp_path, "4", 'raise RuntimeError("boom at import")\n').read_bytes()
+        tb.states.clear()
+        tb.data = crash
+        tb.attrs.update(fw_version="4", fw_size=len(crash), fw_checksum=hashlib.sha256(crash).hexdigest())
+        tb.announce()
+        tb.wait_state("UPDATING", 60, board.console)
+        failed = tb.wait_state("FAILED", 90, board.console)
+        assert "rolled back" in failed["fw_error"] and "boom at import" in failed["fw_error"], failed
+        assert failed["current_fw_version"] != "4"
+        slot = json.loads((board.state / "slot.json").read_text())
+        assert slot["cur"] == "" and slot["bad"] == tb.attrs["fw_checksum"]
+    finally:
+        run.stop()
+        tb.stop()
