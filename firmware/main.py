@@ -32,7 +32,7 @@ def slot(root=""):
         s["cur"] = cur
         del s["trial"]
         try:  # the crash that ended the trial (uplink.safemode), before the next boot's app overwrites it
-            with open(root + "boots.json") as f:
+            with open(root + "crashes.json") as f:
                 s["why"] = json.load(f).get("last")
         except (OSError, ValueError, AttributeError):
             pass

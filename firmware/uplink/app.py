@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # names for the type checker only; MicroPython ignores annota
 CONFIG = "config.json"
 
 RESET_DELAY_MS = 2000
+WINDOW = 8  # MQTT messages in flight (see _client)
 HEALTHY_AFTER_S = 60  # = safemode.HEALTHY_AFTER_S; safemode itself is unloaded after boot
 COMMAND_QUEUE = 8  # downlinks waiting for the handler; more are refused, not buffered
 
@@ -284,6 +285,10 @@ class App:
         p = self.cfg["platform"]
         ca = _read_file(p["ca"]) if p["ca"] else None
         keepalive = getattr(self.adapter, "keepalive", None) or p["keepalive"]
+        # a window of 8: the publisher fills each message to 8 KB / window (publisher.py), so
+        # 1 KB messages carry telemetry.batch readings as one array, as ThingsBoard's docs
+        # advise for a backlog; the client's default 48 would cut them to ~170 B each
+        kw.setdefault("window", WINDOW)
         return MQTTClient(self.adapter.url, self.adapter.client_id, keepalive=keepalive, ca=ca,
                           insecure=p["insecure"], max_packet=getattr(self.adapter, "max_packet", 4096), **kw)
 

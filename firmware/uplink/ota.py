@@ -133,6 +133,10 @@ class Stage:
                     break
                 h.update(buf if n == BUF else buf[:n])
                 await asyncio.sleep_ms(0)  # crypto on a 240 MHz chip: let the other tasks run
+            got = _hex(h.digest())
+            if got != self.want["sha256"].lower():  # before the manifest needs its big block
+                raise OtaError("checksum mismatch: got sha256 %s, expected %s" % (got, self.want["sha256"]))
+            h = None
             f.seek(0)
             hlen = 0
             while hlen < HEADER_MAX:  # the manifest line's length, in small reads
@@ -146,9 +150,6 @@ class Stage:
             gc.collect()  # one block the manifest's size, in a heap the chunks fragmented
             f.seek(0)
             head = f.read(hlen)
-        got = _hex(h.digest())
-        if got != self.want["sha256"].lower():
-            raise OtaError("checksum mismatch: got sha256 %s, expected %s" % (got, self.want["sha256"]))
         try:
             m = json.loads(head)
             files = m["files"]

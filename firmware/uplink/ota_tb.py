@@ -233,7 +233,7 @@ class Updater:
 
 def _last_crash():
     try:
-        with open("boots.json") as f:
+        with open("crashes.json") as f:  # uplink.safemode.PATH (not imported: it leaves the heap)
             d = json.load(f)
         return d.get("last") if d.get("crashes") else None
     except (OSError, ValueError, AttributeError):

@@ -181,6 +181,7 @@ _BL_DS = "https://docs.blynk.io/en/blynk.cloud-mqtt-api/device-mqtt-api/datastre
 _BL_GW = "https://docs.blynk.io/en/blynk.cloud-mqtt-api/mqtt-gateway-api"
 _WT_TOPICS = "https://docs.weightron.cloud/docs-mqtt/TopicStructure"
 _WT_USE = "https://docs.weightron.cloud/docs-mqtt/UsingTheService"
+_WT_ACCESS = "https://docs.weightron.cloud/docs-mqtt/RequestingAccess"
 _BIOTZ = ("Biotz's documentation ('Publishing Device data', the device credentials file); its "
           "page addresses are not in our records, only its content (PLATFORMS.md)")
 
@@ -263,6 +264,11 @@ RULES: dict[str, Rule] = {
     "wt.login": Rule("MQTT over secure WebSocket with the Application ID as username and a current access "
                      "token as password.", _WT_USE),
     "wt.qos": Rule("QoS levels are not documented; the firmware uses 0 and 1.", assumption=True),
+    "wt.write_permission": Rule("MQTT permissions come in groups (Devices & Hubs, Processes, Documents), "
+                                "each read and/or write, off by default and granted through the "
+                                "reseller: publishing needs the Devices write permission. How the broker "
+                                "refuses is not documented (modelled as the connection closed).",
+                                _WT_ACCESS),
     "wt.topics": Rule("Topics are <application_id>/devices/<device_id> and <application_id>/hubs/<hub_id> "
                       "(and .../#).", _WT_TOPICS),
     "wt.payload": Rule("A device value is a JSON object; keys starting with $ are reserved ($timestamp, an "
@@ -594,7 +600,7 @@ class Weightron(Profile):
 
     def check_publish(self, s, topic, payload, qos, retain):
         if not self.write:
-            return f"publish to {topic}: the Devices write permission is off"
+            return broke("wt.write_permission", f"publish to {topic}: the Devices write permission is off")
         if not re.fullmatch(re.escape(self.app_id) + r"/(devices|hubs)/[^/+#]+", topic):
             return broke("wt.topics", f"publish to {topic}: not {self.app_id}/devices/<id> or /hubs/<id>")
         doc = _json(payload)

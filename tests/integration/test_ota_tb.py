@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from host_tools import bundle as bu
+from host_tools import ota_bundle as bu
 from host_tools import hostboard
 from tests.faultproxy import FaultProxy
 from tests.integration.hostboard import HostBoard

@@ -38,10 +38,12 @@ def answer_client_rpc(cloud, max_payload=65536):
 
 
 def telemetry_items(cloud):
+    """The readings sent as telemetry; the OTA state the device reports there at boot
+    (fw_state, current_fw_*: ThingsBoard's OTA guide) is not one."""
     out = []
     for _, p in cloud.got(lambda t, _: t == "v1/devices/me/telemetry"):
         doc = json.loads(p)
-        out += doc if isinstance(doc, list) else [doc]
+        out += [d for d in (doc if isinstance(doc, list) else [doc]) if "fw_state" not in d]
     return out
 
 
