@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from host_tools import ota_bundle as bu
 from host_tools import hostboard
+from host_tools import ota_bundle as bu
 from tests.faultproxy import FaultProxy
 from tests.integration.hostboard import HostBoard
 from tests.integration.tb_ota_server import TbOta
