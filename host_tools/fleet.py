@@ -121,7 +121,7 @@ class Ntp(Strict):
 
 class Telemetry(Strict):
     interval_s: int = Field(30, gt=0)
-    health: bool = True
+    health: bool | None = None  # None: the platform decides (ThingsBoard yes; Blynk, Biotz only when set)
     batch: int = Field(20, gt=0)
 
 
@@ -249,6 +249,10 @@ class Blynk(PlatformBase):
     template_name: str | None = None
     gateway_tokens: dict[str, str] = Field({}, json_schema_extra={SECRET: True})
     timestamped: bool | None = None
+    # Gateway API login with an OAuth client (Blynk console: the OAuth client's Client ID and
+    # Client Secret) instead of the gateway device's own token
+    oauth_client_id: str | None = None
+    oauth_client_secret: str | None = secret_field()
 
     @field_validator("gateway_tokens")
     @classmethod
@@ -260,7 +264,7 @@ class Blynk(PlatformBase):
                 raise ValueError(f"gateway_tokens.{k} {e}") from None
         return v
 
-    _v = _refs_only("token")
+    _v = _refs_only("token", "oauth_client_secret")
 
 
 class Weightron(PlatformBase):
@@ -514,8 +518,16 @@ def _cross_checks(dev: Device, relay: Relay | None, relay_broken: bool = False) 
         if not p.token and not (p.provision_key and p.provision_secret):
             out.append("platform: needs token = \"secret:NAME\", or provision_key and "
                        "provision_secret (first-boot provisioning, or `uplink provision --register`)")
-    if isinstance(p, Blynk) and not p.token and not p.gateway_tokens:
-        out.append("platform.token: missing (the device auth token, as \"secret:NAME\")")
+    if isinstance(p, Blynk):
+        oauth = p.oauth_client_id or p.oauth_client_secret
+        if oauth and not (p.oauth_client_id and p.oauth_client_secret):
+            out.append("platform.oauth_client_id and oauth_client_secret: both are needed (the "
+                       "OAuth client's Client ID and Client Secret)")
+        elif oauth and not p.gateway_tokens:
+            out.append("platform.gateway_tokens: missing: an OAuth client login is a gateway "
+                       "session (gateway_tokens = { pump-1 = \"secret:NAME\" })")
+        elif not oauth and not p.token and not p.gateway_tokens:
+            out.append("platform.token: missing (the device auth token, as \"secret:NAME\")")
     if isinstance(p, Weightron) and not p.relay and not p.token and p.credentials is None:
         out.append("platform: needs credentials = \"relay\" (with [platform.oidc]) or token")
     if isinstance(p, Biotz):

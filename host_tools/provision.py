@@ -124,6 +124,8 @@ def _kind_keys(dev: Device, store: SecretStore, redact: bool = False) -> dict:
             out["gateway_tokens"] = {k: r(v, context=f"{ctx}: platform.gateway_tokens.{k}")
                                      for k, v in sorted(p.gateway_tokens.items())}
         put("timestamped", p.timestamped)
+        put("oauth_client_id", p.oauth_client_id)
+        put("oauth_client_secret", p.oauth_client_secret, True)
     elif isinstance(p, Weightron):
         app_id = p.application_id or (p.oidc.application_id if p.oidc else None)
         put("application_id", app_id)
@@ -229,8 +231,10 @@ def render(fleet: Fleet, name: str, store: SecretStore, *, redact: bool = False
         "ntp": {"servers": list(dev.ntp.servers), "resync_s": dev.ntp.resync_s,
                 "timeout_ms": dev.ntp.timeout_ms},
         "platform": platform,
-        "telemetry": {"interval_s": dev.telemetry.interval_s, "health": dev.telemetry.health,
-                      "batch": dev.telemetry.batch},
+        # health left out when not set: the firmware's platform adapter decides (a Blynk
+        # datastream or Biotz schema field must exist for every key sent)
+        "telemetry": _drop_none({"interval_s": dev.telemetry.interval_s, "health": dev.telemetry.health,
+                                 "batch": dev.telemetry.batch}),
         "outbox": {"max_bytes": dev.outbox.max_bytes, "dir": dev.outbox.dir,
                    "hold_ms": dev.outbox.hold_ms},
     }

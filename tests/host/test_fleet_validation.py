@@ -3,6 +3,8 @@ typo gets the nearest valid key."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from host_tools.fleet import FleetError, load_fleet, secret_refs
@@ -263,3 +265,23 @@ def test_biotz_relay_is_for_http_ingestion_and_http_needs_the_relay(tmp_path):
     p = tmp_path / "fleet.toml"
     p.write_text(base + 'transport = "http"\ncredentials = "relay"\n' + oidc)
     assert load_fleet(p).device("b").platform.device_url() == "https://ingestion-http.biotz.io"
+
+
+def test_blynk_gateway_with_an_oauth_client_validates_and_renders(tmp_path):
+    base = ('[devices.gw.platform]\nkind = "blynk"\noauth_client_id = "oc-41"\n'
+            'oauth_client_secret = "secret:oc"\n')
+    assert problems(tmp_path, base) == [
+        "fleet.toml:1: device 'gw': platform.gateway_tokens: missing: an OAuth client login is a "
+        "gateway session (gateway_tokens = { pump-1 = \"secret:NAME\" })"]
+    assert problems(tmp_path, base.replace('oauth_client_secret = "secret:oc"\n', "")
+                    + 'gateway_tokens = { pump-1 = "secret:p1" }\n') == [
+        "fleet.toml:1: device 'gw': platform.oauth_client_id and oauth_client_secret: both are "
+        "needed (the OAuth client's Client ID and Client Secret)"]
+    e = Env(tmp_path, base + 'gateway_tokens = { pump-1 = "secret:p1" }\n')
+    e.env.update(UPLINK_SECRET_OC="oauth-secret-19", UPLINK_SECRET_P1="pump-token-7")
+    r = e.run("provision", "gw")
+    assert r.code == 0, r.output
+    p = json.loads((e.build / "devices" / "gw" / "config.json").read_text())["platform"]
+    assert p["oauth_client_id"] == "oc-41" and p["oauth_client_secret"] == "oauth-secret-19"
+    assert p["gateway_tokens"] == {"pump-1": "pump-token-7"} and "token" not in p
+    assert "oauth-secret-19" not in r.output
