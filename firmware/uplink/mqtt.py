@@ -36,6 +36,34 @@ class MQTTError(Exception):
         self.code = code
 
 
+class Oversize(MQTTError):
+    """A PUBLISH over max_packet, read past and dropped: the connection stays up. `ack` is
+    its PUBACK body (the packet id) for QoS 1, else None."""
+
+    def __init__(self, msg, ack):
+        super().__init__(msg)
+        self.ack = ack
+
+
+async def _skip_publish(s, first, n, max_packet):
+    # Read the topic and packet id, then the payload in small pieces without keeping it: the
+    # broker would send the same message again on the next session if we disconnected, and a
+    # reconnect loop over one big downlink is worse than losing that downlink.
+    tl = int.from_bytes(await s.readexactly(2), "big")
+    if 2 + tl > n or tl > 256:
+        raise MQTTError("packet of %d bytes from broker is over max_packet %d" % (n, max_packet))
+    topic = await s.readexactly(tl)
+    qos = (first >> 1) & 3
+    ack = await s.readexactly(2) if qos == 1 else None
+    left = n - 2 - tl - (2 if ack else 0)
+    while left > 0:
+        k = left if left < 256 else 256
+        await s.readexactly(k)
+        left -= k
+    raise Oversize("message of %d bytes on %s dropped: over max_packet %d (raise the platform's "
+                   "downlink size, or send less)" % (n, bytes(topic).decode("utf-8", "replace")[:64], max_packet), ack)
+
+
 class MQTTAuthError(MQTTError):
     pass
 
@@ -119,6 +147,8 @@ async def read_packet(s, max_packet):
             if shift > 21:
                 raise MQTTError("malformed remaining length from broker")
     if n > max_packet:
+        if h[0] >> 4 == 3 and (h[0] >> 1) & 3 < 2:  # a PUBLISH: dropped, the link stays up
+            await _skip_publish(s, h[0], n, max_packet)
         raise MQTTError("packet of %d bytes from broker is over max_packet %d" % (n, max_packet))
     if not n:
         return h[0], b""
@@ -499,7 +529,14 @@ class MQTTClient:
                     if acked:  # the burst of acks is over: wake the publishers once
                         acked = False
                         self._pulse()
-                    first, body = await read_packet(s, self._max)
+                    try:
+                        first, body = await read_packet(s, self._max)
+                    except Oversize as e:
+                        if e.ack is not None:  # acknowledged, or the broker sends it again
+                            s.write(b"\x40\x02" + e.ack)
+                            s.push()
+                        self._status("error", e)
+                        continue
                     self._handle(s, first, body)
                 self._rx = ticks_ms()
                 n += 1

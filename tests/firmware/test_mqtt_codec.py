@@ -53,9 +53,15 @@ async def test_read_packet_limits():
     assert await mqtt.read_packet(s, 1000) == (0x40, b"\x00\x07")
     assert (await mqtt.read_packet(s, 1000))[1] == bytes(300)
     # over max_packet: refused before the body is read or allocated
-    s = Mem(b"\x30" + rl(268435455))
+    s = Mem(b"\x90" + rl(268435455))
     with raises(mqtt.MQTTError, "max_packet"):
         await mqtt.read_packet(s, 4096)
+    # a PUBLISH over it is read past in small pieces (never held whole) and dropped
+    s = Mem(b"\x32" + rl(5000) + b"\x00\x03a/b\x00\x07" + bytes(4993) + b"\xd0\x00")
+    with raises(mqtt.Oversize, "message of 5000 bytes on a/b dropped: over max_packet 4096") as r:
+        await mqtt.read_packet(s, 4096)
+    assert r.value.ack == b"\x00\x07"
+    assert await mqtt.read_packet(s, 4096) == (0xD0, b"")  # the stream is still in step
     with raises(mqtt.MQTTError, "remaining length"):
         await mqtt.read_packet(Mem(b"\x30\xff\xff\xff\xff\x01"), 4096)
     with raises(EOFError):
@@ -88,6 +94,20 @@ async def test_reader_handles_acks_messages_and_answers_qos1():
     assert not c.is_connected
 
 
+async def test_an_oversize_downlink_is_acknowledged_and_dropped_and_the_link_stays_up():
+    c = client()  # max_packet 512
+    big = b"\x32" + rl(2 + 3 + 2 + 600) + b"\x00\x03a/b\x00\x0b" + bytes(600)
+    small = b"\x30\x05\x00\x01tok"
+    s = Mem(big + small)
+    c._s = s
+    await c._reader(s)  # ends at the end of data
+    assert c.got == [("t", b"ok", False)]  # the next message still arrives
+    assert s.out == [b"\x40\x02\x00\x0b"]  # the big one acknowledged: not sent again
+    errs = [d for e, d in c.events if e == "error"]
+    assert len(errs) == 1 and "607 bytes on a/b dropped: over max_packet 512" in str(errs[0]), errs
+    assert isinstance(c.events[-1][1], EOFError)  # dropped only by the end of the data
+
+
 async def test_malformed_packets_drop_the_connection_with_an_error():
     bad = [
         b"\x40\x03\x00\x01\x02",  # PUBACK of the wrong size
@@ -99,7 +119,8 @@ async def test_malformed_packets_drop_the_connection_with_an_error():
         b"\x20\x02\x00\x00",  # CONNACK once connected
         b"\xd0\x01\x00",  # PINGRESP with a body
         b"\xf0\x00",  # reserved type
-        b"\x30" + rl(513) + bytes(513),  # over max_packet
+        b"\x90" + rl(513) + bytes(513),  # over max_packet (not a PUBLISH: cannot be skipped)
+        b"\x30" + rl(600) + b"\x01\x2c" + bytes(598),  # an oversize PUBLISH whose topic is absurd
     ]
     for data in bad:
         c = client()
