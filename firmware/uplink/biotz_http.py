@@ -98,6 +98,7 @@ class Session:
 
     on_message = on_status = on_connect = on_ack = None
     QUEUE = 2  # bodies held in RAM; the publisher waits in publish() beyond that
+    window = QUEUE  # as MQTTClient.window: ids in flight at once (the publisher's slots)
     backoff_min_ms = 2000
     backoff_max_ms = 60000
 

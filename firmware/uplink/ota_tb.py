@@ -142,8 +142,9 @@ class Updater:
             return
         self.bad = s.get("bad")
         if s.get("trial") is None:
-            await self._connected()
-            self.say("UPDATED" if s.get("cur") else "IDLE")
+            # nothing to report: UPDATED went out at the commit, and the running version is
+            # in the client attributes of every connect (platforms/thingsboard.py). A fw_state
+            # at every boot would be a telemetry entry that is no reading.
             return
         m = ota._load(self.root + s["cur"] + "/" + ota.MANIFEST) or {}
         commit_ms = int(m.get("commit_after_s", COMMIT_AFTER_S)) * 1000

@@ -40,7 +40,7 @@ def test_default_heap_is_an_esp32s_and_the_firmware_publishes_in_it(tmp_path, br
     finally:
         c.loop_stop()
     assert r.code == 0, r.output
-    assert "bench on the host board (compiled, 112k heap;" in r.stderr
+    assert "bench on the host board (compiled, 128k heap;" in r.stderr
     assert got and "MemoryError" not in r.stdout
 
 
