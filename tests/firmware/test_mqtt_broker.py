@@ -182,22 +182,21 @@ async def test_reconnect_and_set_url():
     await c.disconnect()
 
 
-async def test_oversize_message_drops_the_connection_not_the_program():
+async def test_oversize_message_is_dropped_and_the_connection_stays():
     c = client("mqtt", "big", max_packet=1024)
-    c.backoff_min_ms = 50
     topic = "big/" + uid()
     await c.connect()
-    await c.subscribe(topic, 0)
+    await c.subscribe(topic, 1)
     p = client("mqtt", "pub")
     await p.connect()
     await p.publish(topic, bytes(2000), qos=1)  # over the 1024 the subscriber accepts
-    await until(lambda: any(e == "disconnected" for e, _ in c.events))
-    e, d = [x for x in c.events if x[0] == "disconnected"][0]
-    assert isinstance(d, mqtt.MQTTError) and "max_packet" in str(d)
-    await until(lambda: c.is_connected)  # and it comes back by itself
+    await until(lambda: any(e == "error" for e, _ in c.events))
+    d = [x for x in c.events if x[0] == "error"][0][1]
+    assert isinstance(d, mqtt.Oversize) and "over max_packet 1024" in str(d) and topic in str(d), d
     await p.publish(topic, b"small", qos=1)
     await until(lambda: c.got)
-    assert c.got[-1][1] == b"small"
+    assert [m[1] for m in c.got] == [b"small"]  # the big one never reaches the app
+    assert [e for e, _ in c.events] == ["connected", "error"]  # never disconnected
     await c.disconnect()
     await p.disconnect()
 
