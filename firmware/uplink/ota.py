@@ -4,8 +4,8 @@
 # then SLOT is switched by temp + rename. main.py boots the new slot on trial; see docs/ota.md.
 # Every step streams through one 1 KB buffer: a bundle is never in RAM.
 import asyncio
-import gc
 import hashlib
+import io
 import json
 import os
 
@@ -20,6 +20,21 @@ BUF = 1024
 
 class OtaError(Exception):
     """A bundle refused; the message is what fw_error reports."""
+
+
+class _Head(io.IOBase):
+    """The first n bytes of a file, as a stream json.load reads (it refuses what follows)."""
+
+    def __init__(self, f, n):
+        self.f = f
+        self.n = n
+
+    def readinto(self, buf):
+        if self.n <= 0:
+            return 0
+        k = self.f.readinto(memoryview(buf)[: min(len(buf), self.n)])
+        self.n -= k
+        return k
 
 
 def _hex(b):
@@ -147,25 +162,25 @@ class Stage:
                     break
                 hlen += n
             del buf
-            gc.collect()  # one block the manifest's size, in a heap the chunks fragmented
             f.seek(0)
-            head = f.read(hlen)
-        try:
-            m = json.loads(head)
-            files = m["files"]
-        except (ValueError, KeyError, TypeError):
-            raise OtaError("not an uplink bundle (no manifest line)")
+            try:
+                # parsed straight from flash: the manifest (~80 B a file) never needs one
+                # contiguous block, which a heap the chunks fragmented may not have
+                m = json.load(_Head(f, hlen))
+                files = m["files"]
+            except (ValueError, KeyError, TypeError):
+                raise OtaError("not an uplink bundle (no manifest line)")
         if m.get("format") != FORMAT:
             raise OtaError("bundle format %r, this firmware reads %s" % (m.get("format"), FORMAT))
         if m.get("board") != board:
             raise OtaError("bundle is for board %r, this board is %r" % (m.get("board"), board))
-        if len(head) + sum(e[1] for e in files) != size:
+        if hlen + sum(e[1] for e in files) != size:
             raise OtaError("bundle sizes do not add up: damaged manifest")
         for e in files:
             p = e[0]
             if not isinstance(p, str) or p.startswith("/") or ".." in p.split("/") or p == MANIFEST:
                 raise OtaError("bad path in bundle: %r" % (p,))
-        m["head"] = len(head)
+        m["head"] = hlen
         return m
 
     async def install(self, m):

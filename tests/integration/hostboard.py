@@ -35,8 +35,17 @@ class HostBoard:
     def start(self) -> "HostBoard":
         heap = port_heap(self.heapsize) if self.heapsize else None
         self.proc = hostboard.start(self.state, compiled=self.compiled, heapsize=heap)
-        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
+        self._reader.start()
         return self
+
+    def _ended(self) -> bool:
+        """The process has exited, and every line it printed has been read (the reader thread
+        can lag behind the exit: a loaded machine showed an empty console after a clean exit)."""
+        if not self.proc or self.proc.poll() is None:
+            return False
+        self._reader.join(5)
+        return True
 
     def _read(self, proc: subprocess.Popen) -> None:
         assert proc.stdout is not None
@@ -49,12 +58,13 @@ class HostBoard:
             for line in list(self.lines):
                 if text in line:
                     return line
-            if self.proc and self.proc.poll() is not None and not any(text in ln for ln in self.lines):
+            if self._ended() and not any(text in ln for ln in self.lines):
                 break
             time.sleep(0.05)
         raise AssertionError(f"no console line containing {text!r}; console:\n" + self.console())
 
     def console(self) -> str:
+        self._ended()
         return "\n".join(self.lines[-200:])
 
     def kill(self) -> None:

@@ -13,6 +13,7 @@ import pty
 import subprocess
 import sys
 import threading
+import time
 import tty
 from pathlib import Path
 
@@ -120,6 +121,16 @@ class VirtualBoard:
             return self.events_file.read_text().split()
         except FileNotFoundError:
             return []
+
+    def events_when(self, done, timeout: float = 10.0) -> list[str]:
+        """The events once done(events) holds, or as they are after timeout: the board handles
+        the last bytes a command sent (its closing reset) after the command has exited."""
+        end = time.monotonic() + timeout
+        ev = self.events()
+        while not done(ev) and time.monotonic() < end:
+            time.sleep(0.05)
+            ev = self.events()
+        return ev
 
     def stderr(self) -> str:
         if self.proc and self.proc.poll() is not None and self.proc.stderr:
