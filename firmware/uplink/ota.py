@@ -106,6 +106,10 @@ class Stage:
         self.want = want
         self.chunk = chunk
         self.root = root
+        # the one 1 KB buffer of verify and install, taken before the download fragments the
+        # heap (a fresh 1 KB block after it failed at 128k)
+        self._ba = bytearray(BUF)
+        self.buf = memoryview(self._ba)
 
     def begin(self):
         """The next chunk to fetch: where PART left off when it is this bundle's, else 0."""
@@ -140,13 +144,13 @@ class Stage:
         if size != self.want["size"]:
             raise OtaError("download truncated: %d of %d bytes" % (max(size, 0), self.want["size"]))
         h = hashlib.sha256()
-        buf = bytearray(BUF)
+        buf = self.buf
         with open(path, "rb") as f:
             while True:
                 n = f.readinto(buf)
                 if not n:
                     break
-                h.update(buf if n == BUF else buf[:n])
+                h.update(buf[:n])
                 await asyncio.sleep_ms(0)  # crypto on a 240 MHz chip: let the other tasks run
             got = _hex(h.digest())
             if got != self.want["sha256"].lower():  # before the manifest needs its big block
@@ -156,12 +160,11 @@ class Stage:
             hlen = 0
             while hlen < HEADER_MAX:  # the manifest line's length, in small reads
                 n = f.readinto(buf)
-                i = bytes(buf[:n]).find(b"\n") if n else -1
+                i = self._ba.find(b"\n", 0, n) if n else -1  # in place: no 1 KB copy
                 if i >= 0 or not n:
                     hlen += i + 1
                     break
                 hlen += n
-            del buf
             f.seek(0)
             try:
                 # parsed straight from flash: the manifest (~80 B a file) never needs one
@@ -191,7 +194,7 @@ class Stage:
         new = "app_b" if cur == "app_a" else "app_a"
         _rmtree(r + new)
         os.mkdir(r + new)
-        buf = memoryview(bytearray(BUF))
+        buf = self.buf
         body = hashlib.sha256()
         with open(r + PART, "rb") as src:
             src.seek(m["head"])
