@@ -72,9 +72,6 @@ class Board:
         self._wdt = None
         self._led = None
 
-    def mem_free(self):
-        return gc.mem_free()
-
     def armed_watchdog(self):
         """The watchdog if this program armed it, else None."""
         return self._wdt

@@ -22,11 +22,6 @@ MIN_MARGIN = 1.25  # budget / smallest passing heap
 STEP_K = 4
 
 
-def _kb(heap: str) -> int:
-    # in the ESP32's terms: run_mptest scales a budget for the PyPI port when the model is absent
-    return plugin.heap_kb(heap)
-
-
 def _passes(path: Path, names: list, fw: Path, kb: int, extra: dict) -> bool:
     for _ in range(2):  # fragmentation varies a little from run to run
         out, err, rc, note = plugin.run_mptest(path, names, fw=fw, heap=f"{kb}k", extra=extra)
@@ -70,9 +65,10 @@ def main(argv: list[str]) -> None:
             extra: dict = {}
             for need in needs:
                 extra.update(services.get(need).env())
-            for heap in sorted({t[1] for t in tests}, key=_kb):
+            # budgets in the ESP32's terms: run_mptest scales them when the model is absent
+            for heap in sorted({t[1] for t in tests}, key=plugin.heap_kb):
                 names = [t[0] for t in tests if t[1] == heap]
-                budget = _kb(heap)
+                budget = plugin.heap_kb(heap)
                 need_k = smallest_heap(path, names, fw, budget, extra)
                 if need_k is None:
                     print(f"{path.stem:38} {heap:>7} {'FAILS':>7}")

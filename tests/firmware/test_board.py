@@ -68,7 +68,7 @@ def test_host_misc():
     b = board.load("host")  # its watchdog would end this process: tested in children below
     b.led(True)
     assert b.chip_temperature() is None
-    assert b.mem_free() > 0
+    assert b.memory()["gc_free"] > 0
     assert b.reset_cause() == "power_on"
 
 
@@ -110,7 +110,7 @@ def test_host_board_never_imports_esp32_modules():
         sys.modules.pop(m, None)
     b = board.load("host")
     b.wlan(), b.led(1), b.chip_temperature(), b.time_ms(), b.set_rtc(1800000000)
-    b.reset_cause(), b.mem_free()
+    b.reset_cause(), b.memory()
     for m in ("network", "machine", "esp32"):
         assert m not in sys.modules, m
     fake_hw.install()
