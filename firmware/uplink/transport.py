@@ -255,7 +255,8 @@ class Stream:
 
 async def open_tcp(host, port, *, ssl_ctx=None, server_hostname=None, timeout_ms=10000, wbuf=WBUF):
     """Connect to host:port, TLS-wrapped when ssl_ctx is given (SNI and name check = host).
-    wbuf: bytes gathered between drains (WebSocket gathers whole frames itself)."""
+    wbuf: bytes gathered between drains; 0 passes writes straight through (WebSocket gathers
+    its frames itself, so a second gather layer under it would only copy)."""
     ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
     s = socket.socket(ai[0], ai[1], ai[2])
     try:
@@ -316,7 +317,7 @@ async def open_stream(url, *, ca=None, insecure=False, timeout_ms=10000):
         ctx = tls_context(ca, insecure)
     plain = scheme in ("mqtt", "mqtts")
     s = await open_tcp(
-        host, port, ssl_ctx=ctx, server_hostname=host, timeout_ms=timeout_ms, wbuf=WBUF if plain else 64
+        host, port, ssl_ctx=ctx, server_hostname=host, timeout_ms=timeout_ms, wbuf=WBUF if plain else 0
     )
     if plain:
         return s

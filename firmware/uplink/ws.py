@@ -8,7 +8,10 @@ import os
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CHUNK = 512  # mask this many bytes per big-integer XOR
-GATHER = 1024  # payload gathered into one frame
+# Payload gathered into one frame: room for a whole 1 KB publisher message with its MQTT
+# header and topic, so a full message is not framed into a buffer of its own.
+GATHER = 1152
+HEAD = 8  # room before the gathered payload for the longest header it needs (4) + mask key (4)
 MAX_HEADERS = 32
 MAX_LINE = 512
 WANTED = (b"upgrade", b"connection", b"sec-websocket-accept", b"sec-websocket-protocol")  # lines in the handshake response before we call it hostile
@@ -33,8 +36,24 @@ def mask(buf, key):
     return (int.from_bytes(buf, "big") ^ k).to_bytes(n, "big")
 
 
+def _mask_into(mv, at, n, key):
+    # mask mv[at:at+n] in place, in chunks (a multiple of 4, so the key lines up) to bound
+    # the big-integer temporaries; the repeated key is made once per frame, not per chunk
+    end = at + n
+    full = at + n - n % CHUNK
+    k = int.from_bytes(key * (CHUNK // 4), "big") if full > at else 0
+    i = at
+    while i < full:
+        j = i + CHUNK
+        mv[i:j] = (int.from_bytes(mv[i:j], "big") ^ k).to_bytes(CHUNK, "big")
+        i = j
+    if i < end:
+        mv[i:end] = mask(mv[i:end], key)
+
+
 def frame(payload, opcode=2):
-    """One final, masked client frame, built in one buffer (one write per MQTT packet)."""
+    """One final, masked client frame in a buffer of its own: control frames, and payloads
+    too big for the gather buffer."""
     n = len(payload)
     if n < 126:
         hdr = bytes((0x80 | opcode, 0x80 | n))
@@ -47,13 +66,9 @@ def frame(payload, opcode=2):
     out[: h - 4] = hdr
     key = os.urandom(4)
     out[h - 4 : h] = key
-    # masked in chunks (a multiple of 4, so the key lines up) to bound the big-integer temps
-    mv = memoryview(payload)
-    i = 0
-    while i < n:
-        j = i + CHUNK if i + CHUNK < n else n
-        out[h + i : h + j] = mask(mv[i:j], key)
-        i = j
+    mv = memoryview(out)
+    mv[h:] = payload
+    _mask_into(mv, h, n, key)
     return out
 
 
@@ -106,14 +121,16 @@ async def handshake(raw, host, port, path):
 
 
 class WSStream:
-    """The payload bytes of incoming data frames as one stream. Writes are gathered and leave
-    as one frame per batch (at push/drain), so masking and framing are paid once a batch."""
+    """The payload bytes of incoming data frames as one stream. Writes are gathered straight
+    into the frame's buffer (the stream below passes bytes through) and leave as one frame per
+    batch (at push/drain): the header goes in front and the mask is applied in place, so a
+    batch costs no copy and no allocation beyond the mask's temporaries."""
 
     def __init__(self, raw):
         self._raw = raw
-        self._gb = bytearray(GATHER)
+        self._gb = bytearray(HEAD + GATHER)
         self._gm = memoryview(self._gb)
-        self._gn = 0  # gathered payload is _gb[:_gn]
+        self._gn = 0  # gathered payload is _gb[HEAD:HEAD + _gn]
         self._stuck = False
         self._left = 0  # payload bytes still to read in the current data frame
         self._more = False  # a fragmented message is in progress (continuations expected)
@@ -210,14 +227,32 @@ class WSStream:
             if n > GATHER:  # too big to gather: a frame of its own
                 self._stuck = self._raw.write(frame(buf))
                 return self._stuck
+        g += HEAD
         self._gm[g : g + n] = buf  # copied now: the caller may change buf (the DUP bit)
-        self._gn = g + n
+        self._gn += n
         return self._stuck
 
     def _frame(self):
-        if self._gn:
-            self._stuck = self._raw.write(frame(self._gm[: self._gn]))
-            self._gn = 0
+        n = self._gn
+        if not n:
+            return
+        self._gn = 0
+        gm = self._gm
+        if n < 126:
+            at = HEAD - 6
+            gm[at + 1] = 0x80 | n
+        else:  # (GATHER < 65536)
+            at = HEAD - 8
+            gm[at + 1] = 0xFE
+            gm[at + 2] = n >> 8
+            gm[at + 3] = n & 255
+        gm[at] = 0x82  # final, binary
+        key = os.urandom(4)
+        gm[HEAD - 4 : HEAD] = key
+        _mask_into(gm, HEAD, n, key)
+        # the stream below copies what the socket does not take at once, so the buffer is
+        # free for the next batch as soon as this returns
+        self._stuck = self._raw.write(gm[at : HEAD + n])
 
     async def drain(self):
         self._frame()
@@ -227,7 +262,6 @@ class WSStream:
     def push(self):
         self._frame()
         return self._raw.push()
-
 
     def close(self):
         self._send_close()

@@ -3,7 +3,7 @@
 Prints, for mqtt:// (TCP), mqtts:// (TLS) and wss://: QoS 1 messages/s for 5,000 messages of
 100 bytes sent one `await publish()` after another, and the same 5,000 with `wait=False` and
 one `flush()`; the smallest `-X heapsize` at which a TLS connect + 1,000 QoS 1 publishes
-completes; the .mpy size of the transport and MQTT modules.
+completes (and over wss:// with 1 KB messages, the publisher's size); the .mpy size of the transport and MQTT modules.
 
     make bench BENCH_ARGS="mqtt"          .venv/bin/python -m tests.bench mqtt
     options: --n=5000  --window=N  --schemes=mqtt,mqtts,wss
@@ -52,11 +52,13 @@ import asyncio, gc, os
 from uplink.mqtt import MQTTClient
 
 async def main():
-    c = MQTTClient(os.getenv("URL"), "heap", ca=os.getenv("CA"))
+    w = os.getenv("WINDOW")
+    c = MQTTClient(os.getenv("URL"), "heap", ca=os.getenv("CA"), **({"window": int(w)} if w else {}))
     await c.connect()
     wait = os.getenv("MODE") == "one"
+    msg = b"x" * int(os.getenv("SIZE") or 100)
     for i in range(1000):
-        await c.publish("bench/heap", b"x" * 100, qos=1, wait=wait)
+        await c.publish("bench/heap", msg, qos=1, wait=wait)
     await c.flush()
     await c.disconnect()
     print("HEAP-OK", gc.mem_free())
@@ -104,23 +106,31 @@ def main(argv: list[str]) -> None:
             print(f"{scheme:8} {rates[0]:>15} {rates[1]:>18}", flush=True)
 
         heaps = [f"{k}k" for k in range(16, 97, 4)]
-        for model, name in ((True, "ESP32 model"), (False, "PyPI port")):
+        probes = [
+            (model, name, "mqtts", mode, 100, what)
+            for model, name in ((True, "ESP32 model"), (False, "PyPI port"))
+            for mode, what in (("one", "one at a time"), ("drain", "wait=False + flush, window full"))
+        ]
+        # the app's own shape over WebSocket: ~1 KB messages, window 8 (app.WINDOW)
+        probes.append((True, "ESP32 model", "wss", "drain", 1000, "1 KB each, window 8, wait=False + flush"))
+        for model, name, scheme, mode, size, what in probes:
             with interpreter(model):
-                for mode, what in (("one", "one at a time"), ("drain", "wait=False + flush, window full")):
-                    env = {**base, "URL": broker.url("mqtts"), "MODE": mode}
+                env = {**base, "URL": broker.url(scheme), "MODE": mode, "SIZE": str(size)}
+                if size > 100:
+                    env["WINDOW"] = "8"
+                label = f"{'TLS' if scheme == 'mqtts' else 'WSS'} connect + 1,000 QoS 1 publishes ({what})"
 
-                    def ok(i: int, env: dict = env) -> bool:
-                        return "HEAP-OK" in _run(HEAP, env, heapsize=heaps[i], timeout=60)
+                def ok(i: int, env: dict = env) -> bool:
+                    return "HEAP-OK" in _run(HEAP, env, heapsize=heaps[i], timeout=60)
 
-                    lo, hi = 0, len(heaps) - 1  # bisection: a heap that works means bigger ones do
-                    if not ok(hi):
-                        print(f"{name}: TLS connect + 1,000 QoS 1 ({what}) fails even in {heaps[hi]}")
-                        continue
-                    while lo < hi:
-                        mid = (lo + hi) // 2
-                        lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
-                    print(f"{name}: smallest -X heapsize, TLS connect + 1,000 QoS 1 publishes ({what}): {heaps[hi]}",
-                          flush=True)
+                lo, hi = 0, len(heaps) - 1  # bisection: a heap that works means bigger ones do
+                if not ok(hi):
+                    print(f"{name}: {label} fails even in {heaps[hi]}")
+                    continue
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
+                print(f"{name}: smallest -X heapsize, {label}: {heaps[hi]}", flush=True)
 
         fw = mpy.compiled_firmware() / "uplink"
         sizes = {m: (fw / f"{m}.mpy").stat().st_size for m in ("transport", "mqtt", "ws")}

@@ -225,3 +225,21 @@ async def test_writes_are_gathered_into_one_frame_per_batch():
     s.write(big)  # too big to gather: what was gathered goes first, then its own frame
     s.push()
     assert [unmask(f) for f in raw.out[1:]] == [(2, b"a"), (2, big)]
+
+
+async def test_gathered_batches_of_every_header_size_unmask_to_what_was_written():
+    # the frame is built in place in the gather buffer: the 2-byte header up to 125 bytes, the
+    # 4-byte one above; odd lengths, the exact buffer size and a batch right after another
+    # (the buffer still holds the last batch's masked bytes) must all come out whole
+    raw = Mem(b"")
+    s = ws.WSStream(raw)
+    sizes = (1, 125, 126, 127, 255, 1001, ws.GATHER - 1, ws.GATHER)
+    sent = []
+    for n in sizes:
+        data = randbytes(n)
+        cut = random.randint(0, n)
+        s.write(data[:cut])  # a batch is often several packets
+        s.write(data[cut:])
+        await s.drain()
+        sent.append((2, data))
+    assert [unmask(f) for f in raw.out] == sent
