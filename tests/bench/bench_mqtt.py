@@ -66,6 +66,30 @@ async def main():
 asyncio.run(main())
 """
 
+ALLOC = """
+import asyncio, gc, os
+from uplink.mqtt import MQTTClient
+
+async def main():
+    c = MQTTClient(os.getenv("URL"), "alloc", ca=os.getenv("CA"), window=8)
+    await c.connect()
+    msg = b"x" * 1000
+    for _ in range(20):
+        await c.publish("bench/alloc", msg, qos=1, wait=False)
+    await c.flush()
+    gc.collect()
+    gc.disable()  # with no collection in between, mem_alloc's growth is what was allocated
+    a0 = gc.mem_alloc()
+    for _ in range(200):
+        await c.publish("bench/alloc", msg, qos=1, wait=False)
+    await c.flush()
+    print("ALLOC", (gc.mem_alloc() - a0) // 200)
+    gc.enable()
+    await c.disconnect()
+
+asyncio.run(main())
+"""
+
 
 def _opt(argv: list[str], name: str, default: str) -> str:
     for a in argv:
@@ -131,6 +155,13 @@ def main(argv: list[str]) -> None:
                     mid = (lo + hi) // 2
                     lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
                 print(f"{name}: smallest -X heapsize, {label}: {heaps[hi]}", flush=True)
+
+        with interpreter(True):
+            for scheme in ("mqtts", "wss"):
+                out = _run(ALLOC, {**base, "URL": broker.url(scheme)}, heapsize="4m")
+                got = [x.split()[1] for x in out.splitlines() if x.startswith("ALLOC")]
+                print(f"ESP32 model: heap allocated per 1 KB QoS 1 message over {scheme} (window 8): "
+                      f"{int(got[0]):,} B" if got else f"allocation probe over {scheme} failed", flush=True)
 
         fw = mpy.compiled_firmware() / "uplink"
         sizes = {m: (fw / f"{m}.mpy").stat().st_size for m in ("transport", "mqtt", "ws")}
