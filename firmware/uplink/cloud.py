@@ -21,6 +21,10 @@ import time
 
 from uplink import log
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # names for the type checker only; MicroPython ignores annotations
+    from typing import Any
+
 SLOTS = 4  # questions waiting at once
 MAX_CHANGES = 32  # distinct names waiting for the on_change callback; more are dropped
 
@@ -37,14 +41,14 @@ class Timeout(CloudError):
     pass
 
 
-_app = None
-_cb = None
-_keys = None
+_app: Any = None
+_cb: Any = None
+_keys: Any = None
 _changes = {}
-_wake = None
-_key = [None] * SLOTS  # what a slot waits for: a ThingsBoard request id, a Blynk meta field
-_val = [None] * SLOTS
-_ev = [None] * SLOTS
+_wake: Any = None
+_key: Any = [None] * SLOTS  # what a slot waits for: a ThingsBoard request id, a Blynk meta field
+_val: Any = [None] * SLOTS
+_ev: Any = [None] * SLOTS
 NAMES = {"thingsboard": "ThingsBoard", "blynk": "Blynk", "weightron": "Weightron", "biotz": "Biotz"}
 
 
@@ -64,8 +68,8 @@ def sessions():
     the app holds them (one today; several once a device talks to two clouds)."""
     a = _app
     if a is None or a.adapter is None:
-        return ()
-    return ((a.cfg["platform"]["kind"], a.adapter, a.client),)
+        return []
+    return [(a.cfg["platform"]["kind"], a.adapter, a.client)]
 
 
 async def connected(adapter, client):

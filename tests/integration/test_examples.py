@@ -3,7 +3,6 @@ host board (the ESP32 model where installed), behind its cloud's broker profile,
 documented topics and shapes are what it uses (the profile closes the connection on others)."""
 
 import json
-import time
 from pathlib import Path
 
 import pytest
