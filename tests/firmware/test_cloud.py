@@ -30,6 +30,9 @@ class App:
     def __init__(self, kind, answer=None, **keys):
         if kind == "thingsboard":
             keys.setdefault("token", "TOKEN123")
+        elif kind == "weightron":
+            keys.setdefault("application_id", "app42")
+            keys.setdefault("token", "ACCESS")
         else:
             keys.setdefault("token", "DEVTOKEN")
         self.adapter = adapter(kind, **keys)
@@ -228,3 +231,16 @@ async def test_a_failing_callback_does_not_stop_later_changes():
     app.on_message("downlink/ds/B", b"2", False)
     await asyncio.sleep_ms(10)
     assert seen == [{"A": 1}, {"B": 2}]
+
+
+async def test_weightron_watched_values_reach_on_change():
+    app = fresh("weightron", watch=["devices/bridge-1"])
+    seen = []
+    cloud.on_change(seen.append)
+    await cloud.connected(app.adapter, app.client)
+    assert app.client.published == []  # watched values come as messages: nothing to ask
+    app.on_message("app42/devices/bridge-1", b'{"$native":{"w":7}}', False)
+    await asyncio.sleep_ms(10)
+    assert seen == [{"devices/bridge-1": {"$native": {"w": 7}}}]
+    with raises(cloud.NotSupported, "Weightron has no client-side RPC"):
+        await cloud.rpc("x")
