@@ -30,6 +30,7 @@ class App:
     adapter: Any = None
     boots: Any = None
     ota: Any = None
+    cloud: Any = None  # uplink.cloud, when user.py imported it
     safe_mode_reason = None
 
     def __init__(self, cfg, board):
@@ -172,8 +173,8 @@ class App:
             return
         if cmd is not None and cmd.name == "ota":  # a firmware update announced: uplink.ota_tb
             cmd = self.ota.take(cmd) if self.ota is not None else None
-        if cmd is None:
-            return
+        if cmd is None or (self.cloud is not None and self.cloud.take(cmd)):
+            return  # (a change for user.py's cloud.on_change callback)
         if len(self.commands) >= COMMAND_QUEUE:
             log.warn("downlink", "command queue full: %s refused" % cmd.name)
             return
@@ -230,6 +231,8 @@ class App:
             for topic, qos in self.adapter.subscriptions():
                 await self.client.subscribe(topic, qos)
         await self.adapter.on_connect(self.client)
+        if self.cloud is not None:
+            await self.cloud.connected(self.adapter, self.client)
 
     # -- startup -------------------------------------------------------------------------
     async def start_network(self):
@@ -332,6 +335,9 @@ class App:
         self.publisher = Publisher(self.outbox, self.adapter, self.client, self.cfg["telemetry"]["batch"],
                                    stamp=self.stamp)
         self.client.on_ack = self.publisher.on_ack
+        self.cloud = sys.modules.get("uplink.cloud")  # imported by user.py only when it uses it
+        if self.cloud is not None:
+            self.cloud.attach(self)
         if self.cfg["platform"]["kind"] == "thingsboard":  # OTA, and the trial of a new app
             from uplink.ota_tb import Updater
 

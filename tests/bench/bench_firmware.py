@@ -104,10 +104,11 @@ for name in sys.argv[1:]:
 print("MOD total", base - prev)
 """
 
-# in the order the app imports them over mqtts (ThingsBoard)
+# in the order the app imports them over mqtts (ThingsBoard); uplink.cloud last, only there
+# when user.py imports it
 ORDER = ["uplink", "uplink.log", "uplink.config", "uplink.board", "uplink.board_host", "uplink.clock",
          "uplink.app", "uplink.platforms", "uplink.platforms.thingsboard", "uplink.outbox",
-         "uplink.publisher", "uplink.transport", "uplink.mqtt", "uplink.ws", "asyncio", "ssl"]
+         "uplink.publisher", "uplink.transport", "uplink.mqtt", "uplink.ws", "asyncio", "ssl", "uplink.cloud"]
 
 
 def module_heap(name: str = "ESP32 model") -> None:
@@ -118,7 +119,7 @@ def module_heap(name: str = "ESP32 model") -> None:
         pass
     rows = [ln.split()[1:] for ln in p.output.splitlines() if ln.startswith("MOD ")]
     print(f"heap taken by importing each module (.mpy, {name}, after gc.collect; ws only for ws/wss,"
-          " config and board_host not kept on an ESP32):")
+          " config and board_host not kept on an ESP32, cloud only for a user.py that uses it):")
     print("  " + ", ".join(f"{n.replace('uplink.', '')} {int(b) / 1024:.1f}k" for n, b in rows), flush=True)
 
 

@@ -179,6 +179,7 @@ _BL_AUTH = "https://docs.blynk.io/en/blynk.cloud-mqtt-api/device-mqtt-api/authen
 _BL_TOPICS = "https://docs.blynk.io/en/blynk.cloud-mqtt-api/device-mqtt-api/topic-structure"
 _BL_DS = "https://docs.blynk.io/en/blynk.cloud-mqtt-api/device-mqtt-api/datastreams"
 _BL_GW = "https://docs.blynk.io/en/blynk.cloud-mqtt-api/mqtt-gateway-api"
+_BL_PROPS = "https://docs.blynk.io/en/blynk.cloud-mqtt-api/device-mqtt-api/widget-properties"
 _WT_TOPICS = "https://docs.weightron.cloud/docs-mqtt/TopicStructure"
 _WT_USE = "https://docs.weightron.cloud/docs-mqtt/UsingTheService"
 _WT_ACCESS = "https://docs.weightron.cloud/docs-mqtt/RequestingAccess"
@@ -251,7 +252,17 @@ RULES: dict[str, Rule] = {
                                  "device-API topic with dev/<its token>/ (no wildcard in the token).",
                                  _BL_GW),
     "blynk.topics": Rule("Uplink topics: info/mcu, ds/<Datastream>, ds/<Datastream>/timestamped_batch, "
-                         "batch_ds, event/<code>, get/ds, get/ds/all, get/utc/all/json.", _BL_TOPICS),
+                         "ds/<Datastream>/prop/<property>, batch_ds, event/<code>, get/ds, get/ds/all, "
+                         "get/meta, get/utc/all/json.", _BL_TOPICS),
+    "blynk.prop": Rule("ds/<Datastream>/prop/<property> sets a widget property; the value is plain text "
+                       "(123, hello).", _BL_PROPS),
+    "blynk.meta": Rule("get/meta asks metadata values; the answer comes on downlink/meta/<field>. The payload "
+                       "names the field(s) as text, as get/ds does for datastreams (Blynk's own clients "
+                       "send \"Serial,Time Zone\"; the page does not show a payload).", _BL_TOPICS),
+    "blynk.get_ds_all": Rule("get/ds/all asks every datastream's current value; payload empty.", _BL_DS),
+    "blynk.event_text": Rule("event/<event code> logs one of the template's events; its payload, the "
+                             "description, is plain text: what Blynk.logEvent(code, description) sends. The "
+                             "MQTT page lists the topic without showing a payload.", assumption=True),
     "blynk.json": Rule("batch_ds, timestamped_batch and info/mcu carry JSON.", _BL_DS),
     "blynk.batch_ds": Rule("batch_ds takes one JSON object {datastream name: value}.", _BL_DS),
     "blynk.boolean": Rule("Values must match the datastream's type: true or false for a Boolean "
@@ -460,8 +471,8 @@ def _tb_telemetry_item(item) -> str | None:
 
 
 # Blynk ----------------------------------------------------------------------------------
-_BLYNK_PUB = [r"ds/[^/+#]+", r"ds/[^/+#]+/timestamped_batch", r"batch_ds", r"info/mcu", r"event/[^/+#]+",
-              r"get/ds", r"get/ds/all", r"get/utc/all/json"]
+_BLYNK_PUB = [r"ds/[^/+#]+", r"ds/[^/+#]+/timestamped_batch", r"ds/[^/+#]+/prop/[^/+#]+", r"batch_ds",
+              r"info/mcu", r"event/[^/+#]+", r"get/ds", r"get/ds/all", r"get/meta", r"get/utc/all/json"]
 BLYNK_MAX_MESSAGE = 1024
 
 
@@ -552,6 +563,18 @@ class Blynk(Profile):
                 return broke("blynk.info_mcu", f"info/mcu needs ver and rxbuff (bytes): {doc}")
             if self.template_id and doc.get("tmpl") != self.template_id:
                 return broke("blynk.info_mcu", f"info/mcu tmpl must be the template id {self.template_id}: {doc}")
+        elif rest.startswith("event/"):
+            if _text_or_none(payload) is None:
+                return broke("blynk.event_text", f"event description on {topic} is not UTF-8 text")
+        elif rest == "get/meta":
+            if not _text_or_none(payload):
+                return broke("blynk.meta", "get/meta must name the metadata field(s)")
+        elif rest == "get/ds/all":
+            if payload:
+                return broke("blynk.get_ds_all", f"get/ds/all takes an empty payload, got {payload[:40]!r}")
+        elif "/prop/" in rest:
+            if _text_or_none(payload) is None or payload[:1] in (b"{", b"["):
+                return broke("blynk.prop", f"widget property on {topic} takes plain text, got {payload[:40]!r}")
         elif rest.startswith("ds/"):
             try:
                 payload.decode()
@@ -559,6 +582,13 @@ class Blynk(Profile):
                 return broke("blynk.ds_text", f"ds value on {topic} is not text")
             if payload.startswith(b"{") or payload.startswith(b"["):
                 return broke("blynk.ds_text", f"ds/<name> takes a plain value, got JSON {payload[:40]!r}")
+        return None
+
+
+def _text_or_none(payload: bytes) -> str | None:
+    try:
+        return payload.decode()
+    except UnicodeDecodeError:
         return None
 
 

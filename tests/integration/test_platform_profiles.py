@@ -149,6 +149,54 @@ def test_blynk_rules(proxies, broker):
         closed_for(p, d, why)
 
 
+def test_blynk_rules_for_what_is_not_a_reading(proxies):
+    # uplink.cloud's topics: events, widget properties, metadata reads, get/ds/all
+    p = proxies(Blynk({"DEVTOKEN"}))
+    d = Dev(p.port, "device", "DEVTOKEN")
+    assert d.wait() == 0
+    d.pub("event/door_open", "front door \u00e9".encode())
+    d.pub("event/door_open", b"")  # the event's own description
+    d.pub("ds/Switch/prop/color", b"#23C48E")
+    d.pub("get/meta", b"Serial Number")
+    d.pub("get/ds/all", b"")
+    time.sleep(0.3)
+    assert p.violations == []
+    for topic, payload, why in (("event/door_open", b"\xff\xfe", "not UTF-8 text"),
+                                ("ds/Switch/prop/color", b'{"c":1}', "takes plain text"),
+                                ("ds/Switch/prop", b"x", "not a Blynk device-API topic"),
+                                ("get/meta", b"", "must name the metadata field"),
+                                ("get/ds/all", b"Switch", "empty payload")):
+        p.violations.clear()
+        d = Dev(p.port, "device", "DEVTOKEN")
+        d.wait()
+        d.pub(topic, payload, qos=0)
+        closed_for(p, d, why)
+
+
+def test_thingsboard_requests_the_device_makes(proxies):
+    # client-side RPC, attribute requests, claiming, client attributes: the documented shapes
+    # pass, others close the connection
+    p = proxies(ThingsBoard({"GOOD": "device"}))
+    d = Dev(p.port, "GOOD")
+    assert d.wait() == 0
+    d.pub("v1/devices/me/rpc/request/7", b'{"method":"getWeather","params":{"city":"Oslo"}}')
+    d.pub("v1/devices/me/attributes/request/8", b'{"clientKeys":"a,b","sharedKeys":"setpoint"}')
+    d.pub("v1/devices/me/claim", b'{"secretKey":"s","durationMs":60000}')
+    d.pub("v1/devices/me/attributes", b'{"heating":true}')
+    time.sleep(0.3)
+    assert p.violations == []
+    for topic, payload, why in (("v1/devices/me/rpc/request/x", b'{"method":"m"}', "not a ThingsBoard"),
+                                ("v1/devices/me/rpc/request/9", b'{"params":{}}', "needs a method"),
+                                ("v1/devices/me/attributes/request/9", b'{"sharedKeys":["a"]}', "comma-separated"),
+                                ("v1/devices/me/claim", b'{"durationMs":1}', "needs secretKey"),
+                                ("v1/devices/me/attributes", b"[1]", "must be a JSON object")):
+        p.violations.clear()
+        d = Dev(p.port, "GOOD")
+        d.wait()
+        d.pub(topic, payload, qos=0)
+        closed_for(p, d, why)
+
+
 def test_blynk_gateway_and_redirect(proxies):
     p = proxies(Blynk(gateways={"GW": ["tokA", "tokB"]}))
     assert Dev(p.port, "device", "GW").wait() == 4

@@ -41,6 +41,7 @@ SCHEMA = {
 class Adapter(Base):
     clean = True  # Blynk accepts clean sessions only
     keepalive = 45  # what Blynk recommends
+    waiter = None  # uplink.cloud's waiter(meta field, payload): the answer to cloud.meta()
 
     def __init__(self, cfg, ctx):
         Base.__init__(self, cfg, ctx, DEFAULT_URL, MAX_MESSAGE)
@@ -112,6 +113,42 @@ class Adapter(Base):
         if sync and self._own is not None:  # the current values come back as downlink/ds/<name> writes
             await client.publish(self._own + "get/ds", ",".join(sync).encode(), 0)
 
+    # -- uplink.cloud: what is not a reading (docs.blynk.io .../device-mqtt-api/topic-structure)
+    def _mine(self, what, name):
+        if self._own is None:
+            raise ValueError("%s: an OAuth gateway session has no device of its own" % what)
+        if not topic_ok(name):
+            raise ValueError("%s: %r cannot be a topic level (empty, or has / + #)" % (what, name))
+        return self._own
+
+    def event_message(self, code, text):
+        """Log event: event/<event code>, the description as plain text (empty: the event's
+        own description). docs.blynk.io/en/getting-started/events-tutorial: the code is the
+        template's EVENT_CODE."""
+        return (self._mine("event", code) + "event/" + code, text.encode())
+
+    def prop_message(self, datastream, name, value):
+        """Widget property: ds/<datastream>/prop/<property>, the value as plain text
+        (docs.blynk.io .../device-mqtt-api/widget-properties)."""
+        self._mine("property", name)
+        return (self._mine("property", datastream) + "ds/" + datastream + "/prop/" + name,
+                _text(value).encode())
+
+    def meta_request(self, field):
+        """Metadata read: get/meta with the field name; answered on downlink/meta/<field>
+        (topic-structure)."""
+        return (self._mine("metadata", field) + "get/meta", field.encode())
+
+    def sync_request(self, keys):
+        """For uplink.cloud.on_change after a connect: get/ds with the names, else get/ds/all
+        (every datastream with "Sync with latest server value" on, docs.blynk.io
+        .../device-mqtt-api/datastreams); None when platform.sync asked already."""
+        if self._own is None or (not keys and self.cfg["platform"].get("sync")):
+            return None
+        if keys:
+            return (self._own + "get/ds", ",".join(keys).encode())
+        return (self._own + "get/ds/all", b"")
+
     # -- telemetry -------------------------------------------------------------------------
     def _prefix(self, r):
         dev = r.get("device")
@@ -125,6 +162,11 @@ class Adapter(Base):
         i, n = 0, len(readings)
         while i < n:
             r = readings[i]
+            k = r.get("k")
+            if k is not None:  # not a reading: an uplink.cloud record
+                self._record(r, k, out)
+                i += 1
+                continue
             pre = self._prefix(r)
             if pre is None:
                 dev = r.get("device")
@@ -135,7 +177,7 @@ class Adapter(Base):
                 continue
             j = i
             if self.timestamped and r.get("ts") is not None:
-                while (j < n and readings[j].get("ts") is not None
+                while (j < n and readings[j].get("ts") is not None and "k" not in readings[j]
                        and self._prefix(readings[j]) == pre and _names_ok(readings[j]["values"])):
                     j += 1
             if j - i > 1:
@@ -146,6 +188,24 @@ class Adapter(Base):
                 self._one(r, pre, out)
                 i += 1
         return out
+
+    def _record(self, r, k, out):
+        if k != "e":
+            out.append((None, ("a %r record is not for Blynk" % k).encode(), 1))
+            return
+        try:
+            topic, payload = self.event_message(r["code"], r.get("text") or "")
+        except ValueError as e:
+            out.append((None, str(e).encode(), 1))
+            return
+        # a description too long for one message is cut, the event itself still counts
+        room = self._room(topic)
+        if len(payload) > room:
+            i = room
+            while i and payload[i] & 0xC0 == 0x80:  # not inside a UTF-8 character
+                i -= 1
+            payload = payload[:i]
+        out.append((topic, payload, 1))
 
     def _room(self, topic):
         return self.max_payload - len(topic) - 4
@@ -245,6 +305,11 @@ class Adapter(Base):
             raw = text(payload, "datastream " + name)
             return Command("write", {"name": name, "value": _parse_value(raw), "raw": raw},
                            ("ds", pre, name), dev)
+        if what.startswith("meta/"):  # the answer to get/meta (uplink.cloud.meta)
+            w = self.waiter
+            if w is not None and dev is None:
+                w(what[5:], payload)
+            return None
         if what == "ota/json":
             return Command("firmware", loads_obj(payload, "ota/json"), None, dev)
         if what == "utc/all/json":

@@ -57,6 +57,8 @@ GW_ATTR_RESPONSE = GW + "attributes/response"
 
 class Adapter(Base):
     HEALTH = True  # any telemetry key is stored: the health keys have room here
+    # uplink.cloud's waiter(request id, payload) -> True when an answer was one of its questions
+    waiter = None
 
     def __init__(self, cfg, ctx):
         Base.__init__(self, cfg, ctx, DEFAULT_URL, DEFAULT_MAX_PAYLOAD)
@@ -160,12 +162,33 @@ class Adapter(Base):
     def claim_request(self, secret_key, duration_ms=60000):
         return (CLAIM, dumps({"secretKey": secret_key, "durationMs": duration_ms}).encode())
 
+    def attributes_message(self, values):
+        """Client attributes: one JSON object to v1/devices/me/attributes (MQTT API,
+        "Publish attribute update to the server")."""
+        return (ATTRIBUTES, dumps(values).encode())
+
+    def sync_request(self, keys):
+        """For uplink.cloud.on_change after a connect: ask the shared attributes `keys` that
+        on_connect did not ask already (platform.shared_attributes), or None."""
+        keys = [k for k in keys or () if k not in self.shared_keys]
+        return self.attributes_request(shared=keys) if keys else None
+
     # -- telemetry -------------------------------------------------------------------------
     def encode(self, readings):
         out = []
         i, n = 0, len(readings)
         while i < n:
-            if self._gw is not None and readings[i].get("device") is not None:
+            k = readings[i].get("k")
+            if k is not None:  # not a reading: an uplink.cloud record
+                r = readings[i]
+                if k == "a":
+                    t, payload = self.attributes_message(r["values"])
+                    out.append((t, payload, 1) if len(payload) <= self.max_payload - len(t) - 4
+                               else too_big(1, len(payload), self.max_payload))
+                else:
+                    out.append((None, ("a %r record is not for ThingsBoard" % k).encode(), 1))
+                i += 1
+            elif self._gw is not None and readings[i].get("device") is not None:
                 i = self._gw.encode_run(self, readings, i, out)
             else:
                 i = self._encode_me(readings, i, out)
@@ -183,7 +206,7 @@ class Adapter(Base):
         n = len(readings)
         while i < n:
             r = readings[i]
-            if self.gateway and r.get("device") is not None:
+            if (self.gateway and r.get("device") is not None) or "k" in r:
                 break
             piece = self._piece(r)
             if len(piece) > pack.room:  # a lone object goes without the brackets
@@ -211,7 +234,8 @@ class Adapter(Base):
         if topic == ATTRIBUTES:
             return _shared(loads_obj(payload, "shared attributes"))
         if topic.startswith(ATTR_RESPONSE):
-            _id(topic, ATTR_RESPONSE)
+            if self._waited(_id(topic, ATTR_RESPONSE), payload):
+                return None
             resp = loads_obj(payload, "attributes response")
             shared = resp.get("shared") or {}
             client = resp.get("client")
@@ -222,7 +246,8 @@ class Adapter(Base):
             # clientKeys were asked: both sections, as ThingsBoard answers them
             return Command("attributes", {"client": client, "shared": shared})
         if topic.startswith(RPC_RESPONSE):
-            return self._rpc_answer(_id(topic, RPC_RESPONSE), payload)
+            rid = _id(topic, RPC_RESPONSE)
+            return None if self._waited(rid, payload) else self._rpc_answer(rid, payload)
         if topic.startswith(FW_RESPONSE):  # an OTA chunk: to uplink.ota_tb, straight to flash
             ota = getattr(self.ctx, "ota", None)
             if ota is not None:
@@ -231,6 +256,13 @@ class Adapter(Base):
         if self._gw is not None and topic.startswith(GW):
             return self._gw.handle(topic, payload)
         return None
+
+    def _waited(self, rid, payload):
+        w = self.waiter
+        if w is None or not w(rid, payload):
+            return False
+        self._pending.pop(rid, None)
+        return True
 
     def _rpc_answer(self, rid, payload):
         method = self._pending.pop(rid, None)

@@ -1,0 +1,282 @@
+# The cloud's own features for user.py (docs/user_api.md): ask the server, be told of changes,
+# say things that are not readings. Imported only by a user.py that uses it (its bytecode
+# lives in the heap); the app attaches itself once it runs (App.main -> attach).
+#
+#   from uplink import cloud
+#   cloud.on_change(fn)                      fn(values): shared attributes / datastream writes
+#   await cloud.rpc("getWeather", {...})     ThingsBoard client-side RPC, the answer
+#   await cloud.get_attributes(client=[..], shared=[..])
+#   await cloud.claim(secret, duration_ms)   ThingsBoard device claiming
+#   await cloud.set_attributes({...})        ThingsBoard client attributes (outbox)
+#   await cloud.event(code, description)     Blynk log event (outbox)
+#   await cloud.prop(datastream, prop, v)    Blynk widget property (now, or not at all)
+#   await cloud.meta(field)                  Blynk metadata value
+#
+# Reliability: what must not be lost (events, client attributes) goes through the outbox like
+# a reading, PUBACK and all; a question goes out at QoS 0 and times out with Timeout (a lost
+# question is one that was not answered). Pending questions sit in a fixed table of SLOTS.
+import asyncio
+import json
+import time
+
+from uplink import log
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # names for the type checker only; MicroPython ignores annotations
+    from typing import Any
+
+SLOTS = 4  # questions waiting at once
+MAX_CHANGES = 32  # distinct names waiting for the on_change callback; more are dropped
+
+
+class CloudError(Exception):
+    pass
+
+
+class NotSupported(CloudError):
+    pass
+
+
+class Timeout(CloudError):
+    pass
+
+
+_app: Any = None
+_cb: Any = None
+_keys: Any = None
+_changes = {}
+_wake: Any = None
+_key: Any = [None] * SLOTS  # what a slot waits for: a ThingsBoard request id, a Blynk meta field
+_val: Any = [None] * SLOTS
+_ev: Any = [None] * SLOTS
+NAMES = {"thingsboard": "ThingsBoard", "blynk": "Blynk", "weightron": "Weightron", "biotz": "Biotz"}
+
+
+# -- the app's side --------------------------------------------------------------------------
+def attach(app):
+    """Called by the app once its adapter, client and outbox exist."""
+    global _app
+    _app = app
+    for kind, adapter, client in sessions():
+        adapter.waiter = _answer
+    if _cb is not None:
+        _start()
+
+
+def sessions():
+    """(platform kind, adapter, MQTT client) of every session: the one place that knows how
+    the app holds them (one today; several once a device talks to two clouds)."""
+    a = _app
+    if a is None or a.adapter is None:
+        return []
+    return [(a.cfg["platform"]["kind"], a.adapter, a.client)]
+
+
+async def connected(adapter, client):
+    """After every (re)connect of a session: ask for the current values on_change is owed."""
+    if _cb is None:
+        return
+    sync = getattr(adapter, "sync_request", None)
+    r = sync(_keys) if sync is not None else None
+    if r is not None:
+        await client.publish(r[0], r[1], 0)
+
+
+def take(cmd):
+    """A downlink turned command: True when it is a change for on_change (taken here)."""
+    if _cb is None or cmd.device is not None:
+        return False
+    p = cmd.params
+    if cmd.name == "attributes" and "client" not in p:
+        vals = p
+    elif cmd.name == "write":  # Blynk datastream write
+        vals = {p["name"]: p["value"]}
+    elif cmd.name == "watch":  # Weightron: another device's value
+        vals = {p["topic"]: p["value"]}
+    else:
+        return False
+    for k in vals:
+        if k in _changes or len(_changes) < MAX_CHANGES:
+            _changes[k] = vals[k]
+        else:
+            log.warn("cloud", "change of %s dropped: %d changes wait already" % (k, MAX_CHANGES))
+    if _wake is not None:
+        _wake.set()
+    return True
+
+
+def _answer(key, payload):
+    # adapter.waiter: an answer to a question of ours, by request id or meta field
+    for i in range(SLOTS):
+        if _key[i] == key and _ev[i] is not None:
+            _val[i] = bytes(payload)
+            _ev[i].set()
+            return True
+    return False
+
+
+def _start():
+    global _wake
+    if _wake is None:
+        _wake = asyncio.Event()
+        asyncio.create_task(_dispatch())
+    if _changes:
+        _wake.set()
+
+
+async def _dispatch():
+    global _changes
+    while True:
+        await _wake.wait()
+        _wake.clear()
+        while _changes:
+            vals = _changes
+            _changes = {}
+            try:
+                r = _cb(vals)
+                if r is not None and hasattr(r, "send"):
+                    await r
+            except Exception as e:  # the user's callback must not end the deliveries
+                log.exc("cloud", "on_change callback failed", e)
+
+
+# -- user.py's side ----------------------------------------------------------------------------
+def on_change(callback, keys=None):
+    """callback(values) with {name: value} for ThingsBoard shared-attribute updates, Blynk
+    datastream writes and Weightron watched values; the current values once after every
+    (re)connect. keys: the names to ask for then (ThingsBoard shared attributes beyond
+    platform.shared_attributes; Blynk datastreams, else get/ds/all). May be async."""
+    global _cb, _keys
+    _cb = callback
+    _keys = keys
+    if _app is not None:
+        _start()
+
+
+def _session(feature, method):
+    for kind, adapter, client in sessions():
+        if getattr(adapter, method, None) is not None:
+            return adapter, client
+    if _app is None:
+        raise CloudError("%s: the app is not running yet (call it from handle(), a callback or a task)" % feature)
+    kind = sessions()[0][0] if sessions() else "?"
+    raise NotSupported("%s has no %s" % (NAMES.get(kind, kind), feature))
+
+
+async def _ask(key, topic, payload, timeout_s, what, client):
+    i = 0
+    while i < SLOTS and _key[i] is not None:
+        i += 1
+    if i == SLOTS:
+        raise CloudError("%s: %d questions wait for answers already" % (what, SLOTS))
+    if _ev[i] is None:
+        _ev[i] = asyncio.Event()
+    ev = _ev[i]
+    ev.clear()
+    _key[i] = key
+    _val[i] = None
+    t0 = time.ticks_ms()
+    ms = int(timeout_s * 1000)
+    try:
+        while not client.is_connected:  # a question is only worth asking on a live link
+            if time.ticks_diff(time.ticks_ms(), t0) >= ms:
+                raise Timeout("%s: not connected to the cloud within %s s" % (what, timeout_s))
+            await asyncio.sleep_ms(100)
+        await client.publish(topic, payload, 0)
+        left = ms - time.ticks_diff(time.ticks_ms(), t0)
+        try:
+            await asyncio.wait_for_ms(ev.wait(), max(left, 1))
+        except asyncio.TimeoutError:
+            raise Timeout("%s: no answer within %s s" % (what, timeout_s))
+        return _val[i]
+    finally:
+        _key[i] = None
+        _val[i] = None
+
+
+def _parse(raw):
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode()
+
+
+async def rpc(method, params=None, timeout_s=10):
+    """ThingsBoard client-side RPC: the server's answer (any JSON; text if not JSON). A rule
+    chain must answer it (thingsboard.io/docs/user-guide/rpc/, client-side RPC)."""
+    adapter, client = _session("client-side RPC", "rpc_request")
+    topic, payload = adapter.rpc_request(method, params)
+    raw = await _ask(_rid(topic), topic, payload, timeout_s, "RPC %s" % method, client)
+    return _parse(raw)
+
+
+async def get_attributes(client=None, shared=None, timeout_s=10):
+    """ThingsBoard attribute request: {"client": {...}, "shared": {...}}."""
+    adapter, c = _session("attribute requests", "attributes_request")
+    if not client and not shared:
+        raise ValueError("get_attributes: name client and/or shared attribute keys")
+    topic, payload = adapter.attributes_request(client, shared)
+    ans = _parse(await _ask(_rid(topic), topic, payload, timeout_s, "attribute request", c))
+    if not isinstance(ans, dict):
+        raise CloudError("attribute request: the answer is not an object")
+    return {"client": ans.get("client") or {}, "shared": ans.get("shared") or {}}
+
+
+async def claim(secret, duration_ms=60000, timeout_s=30):
+    """ThingsBoard device claiming: the secret a user then enters to claim the device, valid
+    duration_ms. Sent once connected (QoS 1); Timeout when the link is not up in time."""
+    adapter, client = _session("device claiming", "claim_request")
+    topic, payload = adapter.claim_request(secret, duration_ms)
+    try:
+        await asyncio.wait_for(client.publish(topic, payload, 1), timeout_s)
+    except asyncio.TimeoutError:
+        raise Timeout("claim: not sent within %s s (no connection)" % timeout_s)
+
+
+async def set_attributes(values):
+    """ThingsBoard client attributes: stored in the outbox, sent like readings."""
+    _session("client attributes", "attributes_message")
+    if not isinstance(values, dict) or not values:
+        raise ValueError("set_attributes: expected a non-empty dict")
+    _store({"k": "a", "to": "thingsboard", "values": values})
+
+
+async def event(code, description=""):
+    """Blynk log event `code` (the template's event code) with an optional description:
+    stored in the outbox, sent like a reading (notifications must not be lost)."""
+    _session("log events", "event_message")
+    if not isinstance(code, str) or not code or "/" in code or "+" in code or "#" in code:
+        raise ValueError("event: bad event code %r" % (code,))
+    _store({"k": "e", "to": "blynk", "code": code, "text": str(description)})
+
+
+async def prop(datastream, name, value):
+    """Blynk widget property (label, color, ...) of a datastream's widgets. A display state:
+    sent now at QoS 0, or not at all (False when not connected); set it again from on_change,
+    which runs after every reconnect."""
+    adapter, client = _session("widget properties", "prop_message")
+    topic, payload = adapter.prop_message(datastream, name, value)
+    if not client.is_connected:
+        return False
+    await client.publish(topic, payload, 0)
+    return True
+
+
+async def meta(field, timeout_s=10):
+    """Blynk metadata value of `field` (text), as the template's metadata names it."""
+    adapter, client = _session("metadata reads", "meta_request")
+    topic, payload = adapter.meta_request(field)
+    return (await _ask(field, topic, payload, timeout_s, "metadata %s" % field, client)).decode()
+
+
+def _rid(topic):
+    return int(topic[topic.rfind("/") + 1:])
+
+
+def _store(record):
+    # outbox -> publisher -> adapter.encode, which sends a record with "k" as what it is, not
+    # as a reading. Not app.store: a record that cannot be stored (too big, flash full) must
+    # fail here, where user.py can act on it.
+    a = _app
+    a.outbox.put(json.dumps(record).encode())
+    a.publisher.notify()
