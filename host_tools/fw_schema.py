@@ -19,16 +19,21 @@ from __future__ import annotations
 import ast
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
-UPLINK = Path(__file__).resolve().parent.parent / "firmware" / "uplink"
+
+def _uplink() -> Path:
+    # the firmware that gets built (build.firmware_dir: $UPLINK_FIRMWARE_DIR or firmware/)
+    env = os.environ.get("UPLINK_FIRMWARE_DIR")
+    return (Path(env) if env else Path(__file__).resolve().parent.parent / "firmware") / "uplink"
 
 
 @functools.cache
 def module(rel: str) -> dict:
     """The top-level names of firmware/uplink/<rel> that need nothing imported."""
-    path = UPLINK / rel
+    path = _uplink() / rel
     tree = ast.parse(path.read_text(), str(path))
     ns: dict = {"__name__": "firmware." + rel, "json": json, "sys": sys}
     for node in tree.body:
