@@ -10,6 +10,7 @@ the host would take in clear.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,23 @@ def test_a_key_only_the_host_renders_is_refused_by_the_firmware(tmp_path):
     verdict = _firmware_verdicts(tmp_path, {"d": config})["d"]
     assert verdict.startswith("ERR") and "platform.timestamp: unknown key" in verdict
     assert "timestamped" in verdict  # the firmware's suggestion
+
+
+def test_docs_list_every_firmware_key():
+    """docs/platforms.md's "Every platform key" table names each key of each kind."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "platforms.md").read_text()
+    table = doc.split("## Every platform key", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, set[str]] = {}
+    kind = None
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) < 2 or not cells[1].startswith("`"):
+            continue
+        kind = cells[0] or kind
+        rows.setdefault(kind or "", set()).update(re.findall(r"`(\w+)`", cells[1]))
+    for kind in fw_schema.kinds():
+        missing = set(fw_schema.platform(kind)) - rows.get(kind, set())
+        assert not missing, f"docs/platforms.md: {kind} keys not in the table: {sorted(missing)}"
 
 
 @pytest.mark.parametrize("kind", ["thingsboard", "blynk", "weightron", "biotz"])
