@@ -41,9 +41,11 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    create_model,
     field_validator,
 )
 
+from host_tools import fw_schema
 from host_tools.fleet_errors import key_hint, line_number, message, written_in
 from host_tools.secrets import NAME_RE, PREFIX
 from host_tools.toml_lines import key_lines, line_of, parse_path
@@ -52,13 +54,6 @@ REPO = Path(__file__).resolve().parent.parent
 BOARDS_DIR = REPO / "boards"
 
 SECRET = "secret"  # json_schema_extra marker: this field must be a secret reference
-
-DEFAULT_URLS = {
-    "thingsboard": "mqtts://mqtt.thingsboard.cloud:8883",
-    "blynk": "mqtts://blynk.cloud:8883",
-    "weightron": "wss://mqtt.weightron.cloud:443/mqtt",
-    "biotz": "mqtts://broker.biotz.io:8883",
-}
 
 
 class FleetError(Exception):
@@ -206,17 +201,93 @@ class BiotzOidc(_OidcBase):
 _URL_RE = re.compile(r"^(mqtt|mqtts|ws|wss)://[^/:]+(:\d+)?(/.*)?$")
 
 
-class PlatformBase(Strict):
-    url: str | None = None
-    ca: str | None = None  # a PEM or DER file, relative to the fleet file
-    insecure: bool = False
-    keepalive: int = Field(60, gt=0)
-    client_id: str | None = None
-    credentials: Credentials | None = None
+# -- platforms: the firmware's SCHEMA made into models ---------------------------------------
+# Every key a platform section takes on the board is declared once, in the firmware
+# (fw_schema.py): config.SCHEMA["platform"] for the common keys, platforms/<kind>.py SCHEMA
+# for each cloud's own. The models below are generated from those declarations, with the
+# firmware's own type and check. What follows here is host-only and marked so:
+#
+# HOST-ONLY: which keys hold secrets (the fleet file holds "secret:NAME" references only;
+# provision resolves them). A firmware key whose name says it is a secret must be listed
+# (tests/host/test_platform_parity.py).
+SECRET_KEYS = {
+    "thingsboard": {"token", "provision_key", "provision_secret", "claim_secret"},
+    "blynk": {"token", "oauth_client_secret", "gateway_tokens"},  # gateway_tokens: every value
+    "weightron": {"token"},
+    "biotz": {"password"},
+}
+# HOST-ONLY fields of a platform table: `kind` (picks the model), `credentials` in its fleet
+# form ("relay" or {username, password}; provision renders the firmware's section), `oidc`
+# (the OIDC client the relay uses: it never reaches the board). Every other field is a
+# firmware key.
+HOST_ONLY = ("kind", "credentials", "oidc")
 
-    @field_validator("url")
+_TYPES: dict[Any, Any] = {str: str, int: int, bool: bool, float: float, dict: dict[str, Any],
+                          list: list[Any]}
+
+
+def _annotation(typ) -> Any:
+    """The pydantic type of a firmware schema type (str, int, [str], dict, ...)."""
+    if isinstance(typ, list):
+        return list[_annotation(typ[0])]  # type: ignore[misc]
+    if isinstance(typ, dict):
+        raise TypeError("a nested section in a platform schema: give it a host model")
+    return _TYPES[typ]
+
+
+def _checked(checks: dict):
+    """A validator running the firmware's own check of each key (`at least 256`, ...)."""
+    def run(cls, v, info):
+        if v is not None:
+            verdict = checks[info.field_name](v)
+            if verdict is not True:
+                raise ValueError(f"expected {verdict}, got {json.dumps(v)}")
+        return v
+    return field_validator(*checks)(classmethod(run))
+
+
+def _secret_refs(cls, v, info):
+    if isinstance(v, dict):
+        for k, t in v.items():
+            try:
+                _check_ref(t)
+            except ValueError as e:
+                raise ValueError(f"{info.field_name}.{k} {e}") from None
+        return v
+    return _check_ref(v)
+
+
+def _fields(schema: dict, secrets: set[str], defaults: bool) -> dict:
+    """pydantic field definitions for firmware schema keys. defaults: the firmware's own
+    default (rendered as it is); else None, so a key left out stays out of config.json and
+    the board applies its default."""
+    out = {}
+    for key, spec in schema.items():
+        ann = dict[str, str] if key in secrets and spec[0] is dict else _annotation(spec[0])
+        extra = {SECRET: True} if key in secrets else None
+        default = spec[1] if defaults and spec[1] is not None else None
+        out[key] = (ann if default is not None else ann | None,
+                    Field(default, json_schema_extra=extra))  # type: ignore[arg-type]
+    return out
+
+
+def _validators(schema: dict, secrets: set[str], name: str) -> dict:
+    # named per model: a subclass's validator of the same name would replace its base's
+    v = {}
+    checks = {k: spec[2] for k, spec in schema.items() if len(spec) > 2}
+    if checks:
+        v[f"_checks_{name}"] = _checked(checks)
+    if secrets:
+        v[f"_refs_{name}"] = field_validator(*sorted(secrets))(classmethod(_secret_refs))
+    return v
+
+
+class _PlatformHost(Strict):
+    credentials: Credentials | None = None  # HOST-ONLY form, see HOST_ONLY
+
+    @field_validator("url", check_fields=False)
     @classmethod
-    def _url(cls, v):
+    def _url(cls, v):  # stricter than the board's check: a host name is needed too
         if v is not None and not _URL_RE.match(v):
             raise ValueError("expected a URL like mqtts://host:8883 (mqtt, mqtts, ws or wss)")
         return v
@@ -229,82 +300,49 @@ class PlatformBase(Strict):
         return self.credentials == "relay"
 
 
-class ThingsBoard(PlatformBase):
-    kind: Literal["thingsboard"]
-    token: str | None = secret_field()
-    provision_key: str | None = secret_field()
-    provision_secret: str | None = secret_field()
-    gateway_devices: list[str] = []
-    shared_attributes: list[str] | None = None
-    claim_secret: str | None = secret_field()
-    claim_duration_ms: int | None = Field(None, gt=0)
-    max_payload: int | None = Field(None, ge=256)
-    _v = _refs_only("token", "provision_key", "provision_secret", "claim_secret")
+_COMMON = {k: spec for k, spec in fw_schema.common().items() if k not in HOST_ONLY}
+# the common keys (url, ca, insecure, keepalive, client_id) with the firmware's defaults;
+# `ca` here is a PEM or DER file relative to the fleet file (provision writes ca.der)
+PlatformBase = create_model("PlatformBase", __base__=_PlatformHost,  # type: ignore[call-overload]
+                            __validators__=_validators(_COMMON, set(), "common"),
+                            **_fields(_COMMON, set(), defaults=True))
 
 
-class Blynk(PlatformBase):
-    kind: Literal["blynk"]
-    token: str | None = secret_field()
-    template_id: str | None = None
-    template_name: str | None = None
-    gateway_tokens: dict[str, str] = Field({}, json_schema_extra={SECRET: True})
-    timestamped: bool | None = None
-    # Gateway API login with an OAuth client (Blynk console: the OAuth client's Client ID and
-    # Client Secret) instead of the gateway device's own token
-    oauth_client_id: str | None = None
-    oauth_client_secret: str | None = secret_field()
+class _WeightronHost(PlatformBase):  # type: ignore[valid-type,misc]
+    oidc: WeightronOidc | None = None  # HOST-ONLY: the relay's client
 
-    @field_validator("gateway_tokens")
+
+class _BiotzHost(PlatformBase):  # type: ignore[valid-type,misc]
+    oidc: BiotzOidc | None = None  # HOST-ONLY: the relay's password grant
+
+    @field_validator("ingest_url", check_fields=False)
     @classmethod
-    def _gw(cls, v):
-        for k, t in v.items():
-            try:
-                _check_ref(t)
-            except ValueError as e:
-                raise ValueError(f"gateway_tokens.{k} {e}") from None
+    def _ingest(cls, v):  # HOST-ONLY check: the board takes any text
+        if v is not None and not re.match(r"^https://[^/]+$", v):
+            raise ValueError(f"expected https://host, got {json.dumps(v)}")
         return v
-
-    _v = _refs_only("token", "oauth_client_secret")
-
-
-class Weightron(PlatformBase):
-    kind: Literal["weightron"]
-    application_id: str | None = None
-    device_id: str | None = None
-    topic: str | None = None
-    token: str | None = secret_field()
-    values_key: str | None = None
-    fields: dict[str, Any] | None = None
-    command_topic: str | None = None
-    # devices/hubs under the application to watch ("devices/<id>", "hubs/#", "#"); writing
-    # needs the Devices write permission, off by default: publish only when it is granted
-    watch: list[str] | None = None
-    publish: bool | None = None
-    max_payload: int | None = Field(None, ge=256)
-    oidc: WeightronOidc | None = None
-    _v = _refs_only("token")
-
-
-class Biotz(PlatformBase):
-    kind: Literal["biotz"]
-    device_id: str | None = None
-    customer_id: str | None = None
-    password: str | None = secret_field()
-    message_type: str = "telemetry"
-    # "http": readings are POSTed to HTTP ingestion with the relay's id_token (MQTT takes
-    # the device password, never the token)
-    transport: Literal["mqtt", "http"] = "mqtt"
-    ingest_url: str | None = Field(None, pattern=r"^https://[^/]+$")
-    oidc: BiotzOidc | None = None
-    _v = _refs_only("password")
 
     def device_url(self) -> str:
         """What the device connects to: the broker, or HTTP ingestion."""
-        if self.transport == "http":
-            return self.ingest_url or "https://ingestion-http.biotz.io"
+        if self.transport == "http":  # type: ignore[attr-defined]
+            return self.ingest_url or fw_schema.constant("biotz", "INGEST_URL")  # type: ignore[attr-defined]
         return self.effective_url()
 
 
+def _platform_model(kind: str, name: str, base: type) -> Any:
+    schema = fw_schema.platform(kind)
+    secrets = SECRET_KEYS.get(kind, set())
+    return create_model(name, __base__=base,  # type: ignore[call-overload]
+                        __validators__=_validators(schema, secrets, kind),
+                        kind=(Literal[kind], ...),  # type: ignore[valid-type]
+                        **_fields(schema, secrets, defaults=False))
+
+
+DEFAULT_URLS = {k: fw_schema.constant(k, "DEFAULT_URL") for k in fw_schema.kinds()}
+ThingsBoard = _platform_model("thingsboard", "ThingsBoard", PlatformBase)
+Blynk = _platform_model("blynk", "Blynk", PlatformBase)
+Weightron = _platform_model("weightron", "Weightron", _WeightronHost)
+Biotz = _platform_model("biotz", "Biotz", _BiotzHost)
 KINDS = {"thingsboard": ThingsBoard, "blynk": Blynk, "weightron": Weightron, "biotz": Biotz}
 
 
@@ -544,7 +582,7 @@ def _contract_checks(p) -> list[str]:
     """Each cloud's documented login and TLS rules (docs/platforms.md)."""
     out = []
     if isinstance(p, Biotz):
-        if p.transport == "mqtt" and p.relay:
+        if p.transport != "http" and p.relay:
             out.append("platform.credentials: Biotz MQTT logs in with the Device ID and the device "
                        "password; the relay's id_token is for HTTP ingestion (set transport = "
                        "\"http\", or password = \"secret:NAME\" without credentials)")

@@ -14,9 +14,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from host_tools import fw_schema
 from host_tools.fleet import (
+    SECRET_KEYS,
     Biotz,
-    Blynk,
     Device,
     Fleet,
     FleetError,
@@ -91,61 +92,43 @@ def _resolver(store: SecretStore, redact: bool):
     return store.resolve
 
 
-def _kind_keys(dev: Device, store: SecretStore, redact: bool = False) -> dict:
+def _derived(dev: Device, store: SecretStore) -> dict:
+    """HOST-ONLY: platform values the fleet file does not hold as such but the host knows
+    (key -> value; None leaves the key out)."""
     p = dev.platform
-    r = _resolver(store, redact)
-    ctx = f"device '{dev.name}'"
-    out: dict = {}
-
-    def put(key, value, secret=False):
-        if value is None:
-            return
-        out[key] = r(value, context=f"{ctx}: platform.{key}") if secret else value
-
     if isinstance(p, ThingsBoard):
+        # the token `provision --register` got; a device with a token is not provisioned again
         token = p.token
         if token is None and store.get(registered_token_name(dev.name)) is not None:
             token = "secret:" + registered_token_name(dev.name)
-        put("token", token, True)
-        if token is None:
-            put("provision_key", p.provision_key, True)
-            put("provision_secret", p.provision_secret, True)
-        if p.gateway_devices:
-            out["gateway_devices"] = list(p.gateway_devices)
-        put("shared_attributes", p.shared_attributes)
-        put("claim_secret", p.claim_secret, True)
-        put("claim_duration_ms", p.claim_duration_ms)
-        put("max_payload", p.max_payload)
-    elif isinstance(p, Blynk):
-        put("token", p.token, True)
-        put("template_id", p.template_id)
-        put("template_name", p.template_name)
-        if p.gateway_tokens:
-            out["gateway_tokens"] = {k: r(v, context=f"{ctx}: platform.gateway_tokens.{k}")
-                                     for k, v in sorted(p.gateway_tokens.items())}
-        put("timestamped", p.timestamped)
-        put("oauth_client_id", p.oauth_client_id)
-        put("oauth_client_secret", p.oauth_client_secret, True)
-    elif isinstance(p, Weightron):
-        app_id = p.application_id or (p.oidc.application_id if p.oidc else None)
-        put("application_id", app_id)
-        put("device_id", p.device_id or dev.name)
-        put("topic", p.topic)
-        put("token", p.token, True)
-        put("values_key", p.values_key)
-        put("fields", p.fields)
-        put("command_topic", p.command_topic)
-        put("watch", p.watch)
-        put("publish", p.publish)
-        put("max_payload", p.max_payload)
-    elif isinstance(p, Biotz):
-        put("device_id", p.device_id)
-        put("customer_id", p.customer_id)
-        put("password", p.password, True)
-        put("message_type", p.message_type)
-        if p.transport != "mqtt":
-            put("transport", p.transport)
-            put("ingest_url", p.ingest_url)
+        out = {"token": token}
+        if token is not None:
+            out.update(provision_key=None, provision_secret=None)
+        return out
+    if isinstance(p, Weightron):  # the relay's Application ID; topics name the device
+        return {"application_id": p.application_id or (p.oidc.application_id if p.oidc else None),
+                "device_id": p.device_id or dev.name}
+    return {}
+
+
+def _kind_keys(dev: Device, store: SecretStore, redact: bool = False) -> dict:
+    """The platform's own keys, as the firmware declares them (fw_schema): every key the
+    fleet file sets, secrets resolved, in the firmware's order."""
+    p = dev.platform
+    r = _resolver(store, redact)
+    ctx = f"device '{dev.name}'"
+    secrets = SECRET_KEYS.get(p.kind, set())
+    derived = _derived(dev, store)
+    out: dict = {}
+    for key in fw_schema.platform(p.kind):
+        value = derived[key] if key in derived else getattr(p, key)
+        if value is None:
+            continue
+        if key in secrets and isinstance(value, dict):
+            value = {k: r(v, context=f"{ctx}: platform.{key}.{k}") for k, v in sorted(value.items())}
+        elif key in secrets:
+            value = r(value, context=f"{ctx}: platform.{key}")
+        out[key] = value
     return out
 
 

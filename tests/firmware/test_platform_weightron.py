@@ -109,12 +109,14 @@ async def test_the_relay_username_is_the_application_id_when_none_is_configured(
     with raises(config.ConfigError, "platform.application_id: missing"):
         weightron.Adapter(make_cfg("weightron", token="T"), Ctx())
     cfg = make_cfg("weightron", token="T", watch=["devices/#"], publish=True)
-    orig = weightron.credential_source
-    weightron.credential_source = lambda p: _Relay()
+    from uplink import platforms
+
+    orig = platforms.credential_source  # Base.__init__ asks it for the source
+    platforms.credential_source = lambda p: _Relay()
     try:
         a = weightron.Adapter(cfg, Ctx())
     finally:
-        weightron.credential_source = orig
+        platforms.credential_source = orig
     assert await a.credentials() == ("app-from-relay", "TOKEN")
     assert a.subscriptions() == [("app-from-relay/devices/#", 0)]
     assert a.encode([reading({"w": 1})])[0][0] == "app-from-relay/devices/greenhouse-1"

@@ -154,7 +154,7 @@ class Base:
     Sets cfg, ctx, url (platform.url or the kind's default), client_id (platform.client_id,
     else `client_id`, else the device name; at most 64 characters), max_payload
     (platform.max_payload when the kind has that key, else `max_payload`) and the
-    platform.credentials source. biotz.py and weightron.py still set these themselves."""
+    platform.credentials source."""
 
     _creds = None  # the platform.credentials source, when configured
     # Health keys in every reading when telemetry.health is not set: only where the platform
@@ -199,15 +199,6 @@ def credential_source(pcfg):
         return credentials.from_config(pcfg)
     except ValueError as e:  # a bad credentials section: safe mode with the key, not a crash
         raise ConfigError("config.json: %s" % e)
-
-
-def client_id(cfg, ctx=None):
-    """platform.client_id, else the device name (unique per fleet), at most 64 characters."""
-    return (cfg["platform"].get("client_id") or cfg["device"]["name"])[:64]
-
-
-def platform_url(cfg, default):
-    return cfg["platform"].get("url") or default
 
 
 def too_big(n, size, limit):

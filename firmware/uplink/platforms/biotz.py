@@ -7,12 +7,11 @@ from uplink.config import ConfigError
 from uplink.platforms import (
     Base,
     Command,
+    Pack,
     command,
-    credential_source,
     dumps,
     iso,
     loads_obj,
-    platform_url,
     too_big,
     topic_ok,
 )
@@ -36,10 +35,7 @@ SCHEMA = {
 class Adapter(Base):
     def __init__(self, cfg, ctx):
         p = cfg["platform"]
-        self.cfg = cfg
-        self.ctx = ctx
-        self.url = platform_url(cfg, DEFAULT_URL)
-        self.max_payload = p.get("max_payload") or 65536
+        Base.__init__(self, cfg, ctx, DEFAULT_URL, client_id=p.get("device_id"))
         for key in ("device_id", "customer_id"):
             if not p.get(key) or not topic_ok(p[key]):
                 raise ConfigError("config.json: platform.%s: missing: copy it from the device's "
@@ -48,11 +44,9 @@ class Adapter(Base):
         if not topic_ok(mt):
             raise ConfigError("config.json: platform.message_type: a single topic level, got %r" % mt)
         self.device_id = p["device_id"]
-        self.client_id = p.get("client_id") or self.device_id
         self.base = "biotz/1/0/%s/%s/" % (p["customer_id"], self.device_id)
         self.topic = self.base + "publish/data/" + mt
         self.firmware_file = FIRMWARE_FILE
-        self._creds = credential_source(p)
         relay = getattr(self._creds, "source", None) == "relay"
         self.http = p.get("transport") == "http"
         if self.http:
@@ -66,9 +60,8 @@ class Adapter(Base):
             raise ConfigError("config.json: platform.credentials: Biotz MQTT logs in with the "
                               "Device ID and the device password; the relay's id_token is for "
                               "HTTP ingestion (set transport = http, or platform.password)")
-        elif not p.get("password") and self._creds is None:
-            raise ConfigError("config.json: platform.password: missing: the Password from the "
-                              "device's Biotz credentials file")
+        else:
+            self.require("password", "the Password from the device's Biotz credentials file")
 
     async def credentials(self):
         if self._creds is not None and not self.http:
@@ -99,11 +92,8 @@ class Adapter(Base):
         pass
 
     def encode(self, readings):
-        topic = self.topic
-        room = self.max_payload - len(topic) - 4
         out = []
-        pieces = []
-        size = 2
+        pack = Pack(self.max_payload - len(self.topic) - 4)
         for r in readings:
             obj = {}
             if r.get("ts") is not None:
@@ -113,20 +103,21 @@ class Adapter(Base):
                 if k != "timestamp" or "timestamp" not in obj:
                     obj[k] = values[k]
             piece = dumps(obj)
-            if len(piece) > room:
-                if pieces:
-                    out.append(_message(topic, pieces))
-                    pieces, size = [], 2
+            if len(piece) > pack.room:  # a lone object goes without the brackets
+                if len(pack):
+                    out.append(self._message(pack))
                 out.append(too_big(1, len(piece), self.max_payload))
                 continue
-            if pieces and size + 1 + len(piece) > room:
-                out.append(_message(topic, pieces))
-                pieces, size = [], 2
-            size += len(piece) + (1 if pieces else 0)
-            pieces.append(piece)
-        if pieces:
-            out.append(_message(topic, pieces))
+            if pack.full_for(piece):
+                out.append(self._message(pack))
+            pack.add(piece)
+        if len(pack):
+            out.append(self._message(pack))
         return out
+
+    def _message(self, pack):
+        n = len(pack)
+        return (self.topic, pack.take(True).encode(), n)  # type: ignore
 
     def handle(self, topic, payload, retained):
         if not topic.startswith(self.base + "subscribe/"):
@@ -169,8 +160,3 @@ class Adapter(Base):
     def reply(self, cmd, result):
         return None  # Biotz actions have no reply channel
 
-
-def _message(topic, pieces):
-    if len(pieces) == 1:
-        return (topic, pieces[0].encode(), 1)
-    return (topic, ("[" + ",".join(pieces) + "]").encode(), len(pieces))

@@ -13,14 +13,11 @@ from uplink.config import ConfigError
 from uplink.platforms import (
     Base,
     Command,
-    client_id,
     command,
-    credential_source,
     dumps,
     iso,
     loads,
     loads_obj,
-    platform_url,
     too_big,
     topic_ok,
 )
@@ -44,15 +41,10 @@ SCHEMA = {
 
 class Adapter(Base):
     def __init__(self, cfg, ctx):
+        Base.__init__(self, cfg, ctx, DEFAULT_URL)
         p = cfg["platform"]
-        self.cfg = cfg
-        self.ctx = ctx
-        self.url = platform_url(cfg, DEFAULT_URL)
-        self.client_id = client_id(cfg)
-        self.max_payload = p.get("max_payload") or 65536
         self.device_id = p.get("device_id") or cfg["device"]["name"]
         self._template = p.get("topic") or DEFAULT_TOPIC
-        self._creds = credential_source(p)
         if not p.get("token") and self._creds is None:
             raise ConfigError("config.json: platform.credentials: missing: Weightron's password "
                               "is a short-lived access token: configure the token relay "
