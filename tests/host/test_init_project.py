@@ -188,6 +188,28 @@ def test_sim_runs_the_projects_code(tmp_path, broker, mode):
     assert any(b'"helper_marker_4711":42' in m for m in got), got
 
 
+@pytest.mark.timeout(120)
+def test_deploy_puts_the_projects_modules_on_the_board(tmp_path):
+    from tests.virtual_board.launcher import VirtualBoard
+
+    env = new_project(tmp_path)
+    add_helper(env.root)
+    (env.root / "tool.py").write_text("print('not imported')\n")
+    vb = VirtualBoard(tmp_path / "board").start()
+    try:
+        r = env.run("deploy", "local-demo", "--port", vb.port, "--no-reset", "--json")
+    finally:
+        vb.stop()
+    assert r.code == 0, r.output
+    copied = {c["path"] for c in json.loads(r.stdout)["copy"]}
+    assert {"user.mpy", "helpers.mpy", "uplink/app.mpy", "uplink/platforms/thingsboard.mpy"} <= copied
+    assert "tool.mpy" not in copied and "uplink/platforms/blynk.mpy" not in copied
+    out = env.build / "firmware" / "host"
+    for name in ("user.mpy", "helpers.mpy"):
+        assert (tmp_path / "board" / name).read_bytes() == (out / name).read_bytes()
+    assert b"helper_marker_4711" in (tmp_path / "board" / "helpers.mpy").read_bytes()
+
+
 # -- the wheel, outside this repository ---------------------------------------------------------
 def _wheel(src: Path, out: Path) -> Path:
     """`pip wheel` of a copy of the repository (the build writes beside its sources).
@@ -220,16 +242,17 @@ def test_the_wheel_carries_the_firmware_and_works_outside_the_repository(tmp_pat
     assert {"host_tools/ca/isrg-root-x1.pem", "host_tools/templates/fleet.toml",
             "host_tools/templates/gitignore"} <= names
 
-    # a fresh venv, the wheel alone in it; its dependencies from this one's site-packages (a
-    # plain path: this venv's editable install of host_tools is not loaded)
+    # a fresh venv, the wheel alone in it; then its dependencies from this one's site-packages
+    # (a plain path: this venv's editable install of host_tools is not loaded; added after the
+    # install, so pip never sees, let alone replaces, this venv's host_tools)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     site = Path(subprocess.run([venv / "bin" / "python", "-c",
                                 "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
-    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
                     "-q", "--no-deps", "--no-index", str(whl)], check=True, capture_output=True)
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
     work = tmp_path / "work"
     work.mkdir()
