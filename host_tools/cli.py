@@ -162,7 +162,7 @@ def main_options(
 @app.command()
 @guarded
 def init(
-    directory: Annotated[Path, typer.Argument(help="Where to make the project (made if missing).")] = Path("."),
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Where to make the project (made if missing).")] = Path("."),
     force: Annotated[bool, typer.Option("--force", help="Overwrite the project's files if they exist.")] = False,
 ):
     """Make a project of your own: fleet.toml (a device for `uplink sim` and one example per

@@ -134,6 +134,8 @@ def init(directory: Path, force: bool = False) -> list[Path]:
     """Write a new project into `directory` (made if missing). Nothing is written when one
     of its files exists, unless `force`."""
     files = init_files()
+    if directory.exists() and not directory.is_dir():
+        raise ProjectError(f"{_near(directory)} is a file: give a directory for the project")
     if not force:
         there = [directory / name for name in files if (directory / name).exists()]
         if there:

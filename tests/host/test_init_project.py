@@ -82,6 +82,9 @@ def test_init_refuses_to_overwrite_and_force_does(tmp_path):
     r = env.run_process("init", "--force")
     assert r.code == 0, r.output
     assert (tmp_path / "fleet.toml").read_text() == TEMPLATE and (tmp_path / ".gitignore").exists()
+    (tmp_path / "notes").write_text("x")
+    r = env.run_process("init", "notes")
+    assert r.code == 1 and r.stderr == "error: notes is a file: give a directory for the project\n"
 
 
 def _blocks(text: str) -> dict[str, str]:
