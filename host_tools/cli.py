@@ -73,6 +73,16 @@ class State:
         return load_fleet(self.fleet_path)
 
     @property
+    def project(self) -> Path:
+        """The user's project: the directory of the fleet file (host_tools/project.py)."""
+        return self.fleet_path.resolve().parent
+
+    def sources(self):
+        from host_tools.project import sources
+
+        return sources(self.project)
+
+    @property
     def build_root(self) -> Path:
         env = os.environ.get("UPLINK_BUILD_DIR")
         return Path(env) if env else self.fleet_path.resolve().parent / "build"
@@ -90,6 +100,7 @@ def guarded(fn):
         from host_tools.build import BuildError
         from host_tools.flash import FlashError
         from host_tools.fleet import FleetError
+        from host_tools.project import ProjectError
         from host_tools.provision import ProvisionError
         from host_tools.secrets import MissingSecret
         from host_tools.tb_register import RegisterError
@@ -115,7 +126,7 @@ def guarded(fn):
         except RegisterError as e:
             UI.error(str(e))
             raise typer.Exit(EXIT_CLOUD) from None
-        except (ProvisionError, FlashError) as e:
+        except (ProvisionError, FlashError, ProjectError) as e:
             UI.error(str(e))
             raise typer.Exit(EXIT_FAIL) from None
 
@@ -145,6 +156,24 @@ def main_options(
     REDACT.sources[:] = []
     REDACT.enabled = True
     UI.level = -1 if quiet else verbose
+
+
+# -- init -------------------------------------------------------------------------------
+@app.command()
+@guarded
+def init(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Where to make the project (made if missing).")] = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the project's files if they exist.")] = False,
+):
+    """Make a project of your own: fleet.toml (a device for `uplink sim` and one example per
+    cloud), a user.py to edit, a .gitignore."""
+    from host_tools.project import init as make
+
+    written = make(directory, force)
+    UI.info("wrote " + ", ".join(str(p) for p in written))
+    go = "" if directory.resolve() == Path.cwd().resolve() else f"cd {directory} && "
+    UI.info(f"next: {go}uplink validate && uplink sim local-demo (with an MQTT broker on "
+            "127.0.0.1:1883, e.g. mosquitto); your code goes in user.py")
 
 
 # -- validate ---------------------------------------------------------------------------
@@ -386,16 +415,18 @@ def build(
     if bundle is not None:
         return _build_bundle(bundle, version, as_json)
     report = {}
+    src = S.sources()
     for bid in _boards_for_build(board):
         board_profile(bid)
-        root, items = b.build(bid, out=S.build_root / "firmware" / bid)
+        root, items = b.build(bid, out=S.build_root / "firmware" / bid, src=src)
         report[bid] = {"dir": str(root), "arch": board_profile(bid).get("mpy_arch"),
                        "files": [vars(i) for i in items],
                        "total_bytes": sum(i.out_bytes for i in items)}
         if not as_json and UI.level >= 0:
             t = Table("file", "source bytes", "on board", "how", title=f"{bid} ({report[bid]['arch'] or 'bytecode'}) -> {root}")
             for i in items:
-                how = ("compiled" if i.compiled else "copied (runs as source)") + (", cached" if i.cached else "")
+                how = (("compiled" if i.compiled else "copied (runs as source)") + (", cached" if i.cached else "")
+                       + (", your project" if i.project else ""))
                 t.add_row(i.rel, str(i.src_bytes), str(i.out_bytes), how)
             t.add_row("[b]total[/b]", str(sum(i.src_bytes for i in items)), f"[b]{report[bid]['total_bytes']}[/b]", "")
             UI.out.print(t)
@@ -409,7 +440,7 @@ def _build_bundle(device: str, version: str | None, as_json: bool):
     dev = S.fleet().device(device)
     version = version or _firmware_version()
     out = S.build_root / "bundles" / f"{device}-{version}.uplb"
-    made = bu.build_bundle(dev.board, version, out, build_root=S.build_root)
+    made = bu.build_bundle(dev.board, version, out, build_root=S.build_root, src=S.sources())
     info = {"bundle": str(made.path), "title": made.manifest["title"], "version": version,
             "board": dev.board, "size": made.size, "sha256": made.sha256, "files": len(made.manifest["files"])}
     if as_json:
@@ -442,8 +473,9 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
     fleet = S.fleet()
     dev = fleet.device(device)
     bundle = provision(fleet, device, S.store, S.build_root)
-    root, _ = b.build(dev.board, out=S.build_root / "firmware" / dev.board)
-    modules = device_modules(b.firmware_dir(), dev.platform.kind, dev.profile().get("backend") == "host")
+    src = S.sources()
+    root, _ = b.build(dev.board, out=S.build_root / "firmware" / dev.board, src=src)
+    modules = device_modules(src.files, dev.platform.kind, dev.profile().get("backend") == "host")
     files = d.local_files(select(b.files(root), modules), bundle.dir)
     port = port or pick_port()
     UI.detail(f"connecting to {port}")
@@ -576,13 +608,20 @@ def logs(
 
 # -- sim / run --------------------------------------------------------------------------------------
 def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | None) -> int:
+    from host_tools import build as b
     from host_tools import hostboard
     from host_tools import sim as simmod
+    from host_tools.project import stage
     from host_tools.provision import provision, write_file
 
     fleet = S.fleet()
     fleet.device(device)
     bundle = provision(fleet, device, S.store, S.build_root)
+    src = S.sources()  # the host board's flash: the firmware with the project's user.py
+    if compiled:
+        firmware = b.build("host", out=S.build_root / "firmware" / "host", src=src)[0]
+    else:
+        firmware = stage(src, S.build_root / "source" / "host") if src.own else src.firmware
     state = S.build_root / "sim" / device
     hostboard.prepare_state_dir(bundle.dir, state)
     cfg = json.loads((state / "config.json").read_text())
@@ -596,7 +635,7 @@ def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | 
     UI.info(f"{device} on the host board ({'compiled' if compiled else 'sources'}, "
             f"{heapsize} heap; state in {state}); Ctrl-C to stop")
     problem = simmod.run(state, seconds=seconds, compiled=compiled, heapsize=heapsize,
-                         write=UI.text, info=UI.info)
+                         write=UI.text, info=UI.info, firmware=firmware)
     if problem:
         UI.error(problem)
         return EXIT_FAIL

@@ -47,11 +47,12 @@ from pydantic import (
 
 from host_tools import fw_schema
 from host_tools.fleet_errors import key_hint, line_number, message, written_in
+from host_tools.project import shipped
 from host_tools.secrets import NAME_RE, PREFIX
 from host_tools.toml_lines import key_lines, line_of, parse_path
 
 REPO = Path(__file__).resolve().parent.parent
-BOARDS_DIR = REPO / "boards"
+BOARDS_DIR = shipped("boards")  # boards/ of the checkout, or of the installed package
 
 SECRET = "secret"  # json_schema_extra marker: this field must be a secret reference
 

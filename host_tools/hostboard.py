@@ -13,8 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from host_tools.project import shipped
+
 ROOT = Path(__file__).resolve().parent.parent
-FIRMWARE = ROOT / "firmware"
+FIRMWARE = shipped("firmware")
 RESET_EXIT_CODE = 75  # board.reset() on the host board exits with this: "restart me"
 WATCHDOG_EXIT_CODE = -9  # the host board's watchdog bit (SIGKILL, firmware/uplink/board_host.py)
 
@@ -90,8 +92,11 @@ def firmware_env(firmware_dir: Path, env: dict | None = None) -> dict:
     return e
 
 
-def command(state_dir: Path, *, compiled: bool = False, heapsize: str | None = None) -> tuple[list[str], Path]:
-    fw = compile_firmware(ROOT / "build" / "host-mpy") if compiled else FIRMWARE
+def command(state_dir: Path, *, compiled: bool = False, heapsize: str | None = None,
+            firmware: Path | None = None) -> tuple[list[str], Path]:
+    """`firmware`: the host board's flash, built or staged (`uplink sim` builds the user's
+    project into it); else this checkout's firmware, compiled or not."""
+    fw = firmware or (compile_firmware(ROOT / "build" / "host-mpy") if compiled else FIRMWARE)
     args = [micropython()]
     if heapsize:
         args += ["-X", f"heapsize={heapsize}"]
@@ -101,7 +106,7 @@ def command(state_dir: Path, *, compiled: bool = False, heapsize: str | None = N
 
 
 def start(state_dir: Path, *, compiled: bool = False, heapsize: str | None = None, env: dict | None = None,
-          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) -> subprocess.Popen:
+          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, firmware: Path | None = None) -> subprocess.Popen:
     """Boot the firmware on the host board with `state_dir` as its filesystem."""
-    args, fw = command(state_dir, compiled=compiled, heapsize=heapsize)
+    args, fw = command(state_dir, compiled=compiled, heapsize=heapsize, firmware=firmware)
     return subprocess.Popen(args, cwd=state_dir, env=firmware_env(fw, env), stdout=stdout, stderr=stderr)

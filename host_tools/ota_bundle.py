@@ -105,10 +105,11 @@ def read(path: Path) -> Bundle:
     return Bundle(Path(path), m, len(raw), hashlib.sha256(raw).hexdigest())
 
 
-def build_bundle(board: str, version: str, out: Path, *, build_root: Path, **kw) -> Bundle:
-    """mpy-cross the firmware for `board` (host_tools.build) and bundle it."""
+def build_bundle(board: str, version: str, out: Path, *, build_root: Path, src=None, **kw) -> Bundle:
+    """mpy-cross the firmware (with `src`: a user's project, host_tools.project) for `board`
+    (host_tools.build) and bundle it."""
     from host_tools import build as b
     from host_tools.fleet import board_profile
 
-    root, _ = b.build(board, out=build_root / "firmware" / board)
+    root, _ = b.build(board, out=build_root / "firmware" / board, src=src)
     return make(b.files(root), out, board=board, arch=board_profile(board).get("mpy_arch"), version=version, **kw)

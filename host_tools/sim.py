@@ -60,12 +60,13 @@ def _memory_hint(w: _Watch, heapsize: str, compiled: bool) -> str:
 
 
 def run(state: Path, *, seconds: float | None, compiled: bool, heapsize: str,
-        write: Callable[[str], None], info: Callable[[str], None]) -> str | None:
+        write: Callable[[str], None], info: Callable[[str], None],
+        firmware: Path | None = None) -> str | None:
     """Run until stopped; None when the firmware ran, else what went wrong."""
     end = None if seconds is None else time.monotonic() + seconds
     watch = _Watch()
     while True:
-        proc = hostboard.start(state, compiled=compiled, heapsize=heapsize,
+        proc = hostboard.start(state, compiled=compiled, heapsize=heapsize, firmware=firmware,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert proc.stdout is not None
         stopped = False
