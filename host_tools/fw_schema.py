@@ -19,15 +19,15 @@ from __future__ import annotations
 import ast
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 
 
 def _uplink() -> Path:
-    # the firmware that gets built (build.firmware_dir: $UPLINK_FIRMWARE_DIR or firmware/)
-    env = os.environ.get("UPLINK_FIRMWARE_DIR")
-    return (Path(env) if env else Path(__file__).resolve().parent.parent / "firmware") / "uplink"
+    # the firmware that gets built: $UPLINK_FIRMWARE_DIR, the checkout's or the installed one
+    from host_tools.project import firmware_dir
+
+    return firmware_dir() / "uplink"
 
 
 @functools.cache
