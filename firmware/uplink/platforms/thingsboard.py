@@ -74,6 +74,8 @@ class Adapter(Base):
                          "provision_secret to provision it on first boot")
         self._rpc_id = 0
         self._pending = {}  # client-side RPC / attribute request id -> method
+        self._echoes = False  # the broker hands our own requests back (see handle)
+        self._replied = None  # then: the id of our last RPC reply, to be handed back too
         self._claimed = False
         self.provision_timeout_s = 30
 
@@ -207,9 +209,19 @@ class Adapter(Base):
             method = req.get("method")
             if not isinstance(method, str) or not method:
                 raise ValueError("RPC request %s: no method" % rid)
+            if self._pending.get(rid) == method:
+                # Our own client-side request (on_connect), back from a plain MQTT broker
+                # (uplink sim against mosquitto) on our rpc/request/+ subscription. ThingsBoard
+                # never sends a device its request back, so this is the one place that can
+                # tell: only the adapter knows the ids it issued. ThingsBoard numbers
+                # server-side RPCs in a sequence of its own, so the method must match too.
+                self._echoes = True
+                return None
             return command(method, req.get("params"), ("me", rid))
         if topic == ATTRIBUTES:
-            return _shared(loads_obj(payload, "shared attributes"))
+            attrs = loads_obj(payload, "shared attributes")
+            # current_fw_title is our own client attribute (on_connect), handed back by a plain broker
+            return None if "current_fw_title" in attrs else _shared(attrs)
         if topic.startswith(ATTR_RESPONSE):
             _id(topic, ATTR_RESPONSE)
             resp = loads_obj(payload, "attributes response")
@@ -233,6 +245,9 @@ class Adapter(Base):
         return None
 
     def _rpc_answer(self, rid, payload):
+        if rid == self._replied:  # our own reply, back from a broker that echoes (handle)
+            self._replied = None
+            return None
         method = self._pending.pop(rid, None)
         if method is None:
             return None
@@ -254,6 +269,8 @@ class Adapter(Base):
         if not to:
             return None
         if to[0] == "me":
+            if self._echoes:  # it comes back on rpc/response/+ and may share a pending id
+                self._replied = to[1]
             return (RPC_RESPONSE + str(to[1]), dumps({} if result is None else result).encode())
         if to[0] == "gw":
             return (GW_RPC, dumps({"device": cmd.device, "id": to[1],
