@@ -24,8 +24,8 @@ SCHEMA = {
     "claim_secret": (str, None),
     "claim_duration_ms": (int, 60000, lambda v: v > 0 or "a number above 0"),
     "max_payload": (int, DEFAULT_MAX_PAYLOAD, lambda v: v >= 256 or "at least 256"),
-    # getSessionLimits and the time (time_method) after connect; off for servers older than ThingsBoard 3.5,
-    # or a plain broker that echoes a device's requests back to it (make demo)
+    # getSessionLimits and the time (time_method) after connect; off for servers older than ThingsBoard 3.5
+    # (a plain broker that hands them back is no reason: handle() knows its own requests)
     "client_rpc": (bool, True),
     # ThingsBoard has no stock time handler: its docs' rule-chain example answers the
     # client-side RPC "getCurrentTime" with new Date().getTime(), a bare number of ms
