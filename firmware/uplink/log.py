@@ -67,16 +67,19 @@ def pub(topic, payload, n):
     if level:
         return
     what = "part of a reading" if not n else "1 reading" if n == 1 else "%d readings" % n
-    size = len(payload)
-    _emit("D", "pub", "%s %s %d B %s" % (topic, what, size, _text(payload, size, size)))
+    size = len(payload)  # one format for the whole line: each string on the way is garbage
+    print("%6d D pub: %s %s %d B %s" % (uptime_s(), topic, what, size, _text(payload, size, size)))
 
 
 def cmd(name, params, result):
     """A D line per command handled: `cmd: setLed {"on":true} -> {"led":true}`."""
     if level:
         return
-    msg = "%s %s" % (name[:HEAD], _json(params))
-    _emit("D", "cmd", msg if result is None else "%s -> %s" % (msg, _json(result)))
+    p = _json(params)
+    if result is None:
+        print("%6d D cmd: %s %s" % (uptime_s(), name[:HEAD], p))
+    else:
+        print("%6d D cmd: %s %s -> %s" % (uptime_s(), name[:HEAD], p, _json(result)))
 
 
 class _Full(Exception):
