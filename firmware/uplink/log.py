@@ -66,20 +66,26 @@ def pub(topic, payload, n):
     (n = 0: one part of a reading split over several messages)."""
     if level:
         return
-    what = "part of a reading" if not n else "1 reading" if n == 1 else "%d readings" % n
-    size = len(payload)  # one format for the whole line: each string on the way is garbage
-    print("%6d D pub: %s %s %d B %s" % (uptime_s(), topic, what, size, _text(payload, size, size)))
+    try:
+        what = "part of a reading" if not n else "1 reading" if n == 1 else "%d readings" % n
+        size = len(payload)  # one format for the whole line: each string on the way is garbage
+        print("%6d D pub: %s %s %d B %s" % (uptime_s(), topic, what, size, _text(payload, size, size)))
+    except MemoryError:  # a console line must never stop the work it reports
+        pass
 
 
 def cmd(name, params, result):
     """A D line per command handled: `cmd: setLed {"on":true} -> {"led":true}`."""
     if level:
         return
-    p = _json(params)
-    if result is None:
-        print("%6d D cmd: %s %s" % (uptime_s(), name[:HEAD], p))
-    else:
-        print("%6d D cmd: %s %s -> %s" % (uptime_s(), name[:HEAD], p, _json(result)))
+    try:
+        p = _json(params)
+        if result is None:
+            print("%6d D cmd: %s %s" % (uptime_s(), name[:HEAD], p))
+        else:
+            print("%6d D cmd: %s %s -> %s" % (uptime_s(), name[:HEAD], p, _json(result)))
+    except MemoryError:  # a console line must never stop the work it reports
+        pass
 
 
 class _Full(Exception):

@@ -107,3 +107,17 @@ def test_device_console_turns_the_lines_off_on_a_board():
         log.warn("mqtt", "disconnected")
         log.error("mqtt", "refused")
     assert out.texts() == ["I mqtt: connected", "W mqtt: disconnected", "E mqtt: refused"], out.lines
+
+
+def test_a_line_that_finds_no_memory_is_left_out_not_raised():
+    # the publisher and the command task call these after the work is done: a MemoryError
+    # here must not undo it (the command task would end, the publisher resend)
+    def full(line):
+        raise MemoryError
+
+    log.print = full
+    try:
+        log.pub("t", b"[1]", 1)
+        log.cmd("setLed", {"on": True}, {"led": True})
+    finally:
+        del log.print
