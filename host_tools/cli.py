@@ -589,10 +589,14 @@ def logs(
     port: Annotated[Optional[str], typer.Option("--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
     baud: Annotated[int, typer.Option(help="Baud rate.")] = 115200,
     seconds: Annotated[Optional[float], typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ):
     """Print the board's serial console until Ctrl-C (`uplink logs DEVICE`, as after `run`)."""
+    from host_tools.console import writer
     from host_tools.ports import follow, pick_port
 
+    if quiet:
+        UI.level = -1
     if device is not None:
         dev = S.fleet().device(device)  # an unknown name: exit 3 with the nearest one
         if dev.board == "host" and port is None:
@@ -601,16 +605,21 @@ def logs(
     port = port or pick_port()
     UI.info(f"console of {(device + ' on ') if device else ''}{port} ({baud} baud); Ctrl-C to stop")
     try:
-        follow(port, UI.text, baud=baud, seconds=seconds)
+        follow(port, writer(UI.text, UI.level < 0), baud=baud, seconds=seconds)
     except KeyboardInterrupt:
         pass
 
 
 # -- sim / run --------------------------------------------------------------------------------------
+QUIET_HELP = ("Leave out the firmware's line per message and per command (pub:, cmd:): warnings "
+              "and state changes only. Same as `uplink -q`.")
+
+
 def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | None) -> int:
     from host_tools import build as b
     from host_tools import hostboard
     from host_tools import sim as simmod
+    from host_tools.console import writer
     from host_tools.project import stage
     from host_tools.provision import provision, write_file
 
@@ -635,7 +644,7 @@ def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | 
     UI.info(f"{device} on the host board ({'compiled' if compiled else 'sources'}, "
             f"{heapsize} heap; state in {state}); Ctrl-C to stop")
     problem = simmod.run(state, seconds=seconds, compiled=compiled, heapsize=heapsize,
-                         write=UI.text, info=UI.info, firmware=firmware)
+                         write=writer(UI.text, UI.level < 0), info=UI.info, firmware=firmware)
     if problem:
         UI.error(problem)
         return EXIT_FAIL
@@ -649,8 +658,11 @@ def sim(
     seconds: Annotated[Optional[float], typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
     compiled: Annotated[bool, typer.Option("--compiled/--source", help="Run the mpy-cross output, as the board does, or the sources.")] = True,
     heapsize: Annotated[Optional[str], typer.Option(help="MicroPython heap (default on the ESP32 model: 128k, an ESP32 without PSRAM; 160k with --source).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ):
     """Run the device's bundle on the host board (MicroPython unix port), against its broker."""
+    if quiet:
+        UI.level = -1
     if _do_sim(device, seconds, compiled, heapsize):
         raise typer.Exit(EXIT_FAIL)
 
@@ -663,6 +675,7 @@ def run(
     seconds: Annotated[Optional[float], typer.Option(help="Stop following the logs after this long.")] = None,
 ):
     """validate -> provision -> build -> deploy -> logs (host-board devices: sim)."""
+    from host_tools.console import writer
     from host_tools.ports import follow, pick_port
 
     fleet = S.fleet()
@@ -677,7 +690,7 @@ def run(
     time.sleep(0.3)
     UI.info(f"console of {port}; Ctrl-C to stop")
     try:
-        follow(port, UI.text, seconds=seconds)
+        follow(port, writer(UI.text, UI.level < 0), seconds=seconds)
     except KeyboardInterrupt:
         pass
 

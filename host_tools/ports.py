@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import codecs
 import time
 from collections.abc import Callable
 
@@ -58,10 +59,11 @@ def follow(port: str, write: Callable[[str], None], *, baud: int = 115200,
     except (serial.SerialException, OSError) as e:
         raise explain_open_error(port, e) from None
     end = None if seconds is None else time.monotonic() + seconds
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character split between reads stays whole
     try:
         while end is None or time.monotonic() < end:
             data = s.read(4096)
             if data:
-                write(data.decode(errors="replace").replace("\r\n", "\n"))
+                write(text.decode(data).replace("\r\n", "\n"))
     finally:
         s.close()

@@ -209,7 +209,8 @@ def render(fleet: Fleet, name: str, store: SecretStore, *, redact: bool = False
     # present key whose value is null: leave such keys out, which means the same to both
     platform = _drop_none(platform)
     config = {
-        "device": {"name": name, "board": dev.board, "safe_mode_retry_s": dev.safe_mode_retry_s},
+        "device": {"name": name, "board": dev.board, "safe_mode_retry_s": dev.safe_mode_retry_s,
+                   "console": dev.console},
         "wifi": {"networks": networks, "timeout_s": dev.wifi.timeout_s},
         "ntp": {"servers": list(dev.ntp.servers), "resync_s": dev.ntp.resync_s,
                 "timeout_ms": dev.ntp.timeout_ms},

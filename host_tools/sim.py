@@ -4,6 +4,7 @@ run: a crash loop that ended in safe mode, or a heap too small for it."""
 
 from __future__ import annotations
 
+import codecs
 import os
 import selectors
 import subprocess
@@ -65,6 +66,8 @@ def run(state: Path, *, seconds: float | None, compiled: bool, heapsize: str,
     """Run until stopped; None when the firmware ran, else what went wrong."""
     end = None if seconds is None else time.monotonic() + seconds
     watch = _Watch()
+    # a UTF-8 character split between two reads (a payload's é in a pub: line) stays whole
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     while True:
         proc = hostboard.start(state, compiled=compiled, heapsize=heapsize, firmware=firmware,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -78,9 +81,10 @@ def run(state: Path, *, seconds: float | None, compiled: bool, heapsize: str,
                         stopped = True
                         break
                     if sel.select(0.2):
-                        chunk = os.read(proc.stdout.fileno(), 4096).decode(errors="replace")
-                        if not chunk:
+                        data = os.read(proc.stdout.fileno(), 4096)
+                        if not data:
                             break
+                        chunk = text.decode(data)
                         watch.feed(chunk)
                         write(chunk)
                         if watch.safe_mode:

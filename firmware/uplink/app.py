@@ -194,6 +194,8 @@ class App:
                 except Exception as e:
                     log.warn("cmd", "%s failed: %s" % (cmd.name, e))
                     result = {"error": str(e)}
+                else:  # a D line: off with device.console "info"
+                    log.cmd(cmd.name if cmd.device is None else "%s %s" % (cmd.device, cmd.name), cmd.params, result)
                 await self._reply(cmd, result)
 
     async def _reply(self, cmd, result):
@@ -473,6 +475,7 @@ def run():
         return
     del safemode
     _unload("config", "safemode")
+    log.level = log.LEVELS.index(cfg["device"]["console"])
     log.info("boot", "uplink %s on %s (%s), reset cause %s" % (VERSION, board.name, cfg["device"]["name"], cause))
     if last:
         log.warn("boot", "back from safe mode (%s)" % last)

@@ -61,6 +61,7 @@ SCHEMA = {
     # board: the port's own when not given (board.DEFAULT), so a hand-written config on an
     # ESP32 still gets Wi-Fi and the watchdog. safe_mode_retry_s: safemode.py reads it raw.
     "device": ({"name": (str, REQUIRED), "board": (str, "esp32" if sys.platform == "esp32" else "host"),
+                "console": (str, "data", lambda v: v in ("data", "info", "warn") or "'data', 'info' or 'warn'"),  # log.level
                 "safe_mode_retry_s": (int, 1200, _positive)}, REQUIRED),
     "wifi": (
         {"networks": ([{"ssid": (str, REQUIRED), "password": (str, "")}], []),

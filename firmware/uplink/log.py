@@ -7,12 +7,19 @@
 # right as long as something calls it at least every 6 days (App.supervise does every 5 s,
 # and every log line does too). Seconds and leftover milliseconds are kept apart so the
 # totals stay small ints (no heap allocation) for 34 years.
+import io
+import json
 import time
 
 _last = time.ticks_ms()
 _up_s = 0
 _up_ms = 0
-quiet = False
+# The least line printed, config device.console: 0 "data" (also a line per message sent and
+# per command, level D as ESPHome's "Sending state"), 1 "info", 2 "warn" (warnings, errors).
+# On a busy board the D lines cost serial time: "info" keeps the state changes only.
+level = 0
+LEVELS = ("data", "info", "warn")
+HEAD = 60  # bytes of a payload a D line shows
 
 
 def uptime_s():
@@ -33,14 +40,13 @@ def uptime_ms():
     return s * 1000 + _up_ms
 
 
-def _emit(level, tag, msg):
-    if quiet and level == "I":
-        return
-    print("%6d %s %s: %s" % (uptime_s(), level, tag, msg))
+def _emit(lv, tag, msg):
+    print("%6d %s %s: %s" % (uptime_s(), lv, tag, msg))
 
 
 def info(tag, msg):
-    _emit("I", tag, msg)
+    if level < 2:
+        _emit("I", tag, msg)
 
 
 def warn(tag, msg):
@@ -53,3 +59,90 @@ def error(tag, msg):
 
 def exc(tag, msg, e):
     _emit("E", tag, "%s: %s: %s" % (msg, type(e).__name__, e))
+
+
+def pub(topic, payload, n):
+    """A D line per MQTT message of readings: `pub: TOPIC 3 readings 212 B [{"ts":...`
+    (n = 0: one part of a reading split over several messages)."""
+    if level:
+        return
+    try:
+        what = "part of a reading" if not n else "1 reading" if n == 1 else "%d readings" % n
+        size = len(payload)  # one format for the whole line: each string on the way is garbage
+        print("%6d D pub: %s %s %d B %s" % (uptime_s(), topic, what, size, _text(payload, size, size)))
+    except MemoryError:  # a console line must never stop the work it reports
+        pass
+
+
+def cmd(name, params, result):
+    """A D line per command handled: `cmd: setLed {"on":true} -> {"led":true}`."""
+    if level:
+        return
+    try:
+        p = _json(params)
+        if result is None:
+            print("%6d D cmd: %s %s" % (uptime_s(), name[:HEAD], p))
+        else:
+            print("%6d D cmd: %s %s -> %s" % (uptime_s(), name[:HEAD], p, _json(result)))
+    except MemoryError:  # a console line must never stop the work it reports
+        pass
+
+
+class _Full(Exception):
+    pass
+
+
+class _Head(io.IOBase):
+    # json.dump writes a value here piece by piece; one byte past HEAD it stops the walk, so
+    # a 4 KB downlink never becomes a 4 KB string on the heap for a console line
+    def __init__(self):
+        self.buf = bytearray(HEAD + 1)
+        self.n = 0
+
+    def write(self, b):  # b: a bytearray on the C stack (py/modio.c iobase_read_write)
+        # copied byte by byte: a slice or memoryview per write (dozens per line) would be
+        # garbage, a range() loop is not
+        buf, n = self.buf, self.n
+        k = min(len(b), HEAD + 1 - n)
+        for i in range(k):
+            buf[n + i] = b[i]
+        self.n = n + k
+        if k < len(b):
+            raise _Full
+        return k
+
+
+_head = None
+
+
+def _json(obj):
+    global _head
+    if _head is None:
+        _head = _Head()
+    h = _head
+    h.n = 0
+    size = 0
+    try:
+        # keyword only in extmod/modjson.c (mod_json_dump_helper); the stub has it positional
+        json.dump(obj, h, separators=(",", ":"))  # pyright: ignore[reportCallIssue]
+        size = h.n
+    except _Full:
+        size = h.n + 1  # more than was kept: the text ends with "..."
+    except Exception:  # TypeError: not JSON (a user's handler may return anything)
+        return "(%s)" % type(obj).__name__
+    return _text(h.buf, h.n, size)
+
+
+def _text(b, n, size):
+    """The first n bytes of b (of size in all) as text, at most HEAD of them, cut before a
+    character that would not fit and ended with "..." when cut."""
+    k = min(n, HEAD)
+    if isinstance(b, str):  # an adapter's payload is bytes; a str is shown all the same
+        return b[:k] + "..." if size > k else b
+    while 0 < k < n and b[k] & 0xC0 == 0x80:  # a UTF-8 continuation byte: mid-character
+        k -= 1
+    try:
+        s = str(b[:k], "utf-8")
+    except UnicodeError:
+        return "(binary)"
+    return s + "..." if size > k else s

@@ -191,6 +191,7 @@ class Publisher:
                     self.cursor = ids[a - 1]
                     if pid in early:
                         self.on_ack(pid)
+                log.pub(topic, payload, n)  # a D line, after the bookkeeping; device.console "info": off
         if whole:
             self.cursor = recs[j - 1][0]
         return whole

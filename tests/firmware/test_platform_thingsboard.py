@@ -177,6 +177,42 @@ def test_server_rpc_becomes_a_command_and_reply_goes_to_the_same_id():
     assert a.reply(cmd, None) == ("v1/devices/me/rpc/response/7", b"{}")
 
 
+async def test_a_plain_broker_handing_back_our_own_requests_gives_no_commands():
+    # mosquitto (uplink sim) delivers what the device publishes to its own subscriptions:
+    # the client attributes on .../attributes, the client-side RPCs on .../rpc/request/+, and
+    # later its replies to server RPCs on .../rpc/response/+. None of them is the cloud's.
+    a = tb()
+    c = Client()
+    await a.on_connect(c)
+    for t, p, _ in c.published:
+        assert a.handle(t, p, False) is None, (t, p)
+    # the cloud's own RPC that reuses a pending id (ThingsBoard counts server-side RPC ids in
+    # a sequence of its own) is still a command; so is a later one with the other method
+    rid = c.published[1][0].rsplit("/", 1)[1]
+    cmd = a.handle("v1/devices/me/rpc/request/" + rid, b'{"method":"setLed","params":{"on":true}}', False)
+    assert cmd == Command("setLed", {"on": True}, ("me", int(rid)))
+    # its reply comes back on the id of our pending getSessionLimits: not an answer to that
+    t, p = a.reply(cmd, {"led": True})
+    assert t == "v1/devices/me/rpc/response/" + rid
+    assert a.handle(t, p, False) is None
+    # and the real answer, when it comes, still is
+    limits = b'{"maxPayloadSize":1024}'
+    assert a.handle(t, limits, False) is None and a.max_payload == 1024
+
+
+async def test_on_thingsboard_a_server_rpc_on_a_pending_id_is_a_command_and_answers_still_count():
+    # ThingsBoard never hands a device its request back: nothing is taken for an echo
+    a = tb()
+    c = Client()
+    await a.on_connect(c)
+    rid = c.published[1][0].rsplit("/", 1)[1]
+    cmd = a.handle("v1/devices/me/rpc/request/" + rid, b'{"method":"ping"}', False)
+    assert cmd is not None and cmd.name == "ping"
+    a.reply(cmd, {"pong": True})
+    assert a.handle("v1/devices/me/rpc/response/" + rid, b'{"maxPayloadSize":2048}', False) is None
+    assert a.max_payload == 2048
+
+
 def test_malformed_downlinks_raise_value_error_with_reason():
     a = tb()
     with raises(ValueError, "not valid JSON"):

@@ -102,6 +102,29 @@ async def test_a_puback_before_publish_returns_still_releases_the_records():
     assert pub.in_flight == 0
 
 
+async def test_each_message_is_one_console_line_saying_how_many_readings_it_carried():
+    n = 30
+    ob = outbox(n)
+    ad, c = Recorder(), FakeClient(8)
+    pub = publisher.Publisher(ob, ad, c, batch=20)
+    lines = []
+    log.print = lines.append
+    try:
+        await drain(ob, pub, c, n)
+    finally:
+        del log.print
+    assert c.seqs == list(range(n))
+    pubs = [line[7:] for line in lines if line[7:13] == "D pub:"]
+    assert len(pubs) == len(ad.calls) > 1, lines
+    for k, line in zip(ad.calls, pubs):
+        # "D pub: t 6 readings 14 B [0,1,2,3,4,5]": the Recorder's payload, whole
+        head = "D pub: t %d reading%s " % (k, "" if k == 1 else "s")
+        assert line.startswith(head), line
+        size, payload = line[len(head):].split(" B ")
+        seqs = json.loads(payload)
+        assert int(size) == len(payload) and len(seqs) == k, line
+
+
 async def test_backlog_over_tls_at_the_firmware_heap_without_memory_errors():
     # the app's readings through ThingsBoard's encoder and the real client over mqtts, at the
     # ESP32 budget: a backlog drain used to meet MemoryError several times a second here

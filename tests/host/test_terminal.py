@@ -104,5 +104,6 @@ def test_sim_console_on_a_terminal(tmp_path, broker, term, stop):
     assert code == 0, out
     assert "on the host board" in out and "Ctrl-C to stop" in out
     assert got, f"nothing reached the broker; the console:\n{out[-3000:]}"
+    assert "D pub: v1/devices/me/telemetry" in out, out[-3000:]  # a line per message sent
     assert "Traceback" not in out and "tty-token-5512" not in out
     assert not (env.build / "sim" / "bench" / "crashes.json").exists()  # a stop is no crash

@@ -24,8 +24,8 @@ SCHEMA = {
     "claim_secret": (str, None),
     "claim_duration_ms": (int, 60000, lambda v: v > 0 or "a number above 0"),
     "max_payload": (int, DEFAULT_MAX_PAYLOAD, lambda v: v >= 256 or "at least 256"),
-    # getSessionLimits and the time (time_method) after connect; off for servers older than ThingsBoard 3.5,
-    # or a plain broker that echoes a device's requests back to it (make demo)
+    # getSessionLimits and the time (time_method) after connect; off for servers older than ThingsBoard 3.5
+    # (a plain broker that hands them back is no reason: handle() knows its own requests)
     "client_rpc": (bool, True),
     # ThingsBoard has no stock time handler: its docs' rule-chain example answers the
     # client-side RPC "getCurrentTime" with new Date().getTime(), a bare number of ms
@@ -76,6 +76,8 @@ class Adapter(Base):
                          "provision_secret to provision it on first boot")
         self._rpc_id = 0
         self._pending = {}  # client-side RPC / attribute request id -> method
+        self._echoes = False  # the broker hands our own requests back (see handle)
+        self._replied = None  # then: the id of our last RPC reply, to be handed back too
         self._claimed = False
         self.provision_timeout_s = 30
 
@@ -230,9 +232,19 @@ class Adapter(Base):
             method = req.get("method")
             if not isinstance(method, str) or not method:
                 raise ValueError("RPC request %s: no method" % rid)
+            if self._pending.get(rid) == method:
+                # Our own client-side request (on_connect), back from a plain MQTT broker
+                # (uplink sim against mosquitto) on our rpc/request/+ subscription. ThingsBoard
+                # never sends a device its request back, so this is the one place that can
+                # tell: only the adapter knows the ids it issued. ThingsBoard numbers
+                # server-side RPCs in a sequence of its own, so the method must match too.
+                self._echoes = True
+                return None
             return command(method, req.get("params"), ("me", rid))
         if topic == ATTRIBUTES:
-            return _shared(loads_obj(payload, "shared attributes"))
+            attrs = loads_obj(payload, "shared attributes")
+            # current_fw_title is our own client attribute (on_connect), handed back by a plain broker
+            return None if "current_fw_title" in attrs else _shared(attrs)
         if topic.startswith(ATTR_RESPONSE):
             if self._waited(_id(topic, ATTR_RESPONSE), payload):
                 return None
@@ -265,6 +277,9 @@ class Adapter(Base):
         return True
 
     def _rpc_answer(self, rid, payload):
+        if rid == self._replied:  # our own reply, back from a broker that echoes (handle)
+            self._replied = None
+            return None
         method = self._pending.pop(rid, None)
         if method is None:
             return None
@@ -286,6 +301,8 @@ class Adapter(Base):
         if not to:
             return None
         if to[0] == "me":
+            if self._echoes:  # it comes back on rpc/response/+ and may share a pending id
+                self._replied = to[1]
             return (RPC_RESPONSE + str(to[1]), dumps({} if result is None else result).encode())
         if to[0] == "gw":
             return (GW_RPC, dumps({"device": cmd.device, "id": to[1],
