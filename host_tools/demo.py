@@ -95,8 +95,8 @@ def demo_config(port: int, interval_s: int) -> dict:
         "device": {"name": "demo-board", "board": "host"},
         "wifi": {"networks": []},
         "ntp": {"servers": []},
-        # client_rpc off: a plain broker, unlike ThingsBoard, would echo the device's own
-        # getTime/getSessionLimits requests back to it as if they were server RPCs
+        # client_rpc off: a plain broker has nobody to answer getSessionLimits/getCurrentTime
+        # (the adapter drops the echo of its own requests, so this only saves the asking)
         "platform": {"kind": "thingsboard", "url": f"mqtt://127.0.0.1:{port}", "token": "demo-token",
                      "client_rpc": False},
         "telemetry": {"interval_s": interval_s},
