@@ -344,6 +344,14 @@ class App:
             from uplink import ota_blynk
 
             await ota_blynk.at_boot(self)
+        elif (self.cfg["platform"].get("credentials") or {}).get("source") == "relay":
+            from uplink import ota_relay  # a bundle `uplink ota` left at the relay
+
+            if await ota_relay.at_boot(self):
+                self.ota = ota_relay.Updater(self)
+                asyncio.create_task(self.ota.run())
+            else:
+                _unload("ota_relay", "ota_blynk", "ota_tb", "ota")
         prepare = getattr(self.adapter, "prepare", None)
         if prepare is not None:
             await prepare(self)

@@ -111,7 +111,7 @@ def _same(job, want):
     return all(job.get(k) == want[k] for k in ("src", "size", "version"))
 
 
-async def at_boot(app, root=""):
+async def at_boot(app, root="", sign=None, ca=None):
     """The job run() left before the reset: download, check, install, switch and reset. Runs
     before the MQTT client exists: the download's TLS session and the 1 KB buffer get a heap no
     session has fragmented (beside a running app, 128k had no 2 KB block left for it). A
@@ -125,7 +125,7 @@ async def at_boot(app, root=""):
     ota._save(root + JOB, job)
     st = ota.Stage(want, ota.BUF, root)  # its 1 KB buffer taken first
     try:
-        await _download(app, st, want, job["url"])
+        await _download(app, st, want, job["url"], sign, ca)
         m = await st.verify(app.board.name)
         new = await st.install(m)
     except Exception as e:  # OtaError: the package's fault; OSError: the network's or the flash's
@@ -146,13 +146,13 @@ async def at_boot(app, root=""):
     app.board.reset()
 
 
-async def _download(app, st, want, url):
+async def _download(app, st, want, url, sign=None, ca=None):
     have = st.begin() * ota.BUF
     log.info("ota", "%s: %d bytes, from byte %d" % (want["version"] or "package", want["size"], have))
     tries = 0
     while have < want["size"]:
         try:
-            have = await _get(app, st, want, url, have)
+            have = await _get(app, st, want, url, have, sign, ca)
         except ota.OtaError:
             raise
         except (OSError, EOFError, asyncio.TimeoutError) as e:
@@ -165,24 +165,40 @@ async def _download(app, st, want, url):
             await asyncio.sleep(RETRY_S)
 
 
-async def _get(app, st, want, url, have):
+async def _open(app, url, first, sign=None, ca=None, last=None):
+    """(stream, status, headers, host) of a GET from byte `first` (to `last`), headers read.
+    `sign(path)`: headers that authenticate the request (the token relay's); `ca`: the server's
+    CA, by default the platform's (Blynk's broker and its file server share ISRG Root X1) as the
+    same bytes the MQTT client holds, so transport's cached context is reused."""
+    tls, host, port, path = https.parse_url(url)
+    if ca is None:
+        ca = getattr(app.client, "_ca", None) or app.cfg["platform"].get("ca")
+    ctx = transport.tls_context(ca) if tls else None
+    s = await transport.open_tcp(host, port, ssl_ctx=ctx, server_hostname=host, timeout_ms=READ_MS)
+    try:
+        h = "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\nUser-Agent: uplink\r\n" % (path, host)
+        if first or last is not None:
+            h += "Range: bytes=%d-%s\r\n" % (first, "" if last is None else last)
+        if sign is not None:
+            hs = sign(path)
+            for k in hs:
+                h += "%s: %s\r\n" % (k, hs[k])
+        s.write((h + "\r\n").encode())
+        h = None
+        await s.drain()
+        status, hd = await asyncio.wait_for_ms(_head(s), READ_MS)
+    except BaseException:
+        s.close()
+        raise
+    return s, status, hd, host
+
+
+async def _get(app, st, want, url, have, sign=None, ca=None):
     """One connection: GET from byte `have` (Range), appended to the Stage 1 KB at a time.
     Returns the bytes on flash when the connection ends."""
     for _ in range(REDIRECTS + 1):
-        tls, host, port, path = https.parse_url(url)
-        # the platform's CA (Blynk's broker and its file server share ISRG Root X1), the same
-        # bytes the MQTT client holds: transport's cached context is reused, not made again
-        ca = getattr(app.client, "_ca", None) or app.cfg["platform"].get("ca")
-        ctx = transport.tls_context(ca) if tls else None
-        s = await transport.open_tcp(host, port, ssl_ctx=ctx, server_hostname=host, timeout_ms=READ_MS)
+        s, status, hd, host = await _open(app, url, have, sign, ca)
         try:
-            h = "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\nUser-Agent: uplink\r\n" % (path, host)
-            if have:
-                h += "Range: bytes=%d-\r\n" % have
-            s.write((h + "\r\n").encode())
-            h = None
-            await s.drain()
-            status, hd = await asyncio.wait_for_ms(_head(s), READ_MS)
             if status in (301, 302, 303, 307, 308) and hd.get("location"):
                 url = hd["location"]
                 continue
@@ -205,7 +221,7 @@ async def _get(app, st, want, url, have):
             n = hd.get("length")
             left = want["size"] - have if n is None else n
             if have + left != want["size"]:
-                raise ota.OtaError("download: %d bytes from byte %d, but ota/json said size %d"
+                raise ota.OtaError("download: %d bytes from byte %d, but the package was announced as %d"
                                    % (left, have, want["size"]))
             return await _body(s, st, have, left)
         finally:
@@ -259,6 +275,8 @@ async def _head(s):
                 hd["sha256"] = "".join("%02x" % x for x in binascii.a2b_base64(v))
             except ValueError:
                 pass
+        elif name == b"x-fw-ver":
+            hd["ver"] = v.decode()
         elif name == b"location":
             hd["location"] = v.decode()
         elif name == b"transfer-encoding" and b"chunked" in v.lower():
