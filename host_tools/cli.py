@@ -450,6 +450,49 @@ def _build_bundle(device: str, version: str | None, as_json: bool):
                 f"{made.size} bytes, sha256 {made.sha256}\n")
 
 
+@app.command("ota")
+@guarded
+def ota_cmd(
+    device: Annotated[str, typer.Argument(help="Device name from the fleet file (credentials = \"relay\").")],
+    bundle: Annotated[Optional[Path], typer.Option("--bundle", help="A bundle made by `uplink build --bundle` (default: build one now).")] = None,
+    version: Annotated[Optional[str], typer.Option("--version", help="The version of the bundle built now (default: the firmware's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
+):
+    """Offer DEVICE an OTA bundle through `uplink relay`: the device fetches it at its next boot (docs/ota.md)."""
+    import shutil
+
+    from host_tools import ota_bundle as bu
+    from host_tools.fleet import FleetError
+
+    fl = S.fleet()
+    dev = fl.device(device)
+    if not getattr(dev.platform, "relay", False):
+        raise FleetError([f"{device}: `uplink ota` serves devices whose credentials = \"relay\" through "
+                          "`uplink relay`; on ThingsBoard and Blynk send the bundle through the cloud's "
+                          "OTA (docs/ota.md)"])
+    if bundle is None:
+        version = version or _firmware_version()
+        made = bu.build_bundle(dev.board, version, S.build_root / "bundles" / f"{device}-{version}.uplb",
+                               build_root=S.build_root)
+    else:
+        made = bu.read(bundle)  # the board's checks, here first
+    if made.manifest.get("board") != dev.board:
+        raise bu.BundleError(f"{made.path}: a bundle for board {made.manifest.get('board')!r}, "
+                             f"{device} is a {dev.board!r}")
+    dest = fl.state_dir / "ota" / f"{device}.uplb"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(made.path, dest.with_name(dest.name + ".tmp"))
+    dest.with_name(dest.name + ".sha256").write_text(f"{made.sha256}  {dest.name}\n")
+    dest.with_name(dest.name + ".tmp").replace(dest)  # whole, or the old one: never half
+    info = {"device": device, "bundle": str(dest), "version": made.manifest["version"], "size": made.size,
+            "sha256": made.sha256}
+    if as_json:
+        UI.data(info)
+    else:
+        UI.text(f"{device}: {made.manifest['version']} ({made.size} bytes) waits at `uplink relay` "
+                f"(GET /v1/ota); the device fetches it at its next boot\n")
+
+
 def _firmware_version() -> str:
     import re
 

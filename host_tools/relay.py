@@ -40,7 +40,9 @@ builds them from the fleet file.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
+import json
 import logging
 import re
 import secrets
@@ -60,6 +62,7 @@ log = logging.getLogger("uplink.relay")
 audit = logging.getLogger("uplink.relay.audit")
 
 PATH = "/v1/credentials"
+OTA_PATH = "/v1/ota"  # the device's OTA bundle, signed like PATH (docs/ota.md)
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _TIME_RE = re.compile(r"^[0-9]{1,12}$")
@@ -95,6 +98,7 @@ class RelaySettings:
     handshake_timeout_s: float = 5.0  # TCP accept -> TLS handshake done
     header_timeout_s: float = 10.0  # accept (or the end of the last answer) -> request headers in
     stats_log_interval_s: float = 60.0  # at most one line of refusal/timeout counts per interval
+    ota_dir: Path | None = None  # `uplink ota DEVICE` leaves <device>.uplb here (GET /v1/ota)
 
 
 def canonical(method: str, path: str, device: str, ts: str, nonce: str) -> bytes:
@@ -167,6 +171,7 @@ class Relay:
         self.requests = 0
         self.app = web.Application(middlewares=[self._audit_mw], client_max_size=4096)
         self.app.router.add_get(PATH, self._credentials)
+        self.app.router.add_get(OTA_PATH, self._ota)
 
     # -- TLS and lifecycle --------------------------------------------------------------
     def ssl_context(self) -> ssl.SSLContext:
@@ -266,7 +271,8 @@ class Relay:
         return web.json_response({"error": body}, status=status,
                                  headers={"Cache-Control": "no-store"})
 
-    async def _credentials(self, request: web.Request) -> web.Response:
+    def _check(self, request: web.Request) -> tuple[RelayDevice | None, web.Response | None]:
+        """The signed device of a request, or the refusal to answer with."""
         info = request[AUDIT]
         h = request.headers
         device = h.get("X-Uplink-Device", "")
@@ -274,27 +280,58 @@ class Relay:
         nonce = h.get("X-Uplink-Nonce", "")
         sig = h.get("X-Uplink-Signature", "")
         if not _NAME_RE.match(device):
-            return self._deny(request, "bad-device-header")
+            return None, self._deny(request, "bad-device-header")
         info["device"] = device
         if not (_TIME_RE.match(ts) and _NONCE_RE.match(nonce) and _SIG_RE.match(sig)):
-            return self._deny(request, "malformed-auth-headers")
+            return None, self._deny(request, "malformed-auth-headers")
         dev = self.devices.get(device)
         # unknown devices cost the same HMAC as known ones: timing tells nothing
         key = dev.key if dev is not None else "00" * 32
         want = sign(key, request.method, request.raw_path, device, ts, nonce)
         if dev is None:
-            return self._deny(request, "unknown-device")
+            return None, self._deny(request, "unknown-device")
         if not hmac.compare_digest(want, sig.lower()):
-            return self._deny(request, "bad-signature")
+            return None, self._deny(request, "bad-signature")
         now = self.clock()
         if abs(now - int(ts)) > self.settings.max_skew_s:
-            return self._deny(request, "stale-timestamp")
+            return None, self._deny(request, "stale-timestamp")
         why = self._nonces.add(device, nonce, now)
         if why == "too-many-requests":
-            return self._deny(request, why, 429)
+            return None, self._deny(request, why, 429)
         if why:
-            return self._deny(request, why)
+            return None, self._deny(request, why)
+        return dev, None
 
+    async def _ota(self, request: web.Request) -> web.StreamResponse:
+        """The bundle `uplink ota` left for this device (Range answered by aiohttp), its
+        sha256 and version in the headers Blynk.Air uses (x-sha256 base64, x-fw-ver); 204
+        when there is none."""
+        dev, denied = self._check(request)
+        if dev is None:
+            assert denied is not None
+            return denied
+        d = self.settings.ota_dir
+        path = d / f"{dev.name}.uplb" if d is not None else None
+        try:
+            assert path is not None
+            sha = bytes.fromhex(path.with_name(path.name + ".sha256").read_text().split()[0])
+            with path.open("rb") as f:
+                ver = json.loads(f.readline(8192)).get("version")
+        except (AssertionError, OSError, ValueError, IndexError):
+            request[AUDIT]["reason"] = "no-bundle"
+            return web.Response(status=204, headers={"Cache-Control": "no-store"})
+        request[AUDIT]["reason"] = f"bundle-{_printable(str(ver))}"
+        return web.FileResponse(path, headers={"x-sha256": base64.b64encode(sha).decode(), "x-fw-ver": str(ver),
+                                               "Cache-Control": "no-store"})
+
+    async def _credentials(self, request: web.Request) -> web.Response:
+        info = request[AUDIT]
+        dev, denied = self._check(request)
+        if dev is None:
+            assert denied is not None
+            return denied
+        device = dev.name
+        now = self.clock()
         # (the query string is parsed only when there is one: most requests have none)
         fresh = bool(request.query_string) and request.query.get("fresh") == "1"
         if fresh:

@@ -234,6 +234,7 @@ def build_relay(fl, store, *, listen: str | None = None, min_life: int | None = 
         raise ValueError(f"{fl.path.name}: no device has credentials = \"relay\"")
     settings = relay_mod.RelaySettings(
         cert_pem=pki.cert_pem, key_pem=pki.key_pem, host=host, port=port,
-        min_life_s=float(min_life if min_life is not None else rc.min_life_s), **limits,
+        min_life_s=float(min_life if min_life is not None else rc.min_life_s),
+        ota_dir=fl.state_dir / "ota", **limits,  # `uplink ota DEVICE` leaves bundles there
     )
     return relay_mod.Relay(settings, devices)

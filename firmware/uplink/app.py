@@ -32,6 +32,7 @@ class App:
     ota: Any = None
     cloud: Any = None  # uplink.cloud, when user.py imported it
     safe_mode_reason = None
+    _fw = None
 
     def __init__(self, cfg, board):
         self.cfg = cfg
@@ -48,7 +49,18 @@ class App:
     # -- context for platform adapters ---------------------------------------------------
     @property
     def version(self):
-        return VERSION
+        return self.fw()[1]
+
+    def fw(self):
+        """(title, version) of the app running: its OTA bundle's, else this build's. Read once:
+        an install into the other slot during this run does not change what runs."""
+        if self._fw is None:
+            from uplink import ota
+
+            self._fw = ota.running(self.board.name)
+            if (self.cfg.get("platform") or {}).get("kind") not in ("thingsboard", "blynk"):
+                _unload("ota")  # no OTA on this cloud: its code leaves the heap
+        return self._fw
 
     @property
     def ip(self):
@@ -71,6 +83,7 @@ class App:
             "uptime_s": log.uptime_s(),  # since boot, right across the ticks wrap
             "outbox_depth": self.outbox.depth if self.outbox else 0,
             "dropped": self.outbox.dropped if self.outbox else 0,
+            "fw_version": self.version,  # the OTA bundle's (uplink.ota.running)
         }
         h.update(self.board.memory())  # gc_free; on the ESP32 also idf_free, idf_largest
         rssi = self.wifi.rssi() if self.wifi else None
@@ -171,8 +184,9 @@ class App:
         except Exception as e:  # malformed downlink: report, never crash the reader
             log.warn("downlink", "ignored message on %s: %s" % (topic, e))
             return
-        if cmd is not None and cmd.name == "ota":  # a firmware update announced: uplink.ota_tb
-            cmd = self.ota.take(cmd) if self.ota is not None else None
+        if cmd is not None and (cmd.name == "ota" or (cmd.name == "firmware" and cmd.device is None
+                                                      and self.ota is not None)):
+            cmd = self.ota.take(cmd) if self.ota is not None else None  # uplink.ota_tb, ota_blynk
         if cmd is None or (self.cloud is not None and self.cloud.take(cmd)):
             return  # (a change for user.py's cloud.on_change callback)
         if len(self.commands) >= COMMAND_QUEUE:
@@ -320,6 +334,7 @@ class App:
         from uplink.publisher import Publisher
 
         asyncio.create_task(self.mark_healthy())
+        self.fw()  # before a download can put another app in the other slot
         self.adapter = platforms.load(self.cfg["platform"]["kind"]).Adapter(self.cfg, self)
         ob = self.cfg["outbox"]
         # readings less than hold_ms apart go to flash in batches (flash wear): outbox.py
@@ -330,6 +345,18 @@ class App:
         log.info("outbox", "%d readings waiting, %d dropped so far" % (self.outbox.depth, self.outbox.dropped))
         await self.start_network()
         await self.start_clock()
+        if self.cfg["platform"]["kind"] == "blynk":  # a Blynk.Air download, before any session
+            from uplink import ota_blynk
+
+            await ota_blynk.at_boot(self)
+        elif (self.cfg["platform"].get("credentials") or {}).get("source") == "relay":
+            from uplink import ota_relay  # a bundle `uplink ota` left at the relay
+
+            if await ota_relay.at_boot(self):
+                self.ota = ota_relay.Updater(self)
+                asyncio.create_task(self.ota.run())
+            else:
+                _unload("ota_relay", "ota_blynk", "ota_tb", "ota")
         prepare = getattr(self.adapter, "prepare", None)
         if prepare is not None:
             await prepare(self)
@@ -340,10 +367,13 @@ class App:
         self.cloud = sys.modules.get("uplink.cloud")  # imported by user.py only when it uses it
         if self.cloud is not None:
             self.cloud.attach(self)
-        if self.cfg["platform"]["kind"] == "thingsboard":  # OTA, and the trial of a new app
-            from uplink.ota_tb import Updater
-
-            self.ota = Updater(self)
+        kind = self.cfg["platform"]["kind"]
+        if kind in ("thingsboard", "blynk"):  # OTA, and the trial of a new app
+            if kind == "blynk":
+                from uplink import ota_blynk as o
+            else:
+                from uplink import ota_tb as o
+            self.ota = o.Updater(self)
             asyncio.create_task(self.ota.run())
         asyncio.create_task(self.telemetry_task())
         await self.connect()

@@ -99,6 +99,16 @@ def current(root=""):
     return (m.get("title"), m.get("version")) if m else (None, None)
 
 
+def running(board, root=""):
+    """(title, version) the cloud is told: the active slot's manifest, else what a bundle of
+    this build would declare (host_tools/ota_bundle.py title_for: "uplink-<board>"; the build's
+    VERSION). One title everywhere, so a package titled as the bundle matches the device."""
+    from uplink import VERSION
+
+    t, v = current(root)
+    return (t or "uplink-" + board, v or VERSION)
+
+
 class Stage:
     """One download: `want` = {"title", "version", "size", "sha256"} as the cloud announced."""
 
@@ -153,8 +163,11 @@ class Stage:
                 h.update(buf[:n])
                 await asyncio.sleep_ms(0)  # crypto on a 240 MHz chip: let the other tasks run
             got = _hex(h.digest())
-            if got != self.want["sha256"].lower():  # before the manifest needs its big block
-                raise OtaError("checksum mismatch: got sha256 %s, expected %s" % (got, self.want["sha256"]))
+            exp = self.want["sha256"]
+            if exp is None:  # not announced (Blynk without x-sha256): the files' and body's sums still hold
+                self.want["sha256"] = got
+            elif got != exp.lower():  # before the manifest needs its big block
+                raise OtaError("checksum mismatch: got sha256 %s, expected %s" % (got, exp))
             h = None
             f.seek(0)
             hlen = 0

@@ -8,7 +8,7 @@ import asyncio
 import json
 import time
 
-from uplink import VERSION, log
+from uplink import log
 
 TELEMETRY = "v1/devices/me/telemetry"
 RESPONSE = "v2/fw/response/"
@@ -78,10 +78,12 @@ class Updater:
 
     # -- reporting ----------------------------------------------------------------------
     def running(self):
+        fw = getattr(self.app, "fw", None)  # the app's, read once at boot
+        if fw is not None and not self.root:
+            return fw()
         from uplink import ota
 
-        t, v = ota.current(self.root)
-        return (t or "uplink-" + self.app.board.name, v or VERSION)
+        return ota.running(self.app.board.name, self.root)
 
     def say(self, state, error=None):
         t, v = self.running()

@@ -91,6 +91,25 @@ def test_update_trial_commit_and_rollback():
         dev.unmount(MNT)
 
 
+def test_running_version_is_the_active_slots_bundle_else_the_build():
+    # what health's fw_version and ThingsBoard's current_fw_title/version report: one title,
+    # the one the bundle declares (host_tools/ota_bundle.py title_for), cabled or updated
+    from uplink import VERSION
+
+    dev = RAMBlockDev(512, 96)
+    fresh(dev)
+    try:
+        assert ota.running("host", R) == ("uplink-host", VERSION)  # deployed over USB
+        raw, want = bundle("7.1")
+        update(raw, want)
+        assert main.slot(R) == "app_a"
+        assert ota.running("host", R) == ("uplink-host", "7.1")
+        assert main.slot(R) == ""  # rolled back: the build's again
+        assert ota.running("host", R) == ("uplink-host", VERSION)
+    finally:
+        dev.unmount(MNT)
+
+
 def _exists(p):
     try:
         os.stat(p)

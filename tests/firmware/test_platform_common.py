@@ -82,5 +82,6 @@ def test_health_keys_only_where_the_platform_has_room_unless_configured():
     assert _reading_keys("blynk", None, token="t") == {"T"}
     tb = _reading_keys("thingsboard", None, token="t")
     assert "T" in tb and "uptime_s" in tb and "gc_free" in tb
+    assert "fw_version" in tb  # the running bundle's version (uplink.ota.running)
     assert "uptime_s" in _reading_keys("blynk", True, token="t")  # configured: sent
     assert _reading_keys("thingsboard", False, token="t") == {"T"}

@@ -93,8 +93,16 @@ async def test_on_connect_publishes_client_attributes_and_asks_limits_and_time()
     assert topics[0] == "v1/devices/me/attributes"
     # no client attribute "fw_version": that name is the OTA shared attribute announcing a
     # package; the running firmware is reported as current_fw_title/current_fw_version
+    # the title an OTA bundle for this board declares (host_tools/ota_bundle.py title_for)
     assert json.loads(c.published[0][1]) == {"board": "esp32-devkitc", "ip": "10.0.0.7",
-                                             "current_fw_title": "uplink", "current_fw_version": "1.2.3"}
+                                             "current_fw_title": "uplink-esp32-devkitc",
+                                             "current_fw_version": "1.2.3"}
+    ctx = Ctx()
+    ctx.fw = lambda: ("uplink-esp32-devkitc", "2.0.0")  # App.fw: the active slot's manifest
+    c = Client()
+    await tb(ctx=ctx).on_connect(c)
+    attrs = json.loads(c.published[0][1])
+    assert (attrs["current_fw_title"], attrs["current_fw_version"]) == ("uplink-esp32-devkitc", "2.0.0")
     reqs = {}
     for t, p, _ in c.published[1:]:
         assert t.startswith("v1/devices/me/rpc/request/")

@@ -64,7 +64,8 @@ def test_telemetry_attributes_rpc_and_shared_attributes(env):
     assert proxy.accepted() and proxy.accepted()[0][0] == TOKEN
     attrs = json.loads(cloud.wait(lambda t, _: t == "v1/devices/me/attributes")[0][1])
     assert attrs["board"] == "host" and "fw_version" not in attrs  # the OTA shared attribute's name
-    assert attrs["current_fw_title"] == "uplink" and attrs["current_fw_version"]
+    # the title an OTA bundle for this board declares (host_tools/ota_bundle.py title_for)
+    assert attrs["current_fw_title"] == "uplink-host" and attrs["current_fw_version"]
     # server-side RPC: a user method, and a built-in; replies on the same ids
     cloud.send("v1/devices/me/rpc/request/42", {"method": "echo", "params": {"x": 1}})
     r = cloud.wait(lambda t, _: t == "v1/devices/me/rpc/response/42", console=board.console)

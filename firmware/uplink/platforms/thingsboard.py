@@ -13,7 +13,6 @@ from uplink.platforms import (
 
 DEFAULT_URL = "mqtts://mqtt.thingsboard.cloud:8883"
 DEFAULT_MAX_PAYLOAD = 65536
-FW_TITLE = "uplink"  # current_fw_title: what an OTA package's title must match
 
 SCHEMA = {
     "token": (str, None),
@@ -113,8 +112,9 @@ class Adapter(Base):
         # current_fw_version (thingsboard.io/docs/user-guide/ota-updates/). As client
         # attributes for now: the guide sends them as telemetry beside fw_state, which comes
         # with OTA; until then a telemetry message that is no reading is not worth its bytes.
-        attrs = {"board": self.ctx.board.name, "current_fw_title": FW_TITLE,
-                 "current_fw_version": self.ctx.version}
+        fw = getattr(self.ctx, "fw", None)  # App.fw: the running bundle's manifest (uplink.ota)
+        t, v = fw() if fw is not None else ("uplink-" + self.ctx.board.name, self.ctx.version)
+        attrs = {"board": self.ctx.board.name, "current_fw_title": t, "current_fw_version": v}
         ip = ctx_ip(self.ctx)
         if ip:
             attrs["ip"] = ip
