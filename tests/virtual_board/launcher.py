@@ -8,6 +8,8 @@ wire", to compare with the bytes of file content deployed.
 `baud=115200` paces each direction as a UART would: 10 bits a byte (8N1), so 11520 bytes a
 second each way, which is what a deploy's wall time depends on. `deflate=False` is a board
 whose firmware has no `deflate` module, `raw_paste=False` one without raw-paste mode.
+`heap="64k"` runs the board on the ESP32 model (when installed) with that GC heap, so what a
+deploy asks of the board's memory is asked of a 32-bit heap of that size.
 """
 
 from __future__ import annotations
@@ -24,18 +26,22 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def micropython_bin() -> str:
-    # the raw-REPL responder is a test tool, not firmware: the PyPI port runs it
+def micropython_bin(heap: str | None = None) -> list[str]:
+    # the raw-REPL responder is a test tool, not firmware: the PyPI port runs it, unless the
+    # test wants the board's heap modelled
     from host_tools import hostboard
 
-    return hostboard.micropython(model=False)
+    if heap:
+        return [hostboard.micropython(), "-X", f"heapsize={heap}"]
+    return [hostboard.micropython(model=False)]
 
 
 class VirtualBoard:
     def __init__(self, root: Path, *, baud: int | None = None, deflate: bool = True,
-                 raw_paste: bool = True):
+                 raw_paste: bool = True, heap: str | None = None):
         self.root = Path(root)
         self.baud = baud
+        self.heap = heap
         self.flags = ([] if deflate else ["no-deflate"]) + ([] if raw_paste else ["no-raw-paste"])
         self.root.mkdir(parents=True, exist_ok=True)
         self.events_file = self.root.parent / (self.root.name + ".events")
@@ -53,7 +59,7 @@ class VirtualBoard:
         self.port = os.ttyname(self.slave)
         env = dict(os.environ, MICROPYPATH=".frozen")
         self.proc = subprocess.Popen(
-            [micropython_bin(), str(HERE / "board.py"), str(self.root), str(self.events_file), *self.flags],
+            [*micropython_bin(self.heap), str(HERE / "board.py"), str(self.root), str(self.events_file), *self.flags],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=env, bufsize=0,
         )
