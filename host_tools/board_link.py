@@ -31,6 +31,10 @@ class BoardError(Exception):
     """The board or its port is not usable; the message says what to do."""
 
 
+class BoardExecError(BoardError):
+    """Code sent to the board raised there: the board itself still answers."""
+
+
 # What ends a bytes literal, its line or the source in MicroPython's lexer (py/lexer.c: NUL is
 # MP_LEXER_EOF, next_char turns CR into LF, parse_string_literal stops at the quote or LF),
 # and the control bytes the raw REPL acts on while code arrives (shared/runtime/pyexec.c:
@@ -206,7 +210,7 @@ class BoardLink:
         try:
             return self.t.exec(code)
         except TransportExecError as e:
-            raise BoardError(f"the board reported an error: {e.error_output.strip().splitlines()[-1]}") from None
+            raise BoardExecError(f"the board reported an error: {e.error_output.strip().splitlines()[-1]}") from None
         except self._TransportError as e:
             raise BoardError(f"lost the board on {self.port}: {e}") from None
 
@@ -296,7 +300,7 @@ class BoardLink:
             nonlocal size, done
             try:
                 self.exec(b"".join(batch))
-            except BoardError:
+            except BoardExecError:
                 try:
                     self.exec("_x()")  # close and drop the half-written PATH.tmp
                 except BoardError:

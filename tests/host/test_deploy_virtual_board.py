@@ -259,6 +259,14 @@ def test_a_copy_damaged_on_the_way_replaces_nothing(vboard, monkeypatch):
     try:
         with pytest.raises(BoardError, match="keep.mpy arrived damaged"):
             link.write_files([("keep.mpy", b"new contents" * 50)])
+        assert (vboard.root / "keep.mpy").read_bytes() == b"old"
+        assert not (vboard.root / "keep.mpy.tmp").exists()
+        # a piece the board cannot inflate: the half-written temp file goes too
+        monkeypatch.setattr(board_link, "deflate_raw",
+                            lambda data: b"\xff" * 40 if data.startswith(b"2") else deflate(data))
+        with pytest.raises(BoardError, match="the board reported an error"):
+            link.write_files([("keep.mpy", b"1" * link.PIECE + b"2" * 100)])
+        assert link.eval("1+1") == 2  # the board still answers
     finally:
         link.close()
     assert (vboard.root / "keep.mpy").read_bytes() == b"old"
