@@ -2,7 +2,13 @@
 
 `BoardLink(port)` opens the port (mapping the usual failures to messages a person can act
 on), enters the raw REPL and offers what deploy needs: hash many files in one round trip,
-write a file atomically (temp + rename), make directories, remove files, reset.
+write files atomically (temp + rename), make directories, remove files, reset.
+
+Files travel compressed when the firmware has the `deflate` module (MicroPython 1.21 on;
+the ESP32 port has it, decompression only): raw deflate with a 1 KB window, made on this
+machine with zlib, carried as 8-bit bytes literals in the code each exec sends, and inflated
+on the board straight into the file, 512 bytes at a time. A board without `deflate` gets
+base64 (or, without `binascii`, mpremote's own `fs cp`).
 """
 
 from __future__ import annotations
@@ -11,8 +17,11 @@ import ast
 import base64
 import errno
 import grp
+import hashlib
 import os
-from collections.abc import Callable
+import re
+import zlib
+from collections.abc import Callable, Iterable
 
 MANIFEST = ".uplink-manifest.json"
 HOLD = "hold"  # firmware/main.py: a boot that finds it starts no app and arms no watchdog
@@ -20,6 +29,75 @@ HOLD = "hold"  # firmware/main.py: a boot that finds it starts no app and arms n
 
 class BoardError(Exception):
     """The board or its port is not usable; the message says what to do."""
+
+
+class BoardExecError(BoardError):
+    """Code sent to the board raised there: the board itself still answers."""
+
+
+# What ends a bytes literal, its line or the source in MicroPython's lexer (py/lexer.c: NUL is
+# MP_LEXER_EOF, next_char turns CR into LF, parse_string_literal stops at the quote or LF),
+# and the control bytes the raw REPL acts on while code arrives (shared/runtime/pyexec.c:
+# Ctrl-A..Ctrl-D in raw REPL, Ctrl-C and Ctrl-D in raw paste). Every other byte goes as
+# itself: parse_string_literal keeps bytes literals 8-bit clean (CPython would refuse them).
+_SPECIAL = re.compile(rb"([\x00-\x04\n\r'\\])(?=([0-7]?))")
+_SHORT = {0x0A: b"\\n", 0x0D: b"\\r", 0x27: b"\\'", 0x5C: b"\\\\"}
+
+
+def _escape(m: re.Match) -> bytes:
+    c = m.group(1)[0]
+    if c in _SHORT:
+        return _SHORT[c]
+    # an octal escape takes up to three digits: a digit after it needs the long form
+    return b"\\%03o" % c if m.group(2) else b"\\%o" % c
+
+
+def bytes_literal(data: bytes) -> bytes:
+    """b'...' source that MicroPython (and CPython) read back as data: ~1.03 bytes per byte
+    of compressed data, where base64 takes 1.33."""
+    return b"b'" + _SPECIAL.sub(_escape, data) + b"'"
+
+
+WBITS = 10  # inflate window on the board: 1 KB (DeflateIO allocates 2**wbits)
+
+
+def deflate_raw(data: bytes) -> bytes:
+    """Raw deflate that DeflateIO(stream, RAW, WBITS) inflates: zlib never refers back further
+    than its window (2**WBITS bytes, less its lookahead), so the board's window is enough."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -WBITS, 9)
+    return c.compress(data) + c.flush()
+
+
+# Defined on the board once per session, before the first compressed file. _o opens
+# PATH.tmp, _w inflates one piece into it (each piece is a whole raw-deflate stream: nothing
+# carries between execs but the file and the hash), _c checks the sha256 of what was written
+# and renames it into place, so a damaged copy never replaces a file.
+_HELPERS = """\
+_b=bytearray(512)
+_m=memoryview(_b)
+def _o(p):
+ global _f,_h,_p
+ _p=p;_h=hashlib.sha256();_f=open(p+'.tmp','wb')
+def _w(s):
+ z=_Z(io.BytesIO(s),_R,%d)
+ while 1:
+  n=z.readinto(_b)
+  if not n:break
+  _f.write(_m[:n]);_h.update(_m[:n])
+def _c(x):
+ _f.close();t=_p+'.tmp'
+ if _h.digest()!=x:
+  os.remove(t);raise OSError(_p+' arrived damaged (sha256 differs), nothing replaced: deploy again')
+ try:
+  os.rename(t,_p)
+ except OSError:
+  os.remove(_p);os.rename(t,_p)
+def _x():
+ try:
+  _f.close();os.remove(_p+'.tmp')
+ except Exception:
+  pass
+""" % WBITS
 
 
 def _port_group(port: str) -> str:
@@ -99,9 +177,15 @@ class BoardLink:
                     "(`uplink flash-micropython`)? Is it stuck in a program that ignores Ctrl-C? "
                     "Press its reset button and retry"
                 ) from None
-        self.exec("import os, hashlib\ntry:\n from binascii import a2b_base64 as _d\n"
-                  "except ImportError:\n _d=None")
-        self.has_b64 = bool(self.eval("_d is not None"))
+        # one round trip: what the firmware can decode
+        got = self.exec("import os, hashlib, io\ntry:\n from binascii import a2b_base64 as _d\n"
+                        "except ImportError:\n _d=None\n"
+                        "try:\n from deflate import DeflateIO as _Z, RAW as _R\n"
+                        "except ImportError:\n _Z=None\n"
+                        "print(_d is not None, _Z is not None)").split()
+        self.has_b64 = got[:1] == [b"True"]
+        self.has_deflate = got[1:2] == [b"True"]
+        self._helpers = False  # a reset forgets them
 
     # -- the maintenance hold ---------------------------------------------------------------
     def enter_hold(self, timeout: float = 15.0) -> bool:
@@ -120,13 +204,13 @@ class BoardLink:
         self.remove(HOLD)
 
     # -- primitives -----------------------------------------------------------------------
-    def exec(self, code: str) -> bytes:
+    def exec(self, code: str | bytes) -> bytes:
         from mpremote.transport import TransportExecError
 
         try:
             return self.t.exec(code)
         except TransportExecError as e:
-            raise BoardError(f"the board reported an error: {e.error_output.strip().splitlines()[-1]}") from None
+            raise BoardExecError(f"the board reported an error: {e.error_output.strip().splitlines()[-1]}") from None
         except self._TransportError as e:
             raise BoardError(f"lost the board on {self.port}: {e}") from None
 
@@ -146,6 +230,25 @@ class BoardLink:
         raw = ast.literal_eval(self.exec(code).decode().strip())
         return {p: (d.hex() if d is not None else None) for p, d in zip(paths, raw, strict=True)}
 
+    def survey(self, digests: dict[str, bytes]) -> dict[str, str]:
+        """Compare each file on the board with the sha256 this machine has, on the board, in
+        one round trip: "same", "changed" or "new" (absent). Only a letter a file comes back."""
+        code = (
+            b"def _h(p):\n"
+            b" try:\n  f=open(p,'rb')\n except OSError:\n  return None\n"
+            b" h=hashlib.sha256();b=bytearray(512);m=memoryview(b)\n"
+            b" while True:\n  n=f.readinto(b)\n  if not n:\n   break\n  h.update(m[:n])\n"
+            b" f.close()\n return h.digest()\n"
+            b"r=''\nfor p,x in ["
+            + b",".join(b"(%s,%s)" % (repr(p).encode(), bytes_literal(d)) for p, d in digests.items())
+            + b"]:\n d=_h(p)\n r+='n' if d is None else '=' if d==x else 'c'\nprint(r)\n"
+        )
+        got = self.exec(code).decode().strip()
+        word = {"=": "same", "c": "changed", "n": "new"}
+        if len(got) != len(digests) or set(got) - set(word):
+            raise BoardError(f"the board answered {got[:80]!r} to the file comparison: is it running MicroPython?")
+        return {p: word[c] for p, c in zip(digests, got, strict=True)}
+
     def read(self, path: str) -> bytes | None:
         try:
             return self.t.fs_readfile(path)
@@ -160,24 +263,81 @@ class BoardLink:
             " try:\n  os.mkdir(d)\n except OSError:\n  pass\n"
         )
 
-    CHUNK = 1024  # bytes of file per exec; base64 on the wire (4/3), not repr()'s \\xNN (4/1)
+    CHUNK = 1024  # bytes of file per exec on the base64 path (4/3 on the wire)
+    PIECE = 4096  # bytes of file per compressed piece (~3 KB literal, a 1 KB window on the board)
+    BATCH = 4096  # bytes of code per exec on the compressed path: small files share one
 
     def write_atomic(self, path: str, data: bytes, progress: Callable[[int], None] | None = None) -> None:
         """Write to PATH.tmp, then rename over PATH: a power cut leaves the old or the new file.
         (FAT cannot rename over an existing file: there the old one is removed first.)"""
-        tmp = path + ".tmp"
-        if not self.has_b64:  # a build without binascii: mpremote's own way
-            self._write_plain(tmp, data, progress)
-        else:
-            self.exec(f"f=open({tmp!r},'wb')\nw=f.write")
+        self.write_files([(path, data)], (lambda _p, n: progress(n)) if progress else None)
+
+    def write_files(self, files: Iterable[tuple[str, bytes]],
+                    progress: Callable[[str, int], None] | None = None) -> None:
+        """write_atomic for each (path, data), in order; progress(path, bytes of file done)."""
+        if self.has_deflate:
+            self._write_deflated(files, progress)
+            return
+        for path, data in files:
+            tmp = path + ".tmp"
+            step = (lambda n, path=path: progress(path, n)) if progress else None
+            if not self.has_b64:  # a build without binascii: mpremote's own way
+                self._write_plain(tmp, data, step)
+            else:
+                self._write_b64(tmp, data, step)
+            self._rename(tmp, path)
+
+    def _write_deflated(self, files: Iterable[tuple[str, bytes]],
+                        progress: Callable[[str, int], None] | None) -> None:
+        if not self._helpers:
+            self.exec(_HELPERS)
+            self._helpers = True
+        batch: list[bytes] = []
+        size = done = 0
+        path = ""
+
+        def send() -> None:
+            nonlocal size, done
             try:
-                for i in range(0, len(data), self.CHUNK):
-                    chunk = data[i:i + self.CHUNK]
-                    self.exec("w(_d('" + base64.b64encode(chunk).decode() + "'))")
-                    if progress:
-                        progress(len(chunk))
-            finally:
-                self.exec("f.close()")
+                self.exec(b"".join(batch))
+            except BoardExecError:
+                try:
+                    self.exec("_x()")  # close and drop the half-written PATH.tmp
+                except BoardError:
+                    pass
+                raise
+            if progress and done:
+                progress(path, done)
+            batch.clear()
+            size = done = 0
+
+        for path, data in files:
+            pieces = [data[i:i + self.PIECE] for i in range(0, len(data), self.PIECE)] or [b""]
+            for k, piece in enumerate(pieces):
+                code = b"_o(%s)\n" % repr(path).encode() if k == 0 else b""
+                code += b"_w(%s)\n" % bytes_literal(deflate_raw(piece))
+                if k == len(pieces) - 1:
+                    code += b"_c(%s)\n" % bytes_literal(hashlib.sha256(data).digest())
+                if batch and size + len(code) > self.BATCH:
+                    send()
+                batch.append(code)
+                size += len(code)
+                done += len(piece)
+        if batch:
+            send()
+
+    def _write_b64(self, tmp: str, data: bytes, progress: Callable[[int], None] | None) -> None:
+        self.exec(f"f=open({tmp!r},'wb')\nw=f.write")
+        try:
+            for i in range(0, len(data), self.CHUNK):
+                chunk = data[i:i + self.CHUNK]
+                self.exec("w(_d('" + base64.b64encode(chunk).decode() + "'))")
+                if progress:
+                    progress(len(chunk))
+        finally:
+            self.exec("f.close()")
+
+    def _rename(self, tmp: str, path: str) -> None:
         self.exec(
             f"try:\n os.rename({tmp!r},{path!r})\nexcept OSError:\n"
             f" os.remove({path!r})\n os.rename({tmp!r},{path!r})\n"

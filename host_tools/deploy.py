@@ -46,25 +46,31 @@ def local_files(build_files: dict[str, Path], bundle_dir: Path) -> dict[str, byt
     return out
 
 
+def manifest(files: dict[str, bytes]) -> bytes:
+    return json.dumps({"files": sorted(files)}, sort_keys=True).encode()
+
+
 def plan(link: BoardLink, files: dict[str, bytes]) -> tuple[Plan, list[str]]:
-    remote = link.hashes(sorted(files))
+    # the board compares its files' sha256 with ours, the manifest's too: when that one is
+    # the same, the board holds exactly this file list and nothing needs reading back
+    state = link.survey({path: hashlib.sha256(data).digest() for path, data in files.items()}
+                        | {MANIFEST: hashlib.sha256(manifest(files)).digest()})
     p = Plan()
     # config.json last: the firmware it configures is in place before the board can boot it
     order = sorted(files, key=lambda x: (x == "config.json", x))
     for path in order:
-        data = files[path]
-        have = remote.get(path)
-        if have == hashlib.sha256(data).hexdigest():
+        if state[path] == "same":
             p.same.append(path)
         else:
-            p.copy.append((path, len(data), "new" if have is None else "changed"))
-    old = link.read(MANIFEST)
+            p.copy.append((path, len(files[path]), state[path]))
     previous: list[str] = []
-    if old:
-        try:
-            previous = list(json.loads(old).get("files", []))
-        except (ValueError, AttributeError):
-            previous = []
+    if state[MANIFEST] != "same":
+        old = link.read(MANIFEST)
+        if old:
+            try:
+                previous = list(json.loads(old).get("files", []))
+            except (ValueError, AttributeError):
+                previous = []
     p.remove = sorted(set(previous) - set(files))
     return p, sorted(files)
 
@@ -91,10 +97,8 @@ def _apply(link: BoardLink, files: dict[str, bytes], p: Plan,
             dirs.add(str(parent))
             parent = parent.parent
     link.mkdirs(sorted(dirs, key=lambda d: d.count("/")))
-    for path, _, _ in p.copy:
-        link.write_atomic(path, files[path], (lambda n, path=path: progress(path, n)) if progress else None)
+    link.write_files([(path, files[path]) for path, _, _ in p.copy], progress)
     for path in p.remove:
         link.remove(path)
-    if p.copy or p.remove:
-        manifest = json.dumps({"files": sorted(files)}, sort_keys=True).encode()
-        link.write_atomic(MANIFEST, manifest)
+    # after the removals: a deploy cut short before them still lists what is left to remove
+    link.write_atomic(MANIFEST, manifest(files))

@@ -2,13 +2,18 @@
 # stdin/stdout, with its filesystem in a host directory. Run by launcher.py, which connects
 # stdin/stdout to a pty so mpremote (and `uplink deploy`) can open it like a serial port.
 #
-#   micropython board.py ROOT_DIR EVENTS_FILE
+#   micropython board.py ROOT_DIR EVENTS_FILE [no-deflate] [no-raw-paste]
 #
 # Friendly REPL: banner and ">>> "; Ctrl-A enters the raw REPL, Ctrl-D soft-reboots.
 # Raw REPL: bytes collect until Ctrl-D, then "OK", the program's output, "\x04", the
-# traceback if any, "\x04", ">". Ctrl-D on an empty buffer soft-reboots; Ctrl-B leaves;
-# the raw-paste request (Ctrl-E A Ctrl-A) gets "R\x00" (not supported), so mpremote falls
-# back to plain raw REPL. machine.reset() is recorded in EVENTS_FILE and acts as a reboot;
+# traceback if any, "\x04", ">". Ctrl-D on an empty buffer soft-reboots; Ctrl-B leaves.
+# Raw paste (Ctrl-E A Ctrl-A), as MicroPython's shared/runtime/pyexec.c do_reader_stdin does
+# it on the ESP32: "R\x01", the window (half of MICROPY_REPL_STDIN_BUFFER_MAX, 256 by
+# default: 128) and one "\x01" for the first window, one "\x01" per window consumed,
+# "\x04" when the host's Ctrl-D ends the code (mp_reader_stdin_readbyte), then the output
+# and traceback as in raw REPL, without "OK". "no-raw-paste" answers "R\x00" (firmware
+# before 1.14) and mpremote falls back to plain raw REPL; "no-deflate" hides the `deflate`
+# module (firmware before 1.21, or a build without it). machine.reset() is recorded in EVENTS_FILE and acts as a reboot;
 # the reboot models firmware/main.py's maintenance hold: a "hold" file is removed and
 # recorded ("hold"); without one the app would start (not modelled: nothing to record).
 import os
@@ -16,6 +21,8 @@ import sys
 
 ROOT = sys.argv[1]
 EVENTS = sys.argv[2]
+RAW_PASTE = "no-raw-paste" not in sys.argv[3:]
+WINDOW = 128
 rd = sys.stdin.buffer
 wr = sys.stdout.buffer
 BANNER = b"MicroPython virtual board; Uplink test harness\r\nType \"help()\" for more information.\r\n>>> "
@@ -54,13 +61,59 @@ class FakeMachine:
         return b"\x76\x62\x00\x00\x00\x01"
 
 
+class NoModule:
+    pass
+
+
 sys.modules["machine"] = FakeMachine()
+if "no-deflate" in sys.argv[3:]:
+    # loaded modules are looked up before built-ins: `from deflate import X` -> ImportError
+    sys.modules["deflate"] = NoModule()
 os.mount(os.VfsPosix(ROOT), "/")
 os.chdir("/")
 
 
 def fresh():
     return {"__name__": "__main__"}
+
+
+def paste(buf):
+    """Raw-paste code into buf, with the board's flow control; False on Ctrl-C."""
+    left = WINDOW
+    while True:
+        c = rd.read(1)
+        if not c or c == b"\x03":
+            out(b"\x04")
+            return False
+        if c == b"\x04":
+            out(b"\x04")
+            return True
+        buf.extend(c)
+        left -= 1
+        if not left:
+            out(b"\x01")
+            left = WINDOW
+
+
+def run(buf, g):
+    """Execute buf as the raw REPL does; False when the program reset the board."""
+    try:
+        exec(bytes(buf), g)
+        out(b"\x04\x04")
+    except Reset:
+        event("reset")
+        try:
+            os.remove("hold")
+            event("hold")
+        except OSError:
+            pass
+        out(b"\x04\x04")
+        return False
+    except BaseException as e:  # noqa: B036
+        out(b"\x04")
+        sys.print_exception(e, sys.stdout)
+        out(b"\x04")
+    return True
 
 
 def main():
@@ -94,10 +147,21 @@ def main():
             buf = bytearray()
         elif c == b"\x05" and not buf:
             rest = rd.read(2)
-            if rest == b"A\x01":
-                out(b"R\x00")
-            else:
+            if rest != b"A\x01":
                 buf.extend(rest)
+                continue
+            if not RAW_PASTE:
+                out(b"R\x00")
+                continue
+            out(b"R\x01" + bytes([WINDOW & 0xFF, WINDOW >> 8, 1]))
+            if paste(buf):
+                raw = run(buf, g)
+                if not raw:
+                    g = fresh()
+            else:  # Ctrl-C while pasting: pyexec raises KeyboardInterrupt
+                out(b"\x04KeyboardInterrupt: \r\n\x04")
+            buf = bytearray()
+            out(b">" if raw else BANNER)
         elif c == b"\x04":
             if not buf:
                 g = fresh()
@@ -105,28 +169,11 @@ def main():
                 out(b"\r\nMPY: soft reboot\r\n" + RAW)
                 continue
             out(b"OK")
-            try:
-                exec(bytes(buf), g)
-                out(b"\x04\x04")
-            except Reset:
-                event("reset")
-                try:
-                    os.remove("hold")
-                    event("hold")
-                except OSError:
-                    pass
+            raw = run(buf, g)
+            if not raw:
                 g = fresh()
-                raw = False
-                out(b"\x04\x04")
-            except BaseException as e:  # noqa: B036
-                out(b"\x04")
-                sys.print_exception(e, sys.stdout)
-                out(b"\x04")
             buf = bytearray()
-            if raw:
-                out(b">")
-            else:
-                out(BANNER)
+            out(b">" if raw else BANNER)
         else:
             buf.extend(c)
 

@@ -4,6 +4,12 @@ The pty's slave end is set raw and its path is the "serial port" to give mpremot
 `uplink deploy --port`. The launcher keeps the master end and relays it to the board
 program's stdin/stdout, counting the bytes in each direction: that is what went "over the
 wire", to compare with the bytes of file content deployed.
+
+`baud=115200` paces each direction as a UART would: 10 bits a byte (8N1), so 11520 bytes a
+second each way, which is what a deploy's wall time depends on. `deflate=False` is a board
+whose firmware has no `deflate` module, `raw_paste=False` one without raw-paste mode.
+`heap="64k"` runs the board on the ESP32 model (when installed) with that GC heap, so what a
+deploy asks of the board's memory is asked of a 32-bit heap of that size.
 """
 
 from __future__ import annotations
@@ -20,16 +26,23 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def micropython_bin() -> str:
-    # the raw-REPL responder is a test tool, not firmware: the PyPI port runs it
+def micropython_bin(heap: str | None = None) -> list[str]:
+    # the raw-REPL responder is a test tool, not firmware: the PyPI port runs it, unless the
+    # test wants the board's heap modelled
     from host_tools import hostboard
 
-    return hostboard.micropython(model=False)
+    if heap:
+        return [hostboard.micropython(), "-X", f"heapsize={heap}"]
+    return [hostboard.micropython(model=False)]
 
 
 class VirtualBoard:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, baud: int | None = None, deflate: bool = True,
+                 raw_paste: bool = True, heap: str | None = None):
         self.root = Path(root)
+        self.baud = baud
+        self.heap = heap
+        self.flags = ([] if deflate else ["no-deflate"]) + ([] if raw_paste else ["no-raw-paste"])
         self.root.mkdir(parents=True, exist_ok=True)
         self.events_file = self.root.parent / (self.root.name + ".events")
         self.to_board = 0
@@ -46,7 +59,7 @@ class VirtualBoard:
         self.port = os.ttyname(self.slave)
         env = dict(os.environ, MICROPYPATH=".frozen")
         self.proc = subprocess.Popen(
-            [micropython_bin(), str(HERE / "board.py"), str(self.root), str(self.events_file)],
+            [*micropython_bin(self.heap), str(HERE / "board.py"), str(self.root), str(self.events_file), *self.flags],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=env, bufsize=0,
         )
@@ -75,16 +88,33 @@ class VirtualBoard:
         self.stop()
 
     # -- relays ---------------------------------------------------------------------------
+    # Paced, a relay reads at most PACED_READ bytes at a time, so the host's writes back up in
+    # the pty as they would in a serial driver's buffer instead of vanishing into a pipe.
+    PACED_READ = 64
+
+    def _pace(self, clock: list[float], n: int) -> None:
+        """Hold n bytes until the wire would have carried them: clock[0] is when this
+        direction's wire is next free."""
+        if not self.baud:
+            return
+        now = time.monotonic()
+        clock[0] = max(clock[0], now) + n * 10 / self.baud
+        if clock[0] > now:
+            time.sleep(clock[0] - now)
+
     def _pump_in(self) -> None:
         """pty master (what the host wrote to the port) -> board stdin."""
         assert self.proc and self.proc.stdin
+        size = self.PACED_READ if self.baud else 4096
+        clock = [0.0]
         while True:
             try:
-                data = os.read(self.master, 4096)
+                data = os.read(self.master, size)
             except OSError:
                 return
             if not data:
                 return
+            self._pace(clock, len(data))
             with self._lock:
                 self.to_board += len(data)
             try:
@@ -95,10 +125,13 @@ class VirtualBoard:
     def _pump_out(self) -> None:
         """board stdout -> pty master (what the host reads from the port)."""
         assert self.proc and self.proc.stdout
+        size = self.PACED_READ if self.baud else 4096
+        clock = [0.0]
         while True:
-            data = self.proc.stdout.read1(4096) if hasattr(self.proc.stdout, "read1") else os.read(self.proc.stdout.fileno(), 4096)
+            data = self.proc.stdout.read1(size) if hasattr(self.proc.stdout, "read1") else os.read(self.proc.stdout.fileno(), size)
             if not data:
                 return
+            self._pace(clock, len(data))
             with self._lock:
                 self.from_board += len(data)
             try:
