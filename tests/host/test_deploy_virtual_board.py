@@ -83,7 +83,10 @@ def test_deploy_copies_only_what_changed_and_boots(tmp_path, broker, vboard, rec
     # only the configured cloud's adapter (and what it imports) goes: not the other clouds'
     others = {"uplink/platforms/blynk.mpy", "uplink/platforms/weightron.mpy", "uplink/platforms/biotz.mpy"}
     assert others <= set(local)
-    local = {p: v for p, v in local.items() if p not in others and p != "uplink/biotz_http.mpy"}
+    # uplink.cloud goes only with a user.py that imports it (the example's does not)
+    assert "uplink/cloud.mpy" in local
+    others |= {"uplink/biotz_http.mpy", "uplink/cloud.mpy"}
+    local = {p: v for p, v in local.items() if p not in others}
     local.update({p.name: p.read_bytes() for p in (env.build / "devices" / "bench").iterdir()})
     assert on_board == local
     assert "uplink/mqtt.mpy" in on_board and "main.py" in on_board and "ca.der" in on_board
