@@ -3,11 +3,12 @@ host board (the ESP32 model where installed), behind its cloud's broker profile,
 documented topics and shapes are what it uses (the profile closes the connection on others)."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.broker_profiles import Blynk, ThingsBoard, e2e_config
+from tests.integration.broker_profiles import Blynk, ThingsBoard, Weightron, e2e_config
 from tests.integration.test_platform_thingsboard import answer_client_rpc
 from tests.services import mosquitto_bin
 
@@ -16,6 +17,8 @@ pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not i
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TOKEN = "tb-thermo-t0ken"
 BL_TOKEN = "bl-switch-t0ken"
+WT_APP = "app-bridge-7"
+WT_TOKEN = "wt-access-t0ken"
 
 
 def _fleet_ok(name):
@@ -118,3 +121,37 @@ def test_switch_on_blynk(env):
     ev = cloud.wait(lambda t, p: t == "event/switched" and p == b"relay off from the app", console=board.console)
     assert proxy.violations == []
     assert BL_TOKEN not in board.console()
+
+
+def test_weighbridge_display_on_weightron(env):
+    _fleet_ok("weighbridge_weightron")
+    # without the Devices write permission, as Weightron hands out by default: the profile
+    # refuses any publish, so the example can only pass by watching
+    proxy = env.proxy(Weightron(WT_APP, {WT_TOKEN}, write=False))
+    cloud = env.cloud()
+    cfg = e2e_config("weightron", proxy.url(), application_id=WT_APP, token=WT_TOKEN, watch=["devices/bridge-1"])
+    board = env.board(cfg, user_py=(EXAMPLES / "weighbridge_weightron" / "user.py").read_text())
+    board.wait_for_line("mqtt: connected")
+    bridge = f"{WT_APP}/devices/bridge-1"
+
+    def weigh(kg, line):
+        doc = {"$timestamp": "2026-11-30T12:00:00Z", "$native": {"weight": kg}}
+        for _ in range(50):  # until the subscription is in place at the broker
+            cloud.send(bridge, doc)
+            if any(ln.endswith(line) for ln in list(board.lines)):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"no {line!r} on the console:\n{board.console()[-2000:]}")
+
+    weigh(15000, "WEIGHBRIDGE 15000 kg amber")
+    cloud.send(f"{WT_APP}/devices/bridge-2", {"$native": {"weight": 99999}})  # not watched
+    weigh(45500, "WEIGHBRIDGE 45500 kg red")
+    cloud.send(bridge, {"$native": {"tare": 1}})  # a reading without a weight: said, not shown
+    board.wait_for_line("WEIGHBRIDGE no weight")
+    # after a reconnect the subscription is back and the light follows the next truck
+    proxy.drop_clients()
+    weigh(120, "WEIGHBRIDGE 120 kg green")
+    assert "99999" not in board.console()
+    assert len(proxy.accepted()) >= 2
+    assert proxy.published == [] and proxy.violations == []
+    assert WT_TOKEN not in board.console()
