@@ -346,9 +346,10 @@ class App:
         await self.start_network()
         await self.start_clock()
         if self.cfg["platform"]["kind"] == "blynk":  # a Blynk.Air download, before any session
-            from uplink import ota_blynk
+            from uplink import ota_fetch
 
-            await ota_blynk.at_boot(self)
+            await ota_fetch.at_boot(self)
+            _unload("ota_fetch", "https")
         elif (self.cfg["platform"].get("credentials") or {}).get("source") == "relay":
             from uplink import ota_relay  # a bundle `uplink ota` left at the relay
 
@@ -356,7 +357,7 @@ class App:
                 self.ota = ota_relay.Updater(self)
                 asyncio.create_task(self.ota.run())
             else:
-                _unload("ota_relay", "ota_blynk", "ota_tb", "ota")
+                _unload("ota_relay", "ota_fetch", "ota_tb", "ota")
         prepare = getattr(self.adapter, "prepare", None)
         if prepare is not None:
             await prepare(self)

@@ -16,6 +16,7 @@ MANIFEST = "bundle.json"  # in a slot, written last: main.py boots only a slot t
 FORMAT = "uplink-bundle/1"
 HEADER_MAX = 8192  # = host_tools/ota_bundle.py HEADER_MAX
 BUF = 1024
+JOB = "ota.job"  # a package to fetch over HTTP(S) at the next boot (uplink.ota_fetch); then its outcome
 
 
 class OtaError(Exception):
@@ -60,6 +61,11 @@ def _save(path, obj):
     with open(path + ".tmp", "w") as f:
         json.dump(obj, f)
     os.rename(path + ".tmp", path)
+
+
+def same_job(job, want):
+    """Whether a saved JOB is a download of the package `want` describes."""
+    return all(job.get(k) == want[k] for k in ("src", "size", "version"))
 
 
 def _rm(path):

@@ -104,11 +104,13 @@ for name in sys.argv[1:]:
 print("MOD total", base - prev)
 """
 
-# in the order the app imports them over mqtts (ThingsBoard); uplink.cloud last, only there
-# when user.py imports it
+# in the order the app imports them over mqtts (ThingsBoard); uplink.cloud only there when
+# user.py imports it; then the OTA modules: ota_tb stays (ThingsBoard, and the trial of any
+# new app), ota_blynk on Blynk; ota_fetch and https only for the boot's download check
 ORDER = ["uplink", "uplink.log", "uplink.config", "uplink.board", "uplink.board_host", "uplink.clock",
          "uplink.app", "uplink.platforms", "uplink.platforms.thingsboard", "uplink.outbox",
-         "uplink.publisher", "uplink.transport", "uplink.mqtt", "uplink.ws", "asyncio", "ssl", "uplink.cloud"]
+         "uplink.publisher", "uplink.transport", "uplink.mqtt", "uplink.ws", "asyncio", "ssl", "uplink.cloud",
+         "uplink.ota_tb", "uplink.ota", "uplink.ota_blynk", "uplink.https", "uplink.ota_fetch"]
 
 
 def module_heap(name: str = "ESP32 model") -> None:
@@ -119,7 +121,8 @@ def module_heap(name: str = "ESP32 model") -> None:
         pass
     rows = [ln.split()[1:] for ln in p.output.splitlines() if ln.startswith("MOD ")]
     print(f"heap taken by importing each module (.mpy, {name}, after gc.collect; ws only for ws/wss,"
-          " config and board_host not kept on an ESP32, cloud only for a user.py that uses it):")
+          " config and board_host not kept on an ESP32, cloud only for a user.py that uses it,"
+          " ota_fetch and https unloaded after boot):")
     print("  " + ", ".join(f"{n.replace('uplink.', '')} {int(b) / 1024:.1f}k" for n, b in rows), flush=True)
 
 
