@@ -12,6 +12,7 @@ Protocol (one endpoint)::
     X-Uplink-Signature: hex HMAC-SHA256(device key, "GET\\n<path with query>\\n<device>\\n<time>\\n<nonce>")
 
     200 {"username": .., "password": .., "expires_at": <unix s>, "expires_in": <s>}
+        (+ "ota": {"version", "size", "sha256"} while `uplink ota` has a bundle for the device)
     401 {"error": "unauthorized"}   unknown device, bad signature, stale time, replayed nonce
     503 {"error": "unavailable"}    the provider failed or gives tokens shorter than min_life_s
 
@@ -310,19 +311,28 @@ class Relay:
         if dev is None:
             assert denied is not None
             return denied
-        d = self.settings.ota_dir
-        path = d / f"{dev.name}.uplb" if d is not None else None
-        try:
-            assert path is not None
-            sha = bytes.fromhex(path.with_name(path.name + ".sha256").read_text().split()[0])
-            with path.open("rb") as f:
-                ver = json.loads(f.readline(8192)).get("version")
-        except (AssertionError, OSError, ValueError, IndexError):
+        offer = self._ota_offer(dev.name)
+        if offer is None:
             request[AUDIT]["reason"] = "no-bundle"
             return web.Response(status=204, headers={"Cache-Control": "no-store"})
+        path, sha, ver = offer
         request[AUDIT]["reason"] = f"bundle-{_printable(str(ver))}"
         return web.FileResponse(path, headers={"x-sha256": base64.b64encode(sha).decode(), "x-fw-ver": str(ver),
                                                "Cache-Control": "no-store"})
+
+    def _ota_offer(self, device: str) -> tuple[Path, bytes, str] | None:
+        """(bundle, sha256, version) `uplink ota` left for `device`, or None."""
+        d = self.settings.ota_dir
+        if d is None:
+            return None
+        path = d / f"{device}.uplb"
+        try:
+            sha = bytes.fromhex(path.with_name(path.name + ".sha256").read_text().split()[0])
+            with path.open("rb") as f:
+                ver = json.loads(f.readline(8192)).get("version")
+        except (OSError, ValueError, IndexError):
+            return None
+        return path, sha, str(ver)
 
     async def _credentials(self, request: web.Request) -> web.Response:
         info = request[AUDIT]
@@ -356,11 +366,15 @@ class Relay:
             return self._deny(request, "token-too-short", 503)
         info.update(reason="fresh" if fresh else "ok", username=cred.username,
                     expires_in=int(left))
-        return web.json_response(
-            {"username": cred.username, "password": cred.password,
-             "expires_at": int(cred.expires_at), "expires_in": int(left)},
-            headers={"Cache-Control": "no-store"},
-        )
+        answer = {"username": cred.username, "password": cred.password,
+                  "expires_at": int(cred.expires_at), "expires_in": int(left)}
+        offer = self._ota_offer(device)
+        if offer is not None:
+            # the device learns of an update with the token it fetches at boot anyway: no
+            # second request (and TLS session) per boot just to hear "nothing" (docs/ota.md)
+            path, sha, ver = offer
+            answer["ota"] = {"version": ver, "size": path.stat().st_size, "sha256": sha.hex()}
+        return web.json_response(answer, headers={"Cache-Control": "no-store"})
 
 
 _UNPRINTABLE = re.compile(r"[^\x21-\x7e]")

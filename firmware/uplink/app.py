@@ -220,6 +220,33 @@ class App:
         except Exception as e:
             log.warn("cmd", "reply to %s not sent: %s" % (cmd.name, e))
 
+    async def ota_at_boot(self):
+        """An update download left for this boot runs now, before any session (the heap is
+        whole). Its modules leave the heap after: done in a frame of its own, since a local in
+        main()'s frame, which lives as long as the app, would keep them (12 KB on the model)."""
+        p = self.cfg["platform"]
+        if p["kind"] == "blynk":  # a Blynk.Air download
+            from uplink import ota_fetch
+
+            await ota_fetch.at_boot(self)
+            ota_fetch = None
+            _unload("ota_fetch", "https")
+        elif (p.get("credentials") or {}).get("source") == "relay":  # a bundle `uplink ota` left
+            from uplink import ota_relay
+
+            if await ota_relay.at_boot(self):
+                self.ota = ota_relay.Updater(self)
+                asyncio.create_task(self.ota.run())
+            else:
+                ota_relay = None
+                _unload("ota_relay", "ota_fetch", "ota_tb", "ota")
+            self.adapter._creds.on_ota = self._relay_offer
+
+    def _relay_offer(self, offer):
+        from uplink import ota_relay  # loaded only when the relay offers an update
+
+        ota_relay.offer(self, offer)
+
     async def reboot_soon(self):
         await asyncio.sleep_ms(RESET_DELAY_MS)  # let the reply leave first
         self.board.reset()
@@ -345,19 +372,7 @@ class App:
         log.info("outbox", "%d readings waiting, %d dropped so far" % (self.outbox.depth, self.outbox.dropped))
         await self.start_network()
         await self.start_clock()
-        if self.cfg["platform"]["kind"] == "blynk":  # a Blynk.Air download, before any session
-            from uplink import ota_fetch
-
-            await ota_fetch.at_boot(self)
-            _unload("ota_fetch", "https")
-        elif (self.cfg["platform"].get("credentials") or {}).get("source") == "relay":
-            from uplink import ota_relay  # a bundle `uplink ota` left at the relay
-
-            if await ota_relay.at_boot(self):
-                self.ota = ota_relay.Updater(self)
-                asyncio.create_task(self.ota.run())
-            else:
-                _unload("ota_relay", "ota_fetch", "ota_tb", "ota")
+        await self.ota_at_boot()
         prepare = getattr(self.adapter, "prepare", None)
         if prepare is not None:
             await prepare(self)

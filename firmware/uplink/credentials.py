@@ -60,6 +60,7 @@ class Credentials:
         self.min_life_s = 60
         self._user = self._pw = None
         self._exp_s = 0  # board-clock seconds when the cached token expires
+        self.on_ota = None  # called with the relay's update offer {version, size, sha256}, if any
         self._fresh = False
         self.fetches = 0  # relay requests made (for tests and status)
         self._lock = asyncio.Lock()
@@ -143,10 +144,13 @@ class Credentials:
             user, pw, life = d["username"], d["password"], int(d["expires_in"])
         except (ValueError, KeyError, TypeError):
             raise CredentialsError("token relay %s: answer is not the expected JSON" % self.url)
+        ota = d.get("ota")  # an update `uplink ota` left for us (uplink.ota_relay)
         body = d = None
         self._user, self._pw, self._exp_s = user, pw, t0 + life
         self._fresh = False
         log.info("creds", "token from relay for %s, valid %ds" % (user, life))
+        if ota and self.on_ota is not None:
+            self.on_ota(ota)
 
 
 def from_config(pcfg, now_ms=None):

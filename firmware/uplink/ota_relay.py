@@ -1,12 +1,14 @@
 # OTA for devices whose credentials come from `uplink relay` (Weightron, Biotz: clouds with no
-# OTA of their own): `uplink ota DEVICE` leaves a bundle at the relay, and at every boot, before
-# the cloud session, the device asks GET /v1/ota, signed with its relay key like its token
-# requests (host_tools/relay.py): 204 = nothing; else the bundle's size, version (x-fw-ver)
-# and sha256 (x-sha256). A new one becomes the same job Blynk.Air's notification makes, and
+# OTA of their own): `uplink ota DEVICE` leaves a bundle at the relay, which announces it in
+# its answer to the device's token requests ("ota": version, size, sha256); the device saves
+# it as a job, resets, and fetches GET /v1/ota before its next cloud session, signed with its
+# relay key like its token requests (host_tools/relay.py). The job is the one Blynk.Air's notification makes, and
 # uplink.ota_fetch.at_boot downloads (Range resume), checks, installs and switches it; the
 # trial and rollback are uplink.ota_tb's, reported on the console (these clouds have no place
 # for them). docs/ota.md.
-from uplink import log, ota, ota_fetch
+import asyncio
+
+from uplink import log, ota
 from uplink.ota_tb import Updater as _Base
 
 PATH = "/v1/ota"  # = host_tools/relay.py OTA_PATH
@@ -27,41 +29,46 @@ class Updater(_Base):
 
 
 async def at_boot(app, root=""):
-    """Fetch and install a bundle the relay has for this device (resets into it). Returns
-    True when an app from the relay is on trial or was rolled back: Updater must run."""
-    from uplink import credentials
-
+    """Download and install the job offer() left before the reset (resets into the new app).
+    Returns True when an app from the relay is on trial or was rolled back: Updater must run."""
     s = ota.read_slot(root)
     trial = "trial" in s or "failed" in s
-    cc = app.cfg["platform"].get("credentials") or {}
+    job = ota._load(root + ota.JOB)
+    if job and not job.get("failed") and not job.get("installed"):
+        from uplink import ota_fetch
+
+        cc = app.cfg["platform"]["credentials"]
+        await ota_fetch.at_boot(app, root, app.adapter._creds._headers, cc.get("ca"))
+    return trial
+
+
+def offer(app, o, root=""):
+    """The relay's token answer offers an update: unless it runs already or failed before, it
+    becomes the job for the next boot, and the board resets soon. (Asked here, with the token
+    every session fetches anyway, not by a request of its own at boot: on the ESP32 model the
+    relay's TLS context made that early stayed in the heap below the session's buffers.)"""
+    cc = app.cfg["platform"]["credentials"]
     url = cc["url"].rstrip("/") + PATH
-    sign = credentials.from_config(app.cfg["platform"])._headers
     try:
-        st, status, hd, _ = await ota_fetch.open_get(app, url, 0, sign, cc.get("ca"), last=0)
-        st.close()
-    except Exception as e:  # the relay away: the app runs as it is
-        log.warn("ota", "relay %s: %s" % (url, e))
-        return trial
-    if status == 204:
-        return trial
-    rng = hd.get("range") or ""
-    if status != 206 or "/" not in rng:
-        log.warn("ota", "relay %s answered HTTP %d" % (url, status))
-        return trial
-    want = {"url": url, "src": url, "size": int(rng[rng.find("/") + 1:]), "version": hd.get("ver") or ""}
+        want = {"url": url, "src": url, "size": int(o["size"]), "version": str(o.get("version") or "")}
+        sha = str(o["sha256"])
+    except (KeyError, ValueError, TypeError):
+        log.warn("ota", "the relay's update offer is malformed: ignored")
+        return
     if want["version"] == app.fw()[1]:
-        return trial  # runs already
-    job = ota._load(root + ota.JOB) or {}
+        return  # runs already
+    s = ota.read_slot(root)
     # "bad" once the rolled-back trial is reported; on the boot of the rollback itself, "sum"
-    bad = s.get("bad") or (s.get("sum") if "failed" in s else None)
-    if hd.get("sha256") and hd["sha256"] == bad:
+    if sha == (s.get("bad") or (s.get("sum") if "failed" in s else None)):
         log.warn("ota", "%s from the relay was rolled back before: not tried again" % want["version"])
-        return trial
+        return
+    job = ota._load(root + ota.JOB) or {}
     if ota.same_job(job, want) and job.get("failed"):
         log.warn("ota", "%s from the relay failed before (%s): not tried again" % (want["version"], job["failed"]))
-        return trial
+        return
     if not ota.same_job(job, want) or job.get("installed"):
         ota._save(root + ota.JOB, want)
-    log.info("ota", "the relay offers %s: downloading" % want["version"])
-    await ota_fetch.at_boot(app, root, sign, cc.get("ca"))
-    return trial
+    log.info("ota", "the relay offers %s: downloading after a reset (the heap is whole then)" % want["version"])
+    if app.outbox is not None:
+        app.outbox.flush()  # readings held in RAM go to flash: none lost
+    asyncio.create_task(app.reboot_soon())
