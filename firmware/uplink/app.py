@@ -311,8 +311,9 @@ class App:
         keepalive = getattr(o.adapter, "keepalive", None) or p["keepalive"]
         # a window of 8: the publisher fills each message to 8 KB / window (publisher.py), so
         # 1 KB messages carry telemetry.batch readings as one array, as ThingsBoard's docs
-        # advise for a backlog; the client's default 48 would cut them to ~170 B each
-        kw.setdefault("window", WINDOW)
+        # advise for a backlog; the client's default 48 would cut them to ~170 B each. Several
+        # clouds share those 8 (uplink.sessions): each keeps what it sent until the PUBACK.
+        kw.setdefault("window", max(2, WINDOW // len(self.cfg.get("platforms") or "1")))
         return MQTTClient(o.adapter.url, o.adapter.client_id, keepalive=keepalive, ca=ca,
                           insecure=p["insecure"], max_packet=getattr(o.adapter, "max_packet", 4096), **kw)
 
@@ -361,8 +362,8 @@ class App:
             await prepare(self)
         self.client = self.make_client()
         reader = self.sessions.reader(self.outbox, main) if self.sessions else self.outbox
-        self.publisher = Publisher(reader, self.adapter, self.client, self.cfg["telemetry"]["batch"],
-                                   stamp=self.stamp)
+        batch = self.cfg["telemetry"]["batch"] // len(self.cfg.get("platforms") or "1")  # uplink.sessions
+        self.publisher = Publisher(reader, self.adapter, self.client, max(1, batch), stamp=self.stamp)
         self.client.on_ack = self.publisher.on_ack
         if self.cfg["platform"]["kind"] == "thingsboard":  # OTA, and the trial of a new app
             from uplink.ota_tb import Updater

@@ -7,9 +7,10 @@
 # delivery. Downlinks of every session go to the app's one command queue with cmd.platform
 # set, and replies go back through the session they came from.
 #
-# Memory: a Session costs its adapter, an MQTTClient (window 8, like the app's) and, with
-# TLS, a second mbedTLS context: `make bench BENCH_ARGS=twocloud` measures gc free with one
-# and with two TLS sessions on the ESP32 model.
+# Memory: a Session costs its adapter module's bytecode (Blynk ~10 KB on the ESP32 model),
+# this module (~3 KB), an MQTTClient and a Publisher (~2 KB) and, with TLS, its mbedTLS
+# session (~4.5 KB on the model, which keeps mbedTLS in the GC heap; the IDF heap on the
+# chip). `make bench BENCH_ARGS=twocloud` prints gc_free with one and two sessions.
 import asyncio
 
 from uplink import log
@@ -114,11 +115,15 @@ class Sessions:
         from uplink.publisher import Publisher
 
         app = self.app
+        # Each publisher reads batch / n records at a time (app.main too), and each client
+        # gets 8 / n of the MQTT window (app._client): n clouds hold about what one does in
+        # records read and messages kept for a resend. Two TLS sessions on the ESP32 model
+        # at 128k met MemoryError pauses every few seconds with a whole batch each.
+        batch = max(1, app.cfg["telemetry"]["batch"] // len(app.cfg["platforms"]))
         for s in self.extra:
             c = s.make_client()
             if s.publishes:
-                s.publisher = Publisher(outbox.cursor(s.name), s.adapter, c, app.cfg["telemetry"]["batch"],
-                                        stamp=app.stamp)
+                s.publisher = Publisher(outbox.cursor(s.name), s.adapter, c, batch, stamp=app.stamp)
                 c.on_ack = s.publisher.on_ack
             asyncio.create_task(s.run())
 

@@ -209,3 +209,50 @@ def test_chaos_one_cloud_killed_three_times_then_the_other(tmp_path, clouds, cap
         board.wait_for_line("HANDLED blynk write")
     finally:
         board.stop()
+
+
+def test_two_tls_sessions_fit_the_esp32_heap(tmp_path, capsys):
+    # Both clouds over mqtts at the host board's 128k on the ESP32 model (mbedTLS in the GC
+    # heap there): both get every reading, and the firmware keeps running. A MemoryError
+    # pause now and then is survived by design (publisher.py); they are counted, not
+    # asserted. The cost in numbers: make bench BENCH_ARGS=twocloud.
+    broker = Mosquitto(tmp_path / "broker").start()
+    obs = Observer(broker.ports["mqtt"], ["v1/devices/me/telemetry", "ds/#"], client_id="obs-tls")
+    cfg = two_cloud_config(broker.url("mqtts"), broker.url("mqtts"), interval_ms=250)
+    for p in cfg["platforms"]:
+        p["ca"] = "ca.der"
+    # one plain broker plays both clouds: no client RPC (it would come back as a server
+    # RPC), and two client ids
+    cfg["platforms"][0]["client_rpc"] = False
+    cfg["platforms"][1]["client_id"] = "two-cloud-blynk"
+    board = HostBoard(tmp_path / "board", cfg, user_py=USER, heapsize="128k",
+                      files={"ca.der": broker.pki.ca_der.read_bytes()}).start()
+    tb = lambda: tb_seqs_of(obs)  # noqa: E731
+    try:
+        assert Observer.wait(lambda: len(set(tb())) >= 40 and len(set(blynk_seqs_of(obs))) >= 40, 60), \
+            board.console()
+        top = max(tb())
+        for name, got in (("thingsboard", tb), ("blynk", lambda: blynk_seqs_of(obs))):
+            assert Observer.wait(lambda g=got: set(range(1, top + 1)) <= set(g()), 30), \
+                f"{name} missed {sorted(set(range(1, top + 1)) - set(got()))[:20]}\n" + board.console()
+        assert board.proc.poll() is None
+        show(capsys, f"two TLS sessions at 128k on the ESP32 model: {top} readings to each cloud, "
+                     f"{board.console().count('MemoryError')} MemoryError pauses")
+    finally:
+        board.stop()
+        obs.close()
+        broker.stop()
+
+
+def tb_seqs_of(obs: Observer) -> list[int]:
+    # tb_seqs/blynk_seqs for an observer straight on the broker (no profile proxy: no up/)
+    return tb_seqs(_Prefixed(obs))
+
+
+def blynk_seqs_of(obs: Observer) -> list[int]:
+    return blynk_seqs(_Prefixed(obs))
+
+
+class _Prefixed:
+    def __init__(self, obs):
+        self.msgs = [("up/" + t, p) for t, p in list(obs.msgs)]
