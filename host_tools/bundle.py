@@ -11,6 +11,7 @@ the host board only, board_host.py, each with what they import in turn.
 from __future__ import annotations
 
 import ast
+import typing
 from pathlib import Path
 
 ENTRY = ("boot.py", "main.py", "user.py")
@@ -50,12 +51,14 @@ def _imports(firmware: Path, rel: str) -> set[str]:
     return out
 
 
-def device_modules(firmware: Path, kind: str, host_board: bool) -> set[str]:
-    """Source paths (relative to firmware/) of the modules this device's bundle holds."""
+def device_modules(firmware: Path, kind: str | typing.Iterable[str], host_board: bool) -> set[str]:
+    """Source paths (relative to firmware/) of the modules this device's bundle holds; `kind`
+    may be several (a device on several clouds)."""
     optional = {str(p.relative_to(firmware).as_posix()) for p in (firmware / "uplink" / "platforms").glob("*.py")
                 if p.name != "__init__.py" and p.stem in _kinds()}
     optional.add(HOST_BACKEND)
-    wanted = {adapter(kind)} | ({HOST_BACKEND} if host_board else set())
+    kinds = [kind] if isinstance(kind, str) else list(kind)
+    wanted = {adapter(k) for k in kinds} | ({HOST_BACKEND} if host_board else set())
     cut = optional - wanted
     todo = [r for r in ENTRY if (firmware / r).is_file()] + [w for w in wanted if (firmware / w).is_file()]
     seen: set[str] = set()
