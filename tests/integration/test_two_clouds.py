@@ -5,7 +5,9 @@ reply goes back to the cloud that asked.
 
 The chaos run kills one broker three times while the other stays up, then the reverse:
 nothing is lost on either cloud, the one that stays up keeps getting readings during the
-other's outages, and resends stay a few per cut (duplicates are counted, a storm fails)."""
+other's outages, and resends stay a few per cut (duplicates are counted, a storm fails).
+Also: the main cloud down at boot holds up no other; a cloud removed from the config no
+longer holds readings on flash, and the one that stays keeps its place."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import pytest
 
 from tests.integration.broker_profiles import Blynk, ProfileProxy, ThingsBoard
 from tests.integration.hostboard import HostBoard
-from tests.ledger import Observer, show
+from tests.ledger import Observer, outbox_readings, show
 from tests.services import Mosquitto, mosquitto_bin
 
 pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not installed")
@@ -256,3 +258,59 @@ def blynk_seqs_of(obs: Observer) -> list[int]:
 class _Prefixed:
     def __init__(self, obs):
         self.msgs = [("up/" + t, p) for t, p in list(obs.msgs)]
+
+
+BOOT_USER = """
+try:
+    with open("boot_n") as f:
+        _boot = int(f.read()) + 1
+except (OSError, ValueError):
+    _boot = 1
+with open("boot_n", "w") as f:
+    f.write(str(_boot))
+_n = [0]
+
+def read():
+    _n[0] += 1
+    return {"seq": _boot * 100000 + _n[0]}
+"""
+
+
+def test_main_cloud_down_at_boot_then_removed_cloud_frees_the_outbox(tmp_path, clouds):
+    tb = clouds("thingsboard", ThingsBoard({TB_TOKEN: "device"}))
+    bl = clouds("blynk", Blynk({BL_TOKEN}, template_id=TMPL))
+    tb.broker.kill()  # the main cloud is down when the board boots
+    cfg = two_cloud_config(tb.proxy.url(), bl.proxy.url())
+    board = HostBoard(tmp_path / "board", cfg, user_py=BOOT_USER).start()
+    try:
+        # the other cloud does not wait for it
+        assert Observer.wait(lambda: len(set(blynk_seqs(bl.obs))) >= 10, 30), board.console()
+        n = tb.obs.subscribed
+        tb.broker.start()
+        assert tb.obs.wait(lambda: tb.obs.subscribed > n, 20)
+        top = max(blynk_seqs(bl.obs))
+        assert Observer.wait(lambda: set(range(100001, top + 1)) <= set(tb_seqs(tb.obs)), 30), board.console()
+        # now Blynk goes away for good: its cursor holds a growing backlog on flash
+        bl.broker.kill()
+        mark = max(tb_seqs(tb.obs))
+        assert Observer.wait(lambda: max(tb_seqs(tb.obs)) >= mark + 20, 30), board.console()
+        board.stop()
+        held, _ = outbox_readings(board.state)
+        assert len(held) >= 20, held  # what Blynk never acknowledged is still on flash
+        # the config drops Blynk: its cursor no longer holds anything back
+        one = dict(cfg)
+        del one["platforms"]
+        one["platform"] = cfg["platforms"][0]
+        (board.state / "config.json").write_text(json.dumps(one))
+        before = len(tb_seqs(tb.obs))
+        board.start()
+        # (running past the supervisor's 5 s flush: the state on flash is what is checked)
+        assert Observer.wait(lambda: sum(1 for s in tb_seqs(tb.obs) if s > 200000) >= 40, 30), board.console()
+        board.stop()
+        held, dropped = outbox_readings(board.state)
+        assert len(held) < 10 and dropped == 0, held
+        # ThingsBoard kept its own place: boot 1's readings were not sent to it again
+        again = [s for s in tb_seqs(tb.obs)[before:] if s < 200000]
+        assert len(again) <= 16, again  # at most the acks not yet persisted (outbox.ACK_PERSIST)
+    finally:
+        board.stop()
