@@ -15,7 +15,7 @@ stands for all of its own .py files.
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 ENTRY = ("boot.py", "main.py", "user.py")
@@ -86,13 +86,15 @@ def reach(start: list[str], read: Callable[[str], bytes | None], cut: set[str] =
     return seen
 
 
-def device_modules(modules: Mapping[str, Path] | Path, kind: str, host_board: bool) -> set[str]:
-    """Board paths (.py) of the modules this device's bundle holds."""
+def device_modules(modules: Mapping[str, Path] | Path, kind: str | Iterable[str], host_board: bool) -> set[str]:
+    """Board paths (.py) of the modules this device's bundle holds; `kind` may be several (a
+    device on several clouds: each adapter)."""
     files = _as_files(modules)
     optional = {p for p in files if p.startswith("uplink/platforms/") and p.count("/") == 2
                 and p.rsplit("/", 1)[1][:-3] in _kinds()}
     optional.add(HOST_BACKEND)
-    wanted = {adapter(kind)} | ({HOST_BACKEND} if host_board else set())
+    kinds = [kind] if isinstance(kind, str) else list(kind)
+    wanted = {adapter(k) for k in kinds} | ({HOST_BACKEND} if host_board else set())
     start = [r for r in ENTRY if r in files] + [w for w in wanted if w in files]
     return reach(start, lambda r: files[r].read_bytes() if r in files else None, optional - wanted)
 

@@ -518,7 +518,8 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
     bundle = provision(fleet, device, S.store, S.build_root)
     src = S.sources()
     root, _ = b.build(dev.board, out=S.build_root / "firmware" / dev.board, src=src)
-    modules = device_modules(src.files, dev.platform.kind, dev.profile().get("backend") == "host")
+    kinds = [q.kind for q in dev.platforms or [dev.platform]]  # several clouds: each adapter
+    modules = device_modules(src.files, kinds, dev.profile().get("backend") == "host")
     files = d.local_files(select(b.files(root), modules), bundle.dir)
     port = port or pick_port()
     UI.detail(f"connecting to {port}")

@@ -377,6 +377,9 @@ class Device(Strict):
     wifi: Wifi = Wifi()
     ntp: Ntp = Ntp()
     platform: Platform
+    # One device on several clouds: [[devices.NAME.platforms]] tables instead of one
+    # [devices.NAME.platform]; `platform` is then the first of them (firmware config.py).
+    platforms: list[Platform] = []
     telemetry: Telemetry = Telemetry()
     outbox: Outbox = Outbox()
 
@@ -514,10 +517,18 @@ def parse_fleet(text: str, path: Path) -> Fleet:
             continue
         merged = merge(defaults, entry)
         raws[name] = merged
+        many = isinstance(merged.get("platforms"), list) and merged["platforms"]
+        if many and "platform" in entry:
+            problems.append(f"{at(here, ('platforms',))}: device '{name}': platforms: give either "
+                            f"[devices.{name}.platform] (one cloud) or [[devices.{name}.platforms]] "
+                            "(several), not both")
+            continue
         try:
-            dev = Device.model_validate(merged)
+            dev = Device.model_validate(dict(merged, platform=many[0]) if many else merged)
         except ValidationError as err:
             for e in err.errors():
+                if many and e["loc"][:1] == ("platform",):
+                    continue  # platforms[0] itself: reported under that name
                 where, msg = message(e, Device, KINDS)
                 if written_in(entry, where.split(".")) or not written_in(defaults, where.split(".")):
                     problems.append(f"{at(here, where)}: device '{name}': {where}: {msg}")
@@ -544,6 +555,15 @@ def _cross_checks(dev: Device, relay: Relay | None, relay_broken: bool = False) 
     """What no single field can say: combinations that leave the device unable to connect.
     (A [relay] table with mistakes of its own has been reported: not again from here.)"""
     out = []
+    if dev.platforms:  # each cloud checked alone; its messages name it platforms[i]
+        names = [q.name or q.kind for q in dev.platforms]
+        for i, q in enumerate(dev.platforms):
+            out += ["platforms[%d]%s" % (i, m[len("platform"):]) for m in _cross_checks(
+                Device.model_construct(**dict(dev.__dict__, platform=q, platforms=[])), relay, relay_broken)]
+            if names[i] in names[:i]:
+                out.append(f"platforms[{i}].name: {names[i]!r} names platforms[{names.index(names[i])}] "
+                           "too: give each a name of its own")
+        return out
     p = dev.platform
     if p.relay:
         if not relay_broken and (relay is None or not relay.url):

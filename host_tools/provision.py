@@ -92,14 +92,14 @@ def _resolver(store: SecretStore, redact: bool):
     return store.resolve
 
 
-def _derived(dev: Device, store: SecretStore) -> dict:
+def _derived(dev: Device, store: SecretStore, p) -> dict:
     """HOST-ONLY: platform values the fleet file does not hold as such but the host knows
     (key -> value; None leaves the key out)."""
-    p = dev.platform
+    main = p == dev.platform  # (platforms[0] and platform are equal, not the same object)
     if isinstance(p, ThingsBoard):
         # the token `provision --register` got; a device with a token is not provisioned again
         token = p.token
-        if token is None and store.get(registered_token_name(dev.name)) is not None:
+        if token is None and main and store.get(registered_token_name(dev.name)) is not None:
             token = "secret:" + registered_token_name(dev.name)
         out = {"token": token}
         if token is not None:
@@ -111,14 +111,14 @@ def _derived(dev: Device, store: SecretStore) -> dict:
     return {}
 
 
-def _kind_keys(dev: Device, store: SecretStore, redact: bool = False) -> dict:
+def _kind_keys(dev: Device, store: SecretStore, redact: bool = False, p=None) -> dict:
     """The platform's own keys, as the firmware declares them (fw_schema): every key the
-    fleet file sets, secrets resolved, in the firmware's order."""
-    p = dev.platform
+    fleet file sets, secrets resolved, in the firmware's order. `p`: one of several clouds."""
+    p = p or dev.platform
     r = _resolver(store, redact)
     ctx = f"device '{dev.name}'"
     secrets = SECRET_KEYS.get(p.kind, set())
-    derived = _derived(dev, store)
+    derived = _derived(dev, store, p)
     out: dict = {}
     for key in fw_schema.platform(p.kind):
         value = derived[key] if key in derived else getattr(p, key)
@@ -133,8 +133,8 @@ def _kind_keys(dev: Device, store: SecretStore, redact: bool = False) -> dict:
 
 
 def _credentials(fleet: Fleet, dev: Device, store: SecretStore, files: dict,
-                 redact: bool = False) -> dict | None:
-    c = dev.platform.credentials
+                 redact: bool = False, p=None) -> dict | None:
+    c = (p or dev.platform).credentials
     if c is None:
         return None
     if isinstance(c, StaticCredentials):
@@ -179,14 +179,10 @@ def render(fleet: Fleet, name: str, store: SecretStore, *, redact: bool = False
     """(config dict, {file name: bytes}) for one device; nothing written. With `redact`,
     secrets stay "secret:NAME" references (and nothing is created for the relay)."""
     dev = fleet.device(name)
-    p = dev.platform
     files: dict[str, bytes] = {}
-    if p.ca:
-        files["ca.der"] = _read_ca(fleet, p.ca, f"device '{name}': platform.ca")
-    else:
-        shipped = _default_ca(p)
-        if shipped is not None:  # the cloud's own public host: its documented root
-            files["ca.der"] = ca_to_der(shipped.read_bytes(), str(shipped))
+    # several clouds: one section each, CAs in ca.der, ca1.der, ... (docs/config.md)
+    sections = [_platform(fleet, dev, q, i, store, files, redact)
+                for i, q in enumerate(dev.platforms or [dev.platform])]
     ctx = f"device '{name}'"
     resolve = _resolver(store, redact)
     networks = [
@@ -195,26 +191,13 @@ def render(fleet: Fleet, name: str, store: SecretStore, *, redact: bool = False
          if n.password else ""}
         for i, n in enumerate(dev.wifi.networks)
     ]
-    platform = {
-        "kind": p.kind,
-        "url": p.effective_url(),
-        "ca": "ca.der" if "ca.der" in files else None,
-        "insecure": p.insecure,
-        "keepalive": p.keepalive,
-        "client_id": p.client_id,
-        "credentials": _credentials(fleet, dev, store, files, redact),
-    }
-    platform.update(_kind_keys(dev, store, redact))
-    # null means "the default" in docs/config.md, but firmware/uplink/config.py rejects a
-    # present key whose value is null: leave such keys out, which means the same to both
-    platform = _drop_none(platform)
     config = {
         "device": {"name": name, "board": dev.board, "safe_mode_retry_s": dev.safe_mode_retry_s,
                    "console": dev.console},
         "wifi": {"networks": networks, "timeout_s": dev.wifi.timeout_s},
         "ntp": {"servers": list(dev.ntp.servers), "resync_s": dev.ntp.resync_s,
                 "timeout_ms": dev.ntp.timeout_ms},
-        "platform": platform,
+        **({"platforms": sections} if dev.platforms else {"platform": sections[0]}),
         # health left out when not set: the firmware's platform adapter decides (a Blynk
         # datastream or Biotz schema field must exist for every key sent)
         "telemetry": _drop_none({"interval_s": dev.telemetry.interval_s, "health": dev.telemetry.health,
@@ -225,6 +208,32 @@ def render(fleet: Fleet, name: str, store: SecretStore, *, redact: bool = False
     files["config.json"] = (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode()
     files["board.json"] = (json.dumps(dev.profile(), indent=2, sort_keys=True) + "\n").encode()
     return config, files
+
+
+def _platform(fleet: Fleet, dev: Device, p, i: int, store: SecretStore, files: dict, redact: bool) -> dict:
+    """One platform section of config.json (platforms[i] when the device has several)."""
+    where = f"device '{dev.name}': " + (f"platforms[{i}]" if dev.platforms else "platform")
+    ca_file = "ca.der" if i == 0 else f"ca{i}.der"
+    if p.ca:
+        files[ca_file] = _read_ca(fleet, p.ca, where + ".ca")
+    else:
+        shipped = _default_ca(p)
+        if shipped is not None:  # the cloud's own public host: its documented root
+            files[ca_file] = ca_to_der(shipped.read_bytes(), str(shipped))
+    platform = {
+        "kind": p.kind,
+        "name": p.name,
+        "url": p.effective_url(),
+        "ca": ca_file if ca_file in files else None,
+        "insecure": p.insecure,
+        "keepalive": p.keepalive,
+        "client_id": p.client_id,
+        "credentials": _credentials(fleet, dev, store, files, redact, p),
+    }
+    platform.update(_kind_keys(dev, store, redact, p))
+    # null means "the default" in docs/config.md, but firmware/uplink/config.py rejects a
+    # present key whose value is null: leave such keys out, which means the same to both
+    return _drop_none(platform)
 
 
 def _drop_none(d: dict) -> dict:
@@ -258,4 +267,7 @@ def provision(fleet: Fleet, name: str, store: SecretStore, out: Path | None = No
     for stale in BUNDLE_FILES:
         if stale not in files and (target / stale).exists():
             (target / stale).unlink()
+    for extra_ca in target.glob("ca[0-9]*.der"):  # a cloud no longer configured (platforms)
+        if extra_ca.name not in files:
+            extra_ca.unlink()
     return Bundle(dir=target, files=files, secret_files=secret_files, config=config)

@@ -31,6 +31,7 @@ class App:
     boots: Any = None
     ota: Any = None
     cloud: Any = None  # uplink.cloud, when user.py imported it
+    sessions: Any = None  # uplink.sessions: the other platforms, when the config names several
     safe_mode_reason = None
     _fw = None
 
@@ -70,9 +71,13 @@ class App:
         """Persist a changed config (e.g. a provisioned token): temp file + rename."""
         import os
 
+        doc = cfg
+        if cfg.get("platforms"):  # several clouds: `platform` is platforms[0] (config.parse)
+            doc = dict(cfg)
+            del doc["platform"]
         tmp = CONFIG + ".tmp"
         with open(tmp, "w") as f:
-            json.dump(cfg, f)
+            json.dump(doc, f)
         os.rename(tmp, CONFIG)
         self.cfg = cfg
 
@@ -96,6 +101,8 @@ class App:
             h["auth_failures"] = self.auth_failures
         if self.safe_mode_reason:  # the first run after safe mode says why it was there
             h["safe_mode"] = self.safe_mode_reason
+        if self.sessions:
+            h["platforms"] = self.sessions.health()
         return h
 
     # -- telemetry -----------------------------------------------------------------------
@@ -105,8 +112,8 @@ class App:
     def take_reading(self):
         values = {}
         health = self.cfg["telemetry"]["health"]
-        if health is None:  # not set: where the platform has room for the keys (platforms.Base.HEALTH)
-            health = getattr(self.adapter, "HEALTH", False)
+        if health is None:  # not set: where the platforms have room for the keys (platforms.Base.HEALTH)
+            health = getattr(self.adapter, "HEALTH", False) and (not self.sessions or self.sessions.all_health())
         if health:
             values.update(self.health())
         try:
@@ -137,6 +144,8 @@ class App:
             log.error("outbox", "reading not stored: %s" % e)
             return
         self.publisher.notify()
+        if self.sessions:
+            self.sessions.notify()
 
     def take_device_readings(self, reading):
         # gateway modes: user.read_devices() -> {sub-device name: values}
@@ -158,7 +167,7 @@ class App:
     async def telemetry_task(self):
         # sub-device readings only where the platform runs a gateway session (adapter.gateway)
         gateway = hasattr(self.user, "read_devices") and getattr(self.adapter, "gateway", None)
-        if not getattr(self.adapter, "publishes", True):
+        if not getattr(self.adapter, "publishes", True) and not (self.sessions and self.sessions.cursors):
             return  # a watcher (Weightron without publish = true) sends no readings
         while True:
             try:
@@ -178,16 +187,21 @@ class App:
                 pass
 
     # -- downlinks -----------------------------------------------------------------------
-    def on_message(self, topic, payload, retained):
+    def on_message(self, topic, payload, retained, s=None):
+        # s: the uplink.sessions.Session of another platform the downlink came from
         try:
-            cmd = self.adapter.handle(topic, payload, retained)
+            cmd = (s or self).adapter.handle(topic, payload, retained)
         except Exception as e:  # malformed downlink: report, never crash the reader
             log.warn("downlink", "ignored message on %s: %s" % (topic, e))
             return
         if cmd is not None and (cmd.name == "ota" or (cmd.name == "firmware" and cmd.device is None
                                                       and self.ota is not None)):
-            cmd = self.ota.take(cmd) if self.ota is not None else None  # uplink.ota_tb, ota_blynk
-        if cmd is None or (self.cloud is not None and self.cloud.take(cmd)):
+            # a firmware update announced (uplink.ota_tb, ota_blynk): from the main cloud only
+            cmd = self.ota.take(cmd) if self.ota is not None and s is None else None
+        if cmd is None:
+            return
+        cmd.platform = s.name if s else self.cfg["platform"].get("name") or self.cfg["platform"]["kind"]
+        if self.cloud is not None and self.cloud.take(cmd):
             return  # (a change for user.py's cloud.on_change callback)
         if len(self.commands) >= COMMAND_QUEUE:
             log.warn("downlink", "command queue full: %s refused" % cmd.name)
@@ -212,11 +226,17 @@ class App:
                     log.cmd(cmd.name if cmd.device is None else "%s %s" % (cmd.device, cmd.name), cmd.params, result)
                 await self._reply(cmd, result)
 
+    def session_of(self, cmd):
+        """The platform a command came from: this app (the main one), or a Session."""
+        s = self.sessions.get(cmd.platform) if self.sessions else None
+        return s or self
+
     async def _reply(self, cmd, result):
         try:
-            r = self.adapter.reply(cmd, result)
+            s = self.session_of(cmd)
+            r = s.adapter.reply(cmd, result)
             if r is not None:
-                await self.client.publish(r[0], r[1], qos=0)
+                await s.client.publish(r[0], r[1], qos=0)
         except Exception as e:
             log.warn("cmd", "reply to %s not sent: %s" % (cmd.name, e))
 
@@ -252,20 +272,23 @@ class App:
         self.board.reset()
 
     # -- connection status ----------------------------------------------------------------
-    def on_status(self, event, detail=None):
-        explain = getattr(self.adapter, "explain", None)
+    def on_status(self, event, detail=None, s=None):
+        # s: the uplink.sessions.Session of another platform; its messages name it
+        o = s or self
+        tag = "mqtt" if s is None else "mqtt " + s.name
+        explain = getattr(o.adapter, "explain", None)
         if explain is not None:  # what a refusal means on this cloud (Weightron permissions)
             detail = explain(event, detail)
         if event == "auth_error":
-            self.auth_failures += 1
-            invalidate = getattr(self.adapter, "invalidate_credentials", None)
+            o.auth_failures += 1
+            invalidate = getattr(o.adapter, "invalidate_credentials", None)
             if invalidate is not None:
                 invalidate()  # a relay token the broker refused must not be offered again
-            log.error("mqtt", "broker refused our credentials (%s): check the token/password" % detail)
+            log.error(tag, "broker refused our credentials (%s): check the token/password" % detail)
         elif event in ("connected", "disconnected", "error", "backoff"):
-            (log.info if event == "connected" else log.warn)("mqtt", "%s %s" % (event, "" if detail is None else detail))
+            (log.info if event == "connected" else log.warn)(tag, "%s %s" % (event, "" if detail is None else detail))
         if event == "connected":
-            self.auth_failures = 0
+            o.auth_failures = 0
 
     async def on_connect(self):
         if not self.subscribed:
@@ -303,6 +326,8 @@ class App:
     def _network_back(self):
         if self.client is not None:
             self.client.kick()
+        if self.sessions:
+            self.sessions.kick()
 
     async def start_clock(self):
         from uplink.clock import Clock
@@ -325,18 +350,21 @@ class App:
             await self.clock.wait_valid()
             self.clock.blocked_hint = Clock.blocked_hint
 
-    def _client(self, **kw):
+    def _client(self, s=None, **kw):
+        # s: a uplink.sessions.Session, for another platform's client
         from uplink.mqtt import MQTTClient
 
-        p = self.cfg["platform"]
+        o = s or self
+        p = o.cfg["platform"]
         ca = _read_file(p["ca"]) if p["ca"] else None
-        keepalive = getattr(self.adapter, "keepalive", None) or p["keepalive"]
+        keepalive = getattr(o.adapter, "keepalive", None) or p["keepalive"]
         # a window of 8: the publisher fills each message to 8 KB / window (publisher.py), so
         # 1 KB messages carry telemetry.batch readings as one array, as ThingsBoard's docs
-        # advise for a backlog; the client's default 48 would cut them to ~170 B each
-        kw.setdefault("window", WINDOW)
-        return MQTTClient(self.adapter.url, self.adapter.client_id, keepalive=keepalive, ca=ca,
-                          insecure=p["insecure"], max_packet=getattr(self.adapter, "max_packet", 4096), **kw)
+        # advise for a backlog; the client's default 48 would cut them to ~170 B each. Several
+        # clouds share those 8 (uplink.sessions): each keeps what it sent until the PUBACK.
+        kw.setdefault("window", max(2, WINDOW // len(self.cfg.get("platforms") or "1")))
+        return MQTTClient(o.adapter.url, o.adapter.client_id, keepalive=keepalive, ca=ca,
+                          insecure=p["insecure"], max_packet=getattr(o.adapter, "max_packet", 4096), **kw)
 
     async def open_client(self, user, password):
         """A connected client with these credentials, for a platform's one-off exchanges
@@ -363,9 +391,16 @@ class App:
         asyncio.create_task(self.mark_healthy())
         self.fw()  # before a download can put another app in the other slot
         self.adapter = platforms.load(self.cfg["platform"]["kind"]).Adapter(self.cfg, self)
+        main = self.cfg["platform"].get("name") or self.cfg["platform"]["kind"]
+        cursors = (main,)  # named: a platform added or removed later keeps its place (outbox.py)
+        if self.cfg.get("platforms") and len(self.cfg["platforms"]) > 1:
+            from uplink.sessions import Sessions
+
+            self.sessions = Sessions(self)
+            cursors = self.sessions.cursors
         ob = self.cfg["outbox"]
         # readings less than hold_ms apart go to flash in batches (flash wear): outbox.py
-        self.outbox = Outbox(ob["dir"], ob["max_bytes"], hold_ms=ob["hold_ms"])
+        self.outbox = Outbox(ob["dir"], ob["max_bytes"], hold_ms=ob["hold_ms"], cursors=cursors)
         from uplink.boots import Boots
 
         self.boots = Boots()
@@ -377,8 +412,9 @@ class App:
         if prepare is not None:
             await prepare(self)
         self.client = self.make_client()
-        self.publisher = Publisher(self.outbox, self.adapter, self.client, self.cfg["telemetry"]["batch"],
-                                   stamp=self.stamp)
+        reader = self.sessions.reader(self.outbox, main) if self.sessions else self.outbox
+        batch = self.cfg["telemetry"]["batch"] // len(self.cfg.get("platforms") or "1")  # uplink.sessions
+        self.publisher = Publisher(reader, self.adapter, self.client, max(1, batch), stamp=self.stamp)
         self.client.on_ack = self.publisher.on_ack
         self.cloud = sys.modules.get("uplink.cloud")  # imported by user.py only when it uses it
         if self.cloud is not None:
@@ -392,9 +428,11 @@ class App:
             self.ota = o.Updater(self)
             asyncio.create_task(self.ota.run())
         asyncio.create_task(self.telemetry_task())
+        asyncio.create_task(self.command_task())
+        if self.sessions:  # the other clouds connect on their own: one down stops no other
+            self.sessions.start(self.outbox)
         await self.connect()
         asyncio.create_task(self.publisher.run())
-        asyncio.create_task(self.command_task())
         await self.supervise()
 
     async def connect(self):

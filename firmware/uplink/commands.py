@@ -41,8 +41,9 @@ async def execute(app, cmd):
         if not url:
             raise ValueError("redirect without a url")
         log.warn("cmd", "redirected to %s" % url)
-        app.client.set_url(url)
-        await app.client.reconnect()
+        client = app.session_of(cmd).client  # the cloud that said so (several: uplink.sessions)
+        client.set_url(url)
+        await client.reconnect()
         return None
     if name == "set_time" and app.clock.set_from_cloud(cmd.params.get("ms", 0)):
         log.info("clock", "time taken from the cloud until SNTP answers")

@@ -41,6 +41,12 @@ def _url(v):
     return True
 
 
+def _name(v):
+    # a platform's name goes into the outbox state line ("name=head") and cmd.platform
+    ok = 0 < len(v) <= 24 and all(c.isalpha() or c.isdigit() or c in "-_" for c in v)
+    return ok or "1 to 24 letters, digits, - or _"
+
+
 def _https_url(v):
     return v.startswith("https://") or v.startswith("http://") or "a URL starting with https://"
 
@@ -74,8 +80,12 @@ SCHEMA = {
          "timeout_ms": (int, 2000, _positive)},
         {},
     ),
+    # One cloud: `platform`. Several at once: `platforms`, a list of the same objects (the
+    # first is the main one: OTA, and what `platform` means elsewhere), each with a `name`
+    # (default: its kind) that is unique; parse() checks each against its kind's schema.
     "platform": (
         {"kind": (str, REQUIRED),
+         "name": (str, None, _name),
          "url": (str, None, _url),
          "ca": (str, None),
          "insecure": (bool, False),
@@ -171,22 +181,54 @@ def _join(path, key):
     return key if not path else path + "." + key
 
 
+def _section(p, extra, where):
+    # the platform section's schema: the common keys plus those of its kind
+    section = SCHEMA["platform"][0]
+    if extra is not None and isinstance(p, dict):
+        kind = p.get("kind")
+        if kind not in extra:
+            _fail(where + ".kind", "expected one of %s, got %s" % (", ".join(sorted(extra)), json.dumps(kind)))
+        section = dict(section)
+        section.update(extra[kind])
+    return section
+
+
 def parse(text, extra=None):
-    """Check a config document. `extra` maps platform kind -> schema of its own keys."""
+    """Check a config document. `extra` maps platform kind -> schema of its own keys. With
+    `platforms` (several clouds), the result has both: `platforms` the checked list, each
+    with its `name`, and `platform` its first entry."""
     try:
         doc = json.loads(text)
     except ValueError as e:
         raise ConfigError("%s: not valid JSON (%s)" % (PATH, e))
-    schema = SCHEMA
-    if extra is not None and isinstance(doc, dict) and isinstance(doc.get("platform"), dict):
-        kind = doc["platform"].get("kind")
-        if kind not in extra:
-            _fail("platform.kind", "expected one of %s, got %s" % (", ".join(sorted(extra)), json.dumps(kind)))
-        section = dict(SCHEMA["platform"][0])
-        section.update(extra[kind])
+    many = doc.get("platforms") if isinstance(doc, dict) else None
+    if many is None:
         schema = dict(SCHEMA)
-        schema["platform"] = (section, REQUIRED)
-    return check(doc, schema)
+        schema["platform"] = (_section(doc.get("platform") if isinstance(doc, dict) else None, extra, "platform"),
+                              REQUIRED)
+        return check(doc, schema)
+    if "platform" in doc:
+        _fail("platforms", "give either platform (one cloud) or platforms (several), not both")
+    if not isinstance(many, list) or not many:
+        _fail("platforms", "expected a list of one or more platform objects, got %s" % json.dumps(many))
+    doc = dict(doc)
+    del doc["platforms"]
+    out = []
+    for i, p in enumerate(many):
+        where = "platforms[%d]" % i
+        c = check(p, _section(p, extra, where), where)
+        if not c["name"]:
+            c["name"] = c["kind"]
+        for k, q in enumerate(out):
+            if q["name"] == c["name"]:
+                _fail(where + ".name", "%r is platforms[%d]'s name too: give each a name of its own"
+                      % (c["name"], k))
+        out.append(c)
+    doc["platform"] = {"kind": out[0]["kind"]}  # checked above, with its kind's keys
+    cfg = check(doc, SCHEMA)
+    cfg["platform"] = out[0]
+    cfg["platforms"] = out
+    return cfg
 
 
 def load(path=PATH, extra=None):

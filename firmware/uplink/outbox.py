@@ -7,6 +7,8 @@
 #                     id plus its position, so ids cost no flash.
 #   state0, state1    "seq head dropped crc": the oldest unacknowledged id and the dropped
 #                     counter, written to the two slots in turn; the newest whole one counts.
+#                     With several cursors (one per platform: one device, two clouds):
+#                     "seq head dropped name=head name=head crc", head being the lowest.
 #
 # Why this shape (littlefs on a few MB of NOR flash, ~100 KB of RAM):
 # - put() appends one record to the newest segment and closes the file: littlefs commits on
@@ -28,6 +30,13 @@
 #   flash used stays within max_bytes without any file being rewritten.
 # - Reads stream from the files, a record at a time; a cursor remembers where the last read
 #   ended so draining a backlog never rescans a segment.
+# - Several consumers (Outbox(..., cursors=("tb", "blynk"))): each Cursor has its own head,
+#   out-of-order ring and read position; a record leaves flash when the lowest head passes
+#   its segment. All heads go in the one state line, so one two-slot write persists them
+#   together (no file per cursor, no extra flash op). A cursor missing from the state (a
+#   platform added) starts at the saved lowest head: what is still on flash; a name in the
+#   state but not configured (a platform removed) is forgotten at the next save, so it
+#   never holds records back. One cursor writes the one-cursor line, as before.
 import os
 import struct
 from binascii import crc32
@@ -39,8 +48,39 @@ _HDR = 6
 HOLD_BYTES = 1024  # RAM buffer of held records, when hold_ms is set
 
 
+class Cursor:
+    """One consumer's place in the outbox (a platform's publisher): read() and ack() as on
+    the Outbox, which serves its first cursor through its own read() and ack()."""
+
+    def __init__(self, ob, name, head):
+        self.ob = ob
+        self.name = name
+        self.head_id = head  # the oldest record this consumer has not acknowledged
+        self._bits = bytearray(PENDING // 8)  # ring: bit id % PENDING = acked, id > head
+        self._unsaved = 0  # acks since the heads were last persisted
+        self._pos = None  # (next id, segment first id, file offset) after the last read
+        self._skip = None  # (first, end) ids found unreadable, for the head to step over
+
+    @property
+    def depth(self):
+        return self.ob._next - self.head_id
+
+    @property
+    def dropped(self):
+        return self.ob.dropped
+
+    def read(self, after_id, n):
+        return self.ob._read(self, after_id, n)
+
+    def ack(self, id):
+        self.ob._ack(self, id)
+
+    def flush(self):
+        self.ob.flush()
+
+
 class Outbox:
-    def __init__(self, dir, max_bytes, segment_bytes=None, hold_ms=0):
+    def __init__(self, dir, max_bytes, segment_bytes=None, hold_ms=0, cursors=None):
         self.dir = dir.rstrip("/") or "."
         self.max_bytes = max_bytes
         # About 8 segments fit, so dropping one loses an eighth of the queue; small queues
@@ -48,10 +88,8 @@ class Outbox:
         self.seg_bytes = segment_bytes or max(min(4096, max_bytes // 8), min(1024, max_bytes // 4))
         self.max_record = min(65535, self.seg_bytes - _HDR, max_bytes // 4)
         self._hdr = bytearray(_HDR)
-        self._bits = bytearray(PENDING // 8)  # ring: bit id % PENDING = acked, id > head
-        self._unsaved = 0  # acks since the head was last persisted
-        self._cursor = None  # (next id, segment first id, file offset) after the last read
-        self._skip = None  # (first, end) ids found unreadable, for the head to step over
+        self._names = tuple(cursors or ("",))
+        self._lost_to = 0  # unreadable ids below this are counted in dropped already
         self._hold = hold_ms
         cap = min(HOLD_BYTES, self.seg_bytes) if hold_ms > 0 else 0
         self._buf = bytearray(cap)  # held records, framed as on flash: _buf[:_held]
@@ -71,6 +109,13 @@ class Outbox:
         # Bytes on flash: whole segments, acknowledged records included until their segment
         # goes. This is what max_bytes bounds.
         return self._bytes
+
+    def cursor(self, name):
+        """The Cursor of consumer `name` (one of `cursors`), or None."""
+        for c in self.cursors:
+            if c.name == name:
+                return c
+        return None
 
     def put(self, data):
         """Append a record and return its id: on flash when this returns, or, with hold_ms,
@@ -135,40 +180,49 @@ class Outbox:
         self._flashed += count
 
     def read(self, after_id, n):
-        """Up to n records [(id, data)] with id > after_id, oldest first."""
+        """Up to n records [(id, data)] with id > after_id, oldest first (first cursor)."""
+        return self._read(self.cursors[0], after_id, n)
+
+    def _read(self, c, after_id, n):
         out = []
-        i = max(after_id + 1, self.head_id)
+        i = max(after_id + 1, c.head_id)
         while len(out) < n and i < self._flashed:
             k = self._seg_index(i)
             if k < 0:
                 break
-            i = self._read_seg(k, i, n, out)
+            i = self._read_seg(c, k, i, n, out)
         return out
 
     def ack(self, id):
-        """Record `id` was delivered. Unknown or already dropped ids are ignored."""
-        if id < self.head_id or id >= self._flashed:
+        """Record `id` was delivered (first cursor). Unknown or already dropped ids are
+        ignored."""
+        self._ack(self.cursors[0], id)
+
+    def _ack(self, c, id):
+        if id < c.head_id or id >= self._flashed:
             return
-        if id != self.head_id:
+        if id != c.head_id:
             # out of order: remember it for when the head gets here. Beyond the ring it is
             # forgotten and simply sent again when the publisher rereads from the head.
-            if id - self.head_id < PENDING:
+            if id - c.head_id < PENDING:
                 k = id % PENDING
-                self._bits[k >> 3] |= 1 << (k & 7)
+                c._bits[k >> 3] |= 1 << (k & 7)
             return
-        self._move_head(id + 1)
-        self._unsaved += 1
+        self._move_head(c, id + 1)
+        c._unsaved += 1
         try:
-            if not self._delete_consumed() and self._unsaved >= ACK_PERSIST:
+            if not self._delete_consumed() and c._unsaved >= ACK_PERSIST:
                 self._save()
         except OSError:
             pass  # flash full or failing: the head is right in RAM, the next ack tries again
 
     def flush(self):
-        """Write held records and persist the head now (e.g. before a planned reset)."""
+        """Write held records and persist the heads now (e.g. before a planned reset)."""
         self._write_held()
-        if self._unsaved:
-            self._save()
+        for c in self.cursors:
+            if c._unsaved:
+                self._save()
+                return
 
     close = flush
 
@@ -177,7 +231,7 @@ class Outbox:
         return "%s/q/%d.seg" % (self.dir, first)
 
     def _open(self):
-        self.head_id, self.dropped = self._load_state()
+        head, self.dropped, named = self._load_state()
         segs = []
         for e in os.ilistdir(self.dir + "/q"):
             name = e[0]
@@ -189,7 +243,11 @@ class Outbox:
         segs.sort()
         self._segs = segs
         self._sealed = False
-        self._next = self.head_id
+        # ids never go back below any saved head: a cursor there must see new records
+        top = head
+        for v in named.values():
+            top = max(top, v)
+        self._next = top
         count = 0
         while segs:
             count, end, fsize = self._scan(segs[-1])
@@ -206,11 +264,14 @@ class Outbox:
         self._bytes = sum(self._sizes)
         if segs:
             self._next = segs[-1] + count
-        self._next = max(self._next, self.head_id, 1)
+        self._next = max(self._next, top, 1)
         self._flashed = self._next  # the id after the last record on flash
-        self.head_id = max(self.head_id, segs[0] if segs else self._next, 1)
-        self.head_id = min(self.head_id, self._next)
-        self._unsaved = 0
+        low = segs[0] if segs else self._next
+        self.cursors = []
+        for name in self._names:
+            h = named.get(name, head)  # a cursor not saved yet starts at the lowest head
+            self.cursors.append(Cursor(self, name, min(max(h, low, 1), self._next)))
+        self._heads_moved()
         self._delete_consumed()
 
     def _scan(self, first):
@@ -247,14 +308,14 @@ class Outbox:
             k -= 1
         return k
 
-    def _read_seg(self, k, i, n, out):
+    def _read_seg(self, c, k, i, n, out):
         # Append records from segment k starting at id i to out; return the next id to read.
         first = self._segs[k]
         last = self._segs[k + 1] if k + 1 < len(self._segs) else self._flashed
-        c = self._cursor
+        p = c._pos
         with open(self._path(first), "rb") as f:
-            if c and c[0] == i and c[1] == first:
-                f.seek(c[2])
+            if p and p[0] == i and p[1] == first:
+                f.seek(p[2])
             else:
                 j = first
                 while j < i:  # skip to record i, headers only
@@ -265,41 +326,39 @@ class Outbox:
             while i < last and len(out) < n:
                 data = self._valid_record(f, True)
                 if data is None:
-                    self._lost(i, last)
+                    self._lost(c, i, last)
                     return last
                 out.append((i, data))
                 i += 1
-            self._cursor = (i, first, f.tell())
+            c._pos = (i, first, f.tell())
         return i
 
-    def _lost(self, i, last):
+    def _lost(self, c, i, last):
         # Records i..last-1 are unreadable (flash corruption inside an old segment): count
-        # them as dropped and let the head step over them once it gets there.
-        self._cursor = None
-        if self._skip is None or self._skip[0] != i:
-            self.dropped += last - i
-            self._skip = (i, last)
-            if self.head_id == i:
-                self._move_head(i)
+        # them as dropped (once, whichever cursor finds them) and let the head step over
+        # them once it gets there.
+        c._pos = None
+        if c._skip is None or c._skip[0] != i:
+            self.dropped += max(0, last - max(i, self._lost_to))
+            self._lost_to = max(self._lost_to, last)
+            c._skip = (i, last)
+            if c.head_id == i:
+                self._move_head(c, i)
 
-    def _acked(self, i):
-        k = i % PENDING
-        return self._bits[k >> 3] & (1 << (k & 7))
-
-    def _move_head(self, h):
-        # Move the head to h and on over ids acked out of order or found unreadable, then
+    def _move_head(self, c, h):
+        # Move c's head to h and on over ids acked out of order or found unreadable, then
         # clear the ring bits of every id passed (their slots belong to later ids now).
-        old = self.head_id
+        old = c.head_id
+        b = c._bits
         while True:
-            sk = self._skip
+            sk = c._skip
             if sk and h >= sk[0]:
                 h = max(h, sk[1])
-                self._skip = None
-            while h < self._flashed and h - old < PENDING and self._acked(h):
+                c._skip = None
+            while h < self._flashed and h - old < PENDING and b[(h % PENDING) >> 3] & (1 << (h % PENDING & 7)):
                 h += 1
-            if not (self._skip and h >= self._skip[0]):
+            if not (c._skip and h >= c._skip[0]):
                 break
-        b = self._bits
         if h - old >= PENDING:
             for k in range(len(b)):
                 b[k] = 0
@@ -307,6 +366,15 @@ class Outbox:
             for i in range(old, h):
                 k = i % PENDING
                 b[k >> 3] &= ~(1 << (k & 7))
+        c.head_id = h
+        self._heads_moved()
+
+    def _heads_moved(self):
+        # the outbox's head: the lowest cursor's; segments below it are done for everyone
+        h = self.cursors[0].head_id
+        for c in self.cursors:
+            if c.head_id < h:
+                h = c.head_id
         self.head_id = h
 
     def _delete_consumed(self):
@@ -325,7 +393,9 @@ class Outbox:
         lost = end - max(self.head_id, segs[0])
         if lost > 0:
             self.dropped += lost
-            self._move_head(end)
+        for c in self.cursors:
+            if c.head_id < end:
+                self._move_head(c, end)
         # Counter first, delete second: a crash in between never under-counts.
         self._save()
         self._remove(segs[0])
@@ -334,8 +404,9 @@ class Outbox:
         _remove_quietly(self._path(first))
         self._bytes -= self._sizes.pop(0)
         self._segs.pop(0)
-        if self._cursor and self._cursor[1] == first:
-            self._cursor = None
+        for c in self.cursors:
+            if c._pos and c._pos[1] == first:
+                c._pos = None
 
     def _roll(self):
         # Start a new segment at the next id on flash; its file appears with its first write.
@@ -344,20 +415,29 @@ class Outbox:
         self._sealed = False
 
     def _load_state(self):
-        # The newer of the two slots that is whole; (head 1, dropped 0) when neither is.
-        best = (0, 1, 0)
+        # The newer of the two slots that is whole: (head, dropped, {name: head}); (1, 0,
+        # {}) when neither is.
+        best = (0, 1, 0, ())
         for k in (0, 1):
             try:
                 with open("%s/state%d" % (self.dir, k), "rb") as f:
-                    seq, head, dropped, check = f.read().split()
-                if crc32(b" ".join((seq, head, dropped))) != int(check):
+                    parts = f.read().split()
+                if len(parts) < 4 or crc32(b" ".join(parts[:-1])) != int(parts[-1]):
                     continue
-                if int(seq) > best[0]:
-                    best = (int(seq), int(head), int(dropped))
+                if int(parts[0]) > best[0]:
+                    best = (int(parts[0]), int(parts[1]), int(parts[2]), parts[3:-1])
             except (OSError, ValueError):
                 pass
         self._seq = best[0]
-        return best[1], best[2]
+        named = {}
+        for p in best[3]:
+            i = p.find(b"=")
+            if i > 0:
+                try:
+                    named[p[:i].decode()] = int(p[i + 1 :])
+                except ValueError:
+                    pass
+        return best[1], best[2], named
 
     def _save(self):
         # Two slots written in turn, each checked by a CRC: a write cut short spoils only
@@ -365,9 +445,14 @@ class Outbox:
         # rename in a directory of segments costs ten times more.)
         self._seq += 1
         line = b"%d %d %d" % (self._seq, self.head_id, self.dropped)
+        cs = self.cursors
+        if len(cs) > 1:
+            for c in cs:
+                line += b" %s=%d" % (c.name.encode(), c.head_id)
         with open("%s/state%d" % (self.dir, self._seq & 1), "wb") as f:
             f.write(b"%s %d\n" % (line, crc32(line)))
-        self._unsaved = 0
+        for c in cs:
+            c._unsaved = 0
 
 
 def _remove_quietly(path):

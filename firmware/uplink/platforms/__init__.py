@@ -46,6 +46,8 @@ class Command:
     set_time, or a user RPC method name. params: a dict (never None). reply_to: opaque to
     the app; give it back through adapter.reply(cmd, result)."""
 
+    platform = None  # the app names the platform it came from: config platform.name or kind
+
     def __init__(self, name, params=None, reply_to=None, device=None):
         self.name = name
         self.params = {} if params is None else params

@@ -1,0 +1,220 @@
+# One device, several clouds at once (config `platforms`, docs/internals.md). The first
+# platform is the app's own (app.adapter, app.client, app.publisher: OTA, the clock's TLS
+# gate, everything a one-cloud config has); each other one is a Session here, with its own
+# adapter, MQTT client and Publisher. Every platform that sends readings has its own cursor
+# over the one outbox (outbox.Cursor): a record leaves flash once all of them have its
+# PUBACK, and a cloud that is down holds back only its own cursor, never the others'
+# delivery. Downlinks of every session go to the app's one command queue with cmd.platform
+# set, and replies go back through the session they came from.
+#
+# Memory: a Session costs its adapter module's bytecode (Blynk ~10 KB on the ESP32 model),
+# this module (~3 KB), an MQTTClient and a Publisher (~2 KB) and, with TLS, its mbedTLS
+# session (~4.5 KB on the model, which keeps mbedTLS in the GC heap; the IDF heap on the
+# chip). `make bench BENCH_ARGS=twocloud` prints gc_free with one and two sessions.
+import asyncio
+
+from uplink import log
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # names for the type checker only; MicroPython ignores annotations
+    from typing import Any
+
+
+class Session:
+    """Another platform: adapter, client, publisher and its name (config platforms[i].name)."""
+
+    # made in Sessions.start(); typed loosely, as App's are
+    client: Any = None
+    publisher: Any = None
+
+    def __init__(self, app, pcfg):
+        from uplink import platforms
+
+        self.app = app
+        self.name = pcfg["name"]
+        cfg = dict(app.cfg)
+        cfg["platform"] = pcfg  # the adapter reads its own section as `platform`
+        self.cfg = cfg
+        self.ctx = _Ctx(app, self)
+        self.adapter = platforms.load(pcfg["kind"]).Adapter(cfg, self.ctx)
+        self.subscribed = False
+        self.auth_failures = 0
+        self.publishes = getattr(self.adapter, "publishes", True)
+
+    def make_client(self):
+        app = self.app
+        mk = getattr(self.adapter, "make_client", None)  # Biotz transport http
+        c = mk(self.ctx) if mk is not None else None
+        if c is None:
+            c = app._client(self, credentials=self.adapter.credentials)
+        c.on_message = lambda topic, payload, retained: app.on_message(topic, payload, retained, self)
+        c.on_status = lambda event, detail=None: app.on_status(event, detail, self)
+        c.on_connect = self.on_connect
+        self.client = c
+        return c
+
+    async def on_connect(self):
+        if not self.subscribed:
+            self.subscribed = True  # the client restores its subscriptions on reconnects
+            for topic, qos in self.adapter.subscriptions():
+                await self.client.subscribe(topic, qos)
+        await self.adapter.on_connect(self.client)
+
+    async def run(self):
+        # Boot-time steps of this cloud alone, retried here: a refusal or an outage of this
+        # cloud must not stop the app (and with it the other clouds), as it would at the
+        # main platform's prepare().
+        app = self.app
+        url = self.adapter.url
+        if url[: url.find(":")] in ("mqtts", "wss", "https") and not self.cfg["platform"]["insecure"]:
+            await app.clock.wait_valid()  # the certificate check needs the date (app.start_clock)
+        prepare = getattr(self.adapter, "prepare", None)
+        delay = 5
+        while prepare is not None:
+            try:
+                await prepare(self.ctx)
+                break
+            except Exception as e:
+                log.error("platform", "%s: %s; trying again in %d s" % (self.name, e, delay))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 600)
+        await self.client.connect(retry=True)
+        if self.publisher is not None:
+            await self.publisher.run()
+
+    def health(self):
+        return _health(self.client, self.publisher, self.auth_failures)
+
+
+class Sessions:
+    """The app's other platforms (config platforms[1:]) and what the app asks of them."""
+
+    def __init__(self, app):
+        ps = app.cfg["platforms"]
+        self.app = app
+        self.main = ps[0]["name"]
+        self.extra = [Session(app, p) for p in ps[1:]]
+        # outbox cursors: only platforms that send readings hold records back
+        names = [s.name for s in self.extra if s.publishes]
+        if getattr(app.adapter, "publishes", True):
+            names.insert(0, self.main)
+        self.cursors = tuple(names)
+
+    def get(self, name):
+        for s in self.extra:
+            if s.name == name:
+                return s
+        return None
+
+    def reader(self, outbox, name):
+        """What a publisher reads and acks: the outbox cursor of platform `name`, or, for
+        a platform that sends no readings, a reader that never has any."""
+        return outbox.cursor(name) or _NOTHING
+
+    def start(self, outbox):
+        from uplink.publisher import Publisher
+
+        app = self.app
+        # Each publisher reads batch / n records at a time (app.main too), and each client
+        # gets 8 / n of the MQTT window (app._client): n clouds hold about what one does in
+        # records read and messages kept for a resend. Two TLS sessions on the ESP32 model
+        # at 128k met MemoryError pauses every few seconds with a whole batch each.
+        batch = max(1, app.cfg["telemetry"]["batch"] // len(app.cfg["platforms"]))
+        for s in self.extra:
+            c = s.make_client()
+            if s.publishes:
+                s.publisher = Publisher(outbox.cursor(s.name), s.adapter, c, batch, stamp=app.stamp)
+                c.on_ack = s.publisher.on_ack
+            asyncio.create_task(s.run())
+
+    def notify(self):
+        for s in self.extra:
+            if s.publisher is not None:
+                s.publisher.notify()
+
+    def kick(self):
+        for s in self.extra:
+            if s.client is not None:
+                s.client.kick()
+
+    def all_health(self):
+        """Whether every platform has room for health keys in readings (Base.HEALTH)."""
+        for s in self.extra:
+            if not getattr(s.adapter, "HEALTH", False):
+                return False
+        return True
+
+    def health(self):
+        """{name: where it stands}: connected, readings waiting for it, sent and acked."""
+        app = self.app
+        h = {self.main: _health(app.client, app.publisher, app.auth_failures)}
+        for s in self.extra:
+            h[s.name] = s.health()
+        return h
+
+
+def _health(client, publisher, auth_failures):
+    h = {"connected": bool(client is not None and client.is_connected)}
+    if publisher is not None and publisher.outbox is not _NOTHING:
+        h["waiting"] = publisher.outbox.depth
+        h["sent"] = publisher.sent
+        h["acked"] = publisher.acked
+    if auth_failures:
+        h["auth_failures"] = auth_failures
+    return h
+
+
+class _Nothing:
+    # the outbox as a platform that sends no readings sees it (a Weightron watcher)
+    depth = 0
+    dropped = 0
+
+    def read(self, after_id, n):
+        return ()
+
+    def ack(self, id):
+        pass
+
+
+_NOTHING = _Nothing()
+
+
+class _Ctx:
+    """The app as another platform's adapter sees it: the same board, Wi-Fi and clock;
+    its own client for one-off exchanges; no OTA (updates come from the main platform)."""
+
+    ota = None
+
+    def __init__(self, app, s):
+        self.app = app
+        self.s = s
+
+    @property
+    def version(self):
+        return self.app.version
+
+    @property
+    def board(self):
+        return self.app.board
+
+    @property
+    def ip(self):
+        return self.app.ip
+
+    @property
+    def wifi(self):
+        return self.app.wifi
+
+    @property
+    def clock(self):
+        return self.app.clock
+
+    def save_config(self, cfg):
+        # the adapter changed its own section (a provisioned token) in place: it is the
+        # dict in app.cfg["platforms"], so the whole config is what is saved
+        self.app.save_config(self.app.cfg)
+
+    async def open_client(self, user, password):
+        c = self.app._client(self.s, user=user, password=password)
+        await c.connect()
+        return c

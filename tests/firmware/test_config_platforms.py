@@ -1,0 +1,64 @@
+# `platforms`: one device on several clouds. `platform` (one cloud) stays as it was.
+import json
+
+from mptest import raises
+from uplink import config
+
+EXTRA = {"thingsboard": {"token": (str, None)}, "blynk": {"token": (str, config.REQUIRED)}}
+BASE = {"device": {"name": "greenhouse-1"}}
+TB = {"kind": "thingsboard", "url": "mqtt://tb.local:1883", "token": "t"}
+BLYNK = {"kind": "blynk", "token": "b"}
+
+
+def parse(**top):
+    d = dict(BASE)
+    d.update(top)
+    return config.parse(json.dumps(d), EXTRA)
+
+
+def test_one_platform_is_unchanged():
+    c = parse(platform=TB)
+    assert "platforms" not in c and c["platform"]["name"] is None
+    assert c["platform"]["token"] == "t" and c["platform"]["keepalive"] == 60
+
+
+def test_two_platforms_each_checked_and_named_after_their_kind():
+    c = parse(platforms=[TB, BLYNK])
+    assert [p["name"] for p in c["platforms"]] == ["thingsboard", "blynk"]
+    assert c["platform"] is c["platforms"][0]  # the main one: what `platform` means elsewhere
+    assert c["platforms"][1]["token"] == "b" and c["platforms"][1]["keepalive"] == 60
+    assert c["telemetry"]["interval_s"] == 30
+
+
+def test_errors_name_the_list_entry():
+    with raises(config.ConfigError, "platforms[1].token: missing"):
+        parse(platforms=[TB, {"kind": "blynk"}])
+    with raises(config.ConfigError, "platforms[1].kind"):
+        parse(platforms=[TB, {"kind": "blink", "token": "x"}])
+    with raises(config.ConfigError, "platforms[0].tokn: unknown key"):
+        parse(platforms=[{"kind": "thingsboard", "tokn": "x"}])
+
+
+def test_two_of_a_kind_need_names_of_their_own():
+    old = dict(TB)
+    new = dict(TB, url="mqtt://tb-new.local:1883")
+    with raises(config.ConfigError, "platforms[1].name: 'thingsboard' is platforms[0]'s name too"):
+        parse(platforms=[old, new])
+    c = parse(platforms=[dict(old, name="tb-old"), dict(new, name="tb-new")])
+    assert [p["name"] for p in c["platforms"]] == ["tb-old", "tb-new"]
+
+
+def test_a_name_must_fit_the_outbox_state_line():
+    with raises(config.ConfigError, "platforms[0].name: expected 1 to 24 letters"):
+        parse(platforms=[dict(TB, name="tb old")])
+    with raises(config.ConfigError, "platform.name"):
+        parse(platform=dict(TB, name="a=b"))
+
+
+def test_platform_and_platforms_together_or_empty_are_refused():
+    with raises(config.ConfigError, "not both"):
+        parse(platform=TB, platforms=[BLYNK])
+    with raises(config.ConfigError, "platforms: expected a list of one or more"):
+        parse(platforms=[])
+    with raises(config.ConfigError, "platform: missing"):
+        parse()
