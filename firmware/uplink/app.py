@@ -431,6 +431,8 @@ class App:
         asyncio.create_task(self.command_task())
         if self.sessions:  # the other clouds connect on their own: one down stops no other
             self.sessions.start(self.outbox)
+        await subscribe_first(self.adapter, self.client)
+        self.subscribed = True
         await self.connect()
         asyncio.create_task(self.publisher.run())
         await self.supervise()
@@ -468,6 +470,15 @@ class _Wired:
 
     def rssi(self):
         return None
+
+
+async def subscribe_first(adapter, client):
+    # Registered before the first connect, the subscriptions are written with CONNECT and
+    # acknowledged before on_connect and before any reading goes out (uplink.mqtt). Made in
+    # on_connect, they left a window in which the device was online, publishing, and deaf:
+    # a command sent the moment it showed up was lost.
+    for topic, qos in adapter.subscriptions():
+        await client.subscribe(topic, qos)
 
 
 def _drop_unencodable(values):

@@ -65,11 +65,14 @@ def attach(app):
 
 def sessions():
     """(platform kind, adapter, MQTT client) of every session: the one place that knows how
-    the app holds them (one today; several once a device talks to two clouds)."""
+    the app holds them (the main cloud first, then uplink.sessions' others)."""
     a = _app
     if a is None or a.adapter is None:
         return []
-    return [(a.cfg["platform"]["kind"], a.adapter, a.client)]
+    out = [(a.cfg["platform"]["kind"], a.adapter, a.client)]
+    if a.sessions is not None:  # the device's other clouds (uplink.sessions)
+        out += [(x.cfg["platform"]["kind"], x.adapter, x.client) for x in a.sessions.extra]
+    return out
 
 
 async def connected(adapter, client):

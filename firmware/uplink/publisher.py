@@ -23,6 +23,8 @@ class Publisher:
     HOLD_S = 30  # how long readings of this boot wait for the clock before going untimed
 
     def __init__(self, outbox, adapter, client, batch=20, stamp=None):
+        cfg = getattr(adapter, "cfg", None)
+        self.kind = cfg["platform"]["kind"] if cfg else None
         self.outbox = outbox
         self.adapter = adapter
         self.client = client
@@ -144,12 +146,18 @@ class Publisher:
         for k in range(i, j):
             rid, data = recs[k]
             try:
-                readings.append(json.loads(data))
-                ids.append(rid)
+                r = json.loads(data)
             except ValueError:
                 # A record that does not parse can never be sent: drop it, say so, move on.
                 log.error("outbox", "record %d is corrupt: dropped" % rid)
                 self.outbox.ack(rid)
+                continue
+            to = r.get("to")  # an uplink.cloud record for one cloud (docs/user_api.md)
+            if to is not None and to != self.kind:
+                self.outbox.ack(rid)  # another of the device's clouds sends it: done here
+                continue
+            readings.append(r)
+            ids.append(rid)
         whole = True
         if readings and self.stamp is not None:
             k = self._stampable(self.stamp, readings)

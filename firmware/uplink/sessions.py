@@ -59,6 +59,8 @@ class Session:
             for topic, qos in self.adapter.subscriptions():
                 await self.client.subscribe(topic, qos)
         await self.adapter.on_connect(self.client)
+        if self.app.cloud is not None:  # user.py's on_change is owed this cloud's current values
+            await self.app.cloud.connected(self.adapter, self.client)
 
     async def run(self):
         # Boot-time steps of this cloud alone, retried here: a refusal or an outage of this
@@ -78,6 +80,10 @@ class Session:
                 log.error("platform", "%s: %s; trying again in %d s" % (self.name, e, delay))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 600)
+        from uplink.app import subscribe_first
+
+        await subscribe_first(self.adapter, self.client)
+        self.subscribed = True
         await self.client.connect(retry=True)
         if self.publisher is not None:
             await self.publisher.run()

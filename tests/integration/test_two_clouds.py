@@ -133,8 +133,17 @@ def clouds(tmp_path):
         c.close()
 
 
+# A second cloud costs ~16 KB of heap (its adapter, uplink.sessions, a client and publisher:
+# make bench BENCH_ARGS=twocloud). With the whole firmware (console lines, uplink.cloud hooks,
+# OTA) at the host board's usual 128k, plain MQTT had ~10 KB left and MemoryError pauses, so
+# a device on two clouds is held to 144k: an ESP32 with PSRAM, or an S3, not a bare ESP32
+# (docs/config.md).
+TWO_CLOUD_HEAP = "144k"
+
+
 def start_board(tmp_path, tb, bl, **kw) -> HostBoard:
-    return HostBoard(tmp_path / "board", two_cloud_config(tb.proxy.url(), bl.proxy.url(), **kw), user_py=USER).start()
+    return HostBoard(tmp_path / "board", two_cloud_config(tb.proxy.url(), bl.proxy.url(), **kw), user_py=USER,
+                     heapsize=TWO_CLOUD_HEAP).start()
 
 
 def test_both_clouds_get_every_reading_and_commands_name_their_platform(tmp_path, clouds):
@@ -218,7 +227,7 @@ def test_chaos_one_cloud_killed_three_times_then_the_other(tmp_path, clouds, cap
 # one run in four the second session's TLS connect met "memory allocation failed" for
 # tens of seconds while the first one was busy publishing (a fragmented heap). 144k ran
 # clean every time. make bench BENCH_ARGS=twocloud prints gc_free at 128k.
-TWO_TLS_HEAP = "144k"
+TWO_TLS_HEAP = TWO_CLOUD_HEAP
 
 
 def test_two_tls_sessions_fit_the_esp32_heap(tmp_path, capsys):
@@ -288,7 +297,7 @@ def test_main_cloud_down_at_boot_then_removed_cloud_frees_the_outbox(tmp_path, c
     bl = clouds("blynk", Blynk({BL_TOKEN}, template_id=TMPL))
     tb.broker.kill()  # the main cloud is down when the board boots
     cfg = two_cloud_config(tb.proxy.url(), bl.proxy.url())
-    board = HostBoard(tmp_path / "board", cfg, user_py=BOOT_USER).start()
+    board = HostBoard(tmp_path / "board", cfg, user_py=BOOT_USER, heapsize=TWO_CLOUD_HEAP).start()
     try:
         # the other cloud does not wait for it
         assert Observer.wait(lambda: len(set(blynk_seqs(bl.obs))) >= 10, 30), board.console()
@@ -303,7 +312,9 @@ def test_main_cloud_down_at_boot_then_removed_cloud_frees_the_outbox(tmp_path, c
         assert Observer.wait(lambda: max(tb_seqs(tb.obs)) >= mark + 20, 30), board.console()
         board.stop()
         held, _ = outbox_readings(board.state)
-        assert len(held) >= 20, held  # what Blynk never acknowledged is still on flash
+        # what Blynk never acknowledged is still on flash (less the last hold_ms of readings,
+        # still in RAM when the board is stopped: outbox.py)
+        assert len(held) >= 10, held
         # the config drops Blynk: its cursor no longer holds anything back
         one = dict(cfg)
         del one["platforms"]
