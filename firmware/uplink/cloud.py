@@ -70,8 +70,9 @@ def sessions():
     if a is None or a.adapter is None:
         return []
     out = [(a.cfg["platform"]["kind"], a.adapter, a.client)]
-    if a.sessions is not None:  # the device's other clouds (uplink.sessions)
-        out += [(x.cfg["platform"]["kind"], x.adapter, x.client) for x in a.sessions.extra]
+    more = getattr(a, "sessions", None)  # the device's other clouds (uplink.sessions)
+    if more is not None:
+        out += [(x.cfg["platform"]["kind"], x.adapter, x.client) for x in more.extra]
     return out
 
 

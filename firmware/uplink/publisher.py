@@ -23,8 +23,8 @@ class Publisher:
     HOLD_S = 30  # how long readings of this boot wait for the clock before going untimed
 
     def __init__(self, outbox, adapter, client, batch=20, stamp=None):
-        cfg = getattr(adapter, "cfg", None)
-        self.kind = cfg["platform"]["kind"] if cfg else None
+        # the cloud this publisher sends to: uplink.cloud records for another are passed by
+        self.kind = ((getattr(adapter, "cfg", None) or {}).get("platform") or {}).get("kind")
         self.outbox = outbox
         self.adapter = adapter
         self.client = client

@@ -333,3 +333,48 @@ def test_main_cloud_down_at_boot_then_removed_cloud_frees_the_outbox(tmp_path, c
         assert len(again) <= 16, again  # at most the acks not yet persisted (outbox.ACK_PERSIST)
     finally:
         board.stop()
+
+
+CLOUD_USER = """
+from uplink import cloud
+
+def read():
+    return {"seq": 1}
+
+async def handle(cmd):
+    if cmd.name == "note":
+        await cloud.set_attributes({"note": cmd.params["n"]})  # ThingsBoard's
+        await cloud.event("noted", "note %d" % cmd.params["n"])  # Blynk's
+        print("NOTED %d" % cmd.params["n"])
+        return {"ok": True}
+    return None
+"""
+
+
+def test_user_records_go_to_their_own_cloud_only(tmp_path, clouds):
+    # uplink.cloud's client attributes are ThingsBoard's and log events Blynk's: through the
+    # one outbox, each reaches its own cloud; the other cloud's publisher passes it by
+    # without calling it undeliverable
+    tb = clouds("thingsboard", ThingsBoard({TB_TOKEN: "device"}))
+    bl = clouds("blynk", Blynk({BL_TOKEN}, template_id=TMPL))
+    cfg = two_cloud_config(tb.proxy.url(), bl.proxy.url(), interval_ms=1000)
+    board = HostBoard(tmp_path / "board", cfg, user_py=CLOUD_USER, heapsize=TWO_CLOUD_HEAP).start()
+    try:
+        for c in (tb, bl):  # both sessions up and sending (so subscribed)
+            assert Observer.wait(lambda c=c: any(t in ("up/v1/devices/me/telemetry", "up/ds/seq")
+                                                 for t, _ in list(c.obs.msgs)), 30), board.console()
+        for n in (1, 2):
+            tb.send(f"v1/devices/me/rpc/request/{40 + n}", {"method": "note", "params": {"n": n}})
+            board.wait_for_line(f"NOTED {n}")
+        assert Observer.wait(lambda: sum(1 for t, _ in list(bl.obs.msgs) if t == "up/event/noted") >= 2, 30), \
+            board.console()
+        assert Observer.wait(lambda: sum(1 for t, p in list(tb.obs.msgs)
+                                         if t == "up/v1/devices/me/attributes" and b"note" in p) >= 2, 30), \
+            board.console()
+        assert [p for t, p in list(bl.obs.msgs) if t == "up/event/noted"][:2] == [b"note 1", b"note 2"]
+        assert not any(t.startswith("up/v1/") for t, _ in list(bl.obs.msgs))
+        assert not any("event" in t for t, _ in list(tb.obs.msgs))
+        assert "reading(s) dropped" not in board.console() and "not for" not in board.console()
+        assert tb.proxy.violations == [] and bl.proxy.violations == []
+    finally:
+        board.stop()
