@@ -18,6 +18,9 @@ from host_tools.ui import plural
 # firmware/uplink/app.py _safe_mode(): the console line, then a wait of safe_mode_retry_s
 # (20 minutes by default) before the next try. A simulation says why at once instead.
 SAFE_MODE_LINE = "SAFE MODE:"
+# firmware/main.py: the app could not even be imported (no memory, a half-copied firmware);
+# it waits 30 s and resets, over and over. A simulation stops and says why at once.
+CANNOT_START_LINE = "uplink: the firmware cannot start"
 
 
 def default_heapsize(compiled: bool) -> str:
@@ -39,6 +42,7 @@ class _Watch:
     def __init__(self):
         self.memory_errors = 0
         self.safe_mode = False
+        self.cannot_start = False
         self._partial = ""
 
     def feed(self, text: str) -> None:
@@ -46,6 +50,7 @@ class _Watch:
         self._partial = lines.pop()[-200:]  # a line's head is enough to recognise it
         self.memory_errors += sum("MemoryError" in line for line in lines)
         self.safe_mode = self.safe_mode or any(SAFE_MODE_LINE in line for line in lines)
+        self.cannot_start = self.cannot_start or any(CANNOT_START_LINE in line for line in lines)
 
 
 def _memory_hint(w: _Watch, heapsize: str, compiled: bool) -> str:
@@ -87,11 +92,14 @@ def run(state: Path, *, seconds: float | None, compiled: bool, heapsize: str,
                         chunk = text.decode(data)
                         watch.feed(chunk)
                         write(chunk)
-                        if watch.safe_mode:
+                        if watch.safe_mode or watch.cannot_start:
                             break
             except KeyboardInterrupt:
                 stopped = True
         hint = _memory_hint(watch, heapsize, compiled)
+        if watch.cannot_start:
+            _stop(proc)
+            return f"the firmware cannot start (its output is above){hint}"
         if watch.safe_mode:
             _stop(proc)
             why = _read(state / "safemode.txt") or "see its output above"
