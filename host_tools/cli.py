@@ -701,7 +701,7 @@ def sim(
     device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
     seconds: Annotated[Optional[float], typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
     compiled: Annotated[bool, typer.Option("--compiled/--source", help="Run the mpy-cross output, as the board does, or the sources.")] = True,
-    heapsize: Annotated[Optional[str], typer.Option(help="MicroPython heap (default on the ESP32 model: 128k, an ESP32 without PSRAM; 160k with --source).")] = None,
+    heapsize: Annotated[Optional[str], typer.Option(help="MicroPython heap (default on the ESP32 model: 128k, an ESP32 without PSRAM; 192k with --source).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ):
     """Run the device's bundle on the host board (MicroPython unix port), against its broker."""
