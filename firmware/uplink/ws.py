@@ -7,7 +7,7 @@ import hashlib
 import os
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-CHUNK = 512  # mask this many bytes per big-integer XOR
+CHUNK = 256  # mask this many bytes per big-integer XOR: its temporaries are the largest blocks a frame needs
 # Payload gathered into one frame: room for a whole 1 KB publisher message with its MQTT
 # header and topic, so a full message is not framed into a buffer of its own.
 GATHER = 1152
@@ -131,6 +131,7 @@ class WSStream:
         self._gb = bytearray(HEAD + GATHER)
         self._gm = memoryview(self._gb)
         self._gn = 0  # gathered payload is _gb[HEAD:HEAD + _gn]
+        self._masked = -1  # payload bytes masked so far (-1: the frame is still open)
         self._stuck = False
         self._left = 0  # payload bytes still to read in the current data frame
         self._more = False  # a fragmented message is in progress (continuations expected)
@@ -221,7 +222,7 @@ class WSStream:
         """Gather buf; True when the socket below refuses bytes (the caller should drain)."""
         n = len(buf)
         g = self._gn
-        if g + n > GATHER:
+        if g + n > GATHER or self._masked >= 0:  # full, or sealed by a send that failed
             self._frame()
             g = 0
             if n > GATHER:  # too big to gather: a frame of its own
@@ -236,23 +237,42 @@ class WSStream:
         n = self._gn
         if not n:
             return
-        self._gn = 0
         gm = self._gm
-        if n < 126:
-            at = HEAD - 6
-            gm[at + 1] = 0x80 | n
-        else:  # (GATHER < 65536)
-            at = HEAD - 8
-            gm[at + 1] = 0xFE
-            gm[at + 2] = n >> 8
-            gm[at + 3] = n & 255
-        gm[at] = 0x82  # final, binary
-        key = os.urandom(4)
-        gm[HEAD - 4 : HEAD] = key
-        _mask_into(gm, HEAD, n, key)
+        at = HEAD - 6 if n < 126 else HEAD - 8
+        if self._masked < 0:  # seal it: header and a fresh key in front of the payload
+            if n < 126:
+                gm[at + 1] = 0x80 | n
+            else:  # (GATHER < 65536)
+                gm[at + 1] = 0xFE
+                gm[at + 2] = n >> 8
+                gm[at + 3] = n & 255
+            gm[at] = 0x82  # final, binary
+            gm[HEAD - 4 : HEAD] = os.urandom(4)
+            self._masked = 0
+        # Masked in place a chunk at a time, progress kept: a MemoryError in the integer work
+        # leaves the frame whole and half masked, and the next push/drain/write goes on from
+        # there with the same key (masking a byte twice would corrupt it; dropping the frame
+        # would lose packets the client counts as sent).
+        key = bytes(gm[HEAD - 4 : HEAD])
+        end = HEAD + n
+        i = HEAD + self._masked
+        k = None
+        while i < end:
+            if end - i < CHUNK:
+                gm[i:end] = mask(gm[i:end], key)
+                i = end
+            else:
+                if k is None:  # the repeated key: once per frame, not per chunk
+                    k = int.from_bytes(key * (CHUNK // 4), "big")
+                j = i + CHUNK
+                gm[i:j] = (int.from_bytes(gm[i:j], "big") ^ k).to_bytes(CHUNK, "big")
+                i = j
+            self._masked = i - HEAD
         # the stream below copies what the socket does not take at once, so the buffer is
         # free for the next batch as soon as this returns
-        self._stuck = self._raw.write(gm[at : HEAD + n])
+        self._stuck = self._raw.write(gm[at:end])
+        self._gn = 0
+        self._masked = -1
 
     async def drain(self):
         self._frame()

@@ -243,3 +243,43 @@ async def test_gathered_batches_of_every_header_size_unmask_to_what_was_written(
         await s.drain()
         sent.append((2, data))
     assert [unmask(f) for f in raw.out] == sent
+
+
+async def test_a_memory_error_while_sending_a_batch_loses_nothing_and_masks_nothing_twice():
+    # a fragmented heap can fail the masking's integer work half way, or the hand-over to the
+    # socket: the batch stays, and the next drain goes on where it stopped, with the same key
+    class Flaky(Mem):
+        fail = 0
+
+        def write(self, buf):
+            if self.fail:
+                self.fail -= 1
+                raise MemoryError("memory allocation failed")
+            super().write(buf)
+
+    raw = Flaky(b"")
+    s = ws.WSStream(raw)
+    data = randbytes(ws.CHUNK + 10)  # one whole chunk, then a tail masked by mask()
+    s.write(data)
+    real = ws.mask
+    calls = [0]
+
+    def failing_once(buf, key):
+        calls[0] += 1
+        if calls[0] == 1:
+            raise MemoryError("memory allocation failed")
+        return real(buf, key)
+
+    ws.mask = failing_once  # the tail's masking fails the first time
+    try:
+        with raises(MemoryError):
+            await s.drain()
+    finally:
+        ws.mask = real
+    raw.fail = 1  # then the socket hand-over fails once
+    with raises(MemoryError):
+        await s.drain()
+    await s.drain()
+    s.write(b"after")  # the next batch is a frame of its own
+    await s.drain()
+    assert [unmask(f) for f in raw.out] == [(2, data), (2, b"after")]
