@@ -6,6 +6,10 @@ import binascii
 import hashlib
 import os
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # names for the type checker only
+    from typing import Any
+
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CHUNK = 256  # mask this many bytes per big-integer XOR: its temporaries are the largest blocks a frame needs
 # Payload gathered into one frame: room for a whole 1 KB publisher message with its MQTT
@@ -36,19 +40,24 @@ def mask(buf, key):
     return (int.from_bytes(buf, "big") ^ k).to_bytes(n, "big")
 
 
-def _mask_into(mv, at, n, key):
-    # mask mv[at:at+n] in place, in chunks (a multiple of 4, so the key lines up) to bound
-    # the big-integer temporaries; the repeated key is made once per frame, not per chunk
-    end = at + n
-    full = at + n - n % CHUNK
-    k = int.from_bytes(key * (CHUNK // 4), "big") if full > at else 0
-    i = at
-    while i < full:
-        j = i + CHUNK
-        mv[i:j] = (int.from_bytes(mv[i:j], "big") ^ k).to_bytes(CHUNK, "big")
-        i = j
-    if i < end:
-        mv[i:end] = mask(mv[i:end], key)
+def _mask_into(mv, i, end, key, st=None):
+    # mask mv[i:end] in place, in chunks (a multiple of 4 from the payload's start, so the key
+    # lines up) to bound the big-integer temporaries; the repeated key is made once, not per
+    # chunk. st: a WSStream whose _done follows the progress, so that after a MemoryError in
+    # the integer work the next call goes on from there (masking a byte twice corrupts it).
+    k = None
+    while i < end:
+        if end - i < CHUNK:
+            mv[i:end] = mask(mv[i:end], key)
+            i = end
+        else:
+            if k is None:
+                k = int.from_bytes(key * (CHUNK // 4), "big")
+            j = i + CHUNK
+            mv[i:j] = (int.from_bytes(mv[i:j], "big") ^ k).to_bytes(CHUNK, "big")
+            i = j
+        if st is not None:
+            st._done = i
 
 
 def frame(payload, opcode=2):
@@ -68,7 +77,7 @@ def frame(payload, opcode=2):
     out[h - 4 : h] = key
     mv = memoryview(out)
     mv[h:] = payload
-    _mask_into(mv, h, n, key)
+    _mask_into(mv, h, h + n, key)
     return out
 
 
@@ -128,10 +137,9 @@ class WSStream:
 
     def __init__(self, raw):
         self._raw = raw
-        self._gb = bytearray(HEAD + GATHER)
-        self._gm = memoryview(self._gb)
-        self._gn = 0  # gathered payload is _gb[HEAD:HEAD + _gn]
-        self._masked = -1  # payload bytes masked so far (-1: the frame is still open)
+        self._gm: Any = None  # the frame buffer, HEAD + GATHER bytes: made at the first write
+        self._gn = 0  # gathered payload is _gm[HEAD:HEAD + _gn]
+        self._done = -1  # the buffer is masked up to here (-1: the frame is still open)
         self._stuck = False
         self._left = 0  # payload bytes still to read in the current data frame
         self._more = False  # a fragmented message is in progress (continuations expected)
@@ -221,8 +229,10 @@ class WSStream:
     def write(self, buf):
         """Gather buf; True when the socket below refuses bytes (the caller should drain)."""
         n = len(buf)
+        if self._gm is None:  # (a connection writes at once: CONNECT; a reader never pays)
+            self._gm = memoryview(bytearray(HEAD + GATHER))
         g = self._gn
-        if g + n > GATHER or self._masked >= 0:  # full, or sealed by a send that failed
+        if g + n > GATHER or self._done >= 0:  # full, or sealed by a send that failed
             self._frame()
             g = 0
             if n > GATHER:  # too big to gather: a frame of its own
@@ -239,7 +249,7 @@ class WSStream:
             return
         gm = self._gm
         at = HEAD - 6 if n < 126 else HEAD - 8
-        if self._masked < 0:  # seal it: header and a fresh key in front of the payload
+        if self._done < 0:  # seal it: header and a fresh key in front of the payload
             if n < 126:
                 gm[at + 1] = 0x80 | n
             else:  # (GATHER < 65536)
@@ -248,31 +258,17 @@ class WSStream:
                 gm[at + 3] = n & 255
             gm[at] = 0x82  # final, binary
             gm[HEAD - 4 : HEAD] = os.urandom(4)
-            self._masked = 0
-        # Masked in place a chunk at a time, progress kept: a MemoryError in the integer work
-        # leaves the frame whole and half masked, and the next push/drain/write goes on from
-        # there with the same key (masking a byte twice would corrupt it; dropping the frame
-        # would lose packets the client counts as sent).
-        key = bytes(gm[HEAD - 4 : HEAD])
+            self._done = HEAD
+        # masked in place with its progress kept: a MemoryError leaves the frame whole and half
+        # masked, and the next push/drain/write goes on with the same key (dropping the frame
+        # would lose packets the client counts as sent)
         end = HEAD + n
-        i = HEAD + self._masked
-        k = None
-        while i < end:
-            if end - i < CHUNK:
-                gm[i:end] = mask(gm[i:end], key)
-                i = end
-            else:
-                if k is None:  # the repeated key: once per frame, not per chunk
-                    k = int.from_bytes(key * (CHUNK // 4), "big")
-                j = i + CHUNK
-                gm[i:j] = (int.from_bytes(gm[i:j], "big") ^ k).to_bytes(CHUNK, "big")
-                i = j
-            self._masked = i - HEAD
+        _mask_into(gm, self._done, end, bytes(gm[HEAD - 4 : HEAD]), self)
         # the stream below copies what the socket does not take at once, so the buffer is
         # free for the next batch as soon as this returns
         self._stuck = self._raw.write(gm[at:end])
         self._gn = 0
-        self._masked = -1
+        self._done = -1
 
     async def drain(self):
         self._frame()
