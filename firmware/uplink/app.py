@@ -29,7 +29,8 @@ class App:
     publisher: Any = None
     adapter: Any = None
     boots: Any = None
-    ota: Any = None
+    ota: Any = None  # the OTA updater, while it has work (start_ota .. ota_done)
+    ota_bad = None  # the sha256 of a bundle that failed this run: not tried again
     cloud: Any = None  # uplink.cloud, when user.py imported it
     sessions: Any = None  # uplink.sessions: the other platforms, when the config names several
     safe_mode_reason = None
@@ -46,6 +47,8 @@ class App:
         self.user = _import_user()
         self.auth_failures = 0
         self.subscribed = False
+        # the main cloud announces updates (platforms/thingsboard.py asks at every connect)
+        self.ota_watch = cfg["platform"]["kind"] in ("thingsboard", "blynk")
 
     # -- context for platform adapters ---------------------------------------------------
     @property
@@ -59,8 +62,8 @@ class App:
             from uplink import ota
 
             self._fw = ota.running(self.board.name)
-            if (self.cfg.get("platform") or {}).get("kind") not in ("thingsboard", "blynk"):
-                _unload("ota")  # no OTA on this cloud: its code leaves the heap
+            if self.ota is None:
+                _unload("ota")  # an updater loads it again when it has work
         return self._fw
 
     @property
@@ -195,9 +198,9 @@ class App:
             log.warn("downlink", "ignored message on %s: %s" % (topic, e))
             return
         if cmd is not None and (cmd.name == "ota" or (cmd.name == "firmware" and cmd.device is None
-                                                      and self.ota is not None)):
+                                                      and self.ota_watch)):
             # a firmware update announced (uplink.ota_tb, ota_blynk): from the main cloud only
-            cmd = self.ota.take(cmd) if self.ota is not None and s is None else None
+            cmd = self._ota_take(cmd) if s is None and self.ota_watch else None
         if cmd is None:
             return
         cmd.platform = s.name if s else self.cfg["platform"].get("name") or self.cfg["platform"]["kind"]
@@ -261,6 +264,46 @@ class App:
                 ota_relay = None
                 _unload("ota_relay", "ota_fetch", "ota_tb", "ota")
             self.adapter._creds.on_ota = self._relay_offer
+        if self.ota_watch:
+            from uplink import ota
+
+            if ota.owed():
+                self.start_ota()
+            else:
+                ota = None
+                _unload("ota")
+
+    def start_ota(self):
+        """The main cloud's updater, loaded only when it has work (an announcement; a trial, a
+        rollback or a failure to report at boot): ota_tb + ota are ~9 KB of heap on the ESP32
+        model, ota_blynk 2 KB more, that a device with nothing to update does not carry."""
+        if self.cfg["platform"]["kind"] == "blynk":
+            from uplink.ota_blynk import Updater
+        else:
+            from uplink.ota_tb import Updater
+        self.ota = Updater(self)
+        asyncio.create_task(self.ota.run())
+        return self.ota
+
+    def ota_done(self, u):
+        """The updater `u` has nothing left to do: its code leaves the heap."""
+        if self.ota is u:
+            self.ota = None
+            _unload("ota_blynk", "ota_relay", "ota_tb", "ota")
+
+    def _ota_take(self, cmd):
+        try:
+            if self.ota is None:
+                # A last updater's code (ota_done) is freed here, not by the collection a
+                # failed allocation runs deep inside the import below: there, C stack slots
+                # left over from its run can still point at it (the GC is conservative), and
+                # the import met a full heap 3 runs in 5 (test_ota_blynk refusals).
+                gc.collect()
+            u = self.ota or self.start_ota()
+        except MemoryError:  # the cloud announces it again at the next connect
+            log.warn("ota", "an update is announced, but its code does not fit the heap now")
+            return None
+        return u.take(cmd)
 
     def _relay_offer(self, offer):
         from uplink import ota_relay  # loaded only when the relay offers an update
@@ -419,14 +462,6 @@ class App:
         self.cloud = sys.modules.get("uplink.cloud")  # imported by user.py only when it uses it
         if self.cloud is not None:
             self.cloud.attach(self)
-        kind = self.cfg["platform"]["kind"]
-        if kind in ("thingsboard", "blynk"):  # OTA, and the trial of a new app
-            if kind == "blynk":
-                from uplink import ota_blynk as o
-            else:
-                from uplink import ota_tb as o
-            self.ota = o.Updater(self)
-            asyncio.create_task(self.ota.run())
         asyncio.create_task(self.telemetry_task())
         asyncio.create_task(self.command_task())
         if self.sessions:  # the other clouds connect on their own: one down stops no other

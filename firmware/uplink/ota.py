@@ -97,6 +97,23 @@ def write_slot(s, root=""):
     _save(root + SLOT, s)
 
 
+def rolled_back(root=""):
+    """The sha256 of the bundle last rolled back, not to be tried again: "bad" once the
+    rollback is reported (uplink.ota_tb trial), "sum" on the boot of the rollback itself."""
+    s = read_slot(root)
+    return s.get("bad") or (s.get("sum") if "failed" in s else None)
+
+
+def owed(root=""):
+    """Whether an updater has work at boot: a trial to run, a rollback or a failed download to
+    report (App.start_ota loads it only then)."""
+    s = read_slot(root)
+    if "trial" in s or "failed" in s:
+        return True
+    j = _load(root + JOB) or {}
+    return bool(j.get("failed") and not j.get("told"))
+
+
 def current(root=""):
     """(title, version) of the app running: its slot's manifest, or (None, None) for the
     app deployed over USB."""

@@ -41,21 +41,20 @@ class Updater(_Base):
             log.warn("ota", "%s failed before: not tried again" % (ver or url))
             return
         if self.want is None:
-            self.want = dict(want, url=url)
-            self.wake.set()
+            self.want = dict(want, url=url)  # run() makes it the job
 
     async def run(self):
         await self.trial()
         job = ota._load(self.root + ota.JOB) or {}
         if job.get("failed") and not job.get("told"):
             await self._connected()
-            self.want = job
             self.say("FAILED", job["failed"])
             job["told"] = 1
             ota._save(self.root + ota.JOB, job)
-            self.want = None
-        await self.wake.wait()
-        want = self.want or {}
+        want = self.want
+        if want is None:  # started for the trial or the report alone (App.start_ota)
+            self.app.ota_done(self)
+            return
         if ota.same_job(job, want):
             want["boots"] = job.get("boots", 0)  # boots the network failed it count on
         ota._save(self.root + ota.JOB, want)

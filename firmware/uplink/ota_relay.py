@@ -26,6 +26,7 @@ class Updater(_Base):
 
     async def run(self):
         await self.trial()
+        self.app.ota_done(self)
 
 
 async def at_boot(app, root=""):
@@ -57,9 +58,7 @@ def offer(app, o, root=""):
         return
     if want["version"] == app.fw()[1]:
         return  # runs already
-    s = ota.read_slot(root)
-    # "bad" once the rolled-back trial is reported; on the boot of the rollback itself, "sum"
-    if sha == (s.get("bad") or (s.get("sum") if "failed" in s else None)):
+    if sha == ota.rolled_back(root):
         log.warn("ota", "%s from the relay was rolled back before: not tried again" % want["version"])
         return
     job = ota._load(root + ota.JOB) or {}

@@ -3,7 +3,10 @@
 # come over this MQTT session (v2/fw/request/{id}/chunk/{n}, payload = chunk size ->
 # v2/fw/response/{id}/chunk/{n}); progress goes out as fw_state telemetry. The flash side
 # (staging, checks, the slot switch) is uplink.ota; the trial and rollback are here and in
-# main.py. docs/ota.md.
+# main.py. The updater is loaded only when there is work for it (App.start_ota): an
+# announcement, or a trial or rollback at boot; done, it leaves the heap (App.ota_done). The
+# announcement is asked at every connect by the adapter (platforms/thingsboard.py FW_KEYS).
+# docs/ota.md.
 import asyncio
 import json
 import time
@@ -12,8 +15,6 @@ from uplink import log
 
 TELEMETRY = "v1/devices/me/telemetry"
 RESPONSE = "v2/fw/response/"
-SUBSCRIBE = "v2/fw/response/+/chunk/+"
-KEYS = ("fw_title", "fw_version", "fw_size", "fw_checksum", "fw_checksum_algorithm")
 CHUNK = 1024  # each chunk is one allocation of its size on arrival: 2 KB failed on fragmented heaps
 CHUNK_WAIT_S = 3  # then ask again (an answer lost to a dropped connection); repeats are ignored
 CHUNK_TRIES = 30
@@ -25,13 +26,15 @@ class Updater:
     def __init__(self, app, root=""):
         self.app = app
         self.root = root
+        from uplink import ota
+
         self.want = None
-        self.bad = None  # the checksum of a bundle that failed: not tried again
+        # known before the first announcement, which may come before trial() runs
+        self.bad = ota.rolled_back(root)
         self.rid = time.ticks_diff(time.ticks_ms(), 0) & 0xFFFF  # a fresh request id per boot
         self.n = -1
         self.data = b""
         self.got = asyncio.Event()
-        self.wake = asyncio.Event()
 
     # -- from the platform adapter ------------------------------------------------------
     def take(self, cmd):
@@ -56,15 +59,14 @@ class Updater:
         alg = str(a.get("fw_checksum_algorithm") or "SHA256").upper()
         if (want["title"], want["version"]) == self.running():
             return
-        if want["sha256"] == self.bad:
+        if want["sha256"] in (self.bad, self.app.ota_bad):
             log.warn("ota", "%s %s failed before: not tried again" % (want["title"], want["version"]))
             return
         if alg != "SHA256":
             self.say("FAILED", "checksum algorithm %s: only SHA256 is supported" % alg)
             return
         if want != self.want:
-            self.want = want
-            self.wake.set()
+            self.want = want  # run() goes on with it
 
     def on_chunk(self, topic, payload):
         try:
@@ -110,26 +112,19 @@ class Updater:
     # -- the task -----------------------------------------------------------------------
     async def run(self):
         await self.trial()
-        await self._connected()
-        c = self.app.client
-        await c.subscribe(SUBSCRIBE, 0)  # restored by the client on every reconnect
-        t, p = self.app.adapter.attributes_request(shared=KEYS)
-        await c.publish(t, p, 1, False, False)  # an update announced while we were away
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
+        while self.want is not None:
             want = self.want
-            if want is None:
-                continue
             try:
-                await self.update(want)
+                await self.update(want)  # returns when another bundle was announced meanwhile
             except Exception as e:  # OtaError: the bundle's fault; OSError: the flash's
                 from uplink import ota
 
                 ota.Stage(want, CHUNK, self.root).drop()
-                self.bad = want["sha256"]
-                self.want = None
+                self.app.ota_bad = want["sha256"]  # kept by the app: this updater leaves the heap
+                if self.want is want:
+                    self.want = None
                 self.say("FAILED", str(e))
+        self.app.ota_done(self)
 
     async def trial(self):
         from uplink import ota
@@ -142,7 +137,6 @@ class Updater:
             self.say("FAILED", "rolled back from slot %s: %s" % (s["failed"], why))
             ota.write_slot({"cur": s.get("cur") or "", "bad": self.bad}, self.root)
             return
-        self.bad = s.get("bad")
         if s.get("trial") is None:
             # nothing to report: UPDATED went out at the commit, and the running version is
             # in the client attributes of every connect (platforms/thingsboard.py). A fw_state

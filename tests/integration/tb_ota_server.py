@@ -3,7 +3,7 @@ bundle with the fw_* shared attributes (on the attributes topic and in answers t
 device's attribute requests) and answers `v2/fw/request/{id}/chunk/{n}` (payload: the chunk
 size) with that slice of the file on `v2/fw/response/{id}/chunk/{n}`, an empty payload past
 the end, as ThingsBoard's MQTT device API does (docs: "OTA updates" of the MQTT API). It
-records the device's fw_state telemetry."""
+records the device's fw_state telemetry, and its readings."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ class TbOta:
                       "fw_checksum": checksum or hashlib.sha256(self.data).hexdigest(),
                       "fw_checksum_algorithm": "SHA256"}
         self.states: list[dict] = []
+        self.readings: list[dict] = []  # the values of telemetry that is not fw_state
         self.chunks = 0
         self.bytes_out = 0
         self.on_chunk = None  # fn(n) after each answer: tests cut connections from here
@@ -65,6 +66,9 @@ class TbOta:
                 if isinstance(d, dict) and "fw_state" in d:
                     with self.lock:
                         self.states.append(d)
+                elif isinstance(d, dict):
+                    with self.lock:
+                        self.readings.append(d.get("values", d))
 
     def wait_state(self, state: str, timeout: float = 60, console=None) -> dict:
         end = time.monotonic() + timeout
@@ -76,6 +80,16 @@ class TbOta:
             time.sleep(0.1)
         raise AssertionError(f"no fw_state {state}; got {[d['fw_state'] for d in self.states]}"
                              + ("\n" + console() if console else ""))
+
+    def wait_reading(self, pred, timeout: float = 60, console=None) -> dict:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self.lock:
+                for v in self.readings:
+                    if pred(v):
+                        return v
+            time.sleep(0.1)
+        raise AssertionError(f"no such reading; last: {self.readings[-5:]}" + ("\n" + console() if console else ""))
 
     def stop(self) -> None:
         self.c.loop_stop()

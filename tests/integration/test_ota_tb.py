@@ -101,6 +101,33 @@ def test_update_over_a_connection_cut_five_times_then_committed(broker, tmp_path
         proxy.close()
 
 
+# reports whether the updater's code is in the heap
+USER_SEES_OTA = 'import sys\nprint("USER %s")\ndef read():\n    return {"v": %r, "ota": "uplink.ota_tb" in sys.modules}\n'
+
+
+def test_the_updater_is_loaded_only_while_it_has_work(broker, tmp_path):
+    """A device with nothing to update does not carry the updater (~9 KB of heap on the model);
+    a package assigned while it was away, with no attribute push, is found at its next connect
+    (the adapter asks at every connect); after the new app's trial the code leaves again."""
+    proxy = FaultProxy(broker.ports["mqtt"])
+    path = make_bundle(tmp_path, "2", USER_SEES_OTA % ("v2", "2"))
+    tb = TbOta(broker.ports["mqtt"], path)
+    assigned, tb.attrs = tb.attrs, {}  # nothing assigned yet: the connect-time question gets {}
+    board = HostBoard(tmp_path / "board", config(proxy.port), user_py=USER_SEES_OTA % ("v1", "1"))
+    run = Supervised(board)
+    try:
+        tb.wait_reading(lambda v: len(tb.readings) >= 3, 60, board.console)
+        assert [v["ota"] for v in tb.readings] == [False] * len(tb.readings)
+        tb.attrs = assigned  # assigned while the device is away: no push on the attributes topic
+        proxy.cut_all()
+        tb.wait_state("UPDATED", 180, board.console)
+        tb.wait_reading(lambda v: v.get("v") == "2" and v["ota"] is False, 60, board.console)
+    finally:
+        run.stop()
+        tb.stop()
+        proxy.close()
+
+
 def test_refusals_and_a_crashing_bundle_rolls_back(broker, tmp_path):
     good = make_bundle(tmp_path, "2", USER % ("v2", "2"))
     raw = good.read_bytes()

@@ -46,6 +46,10 @@ RPC_REQUEST = ME + "rpc/request/"
 RPC_RESPONSE = ME + "rpc/response/"
 CLAIM = ME + "claim"
 FW_RESPONSE = "v2/fw/response/"
+# OTA (thingsboard.io/docs/user-guide/ota-updates/): the shared attributes that announce a
+# package, asked at every connect, and the topic its chunks come back on (uplink.ota_tb)
+FW_KEYS = ("fw_title", "fw_version", "fw_size", "fw_checksum", "fw_checksum_algorithm")
+FW_CHUNKS = FW_RESPONSE + "+/chunk/+"
 GW = "v1/gateway/"
 GW_TELEMETRY = GW + "telemetry"
 GW_CONNECT = GW + "connect"
@@ -104,6 +108,8 @@ class Adapter(Base):
                 (RPC_RESPONSE + "+", 1)]
         if self.gateway:
             subs += [(GW_RPC, 1), (GW_ATTRIBUTES, 1), (GW_ATTR_RESPONSE, 1)]
+        if getattr(self.ctx, "ota_watch", False):  # the main cloud's updates (App.ota_watch)
+            subs.append((FW_CHUNKS, 0))
         return subs
 
     async def on_connect(self, client):
@@ -129,6 +135,11 @@ class Adapter(Base):
         if self.shared_keys:
             t, payload = self.attributes_request(shared=self.shared_keys)
             await client.publish(t, payload, 1, False, False)
+        if getattr(self.ctx, "ota_watch", False):
+            # a package assigned while we were away; the updater's code is loaded only when
+            # the answer announces one (App.on_message)
+            t, payload = self.attributes_request(shared=FW_KEYS, method="fw")
+            await client.publish(t, payload, 1, False, False)
         for name in self.gateway:
             await client.publish(GW_CONNECT, dumps({"device": name}).encode(), 1, False, False)
         secret = self.cfg["platform"].get("claim_secret")
@@ -151,9 +162,10 @@ class Adapter(Base):
         return (RPC_REQUEST + str(rid),
                 dumps({"method": method, "params": {} if params is None else params}).encode())
 
-    def attributes_request(self, client=None, shared=None):
-        """(topic, payload) asking for attribute values; answered as Command("attributes")."""
-        rid = self._next_id("attributes")
+    def attributes_request(self, client=None, shared=None, method="attributes"):
+        """(topic, payload) asking for attribute values; answered as Command("attributes")
+        (method "fw": an OTA announcement, or nothing)."""
+        rid = self._next_id(method)
         req = {}
         if client:
             req["clientKeys"] = ",".join(client)
@@ -253,6 +265,8 @@ class Adapter(Base):
             client = resp.get("client")
             if not isinstance(shared, dict) or not isinstance(client or {}, dict):
                 raise ValueError("attributes response: 'shared'/'client' is not an object")
+            if self._pending.get(_id(topic, ATTR_RESPONSE)) == "fw":  # (on_connect)
+                return Command("ota", shared) if "fw_title" in shared and "fw_version" in shared else None
             if client is None:  # the usual answer (shared keys asked): as a shared update
                 return _shared(shared)
             # clientKeys were asked: both sections, as ThingsBoard answers them
