@@ -219,3 +219,47 @@ async def test_gateway_login_with_oauth_client_credentials():
         adapter("blynk", oauth_client_id="oc-123", gateway_tokens=GW)
     with raises(config.ConfigError, "platform.gateway_tokens"):
         adapter("blynk", oauth_client_id="oc-123", oauth_client_secret="s")
+
+
+def _forget(name):
+    # as if never imported: `from uplink.platforms import x` takes the package's attribute first
+    import sys
+
+    from uplink import platforms
+
+    sys.modules.pop("uplink.platforms." + name, None)
+    if name in platforms.__dict__:
+        delattr(platforms, name)
+
+
+async def test_a_plain_device_loads_neither_the_gateway_nor_the_cloud_api_code():
+    # Bytecode lives in the heap: the gateway API (platforms/blynk_gateway.py) is loaded only
+    # for gateway_tokens or an OAuth client, uplink.cloud's calls (blynk_cloud.py) only when
+    # uplink.cloud asks for them, so a plain device on two clouds fits its heap.
+    import sys
+
+    _forget("blynk_gateway")
+    _forget("blynk_cloud")
+    a = bl(sync=["Mode"])
+    assert a.gateway is False and await a.credentials() == ("device", "DEVTOKEN")
+    assert a.subscriptions() == [("downlink/#", 1)]
+    await a.on_connect(Client())
+    a.encode([reading({"T": 1}), reading({"T": 2, "H": 3}), reading({"T": 3}, TS), reading({"T": 4}, TS + 1)])
+    assert a.handle("downlink/ds/Mode", b"2", False).params["value"] == 2
+    assert a.handle("dev/tokA/downlink/reboot", b"", False) is None  # not subscribed: not ours
+    for name in ("explain", "make_client", "prepare", "publishes", "max_packet", "rpc_request"):
+        assert getattr(a, name, None) is None  # what the app and uplink.cloud probe for
+    assert "uplink.platforms.blynk_gateway" not in sys.modules
+    assert "uplink.platforms.blynk_cloud" not in sys.modules
+    # uplink.cloud's calls are there when asked for
+    assert a.event_message("door", "open") == ("event/door", b"open")
+    assert a.sync_request(None) is None and a.meta_request("Serial") == ("get/meta", b"Serial")
+    assert "uplink.platforms.blynk_cloud" in sys.modules
+    assert "uplink.platforms.blynk_gateway" not in sys.modules
+    # a gateway loads its part, and works through it
+    g = bl(gateway_tokens=GW, token="GWTOKEN")
+    assert "uplink.platforms.blynk_gateway" in sys.modules
+    assert g.gateway is True and await g.credentials() == ("mgmt_device", "GWTOKEN")
+    assert g.encode([reading({"T": 1}, None, "B")]) == [("dev/tokB/ds/T", b"1", 1)]
+    assert g.handle("dev/tokA/downlink/ping", b"", False) == Command("ping", None, None, "A")
+    assert g.event_message("door", "") == ("dev/GWTOKEN/event/door", b"")

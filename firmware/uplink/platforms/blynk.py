@@ -1,10 +1,8 @@
-# Blynk (blynk.cloud) MQTT device API, and the gateway API (one connection as mgmt_device
-# with the gateway's token, or as an OAuth client; every device, the gateway itself too, is
-# addressed as dev/<its token>/). Wire contract: PLATFORMS.md "Blynk",
-# https://docs.blynk.io/en/blynk.cloud-mqtt-api/mqtt-gateway-api. Largest message 1024
-# bytes: enforced here, before anything is sent.
+# Blynk (blynk.cloud) MQTT device API. Wire contract: PLATFORMS.md "Blynk". Largest message
+# 1024 bytes: enforced here, before anything is sent. The gateway API (gateway_tokens, OAuth
+# client login, dev/<token>/ prefixes) is platforms/blynk_gateway.py, imported only by a
+# gateway (Adapter._gw): bytecode lives in the heap.
 import uplink
-from uplink.config import ConfigError
 from uplink.platforms import (
     Base,
     Command,
@@ -18,21 +16,22 @@ from uplink.platforms import (
 
 DEFAULT_URL = "mqtts://blynk.cloud:8883"
 MAX_MESSAGE = 1024
-SCHEMES = ("mqtt://", "mqtts://", "ws://", "wss://")
 # info/mcu "build" is the firmware's build date. A build step may set uplink.BUILD (or the
 # app ctx.build); without one the console shows this, never the version (that is "ver").
 BUILD = "unknown"
+CLOUD = " event_message prop_message meta_request sync_request "  # Adapter.__getattr__
 
+_S = (str, None)
 SCHEMA = {
-    "token": (str, None),
-    "template_id": (str, None),
-    "template_name": (str, None),
+    "token": _S,
+    "template_id": _S,
+    "template_name": _S,
     "gateway_tokens": (dict, None),
     # Gateway API login with an OAuth client (Blynk console: Organization -> OAuth clients):
     # MQTT username = its Client ID, password = its Client Secret. Not "client_id": that
     # common key is the MQTT client id, which must stay unique per connection.
-    "oauth_client_id": (str, None),
-    "oauth_client_secret": (str, None),
+    "oauth_client_id": _S,
+    "oauth_client_secret": _S,
     "timestamped": (bool, True),
     "sync": ([str], []),
 }
@@ -42,141 +41,88 @@ class Adapter(Base):
     clean = True  # Blynk accepts clean sessions only
     keepalive = 45  # what Blynk recommends
     waiter = None  # uplink.cloud's waiter(meta field, payload): the answer to cloud.meta()
+    # A plain device; a gateway's are set by blynk_gateway.setup. _own: the prefix of this
+    # device's own topics ("", or dev/<token>/ on a gateway; None: an OAuth session has no
+    # device of its own); _pres: every prefix subscribed and announced.
+    gateway = False
+    _gw = None
+    _own = ""
+    _pres = ("",)
 
     def __init__(self, cfg, ctx):
         Base.__init__(self, cfg, ctx, DEFAULT_URL, MAX_MESSAGE)
         p = cfg["platform"]
         self.max_payload = MAX_MESSAGE  # Blynk's, whatever the config says
-        self.timestamped = p.get("timestamped", True)
-        gw = p.get("gateway_tokens") or {}
-        self._tokens = {}  # sub-device name -> token
-        self._names = {}  # token -> sub-device name
-        for name in gw:
-            tok = gw[name]
-            if not isinstance(tok, str) or not topic_ok(tok):
-                raise ConfigError("config.json: platform.gateway_tokens.%s: expected a device "
-                                  "token (text without / + #)" % name)
-            self._tokens[name] = tok
-            self._names[tok] = name
-        self.oauth = bool(p.get("oauth_client_id") or p.get("oauth_client_secret"))
-        self.gateway = bool(self._tokens) or self.oauth
-        if self.oauth:
-            if not (p.get("oauth_client_id") and p.get("oauth_client_secret")) and self._creds is None:
-                raise ConfigError("config.json: platform.oauth_client_id and oauth_client_secret: "
-                                  "both are needed (Blynk console: the OAuth client's Client ID "
-                                  "and Client Secret)")
-            if not self._tokens:
-                raise ConfigError("config.json: platform.gateway_tokens: missing: an OAuth client "
-                                  "login is a gateway session; list {sub-device name: its token}")
+        if p.get("gateway_tokens") or p.get("oauth_client_id") or p.get("oauth_client_secret"):
+            from uplink.platforms import blynk_gateway
+
+            blynk_gateway.setup(self, p)
+            self._gw = blynk_gateway
         else:
             self.require("token", "the device's auth token (the gateway's own token in gateway mode)")
-        tok = p.get("token")
-        # The gateway API addresses every device, the gateway itself too, as dev/<token>/;
-        # an OAuth client session has no device of its own. A plain device session: "".
-        if not self.gateway:
-            self._own = ""
-        elif tok and not self.oauth:
-            if not topic_ok(tok):
-                raise ConfigError("config.json: platform.token: expected a device token (text without / + #)")
-            self._own = "dev/" + tok + "/"
-        else:
-            self._own = None
 
     async def credentials(self):
         if self._creds is not None:
             return await self._creds()
         p = self.cfg["platform"]
-        if self.oauth:
-            return (p["oauth_client_id"], p["oauth_client_secret"])
-        return ("mgmt_device" if self.gateway else "device", p["token"])
-
-    def _prefixes(self):
-        if self._own is not None:
-            yield self._own
-        for name in self._tokens:
-            yield "dev/" + self._tokens[name] + "/"
+        if self._gw is not None:
+            return self._gw.login(self, p)
+        return ("device", p["token"])
 
     def subscriptions(self):
-        return [(pre + "downlink/#", 1) for pre in self._prefixes()]
+        out = []
+        for pre in self._pres:
+            out.append((pre + "downlink/#", 1))
+        return out
 
     async def on_connect(self, client):
         p = self.cfg["platform"]
         build = getattr(self.ctx, "build", None) or getattr(uplink, "BUILD", None) or BUILD
         info = {"ver": self.ctx.version, "build": build, "rxbuff": MAX_MESSAGE}
-        if p.get("template_id"):
-            info["tmpl"] = p["template_id"]
-            info["type"] = p["template_id"]
+        t = p.get("template_id")
+        if t:
+            info["tmpl"] = info["type"] = t
         payload = dumps(info).encode()
-        for pre in self._prefixes():
+        for pre in self._pres:
             await client.publish(pre + "info/mcu", payload, 0)
         sync = p.get("sync")
         if sync and self._own is not None:  # the current values come back as downlink/ds/<name> writes
             await client.publish(self._own + "get/ds", ",".join(sync).encode(), 0)
 
-    # -- uplink.cloud: what is not a reading (docs.blynk.io .../device-mqtt-api/topic-structure)
-    def _mine(self, what, name):
-        if self._own is None:
-            raise ValueError("%s: an OAuth gateway session has no device of its own" % what)
-        if not topic_ok(name):
-            raise ValueError("%s: %r cannot be a topic level (empty, or has / + #)" % (what, name))
-        return self._own
+    def __getattr__(self, name):
+        # uplink.cloud's calls (it looks them up by name) are platforms/blynk_cloud.py, put on
+        # the class at the first: a device whose user.py does not use uplink.cloud never pays
+        if " %s " % name in CLOUD:
+            from uplink.platforms import blynk_cloud
 
-    def event_message(self, code, text):
-        """Log event: event/<event code>, the description as plain text (empty: the event's
-        own description). docs.blynk.io/en/getting-started/events-tutorial: the code is the
-        template's EVENT_CODE."""
-        return (self._mine("event", code) + "event/" + code, text.encode())
-
-    def prop_message(self, datastream, name, value):
-        """Widget property: ds/<datastream>/prop/<property>, the value as plain text
-        (docs.blynk.io .../device-mqtt-api/widget-properties)."""
-        self._mine("property", name)
-        return (self._mine("property", datastream) + "ds/" + datastream + "/prop/" + name,
-                _text(value).encode())
-
-    def meta_request(self, field):
-        """Metadata read: get/meta with the field name; answered on downlink/meta/<field>
-        (topic-structure)."""
-        return (self._mine("metadata", field) + "get/meta", field.encode())
-
-    def sync_request(self, keys):
-        """For uplink.cloud.on_change after a connect: get/ds with the names, else get/ds/all
-        (every datastream with "Sync with latest server value" on, docs.blynk.io
-        .../device-mqtt-api/datastreams); None when platform.sync asked already."""
-        if self._own is None or (not keys and self.cfg["platform"].get("sync")):
-            return None
-        if keys:
-            return (self._own + "get/ds", ",".join(keys).encode())
-        return (self._own + "get/ds/all", b"")
+            setattr(Adapter, name, getattr(blynk_cloud, name))
+            return getattr(self, name)
+        raise AttributeError(name)
 
     # -- telemetry -------------------------------------------------------------------------
     def _prefix(self, r):
-        dev = r.get("device")
-        if dev is None or not self.gateway:
-            return self._own
-        tok = self._tokens.get(dev)
-        return None if tok is None else "dev/" + tok + "/"
+        g = self._gw
+        return self._own if g is None else g.prefix(self, r)
 
     def encode(self, readings):
         out = []
         i, n = 0, len(readings)
+        stamped = self.cfg["platform"].get("timestamped", True)
         while i < n:
             r = readings[i]
             k = r.get("k")
-            if k is not None:  # not a reading: an uplink.cloud record
-                self._record(r, k, out)
-                i += 1
-                continue
-            pre = self._prefix(r)
-            if pre is None:
-                dev = r.get("device")
-                out.append((None, (("no token for sub-device %r in platform.gateway_tokens" % dev)
-                                   if dev is not None else "an OAuth gateway session has no device of "
-                                   "its own: send readings for sub-devices (user.read_devices)").encode(), 1))
+            pre = None if k is not None else self._prefix(r)
+            if pre is None:  # an uplink.cloud record, or a gateway's reading with nowhere to go
+                if k is None:
+                    out.append((None, self._gw.unsendable(r), 1))  # type: ignore
+                else:
+                    from uplink.platforms import blynk_cloud
+
+                    blynk_cloud.record(self, r, k, out)
                 i += 1
                 continue
             j = i
-            if self.timestamped and r.get("ts") is not None:
+            if stamped and r.get("ts") is not None:
                 while (j < n and readings[j].get("ts") is not None and "k" not in readings[j]
                        and self._prefix(readings[j]) == pre and _names_ok(readings[j]["values"])):
                     j += 1
@@ -188,24 +134,6 @@ class Adapter(Base):
                 self._one(r, pre, out)
                 i += 1
         return out
-
-    def _record(self, r, k, out):
-        if k != "e":
-            out.append((None, ("a %r record is not for Blynk" % k).encode(), 1))
-            return
-        try:
-            topic, payload = self.event_message(r["code"], r.get("text") or "")
-        except ValueError as e:
-            out.append((None, str(e).encode(), 1))
-            return
-        # a description too long for one message is cut, the event itself still counts
-        room = self._room(topic)
-        if len(payload) > room:
-            i = room
-            while i and payload[i] & 0xC0 == 0x80:  # not inside a UTF-8 character
-                i -= 1
-            payload = payload[:i]
-        out.append((topic, payload, 1))
 
     def _room(self, topic):
         return self.max_payload - len(topic) - 4
@@ -273,31 +201,24 @@ class Adapter(Base):
     def handle(self, topic, payload, retained):
         dev = None
         pre = ""
-        if topic.startswith("dev/"):
-            k = topic.find("/", 4)
-            tok = topic[4:k] if k > 0 else ""
-            pre = topic[:k + 1]
-            dev = self._names.get(tok)
-            if dev is None and pre != self._own:
-                raise ValueError("downlink for an unknown sub-device token")
-            topic = topic[k + 1:]
+        g = self._gw
+        if g is not None and topic.startswith("dev/"):
+            topic, pre, dev = g.route(self, topic)
         if not topic.startswith("downlink/"):
             return None
         what = topic[9:]
         if what == "redirect":
-            if pre:
-                raise ValueError("redirect addressed to one device of a gateway session")
             url = text(payload, "redirect").strip()
-            host = url[url.find("://") + 3:] if "://" in url else ""
-            if not any(url.startswith(s) for s in SCHEMES) or not host or host[0] in "/:":
-                raise ValueError("redirect: expected an mqtt://, mqtts://, ws:// or wss:// URI, got %r"
-                                 % url[:60])
+            from uplink.transport import parse_url  # the app's: loaded for the connection
+
+            try:
+                parse_url(url)  # the app reconnects there: a URL it can use, or no redirect
+            except ValueError as e:
+                raise ValueError("redirect: %s" % str(e)[:100])
             self.url = url
             return Command("redirect", {"url": url})
-        if what == "reboot":
-            return Command("reboot", None, None, dev)
-        if what == "ping":
-            return Command("ping", None, None, dev)
+        if what == "reboot" or what == "ping":
+            return Command(what, None, None, dev)
         if what.startswith("ds/"):
             name = what[3:]
             if not name:
@@ -339,26 +260,18 @@ def _names_ok(values):
 
 
 def _text(v):
-    # Boolean datastreams take true/false (docs.blynk.io .../device-mqtt-api/datastreams)
-    if v is True:
-        return "true"
-    if v is False:
-        return "false"
-    if isinstance(v, str):
-        return v
-    if isinstance(v, (int, float)):
-        return str(v)
-    return dumps(v)
+    # Plain text: Boolean datastreams take true/false (docs.blynk.io .../device-mqtt-api/
+    # datastreams), numbers as str() writes them, which is what dumps writes too (MicroPython's
+    # float_print, py/objfloat.c, ignores the print kind); anything else as JSON.
+    return v if isinstance(v, str) else dumps(v)
 
 
 def _parse_value(raw):
     if raw == "true" or raw == "false":
         return raw == "true"
-    try:
-        return int(raw)
-    except ValueError:
-        pass
-    try:
-        return float(raw)
-    except ValueError:
-        return raw
+    for f in (int, float):
+        try:
+            return f(raw)
+        except ValueError:
+            pass
+    return raw
