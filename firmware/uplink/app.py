@@ -405,9 +405,14 @@ class App:
         # 1 KB messages carry telemetry.batch readings as one array, as ThingsBoard's docs
         # advise for a backlog; the client's default 48 would cut them to ~170 B each. Several
         # clouds share those 8 (uplink.sessions): each keeps what it sent until the PUBACK.
-        kw.setdefault("window", max(2, WINDOW // len(self.cfg.get("platforms") or "1")))
+        kw.setdefault("window", max(2, self.share(WINDOW)))
         return MQTTClient(o.adapter.url, o.adapter.client_id, keepalive=keepalive, ca=ca,
                           insecure=p["insecure"], max_packet=getattr(o.adapter, "max_packet", 4096), **kw)
+
+    def share(self, n):
+        """Each cloud's part of n (records a publisher reads at a time, messages a client keeps
+        for a resend): n clouds hold about what one does (uplink.sessions)."""
+        return max(1, n // len(self.cfg.get("platforms") or "1"))
 
     async def open_client(self, user, password):
         """A connected client with these credentials, for a platform's one-off exchanges
@@ -456,8 +461,8 @@ class App:
             await prepare(self)
         self.client = self.make_client()
         reader = self.sessions.reader(self.outbox, main) if self.sessions else self.outbox
-        batch = self.cfg["telemetry"]["batch"] // len(self.cfg.get("platforms") or "1")  # uplink.sessions
-        self.publisher = Publisher(reader, self.adapter, self.client, max(1, batch), stamp=self.stamp)
+        batch = self.share(self.cfg["telemetry"]["batch"])
+        self.publisher = Publisher(reader, self.adapter, self.client, batch, stamp=self.stamp)
         self.client.on_ack = self.publisher.on_ack
         self.cloud = sys.modules.get("uplink.cloud")  # imported by user.py only when it uses it
         if self.cloud is not None:

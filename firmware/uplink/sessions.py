@@ -121,11 +121,10 @@ class Sessions:
         from uplink.publisher import Publisher
 
         app = self.app
-        # Each publisher reads batch / n records at a time (app.main too), and each client
-        # gets 8 / n of the MQTT window (app._client): n clouds hold about what one does in
-        # records read and messages kept for a resend. Two TLS sessions on the ESP32 model
-        # at 128k met MemoryError pauses every few seconds with a whole batch each.
-        batch = max(1, app.cfg["telemetry"]["batch"] // len(app.cfg["platforms"]))
+        # Each publisher reads its share of the batch, as app.main's does, and each client
+        # gets its share of the MQTT window (App.share): with a whole batch each, two TLS
+        # sessions on the ESP32 model at 128k met MemoryError pauses every few seconds.
+        batch = app.share(app.cfg["telemetry"]["batch"])
         for s in self.extra:
             c = s.make_client()
             if s.publishes:

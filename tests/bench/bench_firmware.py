@@ -105,8 +105,8 @@ print("MOD total", base - prev)
 """
 
 # in the order the app imports them over mqtts (ThingsBoard); uplink.cloud only there when
-# user.py imports it; then the OTA modules: ota_tb stays (ThingsBoard, and the trial of any
-# new app), ota_blynk on Blynk; ota_fetch and https only for the boot's download check
+# user.py imports it; then the OTA modules, each loaded only while an update or a trial runs
+# (App.start_ota): ota_tb and ota, ota_blynk on Blynk; ota_fetch and https for the boot's download
 ORDER = ["uplink", "uplink.log", "uplink.config", "uplink.board", "uplink.board_host", "uplink.clock",
          "uplink.app", "uplink.platforms", "uplink.platforms.thingsboard", "uplink.outbox",
          "uplink.publisher", "uplink.transport", "uplink.mqtt", "uplink.ws", "asyncio", "ssl", "uplink.cloud",
@@ -122,7 +122,7 @@ def module_heap(name: str = "ESP32 model") -> None:
     rows = [ln.split()[1:] for ln in p.output.splitlines() if ln.startswith("MOD ")]
     print(f"heap taken by importing each module (.mpy, {name}, after gc.collect; ws only for ws/wss,"
           " config and board_host not kept on an ESP32, cloud only for a user.py that uses it,"
-          " ota_fetch and https unloaded after boot):")
+          " the ota modules only while an update or a trial runs):")
     print("  " + ", ".join(f"{n.replace('uplink.', '')} {int(b) / 1024:.1f}k" for n, b in rows), flush=True)
 
 
