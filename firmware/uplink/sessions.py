@@ -7,10 +7,10 @@
 # delivery. Downlinks of every session go to the app's one command queue with cmd.platform
 # set, and replies go back through the session they came from.
 #
-# Memory: a Session costs its adapter module's bytecode (Blynk ~10 KB on the ESP32 model),
+# Memory: a Session costs its adapter module's bytecode (Blynk ~4.6 KB on the ESP32 model),
 # this module (~3 KB), an MQTTClient and a Publisher (~2 KB) and, with TLS, its mbedTLS
-# session (~4.5 KB on the model, which keeps mbedTLS in the GC heap; the IDF heap on the
-# chip). `make bench BENCH_ARGS=twocloud` prints gc_free with one and two sessions.
+# session (the model keeps mbedTLS in the GC heap; the chip in the IDF heap): ~14 KB in all.
+# `make bench BENCH_ARGS=twocloud` prints gc_free with one and two sessions.
 import asyncio
 
 from uplink import log
