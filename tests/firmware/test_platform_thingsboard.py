@@ -370,5 +370,8 @@ def test_gateway_rpc_and_reply():
     topic, payload = a.reply(cmd, {"pong": True})
     assert topic == "v1/gateway/rpc"
     assert json.loads(payload) == {"device": "B", "id": 9, "data": {"pong": True}}
+    # that reply, handed back by a plain broker (the gateway subscribes to the same topic), is
+    # no request: no command, no warning
+    assert a.handle(topic, payload, False) is None
     cmd = a.handle("v1/gateway/attributes", b'{"device":"A","data":{"mode":"eco"}}', False)
     assert cmd == Command("attributes", {"mode": "eco"}, None, "A")

@@ -50,6 +50,11 @@ def encode_run(adapter, readings, i, out):
 def handle(topic, payload):
     if topic == GW_RPC:
         req = loads_obj(payload, "gateway RPC")
+        if "id" in req:
+            # A reply's shape ({"device", "id", "data"}): ours, handed back by a plain broker
+            # (uplink sim on mosquitto). ThingsBoard puts a request's id inside "data"
+            # (thingsboard.io/docs/reference/gateway-mqtt-api/, "Server-side RPC").
+            return None
         dev, data = _gw(req, "gateway RPC")
         method = data.get("method")
         if not isinstance(method, str) or not method:
