@@ -48,7 +48,7 @@ class App:
         self.auth_failures = 0
         self.subscribed = False
         # the main cloud announces updates (platforms/thingsboard.py asks at every connect)
-        self.ota_watch = cfg["platform"]["kind"] in ("thingsboard", "blynk")
+        self.ota_watch = (cfg.get("platform") or {}).get("kind") in ("thingsboard", "blynk")
 
     # -- context for platform adapters ---------------------------------------------------
     @property
