@@ -375,3 +375,28 @@ def test_gateway_rpc_and_reply():
     assert a.handle(topic, payload, False) is None
     cmd = a.handle("v1/gateway/attributes", b'{"device":"A","data":{"mode":"eco"}}', False)
     assert cmd == Command("attributes", {"mode": "eco"}, None, "A")
+
+
+async def test_ota_is_asked_at_each_connect_and_the_running_package_is_no_announcement():
+    ctx = Ctx()
+    ctx.fw = lambda: ("uplink-esp32-devkitc", "2.0.0")  # App.fw: the active slot's manifest
+    ctx.ota_watch = True  # the main cloud (App.ota_watch); a second cloud's context has none
+    a = tb(ctx=ctx)
+    assert ("v2/fw/response/+/chunk/+", 0) in a.subscriptions()
+    assert "v2/fw/response/+/chunk/+" not in [t for t, _ in tb().subscriptions()]
+    for _ in range(2):  # every connect asks, not the first one only
+        c = Client()
+        await a.on_connect(c)
+        asks = [(t, json.loads(p)) for t, p, _ in c.published if t.startswith("v1/devices/me/attributes/request/")]
+        assert [q for _, q in asks] == [{"sharedKeys": "fw_title,fw_version,fw_size,fw_checksum,fw_checksum_algorithm"}]
+    answer = "v1/devices/me/attributes/response/" + asks[0][0].rsplit("/", 1)[1]
+    fw = {"fw_title": "uplink-esp32-devkitc", "fw_version": "2.1.0", "fw_size": 10, "fw_checksum": "ab"}
+    assert a.handle(answer, json.dumps({"shared": fw}).encode(), False) == Command("ota", fw)
+    # ThingsBoard keeps the last package's fw_* attributes: the one running loads no updater
+    running = dict(fw, fw_version="2.0.0")
+    assert a.handle(answer, json.dumps({"shared": running}).encode(), False) is None
+    assert a.handle(answer, b'{"shared":{}}', False) is None  # no package assigned: nothing for user.py
+    # a push with the running package and a user attribute: only the user's part goes on
+    push = dict(running, setpoint=21)
+    assert a.handle("v1/devices/me/attributes", json.dumps(push).encode(), False) == Command("attributes", {"setpoint": 21})
+    assert a.handle("v1/devices/me/attributes", json.dumps(fw).encode(), False).name == "ota"

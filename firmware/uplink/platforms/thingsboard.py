@@ -118,8 +118,7 @@ class Adapter(Base):
         # current_fw_version (thingsboard.io/docs/user-guide/ota-updates/). As client
         # attributes for now: the guide sends them as telemetry beside fw_state, which comes
         # with OTA; until then a telemetry message that is no reading is not worth its bytes.
-        fw = getattr(self.ctx, "fw", None)  # App.fw: the running bundle's manifest (uplink.ota)
-        t, v = fw() if fw is not None else ("uplink-" + self.ctx.board.name, self.ctx.version)
+        t, v = self._running()
         attrs = {"board": self.ctx.board.name, "current_fw_title": t, "current_fw_version": v}
         ip = ctx_ip(self.ctx)
         if ip:
@@ -147,6 +146,25 @@ class Adapter(Base):
             t, payload = self.claim_request(secret, self.cfg["platform"].get("claim_duration_ms") or 60000)
             await client.publish(t, payload, 1, False, False)
             self._claimed = True
+
+    def _running(self):
+        fw = getattr(self.ctx, "fw", None)  # App.fw: the running bundle's manifest (uplink.ota)
+        return fw() if fw is not None else ("uplink-" + self.ctx.board.name, self.ctx.version)
+
+    def _shared(self, attrs):
+        # fw_title + fw_version: ThingsBoard announcing a firmware OTA (uplink.ota_tb), unless
+        # it is the package running: ThingsBoard keeps the fw_* attributes of the package last
+        # assigned, so every connect's question gets them again, and the updater (~9 KB) is
+        # loaded for an announcement only (App.start_ota)
+        if "fw_title" not in attrs or "fw_version" not in attrs:
+            return Command("attributes", attrs)
+        if (str(attrs["fw_title"]), str(attrs["fw_version"])) != tuple(self._running()):
+            return Command("ota", attrs)
+        rest = {}
+        for k in attrs:
+            if not k.startswith("fw_"):
+                rest[k] = attrs[k]
+        return Command("attributes", rest) if rest else None
 
     # -- requests the device makes ---------------------------------------------------------
     def _next_id(self, method):
@@ -256,7 +274,7 @@ class Adapter(Base):
         if topic == ATTRIBUTES:
             attrs = loads_obj(payload, "shared attributes")
             # current_fw_title is our own client attribute (on_connect), handed back by a plain broker
-            return None if "current_fw_title" in attrs else _shared(attrs)
+            return None if "current_fw_title" in attrs else self._shared(attrs)
         if topic.startswith(ATTR_RESPONSE):
             if self._waited(_id(topic, ATTR_RESPONSE), payload):
                 return None
@@ -265,10 +283,10 @@ class Adapter(Base):
             client = resp.get("client")
             if not isinstance(shared, dict) or not isinstance(client or {}, dict):
                 raise ValueError("attributes response: 'shared'/'client' is not an object")
-            if self._pending.get(_id(topic, ATTR_RESPONSE)) == "fw":  # (on_connect)
-                return Command("ota", shared) if "fw_title" in shared and "fw_version" in shared else None
+            if self._pending.get(_id(topic, ATTR_RESPONSE)) == "fw":  # on_connect's OTA question
+                return self._shared(shared) if "fw_title" in shared and "fw_version" in shared else None
             if client is None:  # the usual answer (shared keys asked): as a shared update
-                return _shared(shared)
+                return self._shared(shared)
             # clientKeys were asked: both sections, as ThingsBoard answers them
             return Command("attributes", {"client": client, "shared": shared})
         if topic.startswith(RPC_RESPONSE):
@@ -332,11 +350,6 @@ def _time_answer(ans, key, method):
                          % (method, " under %r" % key if key else " (a bare number; or set platform.time_key)",
                             dumps(ans)[:60]))
     return Command("set_time", {"ms": ms})
-
-
-def _shared(attrs):
-    # fw_title + fw_version: ThingsBoard announcing a firmware OTA (uplink.ota_tb)
-    return Command("ota" if "fw_title" in attrs and "fw_version" in attrs else "attributes", attrs)
 
 
 def _id(topic, prefix):
