@@ -157,6 +157,9 @@ def test_reboot_ping_and_datastream_writes():
     assert a.reply(cmd, None) is None
     assert a.reply(Command("reboot"), {"rebooting": True}) is None
     assert a.handle("downlink/ota/json", b'{"url":"https://x/fw.bin","size":1,"ver":"2"}', False).name == "firmware"
+    # the version running (Ctx.version) is no update: nothing to load the updater for
+    assert a.handle("downlink/ota/json", b'{"url":"https://x/fw.bin","size":1,"ver":"1.2.3"}', False) is None
+    assert a.handle("downlink/ota/json", b'{"url":"https://x/fw.bin","size":1}', False).name == "firmware"
     assert a.handle("downlink/diag", b"", False) is None
     with raises(ValueError, "datastream"):
         a.handle("downlink/ds/", b"1", False)

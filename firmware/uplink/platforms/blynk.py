@@ -232,7 +232,12 @@ class Adapter(Base):
                 w(what[5:], payload)
             return None
         if what == "ota/json":
-            return Command("firmware", loads_obj(payload, "ota/json"), None, dev)
+            o = loads_obj(payload, "ota/json")
+            if dev is None and o.get("ver") and str(o["ver"]) == self.ctx.version:
+                # the version running: Blynk sends the notice after every info/mcu while the
+                # shipment lasts, and the updater (~11 KB) is loaded for an update only
+                return None
+            return Command("firmware", o, None, dev)
         if what == "utc/all/json":
             t = loads_obj(payload, "utc/all/json").get("time")
             if isinstance(t, int) and not isinstance(t, bool) and t > 0:
