@@ -61,7 +61,11 @@ def tls_context(ca=None, insecure=False):
     cacert, so the CA stays loaded for later wrap_socket calls). A new one per reconnect
     was a DER file read, a certificate parse and a few KB of garbage each time, on the
     ESP32 partly in the IDF heap that mbedTLS and Wi-Fi share."""
-    key = (ca, bool(insecure))
+    # the kind first: a dict lookup compares the keys it probes, and a path (str) compared with
+    # DER (bytes) prints "Warning: Comparison between bytes and str" on the console (a relay
+    # device has both: the relay's CA as a path, the broker's as DER); a tuple compare stops
+    # at its first unequal element
+    key = (isinstance(ca, str), ca, bool(insecure))
     ctx = _ctx.get(key)
     if ctx is not None:
         return ctx

@@ -122,6 +122,8 @@ def test_app_reconnects_with_a_fresh_relay_token_and_loses_nothing(tmp_path):
         assert sorted(set(seqs)) == list(range(1, top + 1)), "a reading is missing"
         console = board.console()
         assert "refused our credentials" not in console and "auth_error" not in console
+        # the TLS context cache holds the relay's CA (a path) and the broker's (DER bytes)
+        assert "Comparison between bytes and str" not in console
         for secret in (first.password, second.password, svc.keys[DEVICE]):
             assert secret not in console
         assert svc.provider.token_requests == 2
