@@ -160,11 +160,9 @@ class Adapter(Base):
             return Command("attributes", attrs)
         if (str(attrs["fw_title"]), str(attrs["fw_version"])) != tuple(self._running()):
             return Command("ota", attrs)
-        rest = {}
-        for k in attrs:
-            if not k.startswith("fw_"):
-                rest[k] = attrs[k]
-        return Command("attributes", rest) if rest else None
+        for k in FW_KEYS:
+            attrs.pop(k, None)
+        return Command("attributes", attrs) if attrs else None
 
     # -- requests the device makes ---------------------------------------------------------
     def _next_id(self, method):
