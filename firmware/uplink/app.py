@@ -591,8 +591,11 @@ def run():
     try:
         try:
             cfg = load_config()
-        except ConfigError as e:
-            cfg = e  # safe mode, once the board is known and the count checked
+        except Exception as e:
+            # ConfigError: safe mode; anything else (no memory for the platform module): a
+            # crash, counted. Either once the board is known and the count checked: a config
+            # that fails at every boot must still end in safe mode, not a reset loop
+            cfg = e
         board = boardmod.load(cfg["device"]["board"] if isinstance(cfg, dict) else boardmod.DEFAULT)
         cause = board.reset_cause()
         safemode.enter_boot(cause)

@@ -119,6 +119,30 @@ def test_memory_error_at_boot_resets_and_counts():
     _clean()
 
 
+def test_memory_error_loading_the_config_at_every_boot_ends_in_safe_mode():
+    # the platform module compiled from source did not fit at every boot: before, the crash
+    # count was checked after the config was loaded, so it never was, and the board reset forever
+    _clean()
+    _config("host")
+    load = app.load_config
+
+    def no_memory():
+        raise MemoryError("memory allocation failed, allocating 1784 bytes")
+
+    app.load_config = no_memory
+    try:
+        for _ in range(safemode.LIMIT):
+            with raises(SystemExit):
+                app.run()
+        assert safemode.crashes() == safemode.LIMIT
+        with raises(SystemExit):  # safe mode: a wait, then a reset
+            app.run()
+    finally:
+        app.load_config = load
+    assert "3 crash exits in a row; the last: boot failed: MemoryError" in _read(safemode.REASON)
+    _clean()
+
+
 def test_os_error_at_boot_resets_after_the_safe_mode_wait():
     _clean()
     _config("host")

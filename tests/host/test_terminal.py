@@ -4,6 +4,7 @@ progress bar. Tests that capture the output never see that path: there the bar i
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -95,6 +96,11 @@ def test_sim_console_on_a_terminal(tmp_path, broker, term, stop):
         else:
             term.start(["sim", "bench"], env.env, env.root)
             assert term.wait_for_output("telemetry", 60) or got, term.output()[-2000:]
+            # the console's "D pub" line is written as the reading is sent; it reaches the
+            # broker a moment later (a Ctrl-C at once once stopped it on the way, twice)
+            end = time.monotonic() + 30
+            while not got and time.monotonic() < end:
+                time.sleep(0.1)
             term.keys("C-c")
         code = term.wait(60)
     finally:
