@@ -46,7 +46,6 @@ class App:
         self.telemetry_wake = asyncio.Event()
         self.user = _import_user()
         self.auth_failures = 0
-        self.subscribed = False
         # the main cloud announces updates (platforms/thingsboard.py asks at every connect)
         self.ota_watch = (cfg.get("platform") or {}).get("kind") in ("thingsboard", "blynk")
 
@@ -334,11 +333,8 @@ class App:
             o.auth_failures = 0
 
     async def on_connect(self):
-        if not self.subscribed:
-            # once: the client restores its subscriptions on every later reconnect
-            self.subscribed = True
-            for topic, qos in self.adapter.subscriptions():
-                await self.client.subscribe(topic, qos)
+        # (the subscriptions were registered before the first connect, subscribe_first, and
+        # the client restores them on every reconnect)
         await self.adapter.on_connect(self.client)
         if self.cloud is not None:
             await self.cloud.connected(self.adapter, self.client)
@@ -472,7 +468,6 @@ class App:
         if self.sessions:  # the other clouds connect on their own: one down stops no other
             self.sessions.start(self.outbox)
         await subscribe_first(self.adapter, self.client)
-        self.subscribed = True
         await self.connect()
         asyncio.create_task(self.publisher.run())
         await self.supervise()

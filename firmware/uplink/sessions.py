@@ -37,7 +37,6 @@ class Session:
         self.cfg = cfg
         self.ctx = _Ctx(app, self)
         self.adapter = platforms.load(pcfg["kind"]).Adapter(cfg, self.ctx)
-        self.subscribed = False
         self.auth_failures = 0
         self.publishes = getattr(self.adapter, "publishes", True)
 
@@ -54,10 +53,7 @@ class Session:
         return c
 
     async def on_connect(self):
-        if not self.subscribed:
-            self.subscribed = True  # the client restores its subscriptions on reconnects
-            for topic, qos in self.adapter.subscriptions():
-                await self.client.subscribe(topic, qos)
+        # (subscriptions: registered in run() before the first connect, restored by the client)
         await self.adapter.on_connect(self.client)
         if self.app.cloud is not None:  # user.py's on_change is owed this cloud's current values
             await self.app.cloud.connected(self.adapter, self.client)
@@ -83,7 +79,6 @@ class Session:
         from uplink.app import subscribe_first
 
         await subscribe_first(self.adapter, self.client)
-        self.subscribed = True
         await self.client.connect(retry=True)
         if self.publisher is not None:
             await self.publisher.run()
