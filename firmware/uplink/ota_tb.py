@@ -40,15 +40,10 @@ class Updater:
     def take(self, cmd):
         """An `ota` command (shared attributes with fw_*): the update is noted; the other
         attributes go on to user.py as an `attributes` command."""
-        from uplink.platforms import Command
+        from uplink.platforms.thingsboard import user_attributes  # the adapter's: resident
 
-        p = cmd.params
-        self.announce(p)
-        rest = {}
-        for k in p:
-            if not k.startswith("fw_"):
-                rest[k] = p[k]
-        return Command("attributes", rest) if rest else None
+        self.announce(cmd.params)
+        return user_attributes(cmd.params)
 
     def announce(self, a):
         try:

@@ -160,9 +160,7 @@ class Adapter(Base):
             return Command("attributes", attrs)
         if (str(attrs["fw_title"]), str(attrs["fw_version"])) != tuple(self._running()):
             return Command("ota", attrs)
-        for k in FW_KEYS:
-            attrs.pop(k, None)
-        return Command("attributes", attrs) if attrs else None
+        return user_attributes(attrs)
 
     # -- requests the device makes ---------------------------------------------------------
     def _next_id(self, method):
@@ -348,6 +346,16 @@ def _time_answer(ans, key, method):
                          % (method, " under %r" % key if key else " (a bare number; or set platform.time_key)",
                             dumps(ans)[:60]))
     return Command("set_time", {"ms": ms})
+
+
+def user_attributes(attrs):
+    """What user.py is told of shared attributes that came with an OTA announcement: the
+    others, as an `attributes` command, or None (uplink.ota_tb.Updater.take too)."""
+    rest = {}
+    for k in attrs:
+        if not k.startswith("fw_"):
+            rest[k] = attrs[k]
+    return Command("attributes", rest) if rest else None
 
 
 def _id(topic, prefix):
