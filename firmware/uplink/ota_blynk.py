@@ -29,8 +29,7 @@ class Updater(_Base):
         except (KeyError, ValueError, TypeError):
             log.warn("ota", "ota/json without url and size: ignored")
             return
-        if ver and ver == self.running()[1]:
-            return  # this version runs already
+        # (the version running is no notice: the adapter, platforms/blynk.py handle)
         q = url.find("?")
         # what the download is of (ota.DL): the URL's token query changes per notification
         want = {"title": "blynk", "version": ver, "size": size, "sha256": None,
