@@ -100,21 +100,28 @@ def test_crash_loop_enters_safe_mode_which_resets_later():
     _clean()
 
 
-def test_memory_error_at_boot_resets_and_counts():
-    _clean()
-    _config("host")
+def _boots_without_memory(n):
+    """app.run() n times with the config load out of memory (each boot ends in a reset,
+    SystemExit on the host board); the last SystemExit."""
     load = app.load_config
 
     def no_memory():
-        raise MemoryError("memory allocation failed")
+        raise MemoryError("memory allocation failed, allocating 1784 bytes")
 
     app.load_config = no_memory
     try:
-        with raises(SystemExit) as r:
-            app.run()
+        for _ in range(n):
+            with raises(SystemExit) as r:
+                app.run()
     finally:
         app.load_config = load
-    assert r.value.args[0] == board.RESET_EXIT
+    return r.value
+
+
+def test_memory_error_at_boot_resets_and_counts():
+    _clean()
+    _config("host")
+    assert _boots_without_memory(1).args[0] == board.RESET_EXIT
     assert safemode.crashes() == 1
     _clean()
 
@@ -124,21 +131,9 @@ def test_memory_error_loading_the_config_at_every_boot_ends_in_safe_mode():
     # count was checked after the config was loaded, so it never was, and the board reset forever
     _clean()
     _config("host")
-    load = app.load_config
-
-    def no_memory():
-        raise MemoryError("memory allocation failed, allocating 1784 bytes")
-
-    app.load_config = no_memory
-    try:
-        for _ in range(safemode.LIMIT):
-            with raises(SystemExit):
-                app.run()
-        assert safemode.crashes() == safemode.LIMIT
-        with raises(SystemExit):  # safe mode: a wait, then a reset
-            app.run()
-    finally:
-        app.load_config = load
+    _boots_without_memory(safemode.LIMIT)
+    assert safemode.crashes() == safemode.LIMIT
+    _boots_without_memory(1)  # safe mode: a wait, then a reset
     assert "3 crash exits in a row; the last: boot failed: MemoryError" in _read(safemode.REASON)
     _clean()
 
