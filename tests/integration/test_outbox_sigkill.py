@@ -111,8 +111,13 @@ def test_sigkill_never_loses_stored_records(tmp_path):
         for rid in ids:
             if rid in stored:
                 assert present[rid] == stored[rid], f"record {rid} holds the wrong reading"
-        # at most one record beyond the confirmed ones: the one being written
-        assert len([r for r in ids if r not in stored]) <= 1
+        # at most one record beyond the confirmed ones: the one being written when this run
+        # was killed. Found on flash, it counts as stored from now on, so a later run must
+        # keep it too (counted against every run, two kills' records once failed the bound)
+        extra = [r for r in ids if r not in stored]
+        assert len(extra) <= 1, extra
+        for r in extra:
+            stored[r] = present[r]
         lost = [r for r in stored if r not in acked and r not in present]
         assert not lost, f"unacknowledged records lost after SIGKILL: {lost[:10]}"
         assert len(stored) > 50
