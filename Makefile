@@ -9,7 +9,7 @@ STUBS := $(VENV)/mpstubs
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml tools/setup.sh
+$(STAMP): pyproject.toml tools/setup.sh tools/esp32-model/micropython
 	bash tools/setup.sh
 	touch $(STAMP)
 

@@ -689,6 +689,8 @@ def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | 
             f"{heapsize} heap; state in {state}); Ctrl-C to stop")
     problem = simmod.run(state, seconds=seconds, compiled=compiled, heapsize=heapsize,
                          write=writer(UI.text, UI.level < 0), info=UI.info, firmware=firmware)
+    if hostboard.model_note():  # last, where it stays visible
+        UI.warn(hostboard.model_note())
     if problem:
         UI.error(problem)
         return EXIT_FAIL

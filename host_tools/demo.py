@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.connect("127.0.0.1", broker.port)
     sub.loop_start()
 
-    proc = hostboard.start(state, compiled=True, heapsize=DEMO_HEAP)
+    proc = hostboard.start(state, compiled=True, heapsize=hostboard.budget_heap(DEMO_HEAP))
     threading.Thread(target=stream_board, args=(proc,), daemon=True).start()
     console.print("[dim]Ctrl-C to stop[/]")
     try:
@@ -171,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         broker.stop()
     n = received.count(TOPIC + "telemetry")
     console.print(f"[bold]demo stopped[/]: {n} telemetry messages received")
+    note = hostboard.model_note()
+    if note:
+        console.print(f"[yellow]{note}[/]", markup=True, highlight=False)
     return 0 if n else 1
 
 

@@ -44,7 +44,7 @@ _PROBE = "import _thread, time\n_thread.start_new_thread(time.sleep, (1,))\ntime
 
 
 def esp32_model() -> str | None:
-    """The ESP32 model (../shared/esp32-model, installed by `make setup` as
+    """The ESP32 model (tools/esp32-model, installed by `make setup` as
     micropython-esp32-model): 32-bit, float32, 2000 epoch, ticks wrapping at 2**30.
     UPLINK_ESP32_MODEL names another binary, or `off` to use the PyPI port."""
     if not _model:
@@ -54,7 +54,7 @@ def esp32_model() -> str | None:
         if want.lower() in ("off", "0", "no"):
             exe, why = None, "UPLINK_ESP32_MODEL=off"
         elif not os.path.exists(exe):
-            exe, why = None, f"{exe} not found (run `make setup` beside ../shared/esp32-model)"
+            exe, why = None, f"{exe} not found (`make setup` installs it from tools/esp32-model)"
         elif subprocess.run([exe, "-c", _PROBE], capture_output=True).returncode != 0:
             exe, why = None, (f"{exe} does not run, or aborts at exit with a thread alive (the 32-bit "
                               "C libraries: apt-get install libc6-i386 lib32gcc-s1)")
@@ -66,6 +66,34 @@ def esp32_model_missing() -> str:
     """Why the ESP32 model is not used ('' when it is)."""
     esp32_model()
     return _model[1]
+
+
+# 64-bit objects and 32-byte GC blocks: what fits an ESP32's heap on the model needs about
+# this much more on the PyPI port (make bench BENCH_ARGS=firmware prints both)
+PYPI_PORT_HEAP_FACTOR = 1.5
+
+
+def heap_kb(heap: str) -> int:
+    """'96k' -> 96, '1M' -> 1024, '65536' -> 64 (as -X heapsize reads them)."""
+    n = heap.rstrip("kKmM")
+    unit = heap[len(n):].lower()
+    return int(n) * 1024 if unit == "m" else int(n) if unit else int(n) // 1024
+
+
+def budget_heap(heap: str) -> str:
+    """The -X heapsize that holds firmware to an ESP32 budget of `heap` ('128k') on the
+    interpreter in use: the budget on the ESP32 model, 1.5x on the 64-bit PyPI port. One rule
+    for the demo, `uplink sim` and the tests."""
+    if esp32_model():
+        return heap
+    return f"{int(heap_kb(heap) * PYPI_PORT_HEAP_FACTOR)}k"
+
+
+def model_note() -> str:
+    """One line to end a command's output with when the firmware did not run on the ESP32
+    model ('' when it did): results there say nothing of 32-bit ticks, float32 or the epoch."""
+    why = esp32_model_missing()
+    return f"note: the firmware ran on the 64-bit PyPI port, not the ESP32 model: {why}" if why else ""
 
 
 def compile_firmware(out: Path) -> Path:

@@ -31,9 +31,7 @@ def default_heapsize(compiled: bool) -> str:
     need more (compiled on the board: app.py alone, once it grew past 600 lines, failed at
     160k in a fresh checkout); the 64-bit PyPI port's 8-byte pointers and 32-byte GC blocks
     1.5x (tests/mpy_plugin.port_heap)."""
-    if hostboard.esp32_model():
-        return "128k" if compiled else "192k"
-    return "192k" if compiled else "288k"
+    return hostboard.budget_heap("128k" if compiled else "192k")
 
 
 class _Watch:

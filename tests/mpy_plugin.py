@@ -2,7 +2,7 @@
 
 Each `test_*` function becomes a pytest item, twice: `[py]` runs the firmware sources on the
 64-bit PyPI unix port with its default heap; `[mpy]` runs the mpy-cross-compiled firmware on
-the ESP32 model (../shared/esp32-model: 32-bit, float32, 2000 epoch, ticks wrapping at
+the ESP32 model (tools/esp32-model: 32-bit, float32, 2000 epoch, ticks wrapping at
 2**30) under an ESP32-sized heap (96k unless the test says `@heapsize("128k")`). One MicroPython process runs every
 function of a file that shares a variant and heap size; the process reports each function
 between markers, and a failure shows the MicroPython traceback.
@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from host_tools.hostboard import heap_kb  # noqa: F401  (the suite's helpers read heaps with it)
+
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
 FW_TESTS = ROOT / "tests" / "firmware"
@@ -38,12 +40,21 @@ def micropython_bin(model: bool = True) -> str:
     return hostboard.micropython(model)
 
 
+def pytest_terminal_summary(terminalreporter):
+    # the last line, where it stays visible: which results a chip would not vouch for
+    from host_tools import hostboard
+
+    note = hostboard.model_note()
+    if note:
+        terminalreporter.write_line(note, yellow=True, bold=True)
+
+
 def pytest_report_header(config):
     from host_tools import hostboard
 
     why = hostboard.esp32_model_missing()
     if why:
-        return [f"firmware: [mpy] and host-board tests on the 64-bit PyPI port, heaps x{PYPI_PORT_HEAP_FACTOR}: "
+        return [f"firmware: [mpy] and host-board tests on the 64-bit PyPI port, heaps x{hostboard.PYPI_PORT_HEAP_FACTOR}: "
                 f"no ESP32 model ({why})"]
     return [f"firmware: [py] on the PyPI unix port, [mpy] and host-board tests on the ESP32 model "
             f"({hostboard.esp32_model()})"]
@@ -116,23 +127,11 @@ class FirmwareFile(pytest.File):
 # Heap budgets are the ESP32's. Without the model, compiled firmware runs on the 64-bit port,
 # whose pointers and GC blocks are twice as big: the same firmware needs ~1.4x the heap there
 # (measured: whole firmware 112k vs 80k over TCP, 128k vs 96k over WSS).
-PYPI_PORT_HEAP_FACTOR = 1.5
-
-
-def heap_kb(heap: str) -> int:
-    """'96k' -> 96, '1M' -> 1024, '65536' -> 64 (as -X heapsize reads them)."""
-    n = heap.rstrip("kKmM")
-    unit = heap[len(n):].lower()
-    return int(n) * 1024 if unit == "m" else int(n) if unit else int(n) // 1024
-
-
 def port_heap(heap: str) -> str:
     """The -X heapsize to give the interpreter that runs compiled firmware for an ESP32 budget."""
     from host_tools import hostboard
 
-    if hostboard.esp32_model():
-        return heap
-    return f"{int(heap_kb(heap) * PYPI_PORT_HEAP_FACTOR)}k"
+    return hostboard.budget_heap(heap)
 
 
 def run_mptest(path: Path, names: list, *, fw: Path, heap: str | None, extra: dict | None = None):
