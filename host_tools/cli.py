@@ -459,8 +459,6 @@ def ota_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
 ):
     """Offer DEVICE an OTA bundle through `uplink relay`: the device fetches it at its next boot (docs/ota.md)."""
-    import shutil
-
     from host_tools import ota_bundle as bu
     from host_tools.fleet import FleetError
 
@@ -479,11 +477,7 @@ def ota_cmd(
     if made.manifest.get("board") != dev.board:
         raise bu.BundleError(f"{made.path}: a bundle for board {made.manifest.get('board')!r}, "
                              f"{device} is a {dev.board!r}")
-    dest = fl.state_dir / "ota" / f"{device}.uplb"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(made.path, dest.with_name(dest.name + ".tmp"))
-    dest.with_name(dest.name + ".sha256").write_text(f"{made.sha256}  {dest.name}\n")
-    dest.with_name(dest.name + ".tmp").replace(dest)  # whole, or the old one: never half
+    dest = bu.offer(made, fl.state_dir, device)  # 0600 in 0700 folders: the relay serves it as is
     info = {"device": device, "bundle": str(dest), "version": made.manifest["version"], "size": made.size,
             "sha256": made.sha256}
     if as_json:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from host_tools.build import BuildError
+from host_tools.private_dir import private_dir, private_file
 
 FORMAT = "uplink-bundle/1"
 LEFT_OUT = {"boot.py", "main.py", "config.json"}  # the boot loader; the board's secrets
@@ -70,17 +71,35 @@ def make(files: dict[str, Path], out: Path, *, board: str, arch: str | None, ver
     head = (json.dumps(manifest, separators=(",", ":")) + "\n").encode()
     if len(head) > HEADER_MAX:
         raise BundleError(f"manifest of {len(head)} bytes is over {HEADER_MAX}: too many files")
-    out.parent.mkdir(parents=True, exist_ok=True)
     whole = hashlib.sha256(head)
-    with open(out, "wb") as f:
+    with private_file(out) as f:  # a cloud or the relay ships it to boards: nobody else may swap it
         f.write(head)
         for rel, _, _ in entries:
             data = files[rel].read_bytes()
             f.write(data)
             whole.update(data)
     digest = whole.hexdigest()
-    out.with_name(out.name + ".sha256").write_text(f"{digest}  {out.name}\n")
+    _write_sha256(out, digest)
     return Bundle(out, manifest, out.stat().st_size, digest)
+
+
+def _write_sha256(bundle: Path, digest: str) -> None:
+    with private_file(bundle.with_name(bundle.name + ".sha256")) as f:
+        f.write(f"{digest}  {bundle.name}\n".encode())
+
+
+def offer(made: Bundle, state_dir: Path, device: str) -> Path:
+    """Leave `made` for `uplink relay` as <state_dir>/ota/<device>.uplb (+ .sha256), which
+    the relay serves to the device as it is; returns its path."""
+    raw = made.path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != made.sha256:  # these bytes are the ones checked
+        raise BundleError(f"{made.path}: changed while being read")
+    private_dir(state_dir)  # as the relay's keys there: a loose parent would let ota/ be swapped
+    dest = Path(state_dir) / "ota" / f"{device}.uplb"
+    _write_sha256(dest, made.sha256)
+    with private_file(dest) as f:  # whole, or the old one: never half
+        f.write(raw)
+    return dest
 
 
 def read(path: Path) -> Bundle:
@@ -111,5 +130,6 @@ def build_bundle(board: str, version: str, out: Path, *, build_root: Path, src=N
     from host_tools import build as b
     from host_tools.fleet import board_profile
 
+    private_dir(build_root)  # what goes into the bundle must be ours alone from compile to ship
     root, _ = b.build(board, out=build_root / "firmware" / board, src=src)
     return make(b.files(root), out, board=board, arch=board_profile(board).get("mpy_arch"), version=version, **kw)

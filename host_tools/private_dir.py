@@ -5,12 +5,18 @@ to every one, so under `umask 000` the parents it makes are world-writable (anyo
 the relay's key or a device's config.json). Here every folder this call creates is 0700 from
 the moment it exists, and the target itself is set to 0700. Folders that were there already,
 above the target, are left alone: they are the user's.
+
+`private_file(path)`: write a file whole or not at all, 0600 from its first byte, in a
+private_dir.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 
 def private_dir(path: str | os.PathLike) -> Path:
@@ -31,3 +37,21 @@ def private_dir(path: str | os.PathLike) -> Path:
     if not missing and p.is_dir() and p.stat().st_uid == os.getuid():
         os.chmod(p, 0o700)
     return p
+
+
+@contextlib.contextmanager
+def private_file(path: str | os.PathLike, mode: int = 0o600) -> Iterator[BinaryIO]:
+    """Write `path` through a temporary file beside it, renamed over it at the end: readers see
+    the old file or the new one, never half, and nobody else can swap either under any umask."""
+    p = Path(path)
+    private_dir(p.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=p.parent)  # 0600 whatever the umask
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
