@@ -57,7 +57,7 @@ from typing import Callable, Protocol
 from aiohttp import web
 
 from host_tools.oidc import Credential, TokenError
-from host_tools.relay_conns import BACKLOG, CONN_KEY, Gate, TLSConn, freeze_heap
+from host_tools.relay_conns import BACKLOG, CONN_KEY, Gate, HttpLog, TLSConn, freeze_heap
 
 log = logging.getLogger("uplink.relay")
 audit = logging.getLogger("uplink.relay.audit")
@@ -187,20 +187,21 @@ class Relay:
         A plain TCP server whose protocol is the gate's TLSConn (caps, timeouts; see
         host_tools/relay_conns.py) wrapping aiohttp's request handler, instead of TCPSite."""
         st = self.settings
+        self.gate = gate = Gate(
+            max_connections=st.max_connections, max_per_address=st.max_per_address,
+            handshake_timeout_s=st.handshake_timeout_s, header_timeout_s=st.header_timeout_s,
+            stats_log_interval_s=st.stats_log_interval_s,
+        )
         self._runner = web.AppRunner(
             self.app, access_log=None, handle_signals=False,
             keepalive_timeout=2 * st.header_timeout_s,  # the gate's deadline comes first
+            logger=HttpLog(gate),  # malformed requests: counted, not a traceback each
         )
         await self._runner.setup()
         handler_factory = self._runner.server
         assert handler_factory is not None
         ctx = self.ssl_context()
         loop = asyncio.get_running_loop()
-        self.gate = gate = Gate(
-            max_connections=st.max_connections, max_per_address=st.max_per_address,
-            handshake_timeout_s=st.handshake_timeout_s, header_timeout_s=st.header_timeout_s,
-            stats_log_interval_s=st.stats_log_interval_s,
-        )
         gate.start(loop)
         self._server = await loop.create_server(
             lambda: TLSConn(gate, handler_factory(), ctx, loop),

@@ -19,8 +19,10 @@ first checks the gate:
   (which is also the keep-alive idle timeout). One sweeper task enforces the latter.
 - **memory**: each connection's TLS read buffer is 16 KiB, not 256 KiB; after a flood the
   freed heap is handed back to the OS (glibc `malloc_trim`).
-- **log**: refusals, timeouts and accept errors (EMFILE) are counted and logged as one
-  summary line per `stats_log_interval_s`, never a line or a traceback per event.
+- **log**: refusals, timeouts, accept errors (EMFILE) and malformed requests (answered 400 by
+  aiohttp, which would log a traceback quoting the request's bytes each time: `HttpLog`) are
+  counted and logged as one summary line per `stats_log_interval_s`, never a line or a
+  traceback per event.
 
 `asyncio.sslproto` is the standard library's own TLS protocol (the one `loop.create_server(
 ssl=...)` uses); subclassing it keeps TLS exactly as before.
@@ -36,8 +38,10 @@ import logging
 import resource
 import ssl
 from asyncio import sslproto
-from collections import OrderedDict
-from typing import Callable
+from collections import Counter, OrderedDict
+from typing import Any, Callable
+
+from aiohttp.http_exceptions import HttpProcessingError
 
 log = logging.getLogger("uplink.relay")
 
@@ -113,8 +117,9 @@ class Gate:
         self.conns: set[TLSConn] = set()
         # what happened since the last summary line
         self.counts = dict.fromkeys(
-            ("refused_per_address", "evicted", "header_timeouts", "accept_errors"), 0)
+            ("refused_per_address", "evicted", "header_timeouts", "accept_errors", "malformed"), 0)
         self.refused_addresses: set[str] = set()
+        self.malformed_kinds: Counter[str] = Counter()
         self.totals = dict(self.counts)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task | None = None
@@ -182,6 +187,11 @@ class Gate:
         else:
             self.per_address.pop(conn.addr, None)
 
+    def malformed(self, kind: str) -> None:
+        """aiohttp answered a request it could not parse with 400 (`kind`: the exception's class)."""
+        self.counts["malformed"] += 1
+        self.malformed_kinds[kind] += 1
+
     def busy(self, conn: TLSConn) -> None:
         """The connection's request headers are in: no deadline while it is being answered."""
         self.idle.pop(conn, None)
@@ -220,19 +230,22 @@ class Gate:
         if not force and now - self._last_line < self.stats_log_interval_s:
             return
         c = self.counts
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.malformed_kinds.items()))
         log.warning(
             "relay: in the last %.0f s: %d connection(s) refused at the per-address cap %d "
             "(from %d address(es)), %d closed at the total cap %d, %d closed for not sending "
-            "request headers within %.0f s, %d accept error(s) (out of file descriptors?); "
-            "%d open now",
+            "request headers within %.0f s, %d accept error(s) (out of file descriptors?), "
+            "%d malformed request(s) answered 400%s; %d open now",
             now - self._window_start, c["refused_per_address"], self.max_per_address,
             len(self.refused_addresses), c["evicted"], self.max_connections,
-            c["header_timeouts"], self.header_timeout_s, c["accept_errors"], self.open,
+            c["header_timeouts"], self.header_timeout_s, c["accept_errors"],
+            c["malformed"], f" ({kinds})" if kinds else "", self.open,
         )
         for k, v in c.items():
             self.totals[k] += v
         self.counts = dict.fromkeys(c, 0)
         self.refused_addresses.clear()
+        self.malformed_kinds.clear()
         self._window_start = self._last_line = now
 
     def _exception_handler(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
@@ -245,6 +258,26 @@ class Gate:
             self._prev_handler(loop, context)
         else:
             loop.default_exception_handler(context)
+
+
+class HttpLog(logging.LoggerAdapter):
+    """aiohttp's server logger for one relay (`AppRunner(logger=...)`). A request aiohttp cannot
+    parse (bad header byte, over-long line, too many headers, bad chunk) becomes a count in the
+    gate's summary line: aiohttp would log a traceback each time, whose message quotes the
+    request's bytes (an Authorization header among them). Anything else logs as before."""
+
+    def __init__(self, gate: Gate):
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self.gate = gate
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, tuple):
+            exc = exc[1]
+        if isinstance(exc, HttpProcessingError):
+            self.gate.malformed(type(exc).__name__)  # the class only: never the message
+            return
+        super().log(level, msg, *args, **kwargs)
 
 
 class TLSConn(sslproto.SSLProtocol):
