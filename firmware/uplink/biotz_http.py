@@ -96,7 +96,8 @@ class Session:
     the outbox only once ingestion has it. A failed POST is retried, oldest first, after a
     backoff; meanwhile is_connected is False and the publisher reads nothing new."""
 
-    on_message = on_status = on_connect = on_ack = None
+    on_message = on_status = on_connect = on_ack = on_down = None
+    connections = 1  # as MQTTClient's: one "connection" for the session's life
     QUEUE = 2  # bodies held in RAM; the publisher waits in publish() beyond that
     window = QUEUE  # as MQTTClient.window: ids in flight at once (the publisher's slots)
     backoff_min_ms = 2000
@@ -145,6 +146,9 @@ class Session:
             self._task.cancel()
             self._task = None
         self._ok = False
+
+    def forget(self, pid):
+        pass  # never asked: this session never calls on_down
 
     async def publish(self, topic, payload, qos=1, retain=False, wait=False):
         while len(self._queue) >= self.QUEUE:

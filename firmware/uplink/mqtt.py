@@ -85,6 +85,11 @@ def _field(b):
     return bytes((len(b) >> 8, len(b) & 255)) + b
 
 
+def _jitter(ms):
+    # half to all of ms: a fleet dropped at once does not come back at once
+    return ms // 2 + random.getrandbits(16) * (ms // 2) // 65536
+
+
 def _span(ms):
     return "%d s" % (ms // 1000) if ms % 1000 == 0 else "%d ms" % ms
 
@@ -157,9 +162,11 @@ async def read_packet(s, max_packet):
 
 class MQTTClient:
     # callbacks, all optional: on_message(topic, payload, retained), on_ack(pid),
-    # async on_connect(), on_status(event, detail)
+    # on_down() (the connection just went: before any resend), async on_connect(),
+    # on_status(event, detail)
     on_message: Any = None
     on_ack: Any = None
+    on_down: Any = None
     on_connect: Any = None
     on_status: Any = None
     # Reconnect pacing (ms). A refused login waits long: hammering a broker with a bad token
@@ -173,6 +180,10 @@ class MQTTClient:
     auth_backoff_ms = 60000
     auth_backoff_max_ms = 900000
     connect_timeout_ms = 10000
+    # A connection that ends sooner than this counts as a failed connect for the backoff: a
+    # broker that accepts and then drops (full, rate limit, token refused after CONNACK, a
+    # NAT timeout) must not get a reconnect storm. Longer ones reconnect at once.
+    stable_ms = 10000
 
     def __init__(
         self,
@@ -223,6 +234,9 @@ class MQTTClient:
         self._closing = False
         self._rx = self._tx = 0
         self._now = asyncio.Event()  # kick(): end the reconnect wait
+        self._fails = 0  # failed connects and short connections in a row: the backoff's exponent
+        self._up = None  # ticks_ms() of the last CONNACK
+        self.connections = 0  # CONNACKs so far: tells a new connection from the last one
 
     # -- public ------------------------------------------------------------------------
     @property
@@ -253,6 +267,7 @@ class MQTTClient:
         self._now.set()
 
     async def reconnect(self):
+        self._up = None  # asked for (a redirect): no flap, reconnect at once
         if self._s is not None:
             self._down(self._s, "reconnect requested")
         else:
@@ -377,7 +392,8 @@ class MQTTClient:
             s.write(pkt)
             pkt[0] |= 8
         self._s = s
-        self._rx = self._tx = ticks_ms()
+        self._rx = self._tx = self._up = ticks_ms()
+        self.connections += 1
         self._kick.clear()
         self._kicked = False
         # on_connect runs in a task of this connection: cancelled if it drops, so a hook
@@ -451,7 +467,6 @@ class MQTTClient:
             self._pending.pop(pid, None)
 
     async def _retry(self):
-        n = 0
         auth = 0
         while not self._closing:
             self._now.clear()  # a kick() from now on (even during this attempt) ends the wait
@@ -462,30 +477,47 @@ class MQTTClient:
                 self._status("auth_error", e.args[0])
                 delay = min(self.auth_backoff_max_ms, self.auth_backoff_ms << min(auth, 8))
                 auth += 1
-                wake = None
-            except Exception as e:  # OSError, TLS, timeout, other refusals: all worth a retry
-                self._status("error", e)
-                delay = min(self.backoff_max_ms, self.backoff_min_ms << min(n, 16))
-                n += 1
-                wake = self._now
-            delay = delay // 2 + random.getrandbits(16) * (delay // 2) // 65536  # jitter
-            self._status("backoff", delay / 1000)
-            if wake is None:
+                delay = _jitter(delay)
+                self._status("backoff", delay / 1000)
                 await asyncio.sleep_ms(delay)
                 continue
-            try:
-                await asyncio.wait_for_ms(wake.wait(), delay)
-                n = 0  # kicked: the network changed, so earlier failures say nothing
-            except asyncio.TimeoutError:
-                pass
+            except Exception as e:  # OSError, TLS, timeout, other refusals: all worth a retry
+                self._status("error", e)
+            await self._backoff()
+
+    async def _backoff(self):
+        # jittered and capped; kick() ends it, and then earlier failures say nothing
+        delay = _jitter(min(self.backoff_max_ms, self.backoff_min_ms << min(self._fails, 16)))
+        self._fails += 1
+        self._status("backoff", delay / 1000)
+        try:
+            await asyncio.wait_for_ms(self._now.wait(), delay)
+            self._fails = 0
+        except asyncio.TimeoutError:
+            pass
 
     async def _keep(self):
-        # runs for the client's life: re-establishes every lost connection
+        # runs for the client's life: re-establishes every lost connection. A MemoryError
+        # here must not end it: a client that never reconnects is a silent board.
         while not self._closing:
-            await self._lost.wait()
-            self._lost.clear()
-            if not self._closing and self._s is None:
+            try:
+                await self._lost.wait()
+                self._lost.clear()
+                if self._closing or self._s is not None:
+                    continue
+                lasted = ticks_diff(ticks_ms(), self._up) if self._up is not None else self.stable_ms
+                if lasted < self.stable_ms:
+                    self._now.clear()
+                    self._status("error", MQTTError("the connection ended %d ms after CONNACK: "
+                                                    "waiting as after a failed connect" % lasted))
+                    await self._backoff()
+                else:
+                    self._fails = 0
                 await self._retry()
+            except Exception as e:
+                self._status("error", e)
+                self._lost.set()
+                await asyncio.sleep_ms(self.backoff_min_ms)
 
     def _down(self, s, why):
         if self._s is not s:
@@ -496,8 +528,15 @@ class MQTTClient:
             if t is not me:
                 t.cancel()
         self._tasks = []
+        # SUBACKs still awaited belong to this connection: the next one asks again
+        self._pending.clear()
         s.close()
         self._status("disconnected", why)
+        if self.on_down is not None:
+            try:
+                self.on_down()
+            except Exception as e:
+                self._status("error", e)
         self._pulse()
         if not self._closing:
             self._lost.set()
@@ -653,6 +692,16 @@ class MQTTClient:
         if s is not None:
             await self._drain(s)
         await self._ev.wait()
+
+    def forget(self, pid):
+        """Drop QoS 1 packet `pid` if it still waits for its PUBACK (call while disconnected):
+        its owner sends what it carried again in another shape (uplink.publisher)."""
+        k = pid % self._window
+        if self._ipid[k] == pid:
+            self._ipid[k] = 0
+            self._ipkt[k] = None
+            self._n -= 1
+            self._pulse()
 
     def _pulse(self):
         # wake every task waiting on _ev (MicroPython's set() schedules them at once)

@@ -46,6 +46,7 @@ ACK_PERSIST = 16  # persist the head at least every this many acks
 PENDING = 512  # out-of-order acks are remembered this far beyond the head (one bit each)
 _HDR = 6
 HOLD_BYTES = 1024  # RAM buffer of held records, when hold_ms is set
+ASIDE_BYTES = 4096  # <dir>/aside: readings a cloud refused every time (see set_aside)
 
 
 class Cursor:
@@ -77,6 +78,9 @@ class Cursor:
 
     def flush(self):
         self.ob.flush()
+
+    def set_aside(self, id, data):
+        return self.ob._set_aside(self, id, data)
 
 
 class Outbox:
@@ -197,6 +201,30 @@ class Outbox:
         """Record `id` was delivered (first cursor). Unknown or already dropped ids are
         ignored."""
         self._ack(self.cursors[0], id)
+
+    def set_aside(self, id, data):
+        """Record `id` (first cursor) is one the cloud refuses every time (uplink.publisher):
+        see _set_aside."""
+        return self._set_aside(self.cursors[0], id, data)
+
+    def _set_aside(self, c, id, data):
+        # Kept for the user in <dir>/aside, a line each: the cursor's name, a tab, the record
+        # as stored; then acknowledged, so the queue moves on. True if kept: past ASIDE_BYTES
+        # it is only counted (publisher.set_aside, in health) and named on the console.
+        path = self.dir + "/aside"
+        try:
+            size = os.stat(path)[6]
+        except OSError:
+            size = 0
+        kept = size + len(c.name) + len(data) + 2 <= ASIDE_BYTES
+        if kept:
+            try:
+                with open(path, "ab") as f:
+                    f.write(c.name.encode() + b"\t" + data + b"\n")
+            except OSError:
+                kept = False
+        self._ack(c, id)
+        return kept
 
     def _ack(self, c, id):
         if id < c.head_id or id >= self._flashed:

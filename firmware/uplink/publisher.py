@@ -17,6 +17,15 @@ from uplink import log
 
 MSG_BYTES = 1024
 INFLIGHT_BYTES = 8192
+# A link dropped again and again with nothing acknowledged (a broker that refuses what we
+# send: too big, too many at once, too fast) makes no progress by resending the same: each
+# such drop halves the messages in flight and their size, down to one reading alone. A
+# reading that alone, sent on a link that had stayed up PROBE_MS without it, is followed by
+# a drop STRIKES times is one the cloud refuses: it is set aside (outbox.set_aside), not
+# resent forever. GROW_AFTER acknowledged messages in a row undo one halving.
+PROBE_MS = 1000
+STRIKES = 3
+GROW_AFTER = 32
 
 
 class Publisher:
@@ -35,6 +44,13 @@ class Publisher:
         # client never has two packets in flight in one slot): the pid and the first and last
         # record id it carries. Fixed lists, so a long drain allocates no table.
         w = client.window
+        self._full = (w, min(MSG_BYTES, INFLIGHT_BYTES // w))
+        self._limit, self._cap = self._full  # messages in flight, stored bytes per message
+        self._mark = 0  # self.acked when the link last dropped
+        self._strikes = 0  # drops right after the one suspect reading was sent alone
+        self._conn = 0  # client.connections that _ready() last saw
+        self.set_aside = 0
+        self._freed = asyncio.Event()
         self._pid = [0] * w
         self._first = [0] * w
         self._last = [0] * w
@@ -47,6 +63,8 @@ class Publisher:
         # stamp(reading, final) -> False while a reading cannot have its time yet (boots.py)
         self.stamp = stamp
         self._held = None  # log.uptime_s() when readings started waiting for the clock
+        client.on_ack = self.on_ack
+        client.on_down = self.on_down
 
     def notify(self):
         """A record was put: wake the drain loop."""
@@ -67,17 +85,90 @@ class Publisher:
         for rid in range(self._first[k], self._last[k] + 1):
             ob.ack(rid)  # (a corrupt record in between was acked already: no effect)
         self.acked += self._last[k] - self._first[k] + 1
+        self._strikes = 0
+        if self._limit < self._full[0] or self._cap < self._full[1]:
+            self._good += 1
+            if self._good >= GROW_AFTER:  # steady progress: try bigger again
+                self._good = 0
+                self._limit = min(self._full[0], self._limit * 2)
+                self._cap = min(self._full[1], self._cap * 2)
+        if self._limit < len(self._pid):
+            self._freed.set()  # _group waits for this, not for the client's window
+
+    def on_down(self):
+        """The client's link just went, before any resend. Nothing acknowledged since the last
+        drop while messages were out: send less, from the oldest unacknowledged record."""
+        if self.acked != self._mark or not self.in_flight:
+            self._mark = self.acked
+            return
+        c = self.client
+        for k in range(len(self._pid)):
+            if self._pid[k]:
+                c.forget(self._pid[k])  # read again from the outbox, in the new shape
+        self._good = 0
+        if self._limit > 1 or self._cap > 1:
+            self._limit = max(1, self._limit // 2)
+            self._cap = max(1, self._cap // 2)
+            log.warn("publish", "link dropped with nothing acknowledged: now %d message(s) in flight, %s"
+                     % (self._limit, "%d B each" % self._cap if self._cap > 1 else "one reading each"))
+        elif self._probed:
+            self._strikes += 1
+        self.restart()
 
     def restart(self):
         """After a reboot or a fresh session: resend from the oldest unacknowledged record."""
         self.cursor = 0
+        self._probed = False
+        self._gen += 1  # a message being handed over meanwhile is not counted (_group)
         for k in range(len(self._pid)):
             self._pid[k] = 0
+
+    async def _ready(self):
+        # Once per connection, before its first message: the session's rules are known
+        # (adapter.ready: ThingsBoard's getSessionLimits), and one reading alone under
+        # suspicion waits PROBE_MS so a link that drops by itself is not blamed on it.
+        c = self.client
+        n = c.connections
+        if n == self._conn:
+            return True
+        lim = await self.adapter.ready(c)
+        if lim:
+            self._full = (min(len(self._pid), lim), self._full[1])
+            self._limit = min(self._limit, lim)
+        if self._limit == 1 and self._cap <= 1:
+            await asyncio.sleep_ms(PROBE_MS)
+            self._probed = True
+        if c.connections != n or not c.is_connected:
+            return False
+        self._conn = n
+        return True
+
+    def _set_aside(self):
+        # the oldest record, sent alone STRIKES times, each time followed by a drop
+        recs = self.outbox.read(0, 1)
+        self._strikes = 0
+        if not recs:
+            return
+        rid, data = recs[0]
+        kept = self.outbox.set_aside(rid, data)
+        self.set_aside += 1
+        log.error("publish", "reading %d: the link dropped each of the %d times it was sent alone: %s"
+                  % (rid, STRIKES, "set aside in the outbox's aside file" if kept else
+                     "dropped (the aside file is full)"))
+
+    _probed = False  # this connection's reading under suspicion waited PROBE_MS first
+    _gen = 0  # restart()s so far
+    _good = 0  # messages acknowledged in a row since the last halving
 
     async def run(self):
         while True:
             try:
-                recs = self.outbox.read(self.cursor, self._n) if self.client.is_connected else ()
+                if self._strikes >= STRIKES:
+                    self._set_aside()
+                if not (self.client.is_connected and await self._ready()):
+                    recs = ()
+                else:
+                    recs = self.outbox.read(self.cursor, self._n)
                 if not recs:
                     self.wake.clear()
                     await self._wait(self.wake, 1000)
@@ -114,7 +205,7 @@ class Publisher:
     async def _send(self, recs):
         # the records of one message go to the adapter together; only they are ever decoded
         i, n = 0, len(recs)
-        cap = min(MSG_BYTES, INFLIGHT_BYTES // self.client.window)
+        cap = self._cap
         while i < n:
             j, size = i + 1, len(recs[i][1])
             while j < n and size + len(recs[j][1]) <= cap:
@@ -140,7 +231,9 @@ class Publisher:
         return len(readings)
 
     async def _group(self, recs, i, j):
-        """Send records i..j-1 as one message; False when some wait for the clock."""
+        """Send records i..j-1 as one message; False when some wait for the clock, or the
+        link dropped meanwhile and on_down() started again from the oldest record."""
+        gen = self._gen
         ids = []
         readings = []
         for k in range(i, j):
@@ -183,6 +276,9 @@ class Publisher:
                     continue
                 # a publish that has to drain lets the reader run: the PUBACK can come before
                 # the pid is known here (then on_ack found no records for it)
+                while n and self._limit < len(self._pid) and self.in_flight >= self._limit and self.client.is_connected:
+                    self._freed.clear()  # fewer in flight than the client's window
+                    await self._wait(self._freed, 1000)
                 early = self._early
                 early.clear()
                 self._publishing = True
@@ -190,6 +286,9 @@ class Publisher:
                     pid = await self.client.publish(topic, payload, qos=1, wait=False)
                 finally:
                     self._publishing = False
+                if gen != self._gen:  # restarted (on_down) meanwhile: all is read again
+                    self.client.forget(pid)
+                    return False
                 if n:  # n == 0: one part of a split reading; its last part carries the ids
                     k = pid % len(self._pid)
                     self._pid[k] = pid

@@ -6,10 +6,13 @@ connects and the Publisher drains them through the ThingsBoard adapter and the M
 to a local mosquitto over mqtts. Printed: readings/s from the connect until the outbox is
 empty, MemoryErrors the publisher met (each one is a "paused: MemoryError" line), the
 heap's low-water mark during the drain, and beside it the client's raw wait=False rate (one
-100-byte message per reading) and the outbox's own read+ack rate on the same heap.
+100-byte message per reading) and the outbox's own read+ack rate on the same heap. Last, a
+broker that drops the device after every CONNACK for a minute: connections per minute, the
+heap before and after, and readings delivered.
 
     make bench BENCH_ARGS=drain          .venv/bin/python -m tests.bench drain
     options: --n=10000  --heap=96k  --schemes=mqtts  --batch=20  --window=N (the client's)
+             --flap_n=2000 --flap_s=60 (the "broker drops after CONNACK" run)
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ async def drain():
     from uplink.publisher import Publisher
 
     ob = fill()
-    ad = Adapter({"platform": {"token": "bench", "url": URL}, "device": {"name": "bench"}}, None)
+    ad = Adapter({"platform": {"token": "bench", "url": URL, "client_rpc": False}, "device": {"name": "bench"}}, None)
     c = MQTTClient(URL, "bench-drain", ca=CA, **({"window": int(WINDOW)} if WINDOW else {}))
     pub = Publisher(ob, ad, c, batch=BATCH)
     c.on_ack = pub.on_ack
@@ -101,8 +104,42 @@ def outbox():
     print("RESULT", N, time.ticks_diff(time.ticks_us(), t0), gc.mem_free(), N)
 
 
+async def flaps():
+    # a broker that drops every connection 5 ms after CONNACK for FLAP_S (tests/firmware/
+    # cutter.py in front of mosquitto), then lets the device be: how often it reconnects, what
+    # the heap looks like after, and whether every reading still arrives
+    from cutter import Cutter
+    from uplink.mqtt import MQTTClient
+    from uplink.platforms.thingsboard import Adapter
+    from uplink.publisher import Publisher
+    host, port = URL.split("//")[1].split(":")
+    ob = fill()
+    cut = await Cutter(host, int(port)).start()
+    cut.after_connack_ms = 5
+    ad = Adapter({"platform": {"token": "bench", "url": cut.url, "client_rpc": False}, "device": {"name": "bench"}}, None)
+    c = MQTTClient(cut.url, "bench-flaps", window=8)
+    p = Publisher(ob, ad, c, batch=BATCH)
+    gc.collect()
+    before = gc.mem_free()
+    t = asyncio.create_task(p.run())
+    asyncio.create_task(c.connect(retry=True))
+    await asyncio.sleep(int(os.getenv("FLAP_S")))
+    conns = cut.connections
+    cut.after_connack_ms = None
+    while ob.depth:
+        await asyncio.sleep_ms(100)
+    t.cancel()
+    await c.disconnect()
+    cut.close()
+    await asyncio.sleep_ms(100)
+    gc.collect()
+    print("FLAPS", conns, before, gc.mem_free(), p.acked, N)
+
+
 if MODE == "drain":
     asyncio.run(drain())
+elif MODE == "flaps":
+    asyncio.run(flaps())
 elif MODE == "raw":
     asyncio.run(raw())
 else:
@@ -116,6 +153,20 @@ def _result(out: str) -> tuple[int, int, int, int] | None:
         return None
     n, us, low, acked = (int(x) for x in line[0].split()[1:])
     return n, us, low, acked
+
+
+def flaps(broker, heap: str, batch: str, n: str, seconds: int) -> None:
+    env = {"N": n, "MODE": "flaps", "BATCH": batch, "URL": broker.url("mqtt"), "CA": "", "WINDOW": "",
+           "FLAP_S": str(seconds), "DIR": tempfile.mkdtemp(prefix="uplink-bench-outbox-")}
+    out = _run(SCRIPT, env, heapsize=heap, timeout=seconds + 300)
+    line = [x for x in out.splitlines() if x.startswith("FLAPS")]
+    if not line:
+        print(f"broker drops after CONNACK: failed\n{out[-2000:]}")
+        return
+    conns, before, after, acked, total = (int(x) for x in line[0].split()[1:])
+    print(f"broker drops after CONNACK for {seconds} s, then not: {conns * 60 // seconds} connections/min "
+          f"(backoff-bounded), heap {before:,} B free before, {after:,} B after; "
+          f"readings delivered {acked:,} of {total:,}", flush=True)
 
 
 def main(argv: list[str]) -> None:
@@ -150,6 +201,7 @@ def main(argv: list[str]) -> None:
                 print(f"{scheme:6} client alone, wait=False + flush (100 B each):   {r[0]:>6,} msg/s")
             if o:
                 print(f"{'':6} outbox alone, read+ack (batch {batch}):             {o[0]:>6,} records/s", flush=True)
+        flaps(broker, heap, batch, _opt(argv, "flap_n", "2000"), int(_opt(argv, "flap_s", "60")))
     finally:
         broker.stop()
 

@@ -30,6 +30,8 @@ class Ctx:
 
 
 class Client:
+    connections = 1  # as MQTTClient's: CONNACKs so far
+
     def __init__(self, answer=None):
         self.published = []  # (topic, payload, qos)
         self.subscribed = []

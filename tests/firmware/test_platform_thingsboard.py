@@ -400,3 +400,45 @@ async def test_ota_is_asked_at_each_connect_and_the_running_package_is_no_announ
     push = dict(running, setpoint=21)
     assert a.handle("v1/devices/me/attributes", json.dumps(push).encode(), False) == Command("attributes", {"setpoint": 21})
     assert a.handle("v1/devices/me/attributes", json.dumps(fw).encode(), False).name == "ota"
+
+
+async def test_a_connections_first_reading_waits_for_its_session_limits():
+    # ThingsBoard's limits (maxPayloadSize, maxInflightMessages) are known before the backlog
+    # flows: the publisher awaits ready() once per connection (uplink.publisher._ready)
+    import asyncio
+
+    a = tb()
+    c = Client()
+    await a.on_connect(c)
+    waiting = asyncio.create_task(a.ready(c))
+    await asyncio.sleep_ms(200)
+    assert not waiting.done()  # no answer yet: no reading goes out
+    rid = [t for t, p, _ in c.published if b"getSessionLimits" in p][0].rsplit("/", 1)[1]
+    limits = b'{"maxPayloadSize":2048,"maxInflightMessages":3}'
+    assert a.handle("v1/devices/me/rpc/response/" + rid, limits, False) is None
+    await asyncio.sleep_ms(20)
+    assert waiting.done() and await waiting == 3 and a.max_payload == 2048
+    assert await a.ready(c) == 3  # the same connection: at once
+
+
+async def test_a_server_that_never_answers_the_limits_is_waited_for_once():
+    import asyncio
+
+    from uplink.platforms import thingsboard
+
+    saved = thingsboard.LIMITS_WAIT_MS
+    thingsboard.LIMITS_WAIT_MS = 300
+    try:
+        a = tb()
+        c = Client()
+        await a.on_connect(c)
+        t0 = asyncio.ticks()
+        assert await a.ready(c) is None  # the documented defaults: the client's window
+        assert asyncio.ticks_diff(asyncio.ticks(), t0) >= 300
+        c.connections += 1
+        await a.on_connect(c)
+        t0 = asyncio.ticks()
+        await a.ready(c)
+        assert asyncio.ticks_diff(asyncio.ticks(), t0) < 100  # not waited for again this boot
+    finally:
+        thingsboard.LIMITS_WAIT_MS = saved

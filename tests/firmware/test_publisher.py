@@ -35,6 +35,9 @@ class Recorder:
     def __init__(self):
         self.calls = []
 
+    async def ready(self, client):  # (platforms.Base.ready: no session rules here)
+        return None
+
     def encode(self, readings):
         self.calls.append(len(readings))
         return [("t", json.dumps([r["values"]["seq"] for r in readings]).encode(), len(readings))]
@@ -44,6 +47,7 @@ class FakeClient:
     # acknowledges every publish while publish() still runs, as when publish() drains and
     # the reader task handles the broker's PUBACK meanwhile
     is_connected = True
+    connections = 1
 
     def __init__(self, window):
         self.window = window

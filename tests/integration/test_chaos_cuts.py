@@ -39,6 +39,9 @@ class Adapter:
     # like a real platform: several readings per message (a JSON array), up to 5
     max_payload = 4096
 
+    async def ready(self, client):  # (platforms.Base.ready: no session rules here)
+        return None
+
     def encode(self, readings):
         out = []
         for i in range(0, len(readings), 5):

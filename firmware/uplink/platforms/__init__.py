@@ -182,6 +182,11 @@ class Base:
             raise ConfigError("config.json: platform.%s: missing: %s" % (key, hint))
         return v
 
+    async def ready(self, client):
+        """Awaited before a connection's first reading: the session's rules are known then.
+        The messages the cloud allows in flight, or None (the client's window)."""
+        return None
+
     def invalidate_credentials(self):
         """The broker refused our credentials: a relay token is fetched anew next time
         (call on the MQTT client's "auth_error")."""

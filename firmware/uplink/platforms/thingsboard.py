@@ -1,5 +1,9 @@
 # ThingsBoard (self-hosted or ThingsBoard Cloud), MQTT device API and gateway API.
 # Wire contract: PLATFORMS.md "ThingsBoard". Token as username, no password.
+import asyncio
+from time import ticks_diff, ticks_ms
+
+from uplink import log
 from uplink.platforms import (
     Base,
     Command,
@@ -13,6 +17,7 @@ from uplink.platforms import (
 
 DEFAULT_URL = "mqtts://mqtt.thingsboard.cloud:8883"
 DEFAULT_MAX_PAYLOAD = 65536
+LIMITS_WAIT_MS = 2000  # for getSessionLimits' answer before a connection's first reading
 
 SCHEMA = {
     "token": (str, None),
@@ -82,6 +87,12 @@ class Adapter(Base):
         self._echoes = False  # the broker hands our own requests back (see handle)
         self._replied = None  # then: the id of our last RPC reply, to be handed back too
         self._claimed = False
+        # getSessionLimits: which connection (client.connections) the answer belongs to; the
+        # connection it was asked on; set when it comes; False after a server left it unanswered
+        self._limits_for = self._asked_on = 0
+        self._limits = asyncio.Event()
+        self._answers = True
+        self.max_inflight = None
         self.provision_timeout_s = 30
 
     # -- connecting ----------------------------------------------------------------------
@@ -127,6 +138,7 @@ class Adapter(Base):
         await client.publish(ATTRIBUTES, dumps(attrs).encode(), 1, False, False)
         self._pending = {}
         p = self.cfg["platform"]
+        self._asked_on = client.connections
         methods = ("getSessionLimits", p.get("time_method") or "getCurrentTime")
         for method in methods if p.get("client_rpc", True) else ():
             t, payload = self.rpc_request(method)
@@ -146,6 +158,29 @@ class Adapter(Base):
             t, payload = self.claim_request(secret, self.cfg["platform"].get("claim_duration_ms") or 60000)
             await client.publish(t, payload, 1, False, False)
             self._claimed = True
+
+    async def ready(self, client):
+        # The backlog waits for this connection's getSessionLimits answer (maxPayloadSize,
+        # maxInflightMessages), at most LIMITS_WAIT_MS; then the documented defaults (65536 B,
+        # docs/platforms.md) apply. A server that never answered (older than 3.5, a plain
+        # broker) is not waited for again this boot.
+        n = client.connections
+        if not self.cfg["platform"].get("client_rpc", True) or not self._answers:
+            return self.max_inflight
+        t = ticks_ms()
+        while self._limits_for != n and client.connections == n:
+            left = LIMITS_WAIT_MS - ticks_diff(ticks_ms(), t)
+            if left <= 0:
+                self._answers = False
+                log.warn("thingsboard", "the server did not say its session limits within %d ms: "
+                         "ThingsBoard's defaults apply" % LIMITS_WAIT_MS)
+                break
+            self._limits.clear()
+            try:
+                await asyncio.wait_for_ms(self._limits.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+        return self.max_inflight
 
     def _running(self):
         fw = getattr(self.ctx, "fw", None)  # App.fw: the running bundle's manifest (uplink.ota)
@@ -321,6 +356,11 @@ class Adapter(Base):
                 raise ValueError("getSessionLimits answer: bad maxPayloadSize %r" % (size,))
             # the server's limit can only lower ours (platform.max_payload also guards the heap)
             self.max_payload = min(size, self.cfg["platform"].get("max_payload") or DEFAULT_MAX_PAYLOAD)
+            n = ans.get("maxInflightMessages")
+            self.max_inflight = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+            self._limits_for = self._asked_on
+            self._answers = True
+            self._limits.set()
             return None
         return Command("rpc_answer", {"method": method, "result": ans})
 
