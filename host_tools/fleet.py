@@ -373,6 +373,7 @@ class Device(Strict):
     name: str = ""  # filled from the [devices.NAME] key
     board: str = "host"
     safe_mode_retry_s: int = Field(1200, gt=0)  # docs/config.md: safe mode's wait before a retry
+    offline_reset_s: int = Field(3600, ge=0)  # docs/config.md: a board that stays stuck resets
     console: Literal["data", "info", "warn"] = "data"  # docs/config.md: "info" drops the line per message
     wifi: Wifi = Wifi()
     ntp: Ntp = Ntp()

@@ -193,7 +193,7 @@ def render(fleet: Fleet, name: str, store: SecretStore, *, redact: bool = False
     ]
     config = {
         "device": {"name": name, "board": dev.board, "safe_mode_retry_s": dev.safe_mode_retry_s,
-                   "console": dev.console},
+                   "offline_reset_s": dev.offline_reset_s, "console": dev.console},
         "wifi": {"networks": networks, "timeout_s": dev.wifi.timeout_s},
         "ntp": {"servers": list(dev.ntp.servers), "resync_s": dev.ntp.resync_s,
                 "timeout_ms": dev.ntp.timeout_ms},

@@ -18,6 +18,10 @@ RESET_DELAY_MS = 2000
 WINDOW = 8  # MQTT messages in flight (see _client)
 HEALTHY_AFTER_S = 60  # = safemode.HEALTHY_AFTER_S; safemode itself is unloaded after boot
 COMMAND_QUEUE = 8  # downlinks waiting for the handler; more are refused, not buffered
+# A kept task (App.keep) that fails this many times in a row, each within STEADY_S of its
+# start, takes the crash path: restarting it again would only hide a broken board.
+TASK_FAILS = 5
+STEADY_S = 60
 
 
 class App:
@@ -34,7 +38,9 @@ class App:
     cloud: Any = None  # uplink.cloud, when user.py imported it
     sessions: Any = None  # uplink.sessions: the other platforms, when the config names several
     safe_mode_reason = None
+    fatal = None  # (task name, exception) of a kept task that failed for good: supervise raises it
     _fw = None
+    _acked = _since = 0  # publisher.acked, and log.uptime_s() when it last moved (stuck())
 
     def __init__(self, cfg, board):
         self.cfg = cfg
@@ -101,6 +107,8 @@ class App:
             h["chip_temp"] = t
         if self.auth_failures:
             h["auth_failures"] = self.auth_failures
+        if self.publisher is not None and self.publisher.set_aside:
+            h["set_aside"] = self.publisher.set_aside  # readings the cloud refused (outbox aside)
         if self.safe_mode_reason:  # the first run after safe mode says why it was there
             h["safe_mode"] = self.safe_mode_reason
         if self.sessions:
@@ -183,7 +191,7 @@ class App:
                 log.exc("telemetry", "reading skipped", e)
                 gc.collect()
             self.telemetry_wake.clear()
-            try:
+            try:  # (a MemoryError here ends this run of the task: App.keep starts it again)
                 await asyncio.wait_for(self.telemetry_wake.wait(), self.interval_s)
             except asyncio.TimeoutError:
                 pass
@@ -258,7 +266,7 @@ class App:
 
             if await ota_relay.at_boot(self):
                 self.ota = ota_relay.Updater(self)
-                asyncio.create_task(self.ota.run())
+                self.keep("ota", self.ota.run)
             else:
                 ota_relay = None
                 _unload("ota_relay", "ota_fetch", "ota_tb", "ota")
@@ -281,7 +289,7 @@ class App:
         else:
             from uplink.ota_tb import Updater
         self.ota = Updater(self)
-        asyncio.create_task(self.ota.run())
+        self.keep("ota", self.ota.run)
         return self.ota
 
     def ota_done(self, u):
@@ -360,7 +368,7 @@ class App:
         log.info("wifi", "up, ip %s" % self.wifi.ip)
         # back on Wi-Fi, MQTT tries at once instead of sitting out a backoff grown in the outage
         self.wifi.on_up = self._network_back
-        asyncio.create_task(self.wifi.run())
+        self.keep("wifi", self.wifi.run)
 
     def _network_back(self):
         if self.client is not None:
@@ -374,7 +382,7 @@ class App:
         ntp = self.cfg["ntp"]
         self.clock = Clock(self.board, ntp["servers"], ntp["timeout_ms"], ntp["resync_s"])
         if ntp["servers"]:
-            asyncio.create_task(self.clock.run())
+            self.keep("clock", self.clock.run)
         else:  # e.g. the host board, whose clock is the PC's
             log.info("clock", "no NTP servers configured: the board's own clock is used")
         url = self.adapter.url
@@ -432,7 +440,7 @@ class App:
         from uplink.outbox import Outbox
         from uplink.publisher import Publisher
 
-        asyncio.create_task(self.mark_healthy())
+        self.keep("health", self.mark_healthy)
         self.fw()  # before a download can put another app in the other slot
         self.adapter = platforms.load(self.cfg["platform"]["kind"]).Adapter(self.cfg, self)
         main = self.cfg["platform"].get("name") or self.cfg["platform"]["kind"]
@@ -445,6 +453,7 @@ class App:
         ob = self.cfg["outbox"]
         # readings less than hold_ms apart go to flash in batches (flash wear): outbox.py
         self.outbox = Outbox(ob["dir"], ob["max_bytes"], hold_ms=ob["hold_ms"], cursors=cursors)
+        self.board.on_leave = self.outbox.flush  # every reset, Ctrl-C and crash: Board.leave
         from uplink.boots import Boots
 
         self.boots = Boots()
@@ -459,33 +468,88 @@ class App:
         reader = self.sessions.reader(self.outbox, main) if self.sessions else self.outbox
         batch = self.share(self.cfg["telemetry"]["batch"])
         self.publisher = Publisher(reader, self.adapter, self.client, batch, stamp=self.stamp)
-        self.client.on_ack = self.publisher.on_ack
         self.cloud = sys.modules.get("uplink.cloud")  # imported by user.py only when it uses it
         if self.cloud is not None:
             self.cloud.attach(self)
-        asyncio.create_task(self.telemetry_task())
-        asyncio.create_task(self.command_task())
+        self.keep("telemetry", self.telemetry_task)
+        self.keep("commands", self.command_task)
         if self.sessions:  # the other clouds connect on their own: one down stops no other
             self.sessions.start(self.outbox)
         await subscribe_first(self.adapter, self.client)
-        await self.connect()
-        asyncio.create_task(self.publisher.run())
+        # the supervisor (watchdog, stuck board) runs while the first connect is still tried
+        self.keep("connect", self.connect)
+        self.keep("publish", self.publisher.run)
         await self.supervise()
 
     async def connect(self):
         await self.client.connect(retry=True)
 
+    def keep(self, name, fn):
+        """Run fn() as a task that outlives its failures: one that raises (a MemoryError in
+        its loop or its waits) is logged with its traceback and started again; TASK_FAILS
+        quick failures in a row end the app through the crash path (supervise)."""
+        return asyncio.create_task(self._kept(name, fn))
+
+    async def _kept(self, name, fn):
+        fails = 0
+        while True:
+            t = log.uptime_s()
+            try:
+                await fn()
+                return
+            except Exception as e:
+                fails = fails + 1 if log.uptime_s() - t < STEADY_S else 1
+                if fails >= TASK_FAILS:
+                    self.fatal = (name, e)
+                    return
+                try:
+                    log.exc(name, "task failed (%d in a row); restarting it" % fails, e)
+                    sys.print_exception(e)
+                except MemoryError:
+                    pass
+            e = None  # noqa: F841  (MicroPython keeps it: its traceback must not outlive the failure)
+            gc.collect()
+            await asyncio.sleep_ms(1000)
+
     async def supervise(self):
         wdt = self.board.watchdog(30000)
+        fails = 0
         while True:
+            if self.fatal is not None:
+                raise RuntimeError("task %s failed %d times in a row: %r" % (self.fatal[0], TASK_FAILS, self.fatal[1]))
+            try:
+                if self.stuck():
+                    log.error("app", "no reading acknowledged for %d s with the network up: resetting"
+                              % (log.uptime_s() - self._since))
+                    self.board.reset()  # (Board.leave writes the held readings first)
+                self.outbox.flush()  # persist acknowledged progress now and then, not per ack
+                # called every 5 s, log.uptime_s() keeps the uptime right across the ticks wrap
+                # (it must be called at least every 6 days)
+                log.uptime_s()
+                if self.boots is not None:
+                    self.boots.tick(self.clock.now_ms() if self.clock else None)
+                fails = 0
+            except Exception as e:  # a MemoryError: the watchdog is fed all the same
+                fails += 1
+                if fails >= TASK_FAILS:
+                    raise
+                log.exc("supervise", "round failed", e)
             wdt.feed()
-            self.outbox.flush()  # persist acknowledged progress now and then, not per ack
-            # called every 5 s, log.uptime_s() keeps the uptime right across the ticks wrap
-            # (it must be called at least every 6 days)
-            log.uptime_s()
-            if self.boots is not None:
-                self.boots.tick(self.clock.now_ms() if self.clock else None)
             await asyncio.sleep(5)
+
+    def stuck(self):
+        """Readings wait, the network is up, and none has been acknowledged for
+        device.offline_reset_s: a board in a state it does not leave by itself."""
+        limit = self.cfg["device"].get("offline_reset_s")
+        p = self.publisher
+        now = log.uptime_s()
+        w = self.wifi
+        if (not limit or p is None or p.acked != self._acked or not p.outbox.depth
+                or (w is not None and not getattr(w, "connected", True))):
+            self._acked = p.acked if p is not None else 0
+            self._since = now
+            return False
+        return now - self._since >= limit
 
     async def mark_healthy(self):
         # Running this long without a crash is healthy, cloud or no cloud: a router outage
@@ -629,6 +693,8 @@ def _crash(board, what, e):
     """A crash exit: logged, counted for safe mode, then a reset after RESET_DELAY_MS (a
     crash loop must not spin at full speed)."""
     reason = "%s: %s: %s" % (what, type(e).__name__, e)
+    if board is not None:
+        board.leave()
     try:
         log.error("boot", reason)
         sys.print_exception(e)
@@ -665,6 +731,8 @@ def _interrupted(board):
     soft_reset_exit), which is what mpremote does first. So reset into the maintenance hold:
     the REPL, with no app and no watchdog, until the next reset."""
     log.warn("boot", "stopped by Ctrl-C")
+    if board is not None:
+        board.leave()
     if board is None or board.armed_watchdog() is None or not board.watchdog_outlives_program:
         return
     print("the watchdog is armed: resetting into the maintenance hold")

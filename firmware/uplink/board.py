@@ -76,6 +76,20 @@ class Board:
         """The watchdog if this program armed it, else None."""
         return self._wdt
 
+    # The app's way out (App.main sets it to the outbox's flush): readings held in RAM.
+    on_leave = None
+
+    def leave(self):
+        """Every way out of the app (a reset, Ctrl-C, a crash) passes here first, so readings
+        the outbox holds in RAM (outbox.hold_ms) reach flash. Once: a failure here is no
+        reason not to reset."""
+        f, self.on_leave = self.on_leave, None
+        if f is not None:
+            try:
+                f()
+            except Exception as e:  # a full flash: the reset matters more now
+                print("held readings not written: %r" % (e,))
+
     def memory(self):
         """Health keys for the memory that can be known: gc_free, the free bytes of the
         MicroPython (GC) heap areas; the host has nothing else."""
@@ -109,6 +123,7 @@ class Esp32Board(Board):
     def reset(self):
         import machine
 
+        self.leave()
         machine.reset()
 
     def watchdog(self, ms):

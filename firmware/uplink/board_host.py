@@ -114,6 +114,7 @@ class HostBoard(Board):
 
     def reset(self):
         # machine.reset() is ESP_RST_SW, which machine.reset_cause() reports as HARD
+        self.leave()
         _write_cause("hard")
         sys.exit(RESET_EXIT)
 

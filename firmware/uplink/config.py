@@ -68,7 +68,9 @@ SCHEMA = {
     # ESP32 still gets Wi-Fi and the watchdog. safe_mode_retry_s: safemode.py reads it raw.
     "device": ({"name": (str, REQUIRED), "board": (str, "esp32" if sys.platform == "esp32" else "host"),
                 "console": (str, "data", lambda v: v in ("data", "info", "warn") or "'data', 'info' or 'warn'"),  # log.level
-                "safe_mode_retry_s": (int, 1200, _positive)}, REQUIRED),
+                "safe_mode_retry_s": (int, 1200, _positive),
+                # no reading acknowledged this long with the network up: reset (App.stuck); 0 never
+                "offline_reset_s": (int, 3600, _not_negative)}, REQUIRED),
     "wifi": (
         {"networks": ([{"ssid": (str, REQUIRED), "password": (str, "")}], []),
          "timeout_s": (int, 20, _positive)},

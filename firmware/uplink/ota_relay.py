@@ -68,6 +68,4 @@ def offer(app, o, root=""):
     if not ota.same_job(job, want) or job.get("installed"):
         ota._save(root + ota.JOB, want)
     log.info("ota", "the relay offers %s: downloading after a reset (the heap is whole then)" % want["version"])
-    if app.outbox is not None:
-        app.outbox.flush()  # readings held in RAM go to flash: none lost
-    asyncio.create_task(app.reboot_soon())
+    asyncio.create_task(app.reboot_soon())  # (Board.reset writes the held readings first)

@@ -39,6 +39,7 @@ class Session:
         self.adapter = platforms.load(pcfg["kind"]).Adapter(cfg, self.ctx)
         self.auth_failures = 0
         self.publishes = getattr(self.adapter, "publishes", True)
+        self._started = False
 
     def make_client(self):
         app = self.app
@@ -78,8 +79,10 @@ class Session:
                 delay = min(delay * 2, 600)
         from uplink.app import subscribe_first
 
-        await subscribe_first(self.adapter, self.client)
-        await self.client.connect(retry=True)
+        if not self._started:  # (kept by App.keep: a run that failed later starts here again)
+            await subscribe_first(self.adapter, self.client)
+            await self.client.connect(retry=True)
+            self._started = True
         if self.publisher is not None:
             await self.publisher.run()
 
@@ -124,8 +127,7 @@ class Sessions:
             c = s.make_client()
             if s.publishes:
                 s.publisher = Publisher(outbox.cursor(s.name), s.adapter, c, batch, stamp=app.stamp)
-                c.on_ack = s.publisher.on_ack
-            asyncio.create_task(s.run())
+            app.keep("session " + s.name, s.run)
 
     def notify(self):
         for s in self.extra:
@@ -159,6 +161,8 @@ def _health(client, publisher, auth_failures):
         h["waiting"] = publisher.outbox.depth
         h["sent"] = publisher.sent
         h["acked"] = publisher.acked
+        if publisher.set_aside:
+            h["set_aside"] = publisher.set_aside
     if auth_failures:
         h["auth_failures"] = auth_failures
     return h
