@@ -96,7 +96,7 @@ class Session:
     the outbox only once ingestion has it. A failed POST is retried, oldest first, after a
     backoff; meanwhile is_connected is False and the publisher reads nothing new."""
 
-    on_message = on_status = on_connect = on_ack = on_down = None
+    on_message = on_status = on_connect = on_ack = on_down = on_up = None
     connections = 1  # as MQTTClient's: one "connection" for the session's life
     QUEUE = 2  # bodies held in RAM; the publisher waits in publish() beyond that
     window = QUEUE  # as MQTTClient.window: ids in flight at once (the publisher's slots)
@@ -135,6 +135,8 @@ class Session:
         if not self._ok:
             self._ok = True
             self._status("connected", None)
+            if self.on_up is not None:
+                self.on_up()
             if self.on_connect is not None:
                 asyncio.create_task(self.on_connect())
 

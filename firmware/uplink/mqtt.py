@@ -162,11 +162,12 @@ async def read_packet(s, max_packet):
 
 class MQTTClient:
     # callbacks, all optional: on_message(topic, payload, retained), on_ack(pid),
-    # on_down() (the connection just went: before any resend), async on_connect(),
-    # on_status(event, detail)
+    # on_down() (the connection just went: before any resend), on_up() (a CONNACK), async
+    # on_connect(), on_status(event, detail)
     on_message: Any = None
     on_ack: Any = None
     on_down: Any = None
+    on_up: Any = None
     on_connect: Any = None
     on_status: Any = None
     # Reconnect pacing (ms). A refused login waits long: hammering a broker with a bad token
@@ -403,6 +404,8 @@ class MQTTClient:
         if self._ka:
             self._tasks.append(asyncio.create_task(self._pinger(s)))
         self._status("connected", None)
+        if self.on_up is not None:
+            self.on_up()
         self._pulse()
         await self._drain(s)
 

@@ -65,6 +65,7 @@ class Publisher:
         self._held = None  # log.uptime_s() when readings started waiting for the clock
         client.on_ack = self.on_ack
         client.on_down = self.on_down
+        client.on_up = self.notify  # a new connection: the backlog goes now, not at the next poll
 
     def notify(self):
         """A record was put: wake the drain loop."""
@@ -86,6 +87,7 @@ class Publisher:
             ob.ack(rid)  # (a corrupt record in between was acked already: no effect)
         self.acked += self._last[k] - self._first[k] + 1
         self._strikes = 0
+        self._suspect = False
         if self._limit < self._full[0] or self._cap < self._full[1]:
             self._good += 1
             if self._good >= GROW_AFTER:  # steady progress: try bigger again
@@ -113,6 +115,8 @@ class Publisher:
                      % (self._limit, "%d B each" % self._cap if self._cap > 1 else "one reading each"))
         elif self._probed:
             self._strikes += 1
+        else:
+            self._suspect = True  # the next connection probes the link before sending it
         self.restart()
 
     def restart(self):
@@ -135,7 +139,7 @@ class Publisher:
         if lim:
             self._full = (min(len(self._pid), lim), self._full[1])
             self._limit = min(self._limit, lim)
-        if self._limit == 1 and self._cap <= 1:
+        if self._suspect:
             await asyncio.sleep_ms(PROBE_MS)
             self._probed = True
         if c.connections != n or not c.is_connected:
@@ -147,6 +151,7 @@ class Publisher:
         # the oldest record, sent alone STRIKES times, each time followed by a drop
         recs = self.outbox.read(0, 1)
         self._strikes = 0
+        self._suspect = False
         if not recs:
             return
         rid, data = recs[0]
@@ -158,6 +163,7 @@ class Publisher:
 
     _probed = False  # this connection's reading under suspicion waited PROBE_MS first
     _gen = 0  # restart()s so far
+    _suspect = False  # one reading alone was out when the link dropped: probe before resending
     _good = 0  # messages acknowledged in a row since the last halving
 
     async def run(self):
