@@ -181,9 +181,10 @@ class MQTTClient:
     auth_backoff_ms = 60000
     auth_backoff_max_ms = 900000
     connect_timeout_ms = 10000
-    # A connection that ends sooner than this counts as a failed connect for the backoff: a
-    # broker that accepts and then drops (full, rate limit, token refused after CONNACK, a
-    # NAT timeout) must not get a reconnect storm. Longer ones reconnect at once.
+    # A connection that ends sooner than this, with no PUBACK on it, counts as a failed connect
+    # for the backoff: a broker that accepts and then drops (full, rate limit, token refused
+    # after CONNACK, a NAT timeout) must not get a reconnect storm. Longer ones, and ones that
+    # delivered something, reconnect at once.
     stable_ms = 10000
 
     def __init__(
@@ -237,6 +238,7 @@ class MQTTClient:
         self._now = asyncio.Event()  # kick(): end the reconnect wait
         self._fails = 0  # failed connects and short connections in a row: the backoff's exponent
         self._up = None  # ticks_ms() of the last CONNACK
+        self._acked = False
         self.connections = 0  # CONNACKs so far: tells a new connection from the last one
 
     # -- public ------------------------------------------------------------------------
@@ -394,6 +396,7 @@ class MQTTClient:
             pkt[0] |= 8
         self._s = s
         self._rx = self._tx = self._up = ticks_ms()
+        self._acked = False  # a PUBACK on this connection: it got somewhere (_keep)
         self.connections += 1
         self._kick.clear()
         self._kicked = False
@@ -509,7 +512,7 @@ class MQTTClient:
                 if self._closing or self._s is not None:
                     continue
                 lasted = ticks_diff(ticks_ms(), self._up) if self._up is not None else self.stable_ms
-                if lasted < self.stable_ms:
+                if lasted < self.stable_ms and not self._acked:
                     self._now.clear()
                     self._status("error", MQTTError("the connection ended %d ms after CONNACK: "
                                                     "waiting as after a failed connect" % lasted))
@@ -730,6 +733,7 @@ class MQTTClient:
         self._ipid[k] = 0
         self._ipkt[k] = None
         self._n -= 1
+        self._acked = True
         if self.on_ack is not None:
             try:
                 self.on_ack(pid)
