@@ -24,14 +24,6 @@ class Adapter:
         return [(self.topic, json.dumps([r["values"] for r in readings]).encode(), len(readings))]
 
 
-def outbox(n, name, body=""):
-    d = "/tmp/uplink-flaps-%s-%s" % (name, uid())
-    ob = Outbox(d, 65536)
-    for i in range(n):
-        ob.put(json.dumps({"values": {"seq": i, "pad": body}}).encode())
-    return ob
-
-
 async def watcher(topic):
     # what the cloud got, as a set of reading numbers (a list of every message would cost
     # the test more heap than the device under test has)
@@ -46,6 +38,38 @@ async def watcher(topic):
     await w.connect()
     await w.subscribe(topic, 1)
     return w
+
+
+class Rig:
+    """A device (outbox of n readings, publisher, client) behind a Cutter with these rules,
+    and a watcher on the cloud side."""
+
+    async def start(self, name, n, body="", poison_at=None, watch=True, **rules):
+        self.cut = await Cutter(HOST, PORTS["mqtt"]).start()
+        for k in rules:
+            setattr(self.cut, k, rules[k])
+        c = self.c = client("mqtt", name, keepalive=0, window=8)  # the app's window: 1 KB messages
+        c.on_status = None
+        c.backoff_min_ms = c.backoff_max_ms = 20  # the rate is the storm test's: here, progress
+        c.set_url(self.cut.url)
+        self.dir = "/tmp/uplink-flaps-%s-%s" % (name, uid())
+        ob = self.ob = Outbox(self.dir, 65536)
+        for i in range(n):
+            ob.put(json.dumps({"values": {"seq": i, "pad": "poison" if i == poison_at else body}}).encode())
+        a = Adapter()
+        a.topic = "flaps/%s/%s" % (name, uid())
+        self.w = await watcher(a.topic) if watch else None
+        self.p = Publisher(ob, a, c, batch=20)
+        await c.connect(retry=True)
+        self.task = asyncio.create_task(self.p.run())
+        return self
+
+    async def stop(self):
+        self.task.cancel()
+        if self.w is not None:
+            await self.w.disconnect()
+        await self.c.disconnect()
+        self.cut.close()
 
 
 async def test_a_broker_that_drops_after_connack_gets_a_bounded_reconnect_rate():
@@ -106,7 +130,9 @@ async def test_a_thousand_drops_after_connack_leave_the_heap_as_it_was():
             assert block >= 3072, (mark, levels)
         # the broker lets it be now: the device connects, and drains a backlog through it
         cut.after_connack_ms = None
-        ob = outbox(60, "thousand")
+        ob = Outbox("/tmp/uplink-flaps-thousand-" + uid(), 65536)
+        for i in range(60):
+            ob.put(json.dumps({"values": {"seq": i}}).encode())
         a = Adapter()
         a.topic = "flaps/drain/" + uid()
         w = await watcher(a.topic)
@@ -123,110 +149,55 @@ async def test_a_thousand_drops_after_connack_leave_the_heap_as_it_was():
 
 @heapsize("128k")
 async def test_drops_in_the_middle_of_a_backlog_still_deliver_every_reading():
-    cut = await Cutter(HOST, PORTS["mqtt"]).start()
-    cut.after_publishes = 3  # the third PUBLISH of each connection is cut, unacknowledged
-    c = client("mqtt", "midflaps", keepalive=0, window=8)
-    c.on_status = None
-    c.backoff_min_ms = c.backoff_max_ms = 2
-    c.set_url(cut.url)
-    ob = outbox(200, "mid")
-    a = Adapter()
-    a.topic = "flaps/mid/" + uid()
-    w = await watcher(a.topic)
-    p = Publisher(ob, a, c, batch=20)
+    # the third PUBLISH of each connection is cut, unacknowledged
+    r = await Rig().start("mid", 200, after_publishes=3)
     try:
-        await c.connect(retry=True)
-        t = asyncio.create_task(p.run())
         # (before: a restart while a message waited for room moved the cursor past the
         # records it had forgotten, and they were never sent)
-        await until(lambda: w.seqs == set(range(200)), 30000)
-        await until(lambda: ob.depth == 0)
-        assert cut.connections >= 5, cut.connections  # it did happen, again and again
-        assert len(c._pending) == 0
-        t.cancel()
+        await until(lambda: r.w.seqs == set(range(200)), 30000)
+        await until(lambda: r.ob.depth == 0)
+        assert r.cut.connections >= 5, r.cut.connections  # it did happen, again and again
+        assert len(r.c._pending) == 0
     finally:
-        await w.disconnect()
-        await c.disconnect()
-        cut.close()
+        await r.stop()
 
 
 @heapsize("128k")
 async def test_a_broker_that_refuses_big_messages_gets_smaller_ones_until_all_arrive():
-    cut = await Cutter(HOST, PORTS["mqtt"]).start()
-    cut.max_payload = 300  # dropped, as ThingsBoard drops a session over its max payload
-    c = client("mqtt", "shrink", window=8)  # the app's window: 1 KB messages
-    c.backoff_min_ms = c.backoff_max_ms = 20
-    c.set_url(cut.url)
-    ob = outbox(120, "shrink", body="x" * 40)
-    a = Adapter()
-    a.topic = "flaps/shrink/" + uid()
-    w = await watcher(a.topic)
-    p = Publisher(ob, a, c, batch=20)
+    # dropped, as ThingsBoard drops a session over its max payload
+    r = await Rig().start("shrink", 120, body="x" * 40, max_payload=300)
     try:
-        await c.connect(retry=True)
-        t = asyncio.create_task(p.run())
-        await until(lambda: w.seqs == set(range(120)), 30000)
-        assert p.set_aside == 0
+        await until(lambda: r.w.seqs == set(range(120)), 30000)
+        assert r.p.set_aside == 0
         # it shrank (and said so) rather than resending the same 1 KB messages forever
-        assert cut.connections < 12, cut.connections
-        t.cancel()
+        assert r.cut.connections < 12, r.cut.connections
     finally:
-        await w.disconnect()
-        await c.disconnect()
-        cut.close()
+        await r.stop()
 
 
 @heapsize("128k")
 async def test_one_reading_refused_every_time_is_set_aside_and_the_rest_arrive():
-    cut = await Cutter(HOST, PORTS["mqtt"]).start()
-    cut.poison = b"poison"  # a PUBLISH carrying it is cut: the cloud refuses that reading
-    c = client("mqtt", "aside", window=8)
-    c.backoff_min_ms = c.backoff_max_ms = 20
-    c.set_url(cut.url)
-    d = "/tmp/uplink-flaps-aside-" + uid()
-    ob = Outbox(d, 65536)
-    for i in range(30):
-        ob.put(json.dumps({"values": {"seq": i, "pad": "poison" if i == 10 else ""}}).encode())
-    a = Adapter()
-    a.topic = "flaps/aside/" + uid()
-    w = await watcher(a.topic)
-    p = Publisher(ob, a, c, batch=20)
+    # a PUBLISH carrying "poison" is cut: the cloud refuses that reading
+    r = await Rig().start("aside", 30, poison_at=10, poison=b"poison")
     try:
-        await c.connect(retry=True)
-        t = asyncio.create_task(p.run())
-        await until(lambda: w.seqs == set(range(30)) - {10}, 40000)
-        await until(lambda: ob.depth == 0, 5000)
-        assert p.set_aside == 1, p.set_aside
-        with open(d + "/aside", "rb") as f:
+        await until(lambda: r.w.seqs == set(range(30)) - {10}, 40000)
+        await until(lambda: r.ob.depth == 0, 5000)
+        assert r.p.set_aside == 1, r.p.set_aside
+        with open(r.dir + "/aside", "rb") as f:
             kept = f.read()
         name, rec = kept.rstrip(b"\n").split(b"\t")
         assert json.loads(rec)["values"] == {"seq": 10, "pad": "poison"}, kept
-        t.cancel()
     finally:
-        await w.disconnect()
-        await c.disconnect()
-        cut.close()
+        await r.stop()
 
 
 @heapsize("128k")
 async def test_a_link_that_drops_by_itself_sets_nothing_aside():
-    # every connection is cut 300 ms in, whatever is sent: no reading is to blame
-    cut = await Cutter(HOST, PORTS["mqtt"]).start()
-    cut.after_connack_ms = 300
-    c = client("mqtt", "innocent", window=8)
-    c.backoff_min_ms = c.backoff_max_ms = 20
-    c.set_url(cut.url)
-    ob = outbox(10, "innocent")
-    a = Adapter()
-    a.topic = "flaps/innocent/" + uid()
-    p = Publisher(ob, a, c, batch=20)
-    cut.drop_pubacks = True  # nothing is ever acknowledged
+    # every connection is cut 300 ms in, whatever is sent, and nothing is ever acknowledged:
+    # no reading is to blame
+    r = await Rig().start("innocent", 10, watch=False, after_connack_ms=300, drop_pubacks=True)
     try:
-        await c.connect(retry=True)
-        t = asyncio.create_task(p.run())
-        await until(lambda: cut.connections >= 15, 30000)
-        assert p.set_aside == 0 and ob.depth == 10, (p.set_aside, ob.depth)
-        t.cancel()
+        await until(lambda: r.cut.connections >= 15, 30000)
+        assert r.p.set_aside == 0 and r.ob.depth == 10, (r.p.set_aside, r.ob.depth)
     finally:
-        await c.disconnect()
-        cut.close()
+        await r.stop()

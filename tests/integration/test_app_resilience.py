@@ -14,6 +14,7 @@ import pytest
 from host_tools import hostboard
 from tests.integration.hostboard import HostBoard
 from tests.integration.test_app_e2e import Cloud, tb_config
+from tests.integration.test_outbox_sigkill import DUMP
 from tests.mpy_plugin import micropython_bin, micropython_env
 from tests.services import free_port, mosquitto_bin
 
@@ -155,23 +156,6 @@ SEQ_FILE_USER = textwrap.dedent(
     """
 )
 
-DUMP = textwrap.dedent(
-    """
-    from uplink.outbox import Outbox
-
-    ob = Outbox("outbox", 200000)
-    after = 0
-    while True:
-        got = ob.read(after, 50)
-        if not got:
-            break
-        for r, data in got:
-            print(data.decode())
-        after = got[-1][0]
-    """
-)
-
-
 def stored_seqs(state) -> list[int]:
     import subprocess
 
@@ -181,7 +165,9 @@ def stored_seqs(state) -> list[int]:
     out = subprocess.run([micropython_bin(), "-c", DUMP], cwd=state, env=micropython_env(fw),
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    return [json.loads(line)["values"]["seq"] for line in out.stdout.splitlines() if line.startswith("{")]
+    # DUMP prints "R <id> <record>" per record on flash
+    return [json.loads(line.split(" ", 2)[2])["values"]["seq"] for line in out.stdout.splitlines()
+            if line.startswith("R ")]
 
 
 def test_ctrl_c_writes_the_held_readings_to_flash_first(tmp_path):
