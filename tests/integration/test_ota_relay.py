@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.integration.hostboard import HostBoard
-from tests.integration.test_ota_tb import USER, Supervised, make_bundle
+from tests.integration.test_ota_tb import TRIAL_HEAP, USER, Supervised, make_bundle
 from tests.oidc_provider import OIDCService
 from tests.services import Mosquitto, mosquitto_bin
 
@@ -60,7 +60,8 @@ def test_relay_serves_the_bundle_at_boot_then_trial_commit_and_a_crash_rolls_bac
             "outbox": {"max_bytes": 100000},
         }
         board = HostBoard(tmp_path / "board", config, user_py=USER % ("v1", "1"),
-                          files={"relay_ca.der": svc.pki.ca_der.read_bytes()})
+                          files={"relay_ca.der": svc.pki.ca_der.read_bytes()},
+                          heapsize=TRIAL_HEAP)
         run = Supervised(board)
         wait_line(board, "mqtt: connected")  # nothing offered: the relay said 204
         assert "USER v1" in board.console() and not (board.state / "slot.json").exists()
