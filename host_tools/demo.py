@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"[bold]demo stopped[/]: {n} telemetry messages received")
     note = hostboard.model_note()
     if note:
-        console.print(f"[yellow]{note}[/]", markup=True, highlight=False)
+        console.print(f"[yellow]{note}[/]", highlight=False, soft_wrap=True)
     return 0 if n else 1
 
 
