@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from tests.services import Mosquitto, mosquitto_bin
@@ -11,3 +13,11 @@ def broker(tmp_path):
     b = Mosquitto(tmp_path / "broker").start()
     yield b
     b.stop()
+
+
+@pytest.fixture
+def umask000():
+    """The most permissive umask a user can have: files the tool writes must still be private."""
+    old = os.umask(0)
+    yield
+    os.umask(old)

@@ -19,13 +19,6 @@ def mode(p) -> int:
     return stat.S_IMODE(os.lstat(p).st_mode)
 
 
-@pytest.fixture
-def umask000():
-    old = os.umask(0)
-    yield
-    os.umask(old)
-
-
 def assert_private_tree(top) -> None:
     """`top` and everything in it: folders 0700, files 0600, no temporary file left behind."""
     assert mode(top) == 0o700, top

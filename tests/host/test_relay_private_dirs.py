@@ -7,21 +7,12 @@ import asyncio
 import os
 import stat
 
-import pytest
-
 from tests.oidc_provider import OIDCProvider
 from tests.relay_flood import RelayProcess, good_request
 
 
 def mode(p) -> int:
     return stat.S_IMODE(os.stat(p).st_mode)
-
-
-@pytest.fixture
-def umask000():
-    old = os.umask(0)
-    yield
-    os.umask(old)
 
 
 def test_relay_process_under_umask_000_makes_private_state(tmp_path):
