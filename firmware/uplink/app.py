@@ -545,7 +545,7 @@ class App:
         now = log.uptime_s()
         w = self.wifi
         if (not limit or p is None or p.acked != self._acked or not p.outbox.depth
-                or (w is not None and not getattr(w, "connected", True))):
+                or (w is not None and not w.connected)):
             self._acked = p.acked if p is not None else 0
             self._since = now
             return False
@@ -563,6 +563,8 @@ class App:
 
 class _Wired:
     """The host board's link: always up, no RSSI."""
+
+    connected = True
 
     def __init__(self, wlan):
         self.ip = wlan.ifconfig()[0]
