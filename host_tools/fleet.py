@@ -20,7 +20,8 @@ secrets (tokens, passwords, keys) must be references, so a fleet file can be sha
 A mistake is reported as ``fleet.toml:12: device 'greenhouse-1': platform.tokn: unknown key
 (did you mean 'token'?)`` — the file and line, the device, the key path, the nearest valid
 key; a wrong type says what to write instead.
-This and fleet_errors.py (how a mistake is told) are the only modules that import pydantic.
+This, fleet_schema.py (the firmware's declarations as models) and fleet_errors.py (how a
+mistake is told) are the only modules that import pydantic.
 """
 
 from __future__ import annotations
@@ -41,20 +42,18 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
-    create_model,
     field_validator,
 )
 
 from host_tools import fw_schema
 from host_tools.fleet_errors import key_hint, line_number, message, written_in
+from host_tools.fleet_schema import Strict, model, refs_only, secret_field
 from host_tools.project import shipped
-from host_tools.secrets import NAME_RE, PREFIX
+from host_tools.secrets import PREFIX
 from host_tools.toml_lines import key_lines, line_of, parse_path
 
 REPO = Path(__file__).resolve().parent.parent
 BOARDS_DIR = shipped("boards")  # boards/ of the checkout, or of the installed package
-
-SECRET = "secret"  # json_schema_extra marker: this field must be a secret reference
 
 
 class FleetError(Exception):
@@ -65,72 +64,34 @@ class FleetError(Exception):
         super().__init__("\n".join(problems))
 
 
-def secret_field(default: Any = None, **kw) -> Any:
-    return Field(default, json_schema_extra={SECRET: True}, **kw)
+# -- device sections: config.SCHEMA, read from the firmware (fw_schema) ---------------------
+# Every key of the device's sections (device, wifi, ntp, telemetry, outbox) is declared once,
+# in firmware/uplink/config.py SCHEMA, with its type, default and check; the models are
+# generated from it (fleet_schema.py), so a key added there is valid here and rendered by
+# provision. The keys of SCHEMA["device"] sit at the top of a [devices.NAME] table, beside the
+# other sections' tables. What follows here is host-only and marked so.
+#
+# HOST-ONLY: key paths of the device tables that hold secrets (the fleet file holds
+# "secret:NAME" references only). A key whose name says it is a secret must be listed
+# (tests/host/test_platform_parity.py).
+SECRET_PATHS = {"wifi.networks.password"}
 
 
-def _check_ref(v):
-    if v is None:
-        return v
-    if not isinstance(v, str) or not v.startswith(PREFIX):
-        raise ValueError(
-            "holds a secret, so it must be a reference like \"secret:NAME\" (store the value "
-            "with `uplink secrets set NAME`), not the value itself"
-        )
-    if not NAME_RE.match(v[len(PREFIX):]):
-        raise ValueError(f"'{v[len(PREFIX):]}' is not a valid secret name")
-    return v
-
-
-class Strict(BaseModel):
-    # strict: "30" is not 30 and "yes" is not true; TOML has types, a wrong one is a mistake
-    model_config = ConfigDict(extra="forbid", validate_default=False, strict=True)
-
-    @classmethod
-    def secret_fields(cls) -> set[str]:
-        return {n for n, f in cls.model_fields.items()
-                if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get(SECRET)}
-
-
-def _refs_only(*names: str):
-    """A validator: these fields must be secret references."""
-    return field_validator(*names)(classmethod(lambda cls, v: _check_ref(v)))
-
-
-# -- device sections ----------------------------------------------------------------------
-class WifiNetwork(Strict):
-    ssid: str
-    password: str | None = secret_field()
-    _v = _refs_only("password")
-
-
-class Wifi(Strict):
-    networks: list[WifiNetwork] = []
-    timeout_s: int = Field(20, gt=0)
-
-
-class Ntp(Strict):
-    servers: list[str] = ["pool.ntp.org", "time.google.com"]
-    resync_s: int = Field(3600, gt=0)
-    timeout_ms: int = Field(2000, gt=0)
-
-
-class Telemetry(Strict):
-    interval_s: int = Field(30, gt=0)
-    health: bool | None = None  # None: the platform decides (ThingsBoard yes; Blynk, Biotz only when set)
-    batch: int = Field(20, gt=0)
-
-
-class Outbox(Strict):
-    max_bytes: int = Field(32768, gt=0)
-    dir: str = "outbox"
-    hold_ms: int = Field(5000, ge=0)  # docs/config.md: readings held in RAM to spare the flash
+def device_schema() -> dict:
+    """The firmware keys of a [devices.NAME] table: SCHEMA["device"]'s keys, and the other
+    sections as tables. Not `device.name` (HOST-ONLY: the table's own name) nor `platform`
+    (its models follow, one per kind)."""
+    config = fw_schema.config()
+    keys = {k: spec for k, spec in config["device"][0].items() if k != "name"}
+    sections = {k: spec for k, spec in config.items() if k not in ("device", "platform")}
+    assert not set(keys) & set(sections), "a device key named like a section"
+    return {**keys, **sections}
 
 
 class StaticCredentials(Strict):
     username: str | None = None
     password: str | None = secret_field()
-    _v = _refs_only("password")
+    _v = refs_only("password")
 
 
 def _cred_tag(v):
@@ -187,7 +148,7 @@ class WeightronOidc(_OidcBase):
     api_key: str = secret_field(...)
     access_url: str = "https://api.weightron.cloud/access"
     application_id: str | None = None
-    _v = _refs_only("client_secret", "api_key")
+    _v = refs_only("client_secret", "api_key")
 
 
 class BiotzOidc(_OidcBase):
@@ -196,7 +157,7 @@ class BiotzOidc(_OidcBase):
     client_id: str = "biotz-platform-devices"
     username: str
     password: str = secret_field(...)
-    _v = _refs_only("password")
+    _v = refs_only("password")
 
 
 _URL_RE = re.compile(r"^(mqtt|mqtts|ws|wss)://[^/:]+(:\d+)?(/.*)?$")
@@ -223,66 +184,6 @@ SECRET_KEYS = {
 # firmware key.
 HOST_ONLY = ("kind", "credentials", "oidc")
 
-_TYPES: dict[Any, Any] = {str: str, int: int, bool: bool, float: float, dict: dict[str, Any],
-                          list: list[Any]}
-
-
-def _annotation(typ) -> Any:
-    """The pydantic type of a firmware schema type (str, int, [str], dict, ...)."""
-    if isinstance(typ, list):
-        return list[_annotation(typ[0])]  # type: ignore[misc]
-    if isinstance(typ, dict):
-        raise TypeError("a nested section in a platform schema: give it a host model")
-    return _TYPES[typ]
-
-
-def _checked(checks: dict):
-    """A validator running the firmware's own check of each key (`at least 256`, ...)."""
-    def run(cls, v, info):
-        if v is not None:
-            verdict = checks[info.field_name](v)
-            if verdict is not True:
-                raise ValueError(f"expected {verdict}, got {json.dumps(v)}")
-        return v
-    return field_validator(*checks)(classmethod(run))
-
-
-def _secret_refs(cls, v, info):
-    if isinstance(v, dict):
-        for k, t in v.items():
-            try:
-                _check_ref(t)
-            except ValueError as e:
-                raise ValueError(f"{info.field_name}.{k} {e}") from None
-        return v
-    return _check_ref(v)
-
-
-def _fields(schema: dict, secrets: set[str], defaults: bool) -> dict:
-    """pydantic field definitions for firmware schema keys. defaults: the firmware's own
-    default (rendered as it is); else None, so a key left out stays out of config.json and
-    the board applies its default."""
-    out = {}
-    for key, spec in schema.items():
-        ann = dict[str, str] if key in secrets and spec[0] is dict else _annotation(spec[0])
-        extra = {SECRET: True} if key in secrets else None
-        default = spec[1] if defaults and spec[1] is not None else None
-        out[key] = (ann if default is not None else ann | None,
-                    Field(default, json_schema_extra=extra))  # type: ignore[arg-type]
-    return out
-
-
-def _validators(schema: dict, secrets: set[str], name: str) -> dict:
-    # named per model: a subclass's validator of the same name would replace its base's
-    v = {}
-    checks = {k: spec[2] for k, spec in schema.items() if len(spec) > 2}
-    if checks:
-        v[f"_checks_{name}"] = _checked(checks)
-    if secrets:
-        v[f"_refs_{name}"] = field_validator(*sorted(secrets))(classmethod(_secret_refs))
-    return v
-
-
 class _PlatformHost(Strict):
     credentials: Credentials | None = None  # HOST-ONLY form, see HOST_ONLY
 
@@ -304,9 +205,7 @@ class _PlatformHost(Strict):
 _COMMON = {k: spec for k, spec in fw_schema.common().items() if k not in HOST_ONLY}
 # the common keys (url, ca, insecure, keepalive, client_id) with the firmware's defaults;
 # `ca` here is a PEM or DER file relative to the fleet file (provision writes ca.der)
-PlatformBase = create_model("PlatformBase", __base__=_PlatformHost,  # type: ignore[call-overload]
-                            __validators__=_validators(_COMMON, set(), "common"),
-                            **_fields(_COMMON, set(), defaults=True))
+PlatformBase = model("platform", _COMMON, set(), base=_PlatformHost, name="PlatformBase")
 
 
 class _WeightronHost(PlatformBase):  # type: ignore[valid-type,misc]
@@ -331,12 +230,10 @@ class _BiotzHost(PlatformBase):  # type: ignore[valid-type,misc]
 
 
 def _platform_model(kind: str, name: str, base: type) -> Any:
-    schema = fw_schema.platform(kind)
-    secrets = SECRET_KEYS.get(kind, set())
-    return create_model(name, __base__=base,  # type: ignore[call-overload]
-                        __validators__=_validators(schema, secrets, kind),
-                        kind=(Literal[kind], ...),  # type: ignore[valid-type]
-                        **_fields(schema, secrets, defaults=False))
+    # a kind's own keys default to None: left out of config.json, the board's default applies
+    secrets = {f"platform.{k}" for k in SECRET_KEYS.get(kind, set())}
+    return model("platform", fw_schema.platform(kind), secrets, base=base, name=name,
+                 defaults=False, kind=(Literal[kind], ...))  # type: ignore[valid-type]
 
 
 DEFAULT_URLS = {k: fw_schema.constant(k, "DEFAULT_URL") for k in fw_schema.kinds()}
@@ -369,24 +266,19 @@ def board_profile(board_id: str) -> dict:
     return json.loads(path.read_text())
 
 
-class Device(Strict):
-    name: str = ""  # filled from the [devices.NAME] key
-    board: str = "host"
-    safe_mode_retry_s: int = Field(1200, gt=0)  # docs/config.md: safe mode's wait before a retry
-    offline_reset_s: int = Field(3600, ge=0)  # docs/config.md: a board that stays stuck resets
-    console: Literal["data", "info", "warn"] = "data"  # docs/config.md: "info" drops the line per message
-    wifi: Wifi = Wifi()
-    ntp: Ntp = Ntp()
+DeviceBase = model("", device_schema(), SECRET_PATHS, name="DeviceBase")
+
+
+class Device(DeviceBase):  # type: ignore[valid-type,misc]
+    name: str = ""  # HOST-ONLY: filled from the [devices.NAME] key
     platform: Platform
     # One device on several clouds: [[devices.NAME.platforms]] tables instead of one
     # [devices.NAME.platform]; `platform` is then the first of them (firmware config.py).
     platforms: list[Platform] = []
-    telemetry: Telemetry = Telemetry()
-    outbox: Outbox = Outbox()
 
     @field_validator("board")
     @classmethod
-    def _board(cls, v):
+    def _board(cls, v):  # HOST-ONLY check: the firmware takes any name
         known = board_ids()
         if v not in known:
             near = difflib.get_close_matches(v, known, n=1, cutoff=0.6)

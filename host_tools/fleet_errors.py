@@ -99,10 +99,10 @@ def message(e: dict, model, kinds: typing.Iterable[str] = ()) -> tuple[str, str]
         return where + ".kind", f"unknown kind {json.dumps(got)} ({hint}known: {', '.join(kinds)})"
     if etype == "literal_error" and path and path[-1] == "credentials":
         return where, "expected \"relay\" or a table {username, password}, got " \
-            + _describe(e.get("input"), path)
+            + describe(e.get("input"), path)
     expected = _expected(etype, e.get("ctx") or {})
     if expected:
-        return where, f"{expected}, got {_describe(e.get('input'), path)}{_fix(etype, e.get('input'))}"
+        return where, f"{expected}, got {describe(e.get('input'), path)}{_fix(etype, e.get('input'))}"
     return where, msg
 
 
@@ -127,7 +127,7 @@ def _expected(etype: str, ctx: dict) -> str | None:
     return None
 
 
-def _describe(v, path: list[str]) -> str:
+def describe(v, path: list[str]) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):

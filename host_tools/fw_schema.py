@@ -1,10 +1,10 @@
 """The firmware's declaration of config.json, read on the host: the one list of keys.
 
-Each cloud's keys are declared once, in its firmware module's SCHEMA
-(firmware/uplink/platforms/<kind>.py), the keys every platform shares in
-firmware/uplink/config.py. The fleet models (fleet.py) and the config.json rendering
-(provision.py) follow from these, so a key added to a platform there is valid in the fleet
-file and reaches the board without a second edit.
+Every section of config.json is declared once, in firmware/uplink/config.py SCHEMA (device,
+wifi, ntp, telemetry, outbox, and the keys every platform shares), and each cloud's own keys
+in its firmware module's SCHEMA (firmware/uplink/platforms/<kind>.py). The fleet models
+(fleet.py) and the config.json rendering (provision.py) follow from these, so a key added
+there is valid in the fleet file and reaches the board without a second edit.
 
 The firmware modules are plain Python, but they import MicroPython-only names (time.ticks_ms,
 the adapter base class) at the top. So each module's top-level constants and functions are
@@ -64,9 +64,14 @@ def platform(kind: str) -> dict:
     return _get(f"platforms/{kind}.py", "SCHEMA")
 
 
+def config() -> dict:
+    """config.SCHEMA: every section of config.json (device, wifi, ntp, platform, ...)."""
+    return _get("config.py", "SCHEMA")
+
+
 def common() -> dict:
     """The keys every platform section has (config.SCHEMA["platform"])."""
-    return _get("config.py", "SCHEMA")["platform"][0]
+    return config()["platform"][0]
 
 
 def constant(kind: str, name: str):

@@ -25,8 +25,9 @@ from host_tools.fleet import (
     ThingsBoard,
     Weightron,
 )
+from host_tools.fleet_schema import Strict, is_secret
 from host_tools.private_dir import private_dir
-from host_tools.secrets import SecretStore
+from host_tools.secrets import PREFIX, SecretStore
 
 BUNDLE_FILES = ("config.json", "ca.der", "relay_ca.der", "board.json")
 
@@ -184,30 +185,47 @@ def render(fleet: Fleet, name: str, store: SecretStore, *, redact: bool = False
     sections = [_platform(fleet, dev, q, i, store, files, redact)
                 for i, q in enumerate(dev.platforms or [dev.platform])]
     ctx = f"device '{name}'"
-    resolve = _resolver(store, redact)
-    networks = [
-        {"ssid": n.ssid,
-         "password": resolve(n.password, context=f"{ctx}: wifi.networks[{i}].password")
-         if n.password else ""}
-        for i, n in enumerate(dev.wifi.networks)
-    ]
-    config = {
-        "device": {"name": name, "board": dev.board, "safe_mode_retry_s": dev.safe_mode_retry_s,
-                   "offline_reset_s": dev.offline_reset_s, "console": dev.console},
-        "wifi": {"networks": networks, "timeout_s": dev.wifi.timeout_s},
-        "ntp": {"servers": list(dev.ntp.servers), "resync_s": dev.ntp.resync_s,
-                "timeout_ms": dev.ntp.timeout_ms},
-        **({"platforms": sections} if dev.platforms else {"platform": sections[0]}),
-        # health left out when not set: the firmware's platform adapter decides (a Blynk
-        # datastream or Biotz schema field must exist for every key sent)
-        "telemetry": _drop_none({"interval_s": dev.telemetry.interval_s, "health": dev.telemetry.health,
-                                 "batch": dev.telemetry.batch}),
-        "outbox": {"max_bytes": dev.outbox.max_bytes, "dir": dev.outbox.dir,
-                   "hold_ms": dev.outbox.hold_ms},
-    }
+    r = _resolver(store, redact)
+    platform = {"platforms": sections} if dev.platforms else {"platform": sections[0]}
+    config = _config(dev, platform, lambda v, where: r(v, context=f"{ctx}: {where}"))
     files["config.json"] = (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode()
     files["board.json"] = (json.dumps(dev.profile(), indent=2, sort_keys=True) + "\n").encode()
     return config, files
+
+
+def _config(dev: Device, platform: dict, resolve) -> dict:
+    """config.json: the sections of config.SCHEMA in its order, from the device's models
+    (generated from that SCHEMA: fleet.py), `platform` as rendered."""
+    out: dict = {}
+    for section in fw_schema.config():
+        if section == "platform":
+            out.update(platform)
+        elif section == "device":  # its keys sit at the top of the device's table
+            keys = [k for k in fw_schema.config()["device"][0] if k != "name"]
+            out["device"] = {"name": dev.name, **_keys(dev, keys, "", resolve)}
+        else:
+            out[section] = _value(getattr(dev, section), section, resolve)
+    return out
+
+
+def _keys(m: Strict, keys, where: str, resolve) -> dict:
+    # None is left out: the board applies its default (health: the platform decides)
+    out = {}
+    for k in keys:
+        v = _value(getattr(m, k), f"{where}.{k}" if where else k, resolve, is_secret(type(m), k))
+        if v is not None:
+            out[k] = v
+    return out
+
+
+def _value(v, where: str, resolve, secret: bool = False):
+    if isinstance(v, Strict):  # a section
+        return _keys(v, type(v).model_fields, where, resolve)
+    if isinstance(v, list):
+        return [_value(x, f"{where}[{i}]", resolve, secret) for i, x in enumerate(v)]
+    if secret and isinstance(v, str) and v.startswith(PREFIX):  # not the firmware's "" default
+        return resolve(v, where)
+    return v
 
 
 def _platform(fleet: Fleet, dev: Device, p, i: int, store: SecretStore, files: dict, redact: bool) -> dict:
