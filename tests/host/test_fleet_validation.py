@@ -285,3 +285,14 @@ def test_blynk_gateway_with_an_oauth_client_validates_and_renders(tmp_path):
     assert p["oauth_client_id"] == "oc-41" and p["oauth_client_secret"] == "oauth-secret-19"
     assert p["gateway_tokens"] == {"pump-1": "pump-token-7"} and "token" not in p
     assert "oauth-secret-19" not in r.output
+
+
+def test_a_firmware_key_the_host_never_listed_is_checked_by_the_firmwares_rule(tmp_path):
+    # telemetry.interval_ms: declared in firmware/uplink/config.py only
+    msgs = problems(tmp_path, GOOD + "\n[devices.bz.telemetry]\ninterval_ms = 5\n")
+    assert msgs == ["fleet.toml:29: device 'bz': telemetry.interval_ms: expected at least 10 (ms; "
+                    "readings that fast wear the flash out in months, see docs/config.md), got the "
+                    "number 5"]
+    p = tmp_path / "fleet.toml"
+    p.write_text(GOOD + "\n[devices.bz.telemetry]\ninterval_ms = 500\n")
+    assert load_fleet(p).devices["bz"].telemetry.interval_ms == 500

@@ -1,10 +1,11 @@
-"""One declaration per platform: the firmware's SCHEMA (firmware/uplink/platforms/<kind>.py,
-config.SCHEMA["platform"]) is what the fleet file accepts and what provision renders.
+"""One declaration of config.json: the firmware's SCHEMA (firmware/uplink/config.py for every
+section, firmware/uplink/platforms/<kind>.py for each cloud's keys) is what the fleet file
+accepts, with the firmware's defaults, and what provision renders.
 
-Fails when a key is added on one side only: a fleet field that is neither a firmware key nor
-marked host-only, a firmware key the fleet file refuses or provision leaves out, a rendered
-key the firmware's own checker (run in MicroPython) refuses, a secret-looking firmware key
-the host would take in clear.
+Fails when the host and the firmware disagree on any section: a fleet field that is neither a
+firmware key nor marked host-only, a host default that is not the firmware's, a firmware key
+the fleet file refuses or provision leaves out, a rendered key the firmware's own checker
+(run in MicroPython) refuses, a secret-looking firmware key the host would take in clear.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from pathlib import Path
 import pytest
 
 from host_tools import fw_schema
-from host_tools.fleet import HOST_ONLY, KINDS, SECRET_KEYS, parse_fleet
+from host_tools.fleet import (
+    HOST_ONLY,
+    KINDS,
+    SECRET_KEYS,
+    SECRET_PATHS,
+    Device,
+    PlatformBase,
+    parse_fleet,
+)
 from host_tools.provision import render
 from host_tools.secrets import SecretStore
 from tests.integration import mpy
@@ -37,14 +46,23 @@ URL = "mqtt://broker.example:1883"
 SECRET_WORDS = ("token", "secret", "password")
 
 
-def _sample(kind: str, key: str, spec: tuple):
-    """A value of the key's firmware type that its firmware check accepts, unlike its default."""
+# keys whose valid values the host knows better than a generic sample (a board profile)
+HOST_VALUES = {"board": "esp32-s3"}
+
+
+def _sample(key: str, spec: tuple, secret: bool, path: str = ""):
+    """A value of the key's firmware type that its firmware check accepts, unlike its default.
+    A list of sections: one item with a sample of each of its keys."""
     typ, default = spec[0], spec[1]
-    secret = key in SECRET_KEYS.get(kind, set())
+    if key in HOST_VALUES:
+        return HOST_VALUES[key]
     if secret:
         return {"sub-1": f"secret:s_{key}"} if typ is dict else f"secret:s_{key}"
-    if typ is str:
-        cands = [URL] if key == "url" else ["https://ingest.example"] if key.endswith("_url") else [f"v-{key}", "mqtt", "http"]
+    if isinstance(typ, list) and isinstance(typ[0], dict):
+        where = f"{path}.{key}" if path else key
+        return [{k: _sample(k, s, f"{where}.{k}" in SECRET_PATHS, where) for k, s in typ[0].items()}]
+    if typ is str:  # "info": a console level
+        cands = [URL] if key == "url" else ["https://ingest.example"] if key.endswith("_url") else [f"v-{key}", "mqtt", "http", "info"]
     elif typ is int:
         cands = [300, 4096, 60000]
     elif typ is bool:
@@ -56,11 +74,11 @@ def _sample(kind: str, key: str, spec: tuple):
     elif isinstance(typ, list):
         cands = [["a", "b"]] if typ[0] is str else [[1, 2]]
     else:
-        raise AssertionError(f"{kind}.{key}: no sample for firmware type {typ!r}: extend _sample")
+        raise AssertionError(f"{key}: no sample for firmware type {typ!r}: extend _sample")
     for v in cands:
         if len(spec) < 3 or spec[2](v) is True:
             return v
-    raise AssertionError(f"{kind}.{key}: no sample value passes the firmware's check")
+    raise AssertionError(f"{key}: no sample value passes the firmware's check")
 
 
 def _toml(v) -> str:
@@ -84,7 +102,13 @@ def _keys(kind: str) -> dict:
 def _resolved(v):
     if isinstance(v, dict):
         return {k: _resolved(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_resolved(x) for x in v]
     return f"value-of-{v[7:]}" if isinstance(v, str) and v.startswith("secret:") else v
+
+
+def _secret_names(v) -> set[str]:
+    return {r[7:] for r in json.dumps(v).split('"') if r.startswith("secret:")}
 
 
 def _store(tmp_path: Path, names) -> SecretStore:
@@ -107,18 +131,127 @@ def test_secret_looking_firmware_keys_are_held_as_references():
         assert looks <= SECRET_KEYS[kind], f"{kind}: {looks - SECRET_KEYS[kind]} look like secrets: list them in fleet.SECRET_KEYS"
 
 
+def _device_table() -> dict:
+    """The firmware keys of a fleet file's device table, read here from config.SCHEMA on its
+    own (not through fleet.py): SCHEMA["device"]'s keys but `name`, and the other sections
+    but the platform's as tables."""
+    config = fw_schema.config()
+    return {**{k: s for k, s in config["device"][0].items() if k != "name"},
+            **{k: s for k, s in config.items() if k not in ("device", "platform")}}
+
+
+def _required(spec) -> bool:
+    return spec[1] is fw_schema.required()
+
+
+def _compare(model, schema: dict, path: str, host_only: set[str] = frozenset()):  # type: ignore[assignment]
+    """The model's fields are the section's keys (and `host_only`), with the firmware's types
+    of section and its defaults; nested sections and lists of them too."""
+    fields = model.model_fields
+    assert set(fields) - host_only == set(schema), (path, set(fields) ^ set(schema))
+    for key, spec in schema.items():
+        where, f, typ = f"{path}.{key}" if path else key, fields[key], spec[0]
+        if _required(spec):
+            assert f.is_required(), where
+            continue
+        if isinstance(typ, list) and isinstance(typ[0], dict):
+            _compare(f.annotation.__args__[0], typ[0], where)
+            assert f.default == spec[1], where
+        elif isinstance(typ, dict):
+            _compare(f.annotation, typ, where)
+            assert f.default.model_dump() == f.annotation().model_dump(), where
+        else:
+            assert f.default == spec[1], (where, f.default, spec[1])
+
+
+def test_every_device_section_is_the_firmwares_with_its_defaults():
+    """device (its keys at the top of a device table), wifi, ntp, telemetry, outbox and the
+    keys every platform shares: the same keys and the same defaults on both sides."""
+    _compare(Device, _device_table(), "", {"name", "platform", "platforms"})
+    common = {k: s for k, s in fw_schema.common().items() if k not in HOST_ONLY}
+    _compare(PlatformBase, common, "platform", {"credentials"})
+
+
+def _paths(schema: dict, path: str = ""):
+    for key, spec in schema.items():
+        where = f"{path}.{key}" if path else key
+        yield where
+        typ = spec[0][0] if isinstance(spec[0], list) else spec[0]
+        if isinstance(typ, dict):
+            yield from _paths(typ, where)
+
+
+def test_secret_looking_device_keys_are_held_as_references():
+    paths = set(_paths(_device_table()))
+    assert SECRET_PATHS <= paths, SECRET_PATHS - paths
+    looks = {p for p in paths if any(w in p.rsplit(".", 1)[-1] for w in SECRET_WORDS)}
+    assert looks <= SECRET_PATHS, f"{looks - SECRET_PATHS} look like secrets: list them in fleet.SECRET_PATHS"
+
+
+def test_every_device_key_is_accepted_by_the_fleet_file_and_rendered(tmp_path):
+    """Each key of each section but the platform's, one device per key: validated, rendered
+    as written (secrets resolved), and accepted by the firmware's own checker."""
+    devices, expect, names = [], {}, set()
+    config = fw_schema.config()
+    for section, (keys, _) in config.items():
+        if section == "platform":
+            continue
+        for key, spec in keys.items():
+            if key == "name" and section == "device":
+                continue  # the table's name: every device has it
+            value = _sample(key, spec, f"{section}.{key}" in SECRET_PATHS, section)
+            name = f"{section}-{key}".replace("_", "-")
+            table = "" if section == "device" else f".{section}"
+            devices.append(f"[devices.{name}{table}]\n{key} = {_toml(value)}\n"
+                           f"[devices.{name}.platform]\nkind = \"blynk\"\nurl = \"{URL}\"\n"
+                           "token = \"secret:bt\"\n")
+            expect[name] = (section, key, value)
+            names.update(_secret_names(value) | {"bt"})
+    fleet = parse_fleet("\n".join(devices), tmp_path / "fleet.toml")
+    store = _store(tmp_path, names)
+    configs = {}
+    for name, (section, key, value) in expect.items():
+        configs[name], _ = render(fleet, name, store)
+        assert configs[name][section].get(key) == _resolved(value), (name, configs[name][section])
+    assert {n: v for n, (v, _) in _firmware_parse(tmp_path, configs).items()} == {n: "OK" for n in configs}
+
+
+def test_a_device_that_sets_nothing_gets_the_firmwares_defaults(tmp_path):
+    """What provision renders for a device that sets nothing is what the board makes of a
+    config.json that says nothing: each section's defaults, the board's own checker's."""
+    fleet = parse_fleet(f'[devices.d]\nwifi.networks = [{{ ssid = "open" }}]\n[devices.d.platform]\n'
+                        f'kind = "blynk"\nurl = "{URL}"\ntoken = "secret:bt"\n', tmp_path / "fleet.toml")
+    host, _ = render(fleet, "d", _store(tmp_path, ["bt"]))
+    bare = {"device": {"name": "d"}, "wifi": {"networks": [{"ssid": "open"}]},
+            "platform": {"kind": "blynk", "url": URL, "token": "value-of-bt"}}
+    verdict, board = _firmware_parse(tmp_path, {"d": bare})["d"]
+    assert verdict == "OK", board
+    for section in fw_schema.config():
+        if section != "platform":
+            assert host[section] == _no_none(board[section]), section
+    # the keys every platform shares (url: the host writes the kind's default URL out)
+    shared = set(fw_schema.common()) - {"url"}
+    assert ({k: v for k, v in host["platform"].items() if k in shared}
+            == {k: v for k, v in _no_none(board["platform"]).items() if k in shared})
+
+
+def _no_none(d: dict) -> dict:
+    return {k: (_no_none(v) if isinstance(v, dict) else v) for k, v in d.items() if v is not None}
+
+
 def test_every_firmware_key_is_accepted_by_the_fleet_file_and_rendered(tmp_path):
     """Each key of each kind, one device per key: validated as written, rendered as written
     (secrets resolved), and the whole config.json accepted by the firmware's own checker."""
     devices, expect, names = [], {}, set()
     for kind in fw_schema.kinds():
         for key, spec in _keys(kind).items():
-            table = {"url": URL, **BASE[kind], **WITH.get((kind, key), {}), key: _sample(kind, key, spec)}
+            secret = key in SECRET_KEYS.get(kind, set())
+            table = {"url": URL, **BASE[kind], **WITH.get((kind, key), {}), key: _sample(key, spec, secret)}
             name = f"{kind}-{key}".replace("_", "-")
             devices.append(f"[devices.{name}.platform]\nkind = \"{kind}\"\n"
                            + "".join(f"{k} = {_toml(v)}\n" for k, v in table.items()))
             expect[name] = (key, table[key])
-            names.update(r[7:] for r in json.dumps(table).split('"') if r.startswith("secret:"))
+            names.update(_secret_names(table))
     fleet = parse_fleet("\n".join(devices), tmp_path / "fleet.toml")
     store = _store(tmp_path, names)
     configs = {}
@@ -171,17 +304,17 @@ with open(sys.argv[1]) as f:
     docs = json.load(f)
 for name in sorted(docs):
     try:
-        config.parse(json.dumps(docs[name]), platforms.SCHEMAS)
-        print("VERDICT", name, "OK")
+        print("VERDICT", name, "OK", json.dumps(config.parse(json.dumps(docs[name]), platforms.SCHEMAS)))
     except config.ConfigError as e:
         print("VERDICT", name, "ERR", e)
 print("DONE")
 """
 
 
-def _firmware_verdicts(tmp_path: Path, configs: dict) -> dict:
-    """name -> "OK" or "ERR <reason>": firmware/uplink/config.py's parse() with every
-    platform's SCHEMA, in MicroPython, as the board checks its config.json at boot."""
+def _firmware_parse(tmp_path: Path, configs: dict) -> dict:
+    """name -> ("OK", the checked config) or ("ERR", reason): firmware/uplink/config.py's
+    parse() with every platform's SCHEMA, in MicroPython, as the board checks its
+    config.json at boot (defaults filled in)."""
     docs = tmp_path / "configs.json"
     docs.write_text(json.dumps(configs))
     p = mpy.start(CHECKER, args=(docs,))
@@ -189,6 +322,11 @@ def _firmware_verdicts(tmp_path: Path, configs: dict) -> dict:
     out = {}
     for line in p.output.splitlines():
         if line.startswith("VERDICT "):
-            _, name, verdict = line.split(" ", 2)
-            out[name] = verdict
+            _, name, verdict, rest = line.split(" ", 3)
+            out[name] = (verdict, json.loads(rest) if verdict == "OK" else rest)
     return out
+
+
+def _firmware_verdicts(tmp_path: Path, configs: dict) -> dict:
+    """name -> "OK" or "ERR <reason>"."""
+    return {n: v if v == "OK" else f"{v} {r}" for n, (v, r) in _firmware_parse(tmp_path, configs).items()}
