@@ -70,7 +70,7 @@ def sessions():
     if a is None or a.adapter is None:
         return []
     out = [(a.cfg["platform"]["kind"], a.adapter, a.client)]
-    more = getattr(a, "sessions", None)  # the device's other clouds (uplink.sessions)
+    more = a.sessions  # the device's other clouds (uplink.sessions), or None
     if more is not None:
         out += [(x.cfg["platform"]["kind"], x.adapter, x.client) for x in more.extra]
     return out
@@ -80,8 +80,8 @@ async def connected(adapter, client):
     """After every (re)connect of a session: ask for the current values on_change is owed."""
     if _cb is None:
         return
-    sync = getattr(adapter, "sync_request", None)
-    r = sync(_keys) if sync is not None else None
+    api = adapter.cloud_api()
+    r = api.sync_request(_keys) if api is not None else None
     if r is not None:
         await client.publish(r[0], r[1], 0)
 
@@ -157,10 +157,11 @@ def on_change(callback, keys=None):
         _start()
 
 
-def _session(feature, method):
-    for kind, adapter, client in sessions():
-        if getattr(adapter, method, None) is not None:
-            return adapter, client
+def _session(feature, kind):
+    # each feature is one cloud's own: the first session on a `kind` cloud, its cloud API part
+    for k, adapter, client in sessions():
+        if k == kind:
+            return adapter.cloud_api(), client
     if _app is None:
         raise CloudError("%s: the app is not running yet (call it from handle(), a callback or a task)" % feature)
     kind = sessions()[0][0] if sessions() else "?"
@@ -208,18 +209,18 @@ def _parse(raw):
 async def rpc(method, params=None, timeout_s=10):
     """ThingsBoard client-side RPC: the server's answer (any JSON; text if not JSON). A rule
     chain must answer it (thingsboard.io/docs/user-guide/rpc/, client-side RPC)."""
-    adapter, client = _session("client-side RPC", "rpc_request")
-    topic, payload = adapter.rpc_request(method, params)
+    api, client = _session("client-side RPC", "thingsboard")
+    topic, payload = api.rpc_request(method, params)
     raw = await _ask(_rid(topic), topic, payload, timeout_s, "RPC %s" % method, client)
     return _parse(raw)
 
 
 async def get_attributes(client=None, shared=None, timeout_s=10):
     """ThingsBoard attribute request: {"client": {...}, "shared": {...}}."""
-    adapter, c = _session("attribute requests", "attributes_request")
+    api, c = _session("attribute requests", "thingsboard")
     if not client and not shared:
         raise ValueError("get_attributes: name client and/or shared attribute keys")
-    topic, payload = adapter.attributes_request(client, shared)
+    topic, payload = api.attributes_request(client, shared)
     ans = _parse(await _ask(_rid(topic), topic, payload, timeout_s, "attribute request", c))
     if not isinstance(ans, dict):
         raise CloudError("attribute request: the answer is not an object")
@@ -229,8 +230,8 @@ async def get_attributes(client=None, shared=None, timeout_s=10):
 async def claim(secret, duration_ms=60000, timeout_s=30):
     """ThingsBoard device claiming: the secret a user then enters to claim the device, valid
     duration_ms. Sent once connected (QoS 1); Timeout when the link is not up in time."""
-    adapter, client = _session("device claiming", "claim_request")
-    topic, payload = adapter.claim_request(secret, duration_ms)
+    api, client = _session("device claiming", "thingsboard")
+    topic, payload = api.claim_request(secret, duration_ms)
     try:
         await asyncio.wait_for(client.publish(topic, payload, 1), timeout_s)
     except asyncio.TimeoutError:
@@ -239,7 +240,7 @@ async def claim(secret, duration_ms=60000, timeout_s=30):
 
 async def set_attributes(values):
     """ThingsBoard client attributes: stored in the outbox, sent like readings."""
-    _session("client attributes", "attributes_message")
+    _session("client attributes", "thingsboard")
     if not isinstance(values, dict) or not values:
         raise ValueError("set_attributes: expected a non-empty dict")
     _store({"k": "a", "to": "thingsboard", "values": values})
@@ -248,7 +249,7 @@ async def set_attributes(values):
 async def event(code, description=""):
     """Blynk log event `code` (the template's event code) with an optional description:
     stored in the outbox, sent like a reading (notifications must not be lost)."""
-    _session("log events", "event_message")
+    _session("log events", "blynk")
     if not isinstance(code, str) or not code or "/" in code or "+" in code or "#" in code:
         raise ValueError("event: bad event code %r" % (code,))
     _store({"k": "e", "to": "blynk", "code": code, "text": str(description)})
@@ -258,8 +259,8 @@ async def prop(datastream, name, value):
     """Blynk widget property (label, color, ...) of a datastream's widgets. A display state:
     sent now at QoS 0, or not at all (False when not connected); set it again from on_change,
     which runs after every reconnect."""
-    adapter, client = _session("widget properties", "prop_message")
-    topic, payload = adapter.prop_message(datastream, name, value)
+    api, client = _session("widget properties", "blynk")
+    topic, payload = api.prop_message(datastream, name, value)
     if not client.is_connected:
         return False
     await client.publish(topic, payload, 0)
@@ -268,8 +269,8 @@ async def prop(datastream, name, value):
 
 async def meta(field, timeout_s=10):
     """Blynk metadata value of `field` (text), as the template's metadata names it."""
-    adapter, client = _session("metadata reads", "meta_request")
-    topic, payload = adapter.meta_request(field)
+    api, client = _session("metadata reads", "blynk")
+    topic, payload = api.meta_request(field)
     return (await _ask(field, topic, payload, timeout_s, "metadata %s" % field, client)).decode()
 
 

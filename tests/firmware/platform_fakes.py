@@ -17,7 +17,13 @@ class Board:
 
 
 class Ctx:
+    """uplink.context.Context's names, with nothing behind them."""
+
     version = "1.2.3"
+    ota_watch = False
+    ota = None
+    main = True
+    open_client = None  # async fn(user, password) -> a connected client, when a test needs one
 
     def __init__(self, ip="10.0.0.7"):
         self.board = Board()
@@ -25,7 +31,10 @@ class Ctx:
         self.clock = None
         self.saved = []
 
-    def save_config(self, cfg):
+    def fw(self):
+        return ("uplink-" + self.board.name, self.version)
+
+    def save_config(self, cfg=None):
         self.saved.append(json.loads(json.dumps(cfg)))
 
 
@@ -58,6 +67,22 @@ class Client:
 
 def adapter(kind, ctx=None, **keys):
     return platforms.load(kind).Adapter(make_cfg(kind, **keys), ctx or Ctx())
+
+
+def forget(name):
+    """uplink.platforms.<name> as if never imported (`from uplink.platforms import x` and
+    `from uplink.platforms.x import y` find the package's attribute first)."""
+    import sys
+
+    sys.modules.pop("uplink.platforms." + name, None)
+    if name in platforms.__dict__:
+        delattr(platforms, name)
+
+
+def loaded(name):
+    import sys
+
+    return "uplink.platforms." + name in sys.modules
 
 
 def reading(values, ts=None, device=None):

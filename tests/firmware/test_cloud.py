@@ -5,7 +5,7 @@ import asyncio
 import json
 
 from mptest import raises
-from platform_fakes import Client, adapter, reading
+from platform_fakes import Client, adapter, forget, loaded, reading
 from uplink import cloud
 
 
@@ -27,6 +27,8 @@ class LiveClient(Client):
 
 
 class App:
+    sessions = None  # (uplink.sessions: the device's other clouds)
+
     def __init__(self, kind, answer=None, **keys):
         if kind == "thingsboard":
             keys.setdefault("token", "TOKEN123")
@@ -144,6 +146,28 @@ async def test_blynk_has_no_rpc_and_thingsboard_no_events():
         await cloud.event("door_open")
     with raises(cloud.NotSupported, "ThingsBoard has no metadata reads"):
         await cloud.meta("Serial")
+
+
+class Sessions:  # uplink.sessions as uplink.cloud reads it: the other clouds' sessions
+    def __init__(self, *extra):
+        self.extra = list(extra)
+
+
+async def test_each_feature_goes_to_the_first_session_on_its_cloud():
+    # Blynk main, ThingsBoard second: the RPC is the second's, and asking it loads nothing of
+    # Blynk's (its cloud API part stays unloaded until a Blynk feature is used)
+    forget("blynk_cloud")
+    cloud._cb = None
+    main = App("blynk")
+    second = App("thingsboard", tb_server)
+    main.sessions = Sessions(second)
+    cloud.attach(main)
+    assert await cloud.rpc("getWeather", {"city": "Oslo"}, timeout_s=2) == {"temp": 4, "city": "Oslo"}
+    assert main.client.published == [] and len(second.client.published) == 1
+    assert not loaded("blynk_cloud")
+    await cloud.event("door_open")
+    assert main.outbox.records == [{"k": "e", "to": "blynk", "code": "door_open", "text": ""}]
+    assert loaded("blynk_cloud")
 
 
 async def test_blynk_event_goes_through_the_outbox_to_event_code():

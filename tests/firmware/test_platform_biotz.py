@@ -40,6 +40,10 @@ async def test_connect_fields():
         adapter("biotz", device_id="d", customer_id="c")
 
 
+def test_no_cloud_api_part():
+    assert bz().cloud_api() is None  # uplink.cloud has nothing Biotz-specific
+
+
 def test_topics():
     a = bz(message_type="climate")
     assert a.topic == BASE + "publish/data/climate"
@@ -124,7 +128,7 @@ def test_transport_http_posts_to_ingestion_with_the_relay():
     assert a.url == "https://ingestion-http.biotz.io" and a.subscriptions() == []
     s = a.make_client(None)
     assert s.http.url == "https://ingestion-http.biotz.io/api/device/publish/data/telemetry"
-    assert s.http.credentials is a._creds and not s.is_connected
+    assert s.http.credentials is a.creds and not s.is_connected
     a = bz(password=None, transport="http", credentials=RELAY, message_type="m1",
            ingest_url="https://ingest.example")
     assert a.make_client(None).http.url == "https://ingest.example/api/device/publish/data/m1"

@@ -4,7 +4,7 @@
 import json
 
 from mptest import raises
-from platform_fakes import Client, adapter, check_cover, reading
+from platform_fakes import Client, adapter, check_cover, forget, loaded, reading
 from uplink import config
 from uplink.platforms import Command
 
@@ -156,10 +156,10 @@ def test_reboot_ping_and_datastream_writes():
     assert a.reply(cmd, 22.5) == ("ds/Setpoint", b"22.5")
     assert a.reply(cmd, None) is None
     assert a.reply(Command("reboot"), {"rebooting": True}) is None
-    assert a.handle("downlink/ota/json", b'{"url":"https://x/fw.bin","size":1,"ver":"2"}', False).name == "firmware"
+    assert a.handle("downlink/ota/json", b'{"url":"https://x/fw.bin","size":1,"ver":"2"}', False).name == "ota"
     # the version running (Ctx.version) is no update: nothing to load the updater for
     assert a.handle("downlink/ota/json", b'{"url":"https://x/fw.bin","size":1,"ver":"1.2.3"}', False) is None
-    assert a.handle("downlink/ota/json", b'{"url":"https://x/fw.bin","size":1}', False).name == "firmware"
+    assert a.handle("downlink/ota/json", b'{"url":"https://x/fw.bin","size":1}', False).name == "ota"
     assert a.handle("downlink/diag", b"", False) is None
     with raises(ValueError, "datastream"):
         a.handle("downlink/ds/", b"1", False)
@@ -224,45 +224,40 @@ async def test_gateway_login_with_oauth_client_credentials():
         adapter("blynk", oauth_client_id="oc-123", oauth_client_secret="s")
 
 
-def _forget(name):
-    # as if never imported: `from uplink.platforms import x` takes the package's attribute first
-    import sys
-
-    from uplink import platforms
-
-    sys.modules.pop("uplink.platforms." + name, None)
-    if name in platforms.__dict__:
-        delattr(platforms, name)
-
-
 async def test_a_plain_device_loads_neither_the_gateway_nor_the_cloud_api_code():
-    # Bytecode lives in the heap: the gateway API (platforms/blynk_gateway.py) is loaded only
-    # for gateway_tokens or an OAuth client, uplink.cloud's calls (blynk_cloud.py) only when
-    # uplink.cloud asks for them, so a plain device on two clouds fits its heap.
-    import sys
-
-    _forget("blynk_gateway")
-    _forget("blynk_cloud")
+    # Bytecode lives in the heap: the gateway part (platforms/blynk_gateway.py) is loaded only
+    # for gateway_tokens or an OAuth client, the cloud API part (blynk_cloud.py) only when
+    # uplink.cloud asks for it, so a plain device on two clouds fits its heap.
+    forget("blynk_gateway")
+    forget("blynk_cloud")
     a = bl(sync=["Mode"])
-    assert a.gateway is False and await a.credentials() == ("device", "DEVTOKEN")
-    assert a.subscriptions() == [("downlink/#", 1)]
+    assert a.gateway is None and await a.credentials() == ("device", "DEVTOKEN")
+    assert a.own_prefix == "" and a.subscriptions() == [("downlink/#", 1)]
     await a.on_connect(Client())
     a.encode([reading({"T": 1}), reading({"T": 2, "H": 3}), reading({"T": 3}, TS), reading({"T": 4}, TS + 1)])
     assert a.handle("downlink/ds/Mode", b"2", False).params["value"] == 2
     assert a.handle("dev/tokA/downlink/reboot", b"", False) is None  # not subscribed: not ours
-    for name in ("explain", "make_client", "prepare", "publishes", "max_packet", "rpc_request"):
-        assert getattr(a, name, None) is None  # what the app and uplink.cloud probe for
-    assert "uplink.platforms.blynk_gateway" not in sys.modules
-    assert "uplink.platforms.blynk_cloud" not in sys.modules
-    # uplink.cloud's calls are there when asked for
-    assert a.event_message("door", "open") == ("event/door", b"open")
-    assert a.sync_request(None) is None and a.meta_request("Serial") == ("get/meta", b"Serial")
-    assert "uplink.platforms.blynk_cloud" in sys.modules
-    assert "uplink.platforms.blynk_gateway" not in sys.modules
+    assert not loaded("blynk_gateway") and not loaded("blynk_cloud")
+    # uplink.cloud's calls are there when asked for: one part, made once
+    api = a.cloud_api()
+    assert api is a.cloud_api() and api.adapter is a
+    assert api.event_message("door", "open") == ("event/door", b"open")
+    assert api.sync_request(None) is None and api.meta_request("Serial") == ("get/meta", b"Serial")
+    assert loaded("blynk_cloud") and not loaded("blynk_gateway")
     # a gateway loads its part, and works through it
     g = bl(gateway_tokens=GW, token="GWTOKEN")
-    assert "uplink.platforms.blynk_gateway" in sys.modules
-    assert g.gateway is True and await g.credentials() == ("mgmt_device", "GWTOKEN")
+    assert loaded("blynk_gateway") and g.gateway.adapter is g
+    assert g.own_prefix == "dev/GWTOKEN/" and await g.credentials() == ("mgmt_device", "GWTOKEN")
     assert g.encode([reading({"T": 1}, None, "B")]) == [("dev/tokB/ds/T", b"1", 1)]
     assert g.handle("dev/tokA/downlink/ping", b"", False) == Command("ping", None, None, "A")
-    assert g.event_message("door", "") == ("dev/GWTOKEN/event/door", b"")
+    assert g.cloud_api().event_message("door", "") == ("dev/GWTOKEN/event/door", b"")
+
+
+async def test_the_oauth_session_has_no_own_prefix_for_the_cloud_api():
+    a = adapter("blynk", oauth_client_id="oc-123", oauth_client_secret="s3cret", gateway_tokens=GW)
+    assert a.own_prefix is None  # (uplink.ota_blynk reports the device's own progress there)
+    with raises(ValueError, "OAuth"):
+        a.cloud_api().event_message("door", "")
+    assert a.cloud_api().sync_request(["Mode"]) is None
+    out = a.encode([{"k": "e", "code": "door", "text": ""}])
+    assert out[0][0] is None and b"OAuth" in out[0][1]

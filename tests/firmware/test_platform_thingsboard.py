@@ -3,7 +3,7 @@
 import json
 
 from mptest import raises
-from platform_fakes import Client, Ctx, adapter, check_cover, reading
+from platform_fakes import Client, Ctx, adapter, check_cover, forget, loaded, reading
 from uplink import config
 from uplink.platforms import Command
 
@@ -98,7 +98,7 @@ async def test_on_connect_publishes_client_attributes_and_asks_limits_and_time()
                                              "current_fw_title": "uplink-esp32-devkitc",
                                              "current_fw_version": "1.2.3"}
     ctx = Ctx()
-    ctx.fw = lambda: ("uplink-esp32-devkitc", "2.0.0")  # App.fw: the active slot's manifest
+    ctx.fw = lambda: ("uplink-esp32-devkitc", "2.0.0")  # Context.fw: the active slot's manifest
     c = Client()
     await tb(ctx=ctx).on_connect(c)
     attrs = json.loads(c.published[0][1])
@@ -290,14 +290,16 @@ async def test_provisioning_gets_and_stores_a_token():
         return c
 
     c = Client(server)
-    await a.prepare(open_client)
+    a.ctx.open_client = open_client  # (Context.open_client)
+    await a.prepare(a.ctx)
     assert opened == [("provision", None)]
     assert ("/provision/response", 1) in c.subscribed or c.subscribed[0][0] == "/provision/response"
     assert c.disconnected
     assert ctx.saved[-1]["platform"]["token"] == "NEWTOKEN"
     assert await a.credentials() == ("NEWTOKEN", None)
     assert not a.needs_provisioning()
-    await a.prepare(open_client)  # has a token now: no second provisioning
+    a.ctx.open_client = open_client  # (Context.open_client)
+    await a.prepare(a.ctx)  # has a token now: no second provisioning
     assert len(opened) == 1
 
 
@@ -313,7 +315,8 @@ async def test_provisioning_refusals_are_reported():
             return c
 
         with raises(config.ConfigError, why) as r:  # tb_provision.ProvisionError: safe mode with the reason
-            await a.prepare(open_client)
+            a.ctx.open_client = open_client  # (Context.open_client)
+            await a.prepare(a.ctx)
         assert "SECRET" not in str(r.value)
         assert ctx.saved == [] and c.disconnected
 
@@ -327,7 +330,8 @@ async def test_provisioning_timeout():
         return c
 
     with raises(OSError, "no answer"):
-        await a.prepare(open_client)
+        a.ctx.open_client = open_client  # (Context.open_client)
+        await a.prepare(a.ctx)
 
 
 async def test_gateway_connects_sub_devices_and_keys_telemetry_by_device():
@@ -377,10 +381,27 @@ def test_gateway_rpc_and_reply():
     assert cmd == Command("attributes", {"mode": "eco"}, None, "A")
 
 
+async def test_a_plain_device_does_not_load_the_gateway_part():
+    # Bytecode lives in the heap: platforms/tb_gateway.py only for platform.gateway_devices
+    forget("tb_gateway")
+    a = tb()
+    assert a.gateway is None and not loaded("tb_gateway")
+    await a.on_connect(Client())
+    a.encode([reading({"t": 1}, TS), reading({"t": 2}, TS + 1, "A")])
+    assert a.handle("v1/gateway/rpc", b'{"device":"A","data":{"id":1,"method":"m"}}', False) is None
+    assert not loaded("tb_gateway")
+    # uplink.cloud's calls are the adapter's own requests (it sends them at every connect)
+    assert a.cloud_api() is a
+    g = tb(gateway_devices=["A", "B"])
+    assert loaded("tb_gateway") and g.gateway.adapter is g
+    assert g.subscriptions()[4:] == [("v1/gateway/rpc", 1), ("v1/gateway/attributes", 1),
+                                     ("v1/gateway/attributes/response", 1)]
+
+
 async def test_ota_is_asked_at_each_connect_and_the_running_package_is_no_announcement():
     ctx = Ctx()
-    ctx.fw = lambda: ("uplink-esp32-devkitc", "2.0.0")  # App.fw: the active slot's manifest
-    ctx.ota_watch = True  # the main cloud (App.ota_watch); a second cloud's context has none
+    ctx.fw = lambda: ("uplink-esp32-devkitc", "2.0.0")  # Context.fw: the active slot's manifest
+    ctx.ota_watch = True  # the main cloud (Context.ota_watch); a second cloud's context has none
     a = tb(ctx=ctx)
     assert ("v2/fw/response/+/chunk/+", 0) in a.subscriptions()
     assert "v2/fw/response/+/chunk/+" not in [t for t, _ in tb().subscriptions()]

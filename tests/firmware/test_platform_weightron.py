@@ -86,7 +86,7 @@ async def test_a_refused_token_is_invalidated_at_its_source():
             self.invalidated += 1
 
     src = Source()
-    a._creds = src
+    a.creds = src
     assert await a.credentials() == ("app42", "T1")
     a.invalidate_credentials()
     assert src.invalidated == 1 and await a.credentials() == ("app42", "T2")

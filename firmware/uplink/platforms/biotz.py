@@ -3,7 +3,7 @@
 # Keycloak's password grant (uplink.biotz_http.Session; the password stays off the board).
 # The id_token is never an MQTT password. Wire contract: PLATFORMS.md "Biotz". Flat JSON
 # objects with an RFC 3339 UTC "timestamp"; several readings as one array.
-from uplink.config import ConfigError
+from uplink import ConfigError  # not uplink.config: the app unloads that after boot
 from uplink.platforms import (
     Base,
     Command,
@@ -47,7 +47,7 @@ class Adapter(Base):
         self.base = "biotz/1/0/%s/%s/" % (p["customer_id"], self.device_id)
         self.topic = self.base + "publish/data/" + mt
         self.firmware_file = FIRMWARE_FILE
-        relay = getattr(self._creds, "source", None) == "relay"
+        relay = getattr(self.creds, "source", None) == "relay"
         self.http = p.get("transport") == "http"
         if self.http:
             self.url = p.get("ingest_url") or INGEST_URL
@@ -64,8 +64,8 @@ class Adapter(Base):
             self.require("password", "the Password from the device's Biotz credentials file")
 
     async def credentials(self):
-        if self._creds is not None and not self.http:
-            return await self._creds()  # static username/password
+        if self.creds is not None and not self.http:
+            return await self.creds()  # static username/password
         return (self.device_id, self.cfg["platform"]["password"])
 
     def make_client(self, app):
@@ -78,7 +78,7 @@ class Adapter(Base):
         if ca:
             with open(ca, "rb") as f:
                 ca = f.read()
-        return Session(self._creds, self.message_type, url=self.url, ca=ca)
+        return Session(self.creds, self.message_type, url=self.url, ca=ca)
 
     def subscriptions(self):
         if self.http:
@@ -159,4 +159,8 @@ class Adapter(Base):
 
     def reply(self, cmd, result):
         return None  # Biotz actions have no reply channel
+
+    def cloud_api(self):
+        """uplink.cloud's calls: none on Biotz."""
+        return None
 

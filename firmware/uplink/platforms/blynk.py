@@ -1,7 +1,8 @@
 # Blynk (blynk.cloud) MQTT device API. Wire contract: PLATFORMS.md "Blynk". Largest message
-# 1024 bytes: enforced here, before anything is sent. The gateway API (gateway_tokens, OAuth
-# client login, dev/<token>/ prefixes) is platforms/blynk_gateway.py, imported only by a
-# gateway (Adapter._gw): bytecode lives in the heap.
+# 1024 bytes: enforced here, before anything is sent. Optional parts, each imported only by a
+# device that uses it (bytecode lives in the heap): the gateway API (blynk_gateway.Gateway:
+# gateway_tokens, OAuth client login, dev/<token>/ prefixes) and uplink.cloud's calls
+# (blynk_cloud.CloudApi).
 import uplink
 from uplink.platforms import (
     Base,
@@ -19,7 +20,6 @@ MAX_MESSAGE = 1024
 # info/mcu "build" is the firmware's build date. A build step may set uplink.BUILD (or the
 # app ctx.build); without one the console shows this, never the version (that is "ver").
 BUILD = "unknown"
-CLOUD = " event_message prop_message meta_request sync_request "  # Adapter.__getattr__
 
 _S = (str, None)
 SCHEMA = {
@@ -41,68 +41,68 @@ class Adapter(Base):
     clean = True  # Blynk accepts clean sessions only
     keepalive = 45  # what Blynk recommends
     waiter = None  # uplink.cloud's waiter(meta field, payload): the answer to cloud.meta()
-    # A plain device; a gateway's are set by blynk_gateway.setup. _own: the prefix of this
+    # A plain device's; a gateway's come from its part. own_prefix: the prefix of this
     # device's own topics ("", or dev/<token>/ on a gateway; None: an OAuth session has no
-    # device of its own); _pres: every prefix subscribed and announced.
-    gateway = False
-    _gw = None
-    _own = ""
-    _pres = ("",)
+    # device of its own); prefixes: every prefix subscribed and announced.
+    own_prefix = ""
+    prefixes = ("",)
+    _cloud = None  # cloud_api()'s part, once asked for
 
     def __init__(self, cfg, ctx):
         Base.__init__(self, cfg, ctx, DEFAULT_URL, MAX_MESSAGE)
         p = cfg["platform"]
         self.max_payload = MAX_MESSAGE  # Blynk's, whatever the config says
         if p.get("gateway_tokens") or p.get("oauth_client_id") or p.get("oauth_client_secret"):
-            from uplink.platforms import blynk_gateway
+            from uplink.platforms.blynk_gateway import Gateway
 
-            blynk_gateway.setup(self, p)
-            self._gw = blynk_gateway
+            g = self.gateway = Gateway(self)
+            self.own_prefix = g.own_prefix
+            self.prefixes = g.prefixes
         else:
             self.require("token", "the device's auth token (the gateway's own token in gateway mode)")
 
     async def credentials(self):
-        if self._creds is not None:
-            return await self._creds()
-        p = self.cfg["platform"]
-        if self._gw is not None:
-            return self._gw.login(self, p)
-        return ("device", p["token"])
+        if self.creds is not None:
+            return await self.creds()
+        if self.gateway is not None:
+            return self.gateway.login()
+        return ("device", self.cfg["platform"]["token"])
 
     def subscriptions(self):
         out = []
-        for pre in self._pres:
+        for pre in self.prefixes:
             out.append((pre + "downlink/#", 1))
         return out
 
     async def on_connect(self, client):
         p = self.cfg["platform"]
-        build = getattr(self.ctx, "build", None) or getattr(uplink, "BUILD", None) or BUILD
+        build = getattr(uplink, "BUILD", None) or BUILD  # (host_tools/build.py writes BUILD)
         info = {"ver": self.ctx.version, "build": build, "rxbuff": MAX_MESSAGE}
         t = p.get("template_id")
         if t:
             info["tmpl"] = info["type"] = t
         payload = dumps(info).encode()
-        for pre in self._pres:
+        for pre in self.prefixes:
             await client.publish(pre + "info/mcu", payload, 0)
         sync = p.get("sync")
-        if sync and self._own is not None:  # the current values come back as downlink/ds/<name> writes
-            await client.publish(self._own + "get/ds", ",".join(sync).encode(), 0)
+        own = self.own_prefix
+        if sync and own is not None:  # the current values come back as downlink/ds/<name> writes
+            await client.publish(own + "get/ds", ",".join(sync).encode(), 0)
 
-    def __getattr__(self, name):
-        # uplink.cloud's calls (it looks them up by name) are platforms/blynk_cloud.py, put on
-        # the class at the first: a device whose user.py does not use uplink.cloud never pays
-        if " %s " % name in CLOUD:
-            from uplink.platforms import blynk_cloud
+    def cloud_api(self):
+        """uplink.cloud's calls (blynk_cloud.CloudApi), made at the first ask: a device whose
+        user.py does not use uplink.cloud never loads them."""
+        c = self._cloud
+        if c is None:
+            from uplink.platforms.blynk_cloud import CloudApi
 
-            setattr(Adapter, name, getattr(blynk_cloud, name))
-            return getattr(self, name)
-        raise AttributeError(name)
+            c = self._cloud = CloudApi(self)
+        return c
 
     # -- telemetry -------------------------------------------------------------------------
     def _prefix(self, r):
-        g = self._gw
-        return self._own if g is None else g.prefix(self, r)
+        g = self.gateway
+        return self.own_prefix if g is None else g.prefix(r)
 
     def encode(self, readings):
         out = []
@@ -114,11 +114,9 @@ class Adapter(Base):
             pre = None if k is not None else self._prefix(r)
             if pre is None:  # an uplink.cloud record, or a gateway's reading with nowhere to go
                 if k is None:
-                    out.append((None, self._gw.unsendable(r), 1))  # type: ignore
+                    out.append((None, self.gateway.unsendable(r), 1))
                 else:
-                    from uplink.platforms import blynk_cloud
-
-                    blynk_cloud.record(self, r, k, out)
+                    self.cloud_api().record(r, k, out)
                 i += 1
                 continue
             j = i
@@ -135,7 +133,8 @@ class Adapter(Base):
                 i += 1
         return out
 
-    def _room(self, topic):
+    def room(self, topic):
+        """The payload bytes a message to `topic` has room for."""
         return self.max_payload - len(topic) - 4
 
     def _one(self, r, pre, out):
@@ -147,8 +146,8 @@ class Adapter(Base):
             for name in values:
                 if topic_ok(name):
                     topic = pre + "ds/" + name
-                    payload = _text(values[name]).encode()
-                    if len(payload) > self._room(topic):
+                    payload = plain_text(values[name]).encode()
+                    if len(payload) > self.room(topic):
                         out.append(too_big(1, len(payload), self.max_payload))
                     else:
                         out.append((topic, payload, 1))
@@ -156,7 +155,7 @@ class Adapter(Base):
         # several values: batch_ds, split over several messages when needed (n=0 for the parts
         # before the last: the reading is delivered when its last part is)
         topic = pre + "batch_ds"
-        pack = Pack(self._room(topic), "{}")
+        pack = Pack(self.room(topic), "{}")
         start = len(out)
         for name in values:
             piece = dumps(name) + ":" + dumps(values[name])
@@ -178,7 +177,7 @@ class Adapter(Base):
                     names.append(name)
         for name in names:
             topic = pre + "ds/" + name + "/timestamped_batch"
-            pack = Pack(self._room(topic))
+            pack = Pack(self.room(topic))
             for k in range(i, j):
                 values = readings[k]["values"]
                 if name not in values:
@@ -201,9 +200,9 @@ class Adapter(Base):
     def handle(self, topic, payload, retained):
         dev = None
         pre = ""
-        g = self._gw
+        g = self.gateway
         if g is not None and topic.startswith("dev/"):
-            topic, pre, dev = g.route(self, topic)
+            topic, pre, dev = g.route(topic)
         if not topic.startswith("downlink/"):
             return None
         what = topic[9:]
@@ -237,7 +236,8 @@ class Adapter(Base):
                 # the version running: Blynk sends the notice after every info/mcu while the
                 # shipment lasts, and the updater (~11 KB) is loaded for an update only
                 return None
-            return Command("firmware", o, None, dev)
+            # the device's own package is the updater's (uplink.ota); a sub-device's, user.py's
+            return Command("ota" if dev is None else "firmware", o, None, dev)
         if what == "utc/all/json":
             t = loads_obj(payload, "utc/all/json").get("time")
             if isinstance(t, int) and not isinstance(t, bool) and t > 0:
@@ -251,8 +251,8 @@ class Adapter(Base):
         if not to or to[0] != "ds" or result is None:
             return None
         topic = to[1] + "ds/" + to[2]
-        payload = _text(result).encode()
-        if len(payload) > self._room(topic):
+        payload = plain_text(result).encode()
+        if len(payload) > self.room(topic):
             return None
         return (topic, payload)
 
@@ -264,7 +264,7 @@ def _names_ok(values):
     return True
 
 
-def _text(v):
+def plain_text(v):
     # Plain text: Boolean datastreams take true/false (docs.blynk.io .../device-mqtt-api/
     # datastreams), numbers as str() writes them, which is what dumps writes too (MicroPython's
     # float_print, py/objfloat.c, ignores the print kind); anything else as JSON.

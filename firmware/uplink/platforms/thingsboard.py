@@ -1,5 +1,6 @@
-# ThingsBoard (self-hosted or ThingsBoard Cloud), MQTT device API and gateway API.
-# Wire contract: PLATFORMS.md "ThingsBoard". Token as username, no password.
+# ThingsBoard (self-hosted or ThingsBoard Cloud), MQTT device API. Wire contract:
+# PLATFORMS.md "ThingsBoard". Token as username, no password. The gateway API is an optional
+# part (tb_gateway.Gateway), loaded only by a gateway: bytecode lives in the heap.
 import asyncio
 from time import ticks_diff, ticks_ms
 
@@ -52,15 +53,9 @@ RPC_RESPONSE = ME + "rpc/response/"
 CLAIM = ME + "claim"
 FW_RESPONSE = "v2/fw/response/"
 # OTA (thingsboard.io/docs/user-guide/ota-updates/): the shared attributes that announce a
-# package, asked at every connect, and the topic its chunks come back on (uplink.ota_tb)
+# package, asked at every connect, and the topic its chunks come back on (uplink.ota_thingsboard)
 FW_KEYS = ("fw_title", "fw_version", "fw_size", "fw_checksum", "fw_checksum_algorithm")
 FW_CHUNKS = FW_RESPONSE + "+/chunk/+"
-GW = "v1/gateway/"
-GW_TELEMETRY = GW + "telemetry"
-GW_CONNECT = GW + "connect"
-GW_RPC = GW + "rpc"
-GW_ATTRIBUTES = GW + "attributes"
-GW_ATTR_RESPONSE = GW + "attributes/response"
 
 
 class Adapter(Base):
@@ -72,12 +67,11 @@ class Adapter(Base):
         Base.__init__(self, cfg, ctx, DEFAULT_URL, DEFAULT_MAX_PAYLOAD)
         p = cfg["platform"]
         self.max_packet = p.get("max_downlink") or 4096  # MQTTClient(max_packet=...)
-        self.gateway = p.get("gateway_devices") or []
-        self._gw = None
-        if self.gateway:  # the gateway API's code is loaded only by gateways
-            from uplink.platforms import tb_gateway
+        devices = p.get("gateway_devices")
+        if devices:  # adapter.gateway: the part's code is loaded by a gateway only
+            from uplink.platforms.tb_gateway import Gateway
 
-            self._gw = tb_gateway
+            self.gateway = Gateway(self, devices)
         self.shared_keys = p.get("shared_attributes") or []
         if not self.needs_provisioning():
             self.require("token", "give the device's access token, or provision_key and "
@@ -101,25 +95,25 @@ class Adapter(Base):
         return (not p.get("token") and p.get("credentials") is None
                 and bool(p.get("provision_key")) and bool(p.get("provision_secret")))
 
-    async def prepare(self, opener):
+    async def prepare(self, ctx):
         """First-boot device provisioning (uplink.platforms.tb_provision, imported only then);
         a no-op once the config holds a token. See docs/internals.md."""
         if self.needs_provisioning():
             from uplink.platforms import tb_provision
 
-            await tb_provision.provision(self, opener)
+            await tb_provision.provision(self, ctx.open_client)
 
     async def credentials(self):
-        if self._creds is not None:
-            return await self._creds()
+        if self.creds is not None:
+            return await self.creds()
         return (self.cfg["platform"]["token"], None)
 
     def subscriptions(self):
         subs = [(ATTRIBUTES, 1), (ATTR_RESPONSE + "+", 1), (RPC_REQUEST + "+", 1),
                 (RPC_RESPONSE + "+", 1)]
-        if self.gateway:
-            subs += [(GW_RPC, 1), (GW_ATTRIBUTES, 1), (GW_ATTR_RESPONSE, 1)]
-        if getattr(self.ctx, "ota_watch", False):  # the main cloud's updates (App.ota_watch)
+        if self.gateway is not None:
+            subs += self.gateway.subscriptions()
+        if self.ctx.ota_watch:  # the main cloud's updates (Context.ota_watch)
             subs.append((FW_CHUNKS, 0))
         return subs
 
@@ -131,7 +125,7 @@ class Adapter(Base):
         # with OTA; until then a telemetry message that is no reading is not worth its bytes.
         t, v = self._running()
         attrs = {"board": self.ctx.board.name, "current_fw_title": t, "current_fw_version": v}
-        ip = ctx_ip(self.ctx)
+        ip = self.ctx.ip
         if ip:
             attrs["ip"] = ip
         # QoS 1 without waiting for each PUBACK: the client pipelines them
@@ -146,13 +140,13 @@ class Adapter(Base):
         if self.shared_keys:
             t, payload = self.attributes_request(shared=self.shared_keys)
             await client.publish(t, payload, 1, False, False)
-        if getattr(self.ctx, "ota_watch", False):
+        if self.ctx.ota_watch:
             # a package assigned while we were away; the updater's code is loaded only when
             # the answer announces one (App.on_message)
             t, payload = self.attributes_request(shared=FW_KEYS, method="fw")
             await client.publish(t, payload, 1, False, False)
-        for name in self.gateway:
-            await client.publish(GW_CONNECT, dumps({"device": name}).encode(), 1, False, False)
+        if self.gateway is not None:
+            await self.gateway.on_connect(client)
         secret = self.cfg["platform"].get("claim_secret")
         if secret and not self._claimed:
             t, payload = self.claim_request(secret, self.cfg["platform"].get("claim_duration_ms") or 60000)
@@ -183,14 +177,13 @@ class Adapter(Base):
         return self.max_inflight
 
     def _running(self):
-        fw = getattr(self.ctx, "fw", None)  # App.fw: the running bundle's manifest (uplink.ota)
-        return fw() if fw is not None else ("uplink-" + self.ctx.board.name, self.ctx.version)
+        return self.ctx.fw()  # the running bundle's manifest (uplink.ota)
 
     def _shared(self, attrs):
-        # fw_title + fw_version: ThingsBoard announcing a firmware OTA (uplink.ota_tb), unless
+        # fw_title + fw_version: ThingsBoard announcing a firmware OTA (uplink.ota_thingsboard), unless
         # it is the package running: ThingsBoard keeps the fw_* attributes of the package last
         # assigned, so every connect's question gets them again, and the updater (~9 KB) is
-        # loaded for an announcement only (App.start_ota)
+        # loaded for an announcement only (uplink.ota.take)
         if "fw_title" not in attrs or "fw_version" not in attrs:
             return Command("attributes", attrs)
         if (str(attrs["fw_title"]), str(attrs["fw_version"])) != tuple(self._running()):
@@ -230,6 +223,11 @@ class Adapter(Base):
         "Publish attribute update to the server")."""
         return (ATTRIBUTES, dumps(values).encode())
 
+    def cloud_api(self):
+        """uplink.cloud's calls: the adapter's own (it sends these requests itself at every
+        connect, so they are resident anyway; a part would only add a module)."""
+        return self
+
     def sync_request(self, keys):
         """For uplink.cloud.on_change after a connect: ask the shared attributes `keys` that
         on_connect did not ask already (platform.shared_attributes), or None."""
@@ -251,13 +249,14 @@ class Adapter(Base):
                 else:
                     out.append((None, ("a %r record is not for ThingsBoard" % k).encode(), 1))
                 i += 1
-            elif self._gw is not None and readings[i].get("device") is not None:
-                i = self._gw.encode_run(self, readings, i, out)
+            elif self.gateway is not None and readings[i].get("device") is not None:
+                i = self.gateway.encode_run(readings, i, out)
             else:
                 i = self._encode_me(readings, i, out)
         return out
 
-    def _piece(self, r):
+    def piece(self, r):
+        """One reading as ThingsBoard takes it: {"ts", "values"}, or the values alone."""
         if r.get("ts") is None:
             return dumps(r["values"])
         return dumps({"ts": r["ts"], "values": r["values"]})
@@ -269,9 +268,9 @@ class Adapter(Base):
         n = len(readings)
         while i < n:
             r = readings[i]
-            if (self.gateway and r.get("device") is not None) or "k" in r:
+            if (self.gateway is not None and r.get("device") is not None) or "k" in r:
                 break
-            piece = self._piece(r)
+            piece = self.piece(r)
             if len(piece) > pack.room:  # a lone object goes without the brackets
                 if len(pack):
                     break
@@ -323,13 +322,12 @@ class Adapter(Base):
         if topic.startswith(RPC_RESPONSE):
             rid = _id(topic, RPC_RESPONSE)
             return None if self._waited(rid, payload) else self._rpc_answer(rid, payload)
-        if topic.startswith(FW_RESPONSE):  # an OTA chunk: to uplink.ota_tb, straight to flash
-            ota = getattr(self.ctx, "ota", None)
-            if ota is not None:
-                ota.on_chunk(topic, payload)
+        if topic.startswith(FW_RESPONSE):  # an OTA chunk: to uplink.ota_thingsboard, straight to flash
+            if self.ctx.ota is not None:
+                self.ctx.ota.on_chunk(topic, payload)
             return None
-        if self._gw is not None and topic.startswith(GW):
-            return self._gw.handle(topic, payload)
+        if self.gateway is not None:
+            return self.gateway.handle(topic, payload)
         return None
 
     def _waited(self, rid, payload):
@@ -372,9 +370,8 @@ class Adapter(Base):
             if self._echoes:  # it comes back on rpc/response/+ and may share a pending id
                 self._replied = to[1]
             return (RPC_RESPONSE + str(to[1]), dumps({} if result is None else result).encode())
-        if to[0] == "gw":
-            return (GW_RPC, dumps({"device": cmd.device, "id": to[1],
-                                   "data": {} if result is None else result}).encode())
+        if to[0] == "gw":  # only the gateway part makes these
+            return self.gateway.reply(cmd, result)
         return None
 
 
@@ -390,7 +387,7 @@ def _time_answer(ans, key, method):
 
 def user_attributes(attrs):
     """What user.py is told of shared attributes that came with an OTA announcement: the
-    others, as an `attributes` command, or None (uplink.ota_tb.Updater.take too)."""
+    others, as an `attributes` command, or None (uplink.ota_thingsboard.Updater.take too)."""
     rest = {}
     for k in attrs:
         if not k.startswith("fw_"):
@@ -406,12 +403,3 @@ def _id(topic, prefix):
         raise ValueError("%s: request id %r is not a number" % (topic, rid))
     return v
 
-
-def ctx_ip(ctx):
-    """The board's IP address from the app context (ctx.ip, or ctx.wifi.ip), or None."""
-    ip = getattr(ctx, "ip", None)
-    if ip is None:
-        ip = getattr(getattr(ctx, "wifi", None), "ip", None)
-    if callable(ip):
-        ip = ip()
-    return ip

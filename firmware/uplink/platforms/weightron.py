@@ -9,7 +9,7 @@
 # readings only with `publish = true`.
 from time import ticks_diff, ticks_ms
 
-from uplink.config import ConfigError
+from uplink import ConfigError  # not uplink.config: the app unloads that after boot
 from uplink.platforms import (
     Base,
     Command,
@@ -45,7 +45,7 @@ class Adapter(Base):
         p = cfg["platform"]
         self.device_id = p.get("device_id") or cfg["device"]["name"]
         self._template = p.get("topic") or DEFAULT_TOPIC
-        if not p.get("token") and self._creds is None:
+        if not p.get("token") and self.creds is None:
             raise ConfigError("config.json: platform.credentials: missing: Weightron's password "
                               "is a short-lived access token: configure the token relay "
                               "(credentials.source = relay) or, for a test, platform.token")
@@ -53,7 +53,7 @@ class Adapter(Base):
         app_id = p.get("application_id")
         if app_id:
             self._set_app(app_id)
-        elif getattr(self._creds, "source", None) != "relay":
+        elif getattr(self.creds, "source", None) != "relay":
             # the relay looks the Application ID up (GET /access) and answers it as the
             # username; without the relay nothing on the board can
             raise ConfigError("config.json: platform.application_id: missing: the Application ID "
@@ -72,10 +72,10 @@ class Adapter(Base):
         return self._template.replace("{application_id}", self.app_id).replace("{device_id}", device_id)
 
     async def credentials(self):
-        if self._creds is not None:
+        if self.creds is not None:
             # the username is always the Application ID; the source supplies the token (and,
             # from the relay, the Application ID it found)
-            user, token = await self._creds()
+            user, token = await self.creds()
             if not self.app_id:
                 self._set_app(user)
             return (self.app_id, token)
@@ -160,6 +160,10 @@ class Adapter(Base):
         return command(method, req.get("params"))
 
     def reply(self, cmd, result):
+        return None
+
+    def cloud_api(self):
+        """uplink.cloud's calls: none (watched values reach on_change as `watch` commands)."""
         return None
 
 
