@@ -65,7 +65,7 @@ else:
         sys.path.insert(0, app_dir)  # its uplink/ and user code win over the root's
     gc.collect()
     try:
-        from uplink import app
+        from uplink import runner
     except Exception as e:  # a half-copied firmware, no memory: not the REPL for good
         import time
 
@@ -79,4 +79,4 @@ else:
         except (ImportError, AttributeError):  # the host board's unix port has no reset()
             sys.exit(75)
     else:
-        app.run()
+        runner.run()

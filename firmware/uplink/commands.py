@@ -7,6 +7,47 @@ from uplink import log
 # Notifications the platforms turn into commands on every attribute change or answer: a
 # user.py without a handler for them is normal, not an error.
 NOTICES = ("attributes", "firmware", "rpc_answer", "set_time", "watch")
+QUEUE = 8  # downlinks waiting for the handler; more are refused, not buffered
+
+
+class Commands:
+    """The one queue every cloud's commands wait in; each is answered through its own cloud."""
+
+    def __init__(self, app):
+        self.app = app
+        self.queue = []
+        self.ready = asyncio.Event()
+
+    def put(self, cmd):
+        if len(self.queue) >= QUEUE:
+            log.warn("downlink", "command queue full: %s refused" % cmd.name)
+            return
+        self.queue.append(cmd)
+        self.ready.set()
+
+    async def run(self):
+        while True:
+            await self.ready.wait()
+            self.ready.clear()
+            while self.queue:
+                cmd = self.queue.pop(0)
+                try:
+                    result = await execute(self.app, cmd)
+                except Exception as e:
+                    log.warn("cmd", "%s failed: %s" % (cmd.name, e))
+                    result = {"error": str(e)}
+                else:  # a D line: off with device.console "info"
+                    log.cmd(cmd.name if cmd.device is None else "%s %s" % (cmd.device, cmd.name), cmd.params, result)
+                await self.reply(cmd, result)
+
+    async def reply(self, cmd, result):
+        try:
+            s = self.app.session_of(cmd)
+            r = s.adapter.reply(cmd, result)
+            if r is not None:
+                await s.client.publish(r[0], r[1], qos=0)
+        except Exception as e:
+            log.warn("cmd", "reply to %s not sent: %s" % (cmd.name, e))
 
 
 def _interval(params):
@@ -26,12 +67,13 @@ async def execute(app, cmd):
     if name == "ping":
         return {"pong": True}
     if name == "status":
-        return app.health()
+        return app.telemetry.health()
     if name == "set_interval":
-        app.interval_s = _interval(cmd.params)
-        app.wake_telemetry()
-        log.info("cmd", "telemetry interval now %d s" % app.interval_s)
-        return {"interval_s": app.interval_s}
+        t = app.telemetry
+        t.interval_s = _interval(cmd.params)
+        t.wake.set()
+        log.info("cmd", "telemetry interval now %d s" % t.interval_s)
+        return {"interval_s": t.interval_s}
     if name == "reboot":
         log.warn("cmd", "reboot requested by the cloud")
         asyncio.create_task(app.reboot_soon())

@@ -117,7 +117,7 @@ class Credentials:
         # (see uplink.board.EPOCH_OFFSET) and would sign every request 30 years early.
         return int((self._now_ms() if self._now_ms else board.os_ms()) // 1000)
 
-    def _headers(self, path):
+    def headers(self, path):
         ts = str(self._now_s())
         nonce = binascii.hexlify(os.urandom(12)).decode()
         msg = "GET\n%s\n%s\n%s\n%s" % (path, self.device, ts, nonce)
@@ -129,7 +129,7 @@ class Credentials:
         path = url[url.find("/", 8):]
         self.fetches += 1
         try:
-            status, body = await https.request("GET", url, self._headers(path), ca=self.ca,
+            status, body = await https.request("GET", url, self.headers(path), ca=self.ca,
                                                timeout_ms=self._timeout_ms, max_body=6144)
         except (OSError, ValueError) as e:
             raise CredentialsError("token relay %s: %s" % (self.url, e))

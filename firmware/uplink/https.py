@@ -60,7 +60,7 @@ async def _exchange(s, method, host, port, path, headers, body, max_body):
     s.write(h.encode() + body if body is not None else h.encode())
     h = None
     await s.drain()
-    line = await _line(s)
+    line = await read_line(s)
     parts = line.split(None, 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
         raise HTTPError("not an HTTP answer from %s:%d" % (host, port))
@@ -68,7 +68,7 @@ async def _exchange(s, method, host, port, path, headers, body, max_body):
     length = None
     chunked = False
     while True:
-        line = await _line(s)
+        line = await read_line(s)
         if line in (b"\r\n", b"\n"):
             break
         i = line.find(b":")
@@ -88,7 +88,7 @@ async def _exchange(s, method, host, port, path, headers, body, max_body):
     return status, (await s.readexactly(length) if length else b"")
 
 
-async def _line(s, cap=200):
+async def read_line(s, cap=200):
     """One line through readexactly(1) alone (the documented Stream interface; buffered bytes
     cost no syscall). Bytes past `cap` are dropped: long header lines (cookies, security
     policies) carry nothing this client needs, and must not cost heap."""
@@ -105,7 +105,7 @@ async def _line(s, cap=200):
 async def _chunks(s, max_body):
     out = b""
     while True:
-        size = int((await _line(s)).split(b";")[0].strip(), 16)
+        size = int((await read_line(s)).split(b";")[0].strip(), 16)
         if size == 0:
             return out
         if len(out) + size > max_body:

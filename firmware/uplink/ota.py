@@ -1,13 +1,21 @@
-# Over-the-air update, the flash side: a bundle (host_tools/ota_bundle.py: one JSON manifest line,
-# then the files back to back) is appended to PART chunk by chunk as it arrives, checked whole
-# (size, sha256, board, format) and per file while it is unpacked into the slot not running,
-# then SLOT is switched by temp + rename. main.py boots the new slot on trial; see docs/ota.md.
-# Every step streams through one 1 KB buffer: a bundle is never in RAM.
+# Over-the-air updates, one subsystem (docs/ota.md). This module: the flash side, the trial
+# and its rollback, and the updater's life. A bundle (host_tools/ota_bundle.py: one JSON
+# manifest line, then the files back to back) is appended to PART chunk by chunk as it
+# arrives, checked whole (size, sha256, board, format) and per file while it is unpacked into
+# the slot not running, then SLOT is switched by temp + rename; main.py boots the new slot on
+# trial, and Updater.trial keeps it or goes back. Every step streams through one 1 KB buffer:
+# a bundle is never in RAM. Each cloud's delivery is beside it: ota_thingsboard (chunks over
+# MQTT), ota_blynk (Blynk.Air), ota_relay (the token relay's), and ota_fetch (the HTTP(S)
+# download at boot the last two use). None of it is resident: App loads it when there is
+# work and the updater's done() unloads it (uplink.transient).
 import asyncio
 import hashlib
 import io
 import json
 import os
+import time
+
+from uplink import log
 
 PART = "ota.part"  # the download so far
 DL = "ota.dl"  # what PART is a download of: resume only the same bundle
@@ -49,7 +57,7 @@ def _size(path):
         return -1
 
 
-def _load(path):
+def load_json(path):
     try:
         with open(path) as f:
             return json.load(f)
@@ -57,7 +65,7 @@ def _load(path):
         return None
 
 
-def _save(path, obj):
+def save_json(path, obj):
     with open(path + ".tmp", "w") as f:
         json.dump(obj, f)
     os.rename(path + ".tmp", path)
@@ -90,27 +98,27 @@ def _rmtree(path):
 
 
 def read_slot(root=""):
-    return _load(root + SLOT) or {}
+    return load_json(root + SLOT) or {}
 
 
 def write_slot(s, root=""):
-    _save(root + SLOT, s)
+    save_json(root + SLOT, s)
 
 
 def rolled_back(root=""):
     """The sha256 of the bundle last rolled back, not to be tried again: "bad" once the
-    rollback is reported (uplink.ota_tb trial), "sum" on the boot of the rollback itself."""
+    rollback is reported (Updater.trial), "sum" on the boot of the rollback itself."""
     s = read_slot(root)
     return s.get("bad") or (s.get("sum") if "failed" in s else None)
 
 
 def owed(root=""):
     """Whether an updater has work at boot: a trial to run, a rollback or a failed download to
-    report (App.start_ota loads it only then)."""
+    report (at_boot starts it only then)."""
     s = read_slot(root)
     if "trial" in s or "failed" in s:
         return True
-    j = _load(root + JOB) or {}
+    j = load_json(root + JOB) or {}
     return bool(j.get("failed") and not j.get("told"))
 
 
@@ -118,7 +126,7 @@ def current(root=""):
     """(title, version) of the app running: its slot's manifest, or (None, None) for the
     app deployed over USB."""
     cur = read_slot(root).get("cur")
-    m = _load(root + cur + "/" + MANIFEST) if cur else None
+    m = load_json(root + cur + "/" + MANIFEST) if cur else None
     return (m.get("title"), m.get("version")) if m else (None, None)
 
 
@@ -149,10 +157,10 @@ class Stage:
         r = self.root
         d = dict(self.want, chunk=self.chunk)
         n = _size(r + PART)
-        if _load(r + DL) == d and n >= 0 and n % self.chunk == 0 and n <= self.want["size"]:
+        if load_json(r + DL) == d and n >= 0 and n % self.chunk == 0 and n <= self.want["size"]:
             return n // self.chunk
         _rm(r + PART)
-        _save(r + DL, d)
+        save_json(r + DL, d)
         open(r + PART, "wb").close()
         return 0
 
@@ -254,7 +262,7 @@ class Stage:
         if _hex(body.digest()) != m.get("body_sha256"):
             raise OtaError("bundle body sha256 mismatch")
         del m["head"]
-        _save(r + new + "/" + MANIFEST, m)  # last: the slot is whole
+        save_json(r + new + "/" + MANIFEST, m)  # last: the slot is whole
         return new
 
     def switch(self, new):
@@ -273,3 +281,152 @@ def _mkdirs(base, path):
             os.mkdir(d)
         except OSError:
             pass  # exists
+
+
+# -- the updater's life -----------------------------------------------------------------------
+COMMIT_AFTER_S = 60  # connected this long on trial: the new app is kept (bundle's commit_after_s)
+TRIAL_S = 600  # no commit by then: back to the previous app (bundle's trial_s)
+
+
+def _relay(ctx):
+    return (ctx.cfg["platform"].get("credentials") or {}).get("source") == "relay"
+
+
+def start(ctx, unload=None):
+    """The main cloud's updater, loaded only when it has work (an announcement; a trial, a
+    rollback or a failure to report at boot). `unload`: the uplink.transient its code was
+    loaded in, ended by done()."""
+    if ctx.cfg["platform"]["kind"] == "blynk":
+        from uplink.ota_blynk import Updater as U
+    elif _relay(ctx):
+        U = Updater  # the relay's clouds hear nothing: the trial, told on the console
+    else:
+        from uplink.ota_thingsboard import Updater as U
+    u = U(ctx)
+    u.unload = unload
+    ctx.ota = u
+    ctx.keep("ota", u.run)
+    return u
+
+
+def take(ctx, cmd, unload=None):
+    """An `ota` command from the main cloud: to its updater, started for it if need be.
+    What the updater hands back (attributes beside ThingsBoard's fw_*) goes on to user.py."""
+    return (ctx.ota or start(ctx, unload)).take(cmd)
+
+
+async def at_boot(ctx, unload):
+    """Work left for this boot, done before any session while the heap is whole: a download
+    (Blynk.Air's, the relay's), then a trial to run or an outcome to report. True when an
+    updater runs now (its done() ends `unload`)."""
+    from uplink import transient
+
+    if ctx.cfg["platform"]["kind"] == "blynk":
+        with transient():  # the download's code leaves the heap before the session's TLS
+            from uplink import ota_fetch
+
+            await ota_fetch.at_boot(ctx)
+    elif _relay(ctx):
+        with transient():
+            from uplink import ota_relay
+
+            await ota_relay.download(ctx)
+    if (ctx.ota_watch or _relay(ctx)) and owed():
+        start(ctx, unload)
+        return True
+    return False
+
+
+class Updater:
+    """The trial and rollback of a new app, shared by every cloud's delivery: a subclass adds
+    take() (an announcement) and say() (how the cloud hears of a state); this one says them on
+    the console only (the relay's clouds have no place for them)."""
+
+    want = None  # the package announced, while one is
+    unload = None  # the uplink.transient this updater's code was loaded in
+
+    def __init__(self, ctx, root=""):
+        self.ctx = ctx
+        self.root = root
+        # known before the first announcement, which may come before trial() runs
+        self.bad = rolled_back(root)
+
+    def take(self, cmd):
+        return None
+
+    def say(self, state, error=None):
+        if error:
+            log.error("ota", "%s: %s" % (state, error))
+        else:
+            log.info("ota", "OTA %s" % state)
+
+    def running(self):
+        """(title, version) of the app running: the app's, read once at boot (App.fw)."""
+        return running(self.ctx.board.name, self.root) if self.root else self.ctx.fw()
+
+    async def run(self):
+        await self.trial()
+        self.done()
+
+    def done(self):
+        """Nothing left to do: the updater and its code leave the heap."""
+        ctx = self.ctx
+        if ctx.ota is self:
+            ctx.ota = None
+            if self.unload is not None:
+                self.unload.end()
+
+    async def connected(self):
+        while not (self.ctx.client and self.ctx.client.is_connected):
+            await asyncio.sleep_ms(200)
+
+    def reset(self):
+        self.ctx.board.reset()  # (Board.leave writes the readings held in RAM first)
+
+    async def trial(self):
+        s = read_slot(self.root)
+        if "failed" in s:
+            why = s.get("why") or _last_crash() or "reset during its trial, before it was healthy"
+            self.bad = s.get("sum")
+            await self.connected()
+            self.say("FAILED", "rolled back from slot %s: %s" % (s["failed"], why))
+            write_slot({"cur": s.get("cur") or "", "bad": self.bad}, self.root)
+            return
+        if s.get("trial") is None:
+            # nothing to report: UPDATED went out at the commit, and the running version is
+            # told at every connect (platforms/thingsboard.py, blynk.py)
+            return
+        m = load_json(self.root + s["cur"] + "/" + MANIFEST) or {}
+        commit_ms = int(m.get("commit_after_s", COMMIT_AFTER_S)) * 1000
+        trial_ms = int(m.get("trial_s", TRIAL_S)) * 1000
+        log.info("ota", "on trial: kept after %d s connected, else the previous app in %d s"
+                 % (commit_ms // 1000, trial_ms // 1000))
+        t0 = time.ticks_ms()
+        since = None
+        while True:
+            await asyncio.sleep_ms(250)
+            now = time.ticks_ms()
+            c = self.ctx.client
+            if c is not None and c.is_connected:
+                since = now if since is None else since
+                if time.ticks_diff(now, since) >= commit_ms:
+                    write_slot({"cur": s["cur"], "prev": s.get("prev") or "", "sum": s.get("sum")}, self.root)
+                    self.say("UPDATED")
+                    return
+            else:
+                since = None
+            if time.ticks_diff(now, t0) >= trial_ms:
+                s["failed"], s["cur"] = s["cur"], s.get("prev") or ""
+                s["why"] = "no healthy cloud connection within its %d s trial" % (trial_ms // 1000)
+                del s["trial"]
+                write_slot(s, self.root)
+                log.error("ota", "trial failed: %s; back to the previous app" % s["why"])
+                self.reset()
+
+
+def _last_crash():
+    d = load_json("crashes.json")  # uplink.safemode.PATH (not imported: it leaves the heap)
+    try:
+        return d.get("last") if d and d.get("crashes") else None
+    except AttributeError:
+        return None

@@ -5,18 +5,17 @@
 # new app, says so with the next info/mcu's "ver" (platforms/blynk.py, from App.fw). Progress
 # and failures go out as the "sys_ota" event, as Blynk.Edgent's OTA reports them
 # (blynk-library Edgent OTA.h: Blynk.logEvent("sys_ota", ...)).
-# The flash side (staging, checks, switch) is uplink.ota; the trial and rollback are
-# uplink.ota_tb's, shared. The notice is saved as ota.JOB and the board resets: the download
-# runs at the next boot, before the session (uplink.ota_fetch, not resident). docs/ota.md.
+# The flash side, the trial and the rollback are uplink.ota's. The notice is saved as ota.JOB
+# and the board resets: the download runs at the next boot, before the session
+# (uplink.ota_fetch). docs/ota.md.
 import asyncio
 
 from uplink import log, ota
-from uplink.ota_tb import Updater as _Base
 
 EVENT = "sys_ota"
 
 
-class Updater(_Base):
+class Updater(ota.Updater):
     def take(self, cmd):
         """A downlink/ota/json: noted; run() turns it into a job for the next boot."""
         self.announce(cmd.params)
@@ -34,7 +33,7 @@ class Updater(_Base):
         # what the download is of (ota.DL): the URL's token query changes per notification
         want = {"title": "blynk", "version": ver, "size": size, "sha256": None,
                 "src": url if q < 0 else url[:q]}
-        job = ota._load(self.root + ota.JOB) or {}
+        job = ota.load_json(self.root + ota.JOB) or {}
         if ota.same_job(job, want) and (job.get("failed") or (job.get("installed") and job.get("sha256") == self.bad)):
             # Blynk sends ota/json again after every info/mcu while the shipment lasts
             log.warn("ota", "%s failed before: not tried again" % (ver or url))
@@ -44,25 +43,25 @@ class Updater(_Base):
 
     async def run(self):
         await self.trial()
-        job = ota._load(self.root + ota.JOB) or {}
+        job = ota.load_json(self.root + ota.JOB) or {}
         if job.get("failed") and not job.get("told"):
-            await self._connected()
+            await self.connected()
             self.say("FAILED", job["failed"])
             job["told"] = 1
-            ota._save(self.root + ota.JOB, job)
+            ota.save_json(self.root + ota.JOB, job)
         want = self.want
-        if want is None:  # started for the trial or the report alone (App.start_ota)
-            self.app.ota_done(self)
+        if want is None:  # started for the trial or the report alone (ota.at_boot)
+            self.done()
             return
         if ota.same_job(job, want):
             want["boots"] = job.get("boots", 0)  # boots the network failed it count on
-        ota._save(self.root + ota.JOB, want)
+        ota.save_json(self.root + ota.JOB, want)
         t = self._tell("DOWNLOADING")
         if t is not None:
             await t  # sent before the reset
         log.info("ota", "the download runs at the next boot, before the cloud session (the heap is whole then)")
         await asyncio.sleep_ms(500)
-        self._reset()
+        self.reset()
 
     def say(self, state, error=None):
         t = self._tell(state, error)
@@ -84,10 +83,10 @@ class Updater(_Base):
             text = "OTA failed: %s" % error
         else:
             return None  # Blynk events are counted: start, end and failure only
-        c = self.app.client
+        c = self.ctx.client
         if c is None or not c.is_connected:
             return None
-        pre = getattr(self.app.adapter, "_own", None) or ""
+        pre = self.ctx.adapter.own_prefix or ""
         return self._event(c, pre + "event/" + EVENT, text[:255].encode())
 
     async def _event(self, c, topic, payload):

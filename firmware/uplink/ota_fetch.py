@@ -17,20 +17,20 @@ REDIRECTS = 3
 PIECE = 512  # = transport.RBUF: readexactly(n) up to it costs one n-byte bytes, no bigger block
 
 
-async def at_boot(app, root="", sign=None, ca=None):
+async def at_boot(ctx, root="", sign=None, ca=None):
     """The job left before the reset: download, check, install, switch and reset. A failure is
     written into the job, reported by the platform's Updater once connected, and the app goes on."""
-    job = ota._load(root + ota.JOB)
+    job = ota.load_json(root + ota.JOB)
     if not job or job.get("failed") or job.get("installed"):
         return
-    want = {"title": "blynk", "version": job.get("version") or "", "size": job["size"], "sha256": None,
+    want = {"title": job.get("title") or "package", "version": job.get("version") or "", "size": job["size"], "sha256": None,
             "src": job["src"]}
     job["boots"] = job.get("boots", 0) + 1
-    ota._save(root + ota.JOB, job)
+    ota.save_json(root + ota.JOB, job)
     st = ota.Stage(want, ota.BUF, root)  # its 1 KB buffer taken first
     try:
-        await _download(app, st, want, job["url"], sign, ca)
-        m = await st.verify(app.board.name)
+        await _download(ctx, st, want, job["url"], sign, ca)
+        m = await st.verify(ctx.board.name)
         new = await st.install(m)
     except Exception as e:  # OtaError: the package's fault; OSError: the network's or the flash's
         if isinstance(e, ota.OtaError) or job["boots"] >= BOOTS:
@@ -38,25 +38,25 @@ async def at_boot(app, root="", sign=None, ca=None):
             job["failed"] = str(e)[:200]
         else:  # the network: the download resumes at the next boot (Range)
             log.exc("ota", "download, boot %d of %d" % (job["boots"], BOOTS), e)
-        ota._save(root + ota.JOB, job)
+        ota.save_json(root + ota.JOB, job)
         log.error("ota", "download failed: %s" % e)
-        transport._ctx.clear()  # the download's TLS context: the app's session makes its own
+        transport.forget_contexts()  # the download's: the app's session makes its own
         return
     job["installed"] = 1
     job["sha256"] = want["sha256"]
-    ota._save(root + ota.JOB, job)
+    ota.save_json(root + ota.JOB, job)
     st.switch(new)
     log.info("ota", "%s installed in %s: on trial after the reset" % (want["version"], new))
-    app.board.reset()
+    ctx.board.reset()
 
 
-async def _download(app, st, want, url, sign=None, ca=None):
+async def _download(ctx, st, want, url, sign=None, ca=None):
     have = st.begin() * ota.BUF
     log.info("ota", "%s: %d bytes, from byte %d" % (want["version"] or "package", want["size"], have))
     tries = 0
     while have < want["size"]:
         try:
-            have = await _get(app, st, want, url, have, sign, ca)
+            have = await _get(ctx, st, want, url, have, sign, ca)
         except ota.OtaError:
             raise
         except (OSError, EOFError, asyncio.TimeoutError) as e:
@@ -69,16 +69,15 @@ async def _download(app, st, want, url, sign=None, ca=None):
             await asyncio.sleep(RETRY_S)
 
 
-async def open_get(app, url, first, sign=None, ca=None, last=None):
+async def open_get(ctx, url, first, sign=None, ca=None, last=None):
     """(stream, status, headers, host) of a GET from byte `first` (to `last`), headers read.
     `sign(path)`: headers that authenticate the request (the token relay's); `ca`: the server's
-    CA, by default the platform's (Blynk's broker and its file server share ISRG Root X1) as the
-    same bytes the MQTT client holds, so transport's cached context is reused."""
+    CA, by default the platform's (Blynk's broker and its file server share ISRG Root X1)."""
     tls, host, port, path = https.parse_url(url)
     if ca is None:
-        ca = getattr(app.client, "_ca", None) or app.cfg["platform"].get("ca")
-    ctx = transport.tls_context(ca) if tls else None
-    s = await transport.open_tcp(host, port, ssl_ctx=ctx, server_hostname=host, timeout_ms=READ_MS)
+        ca = ctx.cfg["platform"].get("ca")
+    tc = transport.tls_context(ca) if tls else None
+    s = await transport.open_tcp(host, port, ssl_ctx=tc, server_hostname=host, timeout_ms=READ_MS)
     try:
         h = "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\nUser-Agent: uplink\r\n" % (path, host)
         if first or last is not None:
@@ -97,11 +96,11 @@ async def open_get(app, url, first, sign=None, ca=None, last=None):
     return s, status, hd, host
 
 
-async def _get(app, st, want, url, have, sign=None, ca=None):
+async def _get(ctx, st, want, url, have, sign=None, ca=None):
     """One connection: GET from byte `have` (Range), appended to the Stage 1 KB at a time.
     Returns the bytes on flash when the connection ends."""
     for _ in range(REDIRECTS + 1):
-        s, status, hd, host = await open_get(app, url, have, sign, ca)
+        s, status, hd, host = await open_get(ctx, url, have, sign, ca)
         try:
             if status in (301, 302, 303, 307, 308) and hd.get("location"):
                 url = hd["location"]
@@ -153,14 +152,14 @@ async def _body(s, st, have, left):
 async def _head(s):
     """The status line and the headers this download needs: {length, range, sha256 (hex),
     location, chunked}."""
-    line = await https._line(s)
+    line = await https.read_line(s)
     parts = line.split(None, 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
         raise OSError("not an HTTP answer")
     status = int(parts[1])
     hd = {}
     while True:
-        line = await https._line(s, 600)  # a redirect's Location carries a long signed URL
+        line = await https.read_line(s, 600)  # a redirect's Location carries a long signed URL
         if line in (b"\r\n", b"\n"):
             return status, hd
         i = line.find(b":")

@@ -1,4 +1,4 @@
-# Crash-loop guard. Only crash exits count: an exception that escaped the app (app.run records
+# Crash-loop guard. Only crash exits count: an exception that escaped the app (runner.run records
 # it before resetting) and a watchdog reset (the app hung). Power-on and brownout resets, a
 # Ctrl-C or a cloud that cannot be reached are not crashes. LIMIT crash exits in a row, with no
 # healthy run (HEALTHY_AFTER_S of the app running) between them, stop the app: safe mode.

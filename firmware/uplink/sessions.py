@@ -29,29 +29,26 @@ class Session:
 
     def __init__(self, app, pcfg):
         from uplink import platforms
+        from uplink.context import Context
 
         self.app = app
         self.name = pcfg["name"]
         cfg = dict(app.cfg)
         cfg["platform"] = pcfg  # the adapter reads its own section as `platform`
         self.cfg = cfg
-        self.ctx = _Ctx(app, self)
+        self.ctx = Context(app, self, cfg, main=False)  # no OTA: updates come from the main cloud
         self.adapter = platforms.load(pcfg["kind"]).Adapter(cfg, self.ctx)
         self.auth_failures = 0
-        self.publishes = getattr(self.adapter, "publishes", True)
+        self.publishes = self.adapter.publishes
         self._started = False
 
     def make_client(self):
         app = self.app
-        mk = getattr(self.adapter, "make_client", None)  # Biotz transport http
-        c = mk(self.ctx) if mk is not None else None
-        if c is None:
-            c = app._client(self, credentials=self.adapter.credentials)
-        c.on_message = lambda topic, payload, retained: app.on_message(topic, payload, retained, self)
-        c.on_status = lambda event, detail=None: app.on_status(event, detail, self)
-        c.on_connect = self.on_connect
-        self.client = c
-        return c
+        self.client = self.ctx.make_client(
+            lambda topic, payload, retained: app.on_message(topic, payload, retained, self),
+            lambda event, detail=None: app.on_status(event, detail, self),
+            self.on_connect)
+        return self.client
 
     async def on_connect(self):
         # (subscriptions: registered in run() before the first connect, restored by the client)
@@ -67,11 +64,10 @@ class Session:
         url = self.adapter.url
         if url[: url.find(":")] in ("mqtts", "wss", "https") and not self.cfg["platform"]["insecure"]:
             await app.clock.wait_valid()  # the certificate check needs the date (app.start_clock)
-        prepare = getattr(self.adapter, "prepare", None)
         delay = 5
-        while prepare is not None:
+        while True:
             try:
-                await prepare(self.ctx)
+                await self.adapter.prepare(self.ctx)
                 break
             except Exception as e:
                 log.error("platform", "%s: %s; trying again in %d s" % (self.name, e, delay))
@@ -100,7 +96,7 @@ class Sessions:
         self.extra = [Session(app, p) for p in ps[1:]]
         # outbox cursors: only platforms that send readings hold records back
         names = [s.name for s in self.extra if s.publishes]
-        if getattr(app.adapter, "publishes", True):
+        if app.adapter.publishes:
             names.insert(0, self.main)
         self.cursors = tuple(names)
 
@@ -120,13 +116,13 @@ class Sessions:
 
         app = self.app
         # Each publisher reads its share of the batch, as app.main's does, and each client
-        # gets its share of the MQTT window (App.share): with a whole batch each, two TLS
+        # gets its share of the MQTT window (Context.share): with a whole batch each, two TLS
         # sessions on the ESP32 model at 128k met MemoryError pauses every few seconds.
-        batch = app.share(app.cfg["telemetry"]["batch"])
+        batch = app.ctx.share(app.cfg["telemetry"]["batch"])
         for s in self.extra:
             c = s.make_client()
             if s.publishes:
-                s.publisher = Publisher(outbox.cursor(s.name), s.adapter, c, batch, stamp=app.stamp)
+                s.publisher = Publisher(outbox.cursor(s.name), s.adapter, c, batch, stamp=app.telemetry.stamp)
             app.keep("session " + s.name, s.run)
 
     def notify(self):
@@ -142,7 +138,7 @@ class Sessions:
     def all_health(self):
         """Whether every platform has room for health keys in readings (Base.HEALTH)."""
         for s in self.extra:
-            if not getattr(s.adapter, "HEALTH", False):
+            if not s.adapter.HEALTH:
                 return False
         return True
 
@@ -182,43 +178,3 @@ class _Nothing:
 
 _NOTHING = _Nothing()
 
-
-class _Ctx:
-    """The app as another platform's adapter sees it: the same board, Wi-Fi and clock;
-    its own client for one-off exchanges; no OTA (updates come from the main platform)."""
-
-    ota = None
-
-    def __init__(self, app, s):
-        self.app = app
-        self.s = s
-
-    @property
-    def version(self):
-        return self.app.version
-
-    @property
-    def board(self):
-        return self.app.board
-
-    @property
-    def ip(self):
-        return self.app.ip
-
-    @property
-    def wifi(self):
-        return self.app.wifi
-
-    @property
-    def clock(self):
-        return self.app.clock
-
-    def save_config(self, cfg):
-        # the adapter changed its own section (a provisioned token) in place: it is the
-        # dict in app.cfg["platforms"], so the whole config is what is saved
-        self.app.save_config(self.app.cfg)
-
-    async def open_client(self, user, password):
-        c = self.app._client(self.s, user=user, password=password)
-        await c.connect()
-        return c

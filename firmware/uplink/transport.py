@@ -87,6 +87,11 @@ def tls_context(ca=None, insecure=False):
     return ctx
 
 
+def forget_contexts():
+    """Drop the cached TLS contexts (a one-off download's): the next session makes its own."""
+    _ctx.clear()
+
+
 def _tls_error(e):
     return TLSError("TLS: " + " ".join(str(e).split()))
 

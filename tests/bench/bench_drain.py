@@ -32,7 +32,7 @@ URL, CA, DIR, WINDOW = os.getenv("URL"), os.getenv("CA"), os.getenv("DIR"), os.g
 
 
 def reading(i):
-    # what App.take_reading stores: health values, then the user's, an epoch-ms ts
+    # what Telemetry.take_reading stores: health values, then the user's, an epoch-ms ts
     return {"ts": 1767225600000 + i * 1000, "values": {
         "uptime_s": 3600 + i, "heap_free": 41234 - (i & 1023), "outbox_depth": N - i,
         "dropped": 0, "rssi": -61 - (i & 7), "chip_temp": 41.5,

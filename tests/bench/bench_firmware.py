@@ -106,11 +106,12 @@ print("MOD total", base - prev)
 
 # in the order the app imports them over mqtts (ThingsBoard); uplink.cloud only there when
 # user.py imports it; then the OTA modules, each loaded only while an update or a trial runs
-# (App.start_ota): ota_tb and ota, ota_blynk on Blynk; ota_fetch and https for the boot's download
+# (uplink.ota.start): ota and ota_thingsboard, ota_blynk on Blynk; ota_fetch and https for the boot's download
 ORDER = ["uplink", "uplink.log", "uplink.config", "uplink.board", "uplink.board_host", "uplink.clock",
-         "uplink.app", "uplink.platforms", "uplink.platforms.thingsboard", "uplink.outbox",
+         "uplink.runner", "uplink.context", "uplink.telemetry", "uplink.app", "uplink.platforms",
+         "uplink.platforms.thingsboard", "uplink.outbox",
          "uplink.publisher", "uplink.transport", "uplink.mqtt", "uplink.ws", "asyncio", "ssl", "uplink.cloud",
-         "uplink.ota_tb", "uplink.ota", "uplink.ota_blynk", "uplink.https", "uplink.ota_fetch"]
+         "uplink.ota", "uplink.ota_thingsboard", "uplink.ota_blynk", "uplink.https", "uplink.ota_fetch"]
 
 
 def module_heap(name: str = "ESP32 model") -> None:

@@ -183,15 +183,15 @@ def test_fuzz_config_load_file_of_random_bytes():
 
 
 def test_config_error_is_one_class_across_the_boot_unload():
-    # app.py unloads uplink.config after boot; modules imported later (ThingsBoard
+    # runner.py unloads uplink.config after boot; modules imported later (ThingsBoard
     # provisioning, credentials) import it again. Their ConfigError must still be the one
-    # app.run catches, or a refused provisioning crash-loops instead of entering safe mode.
+    # runner.run catches, or a refused provisioning crash-loops instead of entering safe mode.
     import sys
 
-    from uplink import app
+    from uplink import runner
 
-    C = app.ConfigError
-    app._unload("config", "safemode")
+    C = runner.ConfigError
+    sys.modules.pop("uplink.config", None)  # as the transient around runner.load_config does
     sys.modules.pop("uplink.platforms.tb_provision", None)
     from uplink.platforms import tb_provision
 

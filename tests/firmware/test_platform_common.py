@@ -71,7 +71,7 @@ def _reading_keys(kind, health, **keys):
     a = app.App({"telemetry": tel}, board.load("host"))
     a.user = type("U", (), {"read": lambda self: {"T": 1}})()
     a.adapter = make_adapter(kind, **keys)
-    return set(a.take_reading()["values"])
+    return set(a.telemetry.take_reading()["values"])
 
 
 def test_health_keys_only_where_the_platform_has_room_unless_configured():

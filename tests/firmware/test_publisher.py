@@ -17,7 +17,7 @@ NEEDS = ("broker",)
 
 
 def reading(i):
-    # the shape App.take_reading stores: health values, the user's, an epoch-ms ts
+    # the shape Telemetry.take_reading stores: health values, the user's, an epoch-ms ts
     return {"ts": 1767225600000 + i * 1000, "values": {
         "uptime_s": 3600 + i, "heap_free": 41234, "outbox_depth": i, "dropped": 0,
         "rssi": -61, "chip_temp": 41.5, "t": 21.5, "h": 40.2, "p": 1013.2, "seq": i}}

@@ -1,4 +1,4 @@
-# app.run()'s boot flow on both backends: Ctrl-C with an armed ESP32 watchdog resets into the
+# runner.run()'s boot flow on both backends: Ctrl-C with an armed ESP32 watchdog resets into the
 # maintenance hold, safe mode waits and resets (feeding a watchdog armed before), unexpected
 # errors at boot reset instead of leaving the board at the REPL.
 import json
@@ -6,14 +6,14 @@ import os
 
 import fake_hw
 from mptest import raises
-from uplink import app, board, board_host, safemode
+from uplink import app, board, board_host, runner, safemode
 
 fake_hw.install()
 _main = app.App.main
 
 
 def _clean():
-    for f in (safemode.PATH, safemode.PATH + ".tmp", safemode.REASON, "config.json", app.HOLD,
+    for f in (safemode.PATH, safemode.PATH + ".tmp", safemode.REASON, "config.json", runner.HOLD,
               board_host.CAUSE_FILE):
         try:
             os.remove(f)
@@ -45,8 +45,8 @@ def test_ctrl_c_with_armed_esp32_watchdog_resets_into_the_hold():
 
     app.App.main = armed_then_interrupted
     with raises(fake_hw.Reset):
-        app.run()
-    assert _read(app.HOLD) == "ctrl-c"
+        runner.run()
+    assert _read(runner.HOLD) == "ctrl-c"
     assert safemode.crashes() == 0  # a person stopping the app is no crash
     _clean()
 
@@ -59,8 +59,8 @@ def test_ctrl_c_before_the_watchdog_is_armed_returns_to_the_repl():
         raise KeyboardInterrupt
 
     app.App.main = interrupted
-    app.run()
-    assert app.HOLD not in os.listdir()
+    runner.run()
+    assert runner.HOLD not in os.listdir()
     _clean()
 
 
@@ -70,7 +70,7 @@ def test_safe_mode_feeds_an_armed_watchdog_then_resets():
     b = board.load("esp32-devkitc")
     wdt = b.watchdog(30000)
     with raises(fake_hw.Reset):
-        app._safe_mode(b, "platform.token: refused")
+        runner._safe_mode(b, "platform.token: refused")
     assert wdt.fed >= 1
     assert _read(safemode.REASON).strip() == "platform.token: refused"
     _clean()
@@ -86,7 +86,7 @@ def test_crash_loop_enters_safe_mode_which_resets_later():
     app.App.main = crash
     for _ in range(safemode.LIMIT):
         with raises(fake_hw.Reset):
-            app.run()
+            runner.run()
     assert safemode.crashes() == safemode.LIMIT
 
     async def must_not_start(self):
@@ -94,27 +94,27 @@ def test_crash_loop_enters_safe_mode_which_resets_later():
 
     app.App.main = must_not_start
     with raises(fake_hw.Reset):  # safe mode: no app, a wait of safe_mode_retry_s, a reset
-        app.run()
+        runner.run()
     assert "3 crash exits in a row" in _read(safemode.REASON)
     assert fake_hw.machine.wdts == []
     _clean()
 
 
 def _boots_without_memory(n):
-    """app.run() n times with the config load out of memory (each boot ends in a reset,
+    """runner.run() n times with the config load out of memory (each boot ends in a reset,
     SystemExit on the host board); the last SystemExit."""
-    load = app.load_config
+    load = runner.load_config
 
     def no_memory():
         raise MemoryError("memory allocation failed, allocating 1784 bytes")
 
-    app.load_config = no_memory
+    runner.load_config = no_memory
     try:
         for _ in range(n):
             with raises(SystemExit) as r:
-                app.run()
+                runner.run()
     finally:
-        app.load_config = load
+        runner.load_config = load
     return r.value
 
 
@@ -146,7 +146,7 @@ def test_os_error_at_boot_resets_after_the_safe_mode_wait():
     os.mkdir(safemode.PATH + ".tmp")  # ...on a filesystem that refuses (as a full one does)
     try:
         with raises(SystemExit) as r:
-            app.run()
+            runner.run()
     finally:
         os.rmdir(safemode.PATH + ".tmp")
     assert r.value.args[0] == board.RESET_EXIT

@@ -76,7 +76,7 @@ def test_health_uptime_and_log_times_after_a_week():
         for _ in range(7 * 24):  # a week in hours
             fake.advance(HOUR_MS)
             log.uptime_s()
-        h = a.health()
+        h = a.telemetry.health()
         assert h["uptime_s"] == 7 * 86400, h
         lines = []
         import builtins

@@ -124,13 +124,12 @@ def test_a_memory_error_in_any_task_costs_at_most_a_reading(broker, tmp_path):
 def test_a_task_that_keeps_failing_ends_in_the_crash_path(tmp_path):
     user = textwrap.dedent(
         """
-        import sys
-        App = sys.modules["uplink.app"].App
+        from uplink import telemetry
 
         async def broken(self):
             raise MemoryError("injected: always")
 
-        App.telemetry_task = broken
+        telemetry.Telemetry.run = broken
         """
     )
     cfg = tb_config(free_port())  # nothing listens: the cloud plays no part here

@@ -15,7 +15,7 @@ import json
 
 import pytest
 
-from tests.integration.broker_profiles import Blynk, ProfileProxy, ThingsBoard
+from tests.integration.broker_profiles import Biotz, Blynk, ProfileProxy, ThingsBoard
 from tests.integration.hostboard import HostBoard
 from tests.ledger import Observer, outbox_readings, show
 from tests.services import Mosquitto, mosquitto_bin
@@ -374,5 +374,29 @@ def test_user_records_go_to_their_own_cloud_only(tmp_path, clouds):
         assert not any("event" in t for t, _ in list(tb.obs.msgs))
         assert "reading(s) dropped" not in board.console() and "not for" not in board.console()
         assert tb.proxy.violations == [] and bl.proxy.violations == []
+    finally:
+        board.stop()
+
+
+def test_biotz_firmware_notice_reaches_user_code_beside_thingsboard_ota(tmp_path, clouds):
+    """Biotz's firmware/update is user.py's to act on (Biotz has no OTA the device runs): with
+    ThingsBoard as the main cloud, which watches for its own OTA, the notice still reaches
+    handle() named after Biotz, and ThingsBoard's updater is never loaded for it."""
+    tb = clouds("tb", ThingsBoard({TB_TOKEN: "device"}))
+    bz = clouds("bz", Biotz("cust-9", {"dev-5": "bz-passw0rd"}))
+    notice = {"name": "fw-2.0", "download-url": "https://fw.example/2.0.bin", "size": 1024, "sha256": "0" * 64}
+    # retained before the device connects, as Biotz keeps it
+    bz.obs.c.publish("down/biotz/1/0/cust-9/dev-5/subscribe/firmware/update", json.dumps(notice), 1,
+                     retain=True).wait_for_publish(5)
+    cfg = two_cloud_config(tb.proxy.url(), bz.proxy.url())
+    cfg["platforms"][1] = {"kind": "biotz", "url": bz.proxy.url(), "device_id": "dev-5",
+                           "customer_id": "cust-9", "password": "bz-passw0rd"}
+    board = HostBoard(tmp_path / "board", cfg, user_py=USER, heapsize=TWO_CLOUD_HEAP).start()
+    try:
+        line = board.wait_for_line("HANDLED biotz firmware", timeout=60)
+        assert line.strip() == "HANDLED biotz firmware", board.console()
+        assert "ota" not in [ln.split()[2] for ln in board.lines if ln.startswith("HANDLED ")]
+        assert "updater" not in board.console() and "fw_state" not in board.console()
+        assert tb.proxy.violations == [] and bz.proxy.violations == []
     finally:
         board.stop()

@@ -158,10 +158,14 @@ class Base:
     (platform.max_payload when the kind has that key, else `max_payload`) and the
     platform.credentials source."""
 
-    _creds = None  # the platform.credentials source, when configured
+    creds = None  # the platform.credentials source, when configured
     # Health keys in every reading when telemetry.health is not set: only where the platform
     # stores any key it is sent (ThingsBoard); Blynk and Biotz refuse or drop unknown keys.
     HEALTH = False
+    publishes = True  # False: a watcher that sends no readings (Weightron without publish)
+    gateway = None  # truthy: readings of sub-devices go out too (user.read_devices)
+    keepalive = None  # seconds the cloud asks for, else platform.keepalive
+    max_packet = 4096  # the largest MQTT packet the client takes in
 
     def __init__(self, cfg, ctx, default_url, max_payload=65536, client_id=None):
         p = cfg["platform"]
@@ -170,17 +174,34 @@ class Base:
         self.url = p.get("url") or default_url
         self.client_id = (p.get("client_id") or client_id or cfg["device"]["name"])[:64]
         self.max_payload = p.get("max_payload") or max_payload
-        self._creds = credential_source(p)
+        self.creds = credential_source(p)
 
     def require(self, key, hint):
         """platform.<key>, unless a credentials source stands in for it: ConfigError naming
         the key and where its value is found."""
         v = self.cfg["platform"].get(key)
-        if not v and self._creds is None:
+        if not v and self.creds is None:
             from uplink import ConfigError
 
             raise ConfigError("config.json: platform.%s: missing: %s" % (key, hint))
         return v
+
+    def make_client(self, ctx):
+        """A client of the adapter's own in place of MQTT (Biotz over HTTP), or None."""
+        return None
+
+    async def prepare(self, ctx):
+        """Boot-time steps before the first connect (ThingsBoard provisioning)."""
+
+    def cloud_api(self):
+        """The part uplink.cloud's calls go through (requests, events), or None: this cloud
+        has none. Optional parts (a gateway, this) are objects of a class in a module of their
+        own, made by the adapter on first need, using only the adapter's public names."""
+        return None
+
+    def explain(self, event, detail):
+        """What a connection event's detail means on this cloud (Weightron's permissions)."""
+        return detail
 
     async def ready(self, client):
         """Awaited before a connection's first reading: the session's rules are known then.
@@ -190,7 +211,7 @@ class Base:
     def invalidate_credentials(self):
         """The broker refused our credentials: a relay token is fetched anew next time
         (call on the MQTT client's "auth_error")."""
-        c = self._creds
+        c = self.creds
         if c is not None and hasattr(c, "invalidate"):
             c.invalidate()
 

@@ -160,7 +160,4 @@ class Adapter(Base):
     def reply(self, cmd, result):
         return None  # Biotz actions have no reply channel
 
-    def cloud_api(self):
-        """uplink.cloud's calls: none on Biotz."""
-        return None
 

@@ -3,7 +3,7 @@
 # A module of its own: only a device that still has to be provisioned loads it.
 import asyncio
 
-from uplink.config import ConfigError
+from uplink import ConfigError
 from uplink.platforms import dumps, loads_obj
 
 REQUEST = "/provision/request"
@@ -17,14 +17,10 @@ class ProvisionError(ConfigError):
     pass
 
 
-async def provision(adapter, opener):
-    """opener: the app (its `open_client`), or the coroutine function itself:
-    `await open_client(user, password)` -> a connected MQTTClient to adapter.url with
-    adapter.client_id (one attempt). Without either, a client is opened here. The token is
-    stored with ctx.save_config(cfg); adapter.credentials() returns it from then on."""
-    open_client = getattr(opener, "open_client", None)
-    if open_client is None:
-        open_client = opener if callable(opener) else _opener(adapter)
+async def provision(adapter, open_client):
+    """`await open_client(user, password)`: a connected MQTT client of this cloud, one attempt
+    (Context.open_client). The token is stored with ctx.save_config(); adapter.credentials()
+    returns it from then on."""
     cfg = adapter.cfg
     p = cfg["platform"]
     got = asyncio.Event()
@@ -53,24 +49,7 @@ async def provision(adapter, opener):
         except Exception:
             pass
     p["token"] = parse_response(answer[0])
-    await maybe_await(adapter.ctx.save_config(cfg))
-
-
-def _opener(adapter):
-    async def open_client(user, password):
-        from uplink.mqtt import MQTTClient
-
-        p = adapter.cfg["platform"]
-        ca = None
-        if p.get("ca"):
-            with open(p["ca"], "rb") as f:
-                ca = f.read()
-        c = MQTTClient(adapter.url, adapter.client_id, user=user, password=password,
-                       keepalive=p.get("keepalive") or 60, ca=ca, insecure=bool(p.get("insecure")))
-        await c.connect()
-        return c
-
-    return open_client
+    adapter.ctx.save_config(cfg)
 
 
 def parse_response(payload):
@@ -93,8 +72,3 @@ def parse_response(payload):
                              "provision_key/provision_secret)")
     raise ProvisionError("provisioning refused: %s %s" % (status, ans.get("errorMsg", "")))
 
-
-async def maybe_await(r):
-    if r is not None and hasattr(r, "send"):
-        return await r
-    return r

@@ -162,9 +162,6 @@ class Adapter(Base):
     def reply(self, cmd, result):
         return None
 
-    def cloud_api(self):
-        """uplink.cloud's calls: none (watched values reach on_change as `watch` commands)."""
-        return None
 
 
 def _match(pattern, parts):

@@ -1,36 +1,25 @@
 # Over-the-air updates through ThingsBoard's firmware OTA (its MQTT device API): the shared
-# attributes fw_title/fw_version/fw_size/fw_checksum(_algorithm) announce a bundle; chunks
-# come over this MQTT session (v2/fw/request/{id}/chunk/{n}, payload = chunk size ->
-# v2/fw/response/{id}/chunk/{n}); progress goes out as fw_state telemetry. The flash side
-# (staging, checks, the slot switch) is uplink.ota; the trial and rollback are here and in
-# main.py. The updater is loaded only when there is work for it (App.start_ota): an
-# announcement, or a trial or rollback at boot; done, it leaves the heap (App.ota_done). The
-# announcement is asked at every connect by the adapter (platforms/thingsboard.py FW_KEYS).
-# docs/ota.md.
+# attributes fw_title/fw_version/fw_size/fw_checksum(_algorithm) announce a bundle (asked at
+# every connect by platforms/thingsboard.py, FW_KEYS); chunks come over this MQTT session
+# (v2/fw/request/{id}/chunk/{n}, payload = chunk size -> v2/fw/response/{id}/chunk/{n});
+# progress goes out as fw_state telemetry. The flash side, the trial and the rollback are
+# uplink.ota's. docs/ota.md.
 import asyncio
 import json
 import time
 
-from uplink import log
+from uplink import log, ota
 
 TELEMETRY = "v1/devices/me/telemetry"
 RESPONSE = "v2/fw/response/"
 CHUNK = 1024  # each chunk is one allocation of its size on arrival: 2 KB failed on fragmented heaps
 CHUNK_WAIT_S = 3  # then ask again (an answer lost to a dropped connection); repeats are ignored
 CHUNK_TRIES = 30
-COMMIT_AFTER_S = 60  # connected this long on trial: the new app is kept (bundle's commit_after_s)
-TRIAL_S = 600  # no commit by then: back to the previous app (bundle's trial_s)
 
 
-class Updater:
-    def __init__(self, app, root=""):
-        self.app = app
-        self.root = root
-        from uplink import ota
-
-        self.want = None
-        # known before the first announcement, which may come before trial() runs
-        self.bad = ota.rolled_back(root)
+class Updater(ota.Updater):
+    def __init__(self, ctx, root=""):
+        ota.Updater.__init__(self, ctx, root)
         self.rid = time.ticks_diff(time.ticks_ms(), 0) & 0xFFFF  # a fresh request id per boot
         self.n = -1
         self.data = b""
@@ -53,7 +42,7 @@ class Updater:
             return  # an incomplete announcement (TB sends all five together)
         alg = str(a.get("fw_checksum_algorithm") or "SHA256").upper()
         # (the package running is no announcement: the adapter, platforms/thingsboard.py _shared)
-        if want["sha256"] in (self.bad, self.app.ota_bad):
+        if want["sha256"] in (self.bad, self.ctx.ota_bad):
             log.warn("ota", "%s %s failed before: not tried again" % (want["title"], want["version"]))
             return
         if alg != "SHA256":
@@ -73,14 +62,6 @@ class Updater:
             self.got.set()
 
     # -- reporting ----------------------------------------------------------------------
-    def running(self):
-        fw = getattr(self.app, "fw", None)  # the app's, read once at boot
-        if fw is not None and not self.root:
-            return fw()
-        from uplink import ota
-
-        return ota.running(self.app.board.name, self.root)
-
     def say(self, state, error=None):
         t, v = self.running()
         d = {"fw_state": state, "current_fw_title": t, "current_fw_version": v}
@@ -89,7 +70,7 @@ class Updater:
             log.error("ota", "%s: %s" % (state, error))
         else:
             log.info("ota", "fw_state %s" % state)
-        c = self.app.client
+        c = self.ctx.client
         if c is not None and c.is_connected:
             asyncio.create_task(self._send(c, d))
 
@@ -99,10 +80,6 @@ class Updater:
         except Exception as e:
             log.warn("ota", "fw_state not sent: %s" % e)
 
-    async def _connected(self):
-        while not (self.app.client and self.app.client.is_connected):
-            await asyncio.sleep_ms(200)
-
     # -- the task -----------------------------------------------------------------------
     async def run(self):
         await self.trial()
@@ -111,66 +88,14 @@ class Updater:
             try:
                 await self.update(want)  # returns when another bundle was announced meanwhile
             except Exception as e:  # OtaError: the bundle's fault; OSError: the flash's
-                from uplink import ota
-
                 ota.Stage(want, CHUNK, self.root).drop()
-                self.app.ota_bad = want["sha256"]  # kept by the app: this updater leaves the heap
+                self.ctx.ota_bad = want["sha256"]  # kept by the context: this updater leaves the heap
                 if self.want is want:
                     self.want = None
                 self.say("FAILED", str(e))
-        self.app.ota_done(self)
-
-    async def trial(self):
-        from uplink import ota
-
-        s = ota.read_slot(self.root)
-        if "failed" in s:
-            why = s.get("why") or _last_crash() or "reset during its trial, before it was healthy"
-            self.bad = s.get("sum")
-            await self._connected()
-            self.say("FAILED", "rolled back from slot %s: %s" % (s["failed"], why))
-            ota.write_slot({"cur": s.get("cur") or "", "bad": self.bad}, self.root)
-            return
-        if s.get("trial") is None:
-            # nothing to report: UPDATED went out at the commit, and the running version is
-            # in the client attributes of every connect (platforms/thingsboard.py). A fw_state
-            # at every boot would be a telemetry entry that is no reading.
-            return
-        m = ota._load(self.root + s["cur"] + "/" + ota.MANIFEST) or {}
-        commit_ms = int(m.get("commit_after_s", COMMIT_AFTER_S)) * 1000
-        trial_ms = int(m.get("trial_s", TRIAL_S)) * 1000
-        log.info("ota", "on trial: kept after %d s connected, else the previous app in %d s"
-                 % (commit_ms // 1000, trial_ms // 1000))
-        t0 = time.ticks_ms()
-        since = None
-        while True:
-            await asyncio.sleep_ms(250)
-            now = time.ticks_ms()
-            c = self.app.client
-            if c is not None and c.is_connected:
-                since = now if since is None else since
-                if time.ticks_diff(now, since) >= commit_ms:
-                    ota.write_slot({"cur": s["cur"], "prev": s.get("prev") or "", "sum": s.get("sum")}, self.root)
-                    self.say("UPDATED")
-                    return
-            else:
-                since = None
-            if time.ticks_diff(now, t0) >= trial_ms:
-                s["failed"], s["cur"] = s["cur"], s.get("prev") or ""
-                s["why"] = "no healthy cloud connection within its %d s trial" % (trial_ms // 1000)
-                del s["trial"]
-                ota.write_slot(s, self.root)
-                log.error("ota", "trial failed: %s; back to the previous app" % s["why"])
-                self._reset()
-
-    def _reset(self):
-        if self.app.outbox is not None:
-            self.app.outbox.flush()  # readings held in RAM go to flash: none lost
-        self.app.board.reset()
+        self.done()
 
     async def update(self, want):
-        from uplink import ota
-
         st = ota.Stage(want, CHUNK, self.root)
         n = st.begin()
         total = (want["size"] + CHUNK - 1) // CHUNK
@@ -189,19 +114,19 @@ class Updater:
             st.add(data)
             n += 1
         self.say("DOWNLOADED")
-        m = await st.verify(self.app.board.name)
+        m = await st.verify(self.ctx.board.name)
         self.say("VERIFIED")
         new = await st.install(m)
         self.say("UPDATING")
         st.switch(new)
         await asyncio.sleep_ms(1000)  # let UPDATING leave
-        self._reset()
+        self.reset()
 
     async def fetch(self, n):
         """Chunk n: asked again after a dropped connection or CHUNK_WAIT_S without answer."""
-        c = self.app.client
+        c = self.ctx.client
         for _ in range(CHUNK_TRIES):
-            await self._connected()
+            await self.connected()
             self.n = n
             self.got.clear()
             try:
@@ -221,11 +146,3 @@ class Updater:
                 return d
         raise OSError("no answer for chunk %d after %d requests" % (n, CHUNK_TRIES))
 
-
-def _last_crash():
-    try:
-        with open("crashes.json") as f:  # uplink.safemode.PATH (not imported: it leaves the heap)
-            d = json.load(f)
-        return d.get("last") if d.get("crashes") else None
-    except (OSError, ValueError, AttributeError):
-        return None
