@@ -23,12 +23,16 @@ import re
 import zlib
 from collections.abc import Callable, Iterable
 
+from host_tools.errors import ExitCode, UplinkError
+
 MANIFEST = ".uplink-manifest.json"
 HOLD = "hold"  # firmware/main.py: a boot that finds it starts no app and arms no watchdog
 
 
-class BoardError(Exception):
+class BoardError(UplinkError):
     """The board or its port is not usable; the message says what to do."""
+
+    code = ExitCode.BOARD
 
 
 class BoardExecError(BoardError):

@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from host_tools.errors import ExitCode, UplinkError
 from host_tools.fleet import board_profile
 from host_tools.project import REPO, Sources, sources
 from host_tools.project import firmware_dir as firmware_dir  # where callers have found it
@@ -24,7 +25,9 @@ from host_tools.project import firmware_dir as firmware_dir  # where callers hav
 SOURCE_ONLY = {"boot.py", "main.py"}
 
 
-class BuildError(Exception):
+class BuildError(UplinkError):
+    code = ExitCode.BUILD
+
     def __init__(self, message: str, file: str | None = None, line: int | None = None):
         self.file, self.line = file, line
         super().__init__(message)

@@ -13,10 +13,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from host_tools.errors import UplinkError
+
 FAST, SAFE = 460800, 115200
 
 
-class FlashError(Exception):
+class FlashError(UplinkError):
     pass
 
 

@@ -46,6 +46,7 @@ from pydantic import (
 )
 
 from host_tools import fw_schema
+from host_tools.errors import ExitCode, UplinkError
 from host_tools.fleet_errors import key_hint, line_number, message, written_in
 from host_tools.fleet_schema import Strict, model, refs_only, secret_field
 from host_tools.project import shipped
@@ -56,12 +57,17 @@ REPO = Path(__file__).resolve().parent.parent
 BOARDS_DIR = shipped("boards")  # boards/ of the checkout, or of the installed package
 
 
-class FleetError(Exception):
+class FleetError(UplinkError):
     """The fleet file cannot be used; `problems` lists each one as a line a person can act on."""
+
+    code = ExitCode.FLEET
 
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("\n".join(problems))
+
+    def lines(self) -> list[str]:
+        return self.problems
 
 
 # -- device sections: config.SCHEMA, read from the firmware (fw_schema) ---------------------

@@ -37,6 +37,8 @@ from typing import Callable
 
 import httpx
 
+from host_tools.errors import ExitCode, UplinkError
+
 with warnings.catch_warnings():
     # authlib 1.9 announces it prefers "httpx2" (a fork); httpx is what this project pins and
     # what authlib still supports. Its notice is not the user's business: import it quietly.
@@ -48,8 +50,10 @@ with warnings.catch_warnings():
 log = logging.getLogger("uplink.oidc")
 
 
-class TokenError(Exception):
+class TokenError(UplinkError):
     """The provider refused or could not be reached; the message says where and why."""
+
+    code = ExitCode.CLOUD
 
 
 # -- settings ------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from host_tools.errors import UplinkError
+
 PACKAGE = Path(__file__).resolve().parent
 REPO = PACKAGE.parent
 TEMPLATES = PACKAGE / "templates"
@@ -40,8 +42,8 @@ def firmware_dir() -> Path:
     return Path(env) if env else shipped("firmware")
 
 
-class ProjectError(Exception):
-    """`uplink init` cannot write the project (exit code 1)."""
+class ProjectError(UplinkError):
+    """`uplink init` cannot write the project."""
 
 
 @dataclass

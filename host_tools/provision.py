@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from host_tools import fw_schema
+from host_tools.errors import UplinkError
 from host_tools.fleet import (
     SECRET_KEYS,
     Biotz,
@@ -32,7 +33,7 @@ from host_tools.secrets import PREFIX, SecretStore
 BUNDLE_FILES = ("config.json", "ca.der", "relay_ca.der", "board.json")
 
 
-class ProvisionError(Exception):
+class ProvisionError(UplinkError):
     pass
 
 

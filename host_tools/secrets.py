@@ -24,6 +24,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from host_tools.errors import ExitCode, UplinkError
 from host_tools.private_dir import private_dir
 
 SERVICE = "uplink"
@@ -32,8 +33,10 @@ ENV_PREFIX = "UPLINK_SECRET_"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
-class SecretError(Exception):
+class SecretError(UplinkError):
     """A secret problem a person can act on (the message says how)."""
+
+    code = ExitCode.SECRET
 
 
 class MissingSecret(SecretError):

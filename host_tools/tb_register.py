@@ -12,11 +12,13 @@ import ssl
 import threading
 from urllib.parse import urlsplit
 
+from host_tools.errors import ExitCode, UplinkError
+
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883, "ws": 80, "wss": 443}
 
 
-class RegisterError(Exception):
-    pass
+class RegisterError(UplinkError):
+    code = ExitCode.CLOUD
 
 
 def register(url: str, device_name: str, key: str, secret: str, *, ca_pem: str | None = None,
