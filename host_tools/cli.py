@@ -1,13 +1,11 @@
 """The `uplink` command: from a new board to sending data. See docs/host_tools.md.
 
-Exit codes (for scripts): 0 ok, 1 other failure, 2 bad usage, 3 invalid fleet file,
-4 a secret is missing, 5 board/port problem, 6 build (mpy-cross) failure, 7 cloud
-provisioning failure.
+A command raises an UplinkError (host_tools/errors.py) for what a person can act on; the
+root command tells it and exits with its code (errors.ExitCode, shown by `uplink --help`).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -20,25 +18,36 @@ import typer
 import typer.core
 from rich.table import Table
 
-from host_tools import __version__
-from host_tools.secrets import SecretError, SecretStore
+from host_tools import __version__, errors
+from host_tools.errors import ExitCode, UplinkError, UsageError
+from host_tools.secrets import SecretError
+from host_tools.state import S
 from host_tools.ui import REDACT, UI, plural
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INVALID, EXIT_SECRET, EXIT_BOARD, EXIT_BUILD, EXIT_CLOUD = range(8)
-
-EXIT_CODES = ("Exit codes: 0 ok, 1 failure, 2 bad usage, 3 invalid fleet file (or unknown device "
-              "or board), 4 a secret is missing, 5 board or port problem, 6 build failure "
-              "(mpy-cross), 7 cloud provisioning or token refused or unreachable.")
 
 # typer labels every flag `<bool>` (and -v `<int>`) in help, as if it took a value; they take none
 _type_label = typer.core.TyperOption.display_type_rich
 typer.core.TyperOption.display_type_rich = (  # type: ignore[method-assign]
     lambda self, ctx: None if self.is_flag or self.count else _type_label(self, ctx))
 
+
+class _Root(typer.core.TyperGroup):
+    """`uplink` itself: the one place an UplinkError from any command is told and turned into
+    its exit code (main() runs this, and so does the tests' in-process runner)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UplinkError as e:
+            for line in e.lines():
+                UI.error(line)
+            raise typer.Exit(int(e.code)) from None
+
+
 app = typer.Typer(
     name="uplink",
+    cls=_Root,
     help="Provision, build, deploy and flash Uplink boards from this machine.",
-    epilog=EXIT_CODES,
+    epilog=errors.help_text(),
     no_args_is_help=True,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -49,88 +58,6 @@ secrets_app = typer.Typer(help="Store, list and remove secrets (OS keyring, env,
                           no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(secrets_app, name="secrets")
-
-
-class State:
-    fleet_path: Path = Path("fleet.toml")
-    secrets_file: Path | None = None
-    no_keyring: bool = False
-    _store: SecretStore | None = None
-
-    @property
-    def store(self) -> SecretStore:
-        if self._store is None:
-            self._store = SecretStore(self.secrets_file, use_keyring=not self.no_keyring)
-            REDACT.sources.append(self._store.seen_values)
-            if not self._store.keyring_available:
-                UI.detail(f"no OS keyring ({self._store.keyring_problem}); secrets come from "
-                          f"the environment and {self._store.file}")
-        return self._store
-
-    def fleet(self):
-        from host_tools.fleet import load_fleet
-
-        return load_fleet(self.fleet_path)
-
-    @property
-    def project(self) -> Path:
-        """The user's project: the directory of the fleet file (host_tools/project.py)."""
-        return self.fleet_path.resolve().parent
-
-    def sources(self):
-        from host_tools.project import sources
-
-        return sources(self.project)
-
-    @property
-    def build_root(self) -> Path:
-        env = os.environ.get("UPLINK_BUILD_DIR")
-        return Path(env) if env else self.fleet_path.resolve().parent / "build"
-
-
-S = State()
-
-
-def guarded(fn):
-    """Turn the errors a person can act on into one clear message and an exit code."""
-
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        from host_tools.board_link import BoardError
-        from host_tools.build import BuildError
-        from host_tools.flash import FlashError
-        from host_tools.fleet import FleetError
-        from host_tools.project import ProjectError
-        from host_tools.provision import ProvisionError
-        from host_tools.secrets import MissingSecret
-        from host_tools.tb_register import RegisterError
-
-        try:
-            return fn(*a, **kw)
-        except FleetError as e:
-            for p in e.problems:
-                UI.error(p)
-            raise typer.Exit(EXIT_INVALID) from None
-        except MissingSecret as e:
-            UI.error(str(e))
-            raise typer.Exit(EXIT_SECRET) from None
-        except SecretError as e:
-            UI.error(str(e))
-            raise typer.Exit(EXIT_SECRET) from None
-        except BoardError as e:
-            UI.error(str(e))
-            raise typer.Exit(EXIT_BOARD) from None
-        except BuildError as e:
-            UI.error(str(e))
-            raise typer.Exit(EXIT_BUILD) from None
-        except RegisterError as e:
-            UI.error(str(e))
-            raise typer.Exit(EXIT_CLOUD) from None
-        except (ProvisionError, FlashError, ProjectError) as e:
-            UI.error(str(e))
-            raise typer.Exit(EXIT_FAIL) from None
-
-    return wrapper
 
 
 def _version(value: bool):
@@ -148,7 +75,7 @@ def main_options(
     no_keyring: Annotated[bool, typer.Option("--no-keyring", help="Do not use the OS keyring.", envvar="UPLINK_NO_KEYRING")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
 ):
-    """Global options; the exit codes are in EXIT_CODES (the epilog of `uplink --help`)."""
+    """Global options; the exit codes are errors.ExitCode (the epilog of `uplink --help`)."""
     S.fleet_path = fleet
     S.secrets_file = secrets_file
     S.no_keyring = no_keyring
@@ -160,7 +87,6 @@ def main_options(
 
 # -- init -------------------------------------------------------------------------------
 @app.command()
-@guarded
 def init(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="Where to make the project (made if missing).")] = Path("."),
     force: Annotated[bool, typer.Option("--force", help="Overwrite the project's files if they exist.")] = False,
@@ -178,7 +104,6 @@ def init(
 
 # -- validate ---------------------------------------------------------------------------
 @app.command()
-@guarded
 def validate(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
     no_secrets: Annotated[bool, typer.Option("--no-secrets", help="Do not check that referenced secrets are set.")] = False,
@@ -226,13 +151,12 @@ def validate(
         if not missing:
             UI.info(f"{fleet.path.name}: {plural(len(fleet.devices), 'device')} OK: "
                     + ", ".join(sorted(fleet.devices)))
-    if missing:
-        raise typer.Exit(EXIT_SECRET)
+    if missing:  # each told above
+        raise typer.Exit(ExitCode.SECRET)
 
 
 # -- config show ----------------------------------------------------------------------------
 @config_app.command("show")
-@guarded
 def config_show(
     device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
     show_secrets: Annotated[bool, typer.Option("--show-secrets", help="Print secret values instead of their references.")] = False,
@@ -272,7 +196,6 @@ def _read_secret_value(name: str, from_env: str | None) -> str:
 
 
 @secrets_app.command("set")
-@guarded
 def secrets_set(
     name: Annotated[str, typer.Argument(help="Secret name, as in \"secret:NAME\".")],
     file: Annotated[bool, typer.Option("--file", help="Store in the 0600 secrets file even if there is a keyring.")] = False,
@@ -289,7 +212,6 @@ def secrets_set(
 
 
 @secrets_app.command("list")
-@guarded
 def secrets_list(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable list.")] = False,
 ):
@@ -319,13 +241,11 @@ def secrets_list(
 
 
 @secrets_app.command("rm")
-@guarded
 def secrets_rm(name: Annotated[str, typer.Argument(help="Secret name.")]):
     """Remove a secret from the keyring and the secrets file."""
     removed = S.store.delete(name)
     if not removed:
-        UI.error(f"no secret '{name}' in the keyring or {S.store.file}")
-        raise typer.Exit(EXIT_SECRET)
+        raise SecretError(f"no secret '{name}' in the keyring or {S.store.file}")
     UI.info(f"removed '{name}' from {' and '.join(removed)}")
 
 
@@ -364,7 +284,6 @@ def _do_provision(device: str, register: bool = False, out: Path | None = None):
 
 
 @app.command("provision")
-@guarded
 def provision_cmd(
     device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
     register: Annotated[bool, typer.Option("--register", help="ThingsBoard: provision the device now, from here, and keep its token as a secret.")] = False,
@@ -401,7 +320,6 @@ def _boards_for_build(board: str | None) -> list[str]:
 
 
 @app.command()
-@guarded
 def build(
     board: Annotated[Optional[str], typer.Option(help="Board profile id (boards/*.json); default: every board in the fleet.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable size table.")] = False,
@@ -451,7 +369,6 @@ def _build_bundle(device: str, version: str | None, as_json: bool):
 
 
 @app.command("ota")
-@guarded
 def ota_cmd(
     device: Annotated[str, typer.Argument(help="Device name from the fleet file (credentials = \"relay\").")],
     bundle: Annotated[Optional[Path], typer.Option("--bundle", help="A bundle made by `uplink build --bundle` (default: build one now).")] = None,
@@ -556,7 +473,6 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
 
 
 @app.command()
-@guarded
 def deploy(
     device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
     port: Annotated[Optional[str], typer.Option("--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
@@ -570,7 +486,6 @@ def deploy(
 
 # -- flash ---------------------------------------------------------------------------------------
 @app.command("flash-micropython")
-@guarded
 def flash_micropython(
     port: Annotated[str, typer.Option("--port", "-p", help="Serial port.")],
     image: Annotated[Path, typer.Option("--image", "-i", help="MicroPython firmware .bin for the chip.")],
@@ -605,7 +520,6 @@ def flash_micropython(
 
 # -- devices / logs --------------------------------------------------------------------------------
 @app.command()
-@guarded
 def devices(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable list.")] = False):
     """Serial ports on this machine: port, serial number, VID:PID, product."""
     from host_tools.ports import list_ports
@@ -621,7 +535,6 @@ def devices(as_json: Annotated[bool, typer.Option("--json", help="Machine-readab
 
 
 @app.command()
-@guarded
 def logs(
     device: Annotated[Optional[str], typer.Argument(help="Device name from the fleet file (checked; optional).")] = None,
     port: Annotated[Optional[str], typer.Option("--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
@@ -638,8 +551,7 @@ def logs(
     if device is not None:
         dev = S.fleet().device(device)  # an unknown name: exit 3 with the nearest one
         if dev.board == "host" and port is None:
-            UI.error(f"'{device}' is a host-board device: its log is `uplink sim {device}`")
-            raise typer.Exit(EXIT_USAGE)
+            raise UsageError(f"'{device}' is a host-board device: its log is `uplink sim {device}`")
     port = port or pick_port()
     UI.info(f"console of {(device + ' on ') if device else ''}{port} ({baud} baud); Ctrl-C to stop")
     try:
@@ -653,7 +565,7 @@ QUIET_HELP = ("Leave out the firmware's line per message and per command (pub:, 
               "and state changes only. Same as `uplink -q`.")
 
 
-def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | None) -> int:
+def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | None) -> None:
     from host_tools import build as b
     from host_tools import hostboard
     from host_tools import sim as simmod
@@ -686,13 +598,10 @@ def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | 
     if hostboard.model_note():  # last, where it stays visible
         UI.warn(hostboard.model_note())
     if problem:
-        UI.error(problem)
-        return EXIT_FAIL
-    return EXIT_OK
+        raise UplinkError(problem)
 
 
 @app.command()
-@guarded
 def sim(
     device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
     seconds: Annotated[Optional[float], typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
@@ -703,12 +612,10 @@ def sim(
     """Run the device's bundle on the host board (MicroPython unix port), against its broker."""
     if quiet:
         UI.level = -1
-    if _do_sim(device, seconds, compiled, heapsize):
-        raise typer.Exit(EXIT_FAIL)
+    _do_sim(device, seconds, compiled, heapsize)
 
 
 @app.command()
-@guarded
 def run(
     device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
     port: Annotated[Optional[str], typer.Option("--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
@@ -722,8 +629,7 @@ def run(
     dev = fleet.device(device)
     UI.info(f"{fleet.path.name}: valid")
     if dev.board == "host" and port is None:
-        if _do_sim(device, seconds, True, None):
-            raise typer.Exit(EXIT_FAIL)
+        _do_sim(device, seconds, True, None)
         return
     port = port or pick_port()
     _do_deploy(device, port, dry_run=False, reset=True)
