@@ -13,38 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 import re
 import time
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.table import Table
 
 from host_tools import oidc
-
-# exit codes shared with the rest of `uplink` (host_tools/cli.py)
-EXIT_FLEET = 3
-EXIT_SECRET = 4
-EXIT_CLOUD = 7  # the provider refused or did not answer (docs/host_tools.md, exit codes)
-
-
-def _root_params(ctx: typer.Context | None) -> dict:
-    # the main callback's global options (--fleet, --secrets-file, --no-keyring) when this runs
-    # under the `uplink` app; plain defaults when registered on a bare Typer (tests)
-    return dict(ctx.find_root().params) if ctx is not None else {}
-
-
-def _fleet_path(ctx: typer.Context | None) -> Path:
-    return Path(_root_params(ctx).get("fleet") or "fleet.toml")
-
-
-def _store(ctx: typer.Context | None = None):
-    from host_tools.secrets import SecretStore
-
-    p = _root_params(ctx)
-    return SecretStore(p.get("secrets_file"), use_keyring=not p.get("no_keyring", False))
+from host_tools.state import S
+from host_tools.ui import UI
 
 
 def oidc_settings(dev, store) -> oidc.Settings:
@@ -52,10 +31,10 @@ def oidc_settings(dev, store) -> oidc.Settings:
     p = dev.platform
     o = getattr(p, "oidc", None)
     if o is None:
-        raise typer.BadParameter(
-            f"device '{dev.name}' has no [platform.oidc] (only weightron and biotz devices get "
-            "tokens)"
-        )
+        from host_tools.fleet import FleetError
+
+        raise FleetError([f"device '{dev.name}' has no [platform.oidc] (only weightron and biotz "
+                          "devices get tokens)"])
     ctx = f"devices.{dev.name}.platform.oidc"
     if p.kind == "weightron":
         return oidc.ClientCredentialsSettings(
@@ -119,46 +98,28 @@ def token_report(device: str, settings: oidc.Settings, cred: oidc.Credential, to
 def register(app: typer.Typer) -> None:
     @app.command("token")
     def token_cmd(
-        ctx: typer.Context,
         device: Annotated[str, typer.Argument(help="Device name in the fleet file.")],
         reveal: Annotated[bool, typer.Option("--reveal", help="Print the token itself.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Output JSON.")] = False,
     ):
         """Fetch the device's platform token from its OIDC provider and say when it expires."""
-        from host_tools.fleet import FleetError, load_fleet
-        from host_tools.secrets import SecretError
-
-        try:
-            fl = load_fleet(_fleet_path(ctx))
-            dev = fl.device(device)
-            settings = oidc_settings(dev, _store(ctx))
-        except (FleetError, SecretError, typer.BadParameter) as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(EXIT_SECRET if isinstance(e, SecretError) else EXIT_FLEET) from None
-        try:
-            cred, tok = asyncio.run(fetch_token(settings))
-        except oidc.TokenError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(EXIT_CLOUD) from None
+        settings = oidc_settings(S.fleet().device(device), S.store)
+        cred, tok = asyncio.run(fetch_token(settings))
         rep = token_report(device, settings, cred, tok, reveal)
         if as_json:
             if not reveal:
                 rep.pop("token")
-            typer.echo(json.dumps(rep, indent=2))
+            UI.data(rep)
             return
-        from rich.console import Console
-        from rich.table import Table
-
         t = Table(show_header=False, box=None)
         for k, v in rep.items():
             if k == "token" and v is None:
                 v = f"(hidden: {len(cred.password)} characters; --reveal shows it)"
             t.add_row(k, str(v))
-        Console(soft_wrap=True).print(t)
+        UI.out.print(t)
 
     @app.command("relay")
     def relay_cmd(
-        ctx: typer.Context,
         listen: Annotated[Optional[str], typer.Option(
             "--listen", help="HOST:PORT to listen on (default: \\[relay] listen).")] = None,
         min_life: Annotated[Optional[int], typer.Option(
@@ -174,19 +135,11 @@ def register(app: typer.Typer) -> None:
             help="Seconds a connection has to send its request headers (default 10).")] = None,
     ):
         """Serve fresh platform credentials to the fleet's devices over HTTPS (token relay)."""
-        from host_tools.fleet import FleetError, load_fleet
-        from host_tools.secrets import SecretError
-
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        try:
-            fl = load_fleet(_fleet_path(ctx))
-            limits = {k: v for k, v in (("max_connections", max_connections),
-                                        ("max_per_address", max_per_address),
-                                        ("header_timeout_s", header_timeout)) if v is not None}
-            relay = build_relay(fl, _store(ctx), listen=listen, min_life=min_life, **limits)
-        except (FleetError, SecretError, ValueError) as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(EXIT_SECRET if isinstance(e, SecretError) else EXIT_FLEET) from None
+        limits = {k: v for k, v in (("max_connections", max_connections),
+                                    ("max_per_address", max_per_address),
+                                    ("header_timeout_s", header_timeout)) if v is not None}
+        relay = build_relay(S.fleet(), S.store, listen=listen, min_life=min_life, **limits)
         try:
             asyncio.run(relay.serve_forever())
         except KeyboardInterrupt:
@@ -204,8 +157,10 @@ def relay_hosts(relay_cfg) -> list[str]:
 
 def _listen(s: str) -> tuple[str, int]:
     m = re.match(r"^\[?([^\]]*)\]?:(\d+)$", s)
-    if not m:
-        raise ValueError(f"listen: expected HOST:PORT, got {s!r}")
+    if not m:  # exit 3 as before, though --listen may have given it
+        from host_tools.fleet import FleetError
+
+        raise FleetError([f"listen: expected HOST:PORT, got {s!r}"])
     return m.group(1) or "0.0.0.0", int(m.group(2))
 
 
@@ -214,10 +169,11 @@ def build_relay(fl, store, *, listen: str | None = None, min_life: int | None = 
     """A Relay for every device of the fleet whose credentials = "relay"."""
     from host_tools import relay as relay_mod
     from host_tools import relay_pki
+    from host_tools.fleet import FleetError
 
     rc = fl.relay
     if rc is None:
-        raise ValueError(f"{fl.path.name}: no [relay] table")
+        raise FleetError([f"{fl.path.name}: no [relay] table"])
     host, port = _listen(listen or rc.listen)
     pki = relay_pki.ensure_relay_pki(fl.state_dir, relay_hosts(rc))
     sources: dict = {}  # devices with the same provider settings share one token source
@@ -231,7 +187,7 @@ def build_relay(fl, store, *, listen: str | None = None, min_life: int | None = 
             src = sources[settings] = oidc.source_for(settings)
         devices.append(relay_mod.RelayDevice(name, relay_pki.device_key(store, name), src))
     if not devices:
-        raise ValueError(f"{fl.path.name}: no device has credentials = \"relay\"")
+        raise FleetError([f"{fl.path.name}: no device has credentials = \"relay\""])
     settings = relay_mod.RelaySettings(
         cert_pem=pki.cert_pem, key_pem=pki.key_pem, host=host, port=port,
         min_life_s=float(min_life if min_life is not None else rc.min_life_s),

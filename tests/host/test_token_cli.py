@@ -247,3 +247,57 @@ url = "https://127.0.0.1:8443"
     assert r.code == 7, r.output
     assert f"error: cannot reach https://127.0.0.1:{port}/token" in r.stderr
     assert "cs-value-77" not in r.output and "ak-value-77" not in r.output
+
+
+def test_token_masks_a_secret_the_provider_echoes_and_says_which_secret_is_missing(tmp_path):
+    """`uplink token` prints through the same redaction as every other command: a provider
+    that quotes the client secret back in its refusal does not get it onto the screen."""
+    import base64
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from urllib.parse import parse_qs
+
+    from tests.host.uplink_helpers import Env
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+            sent = parse_qs(body).get("client_secret", [""])[0]
+            auth = self.headers.get("Authorization", "")
+            if auth.startswith("Basic "):
+                sent = base64.b64decode(auth[6:]).decode().split(":", 1)[1]
+            reply = json.dumps({"error": "invalid_client",
+                                "error_description": f"client secret {sent} is wrong"}).encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *a):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = Env(tmp_path, f"""
+[devices.scale.platform]
+kind = "weightron"
+credentials = "relay"
+[devices.scale.platform.oidc]
+token_url = "http://127.0.0.1:{server.server_port}/token"
+allow_loopback_http = true
+client_id = "c"
+client_secret = "secret:cs"
+api_key = "secret:ak"
+[relay]
+url = "https://127.0.0.1:8443"
+""")
+        r = env.run("token", "scale", env={"UPLINK_SECRET_CS": "cs-value-91", "UPLINK_SECRET_AK": "ak-value-91"})
+        assert r.code == 7, r.output
+        assert "error: " in r.stderr and "invalid_client: client secret *** is wrong" in r.stderr
+        assert "cs-value-91" not in r.output
+        r = env.run("token", "scale", env={"UPLINK_SECRET_AK": "ak-value-91"})
+        assert r.code == 4 and "secret 'cs' is not set" in r.stderr, r.output
+    finally:
+        server.shutdown()
