@@ -195,11 +195,48 @@ def test_help_shows_no_value_for_flags_and_keeps_brackets(tmp_path):
     assert [t for t in texts(root) if re.search(r"(?<!\\)\[[a-z]", t)] == []
 
 
+# the codes scripts rely on: written out here so that changing one in errors.py fails a test
+EXIT_HELP = ("Exit codes: 0 ok, 1 failure, 2 bad usage, 3 invalid fleet file (or unknown device or "
+             "board), 4 a secret is missing, 5 board or port problem, 6 build failure (mpy-cross), "
+             "7 cloud provisioning or token refused or unreachable.")
+
+
 def test_help_lists_the_exit_codes(tmp_path):
+    from host_tools import errors
+
+    assert errors.help_text() == EXIT_HELP
     out = " ".join(Env(tmp_path).run("--help").stdout.replace("│", " ").split())
-    assert ("Exit codes: 0 ok, 1 failure, 2 bad usage, 3 invalid fleet file (or unknown device or "
-            "board), 4 a secret is missing, 5 board or port problem, 6 build failure (mpy-cross), "
-            "7 cloud provisioning or token refused or unreachable.") in out
+    assert EXIT_HELP in out
+
+
+def test_the_docs_table_of_exit_codes_is_the_codes():
+    from host_tools import errors
+    from tests.host.uplink_helpers import REPO
+
+    doc = (REPO / "docs" / "host_tools.md").read_text()
+    table = doc.split("<!-- exit codes:", 1)[1].split("-->", 1)[1].split("<!-- end of exit codes -->")[0]
+    assert table.strip() == errors.markdown(), (
+        "docs/host_tools.md: the exit code table differs from host_tools/errors.py; it should read\n"
+        + errors.markdown())
+
+
+def test_each_error_type_carries_its_exit_code():
+    from host_tools.board_link import BoardError, BoardExecError
+    from host_tools.build import BuildError
+    from host_tools.errors import UplinkError, UsageError
+    from host_tools.flash import FlashError
+    from host_tools.fleet import FleetError
+    from host_tools.oidc import TokenError
+    from host_tools.ota_bundle import BundleError
+    from host_tools.project import ProjectError
+    from host_tools.provision import ProvisionError
+    from host_tools.secrets import MissingSecret, SecretError
+    from host_tools.tb_register import RegisterError
+
+    codes = {UplinkError: 1, ProvisionError: 1, FlashError: 1, ProjectError: 1, UsageError: 2,
+             FleetError: 3, SecretError: 4, MissingSecret: 4, BoardError: 5, BoardExecError: 5,
+             BuildError: 6, BundleError: 6, RegisterError: 7, TokenError: 7}
+    assert {cls: cls.code for cls in codes} == codes
 
 
 def test_logs_takes_the_device(tmp_path):
