@@ -66,6 +66,8 @@ else:
     gc.collect()
     try:
         from uplink import runner
+
+        runner.run()  # (catches what the app raises; not a MemoryError before it has a board)
     except Exception as e:  # a half-copied firmware, no memory: not the REPL for good
         import time
 
@@ -78,5 +80,3 @@ else:
             machine.reset()
         except (ImportError, AttributeError):  # the host board's unix port has no reset()
             sys.exit(75)
-    else:
-        runner.run()

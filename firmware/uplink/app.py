@@ -104,7 +104,7 @@ class App:
         if not await ota.at_boot(self.ctx, t):
             ota = None
             t.end()
-        if self.adapter.creds is not None and self.cfg["platform"]["credentials"]["source"] == "relay":
+        if self.adapter.relayed():
             self.adapter.creds.on_ota = self._relay_offer
 
     def _ota(self, cmd):
@@ -243,7 +243,8 @@ class App:
         self.client = self.make_client()
         reader = self.sessions.reader(self.outbox, main) if self.sessions else self.outbox
         batch = self.ctx.share(self.cfg["telemetry"]["batch"])
-        self.publisher = Publisher(reader, self.adapter, self.client, batch, stamp=self.telemetry.stamp)
+        self.publisher = Publisher(reader, self.adapter, self.client, batch, stamp=self.telemetry.stamp,
+                                   kind=self.cfg["platform"]["kind"])
         self.cloud = sys.modules.get("uplink.cloud")  # imported by user.py only when it uses it
         if self.cloud is not None:
             self.cloud.attach(self)

@@ -31,9 +31,9 @@ GROW_AFTER = 32
 class Publisher:
     HOLD_S = 30  # how long readings of this boot wait for the clock before going untimed
 
-    def __init__(self, outbox, adapter, client, batch=20, stamp=None):
+    def __init__(self, outbox, adapter, client, batch=20, stamp=None, kind=None):
         # the cloud this publisher sends to: uplink.cloud records for another are passed by
-        self.kind = ((getattr(adapter, "cfg", None) or {}).get("platform") or {}).get("kind")
+        self.kind = kind
         self.outbox = outbox
         self.adapter = adapter
         self.client = client

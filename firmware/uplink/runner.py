@@ -6,6 +6,7 @@ import sys
 import time
 
 from uplink import VERSION, ConfigError, log, transient
+from uplink.app import App  # here, not at run(): main.py says clearly when it cannot load
 
 RESET_DELAY_MS = 2000
 CONFIG = "config.json"
@@ -62,8 +63,6 @@ def run():
     if last:
         log.warn("boot", "back from safe mode (%s)" % last)
     try:
-        from uplink.app import App
-
         app = App(cfg, board)
         app.safe_mode_reason = last
         asyncio.run(app.main())

@@ -7,10 +7,9 @@
 # delivery. Downlinks of every session go to the app's one command queue with cmd.platform
 # set, and replies go back through the session they came from.
 #
-# Memory: a Session costs its adapter module's bytecode (Blynk ~4.6 KB on the ESP32 model),
-# this module (~3 KB), an MQTTClient and a Publisher (~2 KB) and, with TLS, its mbedTLS
-# session (the model keeps mbedTLS in the GC heap; the chip in the IDF heap): ~14 KB in all.
-# `make bench BENCH_ARGS=twocloud` prints gc_free with one and two sessions.
+# Memory: a Session costs its adapter module's bytecode, this module, an MQTTClient and a
+# Publisher and, with TLS, its mbedTLS session: `make bench BENCH_ARGS=twocloud` prints
+# gc_free with one and two sessions.
 import asyncio
 
 from uplink import log
@@ -122,7 +121,8 @@ class Sessions:
         for s in self.extra:
             c = s.make_client()
             if s.publishes:
-                s.publisher = Publisher(outbox.cursor(s.name), s.adapter, c, batch, stamp=app.telemetry.stamp)
+                s.publisher = Publisher(outbox.cursor(s.name), s.adapter, c, batch, stamp=app.telemetry.stamp,
+                                        kind=s.cfg["platform"]["kind"])
             app.keep("session " + s.name, s.run)
 
     def notify(self):

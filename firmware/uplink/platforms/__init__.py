@@ -176,6 +176,10 @@ class Base:
         self.max_payload = p.get("max_payload") or max_payload
         self.creds = credential_source(p)
 
+    def relayed(self):
+        """Whether the credentials come from the token relay (uplink.credentials)."""
+        return self.creds is not None and self.creds.source == "relay"
+
     def require(self, key, hint):
         """platform.<key>, unless a credentials source stands in for it: ConfigError naming
         the key and where its value is found."""
@@ -211,9 +215,8 @@ class Base:
     def invalidate_credentials(self):
         """The broker refused our credentials: a relay token is fetched anew next time
         (call on the MQTT client's "auth_error")."""
-        c = self.creds
-        if c is not None and hasattr(c, "invalidate"):
-            c.invalidate()
+        if self.creds is not None:
+            self.creds.invalidate()
 
 
 def credential_source(pcfg):

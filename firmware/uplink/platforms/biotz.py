@@ -47,7 +47,7 @@ class Adapter(Base):
         self.base = "biotz/1/0/%s/%s/" % (p["customer_id"], self.device_id)
         self.topic = self.base + "publish/data/" + mt
         self.firmware_file = FIRMWARE_FILE
-        relay = getattr(self.creds, "source", None) == "relay"
+        relay = self.relayed()
         self.http = p.get("transport") == "http"
         if self.http:
             self.url = p.get("ingest_url") or INGEST_URL

@@ -234,7 +234,7 @@ class Adapter(Base):
             o = loads_obj(payload, "ota/json")
             if dev is None and o.get("ver") and str(o["ver"]) == self.ctx.version:
                 # the version running: Blynk sends the notice after every info/mcu while the
-                # shipment lasts, and the updater (~11 KB) is loaded for an update only
+                # shipment lasts, and the updater is loaded for an update only
                 return None
             # the device's own package is the updater's (uplink.ota); a sub-device's, user.py's
             return Command("ota" if dev is None else "firmware", o, None, dev)

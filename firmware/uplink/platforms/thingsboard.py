@@ -180,10 +180,9 @@ class Adapter(Base):
         return self.ctx.fw()  # the running bundle's manifest (uplink.ota)
 
     def _shared(self, attrs):
-        # fw_title + fw_version: ThingsBoard announcing a firmware OTA (uplink.ota_thingsboard), unless
-        # it is the package running: ThingsBoard keeps the fw_* attributes of the package last
-        # assigned, so every connect's question gets them again, and the updater (~9 KB) is
-        # loaded for an announcement only (uplink.ota.take)
+        # fw_title + fw_version announce an OTA package (uplink.ota_thingsboard), unless it is
+        # the one running: ThingsBoard keeps the fw_* attributes of the package last assigned,
+        # and the updater is loaded for an announcement only (uplink.ota.take)
         if "fw_title" not in attrs or "fw_version" not in attrs:
             return Command("attributes", attrs)
         if (str(attrs["fw_title"]), str(attrs["fw_version"])) != tuple(self._running()):

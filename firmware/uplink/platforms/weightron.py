@@ -53,7 +53,7 @@ class Adapter(Base):
         app_id = p.get("application_id")
         if app_id:
             self._set_app(app_id)
-        elif getattr(self.creds, "source", None) != "relay":
+        elif not self.relayed():
             # the relay looks the Application ID up (GET /access) and answers it as the
             # username; without the relay nothing on the board can
             raise ConfigError("config.json: platform.application_id: missing: the Application ID "
