@@ -902,14 +902,14 @@ class Cloud:
         self.msgs: list[tuple[str, bytes]] = []
         self.lock = threading.Lock()
         self.handlers: list = []  # fn(topic, payload) called for every message (cloud logic)
-        self.ready = threading.Event()
+        self.ready = threading.Event()  # set by the SUBACK: from then on it sees every publish
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"cloud-{id(self)}")
-        self.c.on_connect = lambda c, *a: (c.subscribe(UP + "#", 1), self.ready.set())
+        self.c.on_connect = lambda c, *a: c.subscribe(UP + "#", 1)
+        self.c.on_subscribe = lambda *a: self.ready.set()
         self.c.on_message = self._on_message
         self.c.connect(host, port)
         self.c.loop_start()
-        assert self.ready.wait(10), "cloud side could not connect to mosquitto"
-        time.sleep(0.2)  # the SUBACK
+        assert self.ready.wait(10), "cloud side could not subscribe at mosquitto"
 
     def _on_message(self, c, u, msg):
         topic = msg.topic[len(UP):]
@@ -986,14 +986,6 @@ def e2e_config(kind: str, url: str, name: str = "e2e-dev", ntp: list | None = No
         "telemetry": {"interval_s": 1, "health": False},
         "outbox": {"max_bytes": 100000},
     }
-
-
-def app_has(hook: str) -> bool:
-    """Whether firmware/uplink/app.py implements an app-side hook these tests need."""
-    from pathlib import Path
-
-    app = Path(__file__).resolve().parents[2] / "firmware" / "uplink" / "app.py"
-    return app.exists() and hook in app.read_text()
 
 
 def handled(board, name: str) -> list[str]:
