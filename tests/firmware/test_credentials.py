@@ -59,7 +59,7 @@ def test_request_signed_with_unix_time_on_a_port_of_either_epoch():
     # no now_ms: the port's own clock. On the ESP32 (and its model) time.time() counts from
     # 2000; the relay wants unix seconds within 30 s, so a raw time.time() is 30 years off.
     c = credentials.Credentials(relay_cfg())
-    h = c._headers("/v1/credentials")
+    h = c.headers("/v1/credentials")
     assert abs(int(h["X-Uplink-Time"]) - unix_ms() // 1000) <= 2, (h["X-Uplink-Time"], unix_ms())
 
 
