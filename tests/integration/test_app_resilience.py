@@ -27,9 +27,7 @@ INJECT = textwrap.dedent(
     import asyncio
     import sys
 
-    from uplink import outbox, publisher
-
-    App = sys.modules["uplink.app"].App
+    from uplink import commands, outbox, publisher
     _n = [0]
 
 
@@ -72,7 +70,7 @@ INJECT = textwrap.dedent(
         setattr(cls, name, broken)
 
 
-    once(App, "command_task", "commands")
+    once(commands.Commands, "run", "commands")
     once(publisher.Publisher, "run", "publish")
     _flush = outbox.Outbox.flush
     _flushes = [0]
