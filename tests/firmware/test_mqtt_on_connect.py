@@ -1,7 +1,5 @@
 # What on_connect publishes goes out once per connection: the resend after a connect is for
 # packets of earlier connections, not for the ones the hook just wrote.
-import asyncio
-
 from test_mqtt_broker import client, uid, until
 
 NEEDS = ("broker",)
@@ -18,13 +16,17 @@ async def test_on_connect_publish_is_sent_once_per_connect():
     await c.subscribe(topic, 1)  # recorded now, subscribed at connect, before the hook runs
     await c.connect()
     await until(lambda: c.got)
-    await asyncio.sleep_ms(300)  # a resent duplicate would be here by now
-    assert [p for _, p, _ in c.got] == [b"hello"], c.got
+    # the sentinel: published once connect() returned and "hello" came back, so after all the
+    # connect and its hook wrote; mosquitto delivers a connection's messages in their order
+    await c.publish(topic, b"mark 1", qos=1)
+    await until(lambda: b"mark 1" in [p for _, p, _ in c.got])
+    assert [p for _, p, _ in c.got] == [b"hello", b"mark 1"], c.got
     await c.reconnect()  # a second connection: the hook runs again, once
-    await until(lambda: len(c.got) >= 2)
-    await asyncio.sleep_ms(300)
+    await until(lambda: len(c.got) >= 3)
+    await c.publish(topic, b"mark 2", qos=1)  # (written after the hook's, as above)
+    await until(lambda: b"mark 2" in [p for _, p, _ in c.got])
     await c.disconnect()
-    assert [p for _, p, _ in c.got] == [b"hello", b"hello"], c.got
+    assert [p for _, p, _ in c.got] == [b"hello", b"mark 1", b"hello", b"mark 2"], c.got
 
 
 async def test_unacknowledged_packets_are_resent_before_on_connect_publishes():

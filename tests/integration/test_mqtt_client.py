@@ -183,6 +183,12 @@ async def main():
     except MQTTAuthError as e:
         print("refused", type(e).__name__, e.code, e)
     c.on_status = lambda e, d: print("status", e, d)
+
+    async def later():  # the test's sentinel: a second on this process's own clock
+        await asyncio.sleep(1)
+        print("a second later")
+
+    asyncio.create_task(later())
     await c.connect(retry=True)  # refused again: waits long before trying once more
 
 asyncio.run(main())
@@ -199,7 +205,8 @@ def test_wrong_password_is_mqtt_auth_error_and_backs_off_long(tmp_path):
         p.expect("status auth_error", timeout=10)
         backoff = float(p.expect("status backoff", timeout=10).split()[-1])
         assert backoff >= 30, backoff  # never hammer a broker with bad credentials
-        time.sleep(1)
+        # a retry within the second would have printed its status before this (one stdout)
+        p.expect("a second later", timeout=10)
         assert p.output.count("status auth_error") == 1
         assert "not-the-password" not in p.output  # secrets are never printed
     finally:

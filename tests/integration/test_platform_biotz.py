@@ -23,6 +23,15 @@ FW = {"name": "fw-2.0", "download-url": "https://fw.example/2.0.bin", "size": 10
       "md5": "0" * 32, "sha1": "0" * 40, "sha256": "0" * 64}
 
 
+def seqs(payloads):
+    """The readings' numbers in Biotz telemetry messages (an object or an array of them)."""
+    out = [0]
+    for p in payloads:
+        doc = json.loads(p)
+        out += [item["seq"] for item in (doc if isinstance(doc, list) else [doc])]
+    return out
+
+
 def cfg(url, password="bz-passw0rd"):
     return e2e_config("biotz", url, device_id="dev-5", customer_id="cust-9", password=password)
 
@@ -46,7 +55,15 @@ def test_telemetry_actions_and_retained_firmware_update(env, tmp_path):
     n = len(proxy.accepted())
     proxy.drop_clients()
     proxy.wait_for(lambda p: len(p.accepted()) > n, what="a reconnect")
-    time.sleep(2)
+    # The sentinel: a reading first sent after the reconnect reaches the cloud. The device
+    # subscribes before it publishes on a connection, so mosquitto queued the retained
+    # firmware/update for it before this; an action sent now is delivered after that, and
+    # the device runs commands in arrival order (one FIFO queue).
+    top = max(seqs(proxy.published_to(BASE + "publish/data/telemetry")))
+    cloud.wait(lambda t, p: t == BASE + "publish/data/telemetry" and max(seqs([p])) > top,
+               console=board.console)
+    cloud.send(BASE + "subscribe/action/echo", {"after": "reconnect"})
+    board.wait_for_line('HANDLED echo {"after": "reconnect"}')
     assert len(handled(board, "firmware")) == 1, board.console()
     assert proxy.violations == []
     assert "bz-passw0rd" not in board.console()

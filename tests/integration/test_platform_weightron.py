@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.integration.broker_profiles import (
+    E2E_USER,
     Weightron,
     e2e_config,
     handled,
@@ -19,6 +20,14 @@ from tests.services import mosquitto_bin
 pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not installed")
 
 APP = "app-e2e-42"
+READS_USER = E2E_USER.replace("    _n[0] += 1\n", '    _n[0] += 1\n    print("READ %d" % _n[0])\n')
+assert READS_USER != E2E_USER
+
+
+def stamp(line: str) -> int:
+    """The uptime (s) a firmware console line starts with; -1 for lines without one."""
+    head = line.split(None, 2)
+    return int(head[0]) if len(head) > 2 and head[0].isdigit() and head[1] in "DIWE" else -1
 
 
 def test_telemetry_and_commands(env):
@@ -67,8 +76,8 @@ def test_watching_devices_without_write_permission(env):
     proxy = env.proxy(Weightron(APP, {"access-t0ken-1"}, write=False))
     cloud = env.cloud()
     board = env.board(e2e_config("weightron", proxy.url(), application_id=APP, token="access-t0ken-1",
-                                 watch=["devices/bridge-1", "hubs/#"]))
-    board.wait_for_line("mqtt: connected")
+                                 watch=["devices/bridge-1", "hubs/#"]), user_py=READS_USER)
+    t0 = stamp(board.wait_for_line("mqtt: connected"))
     doc = {"$timestamp": "2026-01-01T12:00:00Z", "$native": {"weight": 3120}}
     for _ in range(50):  # until the subscription is in place at the broker
         cloud.send(f"{APP}/devices/bridge-1", doc)
@@ -82,7 +91,18 @@ def test_watching_devices_without_write_permission(env):
     assert got[0] == {"topic": "devices/bridge-1", "value": doc}
     assert {"topic": "hubs/hub-9", "value": {"$native": {"light": "red"}}} in got
     assert all(g["topic"] != "devices/bridge-2" for g in got)
-    time.sleep(1.5)  # a telemetry interval: nothing may be published
+    # The sentinel, on the device's own clock: a console line stamped 3 s after the connect
+    # (2 s at least: two telemetry intervals). A device taking readings would have printed
+    # READ before it (one console stream), and the profile refuses any publish.
+    for k in range(60):
+        if any(stamp(ln) >= t0 + 3 for ln in list(board.lines)):
+            break
+        cloud.send(f"{APP}/hubs/tick", {"$native": {"k": k}})  # handled: a stamped D line
+        board.wait_for_line(f'"k": {k}}}')
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the device's clock did not move 3 s:\n" + board.console())
+    assert not [ln for ln in board.lines if ln.startswith("READ")], board.console()
     assert proxy.published == [] and proxy.violations == []
 
 
