@@ -5,7 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 STUBS := $(VENV)/mpstubs
 
-.PHONY: setup test demo bench soak build deploy lint typecheck clean
+.PHONY: setup test test-fast demo bench soak build deploy lint typecheck clean
+
+# pytest-xdist workers; a file's tests stay on one worker (one MicroPython process per
+# firmware test group). PYTEST_N=0 runs in this process (for --pdb).
+PYTEST_N ?= 2
+PYTEST := $(VENV)/bin/pytest -n $(PYTEST_N) --dist loadfile
 
 setup: $(STAMP)
 
@@ -16,7 +21,12 @@ $(STAMP): pyproject.toml tools/setup.sh tools/esp32-model/micropython
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pyright -p pyrightconfig.json
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
+
+# the inner loop: host tests and firmware tests on the ESP32 model; no end-to-end scenarios
+# (tests/integration/, @slow) and no [py] runs on the 64-bit port
+test-fast: setup
+	$(PYTEST) -m "not slow and not pyport" $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

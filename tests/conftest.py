@@ -1,8 +1,62 @@
 import os
+from pathlib import Path
 
 import pytest
 
 from tests.services import Mosquitto, mosquitto_bin
+
+INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(items):
+    # the end-to-end scenarios are the long ones: out of `make test-fast` (-m "not slow")
+    for item in items:
+        if INTEGRATION in item.path.parents:
+            item.add_marker(pytest.mark.slow)
+
+
+# Under pytest-xdist a worker's own terminal is nobody's: what tests.ledger.show prints past
+# the capture (each chaos scenario's ledger) travels with the test's report instead, and the
+# controller prints it at the end of the run.
+_item: list = [None]
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput"):
+        from tests import ledger
+
+        def show(capsys, text: str) -> None:
+            _item[0].user_properties.append(("shown", text))
+
+        ledger.show = show  # before the test modules import it
+
+
+def pytest_runtest_setup(item):
+    _item[0] = item
+
+
+@pytest.hookimpl(tryfirst=True)  # before mpy_plugin's note, which stays the last line
+def pytest_terminal_summary(terminalreporter):
+    shown = [text for rep in terminalreporter.getreports("passed") + terminalreporter.getreports("failed")
+             for name, text in getattr(rep, "user_properties", ()) if name == "shown"]
+    if shown:
+        terminalreporter.section("ledgers")
+        for text in dict.fromkeys(shown):
+            terminalreporter.write_line(text)
+
+
+def pytest_sessionstart(session):
+    # Build the host board's firmware once, before pytest-xdist starts its workers: each
+    # HostBoard would otherwise compile into the same build/host-mpy at once, and one board
+    # could load a .mpy another worker is still writing.
+    if hasattr(session.config, "workerinput") or not getattr(session.config.option, "numprocesses", None):
+        return
+    from host_tools import hostboard
+
+    try:
+        hostboard.compile_firmware(hostboard.ROOT / "build" / "host-mpy")
+    except Exception:
+        pass  # firmware that does not compile: the tests that boot it say so, one by one
 
 
 @pytest.fixture

@@ -9,6 +9,10 @@ between markers, and a failure shows the MicroPython traceback.
 
 A firmware test module may name CPython-side services it needs with `NEEDS = ("broker",)`;
 their connection details reach the test as environment variables (see tests/services.py).
+A long scenario says `@slow` (from mptest): it stays out of `make test-fast`.
+
+Under pytest-xdist, `--dist loadfile` keeps a file's items on one worker, so each group
+still runs in one process (pytest 9 ignores the nodeid suffix xdist's loadgroup relies on).
 """
 
 from __future__ import annotations
@@ -88,13 +92,15 @@ def _parse(path: Path):
             "test_"
         ):
             heap = DEFAULT_HEAP
+            slow = False
             for d in node.decorator_list:
                 if (
                     isinstance(d, ast.Call)
                     and getattr(d.func, "id", getattr(d.func, "attr", "")) == "heapsize"
                 ):
                     heap = ast.literal_eval(d.args[0])
-            tests.append((node.name, heap, node.lineno))
+                slow = slow or getattr(d, "id", getattr(d, "attr", "")) == "slow"
+            tests.append((node.name, heap, node.lineno, slow))
     return needs, tests
 
 
@@ -110,8 +116,8 @@ class FirmwareFile(pytest.File):
     def collect(self):
         needs, tests = _parse(self.path)
         for variant in ("py", "mpy"):
-            for name, heap, lineno in tests:
-                yield FirmwareItem.from_parent(
+            for name, heap, lineno, slow in tests:
+                item = FirmwareItem.from_parent(
                     self,
                     name=f"{name}[{variant}]",
                     func=name,
@@ -122,6 +128,11 @@ class FirmwareFile(pytest.File):
                     # one process per variant and heap size: [py] runs them all at once
                     siblings=tests if variant == "py" else [t for t in tests if t[1] == heap],
                 )
+                if variant == "py":  # the sources on the 64-bit port: not in `make test-fast`
+                    item.add_marker(pytest.mark.pyport)
+                if slow:  # @slow (mptest): a long scenario, not in `make test-fast` either
+                    item.add_marker(pytest.mark.slow)
+                yield item
 
 
 # Heap budgets are the ESP32's. Without the model, compiled firmware runs on the 64-bit port,

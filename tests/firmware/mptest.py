@@ -17,6 +17,11 @@ def heapsize(size):
     return deco
 
 
+def slow(fn):
+    # A long scenario, out of `make test-fast` (the plugin marks it pytest's `slow`); a no-op here.
+    return fn
+
+
 def env(name, default=None):
     v = os.getenv(name)
     return default if v is None else v

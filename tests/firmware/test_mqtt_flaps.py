@@ -2,12 +2,13 @@
 # after CONNACK, a NAT timeout): the reconnect rate stays bounded, nothing grows with the
 # number of connections, and every connection makes progress. The broker is the session's
 # mosquitto behind a proxy (cutter.py) that cuts where a test says.
+# Each is a scenario of many real reconnects (seconds each): @slow, out of make test-fast.
 import asyncio
 import gc
 import json
 
 from cutter import Cutter, largest_free
-from mptest import heapsize
+from mptest import heapsize, slow
 from test_mqtt_broker import HOST, PORTS, client, uid, until
 from uplink.outbox import Outbox
 from uplink.publisher import Publisher
@@ -72,6 +73,7 @@ class Rig:
         self.cut.close()
 
 
+@slow
 async def test_a_broker_that_drops_after_connack_gets_a_bounded_reconnect_rate():
     cut = await Cutter(HOST, PORTS["mqtt"]).start()
     cut.after_connack_ms = 5
@@ -91,6 +93,7 @@ async def test_a_broker_that_drops_after_connack_gets_a_bounded_reconnect_rate()
         cut.close()
 
 
+@slow
 @heapsize("128k")  # the firmware budget (tests/integration/hostboard.py)
 async def test_a_thousand_drops_after_connack_leave_the_heap_as_it_was():
     cut = await Cutter(HOST, PORTS["mqtt"]).start()
@@ -147,6 +150,7 @@ async def test_a_thousand_drops_after_connack_leave_the_heap_as_it_was():
         cut.close()
 
 
+@slow
 @heapsize("128k")
 async def test_drops_in_the_middle_of_a_backlog_still_deliver_every_reading():
     # the third PUBLISH of each connection is cut, unacknowledged
@@ -162,6 +166,7 @@ async def test_drops_in_the_middle_of_a_backlog_still_deliver_every_reading():
         await r.stop()
 
 
+@slow
 @heapsize("128k")
 async def test_a_broker_that_refuses_big_messages_gets_smaller_ones_until_all_arrive():
     # dropped, as ThingsBoard drops a session over its max payload
@@ -175,6 +180,7 @@ async def test_a_broker_that_refuses_big_messages_gets_smaller_ones_until_all_ar
         await r.stop()
 
 
+@slow
 @heapsize("128k")
 async def test_one_reading_refused_every_time_is_set_aside_and_the_rest_arrive():
     # a PUBLISH carrying "poison" is cut: the cloud refuses that reading
@@ -191,6 +197,7 @@ async def test_one_reading_refused_every_time_is_set_aside_and_the_rest_arrive()
         await r.stop()
 
 
+@slow
 @heapsize("128k")
 async def test_a_link_that_drops_by_itself_sets_nothing_aside():
     # every connection is cut 300 ms in, whatever is sent, and nothing is ever acknowledged:
