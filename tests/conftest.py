@@ -23,12 +23,25 @@ _item: list = [None]
 
 def pytest_configure(config):
     if hasattr(config, "workerinput"):
+        # a worker starts with COLUMNS=80 where the run had none, and rich (the CLI's output)
+        # would then fix its tables at 80 columns for good: the run's own environment wins
+        for k, v in config.workerinput["terminal_env"].items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
         from tests import ledger
 
         def show(capsys, text: str) -> None:
             _item[0].user_properties.append(("shown", text))
 
         ledger.show = show  # before the test modules import it
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):  # (pytest-xdist, in the controller: what each worker is given)
+    node.workerinput["terminal_env"] = {k: os.environ.get(k) for k in ("COLUMNS", "LINES")}
 
 
 def pytest_runtest_setup(item):
