@@ -43,7 +43,7 @@ class App:
 
         self.cfg = cfg
         self.board = board
-        self.ctx = Context(self, self, cfg)  # the main cloud's
+        self.ctx = Context(self, cfg)  # the main cloud's
         self.telemetry = Telemetry(self)
         self.commands = Commands(self)
         self.user = _import_user()
@@ -219,7 +219,7 @@ class App:
 
         self.keep("health", self.mark_healthy)
         self.fw()  # before a download can put another app in the other slot
-        self.adapter = platforms.load(self.cfg["platform"]["kind"]).Adapter(self.cfg, self.ctx)
+        self.adapter = self.ctx.adapter = platforms.load(self.cfg["platform"]["kind"]).Adapter(self.cfg, self.ctx)
         main = self.cfg["platform"].get("name") or self.cfg["platform"]["kind"]
         cursors = (main,)  # named: a platform added or removed later keeps its place (outbox.py)
         if self.cfg.get("platforms") and len(self.cfg["platforms"]) > 1:

@@ -15,12 +15,13 @@ WINDOW = 8
 
 
 class Context:
+    adapter: Any = None  # this cloud's adapter, set by its owner once made
+    client: Any = None  # this cloud's client (MQTT, or Biotz's HTTP session): make_client
     ota: Any = None  # the main cloud's updater while it has work (uplink.ota.start .. done)
     ota_bad = None  # the sha256 of a bundle that failed this run: not tried again
 
-    def __init__(self, app, owner, cfg, main=True):
+    def __init__(self, app, cfg, main=True):
         self._app = app
-        self._owner = owner  # the App or the uplink.sessions.Session this cloud belongs to
         self.cfg = cfg  # the config as this cloud sees it: its own section as `platform`
         self.board = app.board
         self.main = main
@@ -28,19 +29,6 @@ class Context:
         self.ota_watch = main and (cfg.get("platform") or {}).get("kind") in ("thingsboard", "blynk")
 
     # -- what the app knows --------------------------------------------------------------
-    @property
-    def adapter(self):
-        return self._owner.adapter
-
-    @property
-    def client(self):
-        """This cloud's live client (MQTT, or Biotz's HTTP session), or None before it exists."""
-        return self._owner.client
-
-    @property
-    def clock(self):
-        return self._app.clock
-
     @property
     def ip(self):
         w = self._app.wifi
@@ -91,6 +79,7 @@ class Context:
         c.on_message = on_message
         c.on_status = on_status
         c.on_connect = on_connect
+        self.client = c
         return c
 
     async def open_client(self, user, password):

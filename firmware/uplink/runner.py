@@ -37,11 +37,15 @@ def run():
         # counted. Either once the board is known and the count checked: a config that fails
         # at every boot must still end in safe mode, not a reset loop
         cfg = e
-    boot = transient()  # safe mode's bookkeeping, after the board's own modules
+    try:
+        board = boardmod.load(cfg["device"]["board"] if isinstance(cfg, dict) else boardmod.DEFAULT)
+    except Exception as e:
+        _crash(None, "boot failed", e)
+        return
+    boot = transient()  # safe mode's bookkeeping; made after the board: its modules stay
     from uplink import safemode
 
     try:
-        board = boardmod.load(cfg["device"]["board"] if isinstance(cfg, dict) else boardmod.DEFAULT)
         cause = board.reset_cause()
         safemode.enter_boot(cause)
         if not isinstance(cfg, dict):
@@ -58,6 +62,7 @@ def run():
         return
     del safemode
     boot.end()
+    boot = None
     log.level = log.LEVELS.index(cfg["device"]["console"])
     log.info("boot", "uplink %s on %s (%s), reset cause %s" % (VERSION, board.name, cfg["device"]["name"], cause))
     if last:

@@ -35,8 +35,8 @@ class Session:
         cfg = dict(app.cfg)
         cfg["platform"] = pcfg  # the adapter reads its own section as `platform`
         self.cfg = cfg
-        self.ctx = Context(app, self, cfg, main=False)  # no OTA: updates come from the main cloud
-        self.adapter = platforms.load(pcfg["kind"]).Adapter(cfg, self.ctx)
+        self.ctx = Context(app, cfg, main=False)  # no OTA: updates come from the main cloud
+        self.adapter = self.ctx.adapter = platforms.load(pcfg["kind"]).Adapter(cfg, self.ctx)
         self.auth_failures = 0
         self.publishes = self.adapter.publishes
         self._started = False
