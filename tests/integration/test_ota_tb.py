@@ -18,10 +18,8 @@ from tests.integration.hostboard import HostBoard
 from tests.integration.tb_ota_server import TbOta
 from tests.services import mosquitto_bin
 
-# A trial boot (the updater loaded at boot, then a connect) ran out of the 128k budget once
-# App.keep, the flap backoff and the publisher's shrinking grew the resident firmware: left
-# for the chip-memory work (issue 23); see the closing note of issue 22/29.
-TRIAL_HEAP = "144k"
+# A trial boot (the updater loaded at boot, then a connect) in the host board's usual budget
+TRIAL_HEAP = "128k"
 
 pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not installed")
 
