@@ -3,11 +3,10 @@
 # updaters get only a Context (uplink.context). The way in and out is uplink.runner.
 import asyncio
 import gc
-import json
 import sys
 
 from uplink import log, transient
-from uplink.context import CONFIG, Context
+from uplink.context import Context
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # names for the type checker only; MicroPython ignores annotations
@@ -58,20 +57,6 @@ class App:
 
                 self._fw = ota.running(self.board.name)
         return self._fw
-
-    def save_config(self, cfg):
-        """Persist a changed config (e.g. a provisioned token): temp file + rename."""
-        import os
-
-        doc = cfg
-        if cfg.get("platforms"):  # several clouds: `platform` is platforms[0] (config.parse)
-            doc = dict(cfg)
-            del doc["platform"]
-        tmp = CONFIG + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(doc, f)
-        os.rename(tmp, CONFIG)
-        self.cfg = cfg
 
     # -- downlinks -----------------------------------------------------------------------
     def on_message(self, topic, payload, retained, s=None):

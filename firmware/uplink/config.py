@@ -31,7 +31,8 @@ MIN_INTERVAL_MS = 10
 
 
 def _interval_ms(v):
-    return v >= MIN_INTERVAL_MS or "at least %d (ms; readings that fast wear the flash out in months, see docs/config.md)" % MIN_INTERVAL_MS
+    return v >= MIN_INTERVAL_MS or ("at least %d (ms; readings that fast wear the flash out in months, "
+                                    "see docs/config.md)" % MIN_INTERVAL_MS)
 
 
 def _url(v):
@@ -67,7 +68,8 @@ SCHEMA = {
     # board: the port's own when not given (board.DEFAULT), so a hand-written config on an
     # ESP32 still gets Wi-Fi and the watchdog. safe_mode_retry_s: safemode.py reads it raw.
     "device": ({"name": (str, REQUIRED), "board": (str, "esp32" if sys.platform == "esp32" else "host"),
-                "console": (str, "data", lambda v: v in ("data", "info", "warn") or "'data', 'info' or 'warn'"),  # log.level
+                # log.level
+                "console": (str, "data", lambda v: v in ("data", "info", "warn") or "'data', 'info' or 'warn'"),
                 "safe_mode_retry_s": (int, 1200, _positive),
                 # no reading acknowledged this long with the network up: reset (App.stuck); 0 never
                 "offline_reset_s": (int, 3600, _not_negative)}, REQUIRED),
@@ -242,3 +244,18 @@ def load(path=PATH, extra=None):
     except UnicodeError:  # a damaged file must stop in safe mode with a reason, not crash
         raise ConfigError("%s: not UTF-8 text (damaged? deploy it again)" % path)
     return parse(text, extra)
+
+
+def save(cfg, path=PATH):
+    """Persist a changed config (a provisioned token): temp file + rename, so a power cut
+    leaves the old file or the new one. With several clouds `platform` is only platforms[0]
+    (parse), so it is not written."""
+    import os
+
+    doc = cfg
+    if cfg.get("platforms"):
+        doc = dict(cfg)
+        del doc["platform"]
+    with open(path + ".tmp", "w") as f:
+        json.dump(doc, f)
+    os.rename(path + ".tmp", path)

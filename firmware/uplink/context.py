@@ -1,7 +1,7 @@
 # What a platform adapter and an updater may use of the app, by name: one Context per cloud,
 # the main platform's (App.ctx) and each other one's (uplink.sessions). Nothing else of the
 # app is theirs to touch (docs/internals.md, "Rooms").
-from uplink import ConfigError
+from uplink import ConfigError, transient
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # names for the type checker only; MicroPython ignores annotations
@@ -44,8 +44,12 @@ class Context:
 
     # -- what the app does for them ------------------------------------------------------
     def save_config(self, cfg=None):
-        """Persist the config after a change to this cloud's section (a provisioned token)."""
-        self._app.save_config(self._app.cfg)
+        """Persist the config after a change to this cloud's section (a provisioned token).
+        Rare (first boot), so the writer is the config checker's module, loaded for it."""
+        with transient():
+            from uplink import config
+
+            config.save(self._app.cfg, CONFIG)
 
     def keep(self, name, fn):
         return self._app.keep(name, fn)

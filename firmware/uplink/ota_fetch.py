@@ -23,8 +23,8 @@ async def at_boot(ctx, root="", sign=None, ca=None):
     job = ota.load_json(root + ota.JOB)
     if not job or job.get("failed") or job.get("installed"):
         return
-    want = {"title": job.get("title") or "package", "version": job.get("version") or "", "size": job["size"], "sha256": None,
-            "src": job["src"]}
+    want = {"title": job.get("title") or "package", "version": job.get("version") or "", "size": job["size"],
+            "sha256": None, "src": job["src"]}
     job["boots"] = job.get("boots", 0) + 1
     ota.save_json(root + ota.JOB, job)
     st = ota.Stage(want, ota.BUF, root)  # its 1 KB buffer taken first

@@ -18,7 +18,8 @@ GATHER = 1152
 HEAD = 8  # room before the gathered payload for the longest header it needs (4) + mask key (4)
 MAX_HEADERS = 32
 MAX_LINE = 512
-WANTED = (b"upgrade", b"connection", b"sec-websocket-accept", b"sec-websocket-protocol")  # lines in the handshake response before we call it hostile
+# lines in the handshake response before we call it hostile
+WANTED = (b"upgrade", b"connection", b"sec-websocket-accept", b"sec-websocket-protocol")
 
 
 class WSError(OSError):
