@@ -68,12 +68,16 @@ def _version(value: bool):
 
 @app.callback()
 def main_options(
-    fleet: Annotated[Path, typer.Option("--fleet", "-f", help="The fleet file.", envvar="UPLINK_FLEET")] = Path("fleet.toml"),
+    fleet: Annotated[Path, typer.Option(
+        "--fleet", "-f", help="The fleet file.", envvar="UPLINK_FLEET")] = Path("fleet.toml"),
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Say more (repeatable).")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and requested data.")] = False,
-    secrets_file: Annotated[Optional[Path], typer.Option(help="Secrets file (default ~/.config/uplink/secrets.json).", envvar="UPLINK_SECRETS_FILE")] = None,
-    no_keyring: Annotated[bool, typer.Option("--no-keyring", help="Do not use the OS keyring.", envvar="UPLINK_NO_KEYRING")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    secrets_file: Annotated[Optional[Path], typer.Option(
+        help="Secrets file (default ~/.config/uplink/secrets.json).", envvar="UPLINK_SECRETS_FILE")] = None,
+    no_keyring: Annotated[bool, typer.Option(
+        "--no-keyring", help="Do not use the OS keyring.", envvar="UPLINK_NO_KEYRING")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version.")] = False,
 ):
     """Global options; the exit codes are errors.ExitCode (the epilog of `uplink --help`)."""
     S.fleet_path = fleet
@@ -88,7 +92,8 @@ def main_options(
 # -- init -------------------------------------------------------------------------------
 @app.command()
 def init(
-    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Where to make the project (made if missing).")] = Path("."),
+    directory: Annotated[Path, typer.Argument(
+        metavar="DIR", help="Where to make the project (made if missing).")] = Path("."),
     force: Annotated[bool, typer.Option("--force", help="Overwrite the project's files if they exist.")] = False,
 ):
     """Make a project of your own: fleet.toml (a device for `uplink sim` and one example per
@@ -106,7 +111,8 @@ def init(
 @app.command()
 def validate(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
-    no_secrets: Annotated[bool, typer.Option("--no-secrets", help="Do not check that referenced secrets are set.")] = False,
+    no_secrets: Annotated[bool, typer.Option(
+        "--no-secrets", help="Do not check that referenced secrets are set.")] = False,
 ):
     """Check the fleet file (and that every secret it references is set)."""
     from host_tools.fleet import FleetError, secret_refs
@@ -159,7 +165,8 @@ def validate(
 @config_app.command("show")
 def config_show(
     device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
-    show_secrets: Annotated[bool, typer.Option("--show-secrets", help="Print secret values instead of their references.")] = False,
+    show_secrets: Annotated[bool, typer.Option(
+        "--show-secrets", help="Print secret values instead of their references.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the config.json only.")] = False,
 ):
     """The config.json this device gets; secrets shown as "secret:NAME" unless --show-secrets."""
@@ -198,9 +205,11 @@ def _read_secret_value(name: str, from_env: str | None) -> str:
 @secrets_app.command("set")
 def secrets_set(
     name: Annotated[str, typer.Argument(help="Secret name, as in \"secret:NAME\".")],
-    file: Annotated[bool, typer.Option("--file", help="Store in the 0600 secrets file even if there is a keyring.")] = False,
+    file: Annotated[bool, typer.Option(
+        "--file", help="Store in the 0600 secrets file even if there is a keyring.")] = False,
     keyring: Annotated[bool, typer.Option("--keyring", help="Store in the OS keyring or fail.")] = False,
-    from_env: Annotated[Optional[str], typer.Option("--from-env", metavar="VAR", help="Take the value from this environment variable.")] = None,
+    from_env: Annotated[Optional[str], typer.Option(
+        "--from-env", metavar="VAR", help="Take the value from this environment variable.")] = None,
 ):
     """Store a secret. The value is prompted for (hidden) or read from standard input, never
     taken as an argument (it would land in your shell history)."""
@@ -286,8 +295,11 @@ def _do_provision(device: str, register: bool = False, out: Path | None = None):
 @app.command("provision")
 def provision_cmd(
     device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
-    register: Annotated[bool, typer.Option("--register", help="ThingsBoard: provision the device now, from here, and keep its token as a secret.")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Build directory (default: build/ next to the fleet file).")] = None,
+    register: Annotated[bool, typer.Option(
+        "--register",
+        help="ThingsBoard: provision the device now, from here, and keep its token as a secret.")] = False,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Build directory (default: build/ next to the fleet file).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable list of files.")] = False,
 ):
     """Render build/devices/DEVICE/: config.json (0600), the CA as DER, the board profile."""
@@ -321,10 +333,13 @@ def _boards_for_build(board: str | None) -> list[str]:
 
 @app.command()
 def build(
-    board: Annotated[Optional[str], typer.Option(help="Board profile id (boards/*.json); default: every board in the fleet.")] = None,
+    board: Annotated[Optional[str], typer.Option(
+        help="Board profile id (boards/*.json); default: every board in the fleet.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable size table.")] = False,
-    bundle: Annotated[Optional[str], typer.Option("--bundle", metavar="DEVICE", help="Write DEVICE's app as one OTA bundle (docs/ota.md).")] = None,
-    version: Annotated[Optional[str], typer.Option("--version", help="The bundle's version (default: the firmware's).")] = None,
+    bundle: Annotated[Optional[str], typer.Option(
+        "--bundle", metavar="DEVICE", help="Write DEVICE's app as one OTA bundle (docs/ota.md).")] = None,
+    version: Annotated[Optional[str], typer.Option(
+        "--version", help="The bundle's version (default: the firmware's).")] = None,
 ):
     """mpy-cross every firmware module for the board (cached), with a size table."""
     from host_tools import build as b
@@ -341,7 +356,8 @@ def build(
                        "files": [vars(i) for i in items],
                        "total_bytes": sum(i.out_bytes for i in items)}
         if not as_json and UI.level >= 0:
-            t = Table("file", "source bytes", "on board", "how", title=f"{bid} ({report[bid]['arch'] or 'bytecode'}) -> {root}")
+            t = Table("file", "source bytes", "on board", "how",
+                      title=f"{bid} ({report[bid]['arch'] or 'bytecode'}) -> {root}")
             for i in items:
                 how = (("compiled" if i.compiled else "copied (runs as source)") + (", cached" if i.cached else "")
                        + (", your project" if i.project else ""))
@@ -371,8 +387,10 @@ def _build_bundle(device: str, version: str | None, as_json: bool):
 @app.command("ota")
 def ota_cmd(
     device: Annotated[str, typer.Argument(help="Device name from the fleet file (credentials = \"relay\").")],
-    bundle: Annotated[Optional[Path], typer.Option("--bundle", help="A bundle made by `uplink build --bundle` (default: build one now).")] = None,
-    version: Annotated[Optional[str], typer.Option("--version", help="The version of the bundle built now (default: the firmware's).")] = None,
+    bundle: Annotated[Optional[Path], typer.Option(
+        "--bundle", help="A bundle made by `uplink build --bundle` (default: build one now).")] = None,
+    version: Annotated[Optional[str], typer.Option(
+        "--version", help="The version of the bundle built now (default: the firmware's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
 ):
     """Offer DEVICE an OTA bundle through `uplink relay`: the device fetches it at its next boot (docs/ota.md)."""
@@ -475,7 +493,8 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
 @app.command()
 def deploy(
     device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
-    port: Annotated[Optional[str], typer.Option("--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
+    port: Annotated[Optional[str], typer.Option(
+        "--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="List what would change; change nothing.")] = False,
     reset: Annotated[bool, typer.Option("--reset/--no-reset", help="Reset the board afterwards.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable plan/result.")] = False,
@@ -489,7 +508,8 @@ def deploy(
 def flash_micropython(
     port: Annotated[str, typer.Option("--port", "-p", help="Serial port.")],
     image: Annotated[Path, typer.Option("--image", "-i", help="MicroPython firmware .bin for the chip.")],
-    board: Annotated[Optional[str], typer.Option(help="Board profile id (default: the fleet's, if all devices share one).")] = None,
+    board: Annotated[Optional[str], typer.Option(
+        help="Board profile id (default: the fleet's, if all devices share one).")] = None,
     erase: Annotated[bool, typer.Option("--erase/--no-erase", help="Erase the whole flash first.")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Print the esptool commands only.")] = False,
 ):
@@ -536,8 +556,10 @@ def devices(as_json: Annotated[bool, typer.Option("--json", help="Machine-readab
 
 @app.command()
 def logs(
-    device: Annotated[Optional[str], typer.Argument(help="Device name from the fleet file (checked; optional).")] = None,
-    port: Annotated[Optional[str], typer.Option("--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
+    device: Annotated[Optional[str], typer.Argument(
+        help="Device name from the fleet file (checked; optional).")] = None,
+    port: Annotated[Optional[str], typer.Option(
+        "--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
     baud: Annotated[int, typer.Option(help="Baud rate.")] = 115200,
     seconds: Annotated[Optional[float], typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
@@ -605,8 +627,11 @@ def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | 
 def sim(
     device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
     seconds: Annotated[Optional[float], typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
-    compiled: Annotated[bool, typer.Option("--compiled/--source", help="Run the mpy-cross output, as the board does, or the sources.")] = True,
-    heapsize: Annotated[Optional[str], typer.Option(help="MicroPython heap (default on the ESP32 model: 128k, an ESP32 without PSRAM; 192k with --source).")] = None,
+    compiled: Annotated[bool, typer.Option(
+        "--compiled/--source", help="Run the mpy-cross output, as the board does, or the sources.")] = True,
+    heapsize: Annotated[Optional[str], typer.Option(
+        help="MicroPython heap (default on the ESP32 model: 128k, an ESP32 without PSRAM; "
+             "192k with --source).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ):
     """Run the device's bundle on the host board (MicroPython unix port), against its broker."""
@@ -618,7 +643,8 @@ def sim(
 @app.command()
 def run(
     device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
-    port: Annotated[Optional[str], typer.Option("--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
+    port: Annotated[Optional[str], typer.Option(
+        "--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
     seconds: Annotated[Optional[float], typer.Option(help="Stop following the logs after this long.")] = None,
 ):
     """validate -> provision -> build -> deploy -> logs (host-board devices: sim)."""

@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
 
     received = []
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="demo-cloud")
-    sub.on_connect = lambda c, *a: c.subscribe([(TOPIC + "telemetry", 1), (TOPIC + "attributes", 1), (TOPIC + "rpc/response/+", 1)])
+    sub.on_connect = lambda c, *a: c.subscribe([(TOPIC + "telemetry", 1), (TOPIC + "attributes", 1),
+                                                (TOPIC + "rpc/response/+", 1)])
 
     def on_message(c, userdata, msg):
         received.append(msg.topic)

@@ -58,7 +58,8 @@ def pytest_report_header(config):
 
     why = hostboard.esp32_model_missing()
     if why:
-        return [f"firmware: [mpy] and host-board tests on the 64-bit PyPI port, heaps x{hostboard.PYPI_PORT_HEAP_FACTOR}: "
+        return [f"firmware: [mpy] and host-board tests on the 64-bit PyPI port, "
+                f"heaps x{hostboard.PYPI_PORT_HEAP_FACTOR}: "
                 f"no ESP32 model ({why})"]
     return [f"firmware: [py] on the PyPI unix port, [mpy] and host-board tests on the ESP32 model "
             f"({hostboard.esp32_model()})"]
@@ -222,7 +223,8 @@ class FirmwareItem(pytest.Item):
 
     def repr_failure(self, excinfo):
         if isinstance(excinfo.value, FirmwareFailure):
-            return f"MicroPython [{self.variant}, heap {self.heap if self.variant == 'mpy' else 'default'}]:\n{excinfo.value}"
+            return (f"MicroPython [{self.variant}, heap {self.heap if self.variant == 'mpy' else 'default'}]:\n"
+                    f"{excinfo.value}")
         return super().repr_failure(excinfo)
 
     def reportinfo(self):

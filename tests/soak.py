@@ -6,7 +6,8 @@
 
 Set-up: mosquitto (persistence on) <- fault proxy <- the firmware (.mpy, ThingsBoard profile,
 a reading every --interval-ms, health on so every reading carries `gc_free`; heap 256 KB:
-the 64-bit unix port's objects are about twice an ESP32's, and at 128k the app runs short). The observer is a paho subscriber with a persistent session
+the 64-bit unix port's objects are about twice an ESP32's, and at 128k the app runs short).
+The observer is a paho subscriber with a persistent session
 connected straight to the broker. Every --fault-s seconds one fault, chosen at random
 (seeded): a cut of every connection, a cut in the middle of a chunk, a stall longer than the
 keepalive, a broker stop/start, a broker SIGKILL, a firmware SIGKILL + reboot.

@@ -116,7 +116,8 @@ async def flaps():
     ob = fill()
     cut = await Cutter(host, int(port)).start()
     cut.after_connack_ms = 5
-    ad = Adapter({"platform": {"token": "bench", "url": cut.url, "client_rpc": False}, "device": {"name": "bench"}}, None)
+    ad = Adapter({"platform": {"token": "bench", "url": cut.url, "client_rpc": False}, "device": {"name": "bench"}},
+                 None)
     c = MQTTClient(cut.url, "bench-flaps", window=8)
     p = Publisher(ob, ad, c, batch=BATCH)
     gc.collect()
@@ -183,7 +184,8 @@ def main(argv: list[str]) -> None:
             rows = []
             for mode in ("drain", "raw", "outbox"):
                 env = {"N": str(n), "MODE": mode, "BATCH": batch, "URL": broker.url(scheme),
-                       "CA": str(broker.pki.ca_der), "WINDOW": window, "DIR": tempfile.mkdtemp(prefix="uplink-bench-outbox-")}
+                       "CA": str(broker.pki.ca_der), "WINDOW": window,
+                       "DIR": tempfile.mkdtemp(prefix="uplink-bench-outbox-")}
                 out = _run(SCRIPT, env, heapsize=heap, timeout=300)
                 res = _result(out)
                 mem_errors = out.count("MemoryError")

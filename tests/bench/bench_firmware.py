@@ -138,7 +138,8 @@ def main(argv: list[str]) -> None:
                     if heap is None:
                         print(f"  {scheme:6} did not run in {HEAPS[-1]}", flush=True)
                     else:
-                        print(f"  {scheme:6} smallest heap that runs: {heap} (free GC heap while running: {free} bytes)",
+                        print(f"  {scheme:6} smallest heap that runs: {heap} "
+                              f"(free GC heap while running: {free} bytes)",
                               flush=True)
         for model, name in ((True, "ESP32 model"), (False, "PyPI port")):
             with interpreter(model):

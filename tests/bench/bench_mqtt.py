@@ -22,7 +22,8 @@ SCRIPT = """
 import asyncio, gc, os, sys, time
 from uplink.mqtt import MQTTClient
 
-URL, CA, N, MODE, WINDOW = os.getenv("URL"), os.getenv("CA"), int(os.getenv("N")), os.getenv("MODE"), os.getenv("WINDOW")
+URL, CA, N, MODE, WINDOW = (os.getenv("URL"), os.getenv("CA"), int(os.getenv("N")), os.getenv("MODE"),
+                            os.getenv("WINDOW"))
 PAYLOAD = b"x" * 100
 
 async def main():

@@ -67,7 +67,8 @@ def tb_server(topic, payload):
     if topic.startswith("v1/devices/me/rpc/request/") and req["method"] == "getWeather":
         return ("v1/devices/me/rpc/response/" + rid, json.dumps({"temp": 4, "city": req["params"]["city"]}).encode())
     if topic.startswith("v1/devices/me/attributes/request/"):
-        return ("v1/devices/me/attributes/response/" + rid, json.dumps({"client": {"fw": "x"}, "shared": {"setpoint": 21}}).encode())
+        return ("v1/devices/me/attributes/response/" + rid,
+                json.dumps({"client": {"fw": "x"}, "shared": {"setpoint": 21}}).encode())
     return None
 
 

@@ -49,7 +49,8 @@ def test_topics():
     assert a.topic == BASE + "publish/data/climate"
     assert a.subscriptions() == [(BASE + "subscribe/action/+", 1), (BASE + "subscribe/firmware/update", 1)]
     a = bz(action_types=["reboot", "setpoint"])
-    assert [t for t, _ in a.subscriptions()][:2] == [BASE + "subscribe/action/reboot", BASE + "subscribe/action/setpoint"]
+    assert [t for t, _ in a.subscriptions()][:2] == [BASE + "subscribe/action/reboot",
+                                                     BASE + "subscribe/action/setpoint"]
 
 
 def test_flat_objects_with_utc_timestamp_and_arrays():

@@ -242,7 +242,8 @@ def test_malformed_downlinks_raise_value_error_with_reason():
 
 def test_shared_attributes_updates_and_responses():
     a = tb()
-    assert a.handle("v1/devices/me/attributes", b'{"targetTemp":22}', False) == Command("attributes", {"targetTemp": 22})
+    assert a.handle("v1/devices/me/attributes", b'{"targetTemp":22}', False) == Command("attributes",
+                                                                                       {"targetTemp": 22})
     assert a.handle("v1/devices/me/attributes", b'{"deleted":["x"]}', False).params == {"deleted": ["x"]}
     # shared keys only: as a shared update
     cmd = a.handle("v1/devices/me/attributes/response/3", b'{"shared":{"mode":"eco"}}', False)
@@ -283,7 +284,8 @@ async def test_provisioning_gets_and_stores_a_token():
         if topic == "/provision/request":
             assert json.loads(payload) == {"deviceName": "greenhouse-1", "provisionDeviceKey": "pk",
                                            "provisionDeviceSecret": "ps"}
-            return ("/provision/response", b'{"status":"SUCCESS","credentialsType":"ACCESS_TOKEN","credentialsValue":"NEWTOKEN"}')
+            return ("/provision/response",
+                    b'{"status":"SUCCESS","credentialsType":"ACCESS_TOKEN","credentialsValue":"NEWTOKEN"}')
 
     async def open_client(user, password):
         opened.append((user, password))
@@ -419,7 +421,8 @@ async def test_ota_is_asked_at_each_connect_and_the_running_package_is_no_announ
     assert a.handle(answer, b'{"shared":{}}', False) is None  # no package assigned: nothing for user.py
     # a push with the running package and a user attribute: only the user's part goes on
     push = dict(running, setpoint=21)
-    assert a.handle("v1/devices/me/attributes", json.dumps(push).encode(), False) == Command("attributes", {"setpoint": 21})
+    assert a.handle("v1/devices/me/attributes", json.dumps(push).encode(), False) == Command("attributes",
+                                                                                           {"setpoint": 21})
     assert a.handle("v1/devices/me/attributes", json.dumps(fw).encode(), False).name == "ota"
 
 

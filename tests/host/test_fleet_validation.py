@@ -149,10 +149,12 @@ def test_missing_file_says_what_to_do(tmp_path):
 
 
 def test_cli_validate_exit_codes_and_json(tmp_path):
-    env = Env(tmp_path, GOOD.replace("tokn", "token").replace('token = "secret:gh1_token"', 'tokn = "secret:gh1_token"'))
+    env = Env(tmp_path, GOOD.replace("tokn", "token").replace('token = "secret:gh1_token"',
+                                                              'tokn = "secret:gh1_token"'))
     r = env.run("validate")
     assert r.code == 3
-    assert "error: fleet.toml:12: device 'greenhouse-1': platform.tokn: unknown key (did you mean 'token'?)\n" in r.stderr
+    assert ("error: fleet.toml:12: device 'greenhouse-1': platform.tokn: unknown key (did you mean 'token'?)\n"
+            in r.stderr)
     r = env.run("validate", "--json")
     assert r.code == 3 and '"ok": false' in r.stdout
     env.write_fleet(GOOD)
@@ -167,16 +169,20 @@ def test_types_are_strict(tmp_path):
     msgs = problems(tmp_path, GOOD + '\n[devices.bz.telemetry]\ninterval_s = "30"\nhealth = "yes"\n'
                     'batch = "20"\n[devices.bz.wifi]\ntimeout_s = "true"\n')
     assert msgs == [
-        "fleet.toml:29: device 'bz': telemetry.interval_s: expected a whole number, got the string \"30\" (remove the quotes)",
-        "fleet.toml:30: device 'bz': telemetry.health: expected true or false, got the string \"yes\" (write true or false, no quotes)",
-        "fleet.toml:31: device 'bz': telemetry.batch: expected a whole number, got the string \"20\" (remove the quotes)",
+        "fleet.toml:29: device 'bz': telemetry.interval_s: expected a whole number, got the string \"30\" "
+        "(remove the quotes)",
+        "fleet.toml:30: device 'bz': telemetry.health: expected true or false, got the string \"yes\" "
+        "(write true or false, no quotes)",
+        "fleet.toml:31: device 'bz': telemetry.batch: expected a whole number, got the string \"20\" "
+        "(remove the quotes)",
         "fleet.toml:33: device 'bz': wifi.timeout_s: expected a whole number, got the string \"true\"",
     ]
 
 
 def test_a_typo_in_relay_is_one_error_not_two(tmp_path):
     # with `ur` for `url` the relay has no url: the relay device must not be told again
-    assert problems(tmp_path, GOOD.replace('url = "https://192.168.1.10:8443"', 'ur = "https://192.168.1.10:8443"')) == [
+    assert problems(tmp_path, GOOD.replace('url = "https://192.168.1.10:8443"',
+                                           'ur = "https://192.168.1.10:8443"')) == [
         "fleet.toml:7: relay.ur: unknown key (did you mean 'url'?)"]
 
 

@@ -54,7 +54,8 @@ def _pyright(tmp_path: Path, code: str) -> subprocess.CompletedProcess:
     cfg["typeshedPath"] = cfg["stubPath"] = str(ROOT / ".venv/mpstubs")
     (tmp_path / "pyrightconfig.json").write_text(json.dumps(cfg))
     exe = shutil.which("pyright", path=str(ROOT / ".venv/bin"))
-    return subprocess.run([exe, "-p", str(tmp_path / "pyrightconfig.json")], capture_output=True, text=True, cwd=tmp_path)
+    return subprocess.run([exe, "-p", str(tmp_path / "pyrightconfig.json")], capture_output=True, text=True,
+                          cwd=tmp_path)
 
 
 def test_type_check_refuses_api_missing_on_esp32(tmp_path):

@@ -62,7 +62,8 @@ def _sample(key: str, spec: tuple, secret: bool, path: str = ""):
         where = f"{path}.{key}" if path else key
         return [{k: _sample(k, s, f"{where}.{k}" in SECRET_PATHS, where) for k, s in typ[0].items()}]
     if typ is str:  # "info": a console level
-        cands = [URL] if key == "url" else ["https://ingest.example"] if key.endswith("_url") else [f"v-{key}", "mqtt", "http", "info"]
+        cands = ([URL] if key == "url" else ["https://ingest.example"] if key.endswith("_url")
+                 else [f"v-{key}", "mqtt", "http", "info"])
     elif typ is int:
         cands = [300, 4096, 60000]
     elif typ is bool:
@@ -128,7 +129,8 @@ def test_secret_looking_firmware_keys_are_held_as_references():
         keys = set(fw_schema.platform(kind))
         assert SECRET_KEYS[kind] <= keys, (kind, SECRET_KEYS[kind] - keys)
         looks = {k for k in keys if any(w in k for w in SECRET_WORDS)}
-        assert looks <= SECRET_KEYS[kind], f"{kind}: {looks - SECRET_KEYS[kind]} look like secrets: list them in fleet.SECRET_KEYS"
+        assert looks <= SECRET_KEYS[kind], (f"{kind}: {looks - SECRET_KEYS[kind]} look like secrets: "
+                                            "list them in fleet.SECRET_KEYS")
 
 
 def _device_table() -> dict:

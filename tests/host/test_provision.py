@@ -199,6 +199,7 @@ def test_weightron_watch_and_publish_reach_the_board(env):
     p = json.loads((env.build / "devices" / "scale" / "config.json").read_text())["platform"]
     assert p["watch"] == ["devices/bridge-1", "hubs/#"] and p["publish"] is True
     fw = firmware_config_module()
-    schema = {"weightron": {"watch": ([str], None), "publish": (bool, False), "application_id": (str, None), "device_id": (str, None)}}
+    schema = {"weightron": {"watch": ([str], None), "publish": (bool, False), "application_id": (str, None),
+                            "device_id": (str, None)}}
     doc = {"device": {"name": "s", "board": "esp32-devkitc"}, "platform": p}
     assert fw.parse(json.dumps(doc), schema)["platform"]["publish"] is True

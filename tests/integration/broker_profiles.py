@@ -672,7 +672,8 @@ class Biotz(Profile):
 
     def check_subscribe(self, s, topic, qos):
         base = s.data["base"]
-        if topic == base + "subscribe/firmware/update" or re.fullmatch(re.escape(base) + r"subscribe/action/([^/+#]+|\+)", topic):
+        if (topic == base + "subscribe/firmware/update"
+                or re.fullmatch(re.escape(base) + r"subscribe/action/([^/+#]+|\+)", topic)):
             return None
         return broke("biotz.topics", f"subscription {topic}: not this device's action or firmware topic")
 

@@ -192,7 +192,8 @@ def test_provisioning_obtains_and_stores_a_token(env, tmp_path):
 def test_provisioning_refusal_stops_with_the_reason(env):
     proxy = env.proxy(ThingsBoard({}, provisioning=True))
     cloud = env.cloud()
-    cloud.on(lambda t, p: t == "/provision/request" and cloud.send("/provision/response", {"status": "NOT_FOUND"}, wait=False))
+    cloud.on(lambda t, p: t == "/provision/request" and cloud.send("/provision/response", {"status": "NOT_FOUND"},
+                                                                   wait=False))
     board = env.board(e2e_config("thingsboard", proxy.url(), provision_key="pk-x", provision_secret="ps-x"))
     board.wait_for_line("NOT_FOUND", timeout=30)
     assert proxy.violations == []

@@ -51,8 +51,8 @@ def test_timestamp_is_iso_8601_utc(env):
     proxy = env.proxy(Weightron(APP, {"access-t0ken-1"}))
     cloud = env.cloud()
     with ntp_server() as ntp:
-        board = env.board(e2e_config("weightron", proxy.url(), ntp=[ntp], publish=True, application_id=APP, device_id="scale-7",
-                                     token="access-t0ken-1"))
+        board = env.board(e2e_config("weightron", proxy.url(), ntp=[ntp], publish=True, application_id=APP,
+                                     device_id="scale-7", token="access-t0ken-1"))
         msgs = cloud.wait(lambda t, p: t == f"{APP}/devices/scale-7" and b"$timestamp" in p, console=board.console)
     doc = json.loads(msgs[0][1])
     when = datetime.datetime.fromisoformat(doc["$timestamp"].replace("Z", "+00:00"))

@@ -128,7 +128,8 @@ class VirtualBoard:
         size = self.PACED_READ if self.baud else 4096
         clock = [0.0]
         while True:
-            data = self.proc.stdout.read1(size) if hasattr(self.proc.stdout, "read1") else os.read(self.proc.stdout.fileno(), size)
+            data = (self.proc.stdout.read1(size) if hasattr(self.proc.stdout, "read1")
+                    else os.read(self.proc.stdout.fileno(), size))
             if not data:
                 return
             self._pace(clock, len(data))
