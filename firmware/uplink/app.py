@@ -142,57 +142,12 @@ class App:
         if self.cloud is not None:
             await self.cloud.connected(self.adapter, self.client)
 
-    # -- startup -------------------------------------------------------------------------
-    async def start_network(self):
-        if self.board.backend == "host" and not self.cfg["wifi"]["networks"]:
-            # the PC is already online: no Wi-Fi manager to keep in the heap
-            from uplink.board_host import Wired
-
-            self.wifi = Wired(self.board.wlan())
-            return
-        from uplink.wifi import Wifi, WifiError
-
-        self.wifi = Wifi(self.board, self.cfg["wifi"]["networks"], self.cfg["wifi"]["timeout_s"])
-        delay = 2
-        while True:
-            try:
-                await self.wifi.connect()
-                break
-            except WifiError as e:
-                log.error("wifi", "%s; retrying in %d s" % (e, delay))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 60)
-        log.info("wifi", "up, ip %s" % self.wifi.ip)
+    def network_back(self):
         # back on Wi-Fi, MQTT tries at once instead of sitting out a backoff grown in the outage
-        self.wifi.on_up = self._network_back
-        self.keep("wifi", self.wifi.run)
-
-    def _network_back(self):
         if self.client is not None:
             self.client.kick()
         if self.sessions:
             self.sessions.kick()
-
-    async def start_clock(self):
-        from uplink.clock import Clock
-
-        ntp = self.cfg["ntp"]
-        self.clock = Clock(self.board, ntp["servers"], ntp["timeout_ms"], ntp["resync_s"])
-        if ntp["servers"]:
-            self.keep("clock", self.clock.run)
-        else:  # e.g. the host board, whose clock is the PC's
-            log.info("clock", "no NTP servers configured: the board's own clock is used")
-        url = self.adapter.url
-        if url[: url.find(":")] in ("mqtts", "wss", "https") and not self.cfg["platform"]["insecure"]:
-            # Certificate validity checks need the real date, so the platform's own time
-            # (ThingsBoard getTime, Blynk utc) cannot help here: it only comes over the
-            # connection. NTP must answer, or the RTC must be set already (soft reset).
-            if not self.clock.valid():
-                log.info("clock", "waiting for the time before TLS")
-                self.clock.blocked_hint = ("; TLS to the platform waits for it (the certificate "
-                                           "check needs the date): UDP port 123 must reach them")
-            await self.clock.wait_valid()
-            self.clock.blocked_hint = Clock.blocked_hint
 
     def make_client(self):
         return self.ctx.make_client(self.on_message, self.on_status, self.on_connect)
@@ -220,8 +175,12 @@ class App:
 
         self.boots = Boots()
         log.info("outbox", "%d readings waiting, %d dropped so far" % (self.outbox.depth, self.outbox.dropped))
-        await self.start_network()
-        await self.start_clock()
+        with transient():  # boot-only code: Wi-Fi and the clock up, then it leaves the heap
+            from uplink import startup
+
+            await startup.network(self)
+            await startup.clock(self)
+            startup = None  # a local of this frame, which lives as long as the app, would keep it
         await self.ota_at_boot()
         with transient():  # first-boot steps (ThingsBoard provisioning) leave the heap after
             await self.adapter.prepare(self.ctx)

@@ -91,6 +91,10 @@ class HostBoard(Board):
         self._offset_ms = 0
         self.led_on = False
 
+    def wired(self):
+        """The link as the app sees Wi-Fi's: the PC is online already (uplink.startup)."""
+        return _Wired(self.wlan())
+
     def wlan(self):
         if self._wlan is None:
             self._wlan = HostWLAN()
@@ -172,7 +176,7 @@ def _write_cause(c):
 _take_cause()
 
 
-class Wired:
+class _Wired:
     """The host board's link as the app sees Wi-Fi's: always up, no RSSI."""
 
     connected = True

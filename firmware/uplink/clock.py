@@ -75,7 +75,7 @@ def check(resp, nonce):
 class Clock:
     RETRY_MS = 2000  # first retry after a failed sync; doubles up to BACKOFF_MAX_S
     BLOCKED_SAY_S = 300  # while syncs fail, a console line this often
-    # what the unknown time means for this app (set by App.start_clock)
+    # what the unknown time means for this app (set by uplink.startup.clock)
     blocked_hint = "; UDP port 123 must reach them"
 
     def __init__(self, board, servers, timeout_ms=2000, resync_s=3600):

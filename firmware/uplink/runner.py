@@ -6,6 +6,7 @@ import sys
 import time
 
 from uplink import VERSION, ConfigError, log, transient
+from uplink import board as boardmod  # resident: imported first in boot's transient, it would go
 from uplink.app import App  # here, not at run(): main.py says clearly when it cannot load
 
 RESET_DELAY_MS = 2000
@@ -26,43 +27,14 @@ def run():
     """Entry point from main.py. A crash, or an unexpected error at boot (a full filesystem,
     no memory), resets the board after a delay and counts for safe mode; safe mode waits,
     then resets. Returns (to the REPL) only on Ctrl-C."""
-    from uplink import board as boardmod
+    with transient():  # boot's own code (uplink.startup, the config checker, safe mode's count)
+        from uplink import startup
 
-    board = None
-    try:
-        with transient():  # the config checker is boot's alone
-            cfg = load_config()
-    except Exception as e:
-        # ConfigError: safe mode; anything else (no memory for the platform module): a crash,
-        # counted. Either once the board is known and the count checked: a config that fails
-        # at every boot must still end in safe mode, not a reset loop
-        cfg = e
-    try:
-        board = boardmod.load(cfg["device"]["board"] if isinstance(cfg, dict) else boardmod.DEFAULT)
-    except Exception as e:
-        _crash(None, "boot failed", e)
-        return
-    boot = transient()  # safe mode's bookkeeping; made after the board: its modules stay
-    from uplink import safemode
-
-    try:
-        cause = board.reset_cause()
-        safemode.enter_boot(cause)
-        if not isinstance(cfg, dict):
-            raise cfg
-        last = safemode.last_reason()
-    except KeyboardInterrupt:
-        log.warn("boot", "stopped by Ctrl-C")
-        return
-    except (safemode.SafeMode, ConfigError) as e:
-        _safe_mode(board, str(e))
-        return
-    except Exception as e:
-        _crash(board, "boot failed", e)
-        return
-    del safemode
-    boot.end()
-    boot = None
+        booted = startup.boot()
+        startup = None
+    if booted is None:
+        return  # the boot ended there: safe mode, a crash (both reset) or Ctrl-C
+    cfg, board, cause, last = booted
     log.level = log.LEVELS.index(cfg["device"]["console"])
     log.info("boot", "uplink %s on %s (%s), reset cause %s" % (VERSION, board.name, cfg["device"]["name"], cause))
     if last:
@@ -75,12 +47,12 @@ def run():
     except KeyboardInterrupt:
         _interrupted(board)
     except ConfigError as e:
-        _safe_mode(board, str(e))
+        safe_mode(board, str(e))
     except Exception as e:
-        _crash(board, "app crashed", e)
+        crash(board, "app crashed", e)
 
 
-def _crash(board, what, e):
+def crash(board, what, e):
     """A crash exit: logged, counted for safe mode, then a reset after RESET_DELAY_MS (a
     crash loop must not spin at full speed)."""
     reason = "%s: %s: %s" % (what, type(e).__name__, e)
@@ -97,7 +69,7 @@ def _crash(board, what, e):
     if not counted:
         # a count that cannot be stored (full filesystem) cannot stop a crash loop: wait as
         # long as safe mode would before each reset instead
-        _safe_mode(board, reason + " (the crash count could not be stored)")
+        safe_mode(board, reason + " (the crash count could not be stored)")
         return
     try:
         time.sleep_ms(RESET_DELAY_MS)
@@ -109,8 +81,6 @@ def _crash(board, what, e):
 
 def _reset(board):
     if board is None:
-        from uplink import board as boardmod
-
         board = boardmod.load(boardmod.DEFAULT)
     board.reset()
 
@@ -135,7 +105,7 @@ def _interrupted(board):
     board.reset()
 
 
-def _safe_mode(board, reason):
+def safe_mode(board, reason):
     """Stop the app for safemode.retry_s(), then reset for another try. The reason stays in
     safemode.txt for the next healthy run to report. Ctrl-C gives the REPL."""
     from uplink import safemode

@@ -62,7 +62,7 @@ class Session:
         app = self.app
         url = self.adapter.url
         if url[: url.find(":")] in ("mqtts", "wss", "https") and not self.cfg["platform"]["insecure"]:
-            await app.clock.wait_valid()  # the certificate check needs the date (app.start_clock)
+            await app.clock.wait_valid()  # the certificate check needs the date (uplink.startup.clock)
         delay = 5
         while True:
             try:

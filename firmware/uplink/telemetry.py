@@ -21,7 +21,7 @@ class Telemetry:
             "uptime_s": log.uptime_s(),  # since boot, right across the ticks wrap
             "outbox_depth": app.outbox.depth if app.outbox else 0,
             "dropped": app.outbox.dropped if app.outbox else 0,
-            "fw_version": app.ctx.version,  # the OTA bundle's (uplink.ota.running)
+            "fw_version": app.ctx.fw()[1],  # the OTA bundle's (uplink.ota.running)
         }
         h.update(app.board.memory())  # gc_free; on the ESP32 also idf_free, idf_largest
         rssi = app.wifi.rssi() if app.wifi else None
@@ -53,16 +53,11 @@ class Telemetry:
         except Exception as e:  # a broken sensor must not stop health telemetry
             log.exc("user", "read() failed", e)
         drop_unencodable(values)
-        return self.mark({"values": values})
-
-    def mark(self, reading):
         # the time now, or (clock not known yet) this boot and its uptime: uplink.boots
-        app = self.app
         now = app.clock.now_ms() if app.clock else None
         if app.boots is None:
-            reading["ts"] = now
-            return reading
-        return app.boots.mark(reading, now)
+            return {"values": values, "ts": now}
+        return app.boots.mark({"values": values}, now)
 
     def stamp(self, reading, final=False):
         """For the publisher: a stored reading's time, once it can be known (uplink.boots)."""
@@ -82,35 +77,20 @@ class Telemetry:
         if app.sessions:
             app.sessions.notify()
 
-    def take_device_readings(self, reading):
-        # gateway modes: user.read_devices() -> {sub-device name: values}
-        try:
-            per_device = self.app.user.read_devices() or {}
-        except Exception as e:
-            log.exc("user", "read_devices() failed", e)
-            return
-        for name in per_device:
-            values = per_device[name]
-            if isinstance(values, dict):
-                drop_unencodable(values)
-            r = {"values": values, "device": name}
-            for k in ("ts", "boot", "up"):  # the same time as the device's own reading
-                if k in reading:
-                    r[k] = reading[k]
-            self.store(r)
-
     async def run(self):
         app = self.app
         # sub-device readings only where the platform runs a gateway session (adapter.gateway)
-        gateway = hasattr(app.user, "read_devices") and app.adapter.gateway
+        devices = None
+        if hasattr(app.user, "read_devices") and app.adapter.gateway:
+            from uplink import devices
         if not app.adapter.publishes and not (app.sessions and app.sessions.cursors):
             return  # a watcher (Weightron without publish = true) sends no readings
         while True:
             try:
                 reading = self.take_reading()
                 self.store(reading)
-                if gateway:
-                    self.take_device_readings(reading)
+                if devices is not None:
+                    devices.store(self, reading)
             except Exception as e:
                 # a MemoryError while taking or storing a reading: lose this reading, not
                 # every later one (this task ending would stop all telemetry)

@@ -74,7 +74,7 @@ def test_safe_mode_feeds_an_armed_watchdog_then_resets():
     b = board.load("esp32-devkitc")
     wdt = b.watchdog(30000)
     with raises(fake_hw.Reset):
-        runner._safe_mode(b, "platform.token: refused")
+        runner.safe_mode(b, "platform.token: refused")
     assert wdt.fed >= 1
     assert _read(safemode.REASON).strip() == "platform.token: refused"
     _clean()
