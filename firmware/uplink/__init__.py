@@ -25,7 +25,9 @@ class transient:
         import sys
 
         had = self.had
-        for name in [n for n in sys.modules if n not in had and n.startswith("uplink.")]:
+        for name in list(sys.modules):
+            if name in had or not name.startswith("uplink."):
+                continue
             del sys.modules[name]
             pkg, _, leaf = name.rpartition(".")
             parent = sys.modules.get(pkg)

@@ -34,10 +34,6 @@ class Context:
         w = self._app.wifi
         return w.ip if w else None
 
-    @property
-    def version(self):
-        return self._app.fw()[1]
-
     def fw(self):
         """(title, version) of the app running (App.fw)."""
         return self._app.fw()
@@ -53,12 +49,6 @@ class Context:
 
     def keep(self, name, fn):
         return self._app.keep(name, fn)
-
-    def reboot_soon(self):
-        """Reset in a moment (a reply or a report leaves first)."""
-        import asyncio
-
-        asyncio.create_task(self._app.reboot_soon())
 
     def share(self, n):
         """This cloud's part of n (records a publisher reads at a time, messages a client
@@ -84,13 +74,6 @@ class Context:
         c.on_status = on_status
         c.on_connect = on_connect
         self.client = c
-        return c
-
-    async def open_client(self, user, password):
-        """A connected client with these credentials, for one-off exchanges (ThingsBoard
-        provisioning). One attempt; the caller disconnects it."""
-        c = self.new_client(user=user, password=password)
-        await c.connect()
         return c
 
 

@@ -5,6 +5,8 @@
 # session, signed with the relay key like the token requests (host_tools/relay.py). The job
 # is the one Blynk.Air's notice makes (uplink.ota_fetch); the trial is uplink.ota's, told on
 # the console (these clouds have no place for it). docs/ota.md.
+import asyncio
+
 from uplink import log, ota
 
 PATH = "/v1/ota"  # = host_tools/relay.py OTA_PATH
@@ -34,7 +36,7 @@ def offer(ctx, o, root=""):
     except (KeyError, ValueError, TypeError):
         log.warn("ota", "the relay's update offer is malformed: ignored")
         return
-    if want["version"] == ctx.version:
+    if want["version"] == ctx.fw()[1]:
         return  # runs already
     if sha == ota.rolled_back(root):
         log.warn("ota", "%s from the relay was rolled back before: not tried again" % want["version"])
@@ -46,4 +48,9 @@ def offer(ctx, o, root=""):
     if not ota.same_job(job, want) or job.get("installed"):
         ota.save_json(root + ota.JOB, want)
     log.info("ota", "the relay offers %s: downloading after a reset (the heap is whole then)" % want["version"])
-    ctx.reboot_soon()  # (Board.reset writes the held readings first)
+    asyncio.create_task(_reset_soon(ctx))
+
+
+async def _reset_soon(ctx):
+    await asyncio.sleep_ms(2000)  # (= app.RESET_DELAY_MS) the log line and any reply leave first
+    ctx.board.reset()  # (Board.reset writes the held readings first)

@@ -23,7 +23,7 @@ class Ctx:
     ota_watch = False
     ota = None
     main = True
-    open_client = None  # async fn(user, password) -> a connected client, when a test needs one
+    new_client = None  # fn(**kw) -> a client (Context.new_client), when a test needs one
 
     def __init__(self, ip="10.0.0.7"):
         self.board = Board()
@@ -57,6 +57,9 @@ class Client:
             if a is not None and self.on_message is not None:
                 self.on_message(a[0], a[1], False)
         return self.pid
+
+    async def connect(self):
+        self.connections += 1
 
     async def subscribe(self, topic, qos=0):
         self.subscribed.append((topic, qos))

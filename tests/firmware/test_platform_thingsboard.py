@@ -287,12 +287,12 @@ async def test_provisioning_gets_and_stores_a_token():
             return ("/provision/response",
                     b'{"status":"SUCCESS","credentialsType":"ACCESS_TOKEN","credentialsValue":"NEWTOKEN"}')
 
-    async def open_client(user, password):
+    def new_client(user=None, password=None):
         opened.append((user, password))
         return c
 
     c = Client(server)
-    a.ctx.open_client = open_client  # (Context.open_client)
+    a.ctx.new_client = new_client  # (Context.new_client)
     await a.prepare(a.ctx)
     assert opened == [("provision", None)]
     assert ("/provision/response", 1) in c.subscribed or c.subscribed[0][0] == "/provision/response"
@@ -300,7 +300,7 @@ async def test_provisioning_gets_and_stores_a_token():
     assert ctx.saved[-1]["platform"]["token"] == "NEWTOKEN"
     assert await a.credentials() == ("NEWTOKEN", None)
     assert not a.needs_provisioning()
-    a.ctx.open_client = open_client  # (Context.open_client)
+    a.ctx.new_client = new_client  # (Context.new_client)
     await a.prepare(a.ctx)  # has a token now: no second provisioning
     assert len(opened) == 1
 
@@ -313,11 +313,11 @@ async def test_provisioning_refusals_are_reported():
         a = adapter("thingsboard", ctx, provision_key="pk", provision_secret="ps")
         c = Client(lambda t, p, answer=answer: ("/provision/response", answer))
 
-        async def open_client(user, password, c=c):
+        def new_client(c=c, **kw):
             return c
 
         with raises(config.ConfigError, why) as r:  # tb_provision.ProvisionError: safe mode with the reason
-            a.ctx.open_client = open_client  # (Context.open_client)
+            a.ctx.new_client = new_client  # (Context.new_client)
             await a.prepare(a.ctx)
         assert "SECRET" not in str(r.value)
         assert ctx.saved == [] and c.disconnected
@@ -328,11 +328,11 @@ async def test_provisioning_timeout():
     a.provision_timeout_s = 0.05
     c = Client()
 
-    async def open_client(user, password):
+    def new_client(**kw):
         return c
 
     with raises(OSError, "no answer"):
-        a.ctx.open_client = open_client  # (Context.open_client)
+        a.ctx.new_client = new_client  # (Context.new_client)
         await a.prepare(a.ctx)
 
 

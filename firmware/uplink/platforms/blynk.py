@@ -77,7 +77,7 @@ class Adapter(Base):
     async def on_connect(self, client):
         p = self.cfg["platform"]
         build = getattr(uplink, "BUILD", None) or BUILD  # (host_tools/build.py writes BUILD)
-        info = {"ver": self.ctx.version, "build": build, "rxbuff": MAX_MESSAGE}
+        info = {"ver": self.ctx.fw()[1], "build": build, "rxbuff": MAX_MESSAGE}
         t = p.get("template_id")
         if t:
             info["tmpl"] = info["type"] = t
@@ -232,7 +232,7 @@ class Adapter(Base):
             return None
         if what == "ota/json":
             o = loads_obj(payload, "ota/json")
-            if dev is None and o.get("ver") and str(o["ver"]) == self.ctx.version:
+            if dev is None and o.get("ver") and str(o["ver"]) == self.ctx.fw()[1]:
                 # the version running: Blynk sends the notice after every info/mcu while the
                 # shipment lasts, and the updater is loaded for an update only
                 return None

@@ -17,10 +17,21 @@ class ProvisionError(ConfigError):
     pass
 
 
+def opener(ctx):
+    """`await open_client(user, password)`: a connected MQTT client of this cloud (the app's
+    client factory, Context.new_client), one attempt; the caller disconnects it."""
+
+    async def open_client(user, password):
+        c = ctx.new_client(user=user, password=password)
+        await c.connect()
+        return c
+
+    return open_client
+
+
 async def provision(adapter, open_client):
-    """`await open_client(user, password)`: a connected MQTT client of this cloud, one attempt
-    (Context.open_client). The token is stored with ctx.save_config(); adapter.credentials()
-    returns it from then on."""
+    """Ask for a token with `open_client` (opener); it is stored with ctx.save_config() and
+    adapter.credentials() returns it from then on."""
     cfg = adapter.cfg
     p = cfg["platform"]
     got = asyncio.Event()

@@ -101,7 +101,7 @@ class Adapter(Base):
         if self.needs_provisioning():
             from uplink.platforms import tb_provision
 
-            await tb_provision.provision(self, ctx.open_client)
+            await tb_provision.provision(self, tb_provision.opener(ctx))
 
     async def credentials(self):
         if self.creds is not None:
