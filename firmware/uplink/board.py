@@ -169,12 +169,8 @@ class Esp32Board(Board):
         return os_ms()
 
     def memory(self):
-        # On the chip the GC heap is only part of the story: mbedTLS (a TLS session takes
-        # tens of KB), Wi-Fi and lwIP allocate from the ESP-IDF heap, and the GC heap grows
-        # by taking blocks from that same heap (ports/esp32: MICROPY_GC_SPLIT_HEAP_AUTO,
-        # gc_get_max_new_split = heap_caps_get_largest_free_block). idf_free is the IDF data
-        # heaps' free bytes, idf_largest the biggest block one allocation can get
-        # (esp32.idf_heap_info tuples: total, free, largest free block, minimum free).
+        # mbedTLS, Wi-Fi and lwIP allocate from the IDF heap, which the GC heap also grows into
+        # (ports/esp32: MICROPY_GC_SPLIT_HEAP_AUTO): its free bytes and largest block matter too.
         import esp32
 
         free = largest = 0

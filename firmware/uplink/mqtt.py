@@ -378,11 +378,9 @@ class MQTTClient:
         except BaseException:
             s.close()
             raise
-        # The subscriptions, then the unacknowledged QoS 1 packets (and those published while
-        # disconnected) in the order first sent, are written before the stream is handed to
-        # anyone: nothing overtakes them or is sent twice, a reply to a resent packet finds
-        # its subscription (the broker takes packets in order), and on_connect's publishes
-        # wait for slots like any other (the reader frees them as the acks come).
+        # Subscriptions, then unacknowledged QoS 1 packets in the order first sent, go out before
+        # anyone else writes: nothing overtakes them, and a reply to a resent packet finds its
+        # subscription (the broker takes packets in order).
         subs = []
         for topic, qos in self._subs.items():
             pid = self._new_pid()
@@ -655,10 +653,8 @@ class MQTTClient:
                     await self._drain(s)
 
     async def _flusher(self, s):
-        # Sends what wait=False publishes gathered. It waits FLUSH_MS first: a publisher in a
-        # burst drains by itself when the window fills, so this task wakes a few times a
-        # second instead of once per batch (each task switch costs a poll), while a lone
-        # publish still leaves within FLUSH_MS.
+        # Sends what wait=False publishes gathered, FLUSH_MS after the first: a burst drains by
+        # itself as the window fills, so this wakes a few times a second, not once per batch.
         while self._s is s:
             await self._kick.wait()
             await asyncio.sleep_ms(FLUSH_MS)

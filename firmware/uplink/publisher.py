@@ -189,10 +189,8 @@ class Publisher:
                 log.warn("publish", "paused: %s" % e)
                 await asyncio.sleep_ms(200)
             except Exception as e:
-                # MemoryError on a fragmented heap, an adapter bug: this task must never die,
-                # or readings pile up unsent until the outbox drops them. What was not handed
-                # to the client is read again from the cursor; after a MemoryError in
-                # smaller batches.
+                # (a MemoryError, an adapter bug) this task must never die, or readings pile up
+                # unsent; what the client did not take is read again, in smaller batches.
                 log.exc("publish", "paused", e)
                 recs = None
                 gc.collect()

@@ -249,11 +249,8 @@ class Stream:
             self._stuck = False
 
     def close(self):
-        # Close the TLS socket and then the TCP socket under it. A TLS socket whose handshake
-        # failed inside a read or write has already let go of that TCP socket
-        # (extmod/modtls_mbedtls.c, ssl_check_async_handshake_failure sets sock to NULL), so
-        # its close() closes nothing, and the lwIP socket (a /proc fd on the host) stayed
-        # open until a GC pass found it. Closing a closed socket does nothing on both ports.
+        # Both: a TLS socket whose handshake failed has let go of its TCP socket already
+        # (extmod/modtls_mbedtls.c), which would stay open until a GC pass found it.
         for s in (self._s, self._raw):
             if s is not None:
                 try:

@@ -118,11 +118,9 @@ class Adapter(Base):
         return subs
 
     async def on_connect(self, client):
-        # Not "fw_version": that is the shared attribute announcing an OTA package. The running
-        # firmware goes by the names ThingsBoard's OTA guide gives it, current_fw_title and
-        # current_fw_version (thingsboard.io/docs/user-guide/ota-updates/). As client
-        # attributes for now: the guide sends them as telemetry beside fw_state, which comes
-        # with OTA; until then a telemetry message that is no reading is not worth its bytes.
+        # The running firmware by the names of ThingsBoard's OTA guide (current_fw_title/_version;
+        # fw_version is the shared attribute announcing a package), as client attributes: as
+        # telemetry they would be a message that is no reading (thingsboard.io/docs/user-guide/ota-updates/).
         t, v = self._running()
         attrs = {"board": self.ctx.board.name, "current_fw_title": t, "current_fw_version": v}
         ip = self.ctx.ip
@@ -154,10 +152,8 @@ class Adapter(Base):
             self._claimed = True
 
     async def ready(self, client):
-        # The backlog waits for this connection's getSessionLimits answer (maxPayloadSize,
-        # maxInflightMessages), at most LIMITS_WAIT_MS; then the documented defaults (65536 B,
-        # docs/platforms.md) apply. A server that never answered (older than 3.5, a plain
-        # broker) is not waited for again this boot.
+        # The backlog waits up to LIMITS_WAIT_MS for getSessionLimits, then the documented
+        # defaults apply (docs/platforms.md); a server that never answered is not waited for again.
         n = client.connections
         if not self.cfg["platform"].get("client_rpc", True) or not self._answers:
             return self.max_inflight
@@ -292,11 +288,8 @@ class Adapter(Base):
             if not isinstance(method, str) or not method:
                 raise ValueError("RPC request %s: no method" % rid)
             if self._pending.get(rid) == method:
-                # Our own client-side request (on_connect), back from a plain MQTT broker
-                # (uplink sim against mosquitto) on our rpc/request/+ subscription. ThingsBoard
-                # never sends a device its request back, so this is the one place that can
-                # tell: only the adapter knows the ids it issued. ThingsBoard numbers
-                # server-side RPCs in a sequence of its own, so the method must match too.
+                # Our own request echoed by a plain broker (uplink sim on mosquitto): ThingsBoard
+                # never sends one back, and its server-side ids are its own, so id and method must match.
                 self._echoes = True
                 return None
             return command(method, req.get("params"), ("me", rid))
