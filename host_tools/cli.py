@@ -80,10 +80,7 @@ def main_options(
         "--version", callback=_version, is_eager=True, help="Print the version.")] = False,
 ):
     """Global options; the exit codes are errors.ExitCode (the epilog of `uplink --help`)."""
-    S.fleet_path = fleet
-    S.secrets_file = secrets_file
-    S.no_keyring = no_keyring
-    S._store = None
+    S.configure(fleet, secrets_file, no_keyring)
     REDACT.sources[:] = []
     REDACT.enabled = True
     UI.level = -1 if quiet else verbose

@@ -17,6 +17,13 @@ class State:
     no_keyring: bool = False
     _store: SecretStore | None = None
 
+    def configure(self, fleet: Path, secrets_file: Path | None, no_keyring: bool) -> None:
+        """A run's options; the secret store is opened again from them when first needed."""
+        self.fleet_path = fleet
+        self.secrets_file = secrets_file
+        self.no_keyring = no_keyring
+        self._store = None
+
     @property
     def store(self) -> SecretStore:
         if self._store is None:
