@@ -188,7 +188,6 @@ def test_uplink_relay_command_serves_and_audits(fleet, provider, tmp_path):
     import os
     import subprocess
     import sys
-    import time
 
     from host_tools import relay_pki
     from host_tools.secrets import SecretStore
@@ -202,6 +201,7 @@ def test_uplink_relay_command_serves_and_audits(fleet, provider, tmp_path):
         [exe, "--fleet", str(path), "--secrets-file", str(secrets_file), "--no-keyring",
          "relay", "--listen", f"127.0.0.1:{port}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    head: list[str] = []
     try:
         wait_port(port, timeout=20)
         store = SecretStore(secrets_file, use_keyring=False, env={})
@@ -213,10 +213,16 @@ def test_uplink_relay_command_serves_and_audits(fleet, provider, tmp_path):
         assert r.status_code == 200
         token = r.json()["password"]
         assert provider.verify_id_token(token)["sub"] == BIOTZ_USER[0]
-        time.sleep(0.3)
+        # the sentinel: the request's audit line, written after everything the relay logged
+        # while answering it (one stream, in order); the secrets are checked against all of it
+        assert proc.stdout is not None
+        while "uplink.relay.audit" not in (line := proc.stdout.readline().decode()):
+            head.append(line)
+            assert line, "the relay ended without an audit line:\n" + "".join(head)
+        head.append(line)
     finally:
         proc.terminate()
-        out = proc.communicate(timeout=10)[0].decode()
+        out = "".join(head) + proc.communicate(timeout=10)[0].decode()
     assert "uplink.relay.audit" in out and "device=field-7" in out and "status=200" in out
     for s in [token, key, *SECRETS.values()]:
         assert s not in out
