@@ -12,7 +12,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # names for the type checker only; MicroPython ignores annotations
     from typing import Any
 
-RESET_DELAY_MS = 2000  # = runner.RESET_DELAY_MS
+RESET_DELAY_MS = 2000  # before a reset: a reply or a log line leaves first (runner's crash exit too)
 HEALTHY_AFTER_S = 60  # = safemode.HEALTHY_AFTER_S; safemode itself is unloaded after boot
 # A kept task (App.keep) that fails this many times in a row, each within STEADY_S of its
 # start, takes the crash path: restarting it again would only hide a broken board.

@@ -24,7 +24,6 @@ class Context:
         self._app = app
         self.cfg = cfg  # the config as this cloud sees it: its own section as `platform`
         self.board = app.board
-        self.main = main
         # the main cloud announces updates (platforms/thingsboard.py asks at every connect)
         self.ota_watch = main and (cfg.get("platform") or {}).get("kind") in ("thingsboard", "blynk")
 
@@ -45,7 +44,7 @@ class Context:
         with transient():
             from uplink import config
 
-            config.save(self._app.cfg, CONFIG)
+            config.save(self._app.cfg)
 
     def keep(self, name, fn):
         return self._app.keep(name, fn)

@@ -288,17 +288,13 @@ COMMIT_AFTER_S = 60  # connected this long on trial: the new app is kept (bundle
 TRIAL_S = 600  # no commit by then: back to the previous app (bundle's trial_s)
 
 
-def _relay(ctx):
-    return (ctx.cfg["platform"].get("credentials") or {}).get("source") == "relay"
-
-
 def start(ctx, unload=None):
     """The main cloud's updater, loaded only when it has work (an announcement; a trial, a
     rollback or a failure to report at boot). `unload`: the uplink.transient its code was
     loaded in, ended by done()."""
     if ctx.cfg["platform"]["kind"] == "blynk":
         from uplink.ota_blynk import Updater as U
-    elif _relay(ctx):
+    elif ctx.adapter.relayed():
         U = Updater  # the relay's clouds hear nothing: the trial, told on the console
     else:
         from uplink.ota_thingsboard import Updater as U
@@ -326,12 +322,12 @@ async def at_boot(ctx, unload):
             from uplink import ota_fetch
 
             await ota_fetch.at_boot(ctx)
-    elif _relay(ctx):
+    elif ctx.adapter.relayed():
         with transient():
             from uplink import ota_relay
 
             await ota_relay.download(ctx)
-    if (ctx.ota_watch or _relay(ctx)) and owed():
+    if (ctx.ota_watch or ctx.adapter.relayed()) and owed():
         start(ctx, unload)
         return True
     return False

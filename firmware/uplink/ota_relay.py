@@ -52,5 +52,7 @@ def offer(ctx, o, root=""):
 
 
 async def _reset_soon(ctx):
-    await asyncio.sleep_ms(2000)  # (= app.RESET_DELAY_MS) the log line and any reply leave first
+    from uplink.app import RESET_DELAY_MS  # (resident)
+
+    await asyncio.sleep_ms(RESET_DELAY_MS)  # the log line and any reply leave first
     ctx.board.reset()  # (Board.reset writes the held readings first)

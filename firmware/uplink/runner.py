@@ -7,17 +7,14 @@ import time
 
 from uplink import VERSION, ConfigError, log, transient
 from uplink import board as boardmod  # resident: imported first in boot's transient, it would go
-from uplink.app import App  # here, not at run(): main.py says clearly when it cannot load
-
-RESET_DELAY_MS = 2000
-CONFIG = "config.json"
+from uplink.app import RESET_DELAY_MS, App  # here, not at run(): main.py says clearly when it cannot load
 
 
 def load_config():
     from uplink import config, platforms
 
     # SCHEMAS imports only the configured platform's module: the others would cost heap
-    return config.load(CONFIG, platforms.SCHEMAS)
+    return config.load(config.PATH, platforms.SCHEMAS)
 
 
 HOLD = "hold"  # = main.py's HOLD: one boot in maintenance, no app, no watchdog

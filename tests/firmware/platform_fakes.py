@@ -22,7 +22,6 @@ class Ctx:
     version = "1.2.3"
     ota_watch = False
     ota = None
-    main = True
     new_client = None  # fn(**kw) -> a client (Context.new_client), when a test needs one
 
     def __init__(self, ip="10.0.0.7"):

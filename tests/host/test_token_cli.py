@@ -228,6 +228,22 @@ def test_uplink_relay_command_serves_and_audits(fleet, provider, tmp_path):
         assert s not in out
 
 
+def scale_fleet(token_url: str, oidc_extra: str = "") -> str:
+    """A Weightron device whose token comes through the relay, from the provider at token_url."""
+    return f"""
+[devices.scale.platform]
+kind = "weightron"
+credentials = "relay"
+[devices.scale.platform.oidc]
+token_url = "{token_url}"
+{oidc_extra}client_id = "c"
+client_secret = "secret:cs"
+api_key = "secret:ak"
+[relay]
+url = "https://127.0.0.1:8443"
+"""
+
+
 def test_token_errors_exit_with_the_cloud_code(tmp_path):
     import socket
 
@@ -237,18 +253,7 @@ def test_token_errors_exit_with_the_cloud_code(tmp_path):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
-    env = Env(tmp_path, f"""
-[devices.scale.platform]
-kind = "weightron"
-credentials = "relay"
-[devices.scale.platform.oidc]
-token_url = "https://127.0.0.1:{port}/token"
-client_id = "c"
-client_secret = "secret:cs"
-api_key = "secret:ak"
-[relay]
-url = "https://127.0.0.1:8443"
-""")
+    env = Env(tmp_path, scale_fleet(f"https://127.0.0.1:{port}/token"))
     r = env.run("token", "scale", env={"UPLINK_SECRET_CS": "cs-value-77", "UPLINK_SECRET_AK": "ak-value-77"})
     assert r.code == 7, r.output
     assert f"error: cannot reach https://127.0.0.1:{port}/token" in r.stderr
@@ -286,19 +291,8 @@ def test_token_masks_a_secret_the_provider_echoes_and_says_which_secret_is_missi
     server = HTTPServer(("127.0.0.1", 0), Echo)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        env = Env(tmp_path, f"""
-[devices.scale.platform]
-kind = "weightron"
-credentials = "relay"
-[devices.scale.platform.oidc]
-token_url = "http://127.0.0.1:{server.server_port}/token"
-allow_loopback_http = true
-client_id = "c"
-client_secret = "secret:cs"
-api_key = "secret:ak"
-[relay]
-url = "https://127.0.0.1:8443"
-""")
+        env = Env(tmp_path, scale_fleet(f"http://127.0.0.1:{server.server_port}/token",
+                                        "allow_loopback_http = true\n"))
         r = env.run("token", "scale", env={"UPLINK_SECRET_CS": "cs-value-91", "UPLINK_SECRET_AK": "ak-value-91"})
         assert r.code == 7, r.output
         assert "error: " in r.stderr and "invalid_client: client secret *** is wrong" in r.stderr
