@@ -75,7 +75,9 @@ def deflate_raw(data: bytes) -> bytes:
 # Defined on the board once per session, before the first compressed file. _o opens
 # PATH.tmp, _w inflates one piece into it (each piece is a whole raw-deflate stream: nothing
 # carries between execs but the file and the hash), _c checks the sha256 of what was written
-# and renames it into place, so a damaged copy never replaces a file.
+# and renames it into place, so a damaged copy never replaces a file. The rename alone replaces
+# it (atomic on littlefs; VfsFat removes the old file itself, extmod/vfs_fat.c): removing the
+# old file when a rename fails would lose it (config.json) when the second rename fails too.
 _HELPERS = """\
 _b=bytearray(512)
 _m=memoryview(_b)
@@ -94,8 +96,8 @@ def _c(x):
   os.remove(t);raise OSError(_p+' arrived damaged (sha256 differs), nothing replaced: deploy again')
  try:
   os.rename(t,_p)
- except OSError:
-  os.remove(_p);os.rename(t,_p)
+ except OSError as e:
+  raise OSError(_p+' not replaced (the old one is kept): rename failed: '+str(e))
 def _x():
  try:
   _f.close();os.remove(_p+'.tmp')
@@ -272,8 +274,8 @@ class BoardLink:
     BATCH = 4096  # bytes of code per exec on the compressed path: small files share one
 
     def write_atomic(self, path: str, data: bytes, progress: Callable[[int], None] | None = None) -> None:
-        """Write to PATH.tmp, then rename over PATH: a power cut leaves the old or the new file.
-        (FAT cannot rename over an existing file: there the old one is removed first.)"""
+        """Write to PATH.tmp, then rename over PATH: a power cut leaves the old or the new file,
+        and a rename that fails (a full flash) the old one, with BoardExecError naming it."""
         self.write_files([(path, data)], (lambda _p, n: progress(n)) if progress else None)
 
     def write_files(self, files: Iterable[tuple[str, bytes]],
@@ -342,9 +344,11 @@ class BoardLink:
             self.exec("f.close()")
 
     def _rename(self, tmp: str, path: str) -> None:
+        # the rename alone (see _HELPERS): on failure the old file stays, PATH.tmp goes
         self.exec(
-            f"try:\n os.rename({tmp!r},{path!r})\nexcept OSError:\n"
-            f" os.remove({path!r})\n os.rename({tmp!r},{path!r})\n"
+            f"try:\n os.rename({tmp!r},{path!r})\nexcept OSError as e:\n"
+            f" try:\n  os.remove({tmp!r})\n except OSError:\n  pass\n"
+            f" raise OSError('%s not replaced (the old one is kept): rename failed: %s'%({path!r},e))\n"
         )
 
     def _write_plain(self, tmp: str, data: bytes, progress) -> None:
