@@ -302,15 +302,28 @@ async def open_tcp(host, port, *, ssl_ctx=None, server_hostname=None, timeout_ms
 
 async def _connected(s, host, port):
     # asyncio has no public "wait until writable", so poll: loopback and LAN connects finish
-    # at the first look, a remote broker within a few 10 ms steps
+    # at the first look, a remote broker within a few 10 ms steps. HUP asked for: the ESP32
+    # reports a failed connect only then (ports/esp32/modsocket.c: lwIP's exception set); a
+    # refused connect is writable too, so it looked connected until the first read.
     p = select.poll()
-    p.register(s, select.POLLOUT)
+    p.register(s, select.POLLOUT | select.POLLERR | select.POLLHUP)
     while True:
         for _, ev in p.poll(0):
             if ev & (select.POLLERR | select.POLLHUP):
-                raise OSError(111, "cannot connect to %s:%d (refused or unreachable)" % (host, port))
+                raise _failed(s, host, port)
             return
         await asyncio.sleep_ms(10)
+
+
+def _failed(s, host, port):
+    try:
+        s.recv(1)  # the connect's error (MicroPython has no getsockopt(SO_ERROR))
+        e = 0
+    except OSError as x:
+        e = x.args[0]
+    if e in (111, 104):  # ECONNREFUSED; lwIP: ECONNRESET, the RST that answered the SYN
+        return OSError(111, "connection refused by %s:%d (nothing listens there, or a firewall rejects)" % (host, port))
+    return OSError(e or 5, "cannot connect to %s:%d (errno %d)" % (host, port, e))
 
 
 async def open_stream(url, *, ca=None, insecure=False, timeout_ms=10000):

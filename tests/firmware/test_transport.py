@@ -1,8 +1,12 @@
 # The byte stream under MQTT: bytes written by several tasks while the socket is full are
 # neither lost nor reordered (per writer), and reads across the buffer edge are exact; TLS
-# connects reuse one context per CA and leave no socket open when the handshake fails.
+# connects reuse one context per CA and leave no socket open when the handshake fails; a refused
+# connect is told at the connect, on the ESP32 too.
 import asyncio
+import io
 import os
+import select
+import socket
 
 from mptest import env, raises, randbytes
 from test_mqtt_broker import serve_on_free_port
@@ -161,3 +165,53 @@ async def test_reconnects_reuse_one_tls_context_per_ca():
         assert len(transport._ctx) <= 2
     finally:
         transport.ssl = real
+
+
+class Esp32Socket(io.IOBase):
+    """A socket polled as on the ESP32 (ports/esp32/modsocket.c, socket_stream_ioctl: lwIP's
+    select() with the exception set only when POLLHUP is asked for). A connect that failed is
+    readable and writable there (lwIP's err_tcp wakes both), and in the exception set: HUP."""
+
+    def __init__(self, *args):
+        self.s = socket.socket(*args)
+        self.p = select.poll()
+        self.p.register(self.s, select.POLLIN | select.POLLOUT)  # (the unix port adds ERR and HUP)
+
+    def ioctl(self, req, arg):
+        if req == 3:  # MP_STREAM_POLL
+            ev = 0
+            for _, ev in self.p.poll(0):
+                pass
+            failed = ev & (select.POLLERR | select.POLLHUP)
+            r = 0
+            for want in (select.POLLIN, select.POLLOUT):
+                if arg & want and (ev & want or failed):
+                    r |= want
+            return r | (select.POLLHUP if arg & select.POLLHUP and failed else 0)
+        if req == 4:  # MP_STREAM_CLOSE
+            self.s.close()
+            return 0
+        return -22  # no fileno (MP_STREAM_GET_FILENO): poll asks ioctl, as for lwIP's sockets
+
+    def __getattr__(self, name):  # connect, setblocking, recv, readinto, write, close
+        return getattr(self.s, name)
+
+
+class Esp32Sockets:
+    # stands in for the `socket` module inside transport
+    SOCK_STREAM = socket.SOCK_STREAM
+    getaddrinfo = staticmethod(socket.getaddrinfo)
+    socket = Esp32Socket
+
+
+async def test_a_refused_connect_is_named_at_connect_as_on_the_esp32():
+    transport.socket = Esp32Sockets
+    try:
+        # nothing listens on port 9: before, the ESP32's poll said writable and the connect
+        # "succeeded"; the refusal came later as a vague error on the first read
+        with raises(OSError, "connection refused by 127.0.0.1:9"):
+            await transport.open_tcp("127.0.0.1", 9)
+        s = await transport.open_tcp(HOST, int(env("BROKER_MQTT_PORT")))  # a broker: connected
+        s.close()
+    finally:
+        transport.socket = socket
