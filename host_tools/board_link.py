@@ -27,6 +27,8 @@ from host_tools.errors import ExitCode, UplinkError
 
 MANIFEST = ".uplink-manifest.json"
 HOLD = "hold"  # firmware/main.py: a boot that finds it starts no app and arms no watchdog
+# firmware/uplink/board.py RESET_MARK: a HARD reset with it is not counted as a crash (a panic)
+RESET_MARK = "reset.mark"
 
 
 class BoardError(UplinkError):
@@ -369,9 +371,10 @@ class BoardLink:
         self.exec(f"try:\n os.remove({path!r})\nexcept OSError:\n pass\n")
 
     def reset(self) -> None:
-        """machine.reset(): the board reboots into the new firmware."""
+        """machine.reset(): the board reboots into the new firmware. Marked as the firmware
+        marks its own resets, so safe mode does not count it as a crash."""
         try:
-            self.t.exec_raw_no_follow("import machine\nmachine.reset()")
+            self.t.exec_raw_no_follow(f"open({RESET_MARK!r},'w').close()\nimport machine\nmachine.reset()")
         except self._TransportError:
             pass  # the board went away mid-answer: that is what a reset looks like
 

@@ -20,6 +20,11 @@ PROFILES = {
 }
 
 RESET_EXIT = 75  # host board: exit code that means "restart me" (EX_TEMPFAIL)
+# Written just before every reset the firmware makes (Board.reset), consumed at the next boot by
+# uplink.safemode: the ESP32 reports machine.reset() and a panic alike as HARD_RESET
+# (ports/esp32/modmachine.c), so a HARD reset without it is a crash. Deploy's reset writes it too
+# (host_tools/board_link.py RESET_MARK).
+RESET_MARK = "reset.mark"
 # device.board when config.json does not say: the board the firmware runs on. "esp32" is no
 # profile, so it gets the esp32 backend without LED or temperature sensor (any ESP32 chip).
 DEFAULT = "esp32" if sys.platform == "esp32" else "host"
@@ -90,6 +95,14 @@ class Board:
             except Exception as e:  # a full flash: the reset matters more now
                 print("held readings not written: %r" % (e,))
 
+    def mark_reset(self):
+        """Say that the coming reset is the firmware's own, not a crash (RESET_MARK). A mark that
+        cannot be written (a full flash) makes the next boot count one crash too many."""
+        try:
+            open(RESET_MARK, "w").close()
+        except OSError:
+            pass
+
     def memory(self):
         """Health keys for the memory that can be known: gc_free, the free bytes of the
         MicroPython (GC) heap areas; the host has nothing else."""
@@ -124,6 +137,7 @@ class Esp32Board(Board):
         import machine
 
         self.leave()
+        self.mark_reset()
         machine.reset()
 
     def watchdog(self, ms):

@@ -117,8 +117,9 @@ class HostBoard(Board):
         return uid
 
     def reset(self):
-        # machine.reset() is ESP_RST_SW, which machine.reset_cause() reports as HARD
+        # machine.reset() is ESP_RST_SW, which machine.reset_cause() reports as HARD (a panic too)
         self.leave()
+        self.mark_reset()
         _write_cause("hard")
         sys.exit(RESET_EXIT)
 

@@ -1,5 +1,6 @@
 # Crash-loop guard. Only crash exits count: an exception that escaped the app (runner.run records
-# it before resetting) and a watchdog reset (the app hung). Power-on and brownout resets, a
+# it before resetting), a watchdog reset (the app hung) and a panic (a HARD reset without the
+# mark the firmware's own resets leave, board.RESET_MARK). Power-on and brownout resets, a
 # Ctrl-C or a cloud that cannot be reached are not crashes. LIMIT crash exits in a row, with no
 # healthy run (HEALTHY_AFTER_S of the app running) between them, stop the app: safe mode.
 # Safe mode does not park the board for good: it waits retry_s() (device.safe_mode_retry_s),
@@ -42,13 +43,32 @@ def enter_boot(cause):
     """Call first thing at boot with board.reset_cause(); raises SafeMode after LIMIT crash
     exits in a row. OSError when the count cannot be stored (a full filesystem)."""
     n, last = _read()
+    why = None
     if cause == "watchdog":  # the watchdog is armed only by the app: it hung
+        why = "watchdog reset (the app stopped feeding it)"
+    if not _planned() and cause == "hard":  # (the mark goes at every boot: it counts once)
+        why = ("HARD reset the firmware did not make: a panic (Guru Meditation, IDF abort) "
+               "or machine.reset() from user code")
+    if why is not None:
         n += 1
-        last = "watchdog reset (the app stopped feeding it)"
+        last = why
         _write(n, last)
     if n >= LIMIT:
         _write(LIMIT - 1, last)  # after the wait: one more try, not LIMIT more
         raise SafeMode("%d crash exits in a row; the last: %s" % (n, last))
+
+
+def _planned():
+    """Whether the last reset was the firmware's own (board.RESET_MARK); the mark is taken."""
+    import os
+
+    from uplink.board import RESET_MARK
+
+    try:
+        os.remove(RESET_MARK)
+        return True
+    except OSError:
+        return False
 
 
 def crashed(reason):

@@ -2,29 +2,35 @@ import json
 import os
 
 from mptest import raises
-from uplink import safemode
+from uplink import board, safemode
 
 
 def _clean():
-    for f in (safemode.PATH, safemode.PATH + ".tmp", safemode.REASON, "config.json"):
+    for f in (safemode.PATH, safemode.PATH + ".tmp", safemode.REASON, "config.json", board.RESET_MARK):
         try:
             os.remove(f)
         except OSError:
             pass
 
 
+def _own_reset():
+    """The boot after a reset the firmware made (Board.reset marks it): HARD on an ESP32."""
+    board.Board("t").mark_reset()
+    safemode.enter_boot("hard")
+
+
 def test_crash_exits_enter_safe_mode_then_allow_one_more_try():
     _clean()
     for i in range(safemode.LIMIT):
-        safemode.enter_boot("hard")
+        _own_reset()
         assert safemode.crashed("app crashed: RuntimeError: sensor bus dead %d" % i)
     with raises(safemode.SafeMode, "3 crash exits in a row; the last: app crashed: RuntimeError: sensor bus dead 2"):
-        safemode.enter_boot("hard")
+        _own_reset()
     # after safe mode's wait the app gets one try: one more crash is safe mode again
-    safemode.enter_boot("hard")
+    _own_reset()
     safemode.crashed("again")
     with raises(safemode.SafeMode, "last: again"):
-        safemode.enter_boot("hard")
+        _own_reset()
     _clean()
 
 
@@ -33,7 +39,7 @@ def test_power_on_resets_and_cloud_outages_do_not_count():
     for _ in range(10):  # brownouts, a router outage: boots without a crash exit
         safemode.enter_boot("power_on")
     safemode.enter_boot("soft")
-    safemode.enter_boot("hard")
+    _own_reset()  # a reboot command, an update, deploy's reset
     assert safemode.crashes() == 0
     _clean()
 
@@ -48,6 +54,30 @@ def test_watchdog_resets_count_as_crashes():
     _clean()
 
 
+def test_a_hard_reset_the_firmware_did_not_make_is_a_crash():
+    # a panic (Guru Meditation, an IDF abort) reads back as HARD, as machine.reset() does
+    # (ports/esp32/modmachine.c): only the mark tells them apart
+    _clean()
+    safemode.enter_boot("hard")
+    safemode.enter_boot("hard")
+    assert safemode.crashes() == 2
+    with raises(safemode.SafeMode, "3 crash exits in a row; the last: HARD reset the firmware did not make: a panic"):
+        safemode.enter_boot("hard")
+    _clean()
+
+
+def test_the_mark_counts_for_one_reset_only():
+    _clean()
+    _own_reset()
+    safemode.enter_boot("hard")  # the next HARD reset, unmarked: a panic
+    assert safemode.crashes() == 1
+    board.Board("t").mark_reset()
+    safemode.enter_boot("power_on")  # marked, but the power went first: the mark goes all the same
+    safemode.enter_boot("hard")
+    assert safemode.crashes() == 2 and board.RESET_MARK not in os.listdir()
+    _clean()
+
+
 def test_healthy_run_clears_the_count_and_the_reason():
     _clean()
     safemode.crashed("x")
@@ -57,7 +87,7 @@ def test_healthy_run_clears_the_count_and_the_reason():
     safemode.healthy()
     assert safemode.crashes() == 0 and safemode.last_reason() is None
     safemode.crashed("z")
-    safemode.enter_boot("hard")
+    _own_reset()
     assert safemode.crashes() == 1
     _clean()
 

@@ -18,13 +18,14 @@ runner.RESET_DELAY_MS = 50
 
 def _clean():
     for f in (safemode.PATH, safemode.PATH + ".tmp", safemode.REASON, "config.json", runner.HOLD,
-              board_host.CAUSE_FILE):
+              board_host.CAUSE_FILE, board.RESET_MARK):
         try:
             os.remove(f)
         except OSError:
             pass
     app.App.main = _main
     fake_hw.machine.wdts[:] = []
+    fake_hw.machine.cause = fake_hw.machine.PWRON_RESET
     board_host._cause[:] = []
 
 
@@ -101,6 +102,33 @@ def test_crash_loop_enters_safe_mode_which_resets_later():
         runner.run()
     assert "3 crash exits in a row" in _read(safemode.REASON)
     assert fake_hw.machine.wdts == []
+    _clean()
+
+
+def test_panics_count_as_crashes_and_the_firmwares_own_resets_once():
+    _clean()
+    _config("esp32-devkitc")
+    m = fake_hw.machine
+
+    async def crash(self):
+        raise RuntimeError("sensor bus dead")
+
+    app.App.main = crash
+    with raises(fake_hw.Reset):  # a crash exit: counted, then machine.reset(), marked
+        runner.run()
+    m.cause = m.HARD_RESET  # machine.reset() reads back as HARD (ports/esp32/modmachine.c)
+
+    async def interrupted(self):
+        raise KeyboardInterrupt
+
+    app.App.main = interrupted
+    runner.run()
+    assert safemode.crashes() == 1  # the crash, not its reset too
+    runner.run()  # HARD again, unmarked: the app died without a word (Guru Meditation)
+    assert safemode.crashes() == 2
+    with raises(fake_hw.Reset):  # a second panic in a row: safe mode
+        runner.run()
+    assert "HARD reset the firmware did not make" in _read(safemode.REASON)
     _clean()
 
 

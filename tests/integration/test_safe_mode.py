@@ -1,6 +1,7 @@
 """Safe mode and the maintenance hold on the host board (the firmware compiled, on the ESP32
-model): crash exits count, power cuts do not; safe mode resets itself after its wait; the hold
-boots without the app; an error at boot resets instead of stopping."""
+model): crash exits and panics count, power cuts and the firmware's own resets do not; safe mode
+resets itself after its wait; the hold boots without the app; an error at boot resets instead of
+stopping."""
 
 from __future__ import annotations
 
@@ -60,6 +61,35 @@ def test_power_cuts_and_an_unreachable_cloud_are_not_a_crash_loop(tmp_path):
     assert "safe-mode" not in board.console() and "SAFE MODE" not in board.console()
     assert "reset cause power_on" in board.console()
     assert not (board.state / "safemode.txt").exists()
+
+
+def test_panics_are_crashes_the_firmwares_own_resets_are_not(tmp_path):
+    # On an ESP32 a panic (Guru Meditation, an IDF abort) reads back as a HARD reset, as
+    # machine.reset() does: the "reset_cause" a host-board process leaves. Only the mark the
+    # firmware's own resets write tells them apart.
+    board = HostBoard(tmp_path / "board", config())
+    for n in (1, 2):
+        board.lines.clear()
+        (board.state / "reset_cause").write_text("hard")  # the last run ended in a panic
+        board.start()
+        board.wait_for_line("reset cause hard")
+        board.wait_for_line("mqtt")  # the app runs: one crash counted, no safe mode yet
+        board.kill()
+        assert json.loads((board.state / "crashes.json").read_text())["crashes"] == n
+    (board.state / "reset_cause").write_text("hard")
+    codes = boots(board, 1)  # a third panic in a row: safe mode, which resets after its wait
+    assert codes == [75] and "SAFE MODE" in board.console(), board.console()
+    assert "HARD reset the firmware did not make" in (board.state / "safemode.txt").read_text()
+    assert (board.state / "reset.mark").exists()  # safe mode's own reset: the next boot is no panic
+    board.lines.clear()
+    board.start()
+    try:
+        board.wait_for_line("reset cause hard")
+        board.wait_for_line("mqtt")  # the try after safe mode's wait: the app runs
+    finally:
+        board.kill()
+    assert not (board.state / "reset.mark").exists()  # taken once
+    assert json.loads((board.state / "crashes.json").read_text())["crashes"] == 2
 
 
 def test_maintenance_hold_boots_without_the_app_once(tmp_path):
