@@ -8,12 +8,18 @@ import sys
 
 HOLD = "hold"
 SLOT = "slot.json"  # = uplink.ota.SLOT: which app slot boots (docs/ota.md)
+TRIAL_S = 600  # = uplink.ota.TRIAL_S: a trial's length when its bundle does not say
+# = uplink.board.RESET_MARK: the last reset was the firmware's, not a panic. The app's boot takes
+# it (uplink.safemode); a boot without the app takes it here, so it never covers a later reset.
+MARK = "reset.mark"
+on_trial = False  # set by slot(): this boot runs a slot on trial
 
 
 def slot(root=""):
     """The app directory to boot: "" (the app deployed over USB, at the root) or an OTA slot.
     A slot on trial gets one boot: the next boot without a commit by uplink.ota (a crash, the
     watchdog, a power cut, the trial timer) boots the previous app instead."""
+    global on_trial
     import json
 
     try:
@@ -44,7 +50,26 @@ def slot(root=""):
         os.rename(root + SLOT + ".tmp", root + SLOT)
     except OSError:
         return s.get("prev") or ""  # a trial that cannot be counted does not run
+    on_trial = not t
     return cur
+
+
+def unmark():
+    try:
+        os.remove(MARK)
+    except OSError:
+        pass
+
+
+def trial_ms(app_dir, root=""):
+    """The watchdog of a boot on trial: the bundle's trial_s (uplink.ota reads it too)."""
+    import json
+
+    try:
+        with open(root + app_dir + "/bundle.json") as f:
+            return int(json.load(f).get("trial_s", TRIAL_S)) * 1000
+    except (OSError, ValueError, AttributeError, TypeError):
+        return TRIAL_S * 1000
 
 why = None
 try:
@@ -56,6 +81,7 @@ except OSError:
 if __name__ != "__main__":
     pass  # imported by a test for slot()
 elif why is not None:
+    unmark()
     print("MAINTENANCE HOLD (%s): app not started, watchdog not armed; reset to start it." % why)
 else:
     import gc
@@ -65,6 +91,12 @@ else:
         sys.path.insert(0, app_dir)  # its uplink/ and user code win over the root's
     gc.collect()
     try:
+        if on_trial:
+            # The watchdog from here, before Wi-Fi and the clock: a trial that never reaches the
+            # app's supervisor (which feeds it, shortened) resets, and the next boot rolls back.
+            from uplink import board
+
+            board.load(board.DEFAULT).watchdog(trial_ms(app_dir))
         from uplink import runner
 
         runner.run()  # (catches what the app raises; not a MemoryError before it has a board)
@@ -73,6 +105,7 @@ else:
 
         sys.print_exception(e)
         print("uplink: the firmware cannot start; reset in 30 s (Ctrl-C for the REPL)")
+        unmark()  # this reset is a crash: safe mode counts it
         time.sleep(30)
         try:
             import machine

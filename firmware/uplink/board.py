@@ -29,6 +29,7 @@ RESET_MARK = "reset.mark"
 # profile, so it gets the esp32 backend without LED or temperature sensor (any ESP32 chip).
 DEFAULT = "esp32" if sys.platform == "esp32" else "host"
 ID_FILE = "board_id"  # host board: the unique id, in the state directory (the cwd)
+_wdt = []  # the ESP32's one watchdog [machine.WDT, timeout ms], whichever Board armed it
 
 # Seconds from 1970 to the port's epoch: 0 on the unix port (MICROPY_EPOCH_IS_1970 in
 # ports/unix/mpconfigport.h), 946684800 on the ESP32, which never sets it and so counts
@@ -140,13 +141,18 @@ class Esp32Board(Board):
         self.mark_reset()
         machine.reset()
 
+    def armed_watchdog(self):
+        return _wdt[0] if _wdt else None
+
     def watchdog(self, ms):
-        # The ESP32 WDT cannot be stopped or recreated: hand out the one instance.
-        if self._wdt is None:
+        # One per chip, never stopped (ports/esp32/machine_wdt.c): WDT() again only sets a new
+        # timeout (esp_task_wdt_reconfigure). Module state: main.py arms a trial's before the
+        # app's Board exists, and the app's supervisor shortens it.
+        if not _wdt or _wdt[1] != ms:
             import machine
 
-            self._wdt = machine.WDT(timeout=ms)
-        return self._wdt
+            _wdt[:] = [machine.WDT(timeout=ms), ms]
+        return _wdt[0]
 
     def led(self, on):
         if self.led_pin is None:

@@ -123,6 +123,9 @@ class HostBoard(Board):
         _write_cause("hard")
         sys.exit(RESET_EXIT)
 
+    def armed_watchdog(self):
+        return sys.modules.get(_WDT_KEY)  # armed in this process (by main.py, on a trial)
+
     def watchdog(self, ms):
         w: Any = sys.modules.get(_WDT_KEY)
         if w is None:

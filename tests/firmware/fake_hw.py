@@ -63,6 +63,14 @@ class _WDT:
         self.fed += 1
 
 
+def _wdt(id=0, timeout=5000):
+    # one per chip (ports/esp32/machine_wdt.c): WDT() again gives it a new timeout
+    if machine.wdts:
+        machine.wdts[0].timeout = timeout
+        return machine.wdts[0]
+    return _WDT(id, timeout)
+
+
 class _Esp32:
     def __init__(self):
         self.raw = 122  # Fahrenheit, like the original ESP32's sensor
@@ -82,7 +90,7 @@ class _Esp32:
 machine = _Machine()
 machine.Pin = _Pin
 machine.RTC = _RTC
-machine.WDT = _WDT
+machine.WDT = _wdt
 esp32 = _Esp32()
 
 

@@ -89,6 +89,10 @@ def test_esp32_backend_uses_hardware():
     wdt = b.watchdog(8000)
     assert wdt.timeout == 8000 and b.watchdog(8000) is wdt
     assert len(fake_hw.machine.wdts) == 1
+    # one per chip: armed by main.py for a trial (another Board), it is the app's; its
+    # supervisor gives it its own timeout
+    other = board.load("esp32-c3")
+    assert other.armed_watchdog() is wdt and other.watchdog(30000) is wdt and wdt.timeout == 30000
     with raises(fake_hw.Reset):
         b.reset()
 

@@ -25,6 +25,7 @@ def _clean():
             pass
     app.App.main = _main
     fake_hw.machine.wdts[:] = []
+    board._wdt[:] = []  # (the chip's, armed by any Board)
     fake_hw.machine.cause = fake_hw.machine.PWRON_RESET
     board_host._cause[:] = []
 
