@@ -12,7 +12,7 @@ TRIAL_S = 600  # = uplink.ota.TRIAL_S: a trial's length when its bundle does not
 # = uplink.board.RESET_MARK: the last reset was the firmware's, not a panic. The app's boot takes
 # it (uplink.safemode); a boot without the app takes it here, so it never covers a later reset.
 MARK = "reset.mark"
-on_trial = False  # set by slot(): this boot runs a slot on trial
+on_trial = 0  # set by slot() for a boot on trial: its watchdog timeout (ms), the bundle's trial_s
 
 
 def slot(root=""):
@@ -22,6 +22,7 @@ def slot(root=""):
     global on_trial
     import json
 
+    on_trial = 0
     try:
         with open(root + SLOT) as f:
             s = json.load(f)
@@ -50,7 +51,12 @@ def slot(root=""):
         os.rename(root + SLOT + ".tmp", root + SLOT)
     except OSError:
         return s.get("prev") or ""  # a trial that cannot be counted does not run
-    on_trial = not t
+    if not t:
+        try:  # (uplink.ota reads trial_s too)
+            with open(root + cur + "/bundle.json") as f:
+                on_trial = int(json.load(f).get("trial_s", TRIAL_S)) * 1000
+        except (OSError, ValueError, AttributeError, TypeError):
+            on_trial = TRIAL_S * 1000
     return cur
 
 
@@ -60,16 +66,6 @@ def unmark():
     except OSError:
         pass
 
-
-def trial_ms(app_dir, root=""):
-    """The watchdog of a boot on trial: the bundle's trial_s (uplink.ota reads it too)."""
-    import json
-
-    try:
-        with open(root + app_dir + "/bundle.json") as f:
-            return int(json.load(f).get("trial_s", TRIAL_S)) * 1000
-    except (OSError, ValueError, AttributeError, TypeError):
-        return TRIAL_S * 1000
 
 why = None
 try:
@@ -96,7 +92,7 @@ else:
             # app's supervisor (which feeds it, shortened) resets, and the next boot rolls back.
             from uplink import board
 
-            board.load(board.DEFAULT).watchdog(trial_ms(app_dir))
+            board.load(board.DEFAULT).watchdog(on_trial)
         from uplink import runner
 
         runner.run()  # (catches what the app raises; not a MemoryError before it has a board)

@@ -75,12 +75,11 @@ class Board:
         self.led_active_low = led_active_low
         self.has_temperature = has_temperature
         self._wlan = None
-        self._wdt = None
         self._led = None
 
     def armed_watchdog(self):
-        """The watchdog if this program armed it, else None."""
-        return self._wdt
+        """The watchdog if this program armed it (the app, or main.py for a trial), else None."""
+        return _wdt[0] if _wdt else None
 
     # The app's way out (App.main sets it to the outbox's flush): readings held in RAM.
     on_leave = None
@@ -140,9 +139,6 @@ class Esp32Board(Board):
         self.leave()
         self.mark_reset()
         machine.reset()
-
-    def armed_watchdog(self):
-        return _wdt[0] if _wdt else None
 
     def watchdog(self, ms):
         # One per chip, never stopped (ports/esp32/machine_wdt.c): WDT() again only sets a new

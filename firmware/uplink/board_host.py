@@ -134,7 +134,6 @@ class HostBoard(Board):
         else:
             w.ms = ms
             w.feed()
-        self._wdt = w
         return w
 
     def led(self, on):

@@ -310,20 +310,16 @@ async def _connected(s, host, port):
     while True:
         for _, ev in p.poll(0):
             if ev & (select.POLLERR | select.POLLHUP):
-                raise _failed(s, host, port)
+                try:
+                    s.recv(1)  # the connect's error (MicroPython has no getsockopt(SO_ERROR))
+                    e = 0
+                except OSError as x:
+                    e = x.args[0]
+                if e in (111, 104):  # ECONNREFUSED; lwIP: ECONNRESET, the RST that answered the SYN
+                    raise OSError(111, "connection refused by %s:%d" % (host, port))
+                raise OSError(e or 5, "cannot connect to %s:%d (errno %d)" % (host, port, e))
             return
         await asyncio.sleep_ms(10)
-
-
-def _failed(s, host, port):
-    try:
-        s.recv(1)  # the connect's error (MicroPython has no getsockopt(SO_ERROR))
-        e = 0
-    except OSError as x:
-        e = x.args[0]
-    if e in (111, 104):  # ECONNREFUSED; lwIP: ECONNRESET, the RST that answered the SYN
-        return OSError(111, "connection refused by %s:%d (nothing listens there, or a firewall rejects)" % (host, port))
-    return OSError(e or 5, "cannot connect to %s:%d (errno %d)" % (host, port, e))
 
 
 async def open_stream(url, *, ca=None, insecure=False, timeout_ms=10000):
