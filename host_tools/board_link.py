@@ -374,7 +374,8 @@ class BoardLink:
         """machine.reset(): the board reboots into the new firmware. Marked as the firmware
         marks its own resets, so safe mode does not count it as a crash."""
         try:
-            self.t.exec_raw_no_follow(f"open({RESET_MARK!r},'w').close()\nimport machine\nmachine.reset()")
+            self.t.exec_raw_no_follow(f"try:\n open({RESET_MARK!r},'w').close()\nexcept OSError:\n pass\n"
+                                      "import machine\nmachine.reset()")  # (a full flash: reset all the same)
         except self._TransportError:
             pass  # the board went away mid-answer: that is what a reset looks like
 
