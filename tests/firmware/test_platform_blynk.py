@@ -135,10 +135,23 @@ def test_redirect_in_all_four_schemes():
         assert a.handle("downlink/redirect", url.encode(), False) == Command("redirect", {"url": url})
         assert a.url == url
     a = bl()
-    for bad in (b"http://x", b"", b"mqtts://", b"blynk.cloud:8883", b"\xff"):
+    for bad in (b"http://x", b"", b"mqtts://", b"ny3.blynk.cloud", b":8883", b"ny3.blynk.cloud:mqtt",
+                b"ny3.blynk.cloud:8883/mqtt", b"\xff"):
         with raises(ValueError, "redirect"):
             a.handle("downlink/redirect", bad, False)
     assert a.url == "mqtts://blynk.cloud:8883"
+
+
+def test_redirect_to_host_and_port_keeps_our_scheme_and_path():
+    # the authentication page's form: "host:port format (i.e. ny3.blynk.cloud:8883)"
+    a = bl()
+    cmd = a.handle("downlink/redirect", b"ny3.blynk.cloud:8883", False)
+    assert cmd == Command("redirect", {"url": "mqtts://ny3.blynk.cloud:8883"}) and a.url == "mqtts://ny3.blynk.cloud:8883"
+    a = bl(url="wss://blynk.cloud:443/mqtt")
+    assert a.handle("downlink/redirect", b" fra1.blynk.cloud:9443\n", False).params["url"] == "wss://fra1.blynk.cloud:9443/mqtt"
+    a = bl(url="mqtt://blynk.cloud:1883")
+    a.handle("downlink/redirect", b"lon1.blynk.cloud:1883", False)
+    assert a.url == "mqtt://lon1.blynk.cloud:1883"
 
 
 def test_reboot_ping_and_datastream_writes():
