@@ -66,6 +66,22 @@ def test_single_value_goes_to_ds_as_plain_text():
     assert a.encode([reading({"Label": "open"}, TS)]) == [("ds/Label", b"open", 1)]
 
 
+def test_a_multi_value_goes_to_ds_with_its_items_0x00_separated():
+    # datastreams page: "For multivalue (array-like) values, the individual items in the
+    # payload are separated using a 0x00 byte"; batch_ds keeps the JSON array (Location)
+    a = bl()
+    assert a.encode([reading({"Location": [30.5, -50.25]})]) == [("ds/Location", b"30.5\x00-50.25", 1)]
+    assert a.encode([reading({"Labels": ["First", "Second", "Third"]})]) == [
+        ("ds/Labels", b"First\x00Second\x00Third", 1)]
+    out = a.encode([reading({"Location": [30.5, 50.5], "T": 1})])
+    assert json.loads(out[0][1]) == {"Location": [30.5, 50.5], "T": 1}
+    # a multi-value write arrives the same way, and its new state goes back the same way
+    cmd = a.handle("downlink/ds/Location", b"30.5\x0050.25", False)
+    assert cmd.params["value"] == [30.5, 50.25] and cmd.params["raw"] == "30.5\x0050.25"
+    assert a.reply(cmd, [30.5, 50.25]) == ("ds/Location", b"30.5\x0050.25")
+    assert a.handle("downlink/ds/Names", b"a\x00b\x00", False).params["value"] == ["a", "b", ""]
+
+
 def test_several_values_go_to_batch_ds():
     out = bl().encode([reading({"Temperature": 23.1, "Power": True, "Mode": "eco"})])
     assert len(out) == 1 and out[0][0] == "batch_ds" and out[0][2] == 1

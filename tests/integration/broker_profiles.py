@@ -580,6 +580,8 @@ class Blynk(Profile):
                 payload.decode()
             except UnicodeDecodeError:
                 return broke("blynk.ds_text", f"ds value on {topic} is not text")
+            # a plain value; a multi-value's items 0x00-separated, never a JSON array
+            # (docs.blynk.io/en/blynk.cloud-mqtt-api/device-mqtt-api/datastreams)
             if payload.startswith(b"{") or payload.startswith(b"["):
                 return broke("blynk.ds_text", f"ds/<name> takes a plain value, got JSON {payload[:40]!r}")
         return None

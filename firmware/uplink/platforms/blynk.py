@@ -281,11 +281,16 @@ def _names_ok(values):
 def plain_text(v):
     # Plain text: Boolean datastreams take true/false (docs.blynk.io .../device-mqtt-api/
     # datastreams), numbers as str() writes them, which is what dumps writes too (MicroPython's
-    # float_print, py/objfloat.c, ignores the print kind); anything else as JSON.
+    # float_print, py/objfloat.c, ignores the print kind). A multi-value (a Location, a list)
+    # has its items separated by a 0x00 byte (the same page); anything else as JSON.
+    if isinstance(v, (list, tuple)):
+        return "\0".join([x if isinstance(x, str) else dumps(x) for x in v])
     return v if isinstance(v, str) else dumps(v)
 
 
 def _parse_value(raw):
+    if "\0" in raw:  # a multi-value write: its items, 0x00-separated as on ds/ (plain_text)
+        return [_parse_value(x) for x in raw.split("\0")]
     if raw == "true" or raw == "false":
         return raw == "true"
     for f in (int, float):
