@@ -43,7 +43,7 @@ async def test_subscribe_downlink_and_info_mcu_after_connect():
     assert a.subscriptions() == [("downlink/#", 1)]
     c = Client()
     await a.on_connect(c)
-    assert [p[0] for p in c.published] == ["info/mcu"]
+    assert [p[0] for p in c.published] == ["info/mcu", "get/utc/all/json"]
     info = json.loads(c.published[0][1])
     assert info["tmpl"] == "TMPL123" and info["type"] == "TMPL123"
     assert info["ver"] == "1.2.3" and info["rxbuff"] == 1024
@@ -54,7 +54,19 @@ async def test_subscribe_downlink_and_info_mcu_after_connect():
 async def test_sync_asks_for_current_datastream_values():
     c = Client()
     await bl(sync=["Setpoint", "Mode"]).on_connect(c)
-    assert [(t, p) for t, p, _ in c.published] == [("info/mcu", c.published[0][1]), ("get/ds", b"Setpoint,Mode")]
+    assert [(t, p) for t, p, _ in c.published][1:] == [("get/ds", b"Setpoint,Mode"), ("get/utc/all/json", b"")]
+
+
+async def test_the_clock_asks_blynk_for_the_time_after_every_connect():
+    # docs.blynk.io .../device-mqtt-api/topic-structure: downlink/utc/all/json is the answer to
+    # get/utc/all/json: without the request there is no cloud time to fall back on
+    a = bl()
+    c = Client()
+    await a.on_connect(c)
+    assert ("get/utc/all/json", b"", 0) in c.published
+    cmd = a.handle("downlink/utc/all/json", b'{"time":1767268800123,"tz_name":"Europe/Kyiv"}', False)
+    assert cmd == Command("set_time", {"ms": 1767268800123})
+    assert a.handle("downlink/utc/all/json", b'{"tz_name":"Europe/Kyiv"}', False) is None
 
 
 def test_single_value_goes_to_ds_as_plain_text():
@@ -206,7 +218,8 @@ async def test_gateway_mode_addresses_every_device_through_dev_token():
         assert "+" not in t
     c = Client()
     await a.on_connect(c)
-    assert sorted(p[0] for p in c.published) == ["dev/GWTOKEN/info/mcu", "dev/tokA/info/mcu", "dev/tokB/info/mcu"]
+    assert sorted(p[0] for p in c.published) == ["dev/GWTOKEN/get/utc/all/json", "dev/GWTOKEN/info/mcu",
+                                                 "dev/tokA/info/mcu", "dev/tokB/info/mcu"]
     out = a.encode([reading({"T": 1}, None, "A"), reading({"T": 2, "H": 3}, None, "B"), reading({"heap": 9})])
     assert [(t, n) for t, _, n in out] == [("dev/tokA/ds/T", 1), ("dev/tokB/batch_ds", 1), ("dev/GWTOKEN/ds/heap", 1)]
     out = a.encode([reading({"T": 1}, TS, "A"), reading({"T": 2}, TS + 1, "A"), reading({"T": 3}, TS + 2, "B")])
@@ -242,7 +255,8 @@ async def test_gateway_login_with_oauth_client_credentials():
     assert sorted(t for t, _ in a.subscriptions()) == ["dev/tokA/downlink/#", "dev/tokB/downlink/#"]
     c = Client()
     await a.on_connect(c)
-    assert sorted(p[0] for p in c.published) == ["dev/tokA/info/mcu", "dev/tokB/info/mcu"]
+    # (no device of its own: the time is asked through a sub-device)
+    assert sorted(p[0] for p in c.published) == ["dev/tokA/get/utc/all/json", "dev/tokA/info/mcu", "dev/tokB/info/mcu"]
     # the session has no device of its own: a reading without a sub-device cannot go anywhere
     out = a.encode([reading({"T": 1}), reading({"T": 2}, None, "A")])
     assert out[0][0] is None and b"OAuth" in out[0][1] and out[0][2] == 1

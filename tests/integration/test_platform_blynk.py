@@ -57,6 +57,19 @@ def test_telemetry_info_and_datastream_write(env):
     assert TOKEN not in board.console()
 
 
+def test_the_clock_falls_back_on_blynks_time(env):
+    # No SNTP server answers (config ntp: none): the board asks Blynk (get/utc/all/json,
+    # docs.blynk.io .../device-mqtt-api/topic-structure) and takes the answer's time
+    proxy = env.proxy(Blynk({TOKEN}, template_id=TMPL))
+    cloud = env.cloud()
+    board = env.board(cfg(proxy.url()))
+    ask = cloud.wait(lambda t, _: t == "get/utc/all/json", console=board.console)
+    assert ask[0][1] == b""
+    cloud.send("downlink/utc/all/json", json.dumps({"time": int(time.time() * 1000), "tz_name": "Europe/Kyiv"}))
+    board.wait_for_line("time taken from the cloud")
+    assert proxy.violations == []
+
+
 WIDE_USER = """
 _n = [0]
 

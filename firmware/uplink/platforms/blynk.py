@@ -88,6 +88,12 @@ class Adapter(Base):
         own = self.own_prefix
         if sync and own is not None:  # the current values come back as downlink/ds/<name> writes
             await client.publish(own + "get/ds", ",".join(sync).encode(), 0)
+        # The cloud's time, the clock's fallback while SNTP is blocked (clock.set_from_cloud):
+        # answered on downlink/utc/all/json (docs.blynk.io .../device-mqtt-api/topic-structure).
+        # UTC is one for every device: a gateway asks through any device it reaches.
+        pre = own if own is not None else (self.prefixes[0] if self.prefixes else None)
+        if pre is not None:
+            await client.publish(pre + "get/utc/all/json", b"", 0)
 
     def cloud_api(self):
         """uplink.cloud's calls (blynk_cloud.CloudApi), made at the first ask: a device whose
