@@ -304,3 +304,78 @@ async def test_the_oauth_session_has_no_own_prefix_for_the_cloud_api():
     assert a.cloud_api().sync_request(["Mode"]) is None
     out = a.encode([{"k": "e", "code": "door", "text": ""}])
     assert out[0][0] is None and b"OAuth" in out[0][1]
+
+
+DAY = 86400 * 1000
+
+
+def test_readings_older_than_a_month_are_not_sent_and_are_counted():
+    # datastreams page: timestamped_batch points "no older than 1 month"
+    now = TS + 40 * DAY
+    a = bl()
+    a.ctx.now = now
+    old = [reading({"T": i}, TS + i * 1000) for i in range(3)]
+    fresh = [reading({"T": 10 + i}, now - DAY + i) for i in range(2)]
+    out = a.encode(old + fresh)
+    check_cover(out, 5)
+    assert out[0][0] is None and out[0][2] == 3 and b"older than one month" in out[0][1]
+    assert [(t, n) for t, _, n in out[1:]] == [("ds/T/timestamped_batch", 2)]
+    assert a.too_old == 3
+    # said once: later drops carry no reason of their own (the publisher logs none)
+    out = a.encode([reading({"T": 1, "H": 2}, TS), reading({"T": 2}, now - 29 * DAY)])
+    assert out[0] == (None, b"", 1) and out[1] == ("ds/T", b"2", 1) and a.too_old == 4
+    # a backlog keeps its order: the old ones between fresh ones are cut out, the rest batched
+    out = a.encode([fresh[0], old[0], fresh[1]])
+    assert [(t, n) for t, _, n in out] == [("ds/T", 1), (None, 1), ("ds/T", 1)]
+    # no clock, or readings sent with their arrival time (timestamped = false): nothing to judge
+    a.ctx.now = None
+    assert [t for t, _, _ in a.encode(old)] == ["ds/T/timestamped_batch"]
+    b = bl(timestamped=False)
+    b.ctx.now = now
+    assert [t for t, _, _ in b.encode(old)] == ["ds/T"] * 3 and b.too_old == 0
+
+
+async def test_a_month_old_backlog_is_said_once_on_the_console_and_counted_in_health():
+    import asyncio
+
+    from outbox_util import tmpdir
+    from uplink import log, publisher
+    from uplink.outbox import Outbox
+    from uplink.sessions import _health
+
+    class Acking(Client):
+        is_connected = True
+        window = 4
+        on_ack = None
+
+        async def publish(self, topic, payload, qos=0, retain=False, wait=True):
+            pid = await Client.publish(self, topic, payload, qos)
+            self.on_ack(pid)
+            return pid
+
+    now = TS + 60 * DAY
+    ob = Outbox(tmpdir("blynk-old"), 1 << 20)
+    for i in range(50):  # 45 from a month and a half ago, then 5 of today
+        ob.put(json.dumps(reading({"T": i}, (TS if i < 45 else now - DAY) + i * 1000)).encode())
+    a = bl()
+    a.ctx.now = now
+    c = Acking()
+    pub = publisher.Publisher(ob, a, c, batch=8)
+    c.on_ack = pub.on_ack
+    lines = []
+    log.print = lines.append
+    try:
+        task = asyncio.create_task(pub.run())
+        for _ in range(300):
+            if not ob.depth:
+                break
+            await asyncio.sleep_ms(10)
+        task.cancel()
+    finally:
+        del log.print
+    assert ob.depth == 0
+    said = [line for line in lines if "dropped" in line]
+    assert len(said) == 1 and "older than one month" in said[0], said
+    assert a.too_old == 45 and _health(c, pub, 0)["too_old"] == 45
+    sent = [json.loads(p) for t, p, _ in c.published]
+    assert [x[1] for m in sent for x in m] == list(range(45, 50))

@@ -17,6 +17,9 @@ from uplink.platforms import (
 
 DEFAULT_URL = "mqtts://blynk.cloud:8883"
 MAX_MESSAGE = 1024
+# timestamped_batch points must be "no older than 1 month" (docs.blynk.io .../device-mqtt-api/
+# datastreams; the page gives no day count): older readings are not sent, but counted
+MONTH_MS = 30 * 86400 * 1000
 # info/mcu "build" is the firmware's build date. A build step may set uplink.BUILD (or the
 # app ctx.build); without one the console shows this, never the version (that is "ver").
 BUILD = "unknown"
@@ -114,9 +117,18 @@ class Adapter(Base):
         out = []
         i, n = 0, len(readings)
         stamped = self.cfg["platform"].get("timestamped", True)
+        now = self.ctx.now_ms() if stamped else None
+        cut = None if now is None else now - MONTH_MS
         while i < n:
             r = readings[i]
             k = r.get("k")
+            if _old(r, cut):
+                j = i + 1
+                while j < n and _old(readings[j], cut):
+                    j += 1
+                out.append(self._too_old(j - i))
+                i = j
+                continue
             pre = None if k is not None else self._prefix(r)
             if pre is None:  # an uplink.cloud record, or a gateway's reading with nowhere to go
                 if k is None:
@@ -127,8 +139,9 @@ class Adapter(Base):
                 continue
             j = i
             if stamped and r.get("ts") is not None:
-                while (j < n and readings[j].get("ts") is not None and "k" not in readings[j]
-                       and self._prefix(readings[j]) == pre and _names_ok(readings[j]["values"])):
+                while (j < n and readings[j].get("ts") is not None and "k" not in readings[j] and not
+                       _old(readings[j], cut) and self._prefix(readings[j]) == pre
+                       and _names_ok(readings[j]["values"])):
                     j += 1
             if j - i > 1:
                 # buffered readings keep their own time: one timestamped_batch per datastream
@@ -138,6 +151,17 @@ class Adapter(Base):
                 self._one(r, pre, out)
                 i += 1
         return out
+
+    def _too_old(self, n):
+        # the drop marker of n readings too old for Blynk: its reason said once, on the console
+        # by the publisher, then counted only (health: too_old)
+        self.too_old += n
+        said = self._said_old
+        self._said_old = True
+        return (None, b"" if said else b"older than one month, which Blynk refuses (docs.blynk.io .../device-mqtt-api/"
+                b"datastreams): not sent; health counts them as too_old", n)
+
+    _said_old = False
 
     def room(self, topic):
         """The payload bytes a message to `topic` has room for."""
@@ -275,6 +299,12 @@ def _redirect_url(to, current):
     except ValueError as e:
         raise ValueError("redirect: %s" % str(e)[:100])
     return to
+
+
+def _old(r, cut):
+    # a reading (not an uplink.cloud record) whose time is before `cut` (None: no cut)
+    ts = r.get("ts")
+    return cut is not None and ts is not None and ts < cut and "k" not in r
 
 
 def _names_ok(values):
