@@ -208,20 +208,29 @@ def test_reboot_ping_and_datastream_writes():
         a.handle("downlink/ota/json", b"{", False)
 
 
-async def test_gateway_mode_addresses_every_device_through_dev_token():
-    # Gateway API: every device, the gateway's own too, is dev/<its token>/...; nothing is
-    # subscribed or published unprefixed (docs.blynk.io/en/blynk.cloud-mqtt-api/mqtt-gateway-api)
-    a = bl(gateway_tokens=GW, token="GWTOKEN")
+INFO = {"A": {"template_id": "TMPLpump", "version": "2.4.1", "build": "2026-03-01"},
+        "B": {"template_id": "TMPLvalve", "version": "0.9"}}
+
+
+async def test_gateway_mode_addresses_every_sub_device_through_dev_token():
+    # Gateway API: every sub-device is dev/<its token>/...; the gateway itself never is: "The
+    # {deviceToken} in the topic must be the authentication token of the specific device you
+    # intend to manage or update, not the token used for your Gateway API connection"
+    # (docs.blynk.io/en/blynk.cloud-mqtt-api/mqtt-gateway-api)
+    a = bl(gateway_tokens=GW, token="GWTOKEN", gateway_info=INFO)
+    assert a.own_prefix is None
     subs = sorted(t for t, _ in a.subscriptions())
-    assert subs == ["dev/GWTOKEN/downlink/#", "dev/tokA/downlink/#", "dev/tokB/downlink/#"]
-    for t, _ in a.subscriptions():
-        assert "+" not in t
+    assert subs == ["dev/tokA/downlink/#", "dev/tokB/downlink/#"]
     c = Client()
     await a.on_connect(c)
-    assert sorted(p[0] for p in c.published) == ["dev/GWTOKEN/get/utc/all/json", "dev/GWTOKEN/info/mcu",
-                                                 "dev/tokA/info/mcu", "dev/tokB/info/mcu"]
-    out = a.encode([reading({"T": 1}, None, "A"), reading({"T": 2, "H": 3}, None, "B"), reading({"heap": 9})])
-    assert [(t, n) for t, _, n in out] == [("dev/tokA/ds/T", 1), ("dev/tokB/batch_ds", 1), ("dev/GWTOKEN/ds/heap", 1)]
+    assert sorted(p[0] for p in c.published) == ["dev/tokA/get/utc/all/json", "dev/tokA/info/mcu", "dev/tokB/info/mcu"]
+    assert "GWTOKEN" not in repr(c.published)
+    out = a.encode([reading({"T": 1}, None, "A"), reading({"T": 2, "H": 3}, None, "B")])
+    assert [(t, n) for t, _, n in out] == [("dev/tokA/ds/T", 1), ("dev/tokB/batch_ds", 1)]
+    # the gateway's own readings cannot go anywhere: said once, then dropped quietly
+    out = a.encode([reading({"heap": 9}), reading({"heap": 8})])
+    assert [(t, n) for t, _, n in out] == [(None, 1), (None, 1)]
+    assert b"no device of its own" in out[0][1] and out[1][1] == b""
     out = a.encode([reading({"T": 1}, TS, "A"), reading({"T": 2}, TS + 1, "A"), reading({"T": 3}, TS + 2, "B")])
     assert [(t, n) for t, _, n in out] == [("dev/tokA/ds/T/timestamped_batch", 2), ("dev/tokB/ds/T", 1)]
     out = a.encode([reading({"T": 1}, None, "Z")])
@@ -229,20 +238,34 @@ async def test_gateway_mode_addresses_every_device_through_dev_token():
     cmd = a.handle("dev/tokB/downlink/ds/Valve", b"1", False)
     assert cmd.device == "B" and cmd.params["value"] == 1
     assert a.reply(cmd, 1) == ("dev/tokB/ds/Valve", b"1")
-    own = a.handle("dev/GWTOKEN/downlink/ds/Mode", b"2", False)
-    assert own.device is None and a.reply(own, 2) == ("dev/GWTOKEN/ds/Mode", b"2")
     assert a.handle("dev/tokA/downlink/reboot", b"", False) == Command("reboot", None, None, "A")
-    with raises(ValueError, "unknown sub-device"):
-        a.handle("dev/tokZ/downlink/reboot", b"", False)
+    for tok in ("tokZ", "GWTOKEN"):
+        with raises(ValueError, "unknown sub-device"):
+            a.handle("dev/%s/downlink/reboot" % tok, b"", False)
     with raises(ValueError, "redirect"):
         a.handle("dev/tokA/downlink/redirect", b"mqtt://x:1", False)
 
 
-async def test_gateway_sync_asks_for_the_gateways_own_values_prefixed():
+async def test_each_sub_device_reports_its_own_template_type_and_version():
+    # authentication page: "ver - actual software/firmware version of the device", "type - the
+    # type of firmware upgrade packages that the device accepts"; the gateway's would be wrong
     c = Client()
-    await bl(gateway_tokens=GW, token="GWTOKEN", sync=["Mode"]).on_connect(c)
-    assert ("dev/GWTOKEN/get/ds", b"Mode") in [(t, p) for t, p, _ in c.published]
-    assert "get/ds" not in [t for t, _, _ in c.published]
+    await bl(gateway_tokens=GW, token="GWTOKEN", gateway_info=INFO).on_connect(c)
+    info = {t: json.loads(p) for t, p, _ in c.published if t.endswith("/info/mcu")}
+    assert info == {
+        "dev/tokA/info/mcu": {"tmpl": "TMPLpump", "type": "TMPLpump", "ver": "2.4.1", "build": "2026-03-01",
+                              "rxbuff": 1024},
+        "dev/tokB/info/mcu": {"tmpl": "TMPLvalve", "type": "TMPLvalve", "ver": "0.9", "rxbuff": 1024}}
+    # a sub-device whose own is not known is not announced rather than given the gateway's
+    c = Client()
+    await bl(gateway_tokens=GW, token="GWTOKEN", gateway_info={"B": INFO["B"]}, sync=["Mode"]).on_connect(c)
+    assert [t for t, _, _ in c.published] == ["dev/tokB/info/mcu", "dev/tokA/get/utc/all/json"]
+    with raises(config.ConfigError, "gateway_info.C"):
+        bl(gateway_tokens=GW, token="GWTOKEN", gateway_info={"C": INFO["B"]})
+    with raises(config.ConfigError, "gateway_info"):
+        bl(gateway_tokens=GW, token="GWTOKEN", gateway_info={"A": {"template_id": "TMPLpump"}})
+    with raises(config.ConfigError, "gateway_tokens.A"):
+        bl(gateway_tokens=GW, token="tokA")
 
 
 async def test_gateway_login_with_oauth_client_credentials():
@@ -256,10 +279,10 @@ async def test_gateway_login_with_oauth_client_credentials():
     c = Client()
     await a.on_connect(c)
     # (no device of its own: the time is asked through a sub-device)
-    assert sorted(p[0] for p in c.published) == ["dev/tokA/get/utc/all/json", "dev/tokA/info/mcu", "dev/tokB/info/mcu"]
+    assert sorted(p[0] for p in c.published) == ["dev/tokA/get/utc/all/json"]
     # the session has no device of its own: a reading without a sub-device cannot go anywhere
     out = a.encode([reading({"T": 1}), reading({"T": 2}, None, "A")])
-    assert out[0][0] is None and b"OAuth" in out[0][1] and out[0][2] == 1
+    assert out[0][0] is None and b"no device of its own" in out[0][1] and out[0][2] == 1
     assert out[1] == ("dev/tokA/ds/T", b"2", 1)
     with raises(config.ConfigError, "oauth_client_secret"):
         adapter("blynk", oauth_client_id="oc-123", gateway_tokens=GW)
@@ -290,10 +313,11 @@ async def test_a_plain_device_loads_neither_the_gateway_nor_the_cloud_api_code()
     # a gateway loads its part, and works through it
     g = bl(gateway_tokens=GW, token="GWTOKEN")
     assert loaded("blynk_gateway") and g.gateway.adapter is g
-    assert g.own_prefix == "dev/GWTOKEN/" and await g.credentials() == ("mgmt_device", "GWTOKEN")
+    assert g.own_prefix is None and await g.credentials() == ("mgmt_device", "GWTOKEN")
     assert g.encode([reading({"T": 1}, None, "B")]) == [("dev/tokB/ds/T", b"1", 1)]
     assert g.handle("dev/tokA/downlink/ping", b"", False) == Command("ping", None, None, "A")
-    assert g.cloud_api().event_message("door", "") == ("dev/GWTOKEN/event/door", b"")
+    with raises(ValueError, "no device of its own"):
+        g.cloud_api().event_message("door", "")
 
 
 async def test_the_oauth_session_has_no_own_prefix_for_the_cloud_api():

@@ -229,6 +229,15 @@ def test_a_weightron_scope_is_openid_with_offline_access_the_only_option(tmp_pat
     assert r.code == 3 and "platform.oidc.scope: Weightron does not accept 'profile'" in r.stderr
 
 
+def test_a_blynk_sub_devices_info_needs_its_template_and_version(tmp_path):
+    gw = ('\n[devices.gw]\nboard = "esp32-devkitc"\n[devices.gw.platform]\nkind = "blynk"\ntoken = "secret:gt"\n'
+          'gateway_tokens = { pump-1 = "secret:p1" }\ngateway_info = { pump-1 = { template_id = "TMPL1" } }\n')
+    msgs = problems(tmp_path, GOOD + gw)
+    assert [m for m in msgs if "gateway_info" in m] == [
+        "fleet.toml:34: device 'gw': platform.gateway_info: expected each sub-device's {template_id, version} "
+        "as text (pump-1), got a table"], msgs
+
+
 def test_name_key_is_refused(tmp_path):
     msgs = problems(tmp_path, GOOD + '\n[devices.x]\nname = "y"\nplatform = { kind = "blynk", token = "secret:t" }\n')
     assert any("device 'x': name: unknown key" in m for m in msgs), msgs

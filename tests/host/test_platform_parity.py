@@ -71,7 +71,7 @@ def _sample(key: str, spec: tuple, secret: bool, path: str = ""):
     elif typ is float:
         cands = [1.5]
     elif typ is dict:
-        cands = [{"k": "v"}]
+        cands = [{"k": "v"}, {"k": {"template_id": "TMPL1", "version": "1.0"}}]  # (Blynk's gateway_info)
     elif isinstance(typ, list):
         cands = [["a", "b"]] if typ[0] is str else [[1, 2]]
     else:

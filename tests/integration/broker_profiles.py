@@ -478,21 +478,24 @@ BLYNK_MAX_MESSAGE = 1024
 
 class Blynk(Profile):
     """username `device` + device token password; gateway API: `mgmt_device` + the gateway's
-    token, or an OAuth client's id + secret, every device (the gateway too) then addressed
-    as dev/<token>/; clean session, client id <= 64; only downlink/... subscriptions;
-    device-API topics only; Boolean datastreams (`booleans`) take true/false."""
+    token, or an OAuth client's id + secret, every sub-device then addressed as dev/<token>/
+    (never the connection's own token); clean session, client id <= 64; only downlink/...
+    subscriptions; device-API topics only; Boolean datastreams (`booleans`) take true/false;
+    info/mcu carries the device's template (`templates`: a sub-device token's own)."""
 
     name = "blynk"
     qos_rule = "blynk.qos"
     json_rule = "blynk.json"
 
     def __init__(self, tokens=(), gateways: dict[str, list[str]] | None = None, template_id: str | None = None,
-                 oauth: dict[str, tuple[str, list[str]]] | None = None, booleans=()):
+                 oauth: dict[str, tuple[str, list[str]]] | None = None, booleans=(),
+                 templates: dict[str, str] | None = None):
         self.tokens = set(tokens)
         self.gateways = dict(gateways or {})  # gateway token -> its sub-devices' tokens
         self.oauth = dict(oauth or {})  # OAuth client id -> (secret, the devices' tokens it reaches)
         self.template_id = template_id
         self.booleans = set(booleans)
+        self.templates = dict(templates or {})  # device token -> its template id
 
     def connect(self, c: Connect) -> Session:
         if not c.clean:
@@ -503,8 +506,11 @@ class Blynk(Profile):
         if c.username == "device" and pw in self.tokens:
             return Session(c.username, c.client_id, "device", {"prefixes": [""]})
         if c.username == "mgmt_device" and pw in self.gateways:
+            # "The {deviceToken} in the topic must be the authentication token of the specific
+            # device you intend to manage or update, not the token used for your Gateway API
+            # connection" (docs.blynk.io/en/blynk.cloud-mqtt-api/mqtt-gateway-api)
             return Session(c.username, c.client_id, "gateway",
-                           {"prefixes": [f"dev/{t}/" for t in [pw] + self.gateways[pw]]})
+                           {"prefixes": [f"dev/{t}/" for t in self.gateways[pw]]})
         if c.username in self.oauth and pw == self.oauth[c.username][0]:
             return Session(c.username, c.client_id, "gateway",
                            {"prefixes": [f"dev/{t}/" for t in self.oauth[c.username][1]]})
@@ -561,8 +567,10 @@ class Blynk(Profile):
             doc = _json(payload)
             if not isinstance(doc, dict) or "ver" not in doc or not isinstance(doc.get("rxbuff"), int):
                 return broke("blynk.info_mcu", f"info/mcu needs ver and rxbuff (bytes): {doc}")
-            if self.template_id and doc.get("tmpl") != self.template_id:
-                return broke("blynk.info_mcu", f"info/mcu tmpl must be the template id {self.template_id}: {doc}")
+            want = self.templates.get(pre[4:-1], self.template_id) if pre else self.template_id
+            if want and doc.get("tmpl") != want:
+                return broke("blynk.info_mcu", f"info/mcu on {topic}: tmpl must be the device's template id {want}: "
+                             f"{doc}")
         elif rest.startswith("event/"):
             if _text_or_none(payload) is None:
                 return broke("blynk.event_text", f"event description on {topic} is not UTF-8 text")

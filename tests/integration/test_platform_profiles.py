@@ -214,12 +214,18 @@ def test_blynk_gateway_and_redirect(proxies):
     d = Dev(p.port, "mgmt_device", "GW")
     assert d.wait() == 0
     d.c.subscribe("dev/tokA/downlink/#", 1)
-    d.c.subscribe("dev/GW/downlink/#", 1)  # the gateway itself: dev/<its token>/ too
     d.pub("dev/tokB/ds/T", b"1")
-    d.pub("dev/GW/info/mcu", b'{"ver":"1","build":"x","rxbuff":1024}')
+    d.pub("dev/tokA/info/mcu", b'{"ver":"1","build":"x","rxbuff":1024}')
     assert p.violations == []  # the last PUBACK came: all before it was judged (Dev.pub)
     d.pub("dev/tokZ/ds/T", b"1", qos=0)
     closed_for(p, d, "not dev/<token>/")
+    # "not the token used for your Gateway API connection" (mqtt-gateway-api)
+    for act in (lambda d: d.c.subscribe("dev/GW/downlink/#", 1), lambda d: d.pub("dev/GW/ds/T", b"1", qos=0)):
+        p.violations.clear()
+        d = Dev(p.port, "mgmt_device", "GW")
+        d.wait()
+        act(d)
+        closed_for(p, d, "not dev/<token>/")
     # a gateway session addresses nothing unprefixed
     for act in (lambda d: d.c.subscribe("downlink/#", 1), lambda d: d.pub("ds/T", b"1", qos=0)):
         p.violations.clear()

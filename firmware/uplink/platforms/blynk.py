@@ -25,11 +25,23 @@ MONTH_MS = 30 * 86400 * 1000
 BUILD = "unknown"
 
 _S = (str, None)
+
+
+def _infos_ok(v):
+    # gateway_info: {sub-device name: {"template_id", "version"[, "build"]}}, its info/mcu
+    for name in v:
+        d = v[name]
+        if not (isinstance(d, dict) and isinstance(d.get("template_id"), str) and isinstance(d.get("version"), str)):
+            return "each sub-device's {template_id, version} as text (%s)" % name
+    return True
+
+
 SCHEMA = {
     "token": _S,
     "template_id": _S,
     "template_name": _S,
     "gateway_tokens": (dict, None),
+    "gateway_info": (dict, None, _infos_ok),
     # Gateway API login with an OAuth client (Blynk console: Organization -> OAuth clients):
     # MQTT username = its Client ID, password = its Client Secret. Not "client_id": that
     # common key is the MQTT client id, which must stay unique per connection.
@@ -45,8 +57,8 @@ class Adapter(Base):
     keepalive = 45  # what Blynk recommends
     waiter = None  # uplink.cloud's waiter(meta field, payload): the answer to cloud.meta()
     # A plain device's; a gateway's come from its part. own_prefix: the prefix of this
-    # device's own topics ("", or dev/<token>/ on a gateway; None: an OAuth session has no
-    # device of its own); prefixes: every prefix subscribed and announced.
+    # device's own topics ("", or None: a gateway session has no device of its own,
+    # blynk_gateway.py); prefixes: every prefix subscribed.
     own_prefix = ""
     prefixes = ("",)
     _cloud = None  # cloud_api()'s part, once asked for
@@ -80,15 +92,16 @@ class Adapter(Base):
     async def on_connect(self, client):
         p = self.cfg["platform"]
         build = getattr(uplink, "BUILD", None) or BUILD  # (host_tools/build.py writes BUILD)
-        info = {"ver": self.ctx.fw()[1], "build": build, "rxbuff": MAX_MESSAGE}
-        t = p.get("template_id")
-        if t:
-            info["tmpl"] = info["type"] = t
-        payload = dumps(info).encode()
-        for pre in self.prefixes:
-            await client.publish(pre + "info/mcu", payload, 0)
-        sync = p.get("sync")
         own = self.own_prefix
+        if own is not None:
+            info = {"ver": self.ctx.fw()[1], "build": build, "rxbuff": MAX_MESSAGE}
+            t = p.get("template_id")
+            if t:
+                info["tmpl"] = info["type"] = t
+            await client.publish(own + "info/mcu", dumps(info).encode(), 0)
+        if self.gateway is not None:  # each sub-device's own template and version
+            await self.gateway.announce(client)
+        sync = p.get("sync")
         if sync and own is not None:  # the current values come back as downlink/ds/<name> writes
             await client.publish(own + "get/ds", ",".join(sync).encode(), 0)
         # The cloud's time, the clock's fallback while SNTP is blocked (clock.set_from_cloud):
