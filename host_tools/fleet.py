@@ -505,6 +505,11 @@ def _cross_checks(dev: Device, relay: Relay | None, relay_broken: bool = False) 
                        "session (gateway_tokens = { pump-1 = \"secret:NAME\" })")
         elif not oauth and not p.token and not p.gateway_tokens:
             out.append("platform.token: missing (the device auth token, as \"secret:NAME\")")
+        problem = fw_schema.module("platforms/blynk_gateway.py")["info_problem"]  # the board's own check
+        for name, d in (p.gateway_info or {}).items():
+            why = problem(d) if name in (p.gateway_tokens or {}) else "not a sub-device in platform.gateway_tokens"
+            if why:
+                out.append(f"platform.gateway_info.{name}: {why}")
     if isinstance(p, Weightron) and not p.relay and not p.token and p.credentials is None:
         out.append("platform: needs credentials = \"relay\" (with [platform.oidc]) or token")
     if isinstance(p, Biotz):

@@ -180,6 +180,7 @@ def test_redirect_to_host_and_port_keeps_our_scheme_and_path():
     a = bl(url="mqtt://blynk.cloud:1883")
     a.handle("downlink/redirect", b"lon1.blynk.cloud:1883", False)
     assert a.url == "mqtt://lon1.blynk.cloud:1883"
+    assert not loaded("blynk_redirect")  # rare: loaded for the redirect only (a transient)
 
 
 def test_reboot_ping_and_datastream_writes():
@@ -262,7 +263,7 @@ async def test_each_sub_device_reports_its_own_template_type_and_version():
     assert [t for t, _, _ in c.published] == ["dev/tokB/info/mcu", "dev/tokA/get/utc/all/json"]
     with raises(config.ConfigError, "gateway_info.C"):
         bl(gateway_tokens=GW, token="GWTOKEN", gateway_info={"C": INFO["B"]})
-    with raises(config.ConfigError, "gateway_info"):
+    with raises(config.ConfigError, "gateway_info.A: expected {template_id, version}"):
         bl(gateway_tokens=GW, token="GWTOKEN", gateway_info={"A": {"template_id": "TMPLpump"}})
     with raises(config.ConfigError, "gateway_tokens.A"):
         bl(gateway_tokens=GW, token="tokA")
@@ -342,7 +343,7 @@ def test_readings_older_than_a_month_are_not_sent_and_are_counted():
     fresh = [reading({"T": 10 + i}, now - DAY + i) for i in range(2)]
     out = a.encode(old + fresh)
     check_cover(out, 5)
-    assert out[0][0] is None and out[0][2] == 3 and b"older than one month" in out[0][1]
+    assert out[0][0] is None and out[0][2] == 3 and b"older than the month Blynk takes" in out[0][1]
     assert [(t, n) for t, _, n in out[1:]] == [("ds/T/timestamped_batch", 2)]
     assert a.too_old == 3
     # said once: later drops carry no reason of their own (the publisher logs none)
@@ -399,7 +400,7 @@ async def test_a_month_old_backlog_is_said_once_on_the_console_and_counted_in_he
         del log.print
     assert ob.depth == 0
     said = [line for line in lines if "dropped" in line]
-    assert len(said) == 1 and "older than one month" in said[0], said
+    assert len(said) == 1 and "older than the month Blynk takes" in said[0], said
     assert a.too_old == 45 and _health(c, pub, 0)["too_old"] == 45
     sent = [json.loads(p) for t, p, _ in c.published]
     assert [x[1] for m in sent for x in m] == list(range(45, 50))

@@ -231,11 +231,13 @@ def test_a_weightron_scope_is_openid_with_offline_access_the_only_option(tmp_pat
 
 def test_a_blynk_sub_devices_info_needs_its_template_and_version(tmp_path):
     gw = ('\n[devices.gw]\nboard = "esp32-devkitc"\n[devices.gw.platform]\nkind = "blynk"\ntoken = "secret:gt"\n'
-          'gateway_tokens = { pump-1 = "secret:p1" }\ngateway_info = { pump-1 = { template_id = "TMPL1" } }\n')
+          'gateway_tokens = { pump-1 = "secret:p1" }\n'
+          'gateway_info = { pump-1 = { template_id = "TMPL1" }, pump-2 = { template_id = "T", version = "1" } }\n')
     msgs = problems(tmp_path, GOOD + gw)
     assert [m for m in msgs if "gateway_info" in m] == [
-        "fleet.toml:34: device 'gw': platform.gateway_info: expected each sub-device's {template_id, version} "
-        "as text (pump-1), got a table"], msgs
+        "fleet.toml:34: device 'gw': platform.gateway_info.pump-1: expected {template_id, version} (each text; "
+        "build optional)",
+        "fleet.toml:34: device 'gw': platform.gateway_info.pump-2: not a sub-device in platform.gateway_tokens"], msgs
 
 
 def test_name_key_is_refused(tmp_path):

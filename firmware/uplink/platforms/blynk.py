@@ -25,23 +25,14 @@ MONTH_MS = 30 * 86400 * 1000
 BUILD = "unknown"
 
 _S = (str, None)
-
-
-def _infos_ok(v):
-    # gateway_info: {sub-device name: {"template_id", "version"[, "build"]}}, its info/mcu
-    for name in v:
-        d = v[name]
-        if not (isinstance(d, dict) and isinstance(d.get("template_id"), str) and isinstance(d.get("version"), str)):
-            return "each sub-device's {template_id, version} as text (%s)" % name
-    return True
-
-
 SCHEMA = {
     "token": _S,
     "template_id": _S,
     "template_name": _S,
     "gateway_tokens": (dict, None),
-    "gateway_info": (dict, None, _infos_ok),
+    # {sub-device name: {"template_id", "version"[, "build"]}}: its own info/mcu. Checked by
+    # blynk_gateway (loaded for gateways only) and, on the host, by fleet.py
+    "gateway_info": (dict, None),
     # Gateway API login with an OAuth client (Blynk console: Organization -> OAuth clients):
     # MQTT username = its Client ID, password = its Client Secret. Not "client_id": that
     # common key is the MQTT client id, which must stay unique per connection.
@@ -171,8 +162,8 @@ class Adapter(Base):
         self.too_old += n
         said = self._said_old
         self._said_old = True
-        return (None, b"" if said else b"older than one month, which Blynk refuses (docs.blynk.io .../device-mqtt-api/"
-                b"datastreams): not sent; health counts them as too_old", n)
+        why = b"older than the month Blynk takes (datastreams page); health counts them: too_old"
+        return (None, b"" if said else why, n)
 
     _said_old = False
 
@@ -250,7 +241,10 @@ class Adapter(Base):
             return None
         what = topic[9:]
         if what == "redirect":
-            url = _redirect_url(text(payload, "redirect").strip(), self.url)
+            with uplink.transient():
+                from uplink.platforms.blynk_redirect import url as redirect_url
+
+                url = redirect_url(text(payload, "redirect").strip(), self.url)
             self.url = url
             return Command("redirect", {"url": url})
         if what == "reboot" or what == "ping":
@@ -292,26 +286,6 @@ class Adapter(Base):
         if len(payload) > self.room(topic):
             return None
         return (topic, payload)
-
-
-def _redirect_url(to, current):
-    """The URL a downlink/redirect moves us to. The authentication page gives the payload as
-    `host:port` ("i.e. ny3.blynk.cloud:8883"; the scheme and path stay ours, as in Blynk's
-    MicroPython sample) and, in its newer text, as a URI (mqtts://..., wss://.../mqtt): both
-    are taken (docs.blynk.io/en/blynk.cloud-mqtt-api/device-mqtt-api/authentication)."""
-    from uplink.transport import parse_url  # the app's: loaded for the connection
-
-    try:
-        if "://" not in to:
-            k = to.rfind(":")
-            if k <= 0 or "/" in to:
-                raise ValueError("expected host:port or a URL, got %r" % to[:60])
-            scheme, _, _, path = parse_url(current)
-            to = "%s://%s%s" % (scheme, to, path)
-        parse_url(to)  # the app reconnects there: a URL it can use, or no redirect
-    except ValueError as e:
-        raise ValueError("redirect: %s" % str(e)[:100])
-    return to
 
 
 def _old(r, cut):

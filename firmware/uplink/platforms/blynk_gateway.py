@@ -48,9 +48,9 @@ class Gateway:
                                   "Blynk does not take as a dev/<token>/ target: give the sub-device's" % names[tok])
         self.info = info = p.get("gateway_info") or {}
         for name in info:
-            if name not in tokens:
-                raise ConfigError("config.json: platform.gateway_info.%s: not a sub-device in "
-                                  "platform.gateway_tokens" % name)
+            why = info_problem(info[name]) if name in tokens else "not a sub-device in platform.gateway_tokens"
+            if why:
+                raise ConfigError("config.json: platform.gateway_info.%s: %s" % (name, why))
         # the adapter's own_prefix (none: see above) and prefixes (see platforms/blynk.py Adapter)
         self.own_prefix = None
         self.prefixes = ["dev/" + tokens[name] + "/" for name in tokens]
@@ -107,3 +107,10 @@ class Gateway:
         if topic == "downlink/redirect":
             raise ValueError("redirect addressed to one device of a gateway session")
         return topic, pre, dev
+
+
+def info_problem(d):
+    """What is wrong with one gateway_info entry (its info/mcu), or None. fleet.py runs it too."""
+    if not isinstance(d, dict) or not isinstance(d.get("template_id"), str) or not isinstance(d.get("version"), str):
+        return "expected {template_id, version} (each text; build optional)"
+    return None
