@@ -249,8 +249,9 @@ RULES: dict[str, Rule] = {
     "blynk.max_message": Rule("1024 bytes per message: what PLATFORMS.md and Blynk's samples (rxbuff 1024) "
                               "use; the docs state no uplink limit.", assumption=True),
     "blynk.gateway_prefix": Rule("On a Gateway API session every device is addressed by prefixing the "
-                                 "device-API topic with dev/<its token>/ (no wildcard in the token).",
-                                 _BL_GW),
+                                 "device-API topic with dev/<its token>/ (no wildcard in the token), the "
+                                 "target device's token, \"not the token used for your Gateway API "
+                                 "connection\".", _BL_GW),
     "blynk.topics": Rule("Uplink topics: info/mcu, ds/<Datastream>, ds/<Datastream>/timestamped_batch, "
                          "ds/<Datastream>/prop/<property>, batch_ds, event/<code>, get/ds, get/ds/all, "
                          "get/meta, get/utc/all/json.", _BL_TOPICS),
@@ -268,7 +269,10 @@ RULES: dict[str, Rule] = {
     "blynk.boolean": Rule("Values must match the datastream's type: true or false for a Boolean "
                           "datastream.", _BL_DS),
     "blynk.timestamped": Rule("timestamped_batch takes [[timestamp in ms, value], ...].", _BL_DS),
-    "blynk.ds_text": Rule("ds/<Datastream> takes the value as plain text (123, hello, 3.14).", _BL_DS),
+    "blynk.timestamped_age": Rule("timestamped_batch points are no older than 1 month, and at most 1 month "
+                                  "\"in the future\" (a month taken as 31 days).", _BL_DS),
+    "blynk.ds_text": Rule("ds/<Datastream> takes the value as plain text (123, hello, 3.14); a multi-value's "
+                          "items are separated by a 0x00 byte.", _BL_DS),
     "blynk.info_mcu": Rule("After every clean connect the device publishes info/mcu with tmpl (the Template "
                            "ID), ver, build, type and rxbuff (its MQTT receive buffer in bytes).", _BL_AUTH),
     # Weightron
@@ -561,6 +565,14 @@ class Blynk(Profile):
                     isinstance(x, list) and len(x) == 2 and isinstance(x[0], int) and x[0] > 1_000_000_000_000
                     for x in doc):
                 return broke("blynk.timestamped", f"timestamped_batch must be [[ms, value], ...]: {payload[:80]!r}")
+            # "The timestamp should be sent in milliseconds and no older than 1 month. Blynk will
+            # also accept points with a timestamp "in the future" within the next 1 month"
+            # (docs.blynk.io/en/blynk.cloud-mqtt-api/device-mqtt-api/datastreams): a month read
+            # as its longest, 31 days
+            now, month = time.time() * 1000, 31 * 86400 * 1000
+            if not all(now - month <= x[0] <= now + month for x in doc):
+                return broke("blynk.timestamped_age", f"timestamped_batch on {topic} has a point more than a month "
+                             f"old or ahead: {payload[:80]!r}")
             if rest[3:-len("/timestamped_batch")] in self.booleans and not all(isinstance(x[1], bool) for x in doc):
                 return broke("blynk.boolean", f"Boolean datastream on {topic} got values that are not true/false")
         elif rest == "info/mcu":
