@@ -133,6 +133,9 @@ def _https_url(v: str, allow_loopback_http: bool, sends: str) -> str:
     return v
 
 
+WEIGHTRON_SCOPES = ("openid", "offline_access")
+
+
 class _OidcBase(Strict):
     # before the URLs: their validators read it (pydantic validates fields in order)
     allow_loopback_http: bool = False
@@ -155,6 +158,21 @@ class WeightronOidc(_OidcBase):
     access_url: str = "https://api.weightron.cloud/access"
     application_id: str | None = None
     _v = refs_only("client_secret", "api_key")
+
+    @field_validator("scope")
+    @classmethod
+    def _scope(cls, v):
+        # Weightron (docs.weightron.cloud, Authentication): openid is required for all
+        # requests, offline_access is the only other value its token endpoint accepts
+        words = v.split()
+        other = [w for w in words if w not in WEIGHTRON_SCOPES]
+        if other:
+            raise ValueError(f"Weightron does not accept {' '.join(other)!r}: the scope is \"openid\", "
+                             "optionally with \"offline_access\"")
+        if "openid" not in words:
+            raise ValueError(f"Weightron requires openid in every request, got {v!r}: use \"openid\" "
+                             "(optionally \"openid offline_access\")")
+        return " ".join(dict.fromkeys(words))
 
 
 class BiotzOidc(_OidcBase):
@@ -487,6 +505,11 @@ def _cross_checks(dev: Device, relay: Relay | None, relay_broken: bool = False) 
                        "session (gateway_tokens = { pump-1 = \"secret:NAME\" })")
         elif not oauth and not p.token and not p.gateway_tokens:
             out.append("platform.token: missing (the device auth token, as \"secret:NAME\")")
+        problem = fw_schema.module("platforms/blynk_gateway.py")["info_problem"]  # the board's own check
+        for name, d in (p.gateway_info or {}).items():
+            why = problem(d) if name in (p.gateway_tokens or {}) else "not a sub-device in platform.gateway_tokens"
+            if why:
+                out.append(f"platform.gateway_info.{name}: {why}")
     if isinstance(p, Weightron) and not p.relay and not p.token and p.credentials is None:
         out.append("platform: needs credentials = \"relay\" (with [platform.oidc]) or token")
     if isinstance(p, Biotz):

@@ -167,6 +167,9 @@ class TokenSource:
         self._token: Token | None = None
         self._inflight: asyncio.Task | None = None
         self._client: AsyncOAuth2Client | None = None
+        # the secret goes in the form until the provider answers invalid_client to that,
+        # then in HTTP Basic (_request): Weightron names both ways
+        self._basic = False
 
     # public ---------------------------------------------------------------------------
     @property
@@ -211,9 +214,11 @@ class TokenSource:
                 client_id=s.client_id,
                 client_secret=secret,
                 scope=s.scope,
-                # Weightron reads client_id/client_secret from the form; a public client
-                # (Biotz) sends only its client_id
-                token_endpoint_auth_method="client_secret_post" if secret else "none",
+                # Weightron reads client_id/client_secret from the form (or HTTP Basic once
+                # the form was refused); a public client (Biotz) sends only its client_id
+                token_endpoint_auth_method=(
+                    "none" if not secret else "client_secret_basic" if self._basic else "client_secret_post"
+                ),
                 timeout=s.timeout_s,
                 verify=_verify(s.ca),
             )
@@ -251,6 +256,13 @@ class TokenSource:
             else:
                 raw = await client.fetch_token(s.token_url, grant_type="client_credentials")
         except OAuthError as e:
+            if e.error == "invalid_client" and not self._basic and getattr(s, "client_secret", None):
+                # the provider wants the secret in HTTP Basic (RFC 6749 2.3.1 names both): once
+                log.info("%s refused the client secret in the form (invalid_client); "
+                         "trying HTTP Basic client authentication", s.token_url)
+                self._basic = True
+                await self.aclose()
+                return await self._request(what, refresh_token)
             raise TokenError(
                 f"{s.token_url} refused the {what} for client {s.client_id!r}: "
                 f"{e.error}{': ' + e.description if e.description else ''}"

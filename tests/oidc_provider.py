@@ -1,7 +1,8 @@
 """A real OAuth 2 / OIDC provider on loopback for the tests (authlib's server side on Flask).
 
 - `POST /oidc/token`: client_credentials (Weightron-style confidential client, secret in the
-  form or HTTP Basic), password (Biotz-style public client; scope openid adds an id_token,
+  form or HTTP Basic; `require_basic(client_id)`: HTTP Basic only, the form answered
+  `invalid_client` as RFC 6749 section 5.2 has it), password (Biotz-style public client; scope openid adds an id_token,
   an RS256-signed JWT) and refresh_token grants. Client secrets and user passwords are
   checked; token lifetime is `provider.lifetime` seconds (changeable while running).
 - `GET /access`: Weightron's application list; needs a live Bearer token and `x-api-key`.
@@ -49,6 +50,7 @@ class Client(ClientMixin):
     client_secret: str | None
     grant_types: tuple
     scope: str = ""
+    auth_methods: tuple = ("client_secret_basic", "client_secret_post")
 
     def get_client_id(self):
         return self.client_id
@@ -73,7 +75,7 @@ class Client(ClientMixin):
     def check_endpoint_auth_method(self, method, endpoint):
         if self.client_secret is None:
             return method == "none"
-        return method in ("client_secret_basic", "client_secret_post")
+        return method in self.auth_methods
 
     def check_response_type(self, response_type):
         return False
@@ -152,6 +154,10 @@ class OIDCProvider:
         self.pki = make_pki(self.dir / "pki", ca_name="Uplink Test OIDC CA")
         self.ca_pem = str(self.pki.ca_pem)
         self.app = self._make_app()
+
+    def require_basic(self, client_id: str) -> None:
+        """The client may authenticate with HTTP Basic only (client_secret_basic)."""
+        self.clients[client_id].auth_methods = ("client_secret_basic",)
 
     # -- URLs ----------------------------------------------------------------------------
     @property

@@ -33,6 +33,11 @@ class Context:
         w = self._app.wifi
         return w.ip if w else None
 
+    def now_ms(self):
+        """Epoch milliseconds now, or None while the clock is not known (uplink.clock)."""
+        c = self._app.clock
+        return c.now_ms() if c else None
+
     def fw(self):
         """(title, version) of the app running (App.fw)."""
         return self._app.fw()

@@ -86,7 +86,9 @@ class Updater(ota.Updater):
         c = self.ctx.client
         if c is None or not c.is_connected:
             return None
-        pre = self.ctx.adapter.own_prefix or ""
+        pre = self.ctx.adapter.own_prefix
+        if pre is None:  # a gateway session: no device of its own to log the event on
+            return None
         return self._event(c, pre + "event/" + EVENT, text[:255].encode())
 
     async def _event(self, c, topic, payload):

@@ -273,7 +273,9 @@ class Publisher:
                 a += n
                 if topic is None:
                     # the platform can never carry these: drop them rather than block the queue
-                    log.error("publish", "%d reading(s) dropped: %s" % (n, payload.decode()))
+                    # (an empty reason: the adapter said it once already, and counts them)
+                    if payload:
+                        log.error("publish", "%d reading(s) dropped: %s" % (n, payload.decode()))
                     for rid in ids[a - n : a]:
                         self.outbox.ack(rid)
                     self.undeliverable += n

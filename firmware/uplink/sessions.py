@@ -159,6 +159,8 @@ def _health(client, publisher, auth_failures):
         h["acked"] = publisher.acked
         if publisher.set_aside:
             h["set_aside"] = publisher.set_aside
+        if publisher.adapter.too_old:
+            h["too_old"] = publisher.adapter.too_old
     if auth_failures:
         h["auth_failures"] = auth_failures
     return h

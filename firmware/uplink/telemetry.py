@@ -32,6 +32,9 @@ class Telemetry:
             h["chip_temp"] = t
         if app.auth_failures:
             h["auth_failures"] = app.auth_failures
+        n = app.adapter.too_old if app.adapter else 0
+        if n:
+            h["too_old"] = n  # readings older than the cloud accepts: not sent
         if app.publisher is not None and app.publisher.set_aside:
             h["set_aside"] = app.publisher.set_aside  # readings the cloud refused (outbox aside)
         if app.safe_mode_reason:  # the first run after safe mode says why it was there

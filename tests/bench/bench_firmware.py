@@ -114,6 +114,13 @@ ORDER = ["uplink", "uplink.log", "uplink.config", "uplink.board", "uplink.board_
          "uplink.ota", "uplink.ota_thingsboard", "uplink.ota_blynk", "uplink.https", "uplink.ota_fetch"]
 
 
+# a Blynk device's own modules, after the ones every device loads (the gateway and uplink.cloud
+# parts only for a gateway or a user.py that uses them)
+BLYNK_ORDER = ["uplink", "uplink.log", "uplink.board", "uplink.clock", "uplink.context", "uplink.telemetry",
+               "uplink.platforms", "uplink.outbox", "uplink.publisher", "uplink.transport", "uplink.mqtt",
+               "uplink.platforms.blynk", "uplink.platforms.blynk_gateway", "uplink.platforms.blynk_cloud"]
+
+
 def module_heap(name: str = "ESP32 model") -> None:
     p = mpy.start(MODULES, compiled=True, heapsize="256k", args=tuple(ORDER))
     try:
@@ -125,6 +132,14 @@ def module_heap(name: str = "ESP32 model") -> None:
           " config and board_host not kept on an ESP32, cloud only for a user.py that uses it,"
           " the ota modules only while an update or a trial runs):")
     print("  " + ", ".join(f"{n.replace('uplink.', '')} {int(b) / 1024:.1f}k" for n, b in rows), flush=True)
+    p = mpy.start(MODULES, compiled=True, heapsize="256k", args=tuple(BLYNK_ORDER))
+    try:
+        p.wait(60)
+    except (AssertionError, subprocess.TimeoutExpired):
+        pass
+    rows = [ln.split()[1:] for ln in p.output.splitlines() if ln.startswith("MOD ")][-4:]
+    print(f"  Blynk's modules ({name}, bytes): " + ", ".join(f"{n.replace('uplink.', '')} {b}" for n, b in rows),
+          flush=True)
 
 
 def main(argv: list[str]) -> None:

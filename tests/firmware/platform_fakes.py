@@ -30,6 +30,11 @@ class Ctx:
         self.clock = None
         self.saved = []
 
+    now = None  # Context.now_ms(): epoch ms, None while the clock is not known
+
+    def now_ms(self):
+        return self.now
+
     def fw(self):
         return ("uplink-" + self.board.name, self.version)
 

@@ -43,7 +43,7 @@ async def test_subscribe_downlink_and_info_mcu_after_connect():
     assert a.subscriptions() == [("downlink/#", 1)]
     c = Client()
     await a.on_connect(c)
-    assert [p[0] for p in c.published] == ["info/mcu"]
+    assert [p[0] for p in c.published] == ["info/mcu", "get/utc/all/json"]
     info = json.loads(c.published[0][1])
     assert info["tmpl"] == "TMPL123" and info["type"] == "TMPL123"
     assert info["ver"] == "1.2.3" and info["rxbuff"] == 1024
@@ -54,7 +54,19 @@ async def test_subscribe_downlink_and_info_mcu_after_connect():
 async def test_sync_asks_for_current_datastream_values():
     c = Client()
     await bl(sync=["Setpoint", "Mode"]).on_connect(c)
-    assert [(t, p) for t, p, _ in c.published] == [("info/mcu", c.published[0][1]), ("get/ds", b"Setpoint,Mode")]
+    assert [(t, p) for t, p, _ in c.published][1:] == [("get/ds", b"Setpoint,Mode"), ("get/utc/all/json", b"")]
+
+
+async def test_the_clock_asks_blynk_for_the_time_after_every_connect():
+    # docs.blynk.io .../device-mqtt-api/topic-structure: downlink/utc/all/json is the answer to
+    # get/utc/all/json: without the request there is no cloud time to fall back on
+    a = bl()
+    c = Client()
+    await a.on_connect(c)
+    assert ("get/utc/all/json", b"", 0) in c.published
+    cmd = a.handle("downlink/utc/all/json", b'{"time":1767268800123,"tz_name":"Europe/Kyiv"}', False)
+    assert cmd == Command("set_time", {"ms": 1767268800123})
+    assert a.handle("downlink/utc/all/json", b'{"tz_name":"Europe/Kyiv"}', False) is None
 
 
 def test_single_value_goes_to_ds_as_plain_text():
@@ -64,6 +76,22 @@ def test_single_value_goes_to_ds_as_plain_text():
     assert a.encode([reading({"Power": True})]) == [("ds/Power", b"true", 1)]
     assert a.encode([reading({"Power": False})]) == [("ds/Power", b"false", 1)]
     assert a.encode([reading({"Label": "open"}, TS)]) == [("ds/Label", b"open", 1)]
+
+
+def test_a_multi_value_goes_to_ds_with_its_items_0x00_separated():
+    # datastreams page: "For multivalue (array-like) values, the individual items in the
+    # payload are separated using a 0x00 byte"; batch_ds keeps the JSON array (Location)
+    a = bl()
+    assert a.encode([reading({"Location": [30.5, -50.25]})]) == [("ds/Location", b"30.5\x00-50.25", 1)]
+    assert a.encode([reading({"Labels": ["First", "Second", "Third"]})]) == [
+        ("ds/Labels", b"First\x00Second\x00Third", 1)]
+    out = a.encode([reading({"Location": [30.5, 50.5], "T": 1})])
+    assert json.loads(out[0][1]) == {"Location": [30.5, 50.5], "T": 1}
+    # a multi-value write arrives the same way, and its new state goes back the same way
+    cmd = a.handle("downlink/ds/Location", b"30.5\x0050.25", False)
+    assert cmd.params["value"] == [30.5, 50.25] and cmd.params["raw"] == "30.5\x0050.25"
+    assert a.reply(cmd, [30.5, 50.25]) == ("ds/Location", b"30.5\x0050.25")
+    assert a.handle("downlink/ds/Names", b"a\x00b\x00", False).params["value"] == ["a", "b", ""]
 
 
 def test_several_values_go_to_batch_ds():
@@ -135,10 +163,24 @@ def test_redirect_in_all_four_schemes():
         assert a.handle("downlink/redirect", url.encode(), False) == Command("redirect", {"url": url})
         assert a.url == url
     a = bl()
-    for bad in (b"http://x", b"", b"mqtts://", b"blynk.cloud:8883", b"\xff"):
+    for bad in (b"http://x", b"", b"mqtts://", b"ny3.blynk.cloud", b":8883", b"ny3.blynk.cloud:mqtt",
+                b"ny3.blynk.cloud:8883/mqtt", b"\xff"):
         with raises(ValueError, "redirect"):
             a.handle("downlink/redirect", bad, False)
     assert a.url == "mqtts://blynk.cloud:8883"
+
+
+def test_redirect_to_host_and_port_keeps_our_scheme_and_path():
+    # the authentication page's form: "host:port format (i.e. ny3.blynk.cloud:8883)"
+    a = bl()
+    cmd = a.handle("downlink/redirect", b"ny3.blynk.cloud:8883", False)
+    assert cmd == Command("redirect", {"url": "mqtts://ny3.blynk.cloud:8883"}) and a.url == "mqtts://ny3.blynk.cloud:8883"
+    a = bl(url="wss://blynk.cloud:443/mqtt")
+    assert a.handle("downlink/redirect", b" fra1.blynk.cloud:9443\n", False).params["url"] == "wss://fra1.blynk.cloud:9443/mqtt"
+    a = bl(url="mqtt://blynk.cloud:1883")
+    a.handle("downlink/redirect", b"lon1.blynk.cloud:1883", False)
+    assert a.url == "mqtt://lon1.blynk.cloud:1883"
+    assert not loaded("blynk_redirect")  # rare: loaded for the redirect only (a transient)
 
 
 def test_reboot_ping_and_datastream_writes():
@@ -167,19 +209,29 @@ def test_reboot_ping_and_datastream_writes():
         a.handle("downlink/ota/json", b"{", False)
 
 
-async def test_gateway_mode_addresses_every_device_through_dev_token():
-    # Gateway API: every device, the gateway's own too, is dev/<its token>/...; nothing is
-    # subscribed or published unprefixed (docs.blynk.io/en/blynk.cloud-mqtt-api/mqtt-gateway-api)
-    a = bl(gateway_tokens=GW, token="GWTOKEN")
+INFO = {"A": {"template_id": "TMPLpump", "version": "2.4.1", "build": "2026-03-01"},
+        "B": {"template_id": "TMPLvalve", "version": "0.9"}}
+
+
+async def test_gateway_mode_addresses_every_sub_device_through_dev_token():
+    # Gateway API: every sub-device is dev/<its token>/...; the gateway itself never is: "The
+    # {deviceToken} in the topic must be the authentication token of the specific device you
+    # intend to manage or update, not the token used for your Gateway API connection"
+    # (docs.blynk.io/en/blynk.cloud-mqtt-api/mqtt-gateway-api)
+    a = bl(gateway_tokens=GW, token="GWTOKEN", gateway_info=INFO)
+    assert a.own_prefix is None
     subs = sorted(t for t, _ in a.subscriptions())
-    assert subs == ["dev/GWTOKEN/downlink/#", "dev/tokA/downlink/#", "dev/tokB/downlink/#"]
-    for t, _ in a.subscriptions():
-        assert "+" not in t
+    assert subs == ["dev/tokA/downlink/#", "dev/tokB/downlink/#"]
     c = Client()
     await a.on_connect(c)
-    assert sorted(p[0] for p in c.published) == ["dev/GWTOKEN/info/mcu", "dev/tokA/info/mcu", "dev/tokB/info/mcu"]
-    out = a.encode([reading({"T": 1}, None, "A"), reading({"T": 2, "H": 3}, None, "B"), reading({"heap": 9})])
-    assert [(t, n) for t, _, n in out] == [("dev/tokA/ds/T", 1), ("dev/tokB/batch_ds", 1), ("dev/GWTOKEN/ds/heap", 1)]
+    assert sorted(p[0] for p in c.published) == ["dev/tokA/get/utc/all/json", "dev/tokA/info/mcu", "dev/tokB/info/mcu"]
+    assert "GWTOKEN" not in repr(c.published)
+    out = a.encode([reading({"T": 1}, None, "A"), reading({"T": 2, "H": 3}, None, "B")])
+    assert [(t, n) for t, _, n in out] == [("dev/tokA/ds/T", 1), ("dev/tokB/batch_ds", 1)]
+    # the gateway's own readings cannot go anywhere: said once, then dropped quietly
+    out = a.encode([reading({"heap": 9}), reading({"heap": 8})])
+    assert [(t, n) for t, _, n in out] == [(None, 1), (None, 1)]
+    assert b"no device of its own" in out[0][1] and out[1][1] == b""
     out = a.encode([reading({"T": 1}, TS, "A"), reading({"T": 2}, TS + 1, "A"), reading({"T": 3}, TS + 2, "B")])
     assert [(t, n) for t, _, n in out] == [("dev/tokA/ds/T/timestamped_batch", 2), ("dev/tokB/ds/T", 1)]
     out = a.encode([reading({"T": 1}, None, "Z")])
@@ -187,20 +239,34 @@ async def test_gateway_mode_addresses_every_device_through_dev_token():
     cmd = a.handle("dev/tokB/downlink/ds/Valve", b"1", False)
     assert cmd.device == "B" and cmd.params["value"] == 1
     assert a.reply(cmd, 1) == ("dev/tokB/ds/Valve", b"1")
-    own = a.handle("dev/GWTOKEN/downlink/ds/Mode", b"2", False)
-    assert own.device is None and a.reply(own, 2) == ("dev/GWTOKEN/ds/Mode", b"2")
     assert a.handle("dev/tokA/downlink/reboot", b"", False) == Command("reboot", None, None, "A")
-    with raises(ValueError, "unknown sub-device"):
-        a.handle("dev/tokZ/downlink/reboot", b"", False)
+    for tok in ("tokZ", "GWTOKEN"):
+        with raises(ValueError, "unknown sub-device"):
+            a.handle("dev/%s/downlink/reboot" % tok, b"", False)
     with raises(ValueError, "redirect"):
         a.handle("dev/tokA/downlink/redirect", b"mqtt://x:1", False)
 
 
-async def test_gateway_sync_asks_for_the_gateways_own_values_prefixed():
+async def test_each_sub_device_reports_its_own_template_type_and_version():
+    # authentication page: "ver - actual software/firmware version of the device", "type - the
+    # type of firmware upgrade packages that the device accepts"; the gateway's would be wrong
     c = Client()
-    await bl(gateway_tokens=GW, token="GWTOKEN", sync=["Mode"]).on_connect(c)
-    assert ("dev/GWTOKEN/get/ds", b"Mode") in [(t, p) for t, p, _ in c.published]
-    assert "get/ds" not in [t for t, _, _ in c.published]
+    await bl(gateway_tokens=GW, token="GWTOKEN", gateway_info=INFO).on_connect(c)
+    info = {t: json.loads(p) for t, p, _ in c.published if t.endswith("/info/mcu")}
+    assert info == {
+        "dev/tokA/info/mcu": {"tmpl": "TMPLpump", "type": "TMPLpump", "ver": "2.4.1", "build": "2026-03-01",
+                              "rxbuff": 1024},
+        "dev/tokB/info/mcu": {"tmpl": "TMPLvalve", "type": "TMPLvalve", "ver": "0.9", "rxbuff": 1024}}
+    # a sub-device whose own is not known is not announced rather than given the gateway's
+    c = Client()
+    await bl(gateway_tokens=GW, token="GWTOKEN", gateway_info={"B": INFO["B"]}, sync=["Mode"]).on_connect(c)
+    assert [t for t, _, _ in c.published] == ["dev/tokB/info/mcu", "dev/tokA/get/utc/all/json"]
+    with raises(config.ConfigError, "gateway_info.C"):
+        bl(gateway_tokens=GW, token="GWTOKEN", gateway_info={"C": INFO["B"]})
+    with raises(config.ConfigError, "gateway_info.A: expected {template_id, version}"):
+        bl(gateway_tokens=GW, token="GWTOKEN", gateway_info={"A": {"template_id": "TMPLpump"}})
+    with raises(config.ConfigError, "gateway_tokens.A"):
+        bl(gateway_tokens=GW, token="tokA")
 
 
 async def test_gateway_login_with_oauth_client_credentials():
@@ -213,10 +279,11 @@ async def test_gateway_login_with_oauth_client_credentials():
     assert sorted(t for t, _ in a.subscriptions()) == ["dev/tokA/downlink/#", "dev/tokB/downlink/#"]
     c = Client()
     await a.on_connect(c)
-    assert sorted(p[0] for p in c.published) == ["dev/tokA/info/mcu", "dev/tokB/info/mcu"]
+    # (no device of its own: the time is asked through a sub-device)
+    assert sorted(p[0] for p in c.published) == ["dev/tokA/get/utc/all/json"]
     # the session has no device of its own: a reading without a sub-device cannot go anywhere
     out = a.encode([reading({"T": 1}), reading({"T": 2}, None, "A")])
-    assert out[0][0] is None and b"OAuth" in out[0][1] and out[0][2] == 1
+    assert out[0][0] is None and b"no device of its own" in out[0][1] and out[0][2] == 1
     assert out[1] == ("dev/tokA/ds/T", b"2", 1)
     with raises(config.ConfigError, "oauth_client_secret"):
         adapter("blynk", oauth_client_id="oc-123", gateway_tokens=GW)
@@ -247,10 +314,11 @@ async def test_a_plain_device_loads_neither_the_gateway_nor_the_cloud_api_code()
     # a gateway loads its part, and works through it
     g = bl(gateway_tokens=GW, token="GWTOKEN")
     assert loaded("blynk_gateway") and g.gateway.adapter is g
-    assert g.own_prefix == "dev/GWTOKEN/" and await g.credentials() == ("mgmt_device", "GWTOKEN")
+    assert g.own_prefix is None and await g.credentials() == ("mgmt_device", "GWTOKEN")
     assert g.encode([reading({"T": 1}, None, "B")]) == [("dev/tokB/ds/T", b"1", 1)]
     assert g.handle("dev/tokA/downlink/ping", b"", False) == Command("ping", None, None, "A")
-    assert g.cloud_api().event_message("door", "") == ("dev/GWTOKEN/event/door", b"")
+    with raises(ValueError, "no device of its own"):
+        g.cloud_api().event_message("door", "")
 
 
 async def test_the_oauth_session_has_no_own_prefix_for_the_cloud_api():
@@ -261,3 +329,78 @@ async def test_the_oauth_session_has_no_own_prefix_for_the_cloud_api():
     assert a.cloud_api().sync_request(["Mode"]) is None
     out = a.encode([{"k": "e", "code": "door", "text": ""}])
     assert out[0][0] is None and b"OAuth" in out[0][1]
+
+
+DAY = 86400 * 1000
+
+
+def test_readings_older_than_a_month_are_not_sent_and_are_counted():
+    # datastreams page: timestamped_batch points "no older than 1 month"
+    now = TS + 40 * DAY
+    a = bl()
+    a.ctx.now = now
+    old = [reading({"T": i}, TS + i * 1000) for i in range(3)]
+    fresh = [reading({"T": 10 + i}, now - DAY + i) for i in range(2)]
+    out = a.encode(old + fresh)
+    check_cover(out, 5)
+    assert out[0][0] is None and out[0][2] == 3 and b"older than the month Blynk takes" in out[0][1]
+    assert [(t, n) for t, _, n in out[1:]] == [("ds/T/timestamped_batch", 2)]
+    assert a.too_old == 3
+    # said once: later drops carry no reason of their own (the publisher logs none)
+    out = a.encode([reading({"T": 1, "H": 2}, TS), reading({"T": 2}, now - 29 * DAY)])
+    assert out[0] == (None, b"", 1) and out[1] == ("ds/T", b"2", 1) and a.too_old == 4
+    # a backlog keeps its order: the old ones between fresh ones are cut out, the rest batched
+    out = a.encode([fresh[0], old[0], fresh[1]])
+    assert [(t, n) for t, _, n in out] == [("ds/T", 1), (None, 1), ("ds/T", 1)]
+    # no clock, or readings sent with their arrival time (timestamped = false): nothing to judge
+    a.ctx.now = None
+    assert [t for t, _, _ in a.encode(old)] == ["ds/T/timestamped_batch"]
+    b = bl(timestamped=False)
+    b.ctx.now = now
+    assert [t for t, _, _ in b.encode(old)] == ["ds/T"] * 3 and b.too_old == 0
+
+
+async def test_a_month_old_backlog_is_said_once_on_the_console_and_counted_in_health():
+    import asyncio
+
+    from outbox_util import tmpdir
+    from uplink import log, publisher
+    from uplink.outbox import Outbox
+    from uplink.sessions import _health
+
+    class Acking(Client):
+        is_connected = True
+        window = 4
+        on_ack = None
+
+        async def publish(self, topic, payload, qos=0, retain=False, wait=True):
+            pid = await Client.publish(self, topic, payload, qos)
+            self.on_ack(pid)
+            return pid
+
+    now = TS + 60 * DAY
+    ob = Outbox(tmpdir("blynk-old"), 1 << 20)
+    for i in range(50):  # 45 from a month and a half ago, then 5 of today
+        ob.put(json.dumps(reading({"T": i}, (TS if i < 45 else now - DAY) + i * 1000)).encode())
+    a = bl()
+    a.ctx.now = now
+    c = Acking()
+    pub = publisher.Publisher(ob, a, c, batch=8)
+    c.on_ack = pub.on_ack
+    lines = []
+    log.print = lines.append
+    try:
+        task = asyncio.create_task(pub.run())
+        for _ in range(300):
+            if not ob.depth:
+                break
+            await asyncio.sleep_ms(10)
+        task.cancel()
+    finally:
+        del log.print
+    assert ob.depth == 0
+    said = [line for line in lines if "dropped" in line]
+    assert len(said) == 1 and "older than the month Blynk takes" in said[0], said
+    assert a.too_old == 45 and _health(c, pub, 0)["too_old"] == 45
+    sent = [json.loads(p) for t, p, _ in c.published]
+    assert [x[1] for m in sent for x in m] == list(range(45, 50))

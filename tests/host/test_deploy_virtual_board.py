@@ -84,7 +84,8 @@ def test_deploy_copies_only_what_changed_and_boots(tmp_path, broker, vboard, rec
              for p in (env.build / "firmware" / "host").rglob("*") if p.is_file() and ".cache" not in p.parts}
     # only the configured cloud's adapter (and what it imports) goes: not the other clouds'
     others = {"uplink/platforms/blynk.mpy", "uplink/platforms/weightron.mpy", "uplink/platforms/biotz.mpy",
-              "uplink/platforms/blynk_gateway.mpy", "uplink/platforms/blynk_cloud.mpy"}
+              "uplink/platforms/blynk_gateway.mpy", "uplink/platforms/blynk_cloud.mpy",
+              "uplink/platforms/blynk_redirect.mpy"}
     assert others <= set(local)
     # uplink.cloud goes only with a user.py that imports it (the example's does not)
     assert "uplink/cloud.mpy" in local
@@ -360,8 +361,9 @@ def test_an_esp32_device_gets_its_cloud_and_no_host_backend(tmp_path, vboard):
     assert r.code == 0, r.output
     paths = {c["path"] for c in json.loads(r.stdout)["copy"]}
     assert {"boot.py", "main.py", "user.mpy", "uplink/app.mpy", "uplink/platforms/__init__.mpy",
-            "uplink/platforms/blynk.mpy", "config.json"} <= paths
+            "uplink/platforms/blynk.mpy", "uplink/platforms/blynk_redirect.mpy", "config.json"} <= paths
     assert not [p for p in paths if p.startswith("uplink/platforms/") and p not in
                 ("uplink/platforms/__init__.mpy", "uplink/platforms/blynk.mpy",
-                 "uplink/platforms/blynk_gateway.mpy", "uplink/platforms/blynk_cloud.mpy")]
+                 "uplink/platforms/blynk_gateway.mpy", "uplink/platforms/blynk_cloud.mpy",
+                 "uplink/platforms/blynk_redirect.mpy")]
     assert "uplink/board_host.mpy" not in paths

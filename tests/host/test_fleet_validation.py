@@ -211,6 +211,35 @@ def test_an_oidc_token_url_must_be_https(tmp_path):
     assert r.code == 3 and "platform.oidc.token_url: expected an https:// URL" in r.stderr
 
 
+def test_a_weightron_scope_is_openid_with_offline_access_the_only_option(tmp_path):
+    # Weightron's token endpoint: openid required, offline_access the only other value
+    scoped = GOOD.replace('oidc = { client_id = "abc",', 'oidc = { scope = "SCOPE", client_id = "abc",')
+    assert problems(tmp_path, scoped.replace("SCOPE", "offline_access")) == [
+        "fleet.toml:20: device 'scale-1': platform.oidc.scope: Weightron requires openid in every request, "
+        "got 'offline_access': use \"openid\" (optionally \"openid offline_access\")"]
+    assert problems(tmp_path, scoped.replace("SCOPE", "openid profile email")) == [
+        "fleet.toml:20: device 'scale-1': platform.oidc.scope: Weightron does not accept 'profile email': "
+        "the scope is \"openid\", optionally with \"offline_access\""]
+    p = tmp_path / "fleet.toml"
+    for good in ("openid", "openid offline_access", "offline_access  openid"):
+        p.write_text(scoped.replace("SCOPE", good))
+        assert sorted(load_fleet(p).devices["scale-1"].platform.oidc.scope.split()) == sorted(good.split())
+    env = Env(tmp_path / "cli", scoped.replace("SCOPE", "openid profile"))
+    r = env.run("validate", "--no-secrets")
+    assert r.code == 3 and "platform.oidc.scope: Weightron does not accept 'profile'" in r.stderr
+
+
+def test_a_blynk_sub_devices_info_needs_its_template_and_version(tmp_path):
+    gw = ('\n[devices.gw]\nboard = "esp32-devkitc"\n[devices.gw.platform]\nkind = "blynk"\ntoken = "secret:gt"\n'
+          'gateway_tokens = { pump-1 = "secret:p1" }\n'
+          'gateway_info = { pump-1 = { template_id = "TMPL1" }, pump-2 = { template_id = "T", version = "1" } }\n')
+    msgs = problems(tmp_path, GOOD + gw)
+    assert [m for m in msgs if "gateway_info" in m] == [
+        "fleet.toml:34: device 'gw': platform.gateway_info.pump-1: expected {template_id, version} (each text; "
+        "build optional)",
+        "fleet.toml:34: device 'gw': platform.gateway_info.pump-2: not a sub-device in platform.gateway_tokens"], msgs
+
+
 def test_name_key_is_refused(tmp_path):
     msgs = problems(tmp_path, GOOD + '\n[devices.x]\nname = "y"\nplatform = { kind = "blynk", token = "secret:t" }\n')
     assert any("device 'x': name: unknown key" in m for m in msgs), msgs

@@ -185,6 +185,44 @@ def test_wrong_client_secret_names_error_not_secret(provider):
     assert bad not in str(e.value)
 
 
+def test_a_provider_that_takes_the_secret_in_http_basic_only_gets_it_there(provider, caplog):
+    # Weightron names client_secret in the form and HTTP Basic: the form first, Basic once
+    # the provider answers invalid_client to it, and Basic for every later request
+    provider.require_basic(WEIGHTRON_CLIENT[0])
+    caplog.set_level(logging.INFO, logger="uplink.oidc")
+
+    async def go():
+        src = oidc.WeightronSource(wt(provider), early_s=1000, refetch_floor_s=0)
+        try:
+            first = await src.token()
+            second = await src.token(fresh=True)
+        finally:
+            await src.aclose()
+        return first, second
+
+    try:
+        first, second = run(go)
+    finally:
+        provider.clients[WEIGHTRON_CLIENT[0]].auth_methods = ("client_secret_basic", "client_secret_post")
+    assert provider.token_valid(first.access_token) and provider.token_valid(second.access_token)
+    assert provider.token_requests == 3 and provider.refused == 1  # one refused form, then Basic twice
+    said = [r.getMessage() for r in caplog.records if "HTTP Basic" in r.getMessage()]
+    assert len(said) == 1 and WEIGHTRON_CLIENT[1] not in said[0]
+
+
+def test_a_wrong_secret_is_refused_both_ways_and_named(provider):
+    async def go():
+        src = oidc.WeightronSource(wt(provider, client_secret="wrong-in-both-forms"))
+        try:
+            await src.token()
+        finally:
+            await src.aclose()
+
+    with pytest.raises(oidc.TokenError, match="invalid_client"):
+        run(go)
+    assert provider.token_requests == 2  # the form, then HTTP Basic once: no loop
+
+
 def test_wrong_password_refused(provider):
     async def go():
         src = oidc.BiotzSource(bz(provider, password="nope-nope"))

@@ -41,13 +41,14 @@ BASE = {
 WITH = {
     ("blynk", "oauth_client_id"): {"oauth_client_secret": "secret:oc", "gateway_tokens": {"p": "secret:pt"}},
     ("blynk", "oauth_client_secret"): {"oauth_client_id": "oc-1", "gateway_tokens": {"p": "secret:pt"}},
+    ("blynk", "gateway_info"): {"gateway_tokens": {"k": "secret:kt"}},
 }
 URL = "mqtt://broker.example:1883"
 SECRET_WORDS = ("token", "secret", "password")
 
 
 # keys whose valid values the host knows better than a generic sample (a board profile)
-HOST_VALUES = {"board": "esp32-s3"}
+HOST_VALUES = {"board": "esp32-s3", "gateway_info": {"k": {"template_id": "TMPL1", "version": "1.0"}}}
 
 
 def _sample(key: str, spec: tuple, secret: bool, path: str = ""):

@@ -249,8 +249,9 @@ RULES: dict[str, Rule] = {
     "blynk.max_message": Rule("1024 bytes per message: what PLATFORMS.md and Blynk's samples (rxbuff 1024) "
                               "use; the docs state no uplink limit.", assumption=True),
     "blynk.gateway_prefix": Rule("On a Gateway API session every device is addressed by prefixing the "
-                                 "device-API topic with dev/<its token>/ (no wildcard in the token).",
-                                 _BL_GW),
+                                 "device-API topic with dev/<its token>/ (no wildcard in the token), the "
+                                 "target device's token, \"not the token used for your Gateway API "
+                                 "connection\".", _BL_GW),
     "blynk.topics": Rule("Uplink topics: info/mcu, ds/<Datastream>, ds/<Datastream>/timestamped_batch, "
                          "ds/<Datastream>/prop/<property>, batch_ds, event/<code>, get/ds, get/ds/all, "
                          "get/meta, get/utc/all/json.", _BL_TOPICS),
@@ -268,7 +269,10 @@ RULES: dict[str, Rule] = {
     "blynk.boolean": Rule("Values must match the datastream's type: true or false for a Boolean "
                           "datastream.", _BL_DS),
     "blynk.timestamped": Rule("timestamped_batch takes [[timestamp in ms, value], ...].", _BL_DS),
-    "blynk.ds_text": Rule("ds/<Datastream> takes the value as plain text (123, hello, 3.14).", _BL_DS),
+    "blynk.timestamped_age": Rule("timestamped_batch points are no older than 1 month, and at most 1 month "
+                                  "\"in the future\" (a month taken as 31 days).", _BL_DS),
+    "blynk.ds_text": Rule("ds/<Datastream> takes the value as plain text (123, hello, 3.14); a multi-value's "
+                          "items are separated by a 0x00 byte.", _BL_DS),
     "blynk.info_mcu": Rule("After every clean connect the device publishes info/mcu with tmpl (the Template "
                            "ID), ver, build, type and rxbuff (its MQTT receive buffer in bytes).", _BL_AUTH),
     # Weightron
@@ -478,21 +482,24 @@ BLYNK_MAX_MESSAGE = 1024
 
 class Blynk(Profile):
     """username `device` + device token password; gateway API: `mgmt_device` + the gateway's
-    token, or an OAuth client's id + secret, every device (the gateway too) then addressed
-    as dev/<token>/; clean session, client id <= 64; only downlink/... subscriptions;
-    device-API topics only; Boolean datastreams (`booleans`) take true/false."""
+    token, or an OAuth client's id + secret, every sub-device then addressed as dev/<token>/
+    (never the connection's own token); clean session, client id <= 64; only downlink/...
+    subscriptions; device-API topics only; Boolean datastreams (`booleans`) take true/false;
+    info/mcu carries the device's template (`templates`: a sub-device token's own)."""
 
     name = "blynk"
     qos_rule = "blynk.qos"
     json_rule = "blynk.json"
 
     def __init__(self, tokens=(), gateways: dict[str, list[str]] | None = None, template_id: str | None = None,
-                 oauth: dict[str, tuple[str, list[str]]] | None = None, booleans=()):
+                 oauth: dict[str, tuple[str, list[str]]] | None = None, booleans=(),
+                 templates: dict[str, str] | None = None):
         self.tokens = set(tokens)
         self.gateways = dict(gateways or {})  # gateway token -> its sub-devices' tokens
         self.oauth = dict(oauth or {})  # OAuth client id -> (secret, the devices' tokens it reaches)
         self.template_id = template_id
         self.booleans = set(booleans)
+        self.templates = dict(templates or {})  # device token -> its template id
 
     def connect(self, c: Connect) -> Session:
         if not c.clean:
@@ -503,8 +510,11 @@ class Blynk(Profile):
         if c.username == "device" and pw in self.tokens:
             return Session(c.username, c.client_id, "device", {"prefixes": [""]})
         if c.username == "mgmt_device" and pw in self.gateways:
+            # "The {deviceToken} in the topic must be the authentication token of the specific
+            # device you intend to manage or update, not the token used for your Gateway API
+            # connection" (docs.blynk.io/en/blynk.cloud-mqtt-api/mqtt-gateway-api)
             return Session(c.username, c.client_id, "gateway",
-                           {"prefixes": [f"dev/{t}/" for t in [pw] + self.gateways[pw]]})
+                           {"prefixes": [f"dev/{t}/" for t in self.gateways[pw]]})
         if c.username in self.oauth and pw == self.oauth[c.username][0]:
             return Session(c.username, c.client_id, "gateway",
                            {"prefixes": [f"dev/{t}/" for t in self.oauth[c.username][1]]})
@@ -555,14 +565,24 @@ class Blynk(Profile):
                     isinstance(x, list) and len(x) == 2 and isinstance(x[0], int) and x[0] > 1_000_000_000_000
                     for x in doc):
                 return broke("blynk.timestamped", f"timestamped_batch must be [[ms, value], ...]: {payload[:80]!r}")
+            # "The timestamp should be sent in milliseconds and no older than 1 month. Blynk will
+            # also accept points with a timestamp "in the future" within the next 1 month"
+            # (docs.blynk.io/en/blynk.cloud-mqtt-api/device-mqtt-api/datastreams): a month read
+            # as its longest, 31 days
+            now, month = time.time() * 1000, 31 * 86400 * 1000
+            if not all(now - month <= x[0] <= now + month for x in doc):
+                return broke("blynk.timestamped_age", f"timestamped_batch on {topic} has a point more than a month "
+                             f"old or ahead: {payload[:80]!r}")
             if rest[3:-len("/timestamped_batch")] in self.booleans and not all(isinstance(x[1], bool) for x in doc):
                 return broke("blynk.boolean", f"Boolean datastream on {topic} got values that are not true/false")
         elif rest == "info/mcu":
             doc = _json(payload)
             if not isinstance(doc, dict) or "ver" not in doc or not isinstance(doc.get("rxbuff"), int):
                 return broke("blynk.info_mcu", f"info/mcu needs ver and rxbuff (bytes): {doc}")
-            if self.template_id and doc.get("tmpl") != self.template_id:
-                return broke("blynk.info_mcu", f"info/mcu tmpl must be the template id {self.template_id}: {doc}")
+            want = self.templates.get(pre[4:-1], self.template_id) if pre else self.template_id
+            if want and doc.get("tmpl") != want:
+                return broke("blynk.info_mcu", f"info/mcu on {topic}: tmpl must be the device's template id {want}: "
+                             f"{doc}")
         elif rest.startswith("event/"):
             if _text_or_none(payload) is None:
                 return broke("blynk.event_text", f"event description on {topic} is not UTF-8 text")
@@ -580,6 +600,8 @@ class Blynk(Profile):
                 payload.decode()
             except UnicodeDecodeError:
                 return broke("blynk.ds_text", f"ds value on {topic} is not text")
+            # a plain value; a multi-value's items 0x00-separated, never a JSON array
+            # (docs.blynk.io/en/blynk.cloud-mqtt-api/device-mqtt-api/datastreams)
             if payload.startswith(b"{") or payload.startswith(b"["):
                 return broke("blynk.ds_text", f"ds/<name> takes a plain value, got JSON {payload[:40]!r}")
         return None

@@ -57,6 +57,19 @@ def test_telemetry_info_and_datastream_write(env):
     assert TOKEN not in board.console()
 
 
+def test_the_clock_falls_back_on_blynks_time(env):
+    # No SNTP server answers (config ntp: none): the board asks Blynk (get/utc/all/json,
+    # docs.blynk.io .../device-mqtt-api/topic-structure) and takes the answer's time
+    proxy = env.proxy(Blynk({TOKEN}, template_id=TMPL))
+    cloud = env.cloud()
+    board = env.board(cfg(proxy.url()))
+    ask = cloud.wait(lambda t, _: t == "get/utc/all/json", console=board.console)
+    assert ask[0][1] == b""
+    cloud.send("downlink/utc/all/json", json.dumps({"time": int(time.time() * 1000), "tz_name": "Europe/Kyiv"}))
+    board.wait_for_line("time taken from the cloud")
+    assert proxy.violations == []
+
+
 WIDE_USER = """
 _n = [0]
 
@@ -160,12 +173,18 @@ def test_wrong_token_is_refused_and_reported(env):
 
 
 def test_gateway_addresses_two_sub_devices(env):
-    proxy = env.proxy(Blynk(gateways={"gw-t0k": ["tokA", "tokB"]}, template_id=TMPL))
+    # each sub-device's info/mcu its own (gateway_info); the gateway's token is never a
+    # dev/<token>/ target (the profile refuses it, as the Gateway API page says)
+    proxy = env.proxy(Blynk(gateways={"gw-t0k": ["tokA", "tokB"]}, template_id=TMPL,
+                            templates={"tokA": "TMPLpump", "tokB": "TMPLvalve"}))
     cloud = env.cloud()
-    board = env.board(cfg(proxy.url(), token="gw-t0k", gateway_tokens={"A": "tokA", "B": "tokB"}))
+    info = {"A": {"template_id": "TMPLpump", "version": "3.1"}, "B": {"template_id": "TMPLvalve", "version": "0.4"}}
+    board = env.board(cfg(proxy.url(), token="gw-t0k", gateway_tokens={"A": "tokA", "B": "tokB"}, gateway_info=info))
     assert proxy.wait_for(lambda p: p.accepted())[0][0] == "mgmt_device"
-    for tok in ("tokA", "tokB"):
-        cloud.wait(lambda t, _, tok=tok: t == f"dev/{tok}/info/mcu", console=board.console)
+    for tok, want in (("tokA", info["A"]), ("tokB", info["B"])):
+        got = cloud.wait(lambda t, _, tok=tok: t == f"dev/{tok}/info/mcu", console=board.console)
+        doc = json.loads(got[0][1])
+        assert (doc["tmpl"], doc["type"], doc["ver"]) == (want["template_id"], want["template_id"], want["version"])
         cloud.wait(lambda t, _, tok=tok: t.startswith(f"dev/{tok}/ds/level"), console=board.console)
     a = cloud.got(lambda t, _: t.startswith("dev/tokA/ds/level"))[0][1]
     b = cloud.got(lambda t, _: t.startswith("dev/tokB/ds/level"))[0][1]
@@ -174,6 +193,7 @@ def test_gateway_addresses_two_sub_devices(env):
     board.wait_for_line("HANDLED write")
     assert handled(board, "write")[0].endswith(" B")
     assert cloud.wait(lambda t, _: t == "dev/tokB/ds/Valve")[0][1] == b"1"
+    assert not [t for _, t, _ in proxy.published if "gw-t0k" in t]
     assert proxy.violations == []
 
 
@@ -183,11 +203,14 @@ def test_gateway_logs_in_with_an_oauth_client(env):
     proxy = env.proxy(Blynk(oauth={"oc-e2e": ("oc-s3cret", ["tokA", "tokB"])}, template_id=TMPL))
     cloud = env.cloud()
     board = env.board(e2e_config("blynk", proxy.url(), template_id=TMPL, oauth_client_id="oc-e2e",
-                                 oauth_client_secret="oc-s3cret", gateway_tokens={"A": "tokA", "B": "tokB"}))
+                                 oauth_client_secret="oc-s3cret", gateway_tokens={"A": "tokA", "B": "tokB"},
+                                 gateway_info={"A": {"template_id": TMPL, "version": "7"}}))
     assert proxy.wait_for(lambda p: p.accepted())[0][0] == "oc-e2e"
+    assert json.loads(cloud.wait(lambda t, _: t == "dev/tokA/info/mcu", console=board.console)[0][1])["ver"] == "7"
     for tok in ("tokA", "tokB"):
-        cloud.wait(lambda t, _, tok=tok: t == f"dev/{tok}/info/mcu", console=board.console)
         cloud.wait(lambda t, _, tok=tok: t.startswith(f"dev/{tok}/ds/level"), console=board.console)
+    # B's own template and version are not known: not announced rather than given the gateway's
+    assert not cloud.got(lambda t, _: t == "dev/tokB/info/mcu")
     cloud.send("dev/tokA/downlink/ds/Valve", "true")
     board.wait_for_line("HANDLED write")
     assert cloud.wait(lambda t, _: t == "dev/tokA/ds/Valve")[0][1] == b"true"

@@ -148,13 +148,16 @@ def test_blynk_rules(proxies, broker):
     d.pub("info/mcu", b'{"tmpl":"TMPL1","type":"TMPL1","ver":"1","build":"x","rxbuff":1024}')
     d.pub("ds/Temperature", b"21.5")
     d.pub("batch_ds", b'{"a":1,"b":2}')
-    d.pub("ds/T/timestamped_batch", b"[[1767268800000,1]]")
+    now = int(time.time() * 1000)
+    d.pub("ds/T/timestamped_batch", b"[[%d,1],[%d,2]]" % (now - 29 * 86400 * 1000, now))
     assert p.violations == []  # the last PUBACK came: all before it was judged (Dev.pub)
     d.c.subscribe("downlink/+/x", 1)
     closed_for(p, d, "'+' is not allowed")
     for topic, payload, why in (("ds/T", b"x" * 1100, "over Blynk's 1024"),
                                 ("telemetry", b"1", "not a Blynk device-API topic"),
-                                ("info/mcu", b'{"ver":"1","rxbuff":1024}', "template id")):
+                                ("info/mcu", b'{"ver":"1","rxbuff":1024}', "template id"),
+                                ("ds/T/timestamped_batch", b"[[%d,1]]" % (now - 32 * 86400 * 1000), "a month old"),
+                                ("ds/T/timestamped_batch", b"[[%d,1]]" % (now + 32 * 86400 * 1000), "a month old")):
         p.violations.clear()
         d = Dev(p.port, "device", "DEVTOKEN")
         d.wait()
@@ -214,12 +217,18 @@ def test_blynk_gateway_and_redirect(proxies):
     d = Dev(p.port, "mgmt_device", "GW")
     assert d.wait() == 0
     d.c.subscribe("dev/tokA/downlink/#", 1)
-    d.c.subscribe("dev/GW/downlink/#", 1)  # the gateway itself: dev/<its token>/ too
     d.pub("dev/tokB/ds/T", b"1")
-    d.pub("dev/GW/info/mcu", b'{"ver":"1","build":"x","rxbuff":1024}')
+    d.pub("dev/tokA/info/mcu", b'{"ver":"1","build":"x","rxbuff":1024}')
     assert p.violations == []  # the last PUBACK came: all before it was judged (Dev.pub)
     d.pub("dev/tokZ/ds/T", b"1", qos=0)
     closed_for(p, d, "not dev/<token>/")
+    # "not the token used for your Gateway API connection" (mqtt-gateway-api)
+    for act in (lambda d: d.c.subscribe("dev/GW/downlink/#", 1), lambda d: d.pub("dev/GW/ds/T", b"1", qos=0)):
+        p.violations.clear()
+        d = Dev(p.port, "mgmt_device", "GW")
+        d.wait()
+        act(d)
+        closed_for(p, d, "not dev/<token>/")
     # a gateway session addresses nothing unprefixed
     for act in (lambda d: d.c.subscribe("downlink/#", 1), lambda d: d.pub("ds/T", b"1", qos=0)):
         p.violations.clear()

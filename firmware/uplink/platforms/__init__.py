@@ -166,6 +166,7 @@ class Base:
     gateway = None  # truthy: readings of sub-devices go out too (user.read_devices)
     keepalive = None  # seconds the cloud asks for, else platform.keepalive
     max_packet = 4096  # the largest MQTT packet the client takes in
+    too_old = 0  # readings not sent: older than the cloud accepts (Blynk); in health
 
     def __init__(self, cfg, ctx, default_url, max_payload=65536, client_id=None):
         p = cfg["platform"]

@@ -17,6 +17,9 @@ from uplink.platforms import (
 
 DEFAULT_URL = "mqtts://blynk.cloud:8883"
 MAX_MESSAGE = 1024
+# timestamped_batch points must be "no older than 1 month" (docs.blynk.io .../device-mqtt-api/
+# datastreams; the page gives no day count): older readings are not sent, but counted
+MONTH_MS = 30 * 86400 * 1000
 # info/mcu "build" is the firmware's build date. A build step may set uplink.BUILD (or the
 # app ctx.build); without one the console shows this, never the version (that is "ver").
 BUILD = "unknown"
@@ -27,6 +30,9 @@ SCHEMA = {
     "template_id": _S,
     "template_name": _S,
     "gateway_tokens": (dict, None),
+    # {sub-device name: {"template_id", "version"[, "build"]}}: its own info/mcu. Checked by
+    # blynk_gateway (loaded for gateways only) and, on the host, by fleet.py
+    "gateway_info": (dict, None),
     # Gateway API login with an OAuth client (Blynk console: Organization -> OAuth clients):
     # MQTT username = its Client ID, password = its Client Secret. Not "client_id": that
     # common key is the MQTT client id, which must stay unique per connection.
@@ -42,8 +48,8 @@ class Adapter(Base):
     keepalive = 45  # what Blynk recommends
     waiter = None  # uplink.cloud's waiter(meta field, payload): the answer to cloud.meta()
     # A plain device's; a gateway's come from its part. own_prefix: the prefix of this
-    # device's own topics ("", or dev/<token>/ on a gateway; None: an OAuth session has no
-    # device of its own); prefixes: every prefix subscribed and announced.
+    # device's own topics ("", or None: a gateway session has no device of its own,
+    # blynk_gateway.py); prefixes: every prefix subscribed.
     own_prefix = ""
     prefixes = ("",)
     _cloud = None  # cloud_api()'s part, once asked for
@@ -77,17 +83,24 @@ class Adapter(Base):
     async def on_connect(self, client):
         p = self.cfg["platform"]
         build = getattr(uplink, "BUILD", None) or BUILD  # (host_tools/build.py writes BUILD)
-        info = {"ver": self.ctx.fw()[1], "build": build, "rxbuff": MAX_MESSAGE}
-        t = p.get("template_id")
-        if t:
-            info["tmpl"] = info["type"] = t
-        payload = dumps(info).encode()
-        for pre in self.prefixes:
-            await client.publish(pre + "info/mcu", payload, 0)
-        sync = p.get("sync")
         own = self.own_prefix
+        if own is not None:
+            info = {"ver": self.ctx.fw()[1], "build": build, "rxbuff": MAX_MESSAGE}
+            t = p.get("template_id")
+            if t:
+                info["tmpl"] = info["type"] = t
+            await client.publish(own + "info/mcu", dumps(info).encode(), 0)
+        if self.gateway is not None:  # each sub-device's own template and version
+            await self.gateway.announce(client)
+        sync = p.get("sync")
         if sync and own is not None:  # the current values come back as downlink/ds/<name> writes
             await client.publish(own + "get/ds", ",".join(sync).encode(), 0)
+        # The cloud's time, the clock's fallback while SNTP is blocked (clock.set_from_cloud):
+        # answered on downlink/utc/all/json (docs.blynk.io .../device-mqtt-api/topic-structure).
+        # UTC is one for every device: a gateway asks through any device it reaches.
+        pre = own if own is not None else (self.prefixes[0] if self.prefixes else None)
+        if pre is not None:
+            await client.publish(pre + "get/utc/all/json", b"", 0)
 
     def cloud_api(self):
         """uplink.cloud's calls (blynk_cloud.CloudApi), made at the first ask: a device whose
@@ -108,9 +121,18 @@ class Adapter(Base):
         out = []
         i, n = 0, len(readings)
         stamped = self.cfg["platform"].get("timestamped", True)
+        now = self.ctx.now_ms() if stamped else None
+        cut = None if now is None else now - MONTH_MS
         while i < n:
             r = readings[i]
             k = r.get("k")
+            if _old(r, cut):
+                j = i + 1
+                while j < n and _old(readings[j], cut):
+                    j += 1
+                out.append(self._too_old(j - i))
+                i = j
+                continue
             pre = None if k is not None else self._prefix(r)
             if pre is None:  # an uplink.cloud record, or a gateway's reading with nowhere to go
                 if k is None:
@@ -121,8 +143,9 @@ class Adapter(Base):
                 continue
             j = i
             if stamped and r.get("ts") is not None:
-                while (j < n and readings[j].get("ts") is not None and "k" not in readings[j]
-                       and self._prefix(readings[j]) == pre and _names_ok(readings[j]["values"])):
+                while (j < n and readings[j].get("ts") is not None and "k" not in readings[j] and not
+                       _old(readings[j], cut) and self._prefix(readings[j]) == pre
+                       and _names_ok(readings[j]["values"])):
                     j += 1
             if j - i > 1:
                 # buffered readings keep their own time: one timestamped_batch per datastream
@@ -132,6 +155,17 @@ class Adapter(Base):
                 self._one(r, pre, out)
                 i += 1
         return out
+
+    def _too_old(self, n):
+        # the drop marker of n readings too old for Blynk: its reason said once, on the console
+        # by the publisher, then counted only (health: too_old)
+        self.too_old += n
+        said = self._said_old
+        self._said_old = True
+        why = b"older than the month Blynk takes (datastreams page); health counts them: too_old"
+        return (None, b"" if said else why, n)
+
+    _said_old = False
 
     def room(self, topic):
         """The payload bytes a message to `topic` has room for."""
@@ -207,13 +241,10 @@ class Adapter(Base):
             return None
         what = topic[9:]
         if what == "redirect":
-            url = text(payload, "redirect").strip()
-            from uplink.transport import parse_url  # the app's: loaded for the connection
+            with uplink.transient():
+                from uplink.platforms.blynk_redirect import url as redirect_url
 
-            try:
-                parse_url(url)  # the app reconnects there: a URL it can use, or no redirect
-            except ValueError as e:
-                raise ValueError("redirect: %s" % str(e)[:100])
+                url = redirect_url(text(payload, "redirect").strip(), self.url)
             self.url = url
             return Command("redirect", {"url": url})
         if what == "reboot" or what == "ping":
@@ -257,6 +288,12 @@ class Adapter(Base):
         return (topic, payload)
 
 
+def _old(r, cut):
+    # a reading (not an uplink.cloud record) whose time is before `cut` (None: no cut)
+    ts = r.get("ts")
+    return cut is not None and ts is not None and ts < cut and "k" not in r
+
+
 def _names_ok(values):
     for name in values:
         if not topic_ok(name):
@@ -267,11 +304,16 @@ def _names_ok(values):
 def plain_text(v):
     # Plain text: Boolean datastreams take true/false (docs.blynk.io .../device-mqtt-api/
     # datastreams), numbers as str() writes them, which is what dumps writes too (MicroPython's
-    # float_print, py/objfloat.c, ignores the print kind); anything else as JSON.
+    # float_print, py/objfloat.c, ignores the print kind). A multi-value (a Location, a list)
+    # has its items separated by a 0x00 byte (the same page); anything else as JSON.
+    if isinstance(v, (list, tuple)):
+        return "\0".join([x if isinstance(x, str) else dumps(x) for x in v])
     return v if isinstance(v, str) else dumps(v)
 
 
 def _parse_value(raw):
+    if "\0" in raw:  # a multi-value write: its items, 0x00-separated as on ds/ (plain_text)
+        return [_parse_value(x) for x in raw.split("\0")]
     if raw == "true" or raw == "false":
         return raw == "true"
     for f in (int, float):

@@ -20,7 +20,8 @@ class CloudApi:
     def _mine(self, what, name):
         own = self.adapter.own_prefix
         if own is None:
-            raise ValueError("%s: an OAuth gateway session has no device of its own" % what)
+            raise ValueError("%s: a Blynk gateway session (OAuth client or mgmt_device) has no device of its own"
+                             % what)
         if not topic_ok(name):
             raise ValueError("%s: %r cannot be a topic level (empty, or has / + #)" % (what, name))
         return own
