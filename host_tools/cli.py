@@ -473,6 +473,8 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
                 prog.update(task, advance=n, description=path)
 
             d.execute(link, files, plan, step)
+        # nothing copied: the running app is left alone (no reset, no lost uptime)
+        reset = reset and bool(plan.copy or plan.remove)
         if reset:
             link.reset()
         else:
@@ -481,6 +483,8 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
         link.close()
     if as_json:
         UI.data(dict(plan.as_dict(), dry_run=False, reset=reset))
+    elif not (plan.copy or plan.remove):
+        UI.info(f"{device}: up to date ({plural(len(plan.same), 'file')} unchanged); board not reset")
     else:
         UI.info(f"{device}: copied {plural(len(plan.copy), 'file')} ({plural(plan.copy_bytes, 'byte')}), "
                 f"removed {len(plan.remove)}, {len(plan.same)} unchanged" + ("; board reset" if reset else ""))
