@@ -181,14 +181,20 @@ class BoardLink:
                     "(`uplink flash-micropython`)? Is it stuck in a program that ignores Ctrl-C? "
                     "Press its reset button and retry"
                 ) from None
-        # one round trip: what the firmware can decode
-        got = self.exec("import os, hashlib, io\ntry:\n from binascii import a2b_base64 as _d\n"
+        # one round trip: what the firmware can decode, its version and the .mpy files it loads
+        got = self.exec("import os, hashlib, io, sys\ntry:\n from binascii import a2b_base64 as _d\n"
                         "except ImportError:\n _d=None\n"
                         "try:\n from deflate import DeflateIO as _Z, RAW as _R\n"
                         "except ImportError:\n _Z=None\n"
-                        "print(_d is not None, _Z is not None)").split()
-        self.has_b64 = got[:1] == [b"True"]
-        self.has_deflate = got[1:2] == [b"True"]
+                        "_i=sys.implementation\n"
+                        "print(repr((_d is not None, _Z is not None, tuple(_i.version[:3]), "
+                        "getattr(_i, '_mpy', None))))").decode().strip()
+        try:
+            self.has_b64, self.has_deflate, version, self.sys_mpy = ast.literal_eval(got)
+        except (ValueError, SyntaxError):
+            raise BoardError(f"the board answered {got[:80]!r} when asked its MicroPython version: "
+                             "is it running MicroPython?") from None
+        self.version: tuple[int, ...] = tuple(version)
         self._helpers = False  # a reset forgets them
 
     # -- the maintenance hold ---------------------------------------------------------------

@@ -451,6 +451,7 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
     UI.detail(f"connecting to {port}")
     link = BoardLink(port)
     try:
+        d.check_micropython(link, dev.profile(), files)
         plan, _ = d.plan(link, files)
         if dry_run:
             if as_json:

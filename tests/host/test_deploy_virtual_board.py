@@ -369,3 +369,22 @@ def test_an_esp32_device_gets_its_cloud_and_no_host_backend(tmp_path, vboard):
                 ("uplink/platforms/__init__.mpy", "uplink/platforms/blynk.mpy",
                  "uplink/platforms/blynk_gateway.mpy", "uplink/platforms/blynk_cloud.mpy")]
     assert "uplink/board_host.mpy" not in paths
+
+
+@pytest.mark.parametrize("version,mpy,told", [
+    # loads our .mpy, lacks the TLS API the firmware uses
+    ("1.20.0", 6 | 1 << 8, "MicroPython v1.20.0 (.mpy v6.1); Uplink needs v1.22.0 or later"),
+    ("1.18.0", 5, "MicroPython v1.18.0 (.mpy v5.0), and our build is .mpy v6: it cannot load it"),
+])
+def test_deploy_refuses_a_micropython_too_old_and_names_the_image(tmp_path, version, mpy, told):
+    """One raw-REPL round trip tells the board's version and .mpy ABI: a board that cannot run
+    the build is refused before anything is copied, with the image to flash."""
+    env = Env(tmp_path / "fleet", '[devices.pump]\nboard = "esp32-devkitc"\n[devices.pump.platform]\n'
+                                  'kind = "blynk"\ntoken = "secret:t"\n')
+    with VirtualBoard(tmp_path / "board", version=version, mpy=mpy) as vb:
+        r = env.run("deploy", "pump", "--port", vb.port, env={"UPLINK_SECRET_T": "x"})
+        assert r.code == 5, r.output
+        assert r.stderr == (f"error: the board runs {told}: flash ESP32_GENERIC-20260824-v1.29.0.bin from "
+                            "https://micropython.org/download/ESP32_GENERIC/ with `uplink flash-micropython "
+                            "--image ESP32_GENERIC-20260824-v1.29.0.bin`, then deploy again\n")
+        assert board_files(vb.root) == {} and "reset" not in vb.events()

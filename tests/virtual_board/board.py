@@ -13,9 +13,11 @@
 # "\x04" when the host's Ctrl-D ends the code (mp_reader_stdin_readbyte), then the output
 # and traceback as in raw REPL, without "OK". "no-raw-paste" answers "R\x00" (firmware
 # before 1.14) and mpremote falls back to plain raw REPL; "no-deflate" hides the `deflate`
-# module (firmware before 1.21, or a build without it). machine.reset() is recorded in EVENTS_FILE and acts as a reboot;
-# the reboot models firmware/main.py's maintenance hold: a "hold" file is removed and
-# recorded ("hold"); without one the app would start (not modelled: nothing to record).
+# module (firmware before 1.21, or a build without it); "version=1.20.0" and "mpy=262" make
+# `sys.implementation` tell another firmware version and .mpy ABI. machine.reset() is
+# recorded in EVENTS_FILE and acts as a reboot; the reboot models firmware/main.py's
+# maintenance hold: a "hold" file is removed and recorded ("hold"); without one the app
+# would start (not modelled: nothing to record).
 import os
 import sys
 
@@ -66,6 +68,27 @@ class NoModule:
 
 
 sys.modules["machine"] = FakeMachine()
+
+
+class OldSys:
+    """`sys` as firmware of another version shows it ("version=1.20.0", "mpy=262")."""
+
+    def __init__(self, real, version, mpy):
+        self._real = real
+        impl = real.implementation
+        self.implementation = type("impl", (), {"name": impl.name, "version": version, "_mpy": mpy})()
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+_ver = [a[8:] for a in sys.argv[3:] if a.startswith("version=")]
+_mpy = [a[4:] for a in sys.argv[3:] if a.startswith("mpy=")]
+if _ver or _mpy:
+    _impl = sys.implementation
+    sys.modules["sys"] = OldSys(
+        sys, tuple(int(n) for n in _ver[0].split(".")) + ("",) if _ver else _impl.version,
+        int(_mpy[0]) if _mpy else _impl._mpy)
 if "no-deflate" in sys.argv[3:]:
     # loaded modules are looked up before built-ins: `from deflate import X` -> ImportError
     sys.modules["deflate"] = NoModule()

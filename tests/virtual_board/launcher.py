@@ -7,7 +7,8 @@ wire", to compare with the bytes of file content deployed.
 
 `baud=115200` paces each direction as a UART would: 10 bits a byte (8N1), so 11520 bytes a
 second each way, which is what a deploy's wall time depends on. `deflate=False` is a board
-whose firmware has no `deflate` module, `raw_paste=False` one without raw-paste mode.
+whose firmware has no `deflate` module, `raw_paste=False` one without raw-paste mode;
+`version="1.20.0"` and `mpy=262` (sys.implementation._mpy) one that tells another firmware.
 `heap="64k"` runs the board on the ESP32 model (when installed) with that GC heap, so what a
 deploy asks of the board's memory is asked of a 32-bit heap of that size.
 """
@@ -38,11 +39,13 @@ def micropython_bin(heap: str | None = None) -> list[str]:
 
 class VirtualBoard:
     def __init__(self, root: Path, *, baud: int | None = None, deflate: bool = True,
-                 raw_paste: bool = True, heap: str | None = None):
+                 raw_paste: bool = True, heap: str | None = None, version: str | None = None,
+                 mpy: int | None = None):
         self.root = Path(root)
         self.baud = baud
         self.heap = heap
         self.flags = ([] if deflate else ["no-deflate"]) + ([] if raw_paste else ["no-raw-paste"])
+        self.flags += ([f"version={version}"] if version else []) + ([f"mpy={mpy}"] if mpy is not None else [])
         self.root.mkdir(parents=True, exist_ok=True)
         self.events_file = self.root.parent / (self.root.name + ".events")
         self.to_board = 0
