@@ -508,8 +508,9 @@ def deploy(
 # -- flash ---------------------------------------------------------------------------------------
 @app.command("flash-micropython")
 def flash_micropython(
-    port: Annotated[str, typer.Option("--port", "-p", help="Serial port.")],
     image: Annotated[Path, typer.Option("--image", "-i", help="MicroPython firmware .bin for the chip.")],
+    port: Annotated[Optional[str], typer.Option(
+        "--port", "-p", help="Serial port (default: the one board plugged in; several: pick one).")] = None,
     board: Annotated[Optional[str], typer.Option(
         help="Board profile id (default: the fleet's, if all devices share one).")] = None,
     erase: Annotated[bool, typer.Option("--erase/--no-erase", help="Erase the whole flash first.")] = True,
@@ -529,6 +530,9 @@ def flash_micropython(
     profile = board_profile(boards[0])
     fl.steps(profile, image)  # the host board: nothing to flash
     fl.check_image(profile, image)  # before --dry-run prints commands that would fail
+    from host_tools.ports import pick_port
+
+    port = port or pick_port()
     if dry_run:
         for cmd in fl.plan(profile, port, image, erase=erase):
             UI.text(" ".join(cmd) + "\n")

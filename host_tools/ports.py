@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import codecs
+import sys
 import time
 from collections.abc import Callable
 
@@ -12,11 +13,17 @@ KNOWN_VIDS = {0x303A: "Espressif", 0x10C4: "Silicon Labs CP210x", 0x1A86: "WCH C
               0x0403: "FTDI"}
 
 
-def list_ports() -> list[dict]:
+def comports() -> list:
+    """The machine's serial ports as pyserial describes them (tests/host/fake_ports.py puts
+    a list of the test's making here)."""
     from serial.tools import list_ports as lp
 
+    return list(lp.comports())
+
+
+def list_ports() -> list[dict]:
     out = []
-    for p in sorted(lp.comports(), key=lambda p: p.device):
+    for p in sorted(comports(), key=lambda p: p.device):
         out.append({
             "port": p.device,
             "serial_number": p.serial_number,
@@ -27,8 +34,13 @@ def list_ports() -> list[dict]:
     return out
 
 
+def _interactive() -> bool:
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
 def pick_port() -> str:
-    """The one port that looks like an ESP32 board; an error saying what to do otherwise."""
+    """The one port that looks like an ESP32 board; with several, the person picks one (at a
+    terminal) or is told to pass --port; with none, what to do."""
     from host_tools.board_link import BoardError
 
     boards = [p for p in list_ports() if p["likely_board"]]
@@ -37,8 +49,24 @@ def pick_port() -> str:
     if not boards:
         raise BoardError("no board found on USB: plug it in (a data cable, not a charge-only one) "
                          "or pass --port; `uplink devices` lists serial ports")
-    raise BoardError("several boards are plugged in (" + ", ".join(b["port"] for b in boards)
-                     + "): pass --port")
+    if not _interactive():
+        raise BoardError("several boards are plugged in (" + ", ".join(b["port"] for b in boards)
+                         + "): pass --port")
+    return _choose(boards)
+
+
+def _choose(boards: list[dict]) -> str:
+    import click
+
+    from host_tools.ui import UI
+
+    UI.info("several boards are plugged in:")
+    for i, b in enumerate(boards, 1):
+        UI.info(f"  {i}  {b['port']}  {b['product'] or ''}  {b['vid_pid'] or ''}"
+                + (f"  serial {b['serial_number']}" if b["serial_number"] else ""))
+    n = click.prompt(f"which one? [1-{len(boards)}]", type=click.IntRange(1, len(boards)), err=True,
+                     prompt_suffix=" ")
+    return boards[n - 1]["port"]
 
 
 def follow(port: str, write: Callable[[str], None], *, baud: int = 115200,
