@@ -20,6 +20,7 @@ import grp
 import hashlib
 import os
 import re
+import time
 import zlib
 from collections.abc import Callable, Iterable
 
@@ -150,16 +151,47 @@ def check_port(port: str) -> None:
 class BoardLink:
     def __init__(self, port: str, *, timeout: float = 8.0):
         from mpremote.transport import TransportError
-        from mpremote.transport_serial import SerialTransport
+
+        from host_tools import ports
 
         self.port = port
         self._TransportError = TransportError
-        check_port(port)
+        self.usb = ports.usb_identity(port)  # to find it again after a reset
+        self._open(timeout)
+
+    def _open(self, timeout: float, attempts: int = 2) -> None:
+        from mpremote.transport_serial import SerialTransport
+
+        check_port(self.port)
         try:
-            self.t = SerialTransport(port, baudrate=115200)
-        except TransportError as e:
-            raise explain_open_error(port, e) from None
-        self._enter(timeout)
+            self.t = SerialTransport(self.port, baudrate=115200)
+        except self._TransportError as e:
+            raise explain_open_error(self.port, e) from None
+        self._enter(timeout, attempts)
+
+    def _reopen(self, timeout: float) -> None:
+        """After a reset of a chip on its own USB (ESP32-S3, C3): the port went away with the
+        chip, so the open handle is dead. Find the device again by VID:PID and serial number
+        (it may come back as another /dev/ttyACMn) and enter the raw REPL there."""
+        from host_tools import ports
+
+        assert self.usb
+        self.close()
+        deadline = time.monotonic() + timeout
+        problem: BoardError | None = None
+        while time.monotonic() < deadline:
+            port = ports.find_usb(self.usb)
+            if port:
+                self.port = port
+                try:
+                    self._open(max(1.0, min(4.0, deadline - time.monotonic())), attempts=1)
+                    return
+                except BoardError as e:  # still going away, or not up yet
+                    problem = e
+            time.sleep(0.2)
+        raise BoardError(f"the board (USB {self.usb['vid_pid']}, serial {self.usb['serial_number']}) did not "
+                         f"come back within {timeout:.0f} s of its reset"
+                         + (f" ({problem})" if problem else ": `uplink devices` lists what is plugged in"))
 
     def _enter(self, timeout: float, attempts: int = 2) -> None:
         # Two tries: the Ctrl-C that stops a running app may reset an ESP32 into the
@@ -203,9 +235,14 @@ class BoardLink:
         the boot that finds the flag (firmware/main.py) removes it and starts neither the app
         nor its watchdog, which on an ESP32 cannot be stopped once armed and would otherwise
         race the copy. True when the board honoured the hold (firmware without it: False)."""
+        from host_tools import ports
+
         self.exec(f"f=open({HOLD!r},'w')\nf.write('deploy')\nf.close()")
         self.reset()
-        self._enter(timeout, attempts=3)
+        if ports.leaves_at_reset(self.usb):
+            self._reopen(timeout)
+        else:  # a USB-serial bridge keeps its port: the handle stays good
+            self._enter(timeout, attempts=3)
         return not self.eval(f"{HOLD!r} in os.listdir()")
 
     def leave_hold(self) -> None:

@@ -572,7 +572,8 @@ def logs(
 ):
     """Print the board's serial console until Ctrl-C (`uplink logs DEVICE`, as after `run`)."""
     from host_tools.console import writer
-    from host_tools.ports import follow, pick_port
+    from host_tools.ports import pick_port
+    from host_tools.serial_console import follow
 
     if quiet:
         UI.level = -1
@@ -583,7 +584,7 @@ def logs(
     port = port or pick_port()
     UI.info(f"console of {(device + ' on ') if device else ''}{port} ({baud} baud); Ctrl-C to stop")
     try:
-        follow(port, writer(UI.text, UI.level < 0), baud=baud, seconds=seconds)
+        follow(port, writer(UI.text, UI.level < 0), baud=baud, seconds=seconds, info=UI.info)
     except KeyboardInterrupt:
         pass
 
@@ -655,7 +656,8 @@ def run(
 ):
     """validate -> provision -> build -> deploy -> logs (host-board devices: sim)."""
     from host_tools.console import writer
-    from host_tools.ports import follow, pick_port
+    from host_tools.ports import pick_port, usb_identity
+    from host_tools.serial_console import follow
 
     fleet = S.fleet()
     dev = fleet.device(device)
@@ -664,11 +666,12 @@ def run(
         _do_sim(device, seconds, True, None)
         return
     port = port or pick_port()
+    usb = usb_identity(port)  # the deploy's reset may take the port away (S3/C3 native USB)
     _do_deploy(device, port, dry_run=False, reset=True)
     time.sleep(0.3)
     UI.info(f"console of {port}; Ctrl-C to stop")
     try:
-        follow(port, writer(UI.text, UI.level < 0), seconds=seconds)
+        follow(port, writer(UI.text, UI.level < 0), seconds=seconds, info=UI.info, usb=usb, returning=True)
     except KeyboardInterrupt:
         pass
 

@@ -1,12 +1,10 @@
-"""Serial ports: listing them (`uplink devices`), picking the board's, reading its console
-(`uplink logs`). Uses pyserial."""
+"""Serial ports: listing them (`uplink devices`), picking the board's, knowing it again by its
+USB identity after a reset. Uses pyserial."""
 
 from __future__ import annotations
 
-import codecs
+import os
 import sys
-import time
-from collections.abc import Callable
 
 # USB-serial bridges found on ESP32 boards, and Espressif's own USB
 KNOWN_VIDS = {0x303A: "Espressif", 0x10C4: "Silicon Labs CP210x", 0x1A86: "WCH CH340/CH343",
@@ -32,6 +30,34 @@ def list_ports() -> list[dict]:
             "likely_board": p.vid in KNOWN_VIDS,
         })
     return out
+
+
+# Espressif's own USB (the S3's and C3's USB-Serial-JTAG or TinyUSB CDC): the port belongs to
+# the chip, so it leaves at every reset and may come back as another /dev/ttyACMn. A bridge
+# chip (CP210x, CH34x, FTDI) keeps its port through the ESP32's resets.
+NATIVE_USB_VID = "303a"
+
+
+def usb_identity(port: str) -> dict | None:
+    """The USB VID:PID and serial number of the device behind `port` (None: not USB, or a
+    device without a serial number, which cannot be told apart from its twins)."""
+    real = os.path.realpath(port)
+    for p in list_ports():
+        if (p["port"] == port or os.path.realpath(p["port"]) == real) and p["vid_pid"] and p["serial_number"]:
+            return {"vid_pid": p["vid_pid"], "serial_number": p["serial_number"]}
+    return None
+
+
+def find_usb(identity: dict) -> str | None:
+    """The port the device with this identity has now."""
+    for p in list_ports():
+        if p["vid_pid"] == identity["vid_pid"] and p["serial_number"] == identity["serial_number"]:
+            return p["port"]
+    return None
+
+
+def leaves_at_reset(identity: dict | None) -> bool:
+    return bool(identity) and identity["vid_pid"].startswith(NATIVE_USB_VID + ":")  # type: ignore[index]
 
 
 def _interactive() -> bool:
@@ -67,31 +93,3 @@ def _choose(boards: list[dict]) -> str:
     n = click.prompt(f"which one? [1-{len(boards)}]", type=click.IntRange(1, len(boards)), err=True,
                      prompt_suffix=" ")
     return boards[n - 1]["port"]
-
-
-def follow(port: str, write: Callable[[str], None], *, baud: int = 115200,
-           seconds: float | None = None) -> None:
-    """Print the board's console until Ctrl-C (or `seconds`)."""
-    import serial
-
-    from host_tools.board_link import explain_open_error
-
-    s = serial.Serial()
-    s.port, s.baudrate, s.timeout, s.exclusive = port, baud, 0.2, True
-    # DTR/RTS released: on ESP32 boards they drive EN and GPIO0 (auto-reset into the
-    # bootloader); asserted, opening the console would hold the chip in reset
-    s.dtr = False
-    s.rts = False
-    try:
-        s.open()
-    except (serial.SerialException, OSError) as e:
-        raise explain_open_error(port, e) from None
-    end = None if seconds is None else time.monotonic() + seconds
-    text = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character split between reads stays whole
-    try:
-        while end is None or time.monotonic() < end:
-            data = s.read(4096)
-            if data:
-                write(text.decode(data).replace("\r\n", "\n"))
-    finally:
-        s.close()

@@ -14,7 +14,9 @@
 # and traceback as in raw REPL, without "OK". "no-raw-paste" answers "R\x00" (firmware
 # before 1.14) and mpremote falls back to plain raw REPL; "no-deflate" hides the `deflate`
 # module (firmware before 1.21, or a build without it); "version=1.20.0" and "mpy=262" make
-# `sys.implementation` tell another firmware version and .mpy ABI. machine.reset() is
+# `sys.implementation` tell another firmware version and .mpy ABI; "reenumerate" is a chip
+# on its own USB (ESP32-S3/C3), whose port goes away at machine.reset() and comes back under
+# another name (the launcher does it when it reads USB_GONE). machine.reset() is
 # recorded in EVENTS_FILE and acts as a reboot; the reboot models firmware/main.py's
 # maintenance hold: a "hold" file is removed and recorded ("hold"); without one the app
 # would start (not modelled: nothing to record).
@@ -48,16 +50,21 @@ def event(text):
     _events.flush()
 
 
+REENUMERATE = "reenumerate" in sys.argv[3:]
+# told to the launcher in the output stream: the chip's own USB leaves with the reset
+USB_GONE = b"\x00\x00usb-reenumerate\x00\x00"
+
+
 class Reset(Exception):
     pass
 
 
 class FakeMachine:
     def reset(self):
-        raise Reset()
+        raise Reset("hard")
 
     def soft_reset(self):
-        raise Reset()
+        raise Reset("soft")
 
     def unique_id(self):
         return b"\x76\x62\x00\x00\x00\x01"
@@ -123,7 +130,7 @@ def run(buf, g):
     try:
         exec(bytes(buf), g)
         out(b"\x04\x04")
-    except Reset:
+    except Reset as e:
         event("reset")
         try:
             os.remove("hold")
@@ -131,6 +138,8 @@ def run(buf, g):
         except OSError:
             pass
         out(b"\x04\x04")
+        if REENUMERATE and e.args[0] == "hard":
+            out(USB_GONE)
         return False
     except BaseException as e:  # noqa: B036
         out(b"\x04")
