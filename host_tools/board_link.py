@@ -129,8 +129,8 @@ def explain_open_error(port: str, e: BaseException) -> BoardError:
         )
     if code in (errno.EBUSY, errno.EAGAIN) or "exclusively lock" in text:
         return BoardError(
-            f"{port} is busy: another program has it open (a serial monitor, `uplink logs`, "
-            "screen, Thonny, an IDE). Close it and retry"
+            f"{port} is busy: another program has it open (a serial monitor, screen, Thonny, "
+            "an IDE). Close it and retry"
         )
     if code == errno.ENOENT or "No such file" in text:
         return BoardError(f"no serial port {port}: is the board plugged in? `uplink devices` lists ports")

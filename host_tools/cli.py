@@ -430,12 +430,10 @@ def _firmware_version() -> str:
 
 # -- deploy ------------------------------------------------------------------------------------
 def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_json: bool = False):
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
-
     from host_tools import build as b
     from host_tools import deploy as d
-    from host_tools.board_link import BoardLink
     from host_tools.bundle import device_modules, select
+    from host_tools.port_share import borrowed
     from host_tools.ports import pick_port
     from host_tools.provision import provision
 
@@ -448,6 +446,16 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
     modules = device_modules(src.files, kinds, dev.profile().get("backend") == "host")
     files = d.local_files(select(b.files(root), modules), bundle.dir)
     port = port or pick_port()
+    with borrowed(port, "uplink deploy"):
+        return _deploy_to(port, device, dev, files, dry_run, reset, as_json)
+
+
+def _deploy_to(port: str, device: str, dev, files: dict[str, bytes], dry_run: bool, reset: bool, as_json: bool):
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from host_tools import deploy as d
+    from host_tools.board_link import BoardLink
+
     UI.detail(f"connecting to {port}")
     link = BoardLink(port)
     try:
@@ -538,9 +546,11 @@ def flash_micropython(
             UI.text(" ".join(cmd) + "\n")
         return
     from host_tools.board_link import check_port
+    from host_tools.port_share import borrowed
 
-    check_port(port)
-    fl.flash(profile, port, image, erase=erase, log=UI.info)
+    with borrowed(port, "uplink flash-micropython"):
+        check_port(port)
+        fl.flash(profile, port, image, erase=erase, log=UI.info)
     UI.info(f"MicroPython written to {port} at {profile['flash_offset']}")
 
 
@@ -582,11 +592,39 @@ def logs(
         if dev.board == "host" and port is None:
             raise UsageError(f"'{device}' is a host-board device: its log is `uplink sim {device}`")
     port = port or pick_port()
-    UI.info(f"console of {(device + ' on ') if device else ''}{port} ({baud} baud); Ctrl-C to stop")
+    UI.info(f"console of {(device + ' on ') if device else ''}{port} ({baud} baud); Ctrl-C to stop; "
+            "deploy, run and repl in another terminal borrow the port")
     try:
-        follow(port, writer(UI.text, UI.level < 0), baud=baud, seconds=seconds, info=UI.info)
+        follow(port, writer(UI.text, UI.level < 0), baud=baud, seconds=seconds, info=UI.info, lend=True)
     except KeyboardInterrupt:
         pass
+
+
+# -- repl ------------------------------------------------------------------------------------------
+@app.command()
+def repl(
+    device: Annotated[Optional[str], typer.Argument(
+        help="Device name from the fleet file (checked; optional).")] = None,
+    port: Annotated[Optional[str], typer.Option(
+        "--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
+):
+    """The board's MicroPython REPL (mpremote's): Ctrl-C stops the running app, Ctrl-] leaves.
+    A running `uplink logs` lends it the port and gets it back."""
+    import subprocess
+
+    from host_tools.board_link import check_port
+    from host_tools.port_share import borrowed
+    from host_tools.ports import pick_port
+
+    if device is not None and S.fleet().device(device).board == "host" and port is None:
+        raise UsageError(f"'{device}' is a host-board device: it has no serial port (`uplink sim {device}`)")
+    port = port or pick_port()
+    with borrowed(port, "uplink repl"):
+        check_port(port)  # busy or no permission: told as for deploy
+        UI.info(f"REPL of {port} (mpremote): Ctrl-C stops the running app, Ctrl-] leaves")
+        code = subprocess.call([sys.executable, "-m", "mpremote", "connect", port, "repl"])
+    if code:
+        raise typer.Exit(code)
 
 
 # -- sim / run --------------------------------------------------------------------------------------
@@ -665,9 +703,15 @@ def run(
     if dev.board == "host" and port is None:
         _do_sim(device, seconds, True, None)
         return
+    from host_tools.port_share import borrowed
+
     port = port or pick_port()
     usb = usb_identity(port)  # the deploy's reset may take the port away (S3/C3 native USB)
-    _do_deploy(device, port, dry_run=False, reset=True)
+    with borrowed(port, "uplink run") as from_logs:
+        _do_deploy(device, port, dry_run=False, reset=True)
+    if from_logs:
+        UI.info("the console goes on in the terminal running `uplink logs`")
+        return
     time.sleep(0.3)
     UI.info(f"console of {port}; Ctrl-C to stop")
     try:

@@ -83,15 +83,32 @@ class Console:
 
 
 def follow(port: str, write: Callable[[str], None], *, baud: int = 115200, seconds: float | None = None,
-           info: Callable[[str], None] = lambda _m: None, usb: dict | None = None, returning: bool = False) -> None:
+           info: Callable[[str], None] = lambda _m: None, usb: dict | None = None, returning: bool = False,
+           lend: bool = False) -> None:
     """Print the board's console until Ctrl-C (or `seconds`). `returning`: the board was just
-    reset (by a deploy): its port may not be back yet."""
+    reset (by a deploy): its port may not be back yet. `lend`: a deploy, run, repl or flash
+    in another terminal may borrow the port meanwhile (host_tools/port_share.py)."""
+    from host_tools.port_share import Lender
+
     c = Console(port, write, baud=baud, info=info, usb=usb)
     if not returning or not c.usb:
         c.open()
+    lender = Lender(c.port) if lend else None
     end = None if seconds is None else time.monotonic() + seconds
     try:
         while end is None or time.monotonic() < end:
+            asked = lender.asked() if lender else None
+            if lender and asked:
+                conn, who = asked
+                c.close()
+                info(f"-- {who} has {c.port}; the console goes on when it is done --")
+                lender.lend(conn)
+                info("-- console back --")
+                continue
             c.pump()
+            if lender and c.port != lender.port:
+                lender.move(c.port)  # the board came back under another name
     finally:
         c.close()
+        if lender:
+            lender.close()

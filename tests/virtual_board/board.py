@@ -4,7 +4,8 @@
 #
 #   micropython board.py ROOT_DIR EVENTS_FILE [no-deflate] [no-raw-paste]
 #
-# Friendly REPL: banner and ">>> "; Ctrl-A enters the raw REPL, Ctrl-D soft-reboots.
+# Friendly REPL: banner and ">>> ", lines echoed and run; Ctrl-A enters the raw REPL, Ctrl-D
+# soft-reboots.
 # Raw REPL: bytes collect until Ctrl-D, then "OK", the program's output, "\x04", the
 # traceback if any, "\x04", ">". Ctrl-D on an empty buffer soft-reboots; Ctrl-B leaves.
 # Raw paste (Ctrl-E A Ctrl-A), as MicroPython's shared/runtime/pyexec.c do_reader_stdin does
@@ -148,10 +149,25 @@ def run(buf, g):
     return True
 
 
+def friendly(line, g):
+    """One line at the friendly REPL: an expression's value is printed, as MicroPython does."""
+    if not line.strip():
+        return
+    try:
+        try:
+            code = compile(line, "<stdin>", "single")
+        except SyntaxError:
+            code = compile(line, "<stdin>", "exec")
+        exec(code, g)
+    except Exception as e:
+        sys.print_exception(e, sys.stdout)
+
+
 def main():
     g = fresh()
     raw = False
     buf = bytearray()
+    line = bytearray()  # the friendly REPL's
     out(BANNER)
     while True:
         c = rd.read(1)
@@ -167,7 +183,16 @@ def main():
                 event("soft-reboot")
                 out(b"MPY: soft reboot\r\n" + BANNER)
             elif c == b"\x03":
+                line = bytearray()
                 out(b"\r\n>>> ")
+            elif c == b"\r":
+                out(b"\r\n")
+                friendly(bytes(line), g)
+                line = bytearray()
+                out(b">>> ")
+            elif c >= b" ":
+                line.extend(c)
+                out(c)  # the echo a terminal shows
             continue
         if c == b"\x01":
             buf = bytearray()

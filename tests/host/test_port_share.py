@@ -1,0 +1,105 @@
+"""docs/hardware.md's session: `uplink logs` open in one terminal the whole time, while deploy,
+run and repl in another take the port from it and give it back (host_tools/port_share.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tests.host.terminal import Terminal
+from tests.host.uplink_helpers import Env
+from tests.virtual_board.launcher import VirtualBoard
+
+FLEET = """
+[devices.bench]
+board = "host"
+[devices.bench.platform]
+kind = "thingsboard"
+url = "mqtt://127.0.0.1:1"
+token = "secret:tok"
+"""
+
+
+class App:
+    """The board's app printing a line now and then, as a console shows it."""
+
+    def __init__(self, vb: VirtualBoard):
+        self.vb, self.line, self.stop = vb, b"", threading.Event()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while not self.stop.wait(0.2):
+            with self.lock:
+                if self.line:
+                    self.vb.emit(self.line)
+
+    def says(self, text: str) -> None:
+        with self.lock:
+            self.line = text.encode() + b"\r\n"
+
+    def quiet(self) -> None:
+        """Nothing more from the app (the deploy's hold stops it on a real board)."""
+        with self.lock:
+            self.line = b""
+
+
+def until(cond, timeout: float = 30.0) -> bool:
+    end = time.monotonic() + timeout
+    while not cond() and time.monotonic() < end:
+        time.sleep(0.1)
+    return cond()
+
+
+@pytest.mark.timeout(300)
+def test_logs_lends_the_port_to_deploy_run_and_repl(tmp_path, monkeypatch):
+    env = Env(tmp_path / "fleet", FLEET)
+    env.env["UPLINK_SECRET_TOK"] = "tty-token-5512"
+    env.env["XDG_RUNTIME_DIR"] = str(tmp_path / "run")  # where logs listens
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    vb = VirtualBoard(tmp_path / "board").start()
+    app = App(vb)
+    logs, repl = Terminal(tmp_path / "t1"), Terminal(tmp_path / "t2")
+    try:
+        logs.start(["logs", "--port", vb.port], env.env, env.root)
+        app.says("app: reading 1")
+        assert logs.wait_for_output("app: reading 1", 60), logs.screen()
+        app.quiet()
+
+        r = env.run("deploy", "bench", "--port", vb.port)  # in the other terminal
+        assert r.code == 0, r.output
+        assert "bench: copied" in r.stderr and (vb.root / "main.py").exists()
+        assert logs.wait_for_output(f"-- uplink deploy has {vb.port}; the console goes on when it is done --", 10)
+        assert logs.wait_for_output("-- console back --", 30), logs.screen()
+        app.says("app: reading 2")
+        assert logs.wait_for_output("app: reading 2", 30), logs.screen()
+        app.quiet()
+
+        r = env.run("run", "bench", "--port", vb.port)
+        assert r.code == 0, r.output
+        assert "the console goes on in the terminal running `uplink logs`" in r.stderr
+        assert logs.wait_for_output("-- uplink run has", 10)
+
+        repl.start(["repl", "--port", vb.port], env.env, env.root)
+        assert repl.wait_for_output("Ctrl-] leaves", 60), repl.screen()
+        assert repl.wait_for_output("Use Ctrl-] or Ctrl-x to exit this shell", 60), repl.screen()
+        assert logs.wait_for_output("-- uplink repl has", 30), logs.screen()
+        repl.keys("C-c")
+        repl.keys("6*7", "Enter")
+        assert repl.wait_for_output("42", 30), repl.screen()
+        repl.keys("C-]")
+        assert repl.wait(30) == 0, repl.screen()
+        assert until(lambda: logs.output().count("-- console back --") == 3), logs.screen()
+        app.says("app: reading 3")
+        assert logs.wait_for_output("app: reading 3", 30), logs.screen()
+
+        logs.keys("C-c")
+        assert logs.wait(30) == 0, logs.screen()
+        assert "busy" not in logs.output() + repl.output()
+    finally:
+        app.stop.set()
+        logs.close()
+        repl.close()
+        vb.stop()
