@@ -103,3 +103,45 @@ def test_logs_lends_the_port_to_deploy_run_and_repl(tmp_path, monkeypatch):
         logs.close()
         repl.close()
         vb.stop()
+
+
+@pytest.mark.timeout(300)
+def test_logs_follows_an_s3_through_a_deploy_that_moves_its_port(tmp_path, monkeypatch):
+    """An S3 on its own USB: the deploy borrows the port, the board's resets move it twice,
+    and the console comes back on the new name by itself."""
+    from host_tools import ports
+    from tests.host import fake_ports
+    from tests.host.test_deploy_virtual_board import S3_USB
+    from tests.host.uplink_helpers import REPO
+
+    vb = VirtualBoard(tmp_path / "s3", usb=S3_USB).start()
+    env = Env(tmp_path / "fleet", FLEET)
+    env.env.update({"UPLINK_SECRET_TOK": "tty-token-5512", "XDG_RUNTIME_DIR": str(tmp_path / "run"),
+                    "UPLINK_TEST_PORTS": str(vb.ports_file), "PYTHONPATH": str(REPO)})
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("UPLINK_TEST_PORTS", str(vb.ports_file))
+    monkeypatch.setattr(ports, "comports", fake_ports.comports)
+    app = App(vb)
+    logs = Terminal(tmp_path / "t1")
+    try:
+        logs.start(["logs"], env.env, env.root, module="tests.host.fake_ports")  # the port found by itself
+        app.says("app: reading 1")
+        assert logs.wait_for_output("app: reading 1", 60), logs.screen()
+        app.quiet()
+        first = vb.port
+        r = env.run("deploy", "bench")
+        assert r.code == 0, r.output
+        assert until(lambda: vb.reenumerations == 2) and vb.port != first
+        assert logs.wait_for_output(f"console of {vb.port} (the board came back under another name)", 30), \
+            logs.screen()
+        app.says("app: reading 2")
+        assert logs.wait_for_output("app: reading 2", 30), logs.screen()
+        app.quiet()
+        r = env.run("deploy", "bench", "--no-reset")  # logs listens under the new name
+        assert r.code == 0 and "busy" not in r.stderr, r.output
+        logs.keys("C-c")
+        assert logs.wait(30) == 0, logs.screen()
+    finally:
+        app.stop.set()
+        logs.close()
+        vb.stop()
