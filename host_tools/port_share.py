@@ -15,6 +15,7 @@ import os
 import re
 import select
 import socket
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,9 +27,13 @@ REPLY_TIMEOUT = 5.0  # s for a running logs to let go of the port
 
 
 def runtime_dir() -> Path:
+    """Ours alone: a directory another user made (in /tmp) or can write to is refused."""
     base = os.environ.get("XDG_RUNTIME_DIR")
     d = Path(base) / "uplink" if base else Path(tempfile.gettempdir()) / f"uplink-{os.getuid()}"
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = d.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise OSError(f"{d} is not a private directory of this user")
     return d
 
 
@@ -80,22 +85,24 @@ class Lender:
         self.sock: socket.socket | None = None
         self.path: Path | None = None
         self.port = port
+        self.problem = ""  # why the port cannot be lent (the console works without)
         self.move(port)
 
     def move(self, port: str) -> None:
         """Listen under the port's name (again, when the board came back under another)."""
         self.close()
         self.port = port
-        path = socket_path(port)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            path = socket_path(port)
             path.unlink(missing_ok=True)  # left by a logs that was killed
             s.bind(str(path))
             s.listen(4)
-        except OSError:
+        except OSError as e:
             s.close()
-            return  # lending is a convenience: the console works without it
-        self.sock, self.path = s, path
+            self.problem = str(e)
+            return
+        self.sock, self.path, self.problem = s, path, ""
 
     def asked(self) -> tuple[socket.socket, str] | None:
         """A borrower waiting for the port, and its name (without blocking)."""

@@ -91,9 +91,11 @@ def follow(port: str, write: Callable[[str], None], *, baud: int = 115200, secon
     from host_tools.port_share import Lender
 
     c = Console(port, write, baud=baud, info=info, usb=usb)
-    if not returning or not c.usb:
-        c.open()
+    if not (returning and ports.leaves_at_reset(c.usb)):
+        c.open()  # a port that cannot be opened is told now
     lender = Lender(c.port) if lend else None
+    if lender and lender.problem:
+        info(f"not lending {c.port} to deploy, run or repl ({lender.problem}): they will find it busy")
     end = None if seconds is None else time.monotonic() + seconds
     try:
         while end is None or time.monotonic() < end:

@@ -145,3 +145,26 @@ def test_logs_follows_an_s3_through_a_deploy_that_moves_its_port(tmp_path, monke
         app.stop.set()
         logs.close()
         vb.stop()
+
+
+def test_a_runtime_dir_others_can_write_is_not_used(tmp_path, monkeypatch):
+    """The socket's directory must be this user's alone: in one that others can write, a
+    stranger's socket could answer for logs (or take the port from it)."""
+    from host_tools import port_share
+
+    run = tmp_path / "run"
+    (run / "uplink").mkdir(parents=True)
+    (run / "uplink").chmod(0o777)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    lender = port_share.Lender("/dev/ttyUSB0")
+    assert lender.sock is None and "not a private directory" in lender.problem
+    with port_share.borrowed("/dev/ttyUSB0", "uplink deploy") as lent:
+        assert lent is False
+    (run / "uplink").chmod(0o700)
+    lender = port_share.Lender("/dev/ttyUSB0")
+    try:
+        assert lender.sock is not None and not lender.problem
+        assert (run / "uplink" / "dev_ttyUSB0.sock").exists()
+    finally:
+        lender.close()
+    assert not (run / "uplink" / "dev_ttyUSB0.sock").exists()
