@@ -610,9 +610,7 @@ def repl(
 ):
     """The board's MicroPython REPL (mpremote's): Ctrl-C stops the running app, Ctrl-] leaves.
     A running `uplink logs` lends it the port and gets it back."""
-    import subprocess
-
-    from host_tools.board_link import check_port
+    from host_tools import repl as r
     from host_tools.port_share import borrowed
     from host_tools.ports import pick_port
 
@@ -620,11 +618,7 @@ def repl(
         raise UsageError(f"'{device}' is a host-board device: it has no serial port (`uplink sim {device}`)")
     port = port or pick_port()
     with borrowed(port, "uplink repl"):
-        check_port(port)  # busy or no permission: told as for deploy
-        UI.info(f"REPL of {port} (mpremote): Ctrl-C stops the running app, Ctrl-] leaves")
-        code = subprocess.call([sys.executable, "-m", "mpremote", "connect", port, "repl"])
-    if code:
-        raise typer.Exit(code)
+        r.run(port, UI.info)
 
 
 # -- sim / run --------------------------------------------------------------------------------------

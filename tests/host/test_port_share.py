@@ -168,3 +168,34 @@ def test_a_runtime_dir_others_can_write_is_not_used(tmp_path, monkeypatch):
     finally:
         lender.close()
     assert not (run / "uplink" / "dev_ttyUSB0.sock").exists()
+
+
+@pytest.mark.timeout(300)
+def test_repl_goes_on_after_an_s3_reset_takes_its_port(tmp_path):
+    """Ctrl-C at the REPL resets a board whose watchdog is armed; an S3 takes its USB port
+    along and comes back under another name: the REPL continues there."""
+    from tests.host.test_deploy_virtual_board import S3_USB
+    from tests.host.uplink_helpers import REPO
+
+    vb = VirtualBoard(tmp_path / "s3", usb=S3_USB).start()
+    env = Env(tmp_path / "fleet", FLEET)
+    env.env.update({"XDG_RUNTIME_DIR": str(tmp_path / "run"), "UPLINK_TEST_PORTS": str(vb.ports_file),
+                    "PYTHONPATH": str(REPO)})
+    term = Terminal(tmp_path / "t")
+    try:
+        first = vb.port
+        term.start(["repl"], env.env, env.root, module="tests.host.fake_ports")
+        assert term.wait_for_output("Use Ctrl-] or Ctrl-x to exit this shell", 60), term.screen()
+        term.keys("import machine", "Enter")
+        term.keys("machine.reset()", "Enter")
+        assert term.wait_for_output("the board reset and took its USB port along", 30), term.screen()
+        assert until(lambda: vb.reenumerations == 1) and vb.port != first
+        assert term.wait_for_output(f"REPL of {vb.port} (mpremote)", 30), term.screen()
+        assert until(lambda: term.output().count("Use Ctrl-] or Ctrl-x to exit this shell") == 2), term.screen()
+        term.keys("6*7", "Enter")
+        assert term.wait_for_output("42", 30), term.screen()
+        term.keys("C-]")
+        assert term.wait(30) == 0, term.screen()
+    finally:
+        term.close()
+        vb.stop()

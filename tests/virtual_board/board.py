@@ -132,15 +132,8 @@ def run(buf, g):
         exec(bytes(buf), g)
         out(b"\x04\x04")
     except Reset as e:
-        event("reset")
-        try:
-            os.remove("hold")
-            event("hold")
-        except OSError:
-            pass
         out(b"\x04\x04")
-        if REENUMERATE and e.args[0] == "hard":
-            out(USB_GONE)
+        rebooted(e)
         return False
     except BaseException as e:  # noqa: B036
         out(b"\x04")
@@ -149,18 +142,36 @@ def run(buf, g):
     return True
 
 
+def rebooted(e):
+    """What a reset does: the boot after it honours (and removes) the hold flag; a chip on its
+    own USB leaves the host's port."""
+    event("reset")
+    try:
+        os.remove("hold")
+        event("hold")
+    except OSError:
+        pass
+    if REENUMERATE and e.args[0] == "hard":
+        out(USB_GONE)
+
+
 def friendly(line, g):
-    """One line at the friendly REPL: an expression's value is printed, as MicroPython does."""
+    """One line at the friendly REPL: an expression's value is printed, as MicroPython does.
+    False when the line reset the board."""
     if not line.strip():
-        return
+        return True
     try:
         try:
             code = compile(line, "<stdin>", "single")
         except SyntaxError:
             code = compile(line, "<stdin>", "exec")
         exec(code, g)
+    except Reset as e:
+        rebooted(e)
+        return False
     except Exception as e:
         sys.print_exception(e, sys.stdout)
+    return True
 
 
 def main():
@@ -187,9 +198,12 @@ def main():
                 out(b"\r\n>>> ")
             elif c == b"\r":
                 out(b"\r\n")
-                friendly(bytes(line), g)
+                if friendly(bytes(line), g):
+                    out(b">>> ")
+                else:
+                    g = fresh()
+                    out(BANNER)
                 line = bytearray()
-                out(b">>> ")
             elif c >= b" ":
                 line.extend(c)
                 out(c)  # the echo a terminal shows
