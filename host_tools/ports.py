@@ -57,7 +57,7 @@ def find_usb(identity: dict) -> str | None:
 
 
 def leaves_at_reset(identity: dict | None) -> bool:
-    return bool(identity) and identity["vid_pid"].startswith(NATIVE_USB_VID + ":")  # type: ignore[index]
+    return identity is not None and identity["vid_pid"].startswith(NATIVE_USB_VID + ":")
 
 
 def _interactive() -> bool:

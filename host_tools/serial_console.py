@@ -59,7 +59,10 @@ class Console:
 
     def close(self) -> None:
         if self.s is not None:
-            self.s.close()
+            try:
+                self.s.close()
+            except OSError:  # the port went away with the board
+                pass
             self.s = None
 
     def pump(self) -> None:
