@@ -299,7 +299,8 @@ def test_older_firmware_gets_the_same_files(tmp_path, broker, deflate, raw_paste
     local = {p.relative_to(env.build / "firmware" / "host").as_posix(): p.read_bytes()
              for p in (env.build / "firmware" / "host").rglob("*") if p.is_file() and ".cache" not in p.parts}
     local.update({p.name: p.read_bytes() for p in (env.build / "devices" / "bench").iterdir()})
-    assert on_board and all(local[p] == v for p, v in on_board.items())
+    bad = [(p, len(v), len(local[p])) for p, v in on_board.items() if local[p] != v]
+    assert on_board and not bad, bad
     assert sum(len(v) for v in on_board.values()) == content
     if not deflate:
         assert wire > 4 / 3 * content  # base64: the old way, uncompressed
