@@ -20,6 +20,7 @@ import grp
 import hashlib
 import os
 import re
+import time
 import zlib
 from collections.abc import Callable, Iterable
 
@@ -132,8 +133,8 @@ def explain_open_error(port: str, e: BaseException) -> BoardError:
         )
     if code in (errno.EBUSY, errno.EAGAIN) or "exclusively lock" in text:
         return BoardError(
-            f"{port} is busy: another program has it open (a serial monitor, `uplink logs`, "
-            "screen, Thonny, an IDE). Close it and retry"
+            f"{port} is busy: another program has it open (a serial monitor, screen, Thonny, "
+            "an IDE). Close it and retry"
         )
     if code == errno.ENOENT or "No such file" in text:
         return BoardError(f"no serial port {port}: is the board plugged in? `uplink devices` lists ports")
@@ -154,16 +155,47 @@ def check_port(port: str) -> None:
 class BoardLink:
     def __init__(self, port: str, *, timeout: float = 8.0):
         from mpremote.transport import TransportError
-        from mpremote.transport_serial import SerialTransport
+
+        from host_tools import ports
 
         self.port = port
         self._TransportError = TransportError
-        check_port(port)
+        self.usb = ports.usb_identity(port)  # to find it again after a reset
+        self._open(timeout)
+
+    def _open(self, timeout: float, attempts: int = 2) -> None:
+        from mpremote.transport_serial import SerialTransport
+
+        check_port(self.port)
         try:
-            self.t = SerialTransport(port, baudrate=115200)
-        except TransportError as e:
-            raise explain_open_error(port, e) from None
-        self._enter(timeout)
+            self.t = SerialTransport(self.port, baudrate=115200)
+        except self._TransportError as e:
+            raise explain_open_error(self.port, e) from None
+        self._enter(timeout, attempts)
+
+    def _reopen(self, timeout: float) -> None:
+        """After a reset of a chip on its own USB (ESP32-S3, C3): the port went away with the
+        chip, so the open handle is dead. Find the device again by VID:PID and serial number
+        (it may come back as another /dev/ttyACMn) and enter the raw REPL there."""
+        from host_tools import ports
+
+        assert self.usb
+        self.close()
+        deadline = time.monotonic() + timeout
+        problem: BoardError | None = None
+        while time.monotonic() < deadline:
+            port = ports.find_usb(self.usb)
+            if port:
+                self.port = port
+                try:
+                    self._open(max(1.0, min(4.0, deadline - time.monotonic())), attempts=1)
+                    return
+                except BoardError as e:  # still going away, or not up yet
+                    problem = e
+            time.sleep(0.2)
+        raise BoardError(f"the board (USB {self.usb['vid_pid']}, serial {self.usb['serial_number']}) did not "
+                         f"come back within {timeout:.0f} s of its reset"
+                         + (f" ({problem})" if problem else ": `uplink devices` lists what is plugged in"))
 
     def _enter(self, timeout: float, attempts: int = 2) -> None:
         # Two tries: the Ctrl-C that stops a running app may reset an ESP32 into the
@@ -185,14 +217,20 @@ class BoardLink:
                     "(`uplink flash-micropython`)? Is it stuck in a program that ignores Ctrl-C? "
                     "Press its reset button and retry"
                 ) from None
-        # one round trip: what the firmware can decode
-        got = self.exec("import os, hashlib, io\ntry:\n from binascii import a2b_base64 as _d\n"
+        # one round trip: what the firmware can decode, its version and the .mpy files it loads
+        got = self.exec("import os, hashlib, io, sys\ntry:\n from binascii import a2b_base64 as _d\n"
                         "except ImportError:\n _d=None\n"
                         "try:\n from deflate import DeflateIO as _Z, RAW as _R\n"
                         "except ImportError:\n _Z=None\n"
-                        "print(_d is not None, _Z is not None)").split()
-        self.has_b64 = got[:1] == [b"True"]
-        self.has_deflate = got[1:2] == [b"True"]
+                        "_i=sys.implementation\n"
+                        "print(repr((_d is not None, _Z is not None, tuple(_i.version[:3]), "
+                        "getattr(_i, '_mpy', None))))").decode().strip()
+        try:
+            self.has_b64, self.has_deflate, version, self.sys_mpy = ast.literal_eval(got)
+        except (ValueError, SyntaxError):
+            raise BoardError(f"the board answered {got[:80]!r} when asked its MicroPython version: "
+                             "is it running MicroPython?") from None
+        self.version: tuple[int, ...] = tuple(version)
         self._helpers = False  # a reset forgets them
 
     # -- the maintenance hold ---------------------------------------------------------------
@@ -201,9 +239,14 @@ class BoardLink:
         the boot that finds the flag (firmware/main.py) removes it and starts neither the app
         nor its watchdog, which on an ESP32 cannot be stopped once armed and would otherwise
         race the copy. True when the board honoured the hold (firmware without it: False)."""
+        from host_tools import ports
+
         self.exec(f"f=open({HOLD!r},'w')\nf.write('deploy')\nf.close()")
         self.reset()
-        self._enter(timeout, attempts=3)
+        if ports.leaves_at_reset(self.usb):
+            self._reopen(timeout)
+        else:  # a USB-serial bridge keeps its port: the handle stays good
+            self._enter(timeout, attempts=3)
         return not self.eval(f"{HOLD!r} in os.listdir()")
 
     def leave_hold(self) -> None:

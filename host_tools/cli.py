@@ -430,12 +430,10 @@ def _firmware_version() -> str:
 
 # -- deploy ------------------------------------------------------------------------------------
 def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_json: bool = False):
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
-
     from host_tools import build as b
     from host_tools import deploy as d
-    from host_tools.board_link import BoardLink
     from host_tools.bundle import device_modules, select
+    from host_tools.port_share import borrowed
     from host_tools.ports import pick_port
     from host_tools.provision import provision
 
@@ -448,9 +446,20 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
     modules = device_modules(src.files, kinds, dev.profile().get("backend") == "host")
     files = d.local_files(select(b.files(root), modules), bundle.dir)
     port = port or pick_port()
+    with borrowed(port, "uplink deploy"):
+        return _deploy_to(port, device, dev, files, dry_run, reset, as_json)
+
+
+def _deploy_to(port: str, device: str, dev, files: dict[str, bytes], dry_run: bool, reset: bool, as_json: bool):
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from host_tools import deploy as d
+    from host_tools.board_link import BoardLink
+
     UI.detail(f"connecting to {port}")
     link = BoardLink(port)
     try:
+        d.check_micropython(link, dev.profile(), files)
         plan, _ = d.plan(link, files)
         if dry_run:
             if as_json:
@@ -473,6 +482,8 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
                 prog.update(task, advance=n, description=path)
 
             d.execute(link, files, plan, step)
+        # nothing copied: the running app is left alone (no reset, no lost uptime)
+        reset = reset and bool(plan.copy or plan.remove)
         if reset:
             link.reset()
         else:
@@ -481,6 +492,8 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
         link.close()
     if as_json:
         UI.data(dict(plan.as_dict(), dry_run=False, reset=reset))
+    elif not (plan.copy or plan.remove):
+        UI.info(f"{device}: up to date ({plural(len(plan.same), 'file')} unchanged); board not reset")
     else:
         UI.info(f"{device}: copied {plural(len(plan.copy), 'file')} ({plural(plan.copy_bytes, 'byte')}), "
                 f"removed {len(plan.remove)}, {len(plan.same)} unchanged" + ("; board reset" if reset else ""))
@@ -503,8 +516,9 @@ def deploy(
 # -- flash ---------------------------------------------------------------------------------------
 @app.command("flash-micropython")
 def flash_micropython(
-    port: Annotated[str, typer.Option("--port", "-p", help="Serial port.")],
     image: Annotated[Path, typer.Option("--image", "-i", help="MicroPython firmware .bin for the chip.")],
+    port: Annotated[Optional[str], typer.Option(
+        "--port", "-p", help="Serial port (default: the one board plugged in; several: pick one).")] = None,
     board: Annotated[Optional[str], typer.Option(
         help="Board profile id (default: the fleet's, if all devices share one).")] = None,
     erase: Annotated[bool, typer.Option("--erase/--no-erase", help="Erase the whole flash first.")] = True,
@@ -524,14 +538,19 @@ def flash_micropython(
     profile = board_profile(boards[0])
     fl.steps(profile, image)  # the host board: nothing to flash
     fl.check_image(profile, image)  # before --dry-run prints commands that would fail
+    from host_tools.ports import pick_port
+
+    port = port or pick_port()
     if dry_run:
         for cmd in fl.plan(profile, port, image, erase=erase):
             UI.text(" ".join(cmd) + "\n")
         return
     from host_tools.board_link import check_port
+    from host_tools.port_share import borrowed
 
-    check_port(port)
-    fl.flash(profile, port, image, erase=erase, log=UI.info)
+    with borrowed(port, "uplink flash-micropython"):
+        check_port(port)
+        fl.flash(profile, port, image, erase=erase, log=UI.info)
     UI.info(f"MicroPython written to {port} at {profile['flash_offset']}")
 
 
@@ -563,7 +582,8 @@ def logs(
 ):
     """Print the board's serial console until Ctrl-C (`uplink logs DEVICE`, as after `run`)."""
     from host_tools.console import writer
-    from host_tools.ports import follow, pick_port
+    from host_tools.ports import pick_port
+    from host_tools.serial_console import follow
 
     if quiet:
         UI.level = -1
@@ -572,11 +592,33 @@ def logs(
         if dev.board == "host" and port is None:
             raise UsageError(f"'{device}' is a host-board device: its log is `uplink sim {device}`")
     port = port or pick_port()
-    UI.info(f"console of {(device + ' on ') if device else ''}{port} ({baud} baud); Ctrl-C to stop")
+    UI.info(f"console of {(device + ' on ') if device else ''}{port} ({baud} baud); Ctrl-C to stop; "
+            "deploy, run and repl in another terminal borrow the port")
     try:
-        follow(port, writer(UI.text, UI.level < 0), baud=baud, seconds=seconds)
+        follow(port, writer(UI.text, UI.level < 0), baud=baud, seconds=seconds, info=UI.info, lend=True)
     except KeyboardInterrupt:
         pass
+
+
+# -- repl ------------------------------------------------------------------------------------------
+@app.command()
+def repl(
+    device: Annotated[Optional[str], typer.Argument(
+        help="Device name from the fleet file (checked; optional).")] = None,
+    port: Annotated[Optional[str], typer.Option(
+        "--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
+):
+    """The board's MicroPython REPL (mpremote's): Ctrl-C stops the running app, Ctrl-] leaves.
+    A running `uplink logs` lends it the port and gets it back."""
+    from host_tools import repl as r
+    from host_tools.port_share import borrowed
+    from host_tools.ports import pick_port
+
+    if device is not None and S.fleet().device(device).board == "host" and port is None:
+        raise UsageError(f"'{device}' is a host-board device: it has no serial port (`uplink sim {device}`)")
+    port = port or pick_port()
+    with borrowed(port, "uplink repl"):
+        r.run(port, UI.info)
 
 
 # -- sim / run --------------------------------------------------------------------------------------
@@ -646,7 +688,8 @@ def run(
 ):
     """validate -> provision -> build -> deploy -> logs (host-board devices: sim)."""
     from host_tools.console import writer
-    from host_tools.ports import follow, pick_port
+    from host_tools.ports import pick_port, usb_identity
+    from host_tools.serial_console import follow
 
     fleet = S.fleet()
     dev = fleet.device(device)
@@ -654,12 +697,19 @@ def run(
     if dev.board == "host" and port is None:
         _do_sim(device, seconds, True, None)
         return
+    from host_tools.port_share import borrowed
+
     port = port or pick_port()
-    _do_deploy(device, port, dry_run=False, reset=True)
+    usb = usb_identity(port)  # the deploy's reset may take the port away (S3/C3 native USB)
+    with borrowed(port, "uplink run") as from_logs:
+        _do_deploy(device, port, dry_run=False, reset=True)
+    if from_logs:
+        UI.info("the console goes on in the terminal running `uplink logs`")
+        return
     time.sleep(0.3)
     UI.info(f"console of {port}; Ctrl-C to stop")
     try:
-        follow(port, writer(UI.text, UI.level < 0), seconds=seconds)
+        follow(port, writer(UI.text, UI.level < 0), seconds=seconds, info=UI.info, usb=usb, returning=True)
     except KeyboardInterrupt:
         pass
 

@@ -46,6 +46,17 @@ def local_files(build_files: dict[str, Path], bundle_dir: Path) -> dict[str, byt
     return out
 
 
+def check_micropython(link: BoardLink, profile: dict, files: dict[str, bytes]) -> None:
+    """Refuse, before anything is copied, a board whose MicroPython cannot run the build."""
+    from host_tools import micropython_version as mv
+    from host_tools.board_link import BoardError
+
+    header = next((data[:4] for path, data in files.items() if path.endswith(".mpy")), None)
+    problem = mv.board_problem(link.version, link.sys_mpy, header)
+    if problem:
+        raise BoardError(f"{problem}: {mv.flash_hint(profile)}")
+
+
 def manifest(files: dict[str, bytes]) -> bytes:
     return json.dumps({"files": sorted(files)}, sort_keys=True).encode()
 

@@ -49,6 +49,21 @@ def check_image(profile: dict, image: Path) -> None:
         raise FlashError(f"{image} is built for {names.get(got, f'chip id {got}')}, but board "
                          f"'{profile.get('id')}' is {profile.get('chip')}: download the "
                          f"{profile.get('chip')} image (or pass --board)")
+    _check_version(profile, image)
+
+
+def _check_version(profile: dict, image: Path) -> None:
+    """An image whose MicroPython cannot run Uplink is refused before anything is erased."""
+    from host_tools import micropython_version as mv
+
+    got = mv.image_version(image)
+    fix = f"download {mv.image_name(profile) or 'a newer image'} from {mv.download_page(profile)}"
+    if got is None:
+        raise FlashError(f"{image} holds no MicroPython banner ('MicroPython v1.x'): is it a MicroPython "
+                         f"image? {fix}")
+    if got < mv.MINIMUM:
+        raise FlashError(f"{image} holds MicroPython {mv.text(got)}; Uplink needs {mv.text(mv.MINIMUM)} "
+                         f"or later: {fix}")
 
 
 def esptool_args(chip: str, port: str, baud: int, *step: str) -> list[str]:

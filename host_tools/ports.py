@@ -1,22 +1,27 @@
-"""Serial ports: listing them (`uplink devices`), picking the board's, reading its console
-(`uplink logs`). Uses pyserial."""
+"""Serial ports: listing them (`uplink devices`), picking the board's, knowing it again by its
+USB identity after a reset. Uses pyserial."""
 
 from __future__ import annotations
 
-import codecs
-import time
-from collections.abc import Callable
+import os
+import sys
 
 # USB-serial bridges found on ESP32 boards, and Espressif's own USB
 KNOWN_VIDS = {0x303A: "Espressif", 0x10C4: "Silicon Labs CP210x", 0x1A86: "WCH CH340/CH343",
               0x0403: "FTDI"}
 
 
-def list_ports() -> list[dict]:
+def comports() -> list:
+    """The machine's serial ports as pyserial describes them (tests/host/fake_ports.py puts
+    a list of the test's making here)."""
     from serial.tools import list_ports as lp
 
+    return list(lp.comports())
+
+
+def list_ports() -> list[dict]:
     out = []
-    for p in sorted(lp.comports(), key=lambda p: p.device):
+    for p in sorted(comports(), key=lambda p: p.device):
         out.append({
             "port": p.device,
             "serial_number": p.serial_number,
@@ -27,8 +32,41 @@ def list_ports() -> list[dict]:
     return out
 
 
+# Espressif's own USB (the S3's and C3's USB-Serial-JTAG or TinyUSB CDC): the port belongs to
+# the chip, so it leaves at every reset and may come back as another /dev/ttyACMn. A bridge
+# chip (CP210x, CH34x, FTDI) keeps its port through the ESP32's resets.
+NATIVE_USB_VID = "303a"
+
+
+def usb_identity(port: str) -> dict | None:
+    """The USB VID:PID and serial number of the device behind `port` (None: not USB, or a
+    device without a serial number, which cannot be told apart from its twins)."""
+    real = os.path.realpath(port)
+    for p in list_ports():
+        if (p["port"] == port or os.path.realpath(p["port"]) == real) and p["vid_pid"] and p["serial_number"]:
+            return {"vid_pid": p["vid_pid"], "serial_number": p["serial_number"]}
+    return None
+
+
+def find_usb(identity: dict) -> str | None:
+    """The port the device with this identity has now."""
+    for p in list_ports():
+        if p["vid_pid"] == identity["vid_pid"] and p["serial_number"] == identity["serial_number"]:
+            return p["port"]
+    return None
+
+
+def leaves_at_reset(identity: dict | None) -> bool:
+    return identity is not None and identity["vid_pid"].startswith(NATIVE_USB_VID + ":")
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
 def pick_port() -> str:
-    """The one port that looks like an ESP32 board; an error saying what to do otherwise."""
+    """The one port that looks like an ESP32 board; with several, the person picks one (at a
+    terminal) or is told to pass --port; with none, what to do."""
     from host_tools.board_link import BoardError
 
     boards = [p for p in list_ports() if p["likely_board"]]
@@ -37,33 +75,21 @@ def pick_port() -> str:
     if not boards:
         raise BoardError("no board found on USB: plug it in (a data cable, not a charge-only one) "
                          "or pass --port; `uplink devices` lists serial ports")
-    raise BoardError("several boards are plugged in (" + ", ".join(b["port"] for b in boards)
-                     + "): pass --port")
+    if not _interactive():
+        raise BoardError("several boards are plugged in (" + ", ".join(b["port"] for b in boards)
+                         + "): pass --port")
+    return _choose(boards)
 
 
-def follow(port: str, write: Callable[[str], None], *, baud: int = 115200,
-           seconds: float | None = None) -> None:
-    """Print the board's console until Ctrl-C (or `seconds`)."""
-    import serial
+def _choose(boards: list[dict]) -> str:
+    import click
 
-    from host_tools.board_link import explain_open_error
+    from host_tools.ui import UI
 
-    s = serial.Serial()
-    s.port, s.baudrate, s.timeout, s.exclusive = port, baud, 0.2, True
-    # DTR/RTS released: on ESP32 boards they drive EN and GPIO0 (auto-reset into the
-    # bootloader); asserted, opening the console would hold the chip in reset
-    s.dtr = False
-    s.rts = False
-    try:
-        s.open()
-    except (serial.SerialException, OSError) as e:
-        raise explain_open_error(port, e) from None
-    end = None if seconds is None else time.monotonic() + seconds
-    text = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character split between reads stays whole
-    try:
-        while end is None or time.monotonic() < end:
-            data = s.read(4096)
-            if data:
-                write(text.decode(data).replace("\r\n", "\n"))
-    finally:
-        s.close()
+    UI.info("several boards are plugged in:")
+    for i, b in enumerate(boards, 1):
+        UI.info(f"  {i}  {b['port']}  {b['product'] or ''}  {b['vid_pid'] or ''}"
+                + (f"  serial {b['serial_number']}" if b["serial_number"] else ""))
+    n = click.prompt(f"which one? [1-{len(boards)}]", type=click.IntRange(1, len(boards)), err=True,
+                     prompt_suffix=" ")
+    return boards[n - 1]["port"]

@@ -95,13 +95,41 @@ def test_esptool_commands_and_offsets(tmp_path, board, chip, offset):
     assert cmds == [pre + ["erase-flash"], pre + ["write-flash", "-z", offset, str(img)]]
 
 
-def esp_image(path, chip_id: int, size: int = 4096):
+def esp_image(path, chip_id: int, size: int = 4096, banner: bytes = b"MicroPython v1.29.0 on 2026-08-24"):
     """The first bytes of an ESP image as esptool documents them (magic 0xE9, 3 segments,
-    DIO, 4MB@40MHz, an entry point; extended header with the chip id at bytes 12-13)."""
+    DIO, 4MB@40MHz, an entry point; extended header with the chip id at bytes 12-13), and
+    further on, among the app's strings, MicroPython's banner."""
     head = bytes([0xE9, 3, 2, 0x20]) + (0x40080000).to_bytes(4, "little")
     ext = bytes([0xEE, 0, 0, 0]) + chip_id.to_bytes(2, "little") + bytes(10)
-    path.write_bytes((head + ext).ljust(size, b"\xff"))
+    path.write_bytes((head + ext).ljust(size // 2, b"\xff") + (b"\0" + banner + b"; ESP32 module\0").ljust(
+        size // 2, b"\xff"))
     return path
+
+
+def test_flash_refuses_an_image_older_than_uplink_needs(tmp_path):
+    """micropython.org's v1.20 image (its banner says so) is refused before esptool runs,
+    with the file to download instead; an image without MicroPython's banner too."""
+    old = esp_image(tmp_path / "ESP32_GENERIC-20230426-v1.20.0.bin", 0, banner=b"MicroPython v1.20.0 on 2023-04-26")
+    env = Env(tmp_path)
+    r = env.run("flash-micropython", "--port", "/dev/ttyUSB9", "--image", str(old), "--board", "esp32-devkitc",
+                "--dry-run")
+    assert r.code == 1 and r.stdout == ""
+    assert r.stderr == (f"error: {old} holds MicroPython v1.20.0; Uplink needs v1.22.0 or later: download "
+                        "ESP32_GENERIC-20260824-v1.29.0.bin from https://micropython.org/download/ESP32_GENERIC/\n")
+    ran = []
+    with pytest.raises(fl.FlashError, match="v1.20.0"):
+        fl.flash(board_profile("esp32-devkitc"), "/dev/ttyUSB0", old, run=lambda c: ran.append(c) or 0)
+    assert ran == []
+    other = esp_image(tmp_path / "app.bin", 9, banner=b"ESPHome 2026.1")
+    r = env.run("flash-micropython", "--port", "/dev/ttyUSB9", "--image", str(other), "--board", "esp32-s3",
+                "--dry-run")
+    assert r.code == 1 and "holds no MicroPython banner" in r.stderr and "ESP32_GENERIC_S3-20260824-v1.29.0.bin" \
+        in r.stderr
+    # the oldest that runs Uplink, a preview build: accepted
+    for banner in (b"MicroPython v1.22.0 on 2023-12-27", b"MicroPython v1.30.0-preview.12.gabc on 2026-09-19"):
+        ok = esp_image(tmp_path / "ok.bin", 0, banner=banner)
+        assert env.run("flash-micropython", "--port", "/dev/ttyUSB9", "--image", str(ok), "--board",
+                       "esp32-devkitc", "--dry-run").code == 0
 
 
 def test_flash_falls_back_to_115200(tmp_path):

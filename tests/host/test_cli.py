@@ -34,7 +34,7 @@ def test_help_everywhere(tmp_path):
     paths = all_command_paths()
     names = {" ".join(p) for p in paths}
     for expected in ("validate", "config show", "secrets set", "secrets list", "secrets rm", "provision",
-                     "build", "deploy", "flash-micropython", "devices", "logs", "run", "sim"):
+                     "build", "deploy", "flash-micropython", "devices", "logs", "repl", "run", "sim"):
         assert expected in names
     for p in paths:
         r = env.run(*p, "--help")

@@ -303,7 +303,8 @@ def test_older_firmware_gets_the_same_files(tmp_path, broker, deflate, raw_paste
     local = {p.relative_to(env.build / "firmware" / "host").as_posix(): p.read_bytes()
              for p in (env.build / "firmware" / "host").rglob("*") if p.is_file() and ".cache" not in p.parts}
     local.update({p.name: p.read_bytes() for p in (env.build / "devices" / "bench").iterdir()})
-    assert on_board and all(local[p] == v for p, v in on_board.items())
+    bad = [(p, len(v), len(local[p])) for p, v in on_board.items() if local[p] != v]
+    assert on_board and not bad, bad
     assert sum(len(v) for v in on_board.values()) == content
     if not deflate:
         assert wire > 4 / 3 * content  # base64: the old way, uncompressed
@@ -341,9 +342,16 @@ def test_deploy_copies_in_the_maintenance_hold_and_leaves_it(tmp_path, broker, v
     assert not (vboard.root / "hold").exists()
 
     before = len(vboard.events())
-    r = env.run("deploy", "bench", "--port", vboard.port, "--json")
-    assert json.loads(r.stdout)["copy"] == []
-    assert "hold" not in vboard.events()[before:]  # nothing to copy: the app is left alone
+    r = env.run("deploy", "bench", "--port", vboard.port)
+    assert r.code == 0, r.output
+    assert "bench: up to date" in r.stderr and "board not reset" in r.stderr
+    # nothing to copy: the app is left alone, neither held nor reset. The board may handle the
+    # command's last bytes after it exits: one round trip after them shows all of them handled
+    link = BoardLink(vboard.port)
+    link.exec("pass")
+    link.close()
+    ev = vboard.events()[before:]
+    assert "hold" not in ev and "reset" not in ev, ev
 
     # --no-reset: the board stays in the hold it entered (the app not running), no flag left
     env.write_fleet(fleet(broker).replace("interval_s = 1", "interval_s = 3"))
@@ -367,3 +375,90 @@ def test_an_esp32_device_gets_its_cloud_and_no_host_backend(tmp_path, vboard):
                  "uplink/platforms/blynk_gateway.mpy", "uplink/platforms/blynk_cloud.mpy",
                  "uplink/platforms/blynk_redirect.mpy")]
     assert "uplink/board_host.mpy" not in paths
+
+
+@pytest.mark.parametrize("version,mpy,told", [
+    # loads our .mpy, lacks the TLS API the firmware uses
+    ("1.20.0", 6 | 1 << 8, "MicroPython v1.20.0 (.mpy v6.1); Uplink needs v1.22.0 or later"),
+    ("1.18.0", 5, "MicroPython v1.18.0 (.mpy v5.0), and our build is .mpy v6: it cannot load it"),
+])
+def test_deploy_refuses_a_micropython_too_old_and_names_the_image(tmp_path, version, mpy, told):
+    """One raw-REPL round trip tells the board's version and .mpy ABI: a board that cannot run
+    the build is refused before anything is copied, with the image to flash."""
+    env = Env(tmp_path / "fleet", '[devices.pump]\nboard = "esp32-devkitc"\n[devices.pump.platform]\n'
+                                  'kind = "blynk"\ntoken = "secret:t"\n')
+    with VirtualBoard(tmp_path / "board", version=version, mpy=mpy) as vb:
+        r = env.run("deploy", "pump", "--port", vb.port, env={"UPLINK_SECRET_T": "x"})
+        assert r.code == 5, r.output
+        assert r.stderr == (f"error: the board runs {told}: flash ESP32_GENERIC-20260824-v1.29.0.bin from "
+                            "https://micropython.org/download/ESP32_GENERIC/ with `uplink flash-micropython "
+                            "--image ESP32_GENERIC-20260824-v1.29.0.bin`, then deploy again\n")
+        assert board_files(vb.root) == {} and "reset" not in vb.events()
+
+
+S3_USB = {"vid": 0x303A, "pid": 0x1001, "serial_number": "F4:12:FA:5C:00:01"}
+
+
+@pytest.fixture
+def s3_board(tmp_path, monkeypatch):
+    """An ESP32-S3 on its own USB: machine.reset() takes its port away, and it comes back
+    under another name; the machine's port list is the board's (tests/host/fake_ports.py)."""
+    from host_tools import ports
+    from tests.host import fake_ports
+
+    vb = VirtualBoard(tmp_path / "s3", usb=S3_USB).start()
+    monkeypatch.setenv("UPLINK_TEST_PORTS", str(vb.ports_file))
+    monkeypatch.setattr(ports, "comports", fake_ports.comports)
+    yield vb
+    vb.stop()
+
+
+def test_deploy_finds_a_board_that_comes_back_under_another_name(tmp_path, broker, s3_board):
+    env = Env(tmp_path / "fleet", fleet(broker))
+    env.env["UPLINK_SECRET_BENCH_TOKEN"] = TOKEN
+    env.env["UPLINK_TEST_PORTS"] = str(s3_board.ports_file)
+    first = s3_board.port
+    r = env.run("deploy", "bench", "--json")  # the port found by its USB identity, as a person's would be
+    assert r.code == 0, r.output
+    assert json.loads(r.stdout)["copy"]
+    # into the hold (the port changed), copied there, reset again (it changed again)
+    ev = s3_board.events_when(lambda ev: ev[-1:] == ["reset"])
+    assert ev.count("hold") == 1 and ev[-1] == "reset", ev
+    assert until(lambda: s3_board.reenumerations == 2)
+    assert s3_board.port != first
+    assert json.loads((s3_board.root / "config.json").read_text())["platform"]["token"] == TOKEN
+    assert not (s3_board.root / "hold").exists()
+
+
+def until(cond, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while not cond() and time.monotonic() < end:
+        time.sleep(0.05)
+    return cond()
+
+
+def test_run_follows_the_console_to_the_board_s_new_port(tmp_path, s3_board):
+    """`uplink run`: deploy, then the console, on the port the board came back on."""
+    env = Env(tmp_path / "fleet", '[devices.bench]\nboard = "esp32-s3"\n[devices.bench.platform]\n'
+                                  'kind = "blynk"\ntoken = "secret:t"\n')
+    env.env["UPLINK_SECRET_T"] = "blynk-token"
+    env.env["UPLINK_TEST_PORTS"] = str(s3_board.ports_file)
+    done = threading.Event()
+
+    def app_prints():  # the app's log, from whenever the board is back (nobody may be reading yet)
+        while not done.wait(0.2):
+            if s3_board.reenumerations == 2:
+                try:
+                    s3_board.emit(b"telemetry temperature=21.5\r\n")
+                except OSError:
+                    pass
+
+    t = threading.Thread(target=app_prints, daemon=True)
+    t.start()
+    try:
+        r = env.run("run", "bench", "--seconds", "4")
+    finally:
+        done.set()
+    assert r.code == 0, r.output
+    assert f"console of {s3_board.port} (the board came back under another name)" in r.stderr
+    assert "telemetry temperature=21.5" in r.stdout

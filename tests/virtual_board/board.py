@@ -4,7 +4,8 @@
 #
 #   micropython board.py ROOT_DIR EVENTS_FILE [no-deflate] [no-raw-paste]
 #
-# Friendly REPL: banner and ">>> "; Ctrl-A enters the raw REPL, Ctrl-D soft-reboots.
+# Friendly REPL: banner and ">>> ", lines echoed and run; Ctrl-A enters the raw REPL, Ctrl-D
+# soft-reboots.
 # Raw REPL: bytes collect until Ctrl-D, then "OK", the program's output, "\x04", the
 # traceback if any, "\x04", ">". Ctrl-D on an empty buffer soft-reboots; Ctrl-B leaves.
 # Raw paste (Ctrl-E A Ctrl-A), as MicroPython's shared/runtime/pyexec.c do_reader_stdin does
@@ -13,9 +14,13 @@
 # "\x04" when the host's Ctrl-D ends the code (mp_reader_stdin_readbyte), then the output
 # and traceback as in raw REPL, without "OK". "no-raw-paste" answers "R\x00" (firmware
 # before 1.14) and mpremote falls back to plain raw REPL; "no-deflate" hides the `deflate`
-# module (firmware before 1.21, or a build without it). machine.reset() is recorded in EVENTS_FILE and acts as a reboot;
-# the reboot models firmware/main.py's maintenance hold: a "hold" file is removed and
-# recorded ("hold"); without one the app would start (not modelled: nothing to record).
+# module (firmware before 1.21, or a build without it); "version=1.20.0" and "mpy=262" make
+# `sys.implementation` tell another firmware version and .mpy ABI; "reenumerate" is a chip
+# on its own USB (ESP32-S3/C3), whose port goes away at machine.reset() and comes back under
+# another name (the launcher does it when it reads USB_GONE). machine.reset() is
+# recorded in EVENTS_FILE and acts as a reboot; the reboot models firmware/main.py's
+# maintenance hold: a "hold" file is removed and recorded ("hold"); without one the app
+# would start (not modelled: nothing to record).
 import os
 import sys
 
@@ -46,16 +51,21 @@ def event(text):
     _events.flush()
 
 
+REENUMERATE = "reenumerate" in sys.argv[3:]
+# told to the launcher in the output stream: the chip's own USB leaves with the reset
+USB_GONE = b"\x00\x00usb-reenumerate\x00\x00"
+
+
 class Reset(Exception):
     pass
 
 
 class FakeMachine:
     def reset(self):
-        raise Reset()
+        raise Reset("hard")
 
     def soft_reset(self):
-        raise Reset()
+        raise Reset("soft")
 
     def unique_id(self):
         return b"\x76\x62\x00\x00\x00\x01"
@@ -66,6 +76,27 @@ class NoModule:
 
 
 sys.modules["machine"] = FakeMachine()
+
+
+class OldSys:
+    """`sys` as firmware of another version shows it ("version=1.20.0", "mpy=262")."""
+
+    def __init__(self, real, version, mpy):
+        self._real = real
+        impl = real.implementation
+        self.implementation = type("impl", (), {"name": impl.name, "version": version, "_mpy": mpy})()
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+_ver = [a[8:] for a in sys.argv[3:] if a.startswith("version=")]
+_mpy = [a[4:] for a in sys.argv[3:] if a.startswith("mpy=")]
+if _ver or _mpy:
+    _impl = sys.implementation
+    sys.modules["sys"] = OldSys(
+        sys, tuple(int(n) for n in _ver[0].split(".")) + ("",) if _ver else _impl.version,
+        int(_mpy[0]) if _mpy else _impl._mpy)
 if "no-deflate" in sys.argv[3:]:
     # loaded modules are looked up before built-ins: `from deflate import X` -> ImportError
     sys.modules["deflate"] = NoModule()
@@ -100,14 +131,9 @@ def run(buf, g):
     try:
         exec(bytes(buf), g)
         out(b"\x04\x04")
-    except Reset:
-        event("reset")
-        try:
-            os.remove("hold")
-            event("hold")
-        except OSError:
-            pass
+    except Reset as e:
         out(b"\x04\x04")
+        rebooted(e)
         return False
     except BaseException as e:  # noqa: B036
         out(b"\x04")
@@ -116,10 +142,43 @@ def run(buf, g):
     return True
 
 
+def rebooted(e):
+    """What a reset does: the boot after it honours (and removes) the hold flag; a chip on its
+    own USB leaves the host's port."""
+    event("reset")
+    try:
+        os.remove("hold")
+        event("hold")
+    except OSError:
+        pass
+    if REENUMERATE and e.args[0] == "hard":
+        out(USB_GONE)
+
+
+def friendly(line, g):
+    """One line at the friendly REPL: an expression's value is printed, as MicroPython does.
+    False when the line reset the board."""
+    if not line.strip():
+        return True
+    try:
+        try:
+            code = compile(line, "<stdin>", "single")
+        except SyntaxError:
+            code = compile(line, "<stdin>", "exec")
+        exec(code, g)
+    except Reset as e:
+        rebooted(e)
+        return False
+    except Exception as e:
+        sys.print_exception(e, sys.stdout)
+    return True
+
+
 def main():
     g = fresh()
     raw = False
     buf = bytearray()
+    line = bytearray()  # the friendly REPL's
     out(BANNER)
     while True:
         c = rd.read(1)
@@ -135,7 +194,19 @@ def main():
                 event("soft-reboot")
                 out(b"MPY: soft reboot\r\n" + BANNER)
             elif c == b"\x03":
+                line = bytearray()
                 out(b"\r\n>>> ")
+            elif c == b"\r":
+                out(b"\r\n")
+                if friendly(bytes(line), g):
+                    out(b">>> ")
+                else:
+                    g = fresh()
+                    out(BANNER)
+                line = bytearray()
+            elif c >= b" ":
+                line.extend(c)
+                out(c)  # the echo a terminal shows
             continue
         if c == b"\x01":
             buf = bytearray()

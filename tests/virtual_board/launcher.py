@@ -7,15 +7,24 @@ wire", to compare with the bytes of file content deployed.
 
 `baud=115200` paces each direction as a UART would: 10 bits a byte (8N1), so 11520 bytes a
 second each way, which is what a deploy's wall time depends on. `deflate=False` is a board
-whose firmware has no `deflate` module, `raw_paste=False` one without raw-paste mode.
+whose firmware has no `deflate` module, `raw_paste=False` one without raw-paste mode;
+`version="1.20.0"` and `mpy=262` (sys.implementation._mpy) one that tells another firmware.
+
+`usb={"vid": 0x303A, "pid": 0x1001, "serial_number": "..."}` is an ESP32-S3/C3 on its own USB:
+at machine.reset() the port goes away (the host's open handle fails with EIO), and after
+USB_GAP seconds the board is back on a new pty, under another name. `ports_file` is the
+"port list" of the machine (a JSON list as tests/host/fake_ports.py reads it): empty while
+the board is away, its new port once back.
 `heap="64k"` runs the board on the ESP32 model (when installed) with that GC heap, so what a
 deploy asks of the board's memory is asked of a 32-bit heap of that size.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pty
+import select
 import subprocess
 import sys
 import threading
@@ -24,6 +33,7 @@ import tty
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+USB_GONE = b"\x00\x00usb-reenumerate\x00\x00"  # board.py's, in its output at a hard reset
 
 
 def micropython_bin(heap: str | None = None) -> list[str]:
@@ -38,11 +48,18 @@ def micropython_bin(heap: str | None = None) -> list[str]:
 
 class VirtualBoard:
     def __init__(self, root: Path, *, baud: int | None = None, deflate: bool = True,
-                 raw_paste: bool = True, heap: str | None = None):
+                 raw_paste: bool = True, heap: str | None = None, version: str | None = None,
+                 mpy: int | None = None, usb: dict | None = None):
         self.root = Path(root)
         self.baud = baud
         self.heap = heap
         self.flags = ([] if deflate else ["no-deflate"]) + ([] if raw_paste else ["no-raw-paste"])
+        self.flags += ([f"version={version}"] if version else []) + ([f"mpy={mpy}"] if mpy is not None else [])
+        self.usb = usb
+        self.flags += ["reenumerate"] if usb else []
+        self.ports_file = self.root.parent / (self.root.name + ".ports.json")
+        self.reenumerations = 0
+        self._stopped = False
         self.root.mkdir(parents=True, exist_ok=True)
         self.events_file = self.root.parent / (self.root.name + ".events")
         self.to_board = 0
@@ -54,9 +71,9 @@ class VirtualBoard:
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> "VirtualBoard":
-        self.master, self.slave = pty.openpty()
-        tty.setraw(self.slave)
+        self.master, self.slave = self._pty()
         self.port = os.ttyname(self.slave)
+        self._list_ports()
         env = dict(os.environ, MICROPYPATH=".frozen")
         self.proc = subprocess.Popen(
             [*micropython_bin(self.heap), str(HERE / "board.py"), str(self.root), str(self.events_file), *self.flags],
@@ -71,7 +88,43 @@ class VirtualBoard:
             t.start()
         return self
 
+    @staticmethod
+    def _pty() -> tuple[int, int]:
+        master, slave = pty.openpty()
+        tty.setraw(slave)
+        return master, slave
+
+    def _list_ports(self, present: bool = True) -> None:
+        if not self.usb:
+            return
+        rows = [dict(self.usb, device=self.port, product="virtual board")] if present else []
+        tmp = self.ports_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rows))
+        os.replace(tmp, self.ports_file)
+
+    # the chip's USB is away this long after its reset (a real one: a second or so)
+    USB_GAP = 0.3
+
+    def _reenumerate(self) -> None:
+        """The board's USB leaves and comes back under another name: the new pty is made
+        before the old one is closed, so it cannot get the old one's number."""
+        self._list_ports(present=False)
+        with self._lock:
+            old = (self.master, self.slave)
+            self.master, self.slave = self._pty()
+            self.port = os.ttyname(self.slave)
+        for fd in old:
+            os.close(fd)
+        time.sleep(self.USB_GAP)
+        self._list_ports()
+        self.reenumerations += 1
+
+    def emit(self, data: bytes) -> None:
+        """Bytes as if the running app printed them (to whoever has the port open)."""
+        os.write(self.master, data)
+
     def stop(self) -> None:
+        self._stopped = True
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
@@ -107,10 +160,15 @@ class VirtualBoard:
         assert self.proc and self.proc.stdin
         size = self.PACED_READ if self.baud else 4096
         clock = [0.0]
-        while True:
+        while not self._stopped:
+            fd = self.master  # a board that re-enumerated has a new one
             try:
-                data = os.read(self.master, size)
-            except OSError:
+                if not select.select([fd], [], [], 0.2)[0]:
+                    continue
+                data = os.read(fd, size)
+            except (OSError, ValueError):
+                if fd != self.master:
+                    continue
                 return
             if not data:
                 return
@@ -127,18 +185,35 @@ class VirtualBoard:
         assert self.proc and self.proc.stdout
         size = self.PACED_READ if self.baud else 4096
         clock = [0.0]
+        held = b""  # the start of a USB_GONE split between two reads
         while True:
             data = (self.proc.stdout.read1(size) if hasattr(self.proc.stdout, "read1")
                     else os.read(self.proc.stdout.fileno(), size))
             if not data:
                 return
-            self._pace(clock, len(data))
-            with self._lock:
-                self.from_board += len(data)
-            try:
-                os.write(self.master, data)
-            except OSError:
+            data, held = held + data, b""
+            while self.usb and USB_GONE in data:
+                before, data = data.split(USB_GONE, 1)
+                if not self._to_host(before, clock):
+                    return
+                self._reenumerate()
+            if self.usb:
+                keep = next((k for k in range(len(USB_GONE) - 1, 0, -1) if data.endswith(USB_GONE[:k])), 0)
+                data, held = (data[:-keep], data[-keep:]) if keep else (data, b"")
+            if not self._to_host(data, clock):
                 return
+
+    def _to_host(self, data: bytes, clock: list[float]) -> bool:
+        if not data:
+            return True
+        self._pace(clock, len(data))
+        with self._lock:
+            self.from_board += len(data)
+        try:
+            os.write(self.master, data)
+        except OSError:
+            return False
+        return True
 
     # -- observations ---------------------------------------------------------------------
     @property
