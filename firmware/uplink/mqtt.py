@@ -170,6 +170,9 @@ class MQTTClient:
     on_up: Any = None
     on_connect: Any = None
     on_status: Any = None
+    # the cloud's rate limits (uplink.platforms.tb_limits.Limits), or None: every publish waits
+    # for its tokens, and a resend after a reconnect takes them
+    pace: Any = None
     # Reconnect pacing (ms). A refused login waits long: hammering a broker with a bad token
     # gets a device banned, and a new token takes minutes to appear anyway. Other failures
     # (no network, broker down) wait at most 15 s (7.5-15 s with jitter): at 60 s a device
@@ -293,6 +296,8 @@ class MQTTClient:
     async def publish(self, topic, payload, qos=0, retain=False, wait=True):
         if isinstance(payload, str):
             payload = payload.encode()
+        if self.pace is not None:
+            await self.pace.wait(topic, payload)
         if not qos:
             s = self._s
             if s is not None:  # QoS 0 is best effort: dropped while disconnected
@@ -392,6 +397,8 @@ class MQTTClient:
             pkt = self._ipkt[pid % self._window]
             s.write(pkt)
             pkt[0] |= 8
+            if self.pace is not None:
+                self.pace.resent(pkt)
         self._s = s
         self._rx = self._tx = self._up = ticks_ms()
         self._acked = False  # a PUBACK on this connection: it got somewhere (_keep)

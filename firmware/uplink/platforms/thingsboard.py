@@ -87,6 +87,8 @@ class Adapter(Base):
         self._limits = asyncio.Event()
         self._answers = True
         self.max_inflight = None
+        self._client = None  # the client on_connect was last given
+        self.limits = None  # the session's rate limits (tb_limits.Limits), when the server gave any
         self.provision_timeout_s = 30
 
     # -- connecting ----------------------------------------------------------------------
@@ -121,6 +123,10 @@ class Adapter(Base):
         # The running firmware by the names of ThingsBoard's OTA guide (current_fw_title/_version;
         # fw_version is the shared attribute announcing a package), as client attributes: as
         # telemetry they would be a message that is no reading (thingsboard.io/docs/user-guide/ota-updates/).
+        # the last session's limits pace this one until the server answers again: ThingsBoard
+        # counts per device, across connections
+        self._client = client
+        client.pace = self.limits
         t, v = self._running()
         attrs = {"board": self.ctx.board.name, "current_fw_title": t, "current_fw_version": v}
         ip = self.ctx.ip
@@ -155,10 +161,9 @@ class Adapter(Base):
         # The backlog waits up to LIMITS_WAIT_MS for getSessionLimits, then the documented
         # defaults apply (docs/platforms.md); a server that never answered is not waited for again.
         n = client.connections
-        if not self.cfg["platform"].get("client_rpc", True) or not self._answers:
-            return self.max_inflight
         t = ticks_ms()
-        while self._limits_for != n and client.connections == n:
+        asks = self.cfg["platform"].get("client_rpc", True) and self._answers
+        while asks and self._limits_for != n and client.connections == n:
             left = LIMITS_WAIT_MS - ticks_diff(ticks_ms(), t)
             if left <= 0:
                 self._answers = False
@@ -170,7 +175,10 @@ class Adapter(Base):
                 await asyncio.wait_for_ms(self._limits.wait(), left)
             except asyncio.TimeoutError:
                 pass
-        return self.max_inflight
+        lim = self.limits
+        client.pace = lim  # every publish of this session waits for its tokens (MQTTClient.publish)
+        n = lim.inflight() if lim is not None else None
+        return min(n, self.max_inflight or n) if n else self.max_inflight
 
     def _running(self):
         return self.ctx.fw()  # the running bundle's manifest (uplink.ota)
@@ -348,11 +356,30 @@ class Adapter(Base):
             self.max_payload = min(size, self.cfg["platform"].get("max_payload") or DEFAULT_MAX_PAYLOAD)
             n = ans.get("maxInflightMessages")
             self.max_inflight = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+            self._rate_limits(ans.get("rateLimits"), ans.get("gatewayRateLimits"))
             self._limits_for = self._asked_on
             self._answers = True
             self._limits.set()
             return None
         return Command("rpc_answer", {"method": method, "result": ans})
+
+    def _rate_limits(self, *given):
+        # the session's rate limits (a gateway's: its own and its devices'), paced by
+        # uplink.platforms.tb_limits from the next message on; the buckets of the last answer
+        # are kept while the server says the same (ThingsBoard keeps its own per device)
+        given = tuple(r for r in given if isinstance(r, dict) and any(r.values()))
+        if not given:
+            self.limits = None
+        elif self.limits is None or self.limits.specs != given:
+            from uplink.platforms.tb_limits import Limits
+
+            try:
+                self.limits = Limits(*given)
+            except ValueError as e:
+                self.limits = None
+                log.error("thingsboard", "%s: sent without pacing" % e)
+        if self._client is not None:
+            self._client.pace = self.limits
 
     def reply(self, cmd, result):
         to = cmd.reply_to
