@@ -8,11 +8,15 @@ empty, MemoryErrors the publisher met (each one is a "paused: MemoryError" line)
 heap's low-water mark during the drain, and beside it the client's raw wait=False rate (one
 100-byte message per reading) and the outbox's own read+ack rate on the same heap. Last, a
 broker that drops the device after every CONNACK for a minute: connections per minute, the
-heap before and after, and readings delivered.
+heap before and after, and readings delivered. Between them, a drain through the ThingsBoard
+broker profile enforcing ThingsBoard Cloud's rate limits: readings/s, data points/s and the
+violations (target 0).
 
     make bench BENCH_ARGS=drain          .venv/bin/python -m tests.bench drain
     options: --n=10000  --heap=96k  --schemes=mqtts  --batch=20  --window=N (the client's)
              --flap_n=2000 --flap_s=60 (the "broker drops after CONNACK" run)
+             --tb_n=1000 (the run under ThingsBoard Cloud's rate limits: the hourly 14,000 data
+             points make 10,000 readings of 10 keys a seven-hour drain)
 """
 
 from __future__ import annotations
@@ -209,6 +213,36 @@ def flaps(broker, heap: str, batch: str, n: str, seconds: int) -> None:
           f"readings delivered {acked:,} of {total:,}", flush=True)
 
 
+# ThingsBoard Cloud's per-device limits as getSessionLimits reports them (issue 25: messages
+# and data points "200:1,6000:60", data points also 14000 an hour)
+CLOUD_LIMITS = {"messages": "200:1,6000:60", "telemetryMessages": "200:1,6000:60",
+                "telemetryDataPoints": "200:1,6000:60,14000:3600"}
+
+
+def limited(broker, heap: str, batch: str, n: str) -> None:
+    from tests.integration.broker_profiles import ProfileProxy, ThingsBoard
+
+    prof = ThingsBoard({"bench-token": "device"}, rate_limits=CLOUD_LIMITS)
+    proxy = ProfileProxy(prof, broker.ports["mqtt"]).start()
+    try:
+        env = {"N": n, "MODE": "limited", "BATCH": batch, "URL": proxy.url(), "TOKEN": "bench-token", "CA": "",
+               "WINDOW": "", "DIR": tempfile.mkdtemp(prefix="uplink-bench-outbox-")}
+        out = _run(SCRIPT, env, heapsize=heap, timeout=3600)
+    finally:
+        proxy.stop()
+    res = _result(out)
+    paced = [x.split() for x in out.splitlines() if x.startswith("PACED")]
+    if res is None or not paced:
+        print(f"ThingsBoard-limited drain: failed\n{out[-2000:]}")
+        return
+    cnt, us, low, acked = res
+    s = us / 1e6
+    print(f"mqtt   drain under ThingsBoard Cloud's limits {CLOUD_LIMITS}: {cnt:,} readings "
+          f"in {s:.0f} s: {cnt / s:>6,.1f} readings/s, {prof.data_points / s:,.0f} data points/s; "
+          f"violations {len(proxy.violations)}, connections {paced[0][2]}, MemoryErrors {out.count('MemoryError')}, "
+          f"acked {acked:,}", flush=True)
+
+
 def main(argv: list[str]) -> None:
     n = int(_opt(argv, "n", "10000"))
     heap = _opt(argv, "heap", "96k")
@@ -242,6 +276,7 @@ def main(argv: list[str]) -> None:
                 print(f"{scheme:6} client alone, wait=False + flush (100 B each):   {r[0]:>6,} msg/s")
             if o:
                 print(f"{'':6} outbox alone, read+ack (batch {batch}):             {o[0]:>6,} records/s", flush=True)
+        limited(broker, heap, batch, _opt(argv, "tb_n", "1000"))
         flaps(broker, heap, batch, _opt(argv, "flap_n", "2000"), int(_opt(argv, "flap_s", "60")))
     finally:
         broker.stop()

@@ -118,3 +118,19 @@ async def test_a_burst_keeps_every_window_of_every_limit():
         await t
     assert refused == []
     assert lim.waited > 0  # it did have to wait: the burst was over the limits
+
+
+async def test_health_keys_take_at_most_a_quarter_of_the_tightest_data_point_window():
+    from time import ticks_add, ticks_ms
+
+    a = tb()
+    c = Client()
+    assert a.health_due() and a.health_due()  # no limits: every reading has its health keys
+    await answer_limits(a, c, {"maxPayloadSize": 65536, "rateLimits": {
+        "messages": "200:1,6000:60", "telemetryDataPoints": "200:1,6000:60,14000:3600"}})
+    # ~12 keys in a quarter of 14000 an hour: one reading with health every 12.3 s at most
+    assert 12000 <= a.limits.health_every_ms() <= 12500
+    assert a.health_due()
+    assert not a.health_due()  # the next reading goes without them
+    a._health_at = ticks_add(ticks_ms(), -a.limits.health_every_ms())
+    assert a.health_due()

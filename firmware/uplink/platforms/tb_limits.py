@@ -70,6 +70,15 @@ class Limits:
         least = min([b.least for s in self.sets for b in s[:2] if b.least] or [0])
         return max(1, least // 5) if least else None  # 5: 1 / (1 - SHARE)
 
+    def health_every_ms(self, keys=12):
+        """How often a reading may carry the ~12 health keys so that they take at most a
+        quarter of the tightest data-point window (14000 an hour: every 12 s)."""
+        ms = 0
+        for s in self.sets:
+            for w in s[2].w:
+                ms = max(ms, int(4 * keys / w[1]))
+        return ms
+
     def _cost(self, topic, payload):
         # data points: the key-values, as ThingsBoard counts them; counted here without
         # parsing ('":' ends every key; "ts" and "values" are not data points). A '":' inside

@@ -88,6 +88,7 @@ class Adapter(Base):
         self._answers = True
         self.max_inflight = None
         self._client = None  # the client on_connect was last given
+        self._health_at = None  # ticks_ms() of the last reading with health keys (health_due)
         self.limits = None  # the session's rate limits (tb_limits.Limits), when the server gave any
         self.provision_timeout_s = 30
 
@@ -179,6 +180,18 @@ class Adapter(Base):
         client.pace = lim  # every publish of this session waits for its tokens (MQTTClient.publish)
         n = lim.inflight() if lim is not None else None
         return min(n, self.max_inflight or n) if n else self.max_inflight
+
+    def health_due(self):
+        """Whether this reading carries the health keys: under a data-point limit at most
+        every tb_limits.health_every_ms, so that they never eat the readings' budget."""
+        lim = self.limits
+        if lim is None:
+            return True
+        now = ticks_ms()
+        if self._health_at is not None and ticks_diff(now, self._health_at) < lim.health_every_ms():
+            return False
+        self._health_at = now
+        return True
 
     def _running(self):
         return self.ctx.fw()  # the running bundle's manifest (uplink.ota)
