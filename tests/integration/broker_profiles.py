@@ -176,6 +176,7 @@ _TB_CLAIM = "https://thingsboard.io/docs/user-guide/claiming-devices/"
 _TB_OTA = "https://thingsboard.io/docs/user-guide/ota-updates/"
 _TB_CONF = "https://thingsboard.io/docs/user-guide/install/config/"
 _TB_TENANT = "https://thingsboard.io/docs/user-guide/tenant-profiles/"
+_TB_BASIC = "https://thingsboard.io/docs/user-guide/basic-mqtt/"
 _TB_PAAS = "https://thingsboard.io/docs/paas/subscription/"
 _BL_AUTH = "https://docs.blynk.io/en/blynk.cloud-mqtt-api/device-mqtt-api/authentication"
 _BL_TOPICS = "https://docs.blynk.io/en/blynk.cloud-mqtt-api/device-mqtt-api/topic-structure"
@@ -197,6 +198,9 @@ RULES: dict[str, Rule] = {
                           assumption=True),
     # ThingsBoard
     "tb.token_username": Rule("Access-token devices put the token in the CONNECT username.", _TB),
+    "tb.basic": Rule("A device whose credential type is MQTT Basic connects with the client id only (any username "
+                     "and password), or the username and password (any client id; the password optional), or all "
+                     "three; credentials that match none are refused.", _TB_BASIC),
     "tb.no_password": Rule("The docs' access-token CONNECT has a username and nothing else; ThingsBoard "
                            "ignores a password there, so one is most likely the token in the wrong "
                            "field.", assumption=True),
@@ -415,7 +419,8 @@ _TB_OTA_SHARED = {"fw_title", "fw_version", "fw_checksum", "fw_checksum_algorith
 
 
 class ThingsBoard(Profile):
-    """Access token as username, no password; `provision` (no password) for provisioning;
+    """Access token as username, no password, or MQTT Basic credentials (`basic`); `provision`
+    (no password) for provisioning; rate limits and getSessionLimits (`rate_limits`);
     v1/... topics only; JSON shapes of telemetry/attributes/gateway; max payload. Every
     refusal names its rule in RULES."""
 
@@ -424,8 +429,11 @@ class ThingsBoard(Profile):
     answer_rule = "tb.session_limits"  # the rule behind answer()
 
     def __init__(self, tokens: dict[str, str] | None = None, *, provisioning: bool = False,
-                 max_payload: int = 65536, rate_limits: dict[str, str] | None = None, max_inflight: int = 100):
+                 max_payload: int = 65536, rate_limits: dict[str, str] | None = None, max_inflight: int = 100,
+                 basic: list[dict] | None = None):
         self.tokens = dict(tokens or {})  # token -> "device" | "gateway"
+        # MQTT Basic credentials: {"client_id", "username", "password"}, each optional
+        self.basic = list(basic or [])
         self.provisioning = provisioning
         self.max_payload = max_payload
         # {"messages": "N:S,...", "telemetryMessages": ..., "telemetryDataPoints": ...}: enforced,
@@ -446,14 +454,30 @@ class ThingsBoard(Profile):
             ok = "messages" not in b or b["messages"].take(1)
         return None if ok else broke("tb.rate_limits", f"{what} over the rate limits {self.rate_limits}")
 
+    def _basic(self, c: Connect) -> dict | None:
+        pw = c.password.decode() if c.password is not None else None
+        for b in self.basic:
+            if b.get("client_id") is not None and b["client_id"] != c.client_id:
+                continue
+            if b.get("username") is not None and (b["username"] != c.username or b.get("password") != pw):
+                continue
+            return b
+        return None
+
     def connect(self, c: Connect) -> Session:
-        if c.password is not None:
+        b = self._basic(c)
+        if b is not None:
+            s = Session(b.get("username") or b.get("client_id"), c.client_id, b.get("role", "device"))
+        elif c.password is not None:
+            if self.basic:
+                raise Refuse(4, "tb.basic", "no MQTT Basic credentials match")
             raise Refuse(4, "tb.no_password", "ThingsBoard access-token CONNECT carries no password", violation=True)
-        if c.username == "provision" and self.provisioning:
+        elif c.username == "provision" and self.provisioning:
             return Session(c.username, c.client_id, "provision")
-        if c.username is None or c.username not in self.tokens:
+        elif c.username is None or c.username not in self.tokens:
             raise Refuse(5, "tb.token_username" if c.username is None else "tb.unknown_token", "unknown access token")
-        s = Session(c.username, c.client_id, self.tokens[c.username])
+        else:
+            s = Session(c.username, c.client_id, self.tokens[c.username])
         if self._limit(s, 0, "the session's open"):  # ThingsBoard: CONNACK "server unavailable" in 3.1.1
             raise Refuse(3, "tb.rate_limits", "session open over the messages rate limit", violation=True)
         return s
