@@ -205,6 +205,8 @@ class MQTTClient:
         insecure=False,
         window=48,
         max_packet=4096,
+        cert=None,
+        key=None,
     ):
         transport.parse_url(url)  # a bad URL fails here, not at the first connect
         self._url = url
@@ -217,6 +219,7 @@ class MQTTClient:
         self._will = will  # (topic, message[, retain[, qos]])
         self._ca = ca
         self._insecure = insecure
+        self._cert = (cert, key)  # the client certificate and its key (DER files), or None
         window = max(1, window)
         self._window = window
         self._max = max_packet
@@ -366,7 +369,8 @@ class MQTTClient:
             user, pw = await self._creds()  # a token may have been refreshed
         ms = self.connect_timeout_ms
         try:
-            s = await transport.open_stream(self._url, ca=self._ca, insecure=self._insecure, timeout_ms=ms)
+            s = await transport.open_stream(self._url, ca=self._ca, insecure=self._insecure, timeout_ms=ms,
+                                            cert=self._cert[0], key=self._cert[1])
         except asyncio.TimeoutError:
             raise OSError("cannot reach %s within %s (TCP connect or WebSocket upgrade)"
                           % (transport.parse_url(self._url)[1], _span(ms)))
@@ -380,6 +384,14 @@ class MQTTClient:
             # a broker (or a proxy, a captive portal) that accepts TCP but never speaks MQTT
             raise MQTTError(("no CONNACK within %s" if sent[0] else
                              "no answer to the TLS handshake within %s") % _span(ms))
+        except OSError as e:
+            s.close()
+            if self._cert[0] is None:
+                raise
+            # a broker that does not take our client certificate ends the TLS session before
+            # any MQTT: a refused login, waited out as one
+            raise MQTTAuthError("the broker ended the TLS session before CONNACK (%s): it refused the client "
+                                "certificate %s (expired, or not signed by a CA it trusts)" % (e, self._cert[0]))
         except BaseException:
             s.close()
             raise

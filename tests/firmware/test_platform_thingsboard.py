@@ -466,3 +466,12 @@ async def test_a_server_that_never_answers_the_limits_is_waited_for_once():
         assert asyncio.ticks_diff(asyncio.ticks(), t0) < 100  # not waited for again this boot
     finally:
         thingsboard.LIMITS_WAIT_MS = saved
+
+
+async def test_an_x509_device_needs_no_token_and_sends_no_username():
+    # thingsboard.io/docs/user-guide/certificates/: the certificate is the login
+    a = adapter("thingsboard", client_cert="client.der", client_key="client_key.der")
+    assert await a.credentials() == (None, None)
+    assert not a.needs_provisioning()
+    with raises(config.ConfigError, "platform.client_cert and platform.client_key"):
+        adapter("thingsboard", client_cert="client.der")

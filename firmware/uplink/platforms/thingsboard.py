@@ -24,6 +24,10 @@ SCHEMA = {
     "token": (str, None),
     "provision_key": (str, None),
     "provision_secret": (str, None),
+    # X.509 authentication (thingsboard.io/docs/user-guide/certificates/): the device's
+    # certificate and private key, DER files on the board; then no token
+    "client_cert": (str, None),
+    "client_key": (str, None),
     "gateway_devices": ([str], None),
     "shared_attributes": ([str], []),
     "claim_secret": (str, None),
@@ -73,9 +77,14 @@ class Adapter(Base):
 
             self.gateway = Gateway(self, devices)
         self.shared_keys = p.get("shared_attributes") or []
-        if not self.needs_provisioning():
-            self.require("token", "give the device's access token, or provision_key and "
-                         "provision_secret to provision it on first boot")
+        if bool(p.get("client_cert")) != bool(p.get("client_key")):
+            from uplink import ConfigError
+
+            raise ConfigError("config.json: platform.client_cert and platform.client_key: give both (X.509), "
+                              "or neither")
+        if not self.needs_provisioning() and not p.get("client_cert"):
+            self.require("token", "give the device's access token, an X.509 client_cert and client_key, or "
+                         "provision_key and provision_secret to provision it on first boot")
         self._rpc_id = 0
         self._pending = {}  # client-side RPC / attribute request id -> method
         self._echoes = False  # the broker hands our own requests back (see handle)
@@ -95,7 +104,7 @@ class Adapter(Base):
     # -- connecting ----------------------------------------------------------------------
     def needs_provisioning(self):
         p = self.cfg["platform"]
-        return (not p.get("token") and p.get("credentials") is None
+        return (not p.get("token") and p.get("credentials") is None and not p.get("client_cert")
                 and bool(p.get("provision_key")) and bool(p.get("provision_secret")))
 
     async def prepare(self, ctx):
@@ -109,7 +118,8 @@ class Adapter(Base):
     async def credentials(self):
         if self.creds is not None:
             return await self.creds()
-        return (self.cfg["platform"]["token"], None)
+        # X.509: the certificate is the login, the CONNECT carries no username
+        return (self.cfg["platform"].get("token"), None)
 
     def subscriptions(self):
         subs = [(ATTRIBUTES, 1), (ATTR_RESPONSE + "+", 1), (RPC_REQUEST + "+", 1),
