@@ -251,7 +251,10 @@ RULES: dict[str, Rule] = {
                             "comma-separated names.", _TB),
     "tb.client_rpc": Rule("A client-side RPC request has a method (and params).", _TB),
     "tb.gateway_shapes": Rule("Gateway telemetry is {device: [readings]}; connect/disconnect carry "
-                              "{\"device\": name}; an RPC reply carries device, id and data.", _TB_GW),
+                              "{\"device\": name}; an RPC reply carries device, id and data; attributes are "
+                              "{device: {key: value}}; an attribute request is {\"id\": n, \"device\": name, "
+                              "\"client\": true|false, \"key\": k} (or \"keys\": [...]); a claim is {device: "
+                              "{\"secretKey\": text, \"durationMs\": ms}}.", _TB_GW),
     # Blynk
     "blynk.clean": Rule("Only clean sessions are supported.", _BL_AUTH),
     "blynk.client_id": Rule("The client id is empty or any UTF-8 text up to 64 characters.", _BL_AUTH),
@@ -559,6 +562,19 @@ class ThingsBoard(Profile):
         elif topic == "v1/gateway/rpc":
             if not isinstance(doc, dict) or not {"device", "id", "data"} <= set(doc):
                 return broke("tb.gateway_shapes", "gateway RPC reply needs device, id and data")
+        elif topic in ("v1/gateway/attributes", "v1/gateway/claim"):
+            if not isinstance(doc, dict) or not doc or not all(isinstance(v, dict) and v for v in doc.values()):
+                return broke("tb.gateway_shapes", f"{topic} takes {{device: {{...}}}}: {doc}")
+            claims = doc.values() if topic == "v1/gateway/claim" else ()
+            if not all(isinstance(v.get("secretKey"), str) and isinstance(v.get("durationMs", 0), int) for v in claims):
+                return broke("tb.gateway_shapes", f"a gateway claim needs secretKey (text) and durationMs: {doc}")
+        elif topic == "v1/gateway/attributes/request":
+            keys = doc.get("keys", [doc.get("key")]) if isinstance(doc, dict) else None
+            if not isinstance(doc, dict) or not isinstance(doc.get("id"), int) \
+                    or not isinstance(doc.get("device"), str) or not isinstance(doc.get("client"), bool) \
+                    or not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+                return broke("tb.gateway_shapes", f"a gateway attribute request needs id, device, client and key(s): "
+                             f"{doc}")
         elif topic.startswith("v1/devices/me/rpc/request/"):
             if not isinstance(doc, dict) or not isinstance(doc.get("method"), str):
                 return broke("tb.client_rpc", "client-side RPC needs a method")

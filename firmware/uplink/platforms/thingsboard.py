@@ -217,7 +217,8 @@ class Adapter(Base):
         return user_attributes(attrs)
 
     # -- requests the device makes ---------------------------------------------------------
-    def _next_id(self, method):
+    def next_id(self, method):
+        """A request id, remembered as `method`'s (its answer is matched by it)."""
         self._rpc_id += 1
         if len(self._pending) >= 8:  # bounded: answers that never came are forgotten
             self._pending = {}
@@ -226,14 +227,14 @@ class Adapter(Base):
 
     def rpc_request(self, method, params=None):
         """Client-side RPC: (topic, payload); the answer comes back through handle()."""
-        rid = self._next_id(method)
+        rid = self.next_id(method)
         return (RPC_REQUEST + str(rid),
                 dumps({"method": method, "params": {} if params is None else params}).encode())
 
     def attributes_request(self, client=None, shared=None, method="attributes"):
         """(topic, payload) asking for attribute values; answered as Command("attributes")
         (method "fw": an OTA announcement, or nothing)."""
-        rid = self._next_id(method)
+        rid = self.next_id(method)
         req = {}
         if client:
             req["clientKeys"] = ",".join(client)
@@ -269,7 +270,11 @@ class Adapter(Base):
             if k is not None:  # not a reading: an uplink.cloud record
                 r = readings[i]
                 if k == "a":
-                    t, payload = self.attributes_message(r["values"])
+                    dev = r.get("device")  # a sub-device's (uplink.cloud, gateway mode)
+                    if dev is not None and self.gateway is not None:
+                        t, payload = self.gateway.attributes_message(dev, r["values"])
+                    else:
+                        t, payload = self.attributes_message(r["values"])
                     out.append((t, payload, 1) if len(payload) <= self.max_payload - len(t) - 4
                                else too_big(1, len(payload), self.max_payload))
                 else:
