@@ -219,7 +219,7 @@ class MQTTClient:
         self._will = will  # (topic, message[, retain[, qos]])
         self._ca = ca
         self._insecure = insecure
-        self._cert = (cert, key)  # the client certificate and its key (DER files), or None
+        self._cert = (cert, key) if cert else None  # the client certificate and its key (DER files)
         window = max(1, window)
         self._window = window
         self._max = max_packet
@@ -370,7 +370,7 @@ class MQTTClient:
         ms = self.connect_timeout_ms
         try:
             s = await transport.open_stream(self._url, ca=self._ca, insecure=self._insecure, timeout_ms=ms,
-                                            cert=self._cert[0], key=self._cert[1])
+                                            cert=self._cert)
         except asyncio.TimeoutError:
             raise OSError("cannot reach %s within %s (TCP connect or WebSocket upgrade)"
                           % (transport.parse_url(self._url)[1], _span(ms)))
@@ -386,12 +386,11 @@ class MQTTClient:
                              "no answer to the TLS handshake within %s") % _span(ms))
         except OSError as e:
             s.close()
-            if self._cert[0] is None:
+            if self._cert is None:
                 raise
             # a broker that does not take our client certificate ends the TLS session before
-            # any MQTT: a refused login, waited out as one
-            raise MQTTAuthError("the broker ended the TLS session before CONNACK (%s): it refused the client "
-                                "certificate %s (expired, or not signed by a CA it trusts)" % (e, self._cert[0]))
+            # any MQTT: a refused login, waited out as one (adapter.explain says more)
+            raise MQTTAuthError("TLS session ended before CONNACK (%s)" % e)
         except BaseException:
             s.close()
             raise

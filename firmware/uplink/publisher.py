@@ -137,8 +137,9 @@ class Publisher:
             return True
         lim = await self.adapter.ready(c)
         if lim:
-            # fewer in flight (ThingsBoard: its rate limits' margin): bigger messages in the
-            # same memory, so a messages-per-second limit costs fewer readings per second
+            # fewer in flight (ThingsBoard: its rate limits' margin): bigger messages, so a
+            # messages-per-second limit costs fewer readings; at most 32 in flight's share
+            # (256 B): 512 B ones met MemoryError on a fragmented 96 KB heap
             lim = min(len(self._pid), lim)
             was = self._full[1]
             self._full = (lim, min(MSG_BYTES, INFLIGHT_BYTES // max(lim, 32)))

@@ -131,13 +131,13 @@ class Adapter(Base):
         return subs
 
     async def on_connect(self, client):
-        # The running firmware by the names of ThingsBoard's OTA guide (current_fw_title/_version;
-        # fw_version is the shared attribute announcing a package), as client attributes: as
-        # telemetry they would be a message that is no reading (thingsboard.io/docs/user-guide/ota-updates/).
         # the last session's limits pace this one until the server answers again: ThingsBoard
         # counts per device, across connections
         self._client = client
         client.pace = self.limits
+        # The running firmware by the names of ThingsBoard's OTA guide (current_fw_title/_version;
+        # fw_version is the shared attribute announcing a package), as client attributes: as
+        # telemetry they would be a message that is no reading (thingsboard.io/docs/user-guide/ota-updates/).
         t, v = self._running()
         attrs = {"board": self.ctx.board.name, "current_fw_title": t, "current_fw_version": v}
         ip = self.ctx.ip
@@ -188,8 +188,8 @@ class Adapter(Base):
                 pass
         lim = self.limits
         client.pace = lim  # every publish of this session waits for its tokens (MQTTClient.publish)
-        n = lim.inflight() if lim is not None else None
-        return min(n, self.max_inflight or n) if n else self.max_inflight
+        room = lim.inflight() if lim is not None else None
+        return min(room, self.max_inflight or room) if room else self.max_inflight
 
     def health_due(self):
         """Whether this reading carries the health keys: under a data-point limit at most
@@ -249,6 +249,12 @@ class Adapter(Base):
         """Client attributes: one JSON object to v1/devices/me/attributes (MQTT API,
         "Publish attribute update to the server")."""
         return (ATTRIBUTES, dumps(values).encode())
+
+    def explain(self, event, detail):
+        if event == "auth_error" and self.cfg["platform"].get("client_cert"):
+            return "%s: most likely it refused the client certificate %s (expired, or not signed by a CA it " \
+                "trusts)" % (detail, self.cfg["platform"]["client_cert"])
+        return detail
 
     def cloud_api(self):
         """uplink.cloud's calls: the adapter's own (it sends these requests itself at every
