@@ -132,5 +132,5 @@ async def test_health_keys_take_at_most_a_quarter_of_the_tightest_data_point_win
     assert 12000 <= a.limits.health_every_ms() <= 12500
     assert a.health_due()
     assert not a.health_due()  # the next reading goes without them
-    a._health_at = ticks_add(ticks_ms(), -a.limits.health_every_ms())
+    a.limits._health_at = ticks_add(ticks_ms(), -a.limits.health_every_ms())
     assert a.health_due()

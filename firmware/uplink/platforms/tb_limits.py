@@ -16,6 +16,24 @@ TELEMETRY = ("v1/devices/me/telemetry", "v1/devices/me/attributes", "v1/gateway/
              "v1/gateway/attributes")
 
 
+def update(adapter, ans):
+    """A getSessionLimits answer's rate limits (a gateway's: its own and its devices') as
+    adapter.limits, pacing its client from the next message on; the buckets of the last
+    answer are kept while the server says the same (ThingsBoard keeps its own per device)."""
+    given = tuple(r for r in (ans.get("rateLimits"), ans.get("gatewayRateLimits"))
+                  if isinstance(r, dict) and any(r.values()))
+    if not given:
+        adapter.limits = None
+    elif adapter.limits is None or adapter.limits.specs != given:
+        try:
+            adapter.limits = Limits(*given)
+        except ValueError as e:
+            adapter.limits = None
+            log.error("thingsboard", "%s: sent without pacing" % e)
+    if adapter._client is not None:
+        adapter._client.pace = adapter.limits
+
+
 class Bucket:
     """One limit: per window [capacity, tokens per ms, tokens]."""
 
@@ -63,12 +81,22 @@ class Limits:
         self.sets = [(Bucket(r.get("messages"), "messages"), Bucket(r.get("telemetryMessages"), "telemetryMessages"),
                       Bucket(r.get("telemetryDataPoints"), "telemetryDataPoints")) for r in sets]
         self.waited = 0  # ms spent waiting for tokens, for the health keys and the bench
+        self._health_at = None  # ticks_ms() of the last reading with health keys
 
     def inflight(self):
         """Messages in flight that a resend after a reconnect (unpaced) can take out of the
         margin: a fifth of the smallest message window, at least one."""
         least = min([b.least for s in self.sets for b in s[:2] if b.least] or [0])
         return max(1, least // 5) if least else None  # 5: 1 / (1 - SHARE)
+
+    def health_due(self):
+        """Whether this reading carries the health keys: at most every health_every_ms, so
+        that they never eat the readings' budget."""
+        now = ticks_ms()
+        if self._health_at is not None and ticks_diff(now, self._health_at) < self.health_every_ms():
+            return False
+        self._health_at = now
+        return True
 
     def health_every_ms(self, keys=12):
         """How often a reading may carry the ~12 health keys so that they take at most a

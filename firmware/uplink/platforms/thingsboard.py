@@ -77,12 +77,9 @@ class Adapter(Base):
 
             self.gateway = Gateway(self, devices)
         self.shared_keys = p.get("shared_attributes") or []
-        if bool(p.get("client_cert")) != bool(p.get("client_key")):
-            from uplink import ConfigError
-
-            raise ConfigError("config.json: platform.client_cert and platform.client_key: give both (X.509), "
-                              "or neither")
-        if not self.needs_provisioning() and not p.get("client_cert"):
+        if p.get("client_cert"):  # X.509: the certificate is the login
+            self.require("client_key", "the private key of client_cert (X.509)")
+        elif not self.needs_provisioning():
             self.require("token", "give the device's access token, an X.509 client_cert and client_key, or "
                          "provision_key and provision_secret to provision it on first boot")
         self._rpc_id = 0
@@ -97,7 +94,6 @@ class Adapter(Base):
         self._answers = True
         self.max_inflight = None
         self._client = None  # the client on_connect was last given
-        self._health_at = None  # ticks_ms() of the last reading with health keys (health_due)
         self.limits = None  # the session's rate limits (tb_limits.Limits), when the server gave any
         self.provision_timeout_s = 30
 
@@ -192,16 +188,8 @@ class Adapter(Base):
         return min(room, self.max_inflight or room) if room else self.max_inflight
 
     def health_due(self):
-        """Whether this reading carries the health keys: under a data-point limit at most
-        every tb_limits.health_every_ms, so that they never eat the readings' budget."""
-        lim = self.limits
-        if lim is None:
-            return True
-        now = ticks_ms()
-        if self._health_at is not None and ticks_diff(now, self._health_at) < lim.health_every_ms():
-            return False
-        self._health_at = now
-        return True
+        # under a data-point limit, not in every reading (tb_limits.Limits.health_due)
+        return self.limits is None or self.limits.health_due()
 
     def _running(self):
         return self.ctx.fw()  # the running bundle's manifest (uplink.ota)
@@ -390,30 +378,15 @@ class Adapter(Base):
             self.max_payload = min(size, self.cfg["platform"].get("max_payload") or DEFAULT_MAX_PAYLOAD)
             n = ans.get("maxInflightMessages")
             self.max_inflight = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
-            self._rate_limits(ans.get("rateLimits"), ans.get("gatewayRateLimits"))
+            if self.limits or ans.get("rateLimits") or ans.get("gatewayRateLimits"):
+                from uplink.platforms import tb_limits  # (loaded only where there are limits)
+
+                tb_limits.update(self, ans)
             self._limits_for = self._asked_on
             self._answers = True
             self._limits.set()
             return None
         return Command("rpc_answer", {"method": method, "result": ans})
-
-    def _rate_limits(self, *given):
-        # the session's rate limits (a gateway's: its own and its devices'), paced by
-        # uplink.platforms.tb_limits from the next message on; the buckets of the last answer
-        # are kept while the server says the same (ThingsBoard keeps its own per device)
-        given = tuple(r for r in given if isinstance(r, dict) and any(r.values()))
-        if not given:
-            self.limits = None
-        elif self.limits is None or self.limits.specs != given:
-            from uplink.platforms.tb_limits import Limits
-
-            try:
-                self.limits = Limits(*given)
-            except ValueError as e:
-                self.limits = None
-                log.error("thingsboard", "%s: sent without pacing" % e)
-        if self._client is not None:
-            self._client.pace = self.limits
 
     def reply(self, cmd, result):
         to = cmd.reply_to
