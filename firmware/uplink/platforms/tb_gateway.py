@@ -56,7 +56,14 @@ class Gateway:
         return (GW_CLAIM, dumps({device: {"secretKey": secret_key, "durationMs": duration_ms}}).encode())
 
     def encode_run(self, readings, i, out):
-        # {"A":[{"ts":..,"values":{..}}, ...], "B":[...]} for a run of sub-device readings
+        # {"A":[{"ts":..,"values":{..}}, ...], "B":[...]} for a run of sub-device readings; a
+        # sub-device's uplink.cloud attribute record (k "a") on its own
+        r = readings[i]
+        if r.get("k") == "a":
+            t, payload = self.attributes_message(r["device"], r["values"])
+            out.append((t, payload, 1) if len(payload) <= self.adapter.max_payload - len(t) - 4
+                       else too_big(1, len(payload), self.adapter.max_payload))
+            return i + 1
         adapter = self.adapter
         limit = adapter.max_payload
         room = limit - len(GW_TELEMETRY) - 4
@@ -68,7 +75,7 @@ class Gateway:
         while i < n:
             r = readings[i]
             dev = r.get("device")
-            if dev is None or "k" in r:  # (an uplink.cloud record for a sub-device: adapter.encode)
+            if dev is None or "k" in r:
                 break
             piece = adapter.piece(r)
             extra = len(piece)

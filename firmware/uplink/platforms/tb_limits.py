@@ -18,7 +18,7 @@ TELEMETRY = ("v1/devices/me/telemetry", "v1/devices/me/attributes", "v1/gateway/
 
 def update(adapter, ans):
     """A getSessionLimits answer's rate limits (a gateway's: its own and its devices') as
-    adapter.limits, pacing its client from the next message on; the buckets of the last
+    adapter.limits, pacing its client from adapter.ready() on; the buckets of the last
     answer are kept while the server says the same (ThingsBoard keeps its own per device)."""
     given = tuple(r for r in (ans.get("rateLimits"), ans.get("gatewayRateLimits"))
                   if isinstance(r, dict) and any(r.values()))
@@ -30,8 +30,6 @@ def update(adapter, ans):
         except ValueError as e:
             adapter.limits = None
             log.error("thingsboard", "%s: sent without pacing" % e)
-    if adapter._client is not None:
-        adapter._client.pace = adapter.limits
 
 
 class Bucket:

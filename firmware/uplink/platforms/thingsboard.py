@@ -78,7 +78,7 @@ class Adapter(Base):
             self.gateway = Gateway(self, devices)
         self.shared_keys = p.get("shared_attributes") or []
         if p.get("client_cert"):  # X.509: the certificate is the login
-            self.require("client_key", "the private key of client_cert (X.509)")
+            self.require("client_key", "client_cert's private key")
         elif not self.needs_provisioning():
             self.require("token", "give the device's access token, an X.509 client_cert and client_key, or "
                          "provision_key and provision_secret to provision it on first boot")
@@ -93,7 +93,6 @@ class Adapter(Base):
         self._limits = asyncio.Event()
         self._answers = True
         self.max_inflight = None
-        self._client = None  # the client on_connect was last given
         self.limits = None  # the session's rate limits (tb_limits.Limits), when the server gave any
         self.provision_timeout_s = 30
 
@@ -127,9 +126,8 @@ class Adapter(Base):
         return subs
 
     async def on_connect(self, client):
-        # the last session's limits pace this one until the server answers again: ThingsBoard
-        # counts per device, across connections
-        self._client = client
+        # the last session's limits pace this one until the server answers again (ready()):
+        # ThingsBoard counts per device, across connections
         client.pace = self.limits
         # The running firmware by the names of ThingsBoard's OTA guide (current_fw_title/_version;
         # fw_version is the shared attribute announcing a package), as client attributes: as
@@ -182,9 +180,8 @@ class Adapter(Base):
                 await asyncio.wait_for_ms(self._limits.wait(), left)
             except asyncio.TimeoutError:
                 pass
-        lim = self.limits
-        client.pace = lim  # every publish of this session waits for its tokens (MQTTClient.publish)
-        room = lim.inflight() if lim is not None else None
+        lim = client.pace = self.limits  # every publish waits for its tokens (MQTTClient.publish)
+        room = lim and lim.inflight()
         return min(room, self.max_inflight or room) if room else self.max_inflight
 
     def health_due(self):
@@ -261,21 +258,17 @@ class Adapter(Base):
         i, n = 0, len(readings)
         while i < n:
             k = readings[i].get("k")
-            if k is not None:  # not a reading: an uplink.cloud record
+            if self.gateway is not None and readings[i].get("device") is not None:
+                i = self.gateway.encode_run(readings, i, out)  # (and its uplink.cloud records)
+            elif k is not None:  # not a reading: an uplink.cloud record
                 r = readings[i]
                 if k == "a":
-                    dev = r.get("device")  # a sub-device's (uplink.cloud, gateway mode)
-                    if dev is not None and self.gateway is not None:
-                        t, payload = self.gateway.attributes_message(dev, r["values"])
-                    else:
-                        t, payload = self.attributes_message(r["values"])
+                    t, payload = self.attributes_message(r["values"])
                     out.append((t, payload, 1) if len(payload) <= self.max_payload - len(t) - 4
                                else too_big(1, len(payload), self.max_payload))
                 else:
                     out.append((None, ("a %r record is not for ThingsBoard" % k).encode(), 1))
                 i += 1
-            elif self.gateway is not None and readings[i].get("device") is not None:
-                i = self.gateway.encode_run(readings, i, out)
             else:
                 i = self._encode_me(readings, i, out)
         return out
@@ -378,7 +371,7 @@ class Adapter(Base):
             self.max_payload = min(size, self.cfg["platform"].get("max_payload") or DEFAULT_MAX_PAYLOAD)
             n = ans.get("maxInflightMessages")
             self.max_inflight = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
-            if self.limits or ans.get("rateLimits") or ans.get("gatewayRateLimits"):
+            if self.limits or ans.get("rateLimits"):  # (a gateway's come with its devices')
                 from uplink.platforms import tb_limits  # (loaded only where there are limits)
 
                 tb_limits.update(self, ans)
