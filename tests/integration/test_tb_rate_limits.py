@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.bench.bench_drain import SCRIPT
+from tests.bench.bench_drain import LIMITED_SCRIPT
 from tests.integration import mpy
 from tests.integration.broker_profiles import ThingsBoard, publish_packet
 from tests.services import mosquitto_bin
@@ -67,7 +67,7 @@ def test_a_10000_reading_backlog_drains_within_the_rate_limits(env):
     prof = ThingsBoard({TOKEN: "device"}, rate_limits=LIMITS)
     proxy = env.proxy(prof)
     n = 10000
-    p = mpy.start(SCRIPT, compiled=True, heapsize="96k",
+    p = mpy.start(LIMITED_SCRIPT, compiled=True, heapsize="96k",
                   env={"N": str(n), "MODE": "limited", "BATCH": "20", "URL": proxy.url(), "TOKEN": TOKEN,
                        "SMALL": "1", "CA": "", "WINDOW": "", "DIR": tempfile.mkdtemp(prefix="uplink-tb-limits-")})
     try:
