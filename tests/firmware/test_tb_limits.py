@@ -134,3 +134,20 @@ async def test_health_keys_take_at_most_a_quarter_of_the_tightest_data_point_win
     assert not a.health_due()  # the next reading goes without them
     a.limits._health_at = ticks_add(ticks_ms(), -a.limits.health_every_ms())
     assert a.health_due()
+
+
+def test_a_resent_packet_takes_its_tokens_and_a_gateway_keeps_both_sets():
+    from uplink.mqtt import publish_packet
+    from uplink.platforms import tb_limits
+
+    lim = tb_limits.Limits({"telemetryMessages": "10:1", "telemetryDataPoints": "100:1"}, {"messages": "5:1"})
+    assert len(lim.sets) == 2  # the gateway's own and its devices': both apply to every message
+    pkt = publish_packet("v1/devices/me/telemetry", b'[{"ts":1,"values":{"a":1,"b":2}},{"ts":2,"values":{"c":3}}]',
+                         1, False, 7)
+    before = lim.sets[0][2].w[0][2]
+    lim.resent(pkt)  # what the client writes again after a reconnect
+    assert before - lim.sets[0][2].w[0][2] == 3  # its three data points
+    assert lim.sets[0][1].w[0][2] == 7  # and one telemetry message (of 8, 80% of 10)
+    a = tb()
+    tb_limits.update(a, {"rateLimits": {"messages": "10:1"}, "gatewayRateLimits": {"messages": "50:1"}})
+    assert len(a.limits.sets) == 2 and a.limits.inflight() == 2
