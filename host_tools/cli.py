@@ -120,7 +120,7 @@ def validate(
         if as_json:
             UI.data({"ok": False, "problems": e.problems})
         raise
-    from host_tools.provision import ProvisionError, ca_to_der
+    from host_tools.provision import ProvisionError, ca_to_der, client_cert_problems
 
     bad_files = []
     for name, dev in fleet.devices.items():
@@ -133,6 +133,7 @@ def validate(
                                  f"{path} ({e.strerror})")
             except ProvisionError as e:
                 bad_files.append(f"{fleet.path.name}: device '{name}': platform.ca: {e}")
+        bad_files += client_cert_problems(fleet, dev, S.store)
     if bad_files:
         if as_json:
             UI.data({"ok": False, "problems": bad_files})

@@ -197,7 +197,7 @@ _URL_RE = re.compile(r"^(mqtt|mqtts|ws|wss)://[^/:]+(:\d+)?(/.*)?$")
 # provision resolves them). A firmware key whose name says it is a secret must be listed
 # (tests/host/test_platform_parity.py).
 SECRET_KEYS = {
-    "thingsboard": {"token", "provision_key", "provision_secret", "claim_secret"},
+    "thingsboard": {"token", "provision_key", "provision_secret", "claim_secret", "client_key"},
     "blynk": {"token", "oauth_client_secret", "gateway_tokens"},  # gateway_tokens: every value
     "weightron": {"token"},
     "biotz": {"password"},
@@ -492,9 +492,13 @@ def _cross_checks(dev: Device, relay: Relay | None, relay_broken: bool = False) 
         elif getattr(p, "oidc", None) is None:
             out.append("platform.oidc: missing (required when credentials = \"relay\")")
     if isinstance(p, ThingsBoard) and not p.relay and not isinstance(p.credentials, StaticCredentials):
-        if not p.token and not (p.provision_key and p.provision_secret):
-            out.append("platform: needs token = \"secret:NAME\", or provision_key and "
-                       "provision_secret (first-boot provisioning, or `uplink provision --register`)")
+        if bool(p.client_cert) != bool(p.client_key):
+            out.append("platform.client_cert and client_key: both are needed (X.509: the device's "
+                       "certificate file and its private key as \"secret:NAME\")")
+        elif not p.token and not p.client_cert and not (p.provision_key and p.provision_secret):
+            out.append("platform: needs token = \"secret:NAME\", client_cert and client_key (X.509), or "
+                       "provision_key and provision_secret (first-boot provisioning, or `uplink provision "
+                       "--register`)")
     if isinstance(p, Blynk):
         oauth = p.oauth_client_id or p.oauth_client_secret
         if oauth and not (p.oauth_client_id and p.oauth_client_secret):

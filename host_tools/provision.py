@@ -30,7 +30,7 @@ from host_tools.fleet_schema import Strict, is_secret
 from host_tools.private_dir import private_dir
 from host_tools.secrets import PREFIX, SecretStore
 
-BUNDLE_FILES = ("config.json", "ca.der", "relay_ca.der", "board.json")
+BUNDLE_FILES = ("config.json", "ca.der", "relay_ca.der", "board.json", "client.der", "client_key.der")
 
 
 class ProvisionError(UplinkError):
@@ -250,9 +250,54 @@ def _platform(fleet: Fleet, dev: Device, p, i: int, store: SecretStore, files: d
         "credentials": _credentials(fleet, dev, store, files, redact, p),
     }
     platform.update(_kind_keys(dev, store, redact, p))
+    if platform.get("client_cert"):
+        _client_cert(fleet, platform, files, redact, where, "" if i == 0 else str(i))
     # null means "the default" in docs/config.md, but firmware/uplink/config.py rejects a
     # present key whose value is null: leave such keys out, which means the same to both
     return _drop_none(platform)
+
+
+def _client_cert(fleet: Fleet, platform: dict, files: dict, redact: bool, where: str, n: str) -> None:
+    """X.509 (host_tools.x509): the certificate file and the key secret as DER files."""
+    from host_tools import x509
+
+    cert, key = f"client{n}.der", f"client{n}_key.der"
+    path = fleet.resolve_path(platform["client_cert"])
+    try:
+        files[cert] = x509.cert_to_der(path.read_bytes(), str(path))
+        if not redact:
+            files[key] = x509.key_to_der(platform["client_key"], where + ".client_key")
+    except OSError as e:
+        raise ProvisionError(f"{where}.client_cert: cannot read {path} ({e.strerror})") from None
+    except x509.X509Error as e:
+        raise ProvisionError(str(e)) from None
+    platform.update(client_cert=cert, client_key=key)
+
+
+def client_cert_problems(fleet: Fleet, dev: Device, store: SecretStore) -> list[str]:
+    """For validate: each ThingsBoard section's client certificate and key, read, matched and
+    within their validity (a key whose secret is not set is reported as missing elsewhere)."""
+    from host_tools import x509
+
+    out = []
+    for i, p in enumerate(dev.platforms or [dev.platform]):
+        if not isinstance(p, ThingsBoard) or not p.client_cert:  # type: ignore[attr-defined]
+            continue
+        where = f"{fleet.path.name}: device '{dev.name}': " + (f"platforms[{i}]" if dev.platforms else "platform")
+        path = fleet.resolve_path(p.client_cert)  # type: ignore[attr-defined]
+        try:
+            cert = x509.cert_to_der(path.read_bytes(), str(path))
+            ref = p.client_key  # type: ignore[attr-defined]
+            if not ref or not ref.startswith(PREFIX) or store.get(ref[len(PREFIX):]) is None:
+                if not ref:
+                    out.append(f"{where}.client_key: missing: the private key of client_cert (a secret reference)")
+                continue
+            out += x509.problems(cert, x509.key_to_der(store.resolve(ref), where + ".client_key"), where)
+        except OSError as e:
+            out.append(f"{where}.client_cert: cannot read {path} ({e.strerror})")
+        except x509.X509Error as e:
+            out.append(str(e))
+    return out
 
 
 def _drop_none(d: dict) -> dict:
@@ -280,7 +325,8 @@ def write_file(path: Path, data: bytes, mode: int) -> None:
 def provision(fleet: Fleet, name: str, store: SecretStore, out: Path | None = None) -> Bundle:
     config, files = render(fleet, name, store)
     target = private_dir(bundle_dir(fleet, name, out))  # config.json holds secrets
-    secret_files = {"config.json"}  # tokens, Wi-Fi passwords, the relay device key
+    # tokens, Wi-Fi passwords, the relay device key; X.509 private keys
+    secret_files = {"config.json"} | {f for f in files if f.startswith("client") and f.endswith("_key.der")}
     for fname, data in sorted(files.items()):
         write_file(target / fname, data, 0o600 if fname in secret_files else 0o644)
     for stale in BUNDLE_FILES:

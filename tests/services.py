@@ -51,11 +51,14 @@ class Mosquitto:
     """A mosquitto process with four listeners; ports stay fixed across restarts."""
 
     def __init__(self, workdir: Path | None = None, *, passwords: dict | None = None, acl: str | None = None,
-                 persistence: bool = False):
+                 persistence: bool = False, client_certs: bool = False):
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="uplink-broker-"))
         self.pki = make_pki(self.dir / "pki")
         self.wrong_pki = make_pki(self.dir / "wrong-pki", ca_name="Some Other CA")
-        self.ports = {k: free_port() for k in ("mqtt", "mqtts", "ws", "wss")}
+        # client_certs: a fifth listener, "mqtts_cert", that requires a client certificate
+        # signed by the test CA (the certificate's CN is the username)
+        self.ports = {k: free_port() for k in ("mqtt", "mqtts", "ws", "wss") + (("mqtts_cert",) if client_certs
+                                                                                else ())}
         self.passwords = passwords
         self.acl = acl
         # with persistence, sessions and queued QoS 1 messages survive a stop() + start()
@@ -107,6 +110,9 @@ class Mosquitto:
             f"listener {self.ports['ws']}\nprotocol websockets\nsocket_domain ipv4",
             f"listener {self.ports['wss']}\nprotocol websockets\nsocket_domain ipv4\n{tls}",
         ]
+        if "mqtts_cert" in self.ports:
+            lines.append(f"listener {self.ports['mqtts_cert']} 127.0.0.1\n{tls}require_certificate true\n"
+                         "use_identity_as_username true")
         conf = self.dir / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n")
         return conf

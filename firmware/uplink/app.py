@@ -129,7 +129,8 @@ class App:
         if event == "auth_error":
             o.auth_failures += 1
             o.adapter.invalidate_credentials()  # a refused relay token must not be offered again
-            log.error(tag, "broker refused our credentials (%s): check the token/password" % detail)
+            log.error(tag, "broker refused our credentials (%s): check the token/password/client certificate"
+                      % detail)
         elif event in ("connected", "disconnected", "error", "backoff"):
             (log.info if event == "connected" else log.warn)(tag, "%s %s" % (event, "" if detail is None else detail))
         if event == "connected":

@@ -8,6 +8,8 @@
 #   await cloud.get_attributes(client=[..], shared=[..])
 #   await cloud.claim(secret, duration_ms)   ThingsBoard device claiming
 #   await cloud.set_attributes({...})        ThingsBoard client attributes (outbox)
+#   ... get_attributes, claim, set_attributes with device="A": a gateway's sub-device
+#   await cloud.connect_device("A") / disconnect_device("A")   ThingsBoard gateway
 #   await cloud.event(code, description)     Blynk log event (outbox)
 #   await cloud.prop(datastream, prop, v)    Blynk widget property (now, or not at all)
 #   await cloud.meta(field)                  Blynk metadata value
@@ -215,11 +217,38 @@ async def rpc(method, params=None, timeout_s=10):
     return _parse(raw)
 
 
-async def get_attributes(client=None, shared=None, timeout_s=10):
-    """ThingsBoard attribute request: {"client": {...}, "shared": {...}}."""
-    api, c = _session("attribute requests", "thingsboard")
+def _gateway(feature, device):
+    # a ThingsBoard gateway's part (platform.gateway_devices) and client, for `device`
+    api, client = _session(feature, "thingsboard")
+    if api.gateway is None:
+        raise NotSupported("%s for device %r: this device is no ThingsBoard gateway (platform.gateway_devices)"
+                           % (feature, device))
+    if not isinstance(device, str) or not device:
+        raise ValueError("%s: device must be a sub-device's name" % feature)
+    return api.gateway, client
+
+
+async def _gw_attributes(device, keys, scope, timeout_s):
+    gw, c = _gateway("attribute requests", device)
+    topic, payload = gw.attributes_request(device, list(keys), scope == "client")
+    rid = json.loads(payload)["id"]
+    ans = _parse(await _ask(rid, topic, payload, timeout_s, "attribute request for %s" % device, c))
+    if isinstance(ans, dict) and isinstance(ans.get("values"), dict):
+        return ans["values"]
+    if isinstance(ans, dict) and "value" in ans and len(keys) == 1:  # one key: ThingsBoard says "value"
+        return {keys[0]: ans["value"]}
+    raise CloudError("attribute request for %s: the answer has no values" % device)
+
+
+async def get_attributes(client=None, shared=None, timeout_s=10, device=None):
+    """ThingsBoard attribute request: {"client": {...}, "shared": {...}}; device: a gateway's
+    sub-device's (one request per scope, gateway-mqtt-api)."""
     if not client and not shared:
         raise ValueError("get_attributes: name client and/or shared attribute keys")
+    if device is not None:
+        return {"client": await _gw_attributes(device, client, "client", timeout_s) if client else {},
+                "shared": await _gw_attributes(device, shared, "shared", timeout_s) if shared else {}}
+    api, c = _session("attribute requests", "thingsboard")
     topic, payload = api.attributes_request(client, shared)
     ans = _parse(await _ask(_rid(topic), topic, payload, timeout_s, "attribute request", c))
     if not isinstance(ans, dict):
@@ -227,23 +256,55 @@ async def get_attributes(client=None, shared=None, timeout_s=10):
     return {"client": ans.get("client") or {}, "shared": ans.get("shared") or {}}
 
 
-async def claim(secret, duration_ms=60000, timeout_s=30):
-    """ThingsBoard device claiming: the secret a user then enters to claim the device, valid
-    duration_ms. Sent once connected (QoS 1); Timeout when the link is not up in time."""
-    api, client = _session("device claiming", "thingsboard")
-    topic, payload = api.claim_request(secret, duration_ms)
+async def claim(secret, duration_ms=60000, timeout_s=30, device=None):
+    """ThingsBoard device claiming: the secret a user then enters to claim the device (or a
+    gateway's sub-device), valid duration_ms. Sent once connected (QoS 1); Timeout when the
+    link is not up in time."""
+    if device is not None:
+        gw, client = _gateway("device claiming", device)
+        topic, payload = gw.claim_request(device, secret, duration_ms)
+    else:
+        api, client = _session("device claiming", "thingsboard")
+        topic, payload = api.claim_request(secret, duration_ms)
+    await _send(client, topic, payload, timeout_s, "claim")
+
+
+async def _send(client, topic, payload, timeout_s, what):
     try:
         await asyncio.wait_for(client.publish(topic, payload, 1), timeout_s)
     except asyncio.TimeoutError:
-        raise Timeout("claim: not sent within %s s (no connection)" % timeout_s)
+        raise Timeout("%s: not sent within %s s (no connection)" % (what, timeout_s))
 
 
-async def set_attributes(values):
-    """ThingsBoard client attributes: stored in the outbox, sent like readings."""
-    _session("client attributes", "thingsboard")
+async def connect_device(device, timeout_s=30):
+    """ThingsBoard gateway: sub-device `device` is connected (announced after every connect
+    from now on, as platform.gateway_devices are)."""
+    gw, client = _gateway("connect_device", device)
+    topic, payload = gw.presence(device, True)
+    await _send(client, topic, payload, timeout_s, "connect_device")
+
+
+async def disconnect_device(device, timeout_s=30):
+    """ThingsBoard gateway: sub-device `device` is gone (no longer announced after a
+    reconnect, until connect_device)."""
+    gw, client = _gateway("disconnect_device", device)
+    topic, payload = gw.presence(device, False)
+    await _send(client, topic, payload, timeout_s, "disconnect_device")
+
+
+async def set_attributes(values, device=None):
+    """ThingsBoard client attributes (a gateway's sub-device's with device): stored in the
+    outbox, sent like readings."""
+    if device is not None:
+        _gateway("client attributes", device)
+    else:
+        _session("client attributes", "thingsboard")
     if not isinstance(values, dict) or not values:
         raise ValueError("set_attributes: expected a non-empty dict")
-    _store({"k": "a", "to": "thingsboard", "values": values})
+    r = {"k": "a", "to": "thingsboard", "values": values}
+    if device is not None:
+        r["device"] = device
+    _store(r)
 
 
 async def event(code, description=""):

@@ -68,7 +68,8 @@ class Context:
         ca = _read_file(p["ca"]) if p["ca"] else None
         kw.setdefault("window", max(2, self.share(WINDOW)))
         return MQTTClient(a.url, a.client_id, keepalive=a.keepalive or p["keepalive"], ca=ca,
-                          insecure=p["insecure"], max_packet=a.max_packet, **kw)
+                          insecure=p["insecure"], max_packet=a.max_packet,
+                          cert=p.get("client_cert"), key=p.get("client_key"), **kw)
 
     def make_client(self, on_message, on_status, on_connect):
         """The session's client (the adapter's own, e.g. Biotz over HTTP, else MQTT)."""

@@ -170,6 +170,9 @@ class MQTTClient:
     on_up: Any = None
     on_connect: Any = None
     on_status: Any = None
+    # the cloud's rate limits (uplink.platforms.tb_limits.Limits), or None: every publish waits
+    # for its tokens, and a resend after a reconnect takes them
+    pace: Any = None
     # Reconnect pacing (ms). A refused login waits long: hammering a broker with a bad token
     # gets a device banned, and a new token takes minutes to appear anyway. Other failures
     # (no network, broker down) wait at most 15 s (7.5-15 s with jitter): at 60 s a device
@@ -202,6 +205,8 @@ class MQTTClient:
         insecure=False,
         window=48,
         max_packet=4096,
+        cert=None,
+        key=None,
     ):
         transport.parse_url(url)  # a bad URL fails here, not at the first connect
         self._url = url
@@ -214,6 +219,7 @@ class MQTTClient:
         self._will = will  # (topic, message[, retain[, qos]])
         self._ca = ca
         self._insecure = insecure
+        self._cert = (cert, key) if cert else None  # the client certificate and its key (DER files)
         window = max(1, window)
         self._window = window
         self._max = max_packet
@@ -293,6 +299,8 @@ class MQTTClient:
     async def publish(self, topic, payload, qos=0, retain=False, wait=True):
         if isinstance(payload, str):
             payload = payload.encode()
+        if self.pace is not None:
+            await self.pace.wait(topic, payload)
         if not qos:
             s = self._s
             if s is not None:  # QoS 0 is best effort: dropped while disconnected
@@ -361,7 +369,8 @@ class MQTTClient:
             user, pw = await self._creds()  # a token may have been refreshed
         ms = self.connect_timeout_ms
         try:
-            s = await transport.open_stream(self._url, ca=self._ca, insecure=self._insecure, timeout_ms=ms)
+            s = await transport.open_stream(self._url, ca=self._ca, insecure=self._insecure, timeout_ms=ms,
+                                            cert=self._cert)
         except asyncio.TimeoutError:
             raise OSError("cannot reach %s within %s (TCP connect or WebSocket upgrade)"
                           % (transport.parse_url(self._url)[1], _span(ms)))
@@ -375,6 +384,13 @@ class MQTTClient:
             # a broker (or a proxy, a captive portal) that accepts TCP but never speaks MQTT
             raise MQTTError(("no CONNACK within %s" if sent[0] else
                              "no answer to the TLS handshake within %s") % _span(ms))
+        except OSError as e:
+            s.close()
+            if self._cert is None:
+                raise
+            # a broker that does not take our client certificate ends the TLS session before
+            # any MQTT: a refused login, waited out as one (adapter.explain says more)
+            raise MQTTAuthError("TLS session ended before CONNACK (%s)" % e)
         except BaseException:
             s.close()
             raise
@@ -392,6 +408,8 @@ class MQTTClient:
             pkt = self._ipkt[pid % self._window]
             s.write(pkt)
             pkt[0] |= 8
+            if self.pace is not None:
+                self.pace.resent(pkt)
         self._s = s
         self._rx = self._tx = self._up = ticks_ms()
         self._acked = False  # a PUBACK on this connection: it got somewhere (_keep)

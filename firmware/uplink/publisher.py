@@ -137,8 +137,14 @@ class Publisher:
             return True
         lim = await self.adapter.ready(c)
         if lim:
-            self._full = (min(len(self._pid), lim), self._full[1])
+            # fewer in flight (ThingsBoard: its rate limits' margin): bigger messages, so a
+            # messages-per-second limit costs fewer readings; at most 32 in flight's share
+            # (256 B): 512 B ones met MemoryError on a fragmented 96 KB heap
+            lim = min(len(self._pid), lim)
+            was = self._full[1]
+            self._full = (lim, min(MSG_BYTES, INFLIGHT_BYTES // max(lim, 32)))
             self._limit = min(self._limit, lim)
+            self._cap = self._full[1] if self._cap >= was else min(self._cap, self._full[1])
         if self._suspect:
             await asyncio.sleep_ms(PROBE_MS)
             self._probed = True

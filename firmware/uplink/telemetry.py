@@ -49,7 +49,7 @@ class Telemetry:
         health = app.cfg["telemetry"]["health"]
         if health is None:  # not set: where the platforms have room for the keys (platforms.Base.HEALTH)
             health = app.adapter.HEALTH and (not app.sessions or app.sessions.all_health())
-        if health:
+        if health and app.adapter.health_due():
             values.update(self.health())
         try:
             values.update(app.user.read() or {})

@@ -53,8 +53,10 @@ def parse_url(url):
 _ctx = {}  # (ca, insecure) -> SSLContext: at most two (the broker's and the token relay's)
 
 
-def tls_context(ca=None, insecure=False):
-    """A client context that checks the server against `ca` (DER bytes or a DER file path).
+def tls_context(ca=None, insecure=False, cert=None):
+    """A client context that checks the server against `ca` (DER bytes or a DER file path),
+    and shows the server the client certificate and private key `cert` = (cert, key), DER
+    files (ThingsBoard's X.509 device authentication), when given.
     Made once per CA and reused by every connect: an SSLContext holds its own entropy and
     DRBG state and the parsed CA chain (extmod/modtls_mbedtls.c, ssl_context_make_new and
     ssl_context_load_cadata: mbedtls_ssl_conf_ca_chain keeps pointing at the context's
@@ -65,8 +67,8 @@ def tls_context(ca=None, insecure=False):
     # DER (bytes) prints "Warning: Comparison between bytes and str" on the console (a relay
     # device has both: the relay's CA as a path, the broker's as DER); a tuple compare stops
     # at its first unequal element
-    key = (isinstance(ca, str), ca, bool(insecure))
-    ctx = _ctx.get(key)
+    k = (isinstance(ca, str), ca, bool(insecure), cert)
+    ctx = _ctx.get(k)
     if ctx is not None:
         return ctx
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -81,9 +83,14 @@ def tls_context(ca=None, insecure=False):
                 der = f.read()
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(cadata=der)
+    if cert:
+        try:
+            ctx.load_cert_chain(cert[0], cert[1])
+        except (OSError, ValueError) as e:
+            raise TLSError("TLS: client certificate %s, key %s: %s" % (cert[0], cert[1], e))
     if len(_ctx) >= 2:
         _ctx.clear()  # a third CA: only happens when a config changes, so start over
-    _ctx[key] = ctx
+    _ctx[k] = ctx
     return ctx
 
 
@@ -322,14 +329,15 @@ async def _connected(s, host, port):
         await asyncio.sleep_ms(10)
 
 
-async def open_stream(url, *, ca=None, insecure=False, timeout_ms=10000):
-    """A connected Stream for mqtt://, mqtts://, ws://, wss:// URLs."""
+async def open_stream(url, *, ca=None, insecure=False, timeout_ms=10000, cert=None):
+    """A connected Stream for mqtt://, mqtts://, ws://, wss:// URLs; cert: (client
+    certificate, its key), DER files, for TLS."""
     scheme, host, port, path = parse_url(url)
     ctx = None
     if scheme in ("mqtts", "wss"):
         if insecure:
             print("WARNING: TLS certificate check is OFF for %s (insecure)" % host)
-        ctx = tls_context(ca, insecure)
+        ctx = tls_context(ca, insecure, cert)
     plain = scheme in ("mqtt", "mqtts")
     s = await open_tcp(
         host, port, ssl_ctx=ctx, server_hostname=host, timeout_ms=timeout_ms, wbuf=WBUF if plain else 0

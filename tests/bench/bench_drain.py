@@ -8,11 +8,15 @@ empty, MemoryErrors the publisher met (each one is a "paused: MemoryError" line)
 heap's low-water mark during the drain, and beside it the client's raw wait=False rate (one
 100-byte message per reading) and the outbox's own read+ack rate on the same heap. Last, a
 broker that drops the device after every CONNACK for a minute: connections per minute, the
-heap before and after, and readings delivered.
+heap before and after, and readings delivered. Between them, a drain through the ThingsBoard
+broker profile enforcing ThingsBoard Cloud's rate limits: readings/s, data points/s and the
+violations (target 0).
 
     make bench BENCH_ARGS=drain          .venv/bin/python -m tests.bench drain
     options: --n=10000  --heap=96k  --schemes=mqtts  --batch=20  --window=N (the client's)
              --flap_n=2000 --flap_s=60 (the "broker drops after CONNACK" run)
+             --tb_n=1000 (the run under ThingsBoard Cloud's rate limits: the hourly 14,000 data
+             points make 10,000 readings of 10 keys a seven-hour drain)
 """
 
 from __future__ import annotations
@@ -148,6 +152,70 @@ else:
 """
 
 
+# The drain under rate limits, a script of its own: its code would otherwise take heap from
+# the unlimited drain's runs (the script's bytecode lives in the same 96 KB)
+LIMITED_SCRIPT = """
+import asyncio, gc, json, os, time
+from uplink.outbox import Outbox
+
+N, BATCH, URL, DIR = int(os.getenv("N")), int(os.getenv("BATCH")), os.getenv("URL"), os.getenv("DIR")
+
+
+def reading(i):
+    if os.getenv("SMALL"):  # three sensor values and no health keys
+        return {"ts": 1767225600000 + i * 1000, "values": {"t": 21.5 + (i & 15) / 10, "h": 40.2, "seq": i}}
+    return {"ts": 1767225600000 + i * 1000, "values": {
+        "uptime_s": 3600 + i, "heap_free": 41234 - (i & 1023), "outbox_depth": N - i,
+        "dropped": 0, "rssi": -61 - (i & 7), "chip_temp": 41.5,
+        "t": 21.5 + (i & 15) / 10, "h": 40.2, "p": 1013.2, "seq": i}}
+
+
+def fill():
+    ob = Outbox(DIR, 4 << 20)
+    for i in range(N):
+        ob.put(json.dumps(reading(i)).encode())
+    return ob
+
+
+async def limited():
+    # the adapter as the app runs it on ThingsBoard: on_connect asks getSessionLimits, whose
+    # rateLimits pace every publish (uplink.platforms.tb_limits)
+    from platform_fakes import Ctx
+    from uplink.mqtt import MQTTClient
+    from uplink.platforms.thingsboard import Adapter
+    from uplink.publisher import Publisher
+
+    ob = fill()
+    token = os.getenv("TOKEN")
+    ad = Adapter({"platform": {"token": token, "url": URL}, "device": {"name": "bench"}}, Ctx())
+    c = MQTTClient(URL, "bench-tb", user=token)
+    for t, q in ad.subscriptions():
+        await c.subscribe(t, q)
+    c.on_message = lambda t, p, r: ad.handle(t, p, r)
+    c.on_connect = lambda: ad.on_connect(c)
+    pub = Publisher(ob, ad, c, batch=BATCH)
+    asyncio.create_task(pub.run())
+    gc.collect()
+    low = gc.mem_free()
+    t0 = time.ticks_us()
+    await c.connect()
+    k = 0
+    while ob.depth:
+        await asyncio.sleep_ms(20)
+        k += 1
+        if k % 5 == 0:
+            gc.collect()
+            low = min(low, gc.mem_free())
+    dt = time.ticks_diff(time.ticks_us(), t0)
+    print("RESULT", N, dt, low, pub.acked)
+    print("PACED", ad.limits.waited if ad.limits else -1, c.connections)
+    await c.disconnect()
+
+
+asyncio.run(limited())
+"""
+
+
 def _result(out: str) -> tuple[int, int, int, int] | None:
     line = [x for x in out.splitlines() if x.startswith("RESULT")]
     if not line:
@@ -168,6 +236,36 @@ def flaps(broker, heap: str, batch: str, n: str, seconds: int) -> None:
     print(f"broker drops after CONNACK for {seconds} s, then not: {conns * 60 // seconds} connections/min "
           f"(backoff-bounded), heap {before:,} B free before, {after:,} B after; "
           f"readings delivered {acked:,} of {total:,}", flush=True)
+
+
+# ThingsBoard Cloud's per-device limits as getSessionLimits reports them (issue 25: messages
+# and data points "200:1,6000:60", data points also 14000 an hour)
+CLOUD_LIMITS = {"messages": "200:1,6000:60", "telemetryMessages": "200:1,6000:60",
+                "telemetryDataPoints": "200:1,6000:60,14000:3600"}
+
+
+def limited(broker, heap: str, batch: str, n: str) -> None:
+    from tests.integration.broker_profiles import ProfileProxy, ThingsBoard
+
+    prof = ThingsBoard({"bench-token": "device"}, rate_limits=CLOUD_LIMITS)
+    proxy = ProfileProxy(prof, broker.ports["mqtt"]).start()
+    try:
+        env = {"N": n, "BATCH": batch, "URL": proxy.url(), "TOKEN": "bench-token", "CA": "",
+               "WINDOW": "", "DIR": tempfile.mkdtemp(prefix="uplink-bench-outbox-")}
+        out = _run(LIMITED_SCRIPT, env, heapsize=heap, timeout=3600)
+    finally:
+        proxy.stop()
+    res = _result(out)
+    paced = [x.split() for x in out.splitlines() if x.startswith("PACED")]
+    if res is None or not paced:
+        print(f"ThingsBoard-limited drain: failed\n{out[-2000:]}")
+        return
+    cnt, us, low, acked = res
+    s = us / 1e6
+    print(f"mqtt   drain under ThingsBoard Cloud's limits {CLOUD_LIMITS}: {cnt:,} readings "
+          f"in {s:.0f} s: {cnt / s:>6,.1f} readings/s, {prof.data_points / s:,.0f} data points/s; "
+          f"violations {len(proxy.violations)}, connections {paced[0][2]}, MemoryErrors {out.count('MemoryError')}, "
+          f"acked {acked:,}", flush=True)
 
 
 def main(argv: list[str]) -> None:
@@ -203,6 +301,7 @@ def main(argv: list[str]) -> None:
                 print(f"{scheme:6} client alone, wait=False + flush (100 B each):   {r[0]:>6,} msg/s")
             if o:
                 print(f"{'':6} outbox alone, read+ack (batch {batch}):             {o[0]:>6,} records/s", flush=True)
+        limited(broker, heap, batch, _opt(argv, "tb_n", "1000"))
         flaps(broker, heap, batch, _opt(argv, "flap_n", "2000"), int(_opt(argv, "flap_s", "60")))
     finally:
         broker.stop()

@@ -466,3 +466,36 @@ async def test_a_server_that_never_answers_the_limits_is_waited_for_once():
         assert asyncio.ticks_diff(asyncio.ticks(), t0) < 100  # not waited for again this boot
     finally:
         thingsboard.LIMITS_WAIT_MS = saved
+
+
+async def test_an_x509_device_needs_no_token_and_sends_no_username():
+    # thingsboard.io/docs/user-guide/certificates/: the certificate is the login
+    a = adapter("thingsboard", client_cert="client.der", client_key="client_key.der")
+    assert await a.credentials() == (None, None)
+    assert not a.needs_provisioning()
+    with raises(config.ConfigError, "platform.client_key"):
+        adapter("thingsboard", client_cert="client.der")
+
+
+async def test_gateway_requests_for_a_sub_device_have_the_documented_shapes():
+    # thingsboard.io/docs/reference/gateway-mqtt-api/
+    a = tb(gateway_devices=["A", "B"])
+    gw = a.gateway
+    assert gw.claim_request("A", "s3", 30000) == ("v1/gateway/claim", b'{"A":{"secretKey":"s3","durationMs":30000}}')
+    t, p = gw.attributes_request("A", ["serial"], True)
+    assert t == "v1/gateway/attributes/request"
+    req = json.loads(p)
+    assert req["device"] == "A" and req["client"] is True and req["keys"] == ["serial"] and isinstance(req["id"], int)
+    assert gw.presence("B", False) == ("v1/gateway/disconnect", b'{"device":"B"}')
+    c = Client()
+    await gw.on_connect(c)
+    assert [json.loads(p)["device"] for _, p, _ in c.published] == ["A"]  # B is gone until it comes back
+    assert gw.presence("B", True) == ("v1/gateway/connect", b'{"device":"B"}')
+    # an attribute record for a sub-device right after its reading: not part of the telemetry
+    out = a.encode([reading({"level": 1}, TS) | {"device": "A"}, {"k": "a", "device": "A", "values": {"m": 1}}])
+    assert out[0] == ("v1/gateway/telemetry", b'{"A":[{"ts":1767268800000,"values":{"level":1}}]}', 1)
+    assert out[1] == ("v1/gateway/attributes", b'{"A":{"m":1}}', 1)
+    # the answer to a request of uplink.cloud's goes to its waiter, not to user.py
+    a.waiter = lambda rid, payload: rid == req["id"]
+    assert gw.handle("v1/gateway/attributes/response", json.dumps({"id": req["id"], "device": "A",
+                                                                   "value": "S-1"}).encode()) is None

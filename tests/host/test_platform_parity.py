@@ -94,10 +94,11 @@ def _toml(v) -> str:
 
 
 def _keys(kind: str) -> dict:
-    """Every key a platform section of `kind` has on the board, but `ca` (a file on both
-    sides, converted: test_provision) and the host-only ones."""
+    """Every key a platform section of `kind` has on the board, but the files (`ca`, X.509's
+    client_cert and client_key: files on both sides, converted: test_provision, test_x509)
+    and the host-only ones."""
     out = {k: s for k, s in fw_schema.common().items() if k not in HOST_ONLY and k != "ca"}
-    out.update(fw_schema.platform(kind))
+    out.update({k: s for k, s in fw_schema.platform(kind).items() if k not in ("client_cert", "client_key")})
     return out
 
 

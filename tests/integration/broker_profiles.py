@@ -175,6 +175,9 @@ _TB_PROV = "https://thingsboard.io/docs/user-guide/device-provisioning/"
 _TB_CLAIM = "https://thingsboard.io/docs/user-guide/claiming-devices/"
 _TB_OTA = "https://thingsboard.io/docs/user-guide/ota-updates/"
 _TB_CONF = "https://thingsboard.io/docs/user-guide/install/config/"
+_TB_TENANT = "https://thingsboard.io/docs/user-guide/tenant-profiles/"
+_TB_BASIC = "https://thingsboard.io/docs/user-guide/basic-mqtt/"
+_TB_PAAS = "https://thingsboard.io/docs/paas/subscription/"
 _BL_AUTH = "https://docs.blynk.io/en/blynk.cloud-mqtt-api/device-mqtt-api/authentication"
 _BL_TOPICS = "https://docs.blynk.io/en/blynk.cloud-mqtt-api/device-mqtt-api/topic-structure"
 _BL_DS = "https://docs.blynk.io/en/blynk.cloud-mqtt-api/device-mqtt-api/datastreams"
@@ -195,6 +198,9 @@ RULES: dict[str, Rule] = {
                           assumption=True),
     # ThingsBoard
     "tb.token_username": Rule("Access-token devices put the token in the CONNECT username.", _TB),
+    "tb.basic": Rule("A device whose credential type is MQTT Basic connects with the client id only (any username "
+                     "and password), or the username and password (any client id; the password optional), or all "
+                     "three; credentials that match none are refused.", _TB_BASIC),
     "tb.no_password": Rule("The docs' access-token CONNECT has a username and nothing else; ThingsBoard "
                            "ignores a password there, so one is most likely the token in the wrong "
                            "field.", assumption=True),
@@ -205,6 +211,20 @@ RULES: dict[str, Rule] = {
                          "device expects something the platform does not do.", assumption=True),
     "tb.max_payload": Rule("The MQTT transport refuses messages over transport.mqtt.netty.max_payload_size, "
                            "65536 bytes unless the admin changes it.", _TB_CONF),
+    "tb.rate_limits": Rule("The tenant profile sets per-device transport rate limits as \"N:S,N:S\" (at most N "
+                           "per S seconds, every window at once): messages, telemetry messages, telemetry data "
+                           "points, a data point being one key-value of a telemetry or attribute message (" + _TB_PAAS
+                           + "). The transport keeps a greedily refilled token bucket per window and device "
+                           "(across connections), a telemetry or attribute message taking one telemetry message "
+                           "and its key-values, any other message (the session's open, an attribute or RPC "
+                           "subscription, a request, a reply) one message; over a limit it closes the connection "
+                           "(the docs do not say what happens: thingsboard/thingsboard common/transport "
+                           "DefaultTransportRateLimitService and MqttTransportHandler).", _TB_TENANT),
+    "tb.session_limits": Rule("A device asks its session's limits with the client-side RPC getSessionLimits; the "
+                              "MQTT transport answers it itself (maxPayloadSize, maxInflightMessages, rateLimits), "
+                              "not counted against the rate limits. The RPC guide does not list it: "
+                              "thingsboard/thingsboard MqttTransportHandler.onGetSessionLimitsRpc.",
+                              assumption=True),
     "tb.provision": Rule("A device provisions itself by connecting with username 'provision', subscribing "
                          "/provision/response and publishing deviceName, provisionDeviceKey and "
                          "provisionDeviceSecret to /provision/request.", _TB_PROV),
@@ -231,7 +251,10 @@ RULES: dict[str, Rule] = {
                             "comma-separated names.", _TB),
     "tb.client_rpc": Rule("A client-side RPC request has a method (and params).", _TB),
     "tb.gateway_shapes": Rule("Gateway telemetry is {device: [readings]}; connect/disconnect carry "
-                              "{\"device\": name}; an RPC reply carries device, id and data.", _TB_GW),
+                              "{\"device\": name}; an RPC reply carries device, id and data; attributes are "
+                              "{device: {key: value}}; an attribute request is {\"id\": n, \"device\": name, "
+                              "\"client\": true|false, \"key\": k} (or \"keys\": [...]); a claim is {device: "
+                              "{\"secretKey\": text, \"durationMs\": ms}}.", _TB_GW),
     # Blynk
     "blynk.clean": Rule("Only clean sessions are supported.", _BL_AUTH),
     "blynk.client_id": Rule("The client id is empty or any UTF-8 text up to 64 characters.", _BL_AUTH),
@@ -350,6 +373,45 @@ class Profile:
     def check_publish(self, s: Session, topic: str, payload: bytes, qos: int, retain: bool) -> str | None:
         return None
 
+    def answer(self, s: Session, topic: str, payload: bytes) -> list[tuple[str, bytes]] | None:
+        """Messages the cloud answers a device publish with itself, instead of passing it on."""
+        return None
+
+
+class Buckets:
+    """One ThingsBoard rate limit "N:S,N:S": a greedily refilled token bucket per window, full
+    at first (TbRateLimits); take(k) takes k from every window, or nothing (False)."""
+
+    def __init__(self, spec: str):
+        self.w = []
+        for part in spec.split(","):
+            n, sec = (int(x) for x in part.split(":"))
+            self.w.append([n, n / sec, float(n)])
+        self.t = time.monotonic()
+
+    def take(self, k: int) -> bool:
+        now = time.monotonic()
+        for w in self.w:
+            w[2] = min(w[0], w[2] + (now - self.t) * w[1])
+        self.t = now
+        if any(w[2] < k for w in self.w):
+            return False
+        for w in self.w:
+            w[2] -= k
+        return True
+
+
+def tb_data_points(topic: str, doc) -> int:
+    """Key-values of a telemetry or attribute message, as ThingsBoard counts them (a nested
+    object is one JSON value)."""
+    if topic in ("v1/devices/me/telemetry", "v1/devices/me/attributes"):
+        items = doc if isinstance(doc, list) else [doc]
+        return sum(len(i["values"]) if isinstance(i, dict) and "values" in i else len(i) for i in items
+                   if isinstance(i, dict))
+    if topic in ("v1/gateway/telemetry", "v1/gateway/attributes") and isinstance(doc, dict):
+        return sum(tb_data_points("v1/devices/me/telemetry", v) for v in doc.values())
+    return 0
+
 
 # ThingsBoard ----------------------------------------------------------------------------
 _TB_ME_PUB = [r"v1/devices/me/telemetry", r"v1/devices/me/attributes", r"v1/devices/me/attributes/request/\d+",
@@ -364,33 +426,90 @@ _TB_OTA_SHARED = {"fw_title", "fw_version", "fw_checksum", "fw_checksum_algorith
 
 
 class ThingsBoard(Profile):
-    """Access token as username, no password; `provision` (no password) for provisioning;
+    """Access token as username, no password, or MQTT Basic credentials (`basic`); `provision`
+    (no password) for provisioning; rate limits and getSessionLimits (`rate_limits`);
     v1/... topics only; JSON shapes of telemetry/attributes/gateway; max payload. Every
     refusal names its rule in RULES."""
 
     name = "thingsboard"
     qos_rule = "tb.qos"
+    answer_rule = "tb.session_limits"  # the rule behind answer()
 
     def __init__(self, tokens: dict[str, str] | None = None, *, provisioning: bool = False,
-                 max_payload: int = 65536):
+                 max_payload: int = 65536, rate_limits: dict[str, str] | None = None, max_inflight: int = 100,
+                 basic: list[dict] | None = None):
         self.tokens = dict(tokens or {})  # token -> "device" | "gateway"
+        # MQTT Basic credentials: {"client_id", "username", "password"}, each optional
+        self.basic = list(basic or [])
         self.provisioning = provisioning
         self.max_payload = max_payload
+        # {"messages": "N:S,...", "telemetryMessages": ..., "telemetryDataPoints": ...}: enforced,
+        # and getSessionLimits is answered by the profile itself, as ThingsBoard's transport does
+        self.rate_limits = rate_limits
+        self.max_inflight = max_inflight
+        self.buckets: dict[str, dict[str, Buckets]] = {}  # per device, across its connections
+        self.data_points = 0  # telemetry data points taken in
+
+    def _limit(self, s: Session, dp: int, what: str) -> str | None:
+        if not self.rate_limits or s.role == "provision":
+            return None
+        b = self.buckets.setdefault(s.username or "", {k: Buckets(v) for k, v in self.rate_limits.items() if v})
+        if dp:
+            ok = all(k not in b or b[k].take(n) for k, n in (("telemetryMessages", 1), ("telemetryDataPoints", dp)))
+            self.data_points += dp if ok else 0
+        else:
+            ok = "messages" not in b or b["messages"].take(1)
+        return None if ok else broke("tb.rate_limits", f"{what} over the rate limits {self.rate_limits}")
+
+    def _basic(self, c: Connect) -> dict | None:
+        pw = c.password.decode() if c.password is not None else None
+        for b in self.basic:
+            if b.get("client_id") is not None and b["client_id"] != c.client_id:
+                continue
+            if b.get("username") is not None and (b["username"] != c.username or b.get("password") != pw):
+                continue
+            return b
+        return None
 
     def connect(self, c: Connect) -> Session:
-        if c.password is not None:
+        b = self._basic(c)
+        if b is not None:
+            s = Session(b.get("username") or b.get("client_id"), c.client_id, b.get("role", "device"))
+        elif c.password is not None:
+            if self.basic:
+                raise Refuse(4, "tb.basic", "no MQTT Basic credentials match")
             raise Refuse(4, "tb.no_password", "ThingsBoard access-token CONNECT carries no password", violation=True)
-        if c.username == "provision" and self.provisioning:
+        elif c.username == "provision" and self.provisioning:
             return Session(c.username, c.client_id, "provision")
-        if c.username is None or c.username not in self.tokens:
+        elif c.username is None or c.username not in self.tokens:
             raise Refuse(5, "tb.token_username" if c.username is None else "tb.unknown_token", "unknown access token")
-        return Session(c.username, c.client_id, self.tokens[c.username])
+        else:
+            s = Session(c.username, c.client_id, self.tokens[c.username])
+        if self._limit(s, 0, "the session's open"):  # ThingsBoard: CONNACK "server unavailable" in 3.1.1
+            raise Refuse(3, "tb.rate_limits", "session open over the messages rate limit", violation=True)
+        return s
+
+    def answer(self, s, topic, payload):
+        if not self.rate_limits or not topic.startswith("v1/devices/me/rpc/request/"):
+            return None
+        try:
+            method = json.loads(payload).get("method")
+        except (ValueError, AttributeError):
+            return None
+        if method != "getSessionLimits":
+            return None
+        limits = {"maxPayloadSize": self.max_payload, "maxInflightMessages": self.max_inflight,
+                  "rateLimits": self.rate_limits}
+        return [("v1/devices/me/rpc/response/" + topic.rsplit("/", 1)[1], json.dumps(limits).encode())]
 
     def check_subscribe(self, s, topic, qos):
         if s.role == "provision":
             return None if topic == "/provision/response" else broke(
                 "tb.provision", f"provisioning session subscribed {topic}")
         if topic in _TB_ME_SUB or topic in _TB_FW_SUB:
+            # an attribute or RPC subscription is a message (ThingsBoard then leaves it unmade)
+            if topic in ("v1/devices/me/attributes", "v1/devices/me/rpc/request/+"):
+                return self._limit(s, 0, f"subscription to {topic}")
             return None
         if s.role == "gateway" and topic in _TB_GW_SUB:
             return None
@@ -415,6 +534,11 @@ class ThingsBoard(Profile):
         if not any(re.fullmatch(p, topic) for p in _TB_ME_PUB + (_TB_GW_PUB if s.role == "gateway" else [])):
             return broke(_tb_topic_rule(topic), f"publish to {topic}: not a ThingsBoard {s.role} topic")
         doc = _json(payload)
+        if topic.startswith("v1/devices/me/rpc/request/") and self.answer(s, topic, payload):
+            return None  # getSessionLimits: answered by the transport, not rate-limited
+        why = self._limit(s, tb_data_points(topic, doc), f"publish to {topic}")
+        if why:
+            return why
         if topic == "v1/devices/me/telemetry":
             for item in doc if isinstance(doc, list) else [doc]:
                 why = _tb_telemetry_item(item)
@@ -442,6 +566,19 @@ class ThingsBoard(Profile):
         elif topic == "v1/gateway/rpc":
             if not isinstance(doc, dict) or not {"device", "id", "data"} <= set(doc):
                 return broke("tb.gateway_shapes", "gateway RPC reply needs device, id and data")
+        elif topic in ("v1/gateway/attributes", "v1/gateway/claim"):
+            if not isinstance(doc, dict) or not doc or not all(isinstance(v, dict) and v for v in doc.values()):
+                return broke("tb.gateway_shapes", f"{topic} takes {{device: {{...}}}}: {doc}")
+            claims = doc.values() if topic == "v1/gateway/claim" else ()
+            if not all(isinstance(v.get("secretKey"), str) and isinstance(v.get("durationMs", 0), int) for v in claims):
+                return broke("tb.gateway_shapes", f"a gateway claim needs secretKey (text) and durationMs: {doc}")
+        elif topic == "v1/gateway/attributes/request":
+            keys = doc.get("keys", [doc.get("key")]) if isinstance(doc, dict) else None
+            if not isinstance(doc, dict) or not isinstance(doc.get("id"), int) \
+                    or not isinstance(doc.get("device"), str) or not isinstance(doc.get("client"), bool) \
+                    or not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+                return broke("tb.gateway_shapes", f"a gateway attribute request needs id, device, client and key(s): "
+                             f"{doc}")
         elif topic.startswith("v1/devices/me/rpc/request/"):
             if not isinstance(doc, dict) or not isinstance(doc.get("method"), str):
                 return broke("tb.client_rpc", "client-side RPC needs a method")
@@ -846,7 +983,7 @@ class ProfileProxy:
             await up_w.drain()
             down = asyncio.ensure_future(self._downstream(up_r, writer))
             try:
-                await self._upstream(reader, up_w, session)
+                await self._upstream(reader, up_w, session, writer)
             finally:
                 down.cancel()
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
@@ -875,7 +1012,7 @@ class ProfileProxy:
         finally:
             writer.close()
 
-    async def _upstream(self, reader, up_w, s: Session) -> None:
+    async def _upstream(self, reader, up_w, s: Session, writer) -> None:
         prof = self.profile
         while True:
             await self._gate.wait()
@@ -905,6 +1042,14 @@ class ProfileProxy:
                 self._violation(s.username, why)
                 return  # the cloud closes the connection
             if kind == PUBLISH:
+                reply = prof.answer(s, topic, payload)
+                if reply is not None:  # the cloud answers it itself: PUBACK, then the answers
+                    if qos:
+                        writer.write(bytes([0x40, 2]) + body[len(topic.encode()) + 2 : len(topic.encode()) + 4])
+                    for t, p in reply:
+                        writer.write(publish_packet(t, p))
+                    await writer.drain()
+                    continue
                 packet = retopic_publish(first, body, lambda t: UP + t)
             elif kind == SUBSCRIBE:
                 packet = subscribe_packet(first, body, lambda t: DOWN + t)

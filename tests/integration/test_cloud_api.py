@@ -168,3 +168,80 @@ def test_blynk_calls_and_events_survive_an_outage(env):
         assert BL_TOKEN not in board.console()
     finally:
         fault.close()
+
+
+GW_USER = """
+import json
+from uplink import cloud
+
+def read():
+    return {"t": 1}
+
+def read_devices():
+    return {"A": {"level": 1}}
+
+async def handle(cmd):
+    if cmd.name == "gwprobe":
+        await cloud.set_attributes({"model": "pump-7"}, device="A")
+        got = await cloud.get_attributes(client=["serial"], shared=["limit", "mode"], device="A", timeout_s=5)
+        print("CLOUD gw attributes " + json.dumps(got))
+        await cloud.claim("gw-claim-s3cret", 30000, device="A")
+        await cloud.disconnect_device("B")
+        print("CLOUD gw done")
+        try:
+            await cloud.get_attributes(shared=["x"])
+        except Exception as e:
+            print("CLOUD gw own " + type(e).__name__)
+        return {"ok": True}
+    raise ValueError(cmd.name)
+"""
+
+
+def test_thingsboard_gateway_calls_for_a_sub_device(env):
+    # thingsboard.io/docs/reference/gateway-mqtt-api/: attributes publish and request, claim,
+    # disconnect, each for a sub-device, from user.py through uplink.cloud
+    proxy = env.proxy(ThingsBoard({"gw-t0ken": "gateway"}))
+    cloud = env.cloud()
+    answer_client_rpc(cloud)
+
+    def server(topic, payload):
+        if topic == "v1/gateway/attributes/request":
+            req = json.loads(payload)
+            if req["client"]:  # one key: ThingsBoard answers "value"
+                cloud.send("v1/gateway/attributes/response", {"id": req["id"], "device": req["device"],
+                                                              "value": "S-9"}, wait=False)
+            else:
+                cloud.send("v1/gateway/attributes/response", {"id": req["id"], "device": req["device"],
+                                                              "values": {"limit": 7, "mode": "eco"}}, wait=False)
+
+    cloud.on(server)
+    board = env.board(e2e_config("thingsboard", proxy.url(), token="gw-t0ken", gateway_devices=["A", "B"]),
+                      user_py=GW_USER)
+    cloud.wait(lambda t, _: t == "v1/gateway/telemetry", console=board.console)
+    cloud.send("v1/devices/me/rpc/request/9", {"method": "gwprobe", "params": {}})
+    line = board.wait_for_line("CLOUD gw attributes")
+    assert json.loads(line.split(" ", 3)[3]) == {"client": {"serial": "S-9"}, "shared": {"limit": 7, "mode": "eco"}}
+    board.wait_for_line("CLOUD gw done")
+    got = {t: [json.loads(p) for _, p in cloud.wait(lambda t2, _, t=t: t2 == t, console=board.console)]
+           for t in ("v1/gateway/attributes", "v1/gateway/claim", "v1/gateway/disconnect",
+                     "v1/gateway/attributes/request")}
+    assert got["v1/gateway/attributes"] == [{"A": {"model": "pump-7"}}]
+    assert got["v1/gateway/claim"] == [{"A": {"secretKey": "gw-claim-s3cret", "durationMs": 30000}}]
+    assert got["v1/gateway/disconnect"] == [{"device": "B"}]
+    reqs = got["v1/gateway/attributes/request"]
+    assert [(r["device"], r["client"], r["keys"]) for r in reqs] == [("A", True, ["serial"]),
+                                                                     ("A", False, ["limit", "mode"])]
+    # without device=, the gateway's own attributes, through the device API as before
+    assert board.wait_for_line("CLOUD gw own").endswith("Timeout")
+    assert {"sharedKeys": "x"} in [json.loads(p) for _, p in cloud.got(
+        lambda t, _: t.startswith("v1/devices/me/attributes/request/"))]
+    # after a reconnect, B stays disconnected: only A is announced again (on_connect's
+    # announcements go out before the readings of two telemetry intervals later)
+    n = len(cloud.got(lambda t, _: t == "v1/gateway/connect"))
+    proxy.drop_clients()
+    cloud.wait(lambda t, _: len(cloud.got(lambda t2, _: t2 == "v1/gateway/connect")) > n, console=board.console)
+    m = len(cloud.got(lambda t, _: t == "v1/devices/me/telemetry"))
+    cloud.wait(lambda t, _: len(cloud.got(lambda t2, _: t2 == "v1/devices/me/telemetry")) >= m + 2)
+    again = [json.loads(p)["device"] for _, p in cloud.got(lambda t, _: t == "v1/gateway/connect")][n:]
+    assert again == ["A"]
+    assert proxy.violations == []

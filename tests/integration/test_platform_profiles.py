@@ -409,3 +409,26 @@ def test_a_violation_says_which_rule_it_broke():
     why = ThingsBoard({"T": "device"}).check_publish(s, "v1/devices/me/telemetry", b'{"ts":1,"values":{}}', 1, False)
     rule = why.rsplit("[", 1)[1].rstrip("]")
     assert rule == "tb.telemetry" and RULES[rule].source.startswith("https://thingsboard.io/")
+
+
+def test_thingsboard_takes_the_three_documented_forms_of_mqtt_basic_credentials():
+    # thingsboard.io/docs/user-guide/basic-mqtt/: client id only (any username/password),
+    # username and password (any client id, password optional), or all three
+    from tests.integration.broker_profiles import Connect, Refuse, ThingsBoard
+
+    prof = ThingsBoard({"tok": "device"}, basic=[{"client_id": "only-id"}, {"username": "u", "password": "p"},
+                                                 {"username": "nopw"},
+                                                 {"client_id": "c3", "username": "u3", "password": "p3"}])
+
+    def connect(cid, user, pw):
+        return prof.connect(Connect(cid, user, pw.encode() if pw is not None else None, True, 60, "MQTT", 4))
+
+    assert connect("only-id", "anything", "at-all").role == "device"
+    assert connect("any", "u", "p").username == "u"
+    assert connect("any", "nopw", None).username == "nopw"
+    assert connect("c3", "u3", "p3").username == "u3"
+    assert connect("x", "tok", None).username == "tok"  # access tokens as before
+    for cid, user, pw in (("other", "u3", "p3"), ("c3", "u3", "wrong"), ("any", "u", "wrong")):
+        with pytest.raises(Refuse) as e:
+            connect(cid, user, pw)
+        assert e.value.code == 4 and e.value.rule == "tb.basic" and not e.value.violation

@@ -225,3 +225,22 @@ def test_gateway_addresses_two_sub_devices(env):
     assert json.loads(r[0][1]) == {"device": "B", "id": 7, "data": {"valve": {"open": True}, "device": "B"}}
     assert handled(board, "valve")[0].endswith(" B")
     assert proxy.violations == []
+
+
+def test_mqtt_basic_credentials_connect_and_a_wrong_password_is_refused(env):
+    # thingsboard.io/docs/user-guide/basic-mqtt/: client id, username and password (here all
+    # three), as `credentials = { username, password }` and `client_id` (docs/platforms.md)
+    basic = {"client_id": "gh-7", "username": "gh-user", "password": "gh-pa55"}
+    proxy = env.proxy(ThingsBoard({}, basic=[basic]))
+    cloud = env.cloud()
+    cfg = e2e_config("thingsboard", proxy.url(), client_id="gh-7",
+                     credentials={"username": "gh-user", "password": "gh-pa55"})
+    board = env.board(cfg)
+    cloud.wait(lambda t, _: t == "v1/devices/me/telemetry", console=board.console)
+    assert proxy.accepted()[0][:2] == ("gh-user", "gh-7")
+    assert proxy.violations == [] and "gh-pa55" not in board.console()
+    wrong = env.board(e2e_config("thingsboard", proxy.url(), name="e2e-other", client_id="gh-7",
+                                 credentials={"username": "gh-user", "password": "not-it"}), name="other")
+    wrong.wait_for_line("refused our credentials")
+    assert [c for c in proxy.connects if c[2] == 4]
+    assert proxy.violations == []

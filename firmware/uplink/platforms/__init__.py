@@ -208,6 +208,11 @@ class Base:
         """What a connection event's detail means on this cloud (Weightron's permissions)."""
         return detail
 
+    def health_due(self):
+        """Whether the next reading carries the health keys (ThingsBoard: not more often than
+        its data-point limits leave room for)."""
+        return True
+
     async def ready(self, client):
         """Awaited before a connection's first reading: the session's rules are known then.
         The messages the cloud allows in flight, or None (the client's window)."""

@@ -4,9 +4,12 @@ from uplink.platforms import Command, command, dumps, loads_obj, too_big
 
 GW_TELEMETRY = "v1/gateway/telemetry"
 GW_CONNECT = "v1/gateway/connect"
+GW_DISCONNECT = "v1/gateway/disconnect"
 GW_RPC = "v1/gateway/rpc"
 GW_ATTRIBUTES = "v1/gateway/attributes"
+GW_ATTR_REQUEST = "v1/gateway/attributes/request"
 GW_ATTR_RESPONSE = "v1/gateway/attributes/response"
+GW_CLAIM = "v1/gateway/claim"
 
 
 class Gateway:
@@ -20,16 +23,47 @@ class Gateway:
     def __init__(self, adapter, devices):
         self.adapter = adapter
         self.devices = devices  # the sub-devices' names, announced at every connect
+        self.offline = []  # those uplink.cloud.disconnect_device said are gone: not announced
 
     def subscriptions(self):
         return [(GW_RPC, 1), (GW_ATTRIBUTES, 1), (GW_ATTR_RESPONSE, 1)]
 
     async def on_connect(self, client):
         for name in self.devices:
-            await client.publish(GW_CONNECT, dumps({"device": name}).encode(), 1, False, False)
+            if name not in self.offline:
+                await client.publish(GW_CONNECT, dumps({"device": name}).encode(), 1, False, False)
+
+    # -- what uplink.cloud asks for a sub-device (gateway-mqtt-api: the topics and shapes) ----
+    def presence(self, device, online):
+        """(topic, payload) saying `device` is connected to the gateway or gone from it."""
+        if online:
+            if device in self.offline:
+                self.offline.remove(device)
+        elif device not in self.offline:
+            self.offline.append(device)
+        return (GW_CONNECT if online else GW_DISCONNECT, dumps({"device": device}).encode())
+
+    def attributes_message(self, device, values):
+        return (GW_ATTRIBUTES, dumps({device: values}).encode())
+
+    def attributes_request(self, device, keys, client):
+        """One request: the device's client (or shared) attributes `keys`; the answer comes
+        back on v1/gateway/attributes/response with the request's id."""
+        rid = self.adapter.next_id("gw")
+        return (GW_ATTR_REQUEST, dumps({"id": rid, "device": device, "client": client, "keys": keys}).encode())
+
+    def claim_request(self, device, secret_key, duration_ms):
+        return (GW_CLAIM, dumps({device: {"secretKey": secret_key, "durationMs": duration_ms}}).encode())
 
     def encode_run(self, readings, i, out):
-        # {"A":[{"ts":..,"values":{..}}, ...], "B":[...]} for a run of sub-device readings
+        # {"A":[{"ts":..,"values":{..}}, ...], "B":[...]} for a run of sub-device readings; a
+        # sub-device's uplink.cloud attribute record (k "a") on its own
+        r = readings[i]
+        if r.get("k") == "a":
+            t, payload = self.attributes_message(r["device"], r["values"])
+            out.append((t, payload, 1) if len(payload) <= self.adapter.max_payload - len(t) - 4
+                       else too_big(1, len(payload), self.adapter.max_payload))
+            return i + 1
         adapter = self.adapter
         limit = adapter.max_payload
         room = limit - len(GW_TELEMETRY) - 4
@@ -41,7 +75,7 @@ class Gateway:
         while i < n:
             r = readings[i]
             dev = r.get("device")
-            if dev is None:
+            if dev is None or "k" in r:
                 break
             piece = adapter.piece(r)
             extra = len(piece)
@@ -86,6 +120,9 @@ class Gateway:
             return Command("attributes", data, None, dev)
         if topic == GW_ATTR_RESPONSE:
             resp = loads_obj(payload, "gateway attributes response")
+            w = self.adapter.waiter  # an answer to uplink.cloud.get_attributes(device=...)
+            if isinstance(resp.get("id"), int) and w is not None and w(resp["id"], payload):
+                return None
             dev = resp.get("device")
             if not isinstance(dev, str):
                 raise ValueError("gateway attributes response: no device")

@@ -24,6 +24,10 @@ SCHEMA = {
     "token": (str, None),
     "provision_key": (str, None),
     "provision_secret": (str, None),
+    # X.509 authentication (thingsboard.io/docs/user-guide/certificates/): the device's
+    # certificate and private key, DER files on the board; then no token
+    "client_cert": (str, None),
+    "client_key": (str, None),
     "gateway_devices": ([str], None),
     "shared_attributes": ([str], []),
     "claim_secret": (str, None),
@@ -73,9 +77,11 @@ class Adapter(Base):
 
             self.gateway = Gateway(self, devices)
         self.shared_keys = p.get("shared_attributes") or []
-        if not self.needs_provisioning():
-            self.require("token", "give the device's access token, or provision_key and "
-                         "provision_secret to provision it on first boot")
+        if p.get("client_cert"):  # X.509: the certificate is the login
+            self.require("client_key", "client_cert's private key")
+        elif not self.needs_provisioning():
+            self.require("token", "give the device's access token, an X.509 client_cert and client_key, or "
+                         "provision_key and provision_secret to provision it on first boot")
         self._rpc_id = 0
         self._pending = {}  # client-side RPC / attribute request id -> method
         self._echoes = False  # the broker hands our own requests back (see handle)
@@ -87,12 +93,13 @@ class Adapter(Base):
         self._limits = asyncio.Event()
         self._answers = True
         self.max_inflight = None
+        self.limits = None  # the session's rate limits (tb_limits.Limits), when the server gave any
         self.provision_timeout_s = 30
 
     # -- connecting ----------------------------------------------------------------------
     def needs_provisioning(self):
         p = self.cfg["platform"]
-        return (not p.get("token") and p.get("credentials") is None
+        return (not p.get("token") and p.get("credentials") is None and not p.get("client_cert")
                 and bool(p.get("provision_key")) and bool(p.get("provision_secret")))
 
     async def prepare(self, ctx):
@@ -106,7 +113,8 @@ class Adapter(Base):
     async def credentials(self):
         if self.creds is not None:
             return await self.creds()
-        return (self.cfg["platform"]["token"], None)
+        # X.509: the certificate is the login, the CONNECT carries no username
+        return (self.cfg["platform"].get("token"), None)
 
     def subscriptions(self):
         subs = [(ATTRIBUTES, 1), (ATTR_RESPONSE + "+", 1), (RPC_REQUEST + "+", 1),
@@ -118,6 +126,9 @@ class Adapter(Base):
         return subs
 
     async def on_connect(self, client):
+        # the last session's limits pace this one until the server answers again (ready()):
+        # ThingsBoard counts per device, across connections
+        client.pace = self.limits
         # The running firmware by the names of ThingsBoard's OTA guide (current_fw_title/_version;
         # fw_version is the shared attribute announcing a package), as client attributes: as
         # telemetry they would be a message that is no reading (thingsboard.io/docs/user-guide/ota-updates/).
@@ -155,10 +166,9 @@ class Adapter(Base):
         # The backlog waits up to LIMITS_WAIT_MS for getSessionLimits, then the documented
         # defaults apply (docs/platforms.md); a server that never answered is not waited for again.
         n = client.connections
-        if not self.cfg["platform"].get("client_rpc", True) or not self._answers:
-            return self.max_inflight
         t = ticks_ms()
-        while self._limits_for != n and client.connections == n:
+        asks = self.cfg["platform"].get("client_rpc", True) and self._answers
+        while asks and self._limits_for != n and client.connections == n:
             left = LIMITS_WAIT_MS - ticks_diff(ticks_ms(), t)
             if left <= 0:
                 self._answers = False
@@ -170,7 +180,13 @@ class Adapter(Base):
                 await asyncio.wait_for_ms(self._limits.wait(), left)
             except asyncio.TimeoutError:
                 pass
-        return self.max_inflight
+        lim = client.pace = self.limits  # every publish waits for its tokens (MQTTClient.publish)
+        room = lim and lim.inflight()
+        return min(room, self.max_inflight or room) if room else self.max_inflight
+
+    def health_due(self):
+        # under a data-point limit, not in every reading (tb_limits.Limits.health_due)
+        return self.limits is None or self.limits.health_due()
 
     def _running(self):
         return self.ctx.fw()  # the running bundle's manifest (uplink.ota)
@@ -186,7 +202,8 @@ class Adapter(Base):
         return user_attributes(attrs)
 
     # -- requests the device makes ---------------------------------------------------------
-    def _next_id(self, method):
+    def next_id(self, method):
+        """A request id, remembered as `method`'s (its answer is matched by it)."""
         self._rpc_id += 1
         if len(self._pending) >= 8:  # bounded: answers that never came are forgotten
             self._pending = {}
@@ -195,14 +212,14 @@ class Adapter(Base):
 
     def rpc_request(self, method, params=None):
         """Client-side RPC: (topic, payload); the answer comes back through handle()."""
-        rid = self._next_id(method)
+        rid = self.next_id(method)
         return (RPC_REQUEST + str(rid),
                 dumps({"method": method, "params": {} if params is None else params}).encode())
 
     def attributes_request(self, client=None, shared=None, method="attributes"):
         """(topic, payload) asking for attribute values; answered as Command("attributes")
         (method "fw": an OTA announcement, or nothing)."""
-        rid = self._next_id(method)
+        rid = self.next_id(method)
         req = {}
         if client:
             req["clientKeys"] = ",".join(client)
@@ -217,6 +234,12 @@ class Adapter(Base):
         """Client attributes: one JSON object to v1/devices/me/attributes (MQTT API,
         "Publish attribute update to the server")."""
         return (ATTRIBUTES, dumps(values).encode())
+
+    def explain(self, event, detail):
+        if event == "auth_error" and self.cfg["platform"].get("client_cert"):
+            return "%s: most likely it refused the client certificate %s (expired, or not signed by a CA it " \
+                "trusts)" % (detail, self.cfg["platform"]["client_cert"])
+        return detail
 
     def cloud_api(self):
         """uplink.cloud's calls: the adapter's own (it sends these requests itself at every
@@ -235,7 +258,9 @@ class Adapter(Base):
         i, n = 0, len(readings)
         while i < n:
             k = readings[i].get("k")
-            if k is not None:  # not a reading: an uplink.cloud record
+            if self.gateway is not None and readings[i].get("device") is not None:
+                i = self.gateway.encode_run(readings, i, out)  # (and its uplink.cloud records)
+            elif k is not None:  # not a reading: an uplink.cloud record
                 r = readings[i]
                 if k == "a":
                     t, payload = self.attributes_message(r["values"])
@@ -244,8 +269,6 @@ class Adapter(Base):
                 else:
                     out.append((None, ("a %r record is not for ThingsBoard" % k).encode(), 1))
                 i += 1
-            elif self.gateway is not None and readings[i].get("device") is not None:
-                i = self.gateway.encode_run(readings, i, out)
             else:
                 i = self._encode_me(readings, i, out)
         return out
@@ -348,6 +371,10 @@ class Adapter(Base):
             self.max_payload = min(size, self.cfg["platform"].get("max_payload") or DEFAULT_MAX_PAYLOAD)
             n = ans.get("maxInflightMessages")
             self.max_inflight = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+            if self.limits or ans.get("rateLimits"):  # (a gateway's come with its devices')
+                from uplink.platforms import tb_limits  # (loaded only where there are limits)
+
+                tb_limits.update(self, ans)
             self._limits_for = self._asked_on
             self._answers = True
             self._limits.set()
