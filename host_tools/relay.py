@@ -49,15 +49,15 @@ import re
 import secrets
 import ssl
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from aiohttp import web
 
 from host_tools.oidc import Credential, TokenError
 from host_tools.relay_conns import BACKLOG, CONN_KEY, Gate, HttpLog, TLSConn, freeze_heap
+from host_tools.relay_state import MemoryState, Paced, StoreDown
 
 log = logging.getLogger("uplink.relay")
 audit = logging.getLogger("uplink.relay.audit")
@@ -72,7 +72,7 @@ AUDIT = web.RequestKey("audit", dict)  # what the audit line of this request wil
 
 
 class CredentialSource(Protocol):
-    async def credential(self, min_life: float = 0.0, *, fresh: bool = False) -> Credential: ...
+    async def credential(self, min_life: float = 0.0, *, fresh: bool = False, sync: bool = False) -> Credential: ...
 
 
 @dataclass
@@ -128,30 +128,6 @@ def sign_headers(
     }
 
 
-class _Nonces:
-    """Nonces seen per device within the time window (bounded)."""
-
-    def __init__(self, window_s: float, cap: int):
-        self.window_s = window_s
-        self.cap = cap
-        self._seen: dict[str, OrderedDict[str, float]] = {}
-
-    def add(self, device: str, nonce: str, now: float) -> str | None:
-        """Record a nonce; a reason string when it must be refused."""
-        seen = self._seen.setdefault(device, OrderedDict())
-        while seen:  # forget nonces whose requests could no longer pass the time check
-            first, t = next(iter(seen.items()))
-            if now - t <= 2 * self.window_s:
-                break
-            del seen[first]
-        if nonce in seen:
-            return "replayed-nonce"
-        if len(seen) >= self.cap:
-            return "too-many-requests"
-        seen[nonce] = now
-        return None
-
-
 class Relay:
     def __init__(
         self,
@@ -159,12 +135,20 @@ class Relay:
         devices: list[RelayDevice],
         *,
         clock: Callable[[], float] = time.time,
+        state=None,
     ):
         self.settings = settings
         self.devices = {d.name: d for d in devices}
         self.clock = clock
-        self._nonces = _Nonces(settings.max_skew_s, settings.max_nonces_per_device)
-        self._last_fresh: dict[int, float] = {}
+        # nonces, revocations, the fresh floor, pacing; token cache and lock when shared
+        self.state = state or MemoryState(window_s=settings.max_skew_s,
+                                          max_nonces_per_device=settings.max_nonces_per_device)
+        for d in devices:
+            if hasattr(d.source, "shared"):  # a TokenSource (tests may pass other sources)
+                src: Any = d.source
+                src.shared = self.state.tokens()
+                src.pacer = self.state.pace
+                src.cache_min_life = settings.min_life_s
         self._runner: web.AppRunner | None = None
         self._server: asyncio.AbstractServer | None = None
         self.gate: Gate | None = None
@@ -198,6 +182,7 @@ class Relay:
             logger=HttpLog(gate),  # malformed requests: counted, not a traceback each
         )
         await self._runner.setup()
+        await self.state.start()
         handler_factory = self._runner.server
         assert handler_factory is not None
         ctx = self.ssl_context()
@@ -232,6 +217,7 @@ class Relay:
             await asyncio.Event().wait()
         finally:
             await self.stop()
+            await self.state.close()
 
     # -- request handling ---------------------------------------------------------------
     @web.middleware
@@ -267,13 +253,16 @@ class Relay:
                 (time.perf_counter() - t0) * 1000,
             )
 
-    def _deny(self, request: web.Request, reason: str, status: int = 401) -> web.Response:
+    def _deny(self, request: web.Request, reason: str, status: int = 401,
+              retry_after: int | None = None) -> web.Response:
         request[AUDIT]["reason"] = reason
         body = {401: "unauthorized", 429: "too many requests", 503: "unavailable"}[status]
-        return web.json_response({"error": body}, status=status,
-                                 headers={"Cache-Control": "no-store"})
+        headers = {"Cache-Control": "no-store"}
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
+        return web.json_response({"error": body}, status=status, headers=headers)
 
-    def _check(self, request: web.Request) -> tuple[RelayDevice | None, web.Response | None]:
+    async def _check(self, request: web.Request) -> tuple[RelayDevice | None, web.Response | None]:
         """The signed device of a request, or the refusal to answer with."""
         info = request[AUDIT]
         h = request.headers
@@ -297,9 +286,15 @@ class Relay:
         now = self.clock()
         if abs(now - int(ts)) > self.settings.max_skew_s:
             return None, self._deny(request, "stale-timestamp")
-        why = self._nonces.add(device, nonce, now)
+        try:  # one round trip on Redis: revoked set, nonce, store epoch
+            why = await self.state.admit(device, nonce, int(ts), now)
+        except StoreDown as e:
+            # no replay check, no answer: the device backs off and asks again
+            return None, self._deny(request, "replay-store-down", 503, e.retry_after)
         if why == "too-many-requests":
             return None, self._deny(request, why, 429)
+        if why == "signed-before-store-epoch":  # a new request (new time) will pass
+            return None, self._deny(request, why, 503, 1)
         if why:
             return None, self._deny(request, why)
         return dev, None
@@ -308,7 +303,7 @@ class Relay:
         """The bundle `uplink ota` left for this device (Range answered by aiohttp), its
         sha256 and version in the headers Blynk.Air uses (x-sha256 base64, x-fw-ver); 204
         when there is none."""
-        dev, denied = self._check(request)
+        dev, denied = await self._check(request)
         if dev is None:
             assert denied is not None
             return denied
@@ -337,23 +332,24 @@ class Relay:
 
     async def _credentials(self, request: web.Request) -> web.Response:
         info = request[AUDIT]
-        dev, denied = self._check(request)
+        dev, denied = await self._check(request)
         if dev is None:
             assert denied is not None
             return denied
         device = dev.name
         now = self.clock()
         # (the query string is parsed only when there is one: most requests have none)
-        fresh = bool(request.query_string) and request.query.get("fresh") == "1"
+        fresh = sync = bool(request.query_string) and request.query.get("fresh") == "1"
         if fresh:
-            last = self._last_fresh.get(id(dev.source), 0.0)
-            if now - last < self.settings.fresh_floor_s:
-                fresh = False  # someone forced a new token moments ago: that one is it
-            else:
-                self._last_fresh[id(dev.source)] = now
+            cid = getattr(dev.source, "cid", None) or str(id(dev.source))
+            # someone forced a new token moments ago (on any replica): that one is it
+            fresh = await self.state.fresh_allowed(cid, self.settings.fresh_floor_s, now)
         min_life = self.settings.min_life_s
         try:
-            cred = await dev.source.credential(min_life, fresh=fresh)
+            cred = await dev.source.credential(min_life, fresh=fresh, sync=sync and not fresh)
+        except Paced as e:
+            log.warning("device %s: %s", device, e)
+            return self._deny(request, "provider-paced", 503, e.retry_after)
         except TokenError as e:
             log.warning("device %s: no credential: %s", device, e)
             return self._deny(request, "provider-error", 503)

@@ -133,13 +133,16 @@ def register(app: typer.Typer) -> None:
         header_timeout: Annotated[Optional[float], typer.Option(
             "--header-timeout",
             help="Seconds a connection has to send its request headers (default 10).")] = None,
+        redis: Annotated[Optional[str], typer.Option(
+            "--redis", help="Share state with other replicas on redis://HOST:PORT/DB "
+                            "(default: \\[relay] redis; none: this process's memory).")] = None,
     ):
         """Serve fresh platform credentials to the fleet's devices over HTTPS (token relay)."""
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         limits = {k: v for k, v in (("max_connections", max_connections),
                                     ("max_per_address", max_per_address),
                                     ("header_timeout_s", header_timeout)) if v is not None}
-        relay = build_relay(S.fleet(), S.store, listen=listen, min_life=min_life, **limits)
+        relay = build_relay(S.fleet(), S.store, listen=listen, min_life=min_life, redis=redis, **limits)
         try:
             asyncio.run(relay.serve_forever())
         except KeyboardInterrupt:
@@ -165,7 +168,7 @@ def _listen(s: str) -> tuple[str, int]:
 
 
 def build_relay(fl, store, *, listen: str | None = None, min_life: int | None = None,
-                **limits):
+                redis: str | None = None, **limits):
     """A Relay for every device of the fleet whose credentials = "relay"."""
     from host_tools import relay as relay_mod
     from host_tools import relay_pki
@@ -193,4 +196,20 @@ def build_relay(fl, store, *, listen: str | None = None, min_life: int | None = 
         min_life_s=float(min_life if min_life is not None else rc.min_life_s),
         ota_dir=fl.state_dir / "ota", **limits,  # `uplink ota DEVICE` leaves bundles there
     )
-    return relay_mod.Relay(settings, devices)
+    return relay_mod.Relay(settings, devices, state=relay_state(fl, store, redis, settings.max_skew_s))
+
+
+def relay_state(fl, store, redis: str | None = None, window_s: float = 30.0):
+    """The relay's state store: Redis when the fleet (or --redis) names one, else memory."""
+    from host_tools import relay_pki
+    from host_tools.relay_state import MemoryState, RedisState, RevokedFile
+
+    rc = fl.relay
+    revoked = RevokedFile(fl.state_dir / "relay-revoked.json")  # on storage every replica reads
+    pace = (rc.provider_rate, float(rc.provider_burst), 5.0)
+    url = redis or rc.redis
+    if not url:
+        return MemoryState(window_s=window_s, revoked=revoked, pace=pace)
+    password = store.resolve(rc.redis_password, context="relay.redis_password") if rc.redis_password else None
+    return RedisState(url, relay_pki.state_key(store), password=password, window_s=window_s,
+                      revoked=revoked, pace=pace)
