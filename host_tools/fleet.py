@@ -321,6 +321,18 @@ class Relay(Strict):
             raise ValueError("expected the URL devices use, like https://192.168.1.10:8443")
         return v
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v):
+        import ipaddress
+
+        for x in v:
+            try:
+                ipaddress.ip_network(x, strict=False)
+            except ValueError:
+                raise ValueError(f"{x!r} is not an IP address or network (like 10.0.0.2 or 10.0.0.0/24)") from None
+        return v
+
     @field_validator("redis")
     @classmethod
     def _redis(cls, v):

@@ -100,6 +100,8 @@ class RelaySettings:
     header_timeout_s: float = 10.0  # accept (or the end of the last answer) -> request headers in
     stats_log_interval_s: float = 60.0  # at most one line of refusal/timeout counts per interval
     ota_dir: Path | None = None  # `uplink ota DEVICE` leaves <device>.uplb here (GET /v1/ota)
+    # balancers (addresses or networks) whose PROXY protocol v2 header names the client
+    trusted_proxies: tuple[str, ...] = ()
 
 
 def canonical(method: str, path: str, device: str, ts: str, nonce: str) -> bytes:
@@ -174,7 +176,7 @@ class Relay:
         self.gate = gate = Gate(
             max_connections=st.max_connections, max_per_address=st.max_per_address,
             handshake_timeout_s=st.handshake_timeout_s, header_timeout_s=st.header_timeout_s,
-            stats_log_interval_s=st.stats_log_interval_s,
+            stats_log_interval_s=st.stats_log_interval_s, trusted_proxies=tuple(st.trusted_proxies),
         )
         self._runner = web.AppRunner(
             self.app, access_log=None, handle_signals=False,

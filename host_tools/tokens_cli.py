@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ipaddress
 import logging
 import re
 import time
@@ -136,12 +137,17 @@ def register(app: typer.Typer) -> None:
         redis: Annotated[Optional[str], typer.Option(
             "--redis", help="Share state with other replicas on redis://HOST:PORT/DB "
                             "(default: \\[relay] redis; none: this process's memory).")] = None,
+        trusted_proxy: Annotated[Optional[list[str]], typer.Option(
+            "--trusted-proxy", help="A balancer address/network whose PROXY v2 header names the client "
+                                    "(repeat; default: \\[relay] trusted_proxies).")] = None,
     ):
         """Serve fresh platform credentials to the fleet's devices over HTTPS (token relay)."""
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         limits = {k: v for k, v in (("max_connections", max_connections),
                                     ("max_per_address", max_per_address),
                                     ("header_timeout_s", header_timeout)) if v is not None}
+        if trusted_proxy:
+            limits["trusted_proxies"] = tuple(trusted_proxy)
         relay = build_relay(S.fleet(), S.store, listen=listen, min_life=min_life, redis=redis, **limits)
         try:
             asyncio.run(relay.serve_forever())
@@ -191,6 +197,13 @@ def build_relay(fl, store, *, listen: str | None = None, min_life: int | None = 
         devices.append(relay_mod.RelayDevice(name, relay_pki.device_key(store, name), src))
     if not devices:
         raise FleetError([f"{fl.path.name}: no device has credentials = \"relay\""])
+    limits.setdefault("trusted_proxies", tuple(rc.trusted_proxies))
+    for x in limits["trusted_proxies"]:
+        try:
+            ipaddress.ip_network(x, strict=False)
+        except ValueError:
+            raise FleetError([f"--trusted-proxy: {x!r} is not an IP address or network "
+                              "(like 10.0.0.2 or 10.0.0.0/24)"]) from None
     settings = relay_mod.RelaySettings(
         cert_pem=pki.cert_pem, key_pem=pki.key_pem, host=host, port=port,
         min_life_s=float(min_life if min_life is not None else rc.min_life_s),

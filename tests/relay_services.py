@@ -6,6 +6,7 @@ one. Redis runs without persistence: a restart is a Redis that comes back empty.
 
 from __future__ import annotations
 
+import resource
 import shutil
 import subprocess
 import time
@@ -93,7 +94,11 @@ class HAProxy:
         self.proc: subprocess.Popen | None = None
 
     def config(self) -> str:
-        lines = ["global", "    maxconn 20000", "defaults", "    mode tcp", "    timeout connect 5s",
+        # each connection costs haproxy two descriptors, and it refuses to start when the
+        # hard open-file limit is below what maxconn needs
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        maxconn = 20000 if hard == resource.RLIM_INFINITY else max(100, min(20000, (hard - 200) // 2))
+        lines = ["global", f"    maxconn {maxconn}", "defaults", "    mode tcp", "    timeout connect 5s",
                  "    timeout client 60s", "    timeout server 60s", ""]
         for name, backends in self.frontends.items():
             lines += [f"frontend fe_{name}", f"    bind 127.0.0.1:{self.ports[name]}",
@@ -111,11 +116,17 @@ class HAProxy:
         cfg.write_text(self.config())
         self.log = open(self.dir / "haproxy.log", "wb")
         self.proc = subprocess.Popen([exe, "-db", "-f", str(cfg)], stdout=self.log, stderr=subprocess.STDOUT)
+        end = time.monotonic() + 10
         for port in self.ports.values():
-            wait_port(port, timeout=10)
-        time.sleep(0.05)
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"haproxy exited: {(self.dir / 'haproxy.log').read_text()}")
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"haproxy exited: {(self.dir / 'haproxy.log').read_text()}")
+                try:
+                    wait_port(port, timeout=0.2)
+                    break
+                except TimeoutError:
+                    if time.monotonic() > end:
+                        raise
         return self
 
     def stop(self) -> None:
