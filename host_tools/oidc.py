@@ -167,6 +167,8 @@ class TokenSource:
         self.refetch_floor_s = refetch_floor_s
         self.clock = clock
         self.provider_calls = 0  # requests sent to the token endpoint
+        self.memory_hits = 0  # tokens handed out from this process's cache
+        self.shared_hits = 0  # ... from the replicas' shared cache
         self._token: Token | None = None
         self._inflight: asyncio.Task | None = None
         self._client: AsyncOAuth2Client | None = None
@@ -200,6 +202,7 @@ class TokenSource:
         """
         tok = self._token
         if tok is not None and not (sync and self.shared is not None) and self._good(tok, min_life, fresh):
+            self.memory_hits += 1
             return tok
         if self._inflight is None or self._inflight.done():
             self._inflight = asyncio.ensure_future(self._fetch(min_life, fresh, sync))
@@ -264,6 +267,7 @@ class TokenSource:
                 if self._token is None or tok.obtained_at >= self._token.obtained_at:
                     self._token = tok  # its refresh token is the newest too
                 if self._good(tok, min_life, False) and (newer_than is None or tok.obtained_at > newer_than):
+                    self.shared_hits += 1
                     return tok
             if loop.time() >= deadline:
                 break

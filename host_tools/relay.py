@@ -43,10 +43,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import itertools
 import json
 import logging
+import os
 import re
 import secrets
+import socket
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -102,6 +105,10 @@ class RelaySettings:
     ota_dir: Path | None = None  # `uplink ota DEVICE` leaves <device>.uplb here (GET /v1/ota)
     # balancers (addresses or networks) whose PROXY protocol v2 header names the client
     trusted_proxies: tuple[str, ...] = ()
+    # /healthz, /readyz, /metrics on their own plain-HTTP listener (host_tools/relay_admin.py)
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = None  # None: no admin listener; 0: a free port
+    replica_id: str = field(default_factory=lambda: f"{socket.gethostname()[:32]}-{os.getpid()}")
 
 
 def canonical(method: str, path: str, device: str, ts: str, nonce: str) -> bytes:
@@ -156,6 +163,10 @@ class Relay:
         self.gate: Gate | None = None
         self.port: int | None = None
         self.requests = 0
+        self._ids = itertools.count(1)
+        self._id_prefix = secrets.token_hex(3)  # request ids stay unique across restarts
+        self.metrics = _metrics(self)
+        self.admin: Any = None
         self.app = web.Application(middlewares=[self._audit_mw], client_max_size=4096)
         self.app.router.add_get(PATH, self._credentials)
         self.app.router.add_get(OTA_PATH, self._ota)
@@ -196,6 +207,11 @@ class Relay:
         )
         socks = self._server.sockets
         self.port = int(socks[0].getsockname()[1]) if socks else st.port
+        if st.admin_port is not None:
+            from host_tools.relay_admin import Admin
+
+            self.admin = Admin(self, st.admin_host, st.admin_port)
+            await self.admin.start()
         log.info("relay listening on https://%s:%s%s for %d device(s); up to %d connections, "
                  "%d per address (open-file limit %d)",
                  st.host, self.port, PATH, len(self.devices), gate.max_connections,
@@ -203,6 +219,9 @@ class Relay:
         return self.port
 
     async def stop(self) -> None:
+        if self.admin is not None:
+            await self.admin.stop()
+            self.admin = None
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -225,6 +244,7 @@ class Relay:
     @web.middleware
     async def _audit_mw(self, request: web.Request, handler):
         t0 = time.perf_counter()
+        rid = f"{self._id_prefix}{next(self._ids):x}"
         info: dict = {"device": "-", "reason": "-"}
         request[AUDIT] = info
         status = 500
@@ -235,6 +255,7 @@ class Relay:
         try:
             resp = await handler(request)
             status = resp.status
+            resp.headers["X-Request-Id"] = rid  # what a support question quotes
             return resp
         except web.HTTPException as e:
             status = e.status
@@ -248,12 +269,15 @@ class Relay:
             extra = ""
             if "username" in info:
                 extra = f" user={info['username']} expires_in={info['expires_in']}"
+            took = time.perf_counter() - t0
             audit.info(
-                "peer=%s device=%s method=%s path=%s status=%d reason=%s%s ms=%.1f",
-                request.remote or "-", info["device"], request.method,
-                _printable(request.rel_url.path), status, info["reason"], extra,
-                (time.perf_counter() - t0) * 1000,
+                "replica=%s req=%s peer=%s device=%s method=%s path=%s status=%d reason=%s%s ms=%.1f",
+                self.settings.replica_id, rid, request.remote or "-", info["device"], request.method,
+                _printable(request.rel_url.path), status, info["reason"], extra, took * 1000,
             )
+            if self.metrics is not None:
+                route = request.path if request.path in (PATH, OTA_PATH) else "other"
+                self.metrics.observe(route, status, info["reason"], took)
 
     def _deny(self, request: web.Request, reason: str, status: int = 401,
               retry_after: int | None = None) -> web.Response:
@@ -374,6 +398,16 @@ class Relay:
             path, sha, ver = offer
             answer["ota"] = {"version": ver, "size": path.stat().st_size, "sha256": sha.hex()}
         return web.json_response(answer, headers={"Cache-Control": "no-store"})
+
+
+def _metrics(relay: "Relay"):
+    """Prometheus counters, or None without prometheus_client (the embedded relay)."""
+    try:
+        from host_tools.relay_admin import Metrics
+
+        return Metrics(relay)
+    except ImportError:
+        return None
 
 
 _UNPRINTABLE = re.compile(r"[^\x21-\x7e]")

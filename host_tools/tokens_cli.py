@@ -140,6 +140,11 @@ def register(app: typer.Typer) -> None:
         trusted_proxy: Annotated[Optional[list[str]], typer.Option(
             "--trusted-proxy", help="A balancer address/network whose PROXY v2 header names the client "
                                     "(repeat; default: \\[relay] trusted_proxies).")] = None,
+        admin_listen: Annotated[Optional[str], typer.Option(
+            "--admin-listen", help="HOST:PORT for /healthz, /readyz, /metrics (plain HTTP; "
+                                   "default: \\[relay] admin_listen, else none).")] = None,
+        replica_id: Annotated[Optional[str], typer.Option(
+            "--replica-id", help="This replica's name in the audit log (default: HOST-PID).")] = None,
     ):
         """Serve fresh platform credentials to the fleet's devices over HTTPS (token relay)."""
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -148,6 +153,10 @@ def register(app: typer.Typer) -> None:
                                     ("header_timeout_s", header_timeout)) if v is not None}
         if trusted_proxy:
             limits["trusted_proxies"] = tuple(trusted_proxy)
+        if replica_id:
+            limits["replica_id"] = replica_id
+        if admin_listen:
+            limits["admin_host"], limits["admin_port"] = _listen(admin_listen)
         relay = build_relay(S.fleet(), S.store, listen=listen, min_life=min_life, redis=redis, **limits)
         try:
             asyncio.run(relay.serve_forever())
@@ -198,6 +207,8 @@ def build_relay(fl, store, *, listen: str | None = None, min_life: int | None = 
     if not devices:
         raise FleetError([f"{fl.path.name}: no device has credentials = \"relay\""])
     limits.setdefault("trusted_proxies", tuple(rc.trusted_proxies))
+    if rc.admin_listen and "admin_port" not in limits:
+        limits["admin_host"], limits["admin_port"] = _listen(rc.admin_listen)
     for x in limits["trusted_proxies"]:
         try:
             ipaddress.ip_network(x, strict=False)
