@@ -54,12 +54,13 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from aiohttp import web
 
 from host_tools.oidc import Credential, TokenError
 from host_tools.relay_conns import BACKLOG, CONN_KEY, Gate, HttpLog, TLSConn, freeze_heap
+from host_tools.relay_keys import KID_RE, RELOAD_FLOOR_S, DeviceKey, key_id
 from host_tools.relay_state import MemoryState, Paced, StoreDown
 
 log = logging.getLogger("uplink.relay")
@@ -81,8 +82,17 @@ class CredentialSource(Protocol):
 @dataclass
 class RelayDevice:
     name: str
-    key: str = field(repr=False)  # hex
+    key: str = field(repr=False)  # hex: the current key
     source: CredentialSource = field(repr=False)
+    prev: DeviceKey | None = field(default=None, repr=False)  # a rotated key in its grace period
+
+    def keys(self, now: float, kid: str | None) -> list[str]:
+        """The keys a request may be signed with: the one its key id names, else (a device
+        without key ids) the current one, then the previous while its grace lasts."""
+        out = [DeviceKey(self.key)]
+        if self.prev is not None and self.prev.valid(now):
+            out.append(self.prev)
+        return [k.key for k in out if kid is None or k.kid == kid]
 
 
 @dataclass
@@ -111,30 +121,37 @@ class RelaySettings:
     replica_id: str = field(default_factory=lambda: f"{socket.gethostname()[:32]}-{os.getpid()}")
 
 
-def canonical(method: str, path: str, device: str, ts: str, nonce: str) -> bytes:
-    return "\n".join((method.upper(), path, device, ts, nonce)).encode()
+def canonical(method: str, path: str, device: str, ts: str, nonce: str, kid: str | None = None) -> bytes:
+    parts = (method.upper(), path, device, ts, nonce) + ((kid,) if kid is not None else ())
+    return "\n".join(parts).encode()
 
 
-def sign(key_hex: str, method: str, path: str, device: str, ts: str, nonce: str) -> str:
+def sign(key_hex: str, method: str, path: str, device: str, ts: str, nonce: str,
+         kid: str | None = None) -> str:
     # hmac.digest: OpenSSL's one-shot HMAC, a third of hmac.new()'s cost per request
     return hmac.digest(
-        bytes.fromhex(key_hex), canonical(method, path, device, ts, nonce), "sha256"
+        bytes.fromhex(key_hex), canonical(method, path, device, ts, nonce, kid), "sha256"
     ).hex()
 
 
 def sign_headers(
     device: str, key_hex: str, method: str = "GET", path: str = PATH, *,
-    now: float | None = None, nonce: str | None = None,
+    now: float | None = None, nonce: str | None = None, kid: bool = False,
 ) -> dict:
-    """The headers a device sends (host-side twin of firmware/uplink/credentials.py)."""
+    """The headers a device sends (host-side twin of firmware/uplink/credentials.py); with
+    kid=True the key id too, inside the signature."""
     ts = str(int(time.time() if now is None else now))
     nonce = nonce or secrets.token_hex(8)
-    return {
+    key_id_ = key_id(key_hex) if kid else None
+    h = {
         "X-Uplink-Device": device,
         "X-Uplink-Time": ts,
         "X-Uplink-Nonce": nonce,
-        "X-Uplink-Signature": sign(key_hex, method, path, device, ts, nonce),
+        "X-Uplink-Signature": sign(key_hex, method, path, device, ts, nonce, key_id_),
     }
+    if key_id_ is not None:
+        h["X-Uplink-Key-Id"] = key_id_
+    return h
 
 
 class Relay:
@@ -145,10 +162,13 @@ class Relay:
         *,
         clock: Callable[[], float] = time.time,
         state=None,
+        key_loader: Callable[[str], Awaitable[list[DeviceKey]]] | None = None,
     ):
         self.settings = settings
         self.devices = {d.name: d for d in devices}
         self.clock = clock
+        self.key_loader = key_loader  # a device's keys as they are now (host_tools/relay_keys.py)
+        self._reloaded: dict[str, float] = {}
         # nonces, revocations, the fresh floor, pacing; token cache and lock when shared
         self.state = state or MemoryState(window_s=settings.max_skew_s,
                                           max_nonces_per_device=settings.max_nonces_per_device)
@@ -296,20 +316,24 @@ class Relay:
         ts = h.get("X-Uplink-Time", "")
         nonce = h.get("X-Uplink-Nonce", "")
         sig = h.get("X-Uplink-Signature", "")
+        kid = h.get("X-Uplink-Key-Id")
         if not _NAME_RE.match(device):
             return None, self._deny(request, "bad-device-header")
         info["device"] = device
-        if not (_TIME_RE.match(ts) and _NONCE_RE.match(nonce) and _SIG_RE.match(sig)):
+        if not (_TIME_RE.match(ts) and _NONCE_RE.match(nonce) and _SIG_RE.match(sig)
+                and (kid is None or KID_RE.match(kid))):
             return None, self._deny(request, "malformed-auth-headers")
         dev = self.devices.get(device)
-        # unknown devices cost the same HMAC as known ones: timing tells nothing
-        key = dev.key if dev is not None else "00" * 32
-        want = sign(key, request.method, request.raw_path, device, ts, nonce)
-        if dev is None:
-            return None, self._deny(request, "unknown-device")
-        if not hmac.compare_digest(want, sig.lower()):
-            return None, self._deny(request, "bad-signature")
         now = self.clock()
+        if dev is None:
+            # unknown devices cost the same HMAC as known ones: timing tells nothing
+            sign("00" * 32, request.method, request.raw_path, device, ts, nonce, kid)
+            return None, self._deny(request, "unknown-device")
+        signed = (request.method, request.raw_path, device, ts, nonce, kid)
+        if not _verify(dev.keys(now, kid), sig, signed):
+            # a key rotated since this relay loaded it? (at most once per RELOAD_FLOOR_S)
+            if not (await self._reload_keys(dev, now) and _verify(dev.keys(now, kid), sig, signed)):
+                return None, self._deny(request, "bad-signature")
         if abs(now - int(ts)) > self.settings.max_skew_s:
             return None, self._deny(request, "stale-timestamp")
         try:  # one round trip on Redis: revoked set, nonce, store epoch
@@ -324,6 +348,25 @@ class Relay:
         if why:
             return None, self._deny(request, why)
         return dev, None
+
+    async def _reload_keys(self, dev: RelayDevice, now: float) -> bool:
+        """Fetch `dev`'s keys again (`uplink relay rotate` made a new one); True if they changed."""
+        if self.key_loader is None or now - self._reloaded.get(dev.name, float("-inf")) < RELOAD_FLOOR_S:
+            return False
+        self._reloaded[dev.name] = now
+        try:
+            keys = await self.key_loader(dev.name)
+        except Exception as e:  # the store is down or damaged: the keys held stay
+            log.warning("device %s: could not reload its keys: %s: %s", dev.name, type(e).__name__, e)
+            return False
+        cur = next((k for k in keys if k.until is None), None)
+        prev = next((k for k in keys if k.until is not None), None)
+        if cur is None or (cur.key == dev.key and prev == dev.prev):
+            return False
+        if cur.key != dev.key:
+            log.info("device %s: key %s is current now", dev.name, cur.kid)
+        dev.key, dev.prev = cur.key, prev
+        return True
 
     async def _ota(self, request: web.Request) -> web.StreamResponse:
         """The bundle `uplink ota` left for this device (Range answered by aiohttp), its
@@ -398,6 +441,11 @@ class Relay:
             path, sha, ver = offer
             answer["ota"] = {"version": ver, "size": path.stat().st_size, "sha256": sha.hex()}
         return web.json_response(answer, headers={"Cache-Control": "no-store"})
+
+
+def _verify(keys: list[str], sig: str, signed: tuple) -> bool:
+    sig = sig.lower()
+    return any(hmac.compare_digest(sign(k, *signed), sig) for k in keys)
 
 
 def _metrics(relay: "Relay"):

@@ -101,6 +101,18 @@ class TokenCodec:
         nonce = os.urandom(12)
         return nonce + self._aead.encrypt(nonce, body, cid.encode())
 
+    def seal_bytes(self, aad: str, body: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, body, aad.encode())
+
+    def open_bytes(self, aad: str, blob: bytes) -> bytes | None:
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            return self._aead.decrypt(blob[:12], blob[12:], aad.encode())
+        except (InvalidTag, ValueError):
+            return None
+
     def open(self, cid: str, blob: bytes) -> Token | None:
         from cryptography.exceptions import InvalidTag
 
@@ -209,6 +221,12 @@ class MemoryState:
         devs = set(self.revoked.refresh(force=True))
         (devs.add if revoked else devs.discard)(device)
         self.revoked.write(devs)
+
+    async def put_keys(self, device: str, keys: list) -> None:
+        pass  # one process: it reads the secret store itself
+
+    async def get_keys(self, device: str) -> list:
+        return []
 
     async def close(self) -> None:
         pass
@@ -392,6 +410,20 @@ class RedisState:
         """The file first (it survives Redis), then the live set every replica checks."""
         await self.local.revoke(device, revoked)
         await self.call(self.r.sadd if revoked else self.r.srem, _REVOKED, device)
+
+    async def put_keys(self, device: str, keys: list) -> None:
+        """A device's keys after `uplink relay rotate` (encrypted like the tokens)."""
+        body = json.dumps([k.encode() for k in keys]).encode()
+        name = f"{PREFIX}keys:{device}"
+        await self.call(self.r.set, name, self.codec.seal_bytes(name, body))
+
+    async def get_keys(self, device: str) -> list:
+        from host_tools.relay_keys import DeviceKey
+
+        name = f"{PREFIX}keys:{device}"
+        blob = await self.call(self.r.get, name)
+        body = self.codec.open_bytes(name, blob) if blob else None
+        return [DeviceKey.decode(x) for x in json.loads(body)] if body else []
 
     async def close(self) -> None:
         await self.r.aclose()

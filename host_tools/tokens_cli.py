@@ -119,8 +119,12 @@ def register(app: typer.Typer) -> None:
             t.add_row(k, str(v))
         UI.out.print(t)
 
-    @app.command("relay")
+    relay_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+    app.add_typer(relay_app, name="relay")
+
+    @relay_app.callback()
     def relay_cmd(
+        ctx: typer.Context,
         listen: Annotated[Optional[str], typer.Option(
             "--listen", help="HOST:PORT to listen on (default: \\[relay] listen).")] = None,
         min_life: Annotated[Optional[int], typer.Option(
@@ -146,7 +150,13 @@ def register(app: typer.Typer) -> None:
         replica_id: Annotated[Optional[str], typer.Option(
             "--replica-id", help="This replica's name in the audit log (default: HOST-PID).")] = None,
     ):
-        """Serve fresh platform credentials to the fleet's devices over HTTPS (token relay)."""
+        """Serve fresh platform credentials to the fleet's devices over HTTPS (token relay).
+
+        `uplink relay revoke DEVICE` and `uplink relay rotate DEVICE` change a device's access
+        while the relay (all its replicas) keeps running."""
+        if ctx.invoked_subcommand is not None:
+            ctx.obj = {"redis": redis}
+            return
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         limits = {k: v for k, v in (("max_connections", max_connections),
                                     ("max_per_address", max_per_address),
@@ -162,6 +172,93 @@ def register(app: typer.Typer) -> None:
             asyncio.run(relay.serve_forever())
         except KeyboardInterrupt:
             pass
+
+
+    @relay_app.command("revoke")
+    def revoke_cmd(
+        ctx: typer.Context,
+        device: Annotated[str, typer.Argument(help="Device name in the fleet file.")],
+        undo: Annotated[bool, typer.Option("--undo", help="Let the device in again.")] = False,
+    ):
+        """Refuse DEVICE at once on every replica (401), without a restart."""
+        fl = S.fleet()
+        dev = fl.device(device)
+        if not getattr(dev.platform, "relay", False):
+            from host_tools.fleet import FleetError
+
+            raise FleetError([f"{device}: credentials is not \"relay\": the relay does not serve it"])
+        asyncio.run(_revoke(fl, S.store, (ctx.obj or {}).get("redis"), device, not undo))
+        UI.text(f"{device}: {'let in again' if undo else 'revoked: every replica answers it 401'}")
+
+    @relay_app.command("rotate")
+    def rotate_cmd(
+        ctx: typer.Context,
+        device: Annotated[str, typer.Argument(help="Device name in the fleet file.")],
+        grace: Annotated[Optional[int], typer.Option(
+            "--grace", help="Seconds the old key is still accepted (default: \\[relay] key_grace_s).")] = None,
+    ):
+        """Give DEVICE a new relay key; the old one works for the grace period, then stops."""
+        from host_tools import relay_keys
+
+        fl = S.fleet()
+        dev = fl.device(device)
+        if not getattr(dev.platform, "relay", False):
+            from host_tools.fleet import FleetError
+
+            raise FleetError([f"{device}: credentials is not \"relay\": it has no relay key"])
+        rc = _relay_cfg(fl)
+        grace_s = float(grace if grace is not None else rc.key_grace_s)
+        new, prev = relay_keys.rotate(S.store, device, grace_s)
+        asyncio.run(_publish_keys(fl, S.store, (ctx.obj or {}).get("redis"), device, [new] + ([prev] if prev else [])))
+        until = _iso(prev.until) if prev and prev.until else "-"
+        UI.text(f"{device}: new relay key {new.kid}; the old one ({prev.kid if prev else '-'}) is accepted "
+                f"until {until}. Run `uplink provision {device}` and deploy to give it the new key.")
+
+
+def _relay_cfg(fl):
+    from host_tools.fleet import FleetError
+
+    if fl.relay is None:
+        raise FleetError([f"{fl.path.name}: no [relay] table"])
+    return fl.relay
+
+
+async def _revoke(fl, store, redis: str | None, device: str, revoked: bool) -> None:
+    _relay_cfg(fl)
+    state = relay_state(fl, store, redis)
+    try:
+        await state.revoke(device, revoked)
+    finally:
+        await state.close()
+
+
+async def _publish_keys(fl, store, redis: str | None, device: str, keys) -> None:
+    """Replicas on Redis find a rotated key there (they may not share this secret store)."""
+    _relay_cfg(fl)
+    state = relay_state(fl, store, redis)
+    try:
+        if state.shared:
+            await state.put_keys(device, keys)
+    finally:
+        await state.close()
+
+
+def key_loader(state, store):
+    """How a running relay finds a device's keys after a rotation: Redis, then the store."""
+    from host_tools import relay_keys
+    from host_tools.relay_state import StoreDown
+
+    async def load(device: str):
+        if state.shared:
+            try:
+                keys = await state.get_keys(device)
+                if keys:
+                    return keys
+            except StoreDown:
+                pass
+        return relay_keys.load(store, device)
+
+    return load
 
 
 def relay_hosts(relay_cfg) -> list[str]:
@@ -186,7 +283,7 @@ def build_relay(fl, store, *, listen: str | None = None, min_life: int | None = 
                 redis: str | None = None, **limits):
     """A Relay for every device of the fleet whose credentials = "relay"."""
     from host_tools import relay as relay_mod
-    from host_tools import relay_pki
+    from host_tools import relay_keys, relay_pki
     from host_tools.fleet import FleetError
 
     rc = fl.relay
@@ -203,7 +300,9 @@ def build_relay(fl, store, *, listen: str | None = None, min_life: int | None = 
         src = sources.get(settings)
         if src is None:
             src = sources[settings] = oidc.source_for(settings)
-        devices.append(relay_mod.RelayDevice(name, relay_pki.device_key(store, name), src))
+        key = relay_pki.device_key(store, name)
+        prev = next((k for k in relay_keys.load(store, name) if k.until is not None), None)
+        devices.append(relay_mod.RelayDevice(name, key, src, prev))
     if not devices:
         raise FleetError([f"{fl.path.name}: no device has credentials = \"relay\""])
     limits.setdefault("trusted_proxies", tuple(rc.trusted_proxies))
@@ -220,7 +319,8 @@ def build_relay(fl, store, *, listen: str | None = None, min_life: int | None = 
         min_life_s=float(min_life if min_life is not None else rc.min_life_s),
         ota_dir=fl.state_dir / "ota", **limits,  # `uplink ota DEVICE` leaves bundles there
     )
-    return relay_mod.Relay(settings, devices, state=relay_state(fl, store, redis, settings.max_skew_s))
+    state = relay_state(fl, store, redis, settings.max_skew_s)
+    return relay_mod.Relay(settings, devices, state=state, key_loader=key_loader(state, store))
 
 
 def relay_state(fl, store, redis: str | None = None, window_s: float = 30.0):

@@ -117,10 +117,9 @@ class RelayProcess:
                 os.umask(umask)
 
         self._log = open(self.log_path, "wb")
+        self.env = env
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "host_tools.cli", "--fleet", str(self.fleet),
-             "--secrets-file", str(self.secrets), "--no-keyring", "relay",
-             "--listen", f"127.0.0.1:{self.port}", *self.args],
+            [*self._uplink(), "relay", "--listen", f"127.0.0.1:{self.port}", *self.args],
             env=env, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=limit, cwd=self.dir)
         wait_port(self.port, timeout=30)
         store = SecretStore(self.secrets, use_keyring=False, env={})
@@ -128,6 +127,15 @@ class RelayProcess:
         pki = relay_pki.ensure_relay_pki(self.state_dir, ["127.0.0.1", "localhost"])
         self.ca = str(pki.ca_pem)
         return self
+
+    def _uplink(self) -> list[str]:
+        return [sys.executable, "-m", "host_tools.cli", "--fleet", str(self.fleet),
+                "--secrets-file", str(self.secrets), "--no-keyring"]
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        """`uplink ARGS` on this relay's fleet, secrets and state (e.g. relay revoke DEVICE)."""
+        return subprocess.run([*self._uplink(), *args], env=self.env, capture_output=True, text=True,
+                              timeout=60, cwd=self.dir)
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.ca)
