@@ -168,6 +168,7 @@ class Relay:
         self.devices = {d.name: d for d in devices}
         self.clock = clock
         self.key_loader = key_loader  # a device's keys as they are now (host_tools/relay_keys.py)
+        self._missing_warned: dict[str, str] = {}  # device -> the offer whose bundle was missing
         self._reloaded: dict[str, float] = {}
         # nonces, revocations, the fresh floor, pacing; token cache and lock when shared
         self.state = state or MemoryState(window_s=settings.max_skew_s,
@@ -336,8 +337,8 @@ class Relay:
                 return None, self._deny(request, "bad-signature")
         if abs(now - int(ts)) > self.settings.max_skew_s:
             return None, self._deny(request, "stale-timestamp")
-        try:  # one round trip on Redis: revoked set, nonce, store epoch
-            why = await self.state.admit(device, nonce, int(ts), now)
+        try:  # one round trip on Redis: revoked set, nonce, store epoch, the OTA offer
+            why, info["ota"] = await self.state.admit(device, nonce, int(ts), now)
         except StoreDown as e:
             # no replay check, no answer: the device backs off and asks again
             return None, self._deny(request, "replay-store-down", 503, e.retry_after)
@@ -376,7 +377,7 @@ class Relay:
         if dev is None:
             assert denied is not None
             return denied
-        offer = self._ota_offer(dev.name)
+        offer = self._ota_offer(dev.name, request[AUDIT].get("ota"))
         if offer is None:
             request[AUDIT]["reason"] = "no-bundle"
             return web.Response(status=204, headers={"Cache-Control": "no-store"})
@@ -385,19 +386,40 @@ class Relay:
         return web.FileResponse(path, headers={"x-sha256": base64.b64encode(sha).decode(), "x-fw-ver": str(ver),
                                                "Cache-Control": "no-store"})
 
-    def _ota_offer(self, device: str) -> tuple[Path, bytes, str] | None:
-        """(bundle, sha256, version) `uplink ota` left for `device`, or None."""
+    def _ota_offer(self, device: str, shared: str | None = None) -> tuple[Path, bytes, str] | None:
+        """(bundle, sha256, version) `uplink ota` offers `device`, or None. The offer comes from
+        Redis (`shared`, read with the nonce) for replicas, else from the state directory; the
+        bundle is content-addressed there, and an offer whose bundle this replica cannot read
+        (storage not synced yet) is not made."""
         d = self.settings.ota_dir
         if d is None:
             return None
-        path = d / f"{device}.uplb"
-        try:
-            sha = bytes.fromhex(path.with_name(path.name + ".sha256").read_text().split()[0])
-            with path.open("rb") as f:
-                ver = json.loads(f.readline(8192)).get("version")
-        except (OSError, ValueError, IndexError):
+        if self.state.shared:
+            raw = shared
+        else:
+            try:
+                raw = (d / f"{device}.offer").read_text()
+            except OSError:
+                return _legacy_offer(d, device)
+        if not raw:
             return None
-        return path, sha, str(ver)
+        try:
+            o = json.loads(raw)
+            sha, ver, size = str(o["sha256"]), str(o["version"]), int(o["size"])
+            path = d / "sha256" / f"{bytes.fromhex(sha).hex()}.uplb"
+        except (ValueError, KeyError, TypeError):
+            return None
+        try:
+            have = path.stat().st_size
+        except OSError:
+            have = -1
+        if have != size:
+            if self._missing_warned.get(device) != sha:
+                self._missing_warned[device] = sha
+                log.warning("device %s: offered bundle %s (%s) is not on this replica's storage "
+                            "(%s): not offered here yet", device, sha[:12], _printable(ver), path)
+            return None
+        return path, bytes.fromhex(sha), ver
 
     async def _credentials(self, request: web.Request) -> web.Response:
         info = request[AUDIT]
@@ -434,13 +456,26 @@ class Relay:
                     expires_in=int(left))
         answer = {"username": cred.username, "password": cred.password,
                   "expires_at": int(cred.expires_at), "expires_in": int(left)}
-        offer = self._ota_offer(device)
+        offer = self._ota_offer(device, info.get("ota"))
         if offer is not None:
             # the device learns of an update with the token it fetches at boot anyway: no
             # second request (and TLS session) per boot just to hear "nothing" (docs/ota.md)
             path, sha, ver = offer
             answer["ota"] = {"version": ver, "size": path.stat().st_size, "sha256": sha.hex()}
         return web.json_response(answer, headers={"Cache-Control": "no-store"})
+
+
+def _legacy_offer(d: Path, device: str) -> tuple[Path, bytes, str] | None:
+    """An offer left by `uplink ota` before bundles were content-addressed:
+    <device>.uplb and its .sha256 (a single relay's state directory)."""
+    path = d / f"{device}.uplb"
+    try:
+        sha = bytes.fromhex(path.with_name(path.name + ".sha256").read_text().split()[0])
+        with path.open("rb") as f:
+            ver = json.loads(f.readline(8192)).get("version")
+    except (OSError, ValueError, IndexError):
+        return None
+    return path, sha, str(ver)
 
 
 def _verify(keys: list[str], sig: str, signed: tuple) -> bool:

@@ -182,8 +182,12 @@ class MemoryState:
         self.bucket = LocalBucket(*pace)
         self.errors = 0
 
-    async def admit(self, device: str, nonce: str, ts: int, now: float) -> str | None:
-        """Record a request's nonce; a reason when it must be refused."""
+    async def admit(self, device: str, nonce: str, ts: int, now: float) -> tuple[str | None, str | None]:
+        """Record a request's nonce: (a reason when it must be refused, the shared OTA offer:
+        always None here, the relay reads the state directory)."""
+        return self._admit(device, nonce, now), None
+
+    def _admit(self, device: str, nonce: str, now: float) -> str | None:
         if device in self.revoked.refresh():
             return "revoked-device"
         seen = self._seen.setdefault(device, OrderedDict())
@@ -232,12 +236,13 @@ class MemoryState:
         pass
 
 
+# KEYS: the nonce, the revoked set, the epoch, the device's OTA offer; ARGV: device, nonce TTL
 _ADMIT = """
 local epoch = redis.call('GET', KEYS[3])
-if not epoch then return {'new', '0'} end
-if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return {'revoked', epoch} end
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[2]) then return {'replay', epoch} end
-return {'ok', epoch}
+if not epoch then return {'new', '0', false} end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return {'revoked', epoch, false} end
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[2]) then return {'replay', epoch, false} end
+return {'ok', epoch, redis.call('GET', KEYS[4])}
 """
 
 # KEYS[1]: the bucket; ARGV: rate per s, burst, longest wait in ms. Returns the ms to wait
@@ -271,6 +276,7 @@ class RedisState:
     name = "redis"
 
     def __init__(self, url: str, state_key: bytes, *, password: str | None = None, window_s: float = 30.0,
+                 ota_dir: Path | None = None,
                  revoked: RevokedFile | None = None, pace: tuple[float, float, float] = (50.0, 100.0, 5.0),
                  timeout_s: float = 0.5, retry_s: float = 1.0, clock: Callable[[], float] = time.time):
         try:
@@ -293,6 +299,7 @@ class RedisState:
         self.retry_s = retry_s
         self.clock = clock
         self.revoked = revoked or RevokedFile(None)
+        self.ota_dir = ota_dir  # offers there are re-seeded into an empty Redis
         self.codec = TokenCodec(state_key)
         self.local = MemoryState(window_s=window_s, revoked=self.revoked, pace=pace)
         self.pace_args = (pace[0], pace[1], int(pace[2] * 1000))
@@ -336,29 +343,31 @@ class RedisState:
         return out
 
     # -- requests --------------------------------------------------------------------------
-    async def admit(self, device: str, nonce: str, ts: int, now: float) -> str | None:
-        keys = [f"{PREFIX}n:{device}:{nonce}", _REVOKED, _EPOCH]
+    async def admit(self, device: str, nonce: str, ts: int, now: float) -> tuple[str | None, str | None]:
+        keys = [f"{PREFIX}n:{device}:{nonce}", _REVOKED, _EPOCH, f"{PREFIX}ota:{device}"]
         args = [device, int(2 * self.window_s * 1000)]
-        verdict, epoch = await self.call(self._admit, keys, args)
-        if verdict == b"new":  # an empty Redis: seed the revoked set, stamp the epoch, again
+        verdict, epoch, offer = await self.call(self._admit, keys, args)
+        if verdict == b"new":  # an empty Redis: seed the revoked set and offers, stamp the epoch
             await self._new_epoch(now)
-            verdict, epoch = await self.call(self._admit, keys, args)
+            verdict, epoch, offer = await self.call(self._admit, keys, args)
             if verdict == b"new":
                 raise StoreDown(1)
         if verdict == b"revoked":
-            return "revoked-device"
+            return "revoked-device", None
         if verdict == b"replay":
-            return "replayed-nonce"
+            return "replayed-nonce", None
         if ts < int(epoch):
             # signed before this Redis existed: its nonce may have been used in the one before
-            return "signed-before-store-epoch"
-        return None
+            return "signed-before-store-epoch", None
+        return None, offer.decode() if offer else None
 
     async def _new_epoch(self, now: float, at_start: bool = False) -> None:
         devs = sorted(self.revoked.refresh(force=True))
         pipe = self.r.pipeline(transaction=True)
         if devs:
             pipe.sadd(_REVOKED, *devs)
+        for device, offer in self._offers_on_disk():
+            pipe.set(f"{PREFIX}ota:{device}", offer, nx=True)
         # found empty while serving: the old Redis may have taken a nonce in this very second,
         # so the epoch is the next one. At a replica's start (a Redis set up with it, or a
         # host rebooted) nothing was served in this second by this replica.
@@ -369,6 +378,19 @@ class RedisState:
             log.warning("relay: Redis at %s held no relay state (new, or restarted empty): requests "
                         "signed before %d are refused (their nonces are gone); %d revoked device(s) "
                         "seeded", self.url_for_log, epoch, len(devs))
+
+    def _offers_on_disk(self):
+        """The OTA offers `uplink ota` left in the state directory (re-seeded into a new Redis)."""
+        if self.ota_dir is None:
+            return
+        for p in sorted(Path(self.ota_dir).glob("*.offer")):
+            try:
+                yield p.name[: -len(".offer")], p.read_text()
+            except OSError:
+                continue
+
+    async def publish_offer(self, device: str, offer: str) -> None:
+        await self.call(self.r.set, f"{PREFIX}ota:{device}", offer)
 
     async def start(self) -> None:
         """Stamp the epoch of a Redis that has none yet (if it answers now)."""

@@ -243,6 +243,16 @@ async def _publish_keys(fl, store, redis: str | None, device: str, keys) -> None
         await state.close()
 
 
+async def publish_offer(fl, store, device: str, offer: str) -> None:
+    """`uplink ota`: replicas on Redis hear of the offer there (the bundle stays on storage)."""
+    state = relay_state(fl, store)
+    try:
+        if state.shared:
+            await state.publish_offer(device, offer)
+    finally:
+        await state.close()
+
+
 def key_loader(state, store):
     """How a running relay finds a device's keys after a rotation: Redis, then the store."""
     from host_tools import relay_keys
@@ -336,4 +346,5 @@ def relay_state(fl, store, redis: str | None = None, window_s: float = 30.0):
         return MemoryState(window_s=window_s, revoked=revoked, pace=pace)
     password = store.resolve(rc.redis_password, context="relay.redis_password") if rc.redis_password else None
     return RedisState(url, relay_pki.state_key(store), password=password, window_s=window_s,
+                      ota_dir=fl.state_dir / "ota",
                       revoked=revoked, pace=pace)
