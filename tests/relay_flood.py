@@ -81,7 +81,7 @@ def nofile_soft(pid: int) -> int:
 class RelayProcess:
     def __init__(self, provider, workdir: Path, *, nofile: tuple[int, int] = (1024, 1024),
                  args: tuple[str, ...] = (), umask: int | None = None,
-                 state_dir: Path | None = None):
+                 state_dir: Path | None = None, name: str = "relay"):
         from tests.services import free_port
 
         self.provider = provider
@@ -91,7 +91,7 @@ class RelayProcess:
         self.umask = umask
         self.state_dir = state_dir or workdir / "state"
         self.port = free_port()
-        self.log_path = workdir / "relay.log"
+        self.log_path = workdir / f"{name}.log"  # replicas sharing a workdir: one log each
         self.fleet = workdir / "fleet.toml"
         self.secrets = workdir / "secrets.json"
         self.proc: subprocess.Popen | None = None
@@ -102,11 +102,12 @@ class RelayProcess:
         from tests.services import wait_port
 
         p = self.provider
-        self.fleet.write_text(FLEET.format(device=DEVICE, token_url=p.token_url,
-                                           access_url=p.access_url, client_id=WEIGHTRON_CLIENT[0]))
-        self.secrets.write_text(json.dumps({"wt_secret": WEIGHTRON_CLIENT[1],
-                                            "wt_api_key": WEIGHTRON_API_KEY}))
-        self.secrets.chmod(0o600)
+        if not self.secrets.exists():  # replicas share one fleet and secret store
+            self.fleet.write_text(FLEET.format(device=DEVICE, token_url=p.token_url,
+                                               access_url=p.access_url, client_id=WEIGHTRON_CLIENT[0]))
+            self.secrets.write_text(json.dumps({"wt_secret": WEIGHTRON_CLIENT[1],
+                                                "wt_api_key": WEIGHTRON_API_KEY}))
+            self.secrets.chmod(0o600)
         env = dict(os.environ, SSL_CERT_FILE=p.ca_pem, UPLINK_STATE_DIR=str(self.state_dir),
                    PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
         nofile, umask = self.nofile, self.umask
