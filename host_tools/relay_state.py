@@ -278,7 +278,7 @@ class RedisState:
     def __init__(self, url: str, state_key: bytes, *, password: str | None = None, window_s: float = 30.0,
                  ota_dir: Path | None = None,
                  revoked: RevokedFile | None = None, pace: tuple[float, float, float] = (50.0, 100.0, 5.0),
-                 timeout_s: float = 0.5, retry_s: float = 1.0, clock: Callable[[], float] = time.time):
+                 timeout_s: float = 2.0, retry_s: float = 1.0, clock: Callable[[], float] = time.time):
         try:
             import redis.asyncio as aioredis
             from redis.asyncio.retry import Retry
@@ -291,9 +291,12 @@ class RedisState:
         # one retry at once on a new connection (a pooled one may be from before a Redis
         # restart), then the failure is reported and the relay decides: 503 for replay
         # checks, memory for tokens
-        self.r = aioredis.Redis.from_url(
+        # a blocking pool: at 64 calls in flight the next waits for a connection (up to the
+        # timeout) instead of failing with "Too many connections" and a 503
+        pool = aioredis.BlockingConnectionPool.from_url(
             url, password=password, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1), max_connections=64)
+            max_connections=64, timeout=timeout_s, retry=Retry(NoBackoff(), 1))
+        self.r = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
         self.url_for_log = _redacted(url)
         self.window_s = window_s
         self.retry_s = retry_s

@@ -200,7 +200,7 @@ class WaveResult:
 
 
 async def wave(port: int, ctx: ssl.SSLContext, devices: list, *, concurrency: int = 100,
-               addresses: int = 32, max_tries: int = 20) -> WaveResult:
+               addresses: int = 32, max_tries: int = 20, local_prefix: str = "127.0.1.") -> WaveResult:
     """Every device (name, key) asks once on a new connection; a 503 is retried after its
     Retry-After (a board backs off so), a failed connection after 0.2 s."""
     sem = asyncio.Semaphore(concurrency)
@@ -209,7 +209,7 @@ async def wave(port: int, ctx: ssl.SSLContext, devices: list, *, concurrency: in
     counts = {"retries": 0, "failed": 0}
 
     async def one(i: int, name: str, key: str):
-        local = f"127.0.1.{1 + i % addresses}"
+        local = f"{local_prefix}{1 + i % addresses}"
         t0 = time.perf_counter()
         for attempt in range(max_tries):
             async with sem:

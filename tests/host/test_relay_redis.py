@@ -293,3 +293,18 @@ def test_revoked_set_reseeded_into_an_empty_redis(provider, pki, redis, tmp_path
         return before.status_code, after.status_code, other.status_code, again.status_code
 
     assert run(provider, pki, redis, fn, revoked=revoked) == (200, 401, 200, 401)
+
+
+def test_more_concurrent_checks_than_pooled_connections_all_answer(redis):
+    """200 requests checked at once on a 64-connection pool: they wait for a connection, none
+    is refused for "too many connections" (which would answer devices 503)."""
+    async def go():
+        st = RedisState(redis.url, STATE_KEY)
+        try:
+            await st.start()
+            now = time.time()
+            return await asyncio.gather(*(st.admit(f"d-{i}", f"nonce-{i:08d}", int(now), now) for i in range(200)))
+        finally:
+            await st.close()
+
+    assert asyncio.run(go()) == [(None, None)] * 200
