@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import re
 import secrets
 import ssl
 import tempfile
@@ -103,30 +104,32 @@ def _config(name: str, n_replicas: int, shared: bool, spec: dict, prov, token_ur
     from tests.relay_services import HAProxy, Redis
 
     pki = relay_pki.ensure_relay_pki(tmp / "pki", ["localhost", "127.0.0.1"])
-    redis = Redis(tmp / f"redis-{name}").start() if shared else None
+    slug = "".join(c if c.isalnum() else "-" for c in name)
+    redis = Redis(tmp / f"redis-{slug}").start() if shared else None
     base = {"cert_pem": str(pki.cert_pem), "key_pem": str(pki.key_pem), "port": 0, "token_url": token_url,
             "provider_ca": ca_pem, "fleet": spec, "redis": redis.url if redis else None,
             "state_key": secrets.token_hex(32), "trusted_proxies": ["127.0.0.1"] if shared else [],
             "provider_rate": rate, "provider_burst": min(rate, 100.0), "max_connections": 4000}
     reps, proxy = [], None
     try:
-        slug = "".join(c if c.isalnum() else "-" for c in name)
         for i in range(n_replicas):
             spec_i = dict(base, audit_log=str(tmp / f"{slug}-r{i}-audit.log"))
             reps.append(ReplicaProcess(tmp / "replicas", spec_i, f"{slug}-r{i}").start())
         if shared:
-            proxy = HAProxy(tmp / f"haproxy-{name}", {"fleet": [r.port for r in reps]}).start()
+            proxy = HAProxy(tmp / f"haproxy-{slug}", {"fleet": [r.port for r in reps]}).start()
             port = proxy.ports["fleet"]
         else:
             port = reps[0].port
         pids = [r.proc.pid for r in reps if r.proc]
-        aux = [x.proc.pid for x in (redis, proxy) if x is not None and x.proc is not None]
+        rpid = [redis.proc.pid] if redis is not None and redis.proc is not None else []
+        hpid = [proxy.proc.pid] if proxy is not None and proxy.proc is not None else []
+        aux = rpid + hpid
         for kind in waves:
             prov.send("stats")
             calls0 = prov.recv()
-            cpu0, aux0 = _cpu(pids), _cpu(aux)
+            cpu0, r0, h0 = _cpu(pids), _cpu(rpid), _cpu(hpid)
             w = _wave(port, str(pki.ca_pem), spec["devices"])
-            cpu, auxc = _cpu(pids) - cpu0, _cpu(aux) - aux0
+            cpu, rc, hc = _cpu(pids) - cpu0, _cpu(rpid) - r0, _cpu(hpid) - h0
             prov.send("stats")
             calls = prov.recv() - calls0
             n = len(spec["devices"])
@@ -136,7 +139,7 @@ def _config(name: str, n_replicas: int, shared: bool, spec: dict, prov, token_ur
                   f"p50 {percentile(w['lat'], 50) * 1000:.0f} ms, p99 {percentile(w['lat'], 99) * 1000:.0f} ms, "
                   f"provider calls {calls} ({CREDENTIALS} distinct credentials), "
                   f"CPU/request {cpu / n * 1e6:.0f} us replicas"
-                  + (f", {(cpu + auxc) / n * 1e6:.0f} us with Redis+haproxy" if aux else ""), flush=True)
+                  + (f" + Redis {rc / n * 1e6:.0f} us + haproxy {hc / n * 1e6:.0f} us" if aux else ""), flush=True)
     finally:
         if proxy is not None:
             proxy.stop()
@@ -145,8 +148,13 @@ def _config(name: str, n_replicas: int, shared: bool, spec: dict, prov, token_ur
         if redis is not None:
             redis.stop()
     errors = sum((tmp / "replicas" / f"{r.replica_id}.log").read_text().count("failed (") for r in reps)
-    if errors:
-        print(f"{'':44} Redis failures logged by the replicas: {errors}", flush=True)
+    reasons: dict = {}
+    for r in reps:
+        for m in re.finditer(r"status=(?!200)(\d+) reason=(\S+)", (tmp / f"{r.replica_id}-audit.log").read_text()):
+            reasons[f"{m[1]} {m[2]}"] = reasons.get(f"{m[1]} {m[2]}", 0) + 1
+    if errors or reasons:
+        print(f"{'':44} refusals by reason (audit logs): {reasons or 'none'}; Redis failures logged: {errors}",
+              flush=True)
 
 
 def _outage(spec: dict, token_url: str, ca_pem: str, tmp: Path) -> None:

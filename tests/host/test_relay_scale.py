@@ -195,8 +195,10 @@ def test_redis_killed_and_restarted_empty(provider, redis, tmp_path):
     assert before and set(before) == {200}
     assert during and all(s == 503 and ra for s, ra in during), during[:5]  # closed, with Retry-After
     first_ok = next(t for t, s in after if s == 200)
-    recovery = first_ok - t_up
-    print(f"recovery after Redis came back empty: {recovery:.2f} s")
-    assert recovery < 5.0
-    assert all(s == 200 for t, s in after if t > first_ok)  # no 503 once it is back
+    print(f"recovery after Redis came back empty: {first_ok - t_up:.2f} s")
+    # each replica asks Redis again 1 s after its last failure, and refuses requests signed in
+    # the second it found Redis empty (a 503 with Retry-After each): 200s only after that
+    settle = t_up + 2.5
+    assert all(s == 200 for t, s in after if t > settle), [s for t, s in after if t > settle]
+    assert all(ra for t, s, ra in timeline if t >= t_up and s == 503)
     assert replays and not [s for _, s in replays if s == 200]  # never a replay accepted
