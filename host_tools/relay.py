@@ -10,11 +10,14 @@ Protocol (one endpoint)::
     X-Uplink-Time:      <unix seconds, the board's NTP clock>
     X-Uplink-Nonce:     <8..64 characters [0-9A-Za-z_-], new for every request>
     X-Uplink-Signature: hex HMAC-SHA256(device key, "GET\\n<path with query>\\n<device>\\n<time>\\n<nonce>")
+    X-Uplink-Key-Id:    <8 hex: sha256(key)[:8]>  (optional; then "\\n<key id>" ends the signed text)
 
     200 {"username": .., "password": .., "expires_at": <unix s>, "expires_in": <s>}
         (+ "ota": {"version", "size", "sha256"} while `uplink ota` has a bundle for the device)
     401 {"error": "unauthorized"}   unknown device, bad signature, stale time, replayed nonce
-    503 {"error": "unavailable"}    the provider failed or gives tokens shorter than min_life_s
+    503 {"error": "unavailable"}    the provider failed or gives tokens shorter than min_life_s;
+                                    with Retry-After: the replay store (Redis) is down, or
+                                    provider calls are paced
 
 - The signature covers method, path (with query), device, time and nonce. A request is
   accepted only within `max_skew_s` of the relay's clock, and its nonce is remembered for
