@@ -259,6 +259,7 @@ class TokenSource:
         deadline = loop.time() + self.lock_ttl_s
         cid = self.cid
         newer_than = self._token.obtained_at if (fresh and self._token is not None) else None
+        forced = fresh  # the consumer refused our token: only a newer one will do
         if sync:
             await self._wait_unlocked(sh, cid, deadline)
         while True:
@@ -274,7 +275,7 @@ class TokenSource:
             owner = await sh.lock(cid, self.lock_ttl_s)
             if owner is not None:
                 try:
-                    return await self._fetch_and_share(sh, cid, fresh)
+                    return await self._fetch_and_share(sh, cid, forced)
                 finally:
                     with contextlib.suppress(StoreDown):
                         await sh.unlock(cid, owner)
