@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import hmac
 import itertools
 import json
@@ -172,6 +173,7 @@ class Relay:
         self.clock = clock
         self.key_loader = key_loader  # a device's keys as they are now (host_tools/relay_keys.py)
         self._missing_warned: dict[str, str] = {}  # device -> the offer whose bundle was missing
+        self._blobs_checked: dict[Path, tuple] = {}  # bundles whose sha256 matched, by stat
         self._reloaded: dict[str, float] = {}
         # nonces, revocations, the fresh floor, pacing; token cache and lock when shared
         self.state = state or MemoryState(window_s=settings.max_skew_s,
@@ -412,17 +414,34 @@ class Relay:
             path = d / "sha256" / f"{bytes.fromhex(sha).hex()}.uplb"
         except (ValueError, KeyError, TypeError):
             return None
-        try:
-            have = path.stat().st_size
-        except OSError:
-            have = -1
-        if have != size:
+        if not self._blob_ok(path, sha, size):
             if self._missing_warned.get(device) != sha:
                 self._missing_warned[device] = sha
                 log.warning("device %s: offered bundle %s (%s) is not on this replica's storage "
                             "(%s): not offered here yet", device, sha[:12], _printable(ver), path)
             return None
         return path, bytes.fromhex(sha), ver
+
+    def _blob_ok(self, path: Path, sha: str, size: int) -> bool:
+        """The content-addressed bundle is here, whole: its size, and its sha256 once per
+        version of the file (a half-synced copy of the right size is not offered either)."""
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if self._blobs_checked.get(path) == sig:
+            return True
+        if st.st_size != size:
+            return False
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            return False
+        if digest != sha.lower():
+            return False
+        self._blobs_checked[path] = sig
+        return True
 
     async def _credentials(self, request: web.Request) -> web.Response:
         info = request[AUDIT]

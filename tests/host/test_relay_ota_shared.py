@@ -62,6 +62,8 @@ def test_replica_offers_only_a_bundle_it_has(tmp_path, provider, pki, redis):  #
         out["b_ota"] = await f.get(1, path=OTA_PATH)
         blob = bu.blob_path(lagging, made.sha256)
         blob.parent.mkdir()
+        blob.write_bytes(bytes(made.size))  # a copy of the right size, not yet the right bytes
+        out["b_partial"] = (await f.get(1)).json()
         shutil.copyfile(bu.blob_path(synced / "ota", made.sha256), blob)  # the sync arrives
         out["b_later"] = (await f.get(1)).json()
         raw = [await f.replicas[0].state.r.get(k) async for k in f.replicas[0].state.r.scan_iter("uplink:relay:ota:*")]
@@ -74,6 +76,7 @@ def test_replica_offers_only_a_bundle_it_has(tmp_path, provider, pki, redis):  #
     assert "ota" not in out["b"] and out["b"]["password"] == out["a"]["password"]
     assert out["a_ota"].status_code == 200 and out["a_ota"].content == made.path.read_bytes()
     assert out["b_ota"].status_code == 204
+    assert "ota" not in out["b_partial"]
     assert out["b_later"]["ota"] == want
     assert len(out["raw"]) == 1 and len(out["raw"][0]) < 200  # only the offer is in Redis
 
