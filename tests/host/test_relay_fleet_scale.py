@@ -43,3 +43,18 @@ def test_build_relay_for_thousands_of_devices_parses_the_secrets_once(tmp_path, 
     assert len({id(d.source) for d in relay.devices.values()}) == N  # one credential each
     # the state key was created once (one write), the file parsed again only after that write
     assert len(parsed) <= 3, len(parsed)
+
+
+def test_relay_table_refuses_a_password_in_the_redis_settings(tmp_path):
+    import pytest
+
+    from host_tools.fleet import FleetError
+
+    base = '[relay]\nurl = "https://relay.lan:8443"\n'
+    for bad, says in (('redis = "redis://:hunter2@10.0.0.5:6379/0"', "redis_password"),
+                      ('redis_password = "hunter2"', "secret:NAME"),
+                      ('trusted_proxies = ["10.0.0.300"]', "not an IP address")):
+        (tmp_path / "fleet.toml").write_text(base + bad + "\n")
+        with pytest.raises(FleetError) as e:
+            load_fleet(tmp_path / "fleet.toml")
+        assert says in str(e.value) and "hunter2" not in str(e.value), str(e.value)

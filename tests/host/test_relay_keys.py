@@ -5,6 +5,7 @@ signature, a grace period for the previous key, `uplink relay revoke` / `rotate`
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import ssl
 import time
@@ -157,10 +158,15 @@ def test_cli_revoke_and_rotate_reach_a_running_relay(provider, tmp_path, shared)
         need_redis()
         redis = Redis(tmp_path / "redis").start()
         args = ("--redis", redis.url)
-    relay = RelayProcess(provider, tmp_path, args=args).start()
+    from tests.services import free_port
+
+    admin = free_port()
+    relay = RelayProcess(provider, tmp_path, args=(*args, "--admin-listen", f"127.0.0.1:{admin}")).start()
     try:
         key = relay.key
         assert asyncio.run(_status(relay, key)) == 200
+        ready = httpx.get(f"http://127.0.0.1:{admin}/readyz", timeout=10)
+        assert ready.status_code == 200 and ready.json()["ready"] is True
         r = relay.cli("relay", *args, "revoke", DEVICE)
         assert r.returncode == 0, r.stderr
         assert _until(relay, key, 401) == 401  # no restart
@@ -174,6 +180,9 @@ def test_cli_revoke_and_rotate_reach_a_running_relay(provider, tmp_path, shared)
         assert new != key and new not in r.stdout + r.stderr  # never printed
         assert asyncio.run(_status(relay, new)) == 200  # the running relay takes the new key
         assert asyncio.run(_status(relay, key)) == 200  # and the old one in its grace period
+        metrics = httpx.get(f"http://127.0.0.1:{admin}/metrics", timeout=10).text
+        m = re.search(r'uplink_relay_refusals_total\{reason="revoked-device"\} (\S+)', metrics)
+        assert m and float(m[1]) >= 1, metrics
     finally:
         log = relay.stop()
         if redis is not None:
