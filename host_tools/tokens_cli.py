@@ -187,7 +187,8 @@ def register(app: typer.Typer) -> None:
             from host_tools.fleet import FleetError
 
             raise FleetError([f"{device}: credentials is not \"relay\": the relay does not serve it"])
-        asyncio.run(_revoke(fl, S.store, (ctx.obj or {}).get("redis"), device, not undo))
+        _shared(fl, lambda: _revoke(fl, S.store, (ctx.obj or {}).get("redis"), device, not undo),
+                f"{device}: {'let in again' if undo else 'revoked'} in the state directory's list")
         UI.text(f"{device}: {'let in again' if undo else 'revoked: every replica answers it 401'}")
 
     @relay_app.command("rotate")
@@ -209,10 +210,25 @@ def register(app: typer.Typer) -> None:
         rc = _relay_cfg(fl)
         grace_s = float(grace if grace is not None else rc.key_grace_s)
         new, prev = relay_keys.rotate(S.store, device, grace_s)
-        asyncio.run(_publish_keys(fl, S.store, (ctx.obj or {}).get("redis"), device, [new] + ([prev] if prev else [])))
+        _shared(fl, lambda: _publish_keys(fl, S.store, (ctx.obj or {}).get("redis"), device,
+                                          [new] + ([prev] if prev else [])),
+                f"{device}: the new key is in the secret store")
         until = _iso(prev.until) if prev and prev.until else "-"
         UI.text(f"{device}: new relay key {new.kid}; the old one ({prev.kid if prev else '-'}) is accepted "
                 f"until {until}. Run `uplink provision {device}` and deploy to give it the new key.")
+
+
+def _shared(fl, coro_fn, done: str) -> None:
+    """Run a change against the relay's shared state; Redis not answering is a clear error
+    that says what was done already and what to do."""
+    from host_tools.errors import UplinkError
+    from host_tools.relay_state import StoreDown
+
+    try:
+        asyncio.run(coro_fn())
+    except StoreDown:
+        raise UplinkError(f"{done}, but Redis ({_relay_cfg(fl).redis or '--redis'}) did not answer, so "
+                          "running replicas have not heard of it: run the command again when Redis is up") from None
 
 
 def _relay_cfg(fl):

@@ -188,3 +188,16 @@ def test_cli_revoke_and_rotate_reach_a_running_relay(provider, tmp_path, shared)
         if redis is not None:
             redis.stop()
     assert "Traceback" not in log
+
+
+def test_revoke_with_redis_down_says_what_was_done(tmp_path):
+    from tests.host.test_ota_cli import FLEET
+    from tests.host.uplink_helpers import Env
+    from tests.services import free_port
+
+    env = Env(tmp_path / "env", FLEET)
+    r = env.run("relay", "--redis", f"redis://127.0.0.1:{free_port()}/0", "revoke", "wt-1")
+    assert r.code != 0 and "Traceback" not in r.output
+    assert "revoked in the state directory's list" in r.output and "did not answer" in r.output
+    # the list every replica (re)seeds from has it: a Redis that comes back empty refuses it
+    assert (tmp_path / "env" / "state" / "relay-revoked.json").read_text().strip() == '["wt-1"]'
