@@ -281,13 +281,21 @@ class TokenSource:
                         await sh.unlock(cid, owner)
             # another replica is asking the provider: its token will be in the cache
             await self._wait_unlocked(sh, cid, deadline)
+            if await sh.failed_recently(cid):  # its call failed: not one more call per replica
+                raise TokenError(f"{self.settings.token_url}: the provider refused or failed another "
+                                 "replica's request moments ago")
             fresh = False  # (a fresh request takes that token if it is newer than ours)
         return await self._fetch_provider()  # the lock holder never finished: ask ourselves
 
     async def _fetch_and_share(self, sh, cid: str, fresh: bool) -> Token:
         tok = None if fresh else await sh.get(cid)  # stored between our look and our lock?
         if tok is None or not self._good(tok, 0.0, False):
-            tok = await self._fetch_provider()
+            try:
+                tok = await self._fetch_provider()
+            except TokenError:
+                with contextlib.suppress(StoreDown):
+                    await sh.mark_failed(cid, self.refetch_floor_s)
+                raise
             ttl = tok.expires_at - self.clock() - self.cache_min_life
             with contextlib.suppress(StoreDown):
                 # a token shorter than the minimum life stays refetch_floor_s, so the replicas

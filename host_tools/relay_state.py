@@ -487,6 +487,14 @@ class RedisTokens:
     async def pace(self) -> float:
         return await self.st.pace()
 
+    async def mark_failed(self, cid: str, ttl_s: float) -> None:
+        """The provider call for `cid` failed: replicas waiting on it answer 503 for `ttl_s`
+        instead of each asking again (a provider outage is not multiplied by the replicas)."""
+        await self.st.call(self.st.r.set, f"{PREFIX}fail:{cid}", "1", px=max(100, int(ttl_s * 1000)))
+
+    async def failed_recently(self, cid: str) -> bool:
+        return bool(await self.st.call(self.st.r.exists, f"{PREFIX}fail:{cid}"))
+
 
 def _redacted(url: str) -> str:
     """redis://user:password@host -> redis://user:***@host (logs never carry a password)."""

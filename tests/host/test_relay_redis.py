@@ -308,3 +308,19 @@ def test_more_concurrent_checks_than_pooled_connections_all_answer(redis):
             await st.close()
 
     assert asyncio.run(go()) == [(None, None)] * 200
+
+
+def test_a_failed_provider_call_is_not_repeated_by_every_waiting_replica(provider, pki, redis):
+    provider.delay_s = 0.5
+    user, pw = BIOTZ_USER
+    provider.users[user] = "changed-at-the-provider"  # every login is refused
+
+    async def fn(f):
+        return await asyncio.gather(*(f.get(i % 3, "bz-1", BZ_KEY) for i in range(3)))
+
+    try:
+        rs = run(provider, pki, redis, fn, n=3)
+    finally:
+        provider.users[user] = pw
+    assert [r.status_code for r in rs] == [503] * 3
+    assert provider.token_requests == 1  # the lock holder's; the others heard it failed
