@@ -85,11 +85,14 @@ class HAProxy:
     `frontends`: name -> list of backend ports; each frontend gets a free port of its own
     (`ports[name]`), balanced round-robin over its backends."""
 
-    def __init__(self, workdir: Path, frontends: dict[str, list[int]], *, source: str = "127.0.0.1"):
+    def __init__(self, workdir: Path, frontends: dict[str, list[int]], *, source: str = "127.0.0.1",
+                 checks: dict[int, int] | None = None):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.frontends = frontends
         self.source = source  # the address haproxy connects to the replicas from
+        # backend port -> its admin port: haproxy asks GET /readyz there every 100 ms
+        self.checks = checks or {}
         self.ports = {name: free_port() for name in frontends}
         self.proc: subprocess.Popen | None = None
 
@@ -98,13 +101,20 @@ class HAProxy:
         # hard open-file limit is below what maxconn needs
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         maxconn = 20000 if hard == resource.RLIM_INFINITY else max(100, min(20000, (hard - 200) // 2))
-        lines = ["global", f"    maxconn {maxconn}", "defaults", "    mode tcp", "    timeout connect 5s",
+        lines = ["global", f"    maxconn {maxconn}"]
+        if self.checks:  # status() reads the checks' verdicts there
+            lines.append(f"    stats socket {self.dir / 'admin.sock'}")
+        lines += ["defaults", "    mode tcp", "    timeout connect 5s",
                  "    timeout client 60s", "    timeout server 60s", ""]
         for name, backends in self.frontends.items():
             lines += [f"frontend fe_{name}", f"    bind 127.0.0.1:{self.ports[name]}",
                       f"    default_backend be_{name}", "", f"backend be_{name}", "    balance roundrobin",
                       f"    source {self.source}"]
-            lines += [f"    server r{i} 127.0.0.1:{p} send-proxy-v2" for i, p in enumerate(backends)]
+            if any(p in self.checks for p in backends):
+                lines.append("    option httpchk GET /readyz")
+            lines += [f"    server r{i} 127.0.0.1:{p} send-proxy-v2"
+                      + (f" check port {self.checks[p]} inter 100 fall 1 rise 1" if p in self.checks else "")
+                      for i, p in enumerate(backends)]
             lines.append("")
         return "\n".join(lines)
 
@@ -139,3 +149,21 @@ class HAProxy:
                 self.proc.wait(5)
         if self.proc is not None:
             self.log.close()
+
+    def status(self, frontend: str, server: str) -> str:
+        """haproxy's view of a backend server ("UP", "DOWN", ...), from its stats socket."""
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(self.dir / "admin.sock"))
+            sock.sendall(b"show stat\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        head, *rows = data.decode().splitlines()
+        cols = head.lstrip("# ").split(",")
+        for row in rows:
+            f = dict(zip(cols, row.split(","), strict=False))
+            if f.get("pxname") == f"be_{frontend}" and f.get("svname") == server:
+                return f["status"].split()[0]
+        return "?"

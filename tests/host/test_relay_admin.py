@@ -18,7 +18,7 @@ from host_tools.relay import PATH, Relay, RelayDevice, RelaySettings, sign_heade
 from host_tools.relay_admin import cert_problem
 from host_tools.relay_state import RedisState
 from tests.oidc_provider import WEIGHTRON_API_KEY, WEIGHTRON_CLIENT, OIDCProvider
-from tests.relay_services import Redis, need_redis
+from tests.relay_services import HAProxy, Redis, need_haproxy, need_redis
 
 pytest.importorskip("prometheus_client", reason="the relay extra is not installed (make setup installs it)")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -119,3 +119,62 @@ def test_readyz_refuses_an_expired_or_future_certificate(pki):
     assert cert_problem(pki.cert_pem, now) is None
     assert "expired" in (cert_problem(pki.cert_pem, now + dt.timedelta(days=365 * 30)) or "")
     assert "not valid before" in (cert_problem(pki.cert_pem, now - dt.timedelta(days=2)) or "")
+
+
+def test_haproxy_takes_a_replica_whose_redis_is_gone_out_of_rotation(provider, pki, tmp_path):
+    """The balancer's check asks /readyz: a replica that cannot reach its Redis (its replay
+    checks answer 503) gets no devices; the other serves them all."""
+    need_redis()
+    need_haproxy()
+    redis_a = Redis(tmp_path / "redis-a").start()
+    redis_b = Redis(tmp_path / "redis-b").start()
+
+    async def go():
+        srcs, relays, states = [], [], []
+        for name, r in (("a", redis_a), ("b", redis_b)):
+            src = oidc.WeightronSource(oidc.ClientCredentialsSettings(
+                provider.token_url, *WEIGHTRON_CLIENT, api_key=WEIGHTRON_API_KEY,
+                access_url=provider.access_url, ca=provider.ca_pem))
+            st = RedisState(r.url, secrets.token_bytes(32))
+            s = RelaySettings(pki.cert_pem, pki.key_pem, host="127.0.0.1", port=0, admin_port=0,
+                              replica_id=name, trusted_proxies=("127.0.0.1",))
+            relay = Relay(s, [RelayDevice("wt-1", KEY, src)], state=st)
+            await relay.start()
+            srcs.append(src)
+            states.append(st)
+            relays.append(relay)
+        ports = [r.port for r in relays]
+        proxy = HAProxy(tmp_path / "haproxy", {"fleet": ports},
+                        checks={r.port: r.admin.port for r in relays}).start()
+        ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+        url = f"https://localhost:{proxy.ports['fleet']}{PATH}"
+        try:
+            async def until(state: str):
+                for _ in range(200):
+                    if await asyncio.to_thread(proxy.status, "fleet", "r0") == state:
+                        return state
+                    await asyncio.sleep(0.05)
+                return await asyncio.to_thread(proxy.status, "fleet", "r0")
+
+            assert await until("UP") == "UP"
+            redis_a.kill()
+            down = await until("DOWN")
+            out = []
+            async with httpx.AsyncClient(verify=ctx, timeout=10) as c:
+                for _ in range(10):  # new connections: round robin would give r0 half of them
+                    out.append((await c.get(url, headers=sign_headers("wt-1", KEY) | {"Connection": "close"})))
+            return down, [r.status_code for r in out]
+        finally:
+            proxy.stop()
+            for relay, st, src in zip(relays, states, srcs, strict=True):
+                await relay.stop()
+                await st.close()
+                await src.aclose()
+
+    try:
+        down, statuses = asyncio.run(go())
+    finally:
+        redis_a.stop()
+        redis_b.stop()
+    assert down == "DOWN"
+    assert statuses == [200] * 10
