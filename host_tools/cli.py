@@ -411,6 +411,17 @@ def ota_cmd(
         raise bu.BundleError(f"{made.path}: a bundle for board {made.manifest.get('board')!r}, "
                              f"{device} is a {dev.board!r}")
     dest = bu.offer(made, fl.state_dir, device)  # 0600 in 0700 folders: the relay serves it as is
+    if fl.relay is not None and fl.relay.redis and tokens_cli is not None:
+        import asyncio
+
+        from host_tools.relay_state import StoreDown
+
+        try:  # replicas on Redis take the offer from there, the bundle from the shared storage
+            asyncio.run(tokens_cli.publish_offer(fl, S.store, device, bu.offer_json(made)))
+        except StoreDown:
+            raise bu.BundleError(f"{device}: the bundle is in {dest.parent}, but Redis ({fl.relay.redis}) "
+                                 "did not answer, so the relay replicas do not offer it yet: run "
+                                 "`uplink ota` again when Redis is up") from None
     info = {"device": device, "bundle": str(dest), "version": made.manifest["version"], "size": made.size,
             "sha256": made.sha256}
     if as_json:

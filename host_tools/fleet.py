@@ -321,12 +321,42 @@ class Relay(Strict):
     url: str | None = None
     hosts: list[str] = []
     min_life_s: int = Field(60, gt=0)
+    # replicas (docs/relay.md, "Replicas on Redis"): the shared store; its password as a
+    # secret reference, never in the URL
+    redis: str | None = None
+    redis_password: str | None = secret_field()
+    provider_rate: float = Field(20.0, gt=0)  # provider calls per second, fleet-wide
+    provider_burst: int = Field(50, ge=1)
+    trusted_proxies: list[str] = []  # balancers whose PROXY protocol v2 header is believed
+    admin_listen: str | None = None  # /healthz, /readyz, /metrics (plain HTTP: keep it private)
+    key_grace_s: int = Field(7 * 86400, ge=0)  # a rotated device key is still accepted this long
+    _v = refs_only("redis_password")
 
     @field_validator("url")
     @classmethod
     def _url(cls, v):
         if v is not None and not re.match(r"^https?://[^/]+", v):
             raise ValueError("expected the URL devices use, like https://192.168.1.10:8443")
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v):
+        import ipaddress
+
+        for x in v:
+            try:
+                ipaddress.ip_network(x, strict=False)
+            except ValueError:
+                raise ValueError(f"{x!r} is not an IP address or network (like 10.0.0.2 or 10.0.0.0/24)") from None
+        return v
+
+    @field_validator("redis")
+    @classmethod
+    def _redis(cls, v):
+        if v is not None and not re.match(r"^rediss?://[^/@]+(/\d+)?$", v):
+            raise ValueError("expected redis://HOST:PORT/DB (or rediss:// for TLS); "
+                             "the password goes in redis_password = \"secret:NAME\"")
         return v
 
 

@@ -27,17 +27,20 @@ This module knows nothing about the fleet file: it takes plain settings dataclas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import hashlib
 import logging
 import ssl
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable
 
 import httpx
 
 from host_tools.errors import ExitCode, UplinkError
+from host_tools.relay_state import StoreDown
 
 with warnings.catch_warnings():
     # authlib 1.9 announces it prefers "httpx2" (a fork); httpx is what this project pins and
@@ -164,29 +167,48 @@ class TokenSource:
         self.refetch_floor_s = refetch_floor_s
         self.clock = clock
         self.provider_calls = 0  # requests sent to the token endpoint
+        self.memory_hits = 0  # tokens handed out from this process's cache
+        self.shared_hits = 0  # ... from the replicas' shared cache
         self._token: Token | None = None
         self._inflight: asyncio.Task | None = None
         self._client: AsyncOAuth2Client | None = None
         # the secret goes in the form until the provider answers invalid_client to that,
         # then in HTTP Basic (_request): Weightron names both ways
         self._basic = False
+        # set by the relay's state (host_tools/relay_state.py): the token cache and provider
+        # lock shared by replicas, and the fleet-wide pacing of provider calls
+        self.shared = None  # RedisTokens | None
+        self.pacer: Callable[[], Awaitable[float]] | None = None
+        self.cache_min_life = 0.0  # a shared token is dropped when it has this little left
+        # a lock outlives the provider call it guards; replicas waiting wait at most this long
+        self.lock_ttl_s = 2 * settings.timeout_s + 5
 
     # public ---------------------------------------------------------------------------
     @property
     def cached(self) -> Token | None:
         return self._token
 
-    async def token(self, min_life: float = 0.0, *, fresh: bool = False) -> Token:
+    @property
+    def cid(self) -> str:
+        """This credential's name in the shared cache: a digest, never the user or secret."""
+        s = self.settings
+        ident = "\0".join((s.token_url, s.client_id, getattr(s, "username", "") or "", s.scope or ""))
+        return hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+    async def token(self, min_life: float = 0.0, *, fresh: bool = False, sync: bool = False) -> Token:
         """A token with at least `min_life` seconds left (if the provider issues such).
 
         fresh=True: the current token was rejected by its consumer; get another (the caller
         rate-limits these: the relay allows one per `fresh_floor_s`).
+        sync=True: take the shared cache's token if it is newer than ours (another replica
+        forced a fresh one), waiting for a fetch in progress.
         """
         tok = self._token
-        if tok is not None and self._good(tok, min_life, fresh):
+        if tok is not None and not (sync and self.shared is not None) and self._good(tok, min_life, fresh):
+            self.memory_hits += 1
             return tok
         if self._inflight is None or self._inflight.done():
-            self._inflight = asyncio.ensure_future(self._fetch())
+            self._inflight = asyncio.ensure_future(self._fetch(min_life, fresh, sync))
         task = self._inflight
         # shield: one caller giving up (timeout, disconnect) must not cancel the others' fetch
         return await asyncio.shield(task)
@@ -224,7 +246,75 @@ class TokenSource:
             )
         return self._client
 
-    async def _fetch(self) -> Token:
+    async def _fetch(self, min_life: float = 0.0, fresh: bool = False, sync: bool = False) -> Token:
+        sh = self.shared
+        if sh is not None and sh.up():
+            try:
+                return await self._fetch_shared(sh, min_life, fresh, sync)
+            except StoreDown:
+                pass  # Redis is down: this process's own token, from its memory or the provider
+        tok = self._token
+        if tok is not None and not fresh and self._good(tok, min_life, False):
+            return tok
+        return await self._fetch_provider()
+
+    async def _fetch_shared(self, sh, min_life: float, fresh: bool, sync: bool) -> Token:
+        """One replica asks the provider, the others take its token from the shared cache."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.lock_ttl_s
+        cid = self.cid
+        newer_than = self._token.obtained_at if (fresh and self._token is not None) else None
+        forced = fresh  # the consumer refused our token: only a newer one will do
+        if sync:
+            await self._wait_unlocked(sh, cid, deadline)
+        while True:
+            tok = None if fresh else await sh.get(cid)
+            if tok is not None:
+                if self._token is None or tok.obtained_at >= self._token.obtained_at:
+                    self._token = tok  # its refresh token is the newest too
+                if self._good(tok, min_life, False) and (newer_than is None or tok.obtained_at > newer_than):
+                    self.shared_hits += 1
+                    return tok
+            if loop.time() >= deadline:
+                break
+            owner = await sh.lock(cid, self.lock_ttl_s)
+            if owner is not None:
+                try:
+                    return await self._fetch_and_share(sh, cid, forced)
+                finally:
+                    with contextlib.suppress(StoreDown):
+                        await sh.unlock(cid, owner)
+            # another replica is asking the provider: its token will be in the cache
+            await self._wait_unlocked(sh, cid, deadline)
+            if await sh.failed_recently(cid):  # its call failed: not one more call per replica
+                raise TokenError(f"{self.settings.token_url}: the provider refused or failed another "
+                                 "replica's request moments ago")
+            fresh = False  # (a fresh request takes that token if it is newer than ours)
+        return await self._fetch_provider()  # the lock holder never finished: ask ourselves
+
+    async def _fetch_and_share(self, sh, cid: str, fresh: bool) -> Token:
+        tok = None if fresh else await sh.get(cid)  # stored between our look and our lock?
+        if tok is None or not self._good(tok, 0.0, False):
+            try:
+                tok = await self._fetch_provider()
+            except TokenError:
+                with contextlib.suppress(StoreDown):
+                    await sh.mark_failed(cid, self.refetch_floor_s)
+                raise
+            ttl = tok.expires_at - self.clock() - self.cache_min_life
+            with contextlib.suppress(StoreDown):
+                # a token shorter than the minimum life stays refetch_floor_s, so the replicas
+                # do not ask the provider again and again for one they cannot hand out
+                await sh.put(cid, tok, max(ttl, self.refetch_floor_s))
+        self._token = tok
+        return tok
+
+    async def _wait_unlocked(self, sh, cid: str, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        while loop.time() < deadline and await sh.locked(cid):
+            await asyncio.sleep(0.05)
+
+    async def _fetch_provider(self) -> Token:
         s = self.settings
         old = self._token
         if old is not None and old.refresh_token and (
@@ -244,6 +334,10 @@ class TokenSource:
     async def _request(self, what: str, refresh_token: str | None = None) -> Token:
         s = self.settings
         client = self._http()
+        if self.pacer is not None:  # raises relay_state.Paced when the wait would be too long
+            wait = await self.pacer()
+            if wait > 0:
+                await asyncio.sleep(wait)
         sent = self.clock()
         self.provider_calls += 1
         try:
@@ -377,9 +471,9 @@ class WeightronSource(TokenSource):
         except httpx.HTTPError as e:
             raise TokenError(f"cannot reach {s.access_url}: {type(e).__name__}: {e}") from None
 
-    async def credential(self, min_life: float = 0.0, *, fresh: bool = False) -> Credential:
+    async def credential(self, min_life: float = 0.0, *, fresh: bool = False, sync: bool = False) -> Credential:
         app = await self.application_id()
-        tok = await self.token(min_life, fresh=fresh)
+        tok = await self.token(min_life, fresh=fresh, sync=sync)
         return Credential(app, tok.access_token, tok.expires_at, tok.obtained_at, "access_token")
 
 
@@ -388,8 +482,8 @@ class BiotzSource(TokenSource):
 
     settings: PasswordSettings
 
-    async def credential(self, min_life: float = 0.0, *, fresh: bool = False) -> Credential:
-        tok = await self.token(min_life, fresh=fresh)
+    async def credential(self, min_life: float = 0.0, *, fresh: bool = False, sync: bool = False) -> Credential:
+        tok = await self.token(min_life, fresh=fresh, sync=sync)
         if not tok.id_token:
             raise TokenError(
                 f"{self.settings.token_url} answered without an id_token (is 'openid' in the scope?)"

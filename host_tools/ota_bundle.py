@@ -89,17 +89,33 @@ def _write_sha256(bundle: Path, digest: str) -> None:
 
 
 def offer(made: Bundle, state_dir: Path, device: str) -> Path:
-    """Leave `made` for `uplink relay` as <state_dir>/ota/<device>.uplb (+ .sha256), which
-    the relay serves to the device as it is; returns its path."""
+    """Leave `made` for `uplink relay`: the bundle content-addressed as
+    <state_dir>/ota/sha256/<sha256>.uplb (written once, shared by every device offered it),
+    and the offer <state_dir>/ota/<device>.offer ({"sha256", "version", "size"}). Replicas
+    on Redis get the offer from there too (`publish_offer`). Returns the bundle's path."""
     raw = made.path.read_bytes()
     if hashlib.sha256(raw).hexdigest() != made.sha256:  # these bytes are the ones checked
         raise BundleError(f"{made.path}: changed while being read")
     private_dir(state_dir)  # as the relay's keys there: a loose parent would let ota/ be swapped
-    dest = Path(state_dir) / "ota" / f"{device}.uplb"
-    _write_sha256(dest, made.sha256)
-    with private_file(dest) as f:  # whole, or the old one: never half
-        f.write(raw)
-    return dest
+    ota = Path(state_dir) / "ota"
+    blob = blob_path(ota, made.sha256)
+    if not (blob.exists() and hashlib.sha256(blob.read_bytes()).digest().hex() == made.sha256):
+        with private_file(blob) as f:  # whole, or absent: never half
+            f.write(raw)
+    with private_file(ota / f"{device}.offer") as f:
+        f.write(offer_json(made).encode())
+    for old in (ota / f"{device}.uplb", ota / f"{device}.uplb.sha256"):  # an earlier layout's offer
+        old.unlink(missing_ok=True)
+    return blob
+
+
+def blob_path(ota_dir: Path, sha256: str) -> Path:
+    return Path(ota_dir) / "sha256" / f"{sha256}.uplb"
+
+
+def offer_json(made: Bundle) -> str:
+    return json.dumps({"sha256": made.sha256, "version": str(made.manifest.get("version")),
+                       "size": made.size}, separators=(",", ":"))
 
 
 def read(path: Path) -> Bundle:

@@ -166,12 +166,15 @@ def _credentials(fleet: Fleet, dev: Device, store: SecretStore, files: dict,
     files["relay_ca.der"] = ca_der
     key = relay_pki.device_key(store, dev.name)
     store.remember(key)
+    from host_tools.relay_keys import key_id
+
     return {
         "source": "relay",
         "url": relay.url,
         "ca": "relay_ca.der",
         "device_id": dev.name,
         "key": key,
+        "key_id": key_id(key),  # signed with each request: the relay picks this key after a rotation
         "min_life_s": relay.min_life_s,
     }
 

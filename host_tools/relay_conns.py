@@ -43,6 +43,8 @@ from typing import Any, Callable
 
 from aiohttp.http_exceptions import HttpProcessingError
 
+from host_tools import relay_proxy
+
 log = logging.getLogger("uplink.relay")
 
 # room kept below the open-file limit for everything that is not a client connection: the
@@ -101,8 +103,10 @@ class Gate:
 
     def __init__(self, *, max_connections: int, max_per_address: int,
                  handshake_timeout_s: float, header_timeout_s: float,
-                 stats_log_interval_s: float = 60.0):
+                 stats_log_interval_s: float = 60.0, trusted_proxies: tuple[str, ...] = ()):
         self.max_per_address = max_per_address
+        # balancers whose PROXY v2 header names the client (host_tools/relay_proxy.py)
+        self.trusted = relay_proxy.Trusted(trusted_proxies)
         self.handshake_timeout_s = handshake_timeout_s
         self.header_timeout_s = header_timeout_s
         self.stats_log_interval_s = stats_log_interval_s
@@ -117,7 +121,8 @@ class Gate:
         self.conns: set[TLSConn] = set()
         # what happened since the last summary line
         self.counts = dict.fromkeys(
-            ("refused_per_address", "evicted", "header_timeouts", "accept_errors", "malformed"), 0)
+            ("refused_per_address", "evicted", "header_timeouts", "accept_errors", "malformed",
+             "bad_proxy"), 0)
         self.refused_addresses: set[str] = set()
         self.malformed_kinds: Counter[str] = Counter()
         self.totals = dict(self.counts)
@@ -235,11 +240,12 @@ class Gate:
             "relay: in the last %.0f s: %d connection(s) refused at the per-address cap %d "
             "(from %d address(es)), %d closed at the total cap %d, %d closed for not sending "
             "request headers within %.0f s, %d accept error(s) (out of file descriptors?), "
-            "%d malformed request(s) answered 400%s; %d open now",
+            "%d malformed request(s) answered 400%s, %d bad PROXY header(s) from a trusted "
+            "balancer; %d open now",
             now - self._window_start, c["refused_per_address"], self.max_per_address,
             len(self.refused_addresses), c["evicted"], self.max_connections,
             c["header_timeouts"], self.header_timeout_s, c["accept_errors"],
-            c["malformed"], f" ({kinds})" if kinds else "", self.open,
+            c["malformed"], f" ({kinds})" if kinds else "", c["bad_proxy"], self.open,
         )
         for k, v in c.items():
             self.totals[k] += v
@@ -294,16 +300,84 @@ class TLSConn(sslproto.SSLProtocol):
         self.gate = gate
         self.addr = "?"
         self.raw: asyncio.BaseTransport | None = None
+        self._proxy: bytearray | None = None  # a trusted balancer's PROXY header, coming in
+        self._proxy_timer: asyncio.TimerHandle | None = None
+        self._scratch = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
         self.raw = transport
         self.addr = _addr_key(transport.get_extra_info("peername"))
+        if self.addr in self.gate.trusted:
+            # the balancer's header comes first; the caps count the client it names
+            self._proxy = bytearray()
+            self._proxy_timer = self._loop.call_later(self.gate.handshake_timeout_s, self._bad_proxy)
+            return
+        self._admit(transport)
+
+    def _admit(self, transport: asyncio.BaseTransport) -> bool:
         if not self.gate.admit(self, self.addr, self._loop.time()):
             transport.abort()  # type: ignore[attr-defined]
-            return
+            return False
         super().connection_made(transport)
+        return True
+
+    def get_buffer(self, n: int):
+        if self._proxy is not None:  # a small scratch buffer: the header is short
+            self._scratch = bytearray(relay_proxy.MAX_LEN)
+            return memoryview(self._scratch)
+        return super().get_buffer(n)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._proxy is None:
+            return super().buffer_updated(nbytes)
+        data, self._scratch = bytes(self._scratch[:nbytes]), bytearray()
+        self._proxy_data(data)
+
+    def _proxy_data(self, data: bytes) -> None:
+        buf = self._proxy
+        assert buf is not None
+        buf += data
+        try:
+            total = relay_proxy.needed(buf)
+            if not total or len(buf) < total:
+                return
+            src = relay_proxy.parse(bytes(buf[:total]))
+        except relay_proxy.ProxyHeaderError:
+            return self._bad_proxy()
+        rest = bytes(buf[total:])
+        self._proxy = None
+        if self._proxy_timer is not None:
+            self._proxy_timer.cancel()
+            self._proxy_timer = None
+        if src is not None:  # (LOCAL: the balancer's own check, its address stands)
+            self.addr = _addr_key(src)
+            self._extra["peername"] = src  # what aiohttp's request.remote and the audit see
+        raw = self.raw
+        if raw is None or not self._admit(raw):
+            return
+        if rest:  # the start of the TLS handshake came in the same read
+            view = super().get_buffer(len(rest))
+            view[:len(rest)] = rest
+            super().buffer_updated(len(rest))
+
+    def _bad_proxy(self) -> None:
+        self._proxy_timer = None
+        if self._proxy is not None:
+            self.gate.counts["bad_proxy"] += 1
+            self._proxy = None
+            if self.raw is not None:
+                self.raw.abort()  # type: ignore[attr-defined]
+
+    def eof_received(self):
+        if self._proxy is not None:
+            self._bad_proxy()
+            return False
+        return super().eof_received()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._proxy_timer is not None:
+            self._proxy_timer.cancel()
+            self._proxy_timer = None
         self.gate.release(self)
         self._extra.pop(CONN_KEY, None)  # no reference cycle: freed at once, not by the gc
         self.raw = None

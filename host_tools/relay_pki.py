@@ -181,3 +181,16 @@ def device_key(store, device_name: str) -> str:
         key = secrets.token_hex(32)
         store.set(name, key)
     return key
+
+
+STATE_KEY = "relay-state-key"
+
+
+def state_key(store) -> bytes:
+    """The key the replicas encrypt their shared token cache with (created once; every replica
+    reads the same secret store or the same UPLINK_SECRET_ environment)."""
+    key = store.get(STATE_KEY)
+    if not key:
+        key = secrets.token_hex(32)
+        store.set(STATE_KEY, key)
+    return bytes.fromhex(key)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ipaddress
 import logging
 import re
 import time
@@ -118,8 +119,12 @@ def register(app: typer.Typer) -> None:
             t.add_row(k, str(v))
         UI.out.print(t)
 
-    @app.command("relay")
+    relay_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+    app.add_typer(relay_app, name="relay")
+
+    @relay_app.callback()
     def relay_cmd(
+        ctx: typer.Context,
         listen: Annotated[Optional[str], typer.Option(
             "--listen", help="HOST:PORT to listen on (default: \\[relay] listen).")] = None,
         min_life: Annotated[Optional[int], typer.Option(
@@ -133,17 +138,153 @@ def register(app: typer.Typer) -> None:
         header_timeout: Annotated[Optional[float], typer.Option(
             "--header-timeout",
             help="Seconds a connection has to send its request headers (default 10).")] = None,
+        redis: Annotated[Optional[str], typer.Option(
+            "--redis", help="Share state with other replicas on redis://HOST:PORT/DB "
+                            "(default: \\[relay] redis; none: this process's memory).")] = None,
+        trusted_proxy: Annotated[Optional[list[str]], typer.Option(
+            "--trusted-proxy", help="A balancer address/network whose PROXY v2 header names the client "
+                                    "(repeat; default: \\[relay] trusted_proxies).")] = None,
+        admin_listen: Annotated[Optional[str], typer.Option(
+            "--admin-listen", help="HOST:PORT for /healthz, /readyz, /metrics (plain HTTP; "
+                                   "default: \\[relay] admin_listen, else none).")] = None,
+        replica_id: Annotated[Optional[str], typer.Option(
+            "--replica-id", help="This replica's name in the audit log (default: HOST-PID).")] = None,
     ):
-        """Serve fresh platform credentials to the fleet's devices over HTTPS (token relay)."""
+        """Serve fresh platform credentials to the fleet's devices over HTTPS (token relay).
+
+        `uplink relay revoke DEVICE` and `uplink relay rotate DEVICE` change a device's access
+        while the relay (all its replicas) keeps running."""
+        if ctx.invoked_subcommand is not None:
+            ctx.obj = {"redis": redis}
+            return
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         limits = {k: v for k, v in (("max_connections", max_connections),
                                     ("max_per_address", max_per_address),
                                     ("header_timeout_s", header_timeout)) if v is not None}
-        relay = build_relay(S.fleet(), S.store, listen=listen, min_life=min_life, **limits)
+        if trusted_proxy:
+            limits["trusted_proxies"] = tuple(trusted_proxy)
+        if replica_id:
+            limits["replica_id"] = replica_id
+        if admin_listen:
+            limits["admin_host"], limits["admin_port"] = _listen(admin_listen)
+        relay = build_relay(S.fleet(), S.store, listen=listen, min_life=min_life, redis=redis, **limits)
         try:
             asyncio.run(relay.serve_forever())
         except KeyboardInterrupt:
             pass
+
+
+    @relay_app.command("revoke")
+    def revoke_cmd(
+        ctx: typer.Context,
+        device: Annotated[str, typer.Argument(help="Device name in the fleet file.")],
+        undo: Annotated[bool, typer.Option("--undo", help="Let the device in again.")] = False,
+    ):
+        """Refuse DEVICE at once on every replica (401), without a restart."""
+        fl = S.fleet()
+        dev = fl.device(device)
+        if not getattr(dev.platform, "relay", False):
+            from host_tools.fleet import FleetError
+
+            raise FleetError([f"{device}: credentials is not \"relay\": the relay does not serve it"])
+        _shared(fl, lambda: _revoke(fl, S.store, (ctx.obj or {}).get("redis"), device, not undo),
+                f"{device}: {'let in again' if undo else 'revoked'} in the state directory's list")
+        UI.text(f"{device}: {'let in again' if undo else 'revoked: every replica answers it 401'}")
+
+    @relay_app.command("rotate")
+    def rotate_cmd(
+        ctx: typer.Context,
+        device: Annotated[str, typer.Argument(help="Device name in the fleet file.")],
+        grace: Annotated[Optional[int], typer.Option(
+            "--grace", help="Seconds the old key is still accepted (default: \\[relay] key_grace_s).")] = None,
+    ):
+        """Give DEVICE a new relay key; the old one works for the grace period, then stops."""
+        from host_tools import relay_keys
+
+        fl = S.fleet()
+        dev = fl.device(device)
+        if not getattr(dev.platform, "relay", False):
+            from host_tools.fleet import FleetError
+
+            raise FleetError([f"{device}: credentials is not \"relay\": it has no relay key"])
+        rc = _relay_cfg(fl)
+        grace_s = float(grace if grace is not None else rc.key_grace_s)
+        new, prev = relay_keys.rotate(S.store, device, grace_s)
+        _shared(fl, lambda: _publish_keys(fl, S.store, (ctx.obj or {}).get("redis"), device,
+                                          [new] + ([prev] if prev else [])),
+                f"{device}: the new key is in the secret store")
+        until = _iso(prev.until) if prev and prev.until else "-"
+        UI.text(f"{device}: new relay key {new.kid}; the old one ({prev.kid if prev else '-'}) is accepted "
+                f"until {until}. Run `uplink provision {device}` and deploy to give it the new key.")
+
+
+def _shared(fl, coro_fn, done: str) -> None:
+    """Run a change against the relay's shared state; Redis not answering is a clear error
+    that says what was done already and what to do."""
+    from host_tools.errors import UplinkError
+    from host_tools.relay_state import StoreDown
+
+    try:
+        asyncio.run(coro_fn())
+    except StoreDown:
+        raise UplinkError(f"{done}, but Redis ({_relay_cfg(fl).redis or '--redis'}) did not answer, so "
+                          "running replicas have not heard of it: run the command again when Redis is up") from None
+
+
+def _relay_cfg(fl):
+    from host_tools.fleet import FleetError
+
+    if fl.relay is None:
+        raise FleetError([f"{fl.path.name}: no [relay] table"])
+    return fl.relay
+
+
+async def _revoke(fl, store, redis: str | None, device: str, revoked: bool) -> None:
+    _relay_cfg(fl)
+    state = relay_state(fl, store, redis)
+    try:
+        await state.revoke(device, revoked)
+    finally:
+        await state.close()
+
+
+async def _publish_keys(fl, store, redis: str | None, device: str, keys) -> None:
+    """Replicas on Redis find a rotated key there (they may not share this secret store)."""
+    _relay_cfg(fl)
+    state = relay_state(fl, store, redis)
+    try:
+        if state.shared:
+            await state.put_keys(device, keys)
+    finally:
+        await state.close()
+
+
+async def publish_offer(fl, store, device: str, offer: str) -> None:
+    """`uplink ota`: replicas on Redis hear of the offer there (the bundle stays on storage)."""
+    state = relay_state(fl, store)
+    try:
+        if state.shared:
+            await state.publish_offer(device, offer)
+    finally:
+        await state.close()
+
+
+def key_loader(state, store):
+    """How a running relay finds a device's keys after a rotation: Redis, then the store."""
+    from host_tools import relay_keys
+    from host_tools.relay_state import StoreDown
+
+    async def load(device: str):
+        if state.shared:
+            try:
+                keys = await state.get_keys(device)
+                if keys:
+                    return keys
+            except StoreDown:
+                pass
+        return relay_keys.load(store, device)
+
+    return load
 
 
 def relay_hosts(relay_cfg) -> list[str]:
@@ -165,10 +306,10 @@ def _listen(s: str) -> tuple[str, int]:
 
 
 def build_relay(fl, store, *, listen: str | None = None, min_life: int | None = None,
-                **limits):
+                redis: str | None = None, **limits):
     """A Relay for every device of the fleet whose credentials = "relay"."""
     from host_tools import relay as relay_mod
-    from host_tools import relay_pki
+    from host_tools import relay_keys, relay_pki
     from host_tools.fleet import FleetError
 
     rc = fl.relay
@@ -185,12 +326,41 @@ def build_relay(fl, store, *, listen: str | None = None, min_life: int | None = 
         src = sources.get(settings)
         if src is None:
             src = sources[settings] = oidc.source_for(settings)
-        devices.append(relay_mod.RelayDevice(name, relay_pki.device_key(store, name), src))
+        key = relay_pki.device_key(store, name)
+        prev = next((k for k in relay_keys.load(store, name) if k.until is not None), None)
+        devices.append(relay_mod.RelayDevice(name, key, src, prev))
     if not devices:
         raise FleetError([f"{fl.path.name}: no device has credentials = \"relay\""])
+    limits.setdefault("trusted_proxies", tuple(rc.trusted_proxies))
+    if rc.admin_listen and "admin_port" not in limits:
+        limits["admin_host"], limits["admin_port"] = _listen(rc.admin_listen)
+    for x in limits["trusted_proxies"]:
+        try:
+            ipaddress.ip_network(x, strict=False)
+        except ValueError:
+            raise FleetError([f"--trusted-proxy: {x!r} is not an IP address or network "
+                              "(like 10.0.0.2 or 10.0.0.0/24)"]) from None
     settings = relay_mod.RelaySettings(
         cert_pem=pki.cert_pem, key_pem=pki.key_pem, host=host, port=port,
         min_life_s=float(min_life if min_life is not None else rc.min_life_s),
         ota_dir=fl.state_dir / "ota", **limits,  # `uplink ota DEVICE` leaves bundles there
     )
-    return relay_mod.Relay(settings, devices)
+    state = relay_state(fl, store, redis, settings.max_skew_s)
+    return relay_mod.Relay(settings, devices, state=state, key_loader=key_loader(state, store))
+
+
+def relay_state(fl, store, redis: str | None = None, window_s: float = 30.0):
+    """The relay's state store: Redis when the fleet (or --redis) names one, else memory."""
+    from host_tools import relay_pki
+    from host_tools.relay_state import MemoryState, RedisState, RevokedFile
+
+    rc = fl.relay
+    revoked = RevokedFile(fl.state_dir / "relay-revoked.json")  # on storage every replica reads
+    pace = (rc.provider_rate, float(rc.provider_burst), 5.0)
+    url = redis or rc.redis
+    if not url:
+        return MemoryState(window_s=window_s, revoked=revoked, pace=pace)
+    password = store.resolve(rc.redis_password, context="relay.redis_password") if rc.redis_password else None
+    return RedisState(url, relay_pki.state_key(store), password=password, window_s=window_s,
+                      ota_dir=fl.state_dir / "ota",
+                      revoked=revoked, pace=pace)

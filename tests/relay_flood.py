@@ -81,7 +81,7 @@ def nofile_soft(pid: int) -> int:
 class RelayProcess:
     def __init__(self, provider, workdir: Path, *, nofile: tuple[int, int] = (1024, 1024),
                  args: tuple[str, ...] = (), umask: int | None = None,
-                 state_dir: Path | None = None):
+                 state_dir: Path | None = None, name: str = "relay"):
         from tests.services import free_port
 
         self.provider = provider
@@ -91,7 +91,7 @@ class RelayProcess:
         self.umask = umask
         self.state_dir = state_dir or workdir / "state"
         self.port = free_port()
-        self.log_path = workdir / "relay.log"
+        self.log_path = workdir / f"{name}.log"  # replicas sharing a workdir: one log each
         self.fleet = workdir / "fleet.toml"
         self.secrets = workdir / "secrets.json"
         self.proc: subprocess.Popen | None = None
@@ -102,11 +102,12 @@ class RelayProcess:
         from tests.services import wait_port
 
         p = self.provider
-        self.fleet.write_text(FLEET.format(device=DEVICE, token_url=p.token_url,
-                                           access_url=p.access_url, client_id=WEIGHTRON_CLIENT[0]))
-        self.secrets.write_text(json.dumps({"wt_secret": WEIGHTRON_CLIENT[1],
-                                            "wt_api_key": WEIGHTRON_API_KEY}))
-        self.secrets.chmod(0o600)
+        if not self.secrets.exists():  # replicas share one fleet and secret store
+            self.fleet.write_text(FLEET.format(device=DEVICE, token_url=p.token_url,
+                                               access_url=p.access_url, client_id=WEIGHTRON_CLIENT[0]))
+            self.secrets.write_text(json.dumps({"wt_secret": WEIGHTRON_CLIENT[1],
+                                                "wt_api_key": WEIGHTRON_API_KEY}))
+            self.secrets.chmod(0o600)
         env = dict(os.environ, SSL_CERT_FILE=p.ca_pem, UPLINK_STATE_DIR=str(self.state_dir),
                    PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
         nofile, umask = self.nofile, self.umask
@@ -117,10 +118,9 @@ class RelayProcess:
                 os.umask(umask)
 
         self._log = open(self.log_path, "wb")
+        self.env = env
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "host_tools.cli", "--fleet", str(self.fleet),
-             "--secrets-file", str(self.secrets), "--no-keyring", "relay",
-             "--listen", f"127.0.0.1:{self.port}", *self.args],
+            [*self._uplink(), "relay", "--listen", f"127.0.0.1:{self.port}", *self.args],
             env=env, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=limit, cwd=self.dir)
         wait_port(self.port, timeout=30)
         store = SecretStore(self.secrets, use_keyring=False, env={})
@@ -128,6 +128,15 @@ class RelayProcess:
         pki = relay_pki.ensure_relay_pki(self.state_dir, ["127.0.0.1", "localhost"])
         self.ca = str(pki.ca_pem)
         return self
+
+    def _uplink(self) -> list[str]:
+        return [sys.executable, "-m", "host_tools.cli", "--fleet", str(self.fleet),
+                "--secrets-file", str(self.secrets), "--no-keyring"]
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        """`uplink ARGS` on this relay's fleet, secrets and state (e.g. relay revoke DEVICE)."""
+        return subprocess.run([*self._uplink(), *args], env=self.env, capture_output=True, text=True,
+                              timeout=60, cwd=self.dir)
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.ca)

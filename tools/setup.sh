@@ -7,7 +7,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e ".[test]"
+"$VENV/bin/python" -m pip install -q -e ".[test,relay]"
 # Stubs of the ESP32 port: the type check refuses APIs the board does not have.
 "$VENV/bin/python" -m pip install -q --upgrade --target "$VENV/mpstubs" --no-deps \
     micropython-esp32-stubs==1.29.0.post1 micropython-stdlib-stubs==1.29.0.post2
@@ -43,9 +43,26 @@ else
         MODEL_NOTE="the ESP32 model needs the 32-bit C runtime: sudo apt-get install libc6-i386 lib32gcc-s1, then make setup"
     fi
 fi
-# the Debian package starts a system broker on 1883; we start our own per test
+# the relay's replica tests: a real redis-server and haproxy (docs/relay.md, "Replicas on Redis")
+RELAY_MISSING=""
+command -v redis-server >/dev/null 2>&1 || RELAY_MISSING="redis-server"
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || RELAY_MISSING="$RELAY_MISSING haproxy"
+if [ -n "$RELAY_MISSING" ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq
+        # shellcheck disable=SC2086
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $RELAY_MISSING >/dev/null
+    else
+        echo "setup: not installed and we are not root: sudo apt-get install$RELAY_MISSING" >&2
+        echo "setup: the relay's replica tests will be skipped" >&2
+    fi
+fi
+# the Debian packages start a system broker on 1883 (and a Redis on 6379, a haproxy); we start
+# our own per test
 if [ "$(id -u)" = 0 ] && command -v systemctl >/dev/null 2>&1; then
     systemctl disable --now mosquitto >/dev/null 2>&1 || true
+    systemctl disable --now redis-server >/dev/null 2>&1 || true
+    systemctl disable --now haproxy >/dev/null 2>&1 || true
 fi
 if [ -n "$MODEL_NOTE" ]; then
     # the last line, where it stays visible: every firmware result below is the 64-bit port's

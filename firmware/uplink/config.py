@@ -61,6 +61,7 @@ CREDENTIALS = {
     "ca": (str, None),
     "device_id": (str, None),
     "key": (str, None),
+    "key_id": (str, None),
     "min_life_s": (int, 60, _positive),
 }
 

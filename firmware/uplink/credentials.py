@@ -83,6 +83,7 @@ class Credentials:
         self.ca = cfg.get("ca")
         self.device = cfg["device_id"]
         self.min_life_s = cfg.get("min_life_s") or 60
+        self.kid = cfg.get("key_id")  # signed too: the relay picks this key after a rotation
         try:
             self._mac = HMAC(binascii.unhexlify(cfg["key"]))
         except ValueError:
@@ -121,8 +122,12 @@ class Credentials:
         ts = str(self._now_s())
         nonce = binascii.hexlify(os.urandom(12)).decode()
         msg = "GET\n%s\n%s\n%s\n%s" % (path, self.device, ts, nonce)
-        return {"X-Uplink-Device": self.device, "X-Uplink-Time": ts, "X-Uplink-Nonce": nonce,
-                "X-Uplink-Signature": self._mac.hexdigest(msg.encode())}
+        h = {"X-Uplink-Device": self.device, "X-Uplink-Time": ts, "X-Uplink-Nonce": nonce}
+        if self.kid:
+            msg += "\n" + self.kid
+            h["X-Uplink-Key-Id"] = self.kid
+        h["X-Uplink-Signature"] = self._mac.hexdigest(msg.encode())
+        return h
 
     async def _fetch(self):
         url = self.url + ("?fresh=1" if self._fresh else "")

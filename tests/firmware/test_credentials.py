@@ -108,6 +108,28 @@ async def test_wrong_key_is_refused_without_leaking_it():
     assert key not in str(r.value)
 
 
+def _kid(key_hex):
+    import binascii
+    import hashlib
+
+    return binascii.hexlify(hashlib.sha256(binascii.unhexlify(key_hex)).digest()).decode()[:8]
+
+
+async def test_key_id_is_sent_and_signed():
+    kid = _kid(env("RELAY_WT_KEY"))
+    c = credentials.Credentials(relay_cfg(key_id=kid))
+    h = c.headers("/v1/credentials")
+    assert h["X-Uplink-Key-Id"] == kid
+    user, pw = await c()  # the relay checks the key id inside the signature
+    assert user == "app-5f1e2d" and pw
+
+
+async def test_key_id_of_another_key_is_refused():
+    c = credentials.Credentials(relay_cfg(key_id=_kid("ab" * 32)))
+    with raises(credentials.CredentialsError, match="401"):
+        await c()
+
+
 async def test_unknown_device_refused():
     c = credentials.Credentials(relay_cfg(device_id="nobody"))
     with raises(credentials.CredentialsError, match="401"):

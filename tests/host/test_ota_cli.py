@@ -47,10 +47,11 @@ def test_ota_leaves_the_bundle_for_the_relay_and_refuses_what_cannot_go(tmp_path
     r = env.run("ota", "wt-1", "--bundle", str(made.path), "--json")
     assert r.code == 0, r.output
     info = json.loads(r.stdout)
-    left = tmp_path / "env" / "state" / "ota" / "wt-1.uplb"
+    left = tmp_path / "env" / "state" / "ota" / "sha256" / f"{made.sha256}.uplb"  # content-addressed
     assert info["bundle"] == str(left) and info["version"] == "2.1"
     assert left.read_bytes() == made.path.read_bytes()
-    assert (tmp_path / "env" / "state" / "ota" / "wt-1.uplb.sha256").read_text().split()[0] == made.sha256
+    offer = json.loads((tmp_path / "env" / "state" / "ota" / "wt-1.offer").read_text())
+    assert offer == {"sha256": made.sha256, "version": "2.1", "size": made.size}
     # a device the relay does not serve: the cloud's own OTA is the way
     r = env.run("ota", "tb-1", "--bundle", str(made.path))
     assert r.code != 0 and "cloud's OTA" in r.output
@@ -59,6 +60,7 @@ def test_ota_leaves_the_bundle_for_the_relay_and_refuses_what_cannot_go(tmp_path
     r = env.run("ota", "wt-1", "--bundle", str(other.path))
     assert r.code != 0 and "'esp32-s3'" in r.output
     assert left.read_bytes() == made.path.read_bytes()  # the offer stands as it was
+    assert json.loads((tmp_path / "env" / "state" / "ota" / "wt-1.offer").read_text()) == offer
 
 
 def test_relay_serves_the_offer_signed_with_range(provider, pki, tmp_path):  # noqa: F811

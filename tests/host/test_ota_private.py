@@ -48,9 +48,13 @@ def test_ota_offer_is_private_under_umask_000(tmp_path, umask000, before):
     made = small_bundle(tmp_path / "src", "esp32-devkitc")
     r = env.run("ota", "wt-1", "--bundle", str(made.path), "--json")
     assert r.code == 0, r.output
-    assert json.loads(r.stdout)["bundle"] == str(state / "ota" / "wt-1.uplb")
-    assert (state / "ota" / "wt-1.uplb").read_bytes() == made.path.read_bytes()
-    assert sorted(p.name for p in (state / "ota").iterdir()) == ["wt-1.uplb", "wt-1.uplb.sha256"]
+    blob = state / "ota" / "sha256" / f"{made.sha256}.uplb"  # content-addressed
+    assert json.loads(r.stdout)["bundle"] == str(blob)
+    assert blob.read_bytes() == made.path.read_bytes()
+    # the offer names it; an earlier layout's per-device copy is gone
+    assert sorted(p.name for p in (state / "ota").iterdir()) == ["sha256", "wt-1.offer"]
+    assert json.loads((state / "ota" / "wt-1.offer").read_text()) == {
+        "sha256": made.sha256, "version": made.manifest["version"], "size": made.size}
     assert_private_tree(state)
 
 
