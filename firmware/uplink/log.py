@@ -74,6 +74,29 @@ def pub(topic, payload, n):
         pass
 
 
+def read(values):
+    """A D line per reading taken, the user's read() values only (health is in the pub:
+    line): `read: temperature=20.3 led=false`, at most HEAD bytes of them."""
+    if level:
+        return
+    try:
+        h = _buf()
+        size = 0
+        try:
+            for k in values:
+                if h.n:
+                    h.write(b" ")
+                h.write(k.encode())  # a key's bytes: small, and gone with the line
+                h.write(b"=")
+                json.dump(values[k], h, separators=(",", ":"))  # pyright: ignore[reportCallIssue]
+            size = h.n
+        except _Full:
+            size = h.n + 1
+        print("%6d D read: %s" % (uptime_s(), _text(h.buf, h.n, size)))
+    except MemoryError:  # a console line must never stop the work it reports
+        pass
+
+
 def cmd(name, params, result):
     """A D line per command handled: `cmd: setLed {"on":true} -> {"led":true}`."""
     if level:
@@ -115,12 +138,16 @@ class _Head(io.IOBase):
 _head = None
 
 
-def _json(obj):
+def _buf():
     global _head
     if _head is None:
         _head = _Head()
-    h = _head
-    h.n = 0
+    _head.n = 0
+    return _head
+
+
+def _json(obj):
+    h = _buf()
     size = 0
     try:
         # keyword only in extmod/modjson.c (mod_json_dump_helper); the stub has it positional

@@ -54,6 +54,22 @@ def test_a_long_payload_is_cut_before_a_character_that_does_not_fit():
     ], out.lines
 
 
+def test_a_reading_shows_the_users_values_apart_from_health():
+    # the pub: line's payload starts with health keys in hash order: the user's temperature
+    # fell past its 60 bytes; this line has the user's read() values alone
+    from uplink import app, board
+
+    a = app.App({"telemetry": {"interval_ms": 0, "interval_s": 60, "health": True}}, board.load("host"))
+    a.user = type("U", (), {"read": lambda self: {"temperature": 20.5, "led": False}})()
+    with Lines() as out:
+        values = a.telemetry.take_reading()["values"]
+        log.read({"note": "é" * 40})
+    assert "uptime_s" in values and values["temperature"] == 20.5  # the reading keeps its health
+    got = out.texts()
+    assert got[0] in ("D read: temperature=20.5 led=false", "D read: led=false temperature=20.5"), got
+    assert got[1] == 'D read: note="' + "é" * 27 + "...", got
+
+
 def test_a_command_line_shows_its_params_and_result():
     with Lines() as out:
         log.cmd("setLed", {"on": True}, {"led": True})
@@ -100,6 +116,7 @@ def test_device_console_turns_the_lines_off_on_a_board():
     with Lines() as out:
         log.level = log.LEVELS.index("info")
         log.pub("t", b"1", 1)
+        log.read({"t": 1})
         log.cmd("ping", {}, {"pong": True})
         log.info("mqtt", "connected")
         log.level = log.LEVELS.index("warn")
@@ -118,6 +135,7 @@ def test_a_line_that_finds_no_memory_is_left_out_not_raised():
     log.print = full
     try:
         log.pub("t", b"[1]", 1)
+        log.read({"t": 1})
         log.cmd("setLed", {"on": True}, {"led": True})
     finally:
         del log.print
