@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -584,7 +585,65 @@ QUIET_HELP = ("Leave out the firmware's line per message and per command (pub:, 
               "and state changes only. Same as `uplink -q`.")
 
 
+def _sim_brokers(device: str, platforms: list) -> list:
+    """A local broker where the device's platform is a plain-MQTT address on this machine and
+    nothing listens there (host_tools/local_broker.py); how to send it a command."""
+    from host_tools import local_broker as lb
+    from host_tools import sim_send
+
+    started = []
+    for p in platforms:
+        where = lb.local_address(p.effective_url())
+        if where is None:
+            continue
+        if not lb.listening(*where):
+            started.append(lb.LocalBroker(port=where[1], host=where[0]).start())
+            UI.info(f"nothing listened on {where[0]}:{where[1]}: started a local MQTT broker there "
+                    f"({started[-1].kind}) for this run")
+        if p.kind == "thingsboard":
+            here = S.fleet_path.resolve() == Path("fleet.toml").resolve()
+            opt = "" if here else f" -f {shlex.quote(str(S.fleet_path))}"
+            for line in sim_send.hints(device, where, opt):
+                UI.info(line)
+    return started
+
+
+def _sim_send(device: str, send: tuple[str, str]) -> None:
+    from host_tools import sim_send
+
+    cmd, text = send
+    try:
+        params = json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"--send {cmd} JSON: not JSON ({e}): for example --send setLed '{{\"on\": true}}'") from None
+    dev = S.fleet().device(device)
+    p = (dev.platforms or [dev.platform])[0]
+    reply = sim_send.send(sim_send.address(device, p.kind, p.effective_url()), cmd, params)
+    UI.info(f"{device} answered {cmd}:")
+    UI.data(reply)
+
+
 def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | None) -> None:
+    from host_tools import sim as simmod
+
+    fleet = S.fleet()
+    dev = fleet.device(device)
+    state = S.build_root / "sim" / device
+    state.mkdir(parents=True, exist_ok=True)
+    lock = simmod.lock_state(state, device)  # before anything is written there
+    try:
+        brokers = _sim_brokers(device, dev.platforms or [dev.platform])
+        try:
+            _sim_run(fleet, device, state, lock, seconds, compiled, heapsize)
+        finally:
+            for broker in brokers:
+                broker.stop()
+    finally:
+        os.close(lock)
+
+
+def _sim_run(fleet, device: str, state: Path, lock: int, seconds: float | None, compiled: bool,
+             heapsize: str | None) -> None:
     from host_tools import build as b
     from host_tools import hostboard
     from host_tools import sim as simmod
@@ -592,15 +651,12 @@ def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | 
     from host_tools.project import stage
     from host_tools.provision import provision, write_file
 
-    fleet = S.fleet()
-    fleet.device(device)
     bundle = provision(fleet, device, S.store, S.build_root)
     src = S.sources()  # the host board's flash: the firmware with the project's user.py
     if compiled:
         firmware = b.build("host", out=S.build_root / "firmware" / "host", src=src)[0]
     else:
         firmware = stage(src, S.build_root / "source" / "host") if src.own else src.firmware
-    state = S.build_root / "sim" / device
     hostboard.prepare_state_dir(bundle.dir, state)
     cfg = json.loads((state / "config.json").read_text())
     if cfg["device"]["board"] != "host":  # the firmware would reach for an ESP32's Wi-Fi
@@ -613,7 +669,7 @@ def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | 
     UI.info(f"{device} on the host board ({'compiled' if compiled else 'sources'}, "
             f"{heapsize} heap; state in {state}); Ctrl-C to stop")
     problem = simmod.run(state, seconds=seconds, compiled=compiled, heapsize=heapsize,
-                         write=writer(UI.text, UI.level < 0), info=UI.info, firmware=firmware)
+                         write=writer(UI.text, UI.level < 0), info=UI.info, firmware=firmware, lock_fd=lock)
     if hostboard.model_note():  # last, where it stays visible
         UI.warn(hostboard.model_note())
     if problem:
@@ -630,10 +686,16 @@ def sim(
         help="MicroPython heap (default on the ESP32 model: 128k, an ESP32 without PSRAM; "
              "192k with --source).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
+    send: Annotated[Optional[tuple[str, str]], typer.Option(
+        "--send", metavar="CMD JSON",
+        help="Send the running simulation a command (as its cloud would), print its reply, exit.")] = None,
 ):
-    """Run the device's bundle on the host board (MicroPython unix port), against its broker."""
+    """Run the device's bundle on the host board (MicroPython unix port), against its broker;
+    on this machine's address with no broker there, it starts one."""
     if quiet:
         UI.level = -1
+    if send is not None:
+        return _sim_send(device, send)
     _do_sim(device, seconds, compiled, heapsize)
 
 

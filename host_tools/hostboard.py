@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from host_tools.child import die_with_parent
 from host_tools.project import shipped
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,7 +135,12 @@ def command(state_dir: Path, *, compiled: bool = False, heapsize: str | None = N
 
 
 def start(state_dir: Path, *, compiled: bool = False, heapsize: str | None = None, env: dict | None = None,
-          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, firmware: Path | None = None) -> subprocess.Popen:
-    """Boot the firmware on the host board with `state_dir` as its filesystem."""
+          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, firmware: Path | None = None,
+          pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+    """Boot the firmware on the host board with `state_dir` as its filesystem. It dies with
+    this process (host_tools/child.py): an orphan would go on as the same client with the same
+    state directory, and fight the next run for both. `pass_fds`: the sim's state-directory
+    lock, held while either lives."""
     args, fw = command(state_dir, compiled=compiled, heapsize=heapsize, firmware=firmware)
-    return subprocess.Popen(args, cwd=state_dir, env=firmware_env(fw, env), stdout=stdout, stderr=stderr)
+    return subprocess.Popen(args, cwd=state_dir, env=firmware_env(fw, env), stdout=stdout, stderr=stderr,
+                            preexec_fn=die_with_parent(), pass_fds=pass_fds)

@@ -3,6 +3,8 @@ loop that ends in safe mode, a heap too small to import it) fails with the reaso
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from host_tools import hostboard
@@ -67,3 +69,163 @@ def test_a_heap_too_small_to_boot_fails_clearly(tmp_path):
     # 30 s, over and over; the sim stops there)
     assert ("error: the firmware cannot start (its output is above); it ran out of "
             "memory with a 24k heap (1 MemoryError above)") in r.stderr
+
+
+# -- a first run: no broker, the user's readings, a command, one simulation at a time ----------
+LOCAL = """
+[devices.demo]
+board = "host"
+[devices.demo.platform]
+kind = "thingsboard"
+url = "mqtt://127.0.0.1:{port}"
+credentials = {{ username = "demo" }}
+client_rpc = false
+[devices.demo.telemetry]
+interval_s = 1
+"""
+
+
+class SimProcess:
+    """`uplink sim demo` as a person runs it (its own process), its output read as it comes."""
+
+    def __init__(self, env: Env, *args: str, shell_tail: str = ""):
+        import os
+        import shlex
+        import subprocess
+        import sys
+        import threading
+
+        argv = [sys.executable, "-m", "host_tools", "sim", "demo", *args]
+        if shell_tail:  # a pipeline: bash runs it, self.proc is bash
+            argv = ["bash", "-c", shlex.join(argv) + shell_tail]
+        self.proc = subprocess.Popen(argv, cwd=env.root, env={**os.environ, **env.env},
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.changed = threading.Condition()
+        for stream, into in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
+            threading.Thread(target=self._read, args=(stream, into), daemon=True).start()
+
+    def _read(self, stream, into):
+        for line in stream:
+            with self.changed:
+                into.append(line)
+                self.changed.notify_all()
+
+    def text(self) -> str:
+        return "".join(self.err) + "".join(self.out)
+
+    def wait_for(self, check, timeout: float) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: check(self.text()), timeout)
+
+    def stop(self):
+        import os
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            self.proc.wait(30)
+
+
+def firmware_in(state) -> list[int]:
+    """The pids of processes whose working directory is the simulation's state directory."""
+    import os
+
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if os.readlink(f"/proc/{d}/cwd") == str(state):
+                    pids.append(int(d))
+            except OSError:
+                pass
+    return pids
+
+
+def local_env(tmp_path):
+    from host_tools.local_broker import free_port
+
+    port = free_port()
+    return Env(tmp_path, LOCAL.format(port=port)), port
+
+
+@pytest.mark.timeout(180)
+def test_with_no_broker_sim_starts_one_shows_the_readings_and_takes_a_command(tmp_path):
+    import re
+
+    env, port = local_env(tmp_path)
+    sim = SimProcess(env, "--seconds", "120")
+    try:
+        assert sim.wait_for(lambda t: re.search(r"D read: .*temperature=2\d", t), 90), sim.text()
+        out = sim.text()
+        assert f"nothing listened on 127.0.0.1:{port}: started a local MQTT broker there" in out
+        assert "ECONNREFUSED" not in out
+        hint = "send it a command from another terminal: uplink sim demo --send setLed '{\"on\": true}'"
+        assert hint in out, out
+        assert f"mosquitto_pub -h 127.0.0.1 -p {port} -t v1/devices/me/rpc/request/1" in out
+        # as the hint says, from another terminal: the board's handle() answers
+        r = env.run("sim", "demo", "--send", "setLed", '{"on": true}')
+        assert r.code == 0, r.output
+        assert json.loads(r.stdout) == {"led": True}
+        assert sim.wait_for(lambda t: 'D cmd: setLed {"on":true} -> {"led":true}' in t, 30), sim.text()
+        assert sim.wait_for(lambda t: re.search(r"D read: .*led=true", t), 30), sim.text()
+    finally:
+        sim.stop()
+
+
+@pytest.mark.timeout(180)
+def test_a_second_sim_of_the_device_is_refused_while_the_first_runs(tmp_path):
+    env, _ = local_env(tmp_path)
+    sim = SimProcess(env, "--seconds", "120")
+    try:
+        assert sim.wait_for(lambda t: "D read: " in t, 90), sim.text()
+        r = env.run("sim", "demo", "--seconds", "5")
+        assert r.code == 5, r.output
+        assert "error: demo is already running in another `uplink sim` (pid " in r.stderr
+        assert "stop that one first (Ctrl-C), or send it a command with `uplink sim demo --send CMD JSON`" in r.stderr
+        assert "D read:" not in r.stdout
+    finally:
+        sim.stop()
+    r = env.run("sim", "demo", "--seconds", "1")  # the first one gone: the next starts
+    assert r.code == 0, r.output
+
+
+def _ends_with_its_firmware(env, sim, timeout=20):
+    import time
+
+    state = env.build / "sim" / "demo"
+    deadline = time.monotonic() + timeout
+    while firmware_in(state) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return firmware_in(state)
+
+
+@pytest.mark.timeout(180)
+def test_sim_piped_into_head_leaves_no_firmware_behind(tmp_path):
+    env, _ = local_env(tmp_path)
+    sim = SimProcess(env, "--seconds", "120", shell_tail=" | head -4")
+    assert sim.proc.wait(120) == 0, sim.text()
+    assert len(sim.out) == 4, sim.text()
+    assert not _ends_with_its_firmware(env, sim), sim.text()
+    assert "Traceback" not in sim.text()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGHUP"])
+def test_sim_killed_or_hung_up_takes_its_firmware_along(tmp_path, sig):
+    import os
+    import signal
+
+    env, _ = local_env(tmp_path)
+    sim = SimProcess(env, "--seconds", "120")
+    try:
+        assert sim.wait_for(lambda t: "D read: " in t, 90), sim.text()
+        assert firmware_in(env.build / "sim" / "demo")
+        # uplink alone, not its process group: the firmware must follow on its own
+        os.kill(sim.proc.pid, getattr(signal, sig))
+        sim.proc.wait(30)
+        assert not _ends_with_its_firmware(env, sim), sim.text()
+    finally:
+        sim.stop()

@@ -1,0 +1,103 @@
+"""An MQTT broker on this machine for `uplink sim` and `make demo`: mosquitto when installed,
+else amqtt (a broker in Python, a dependency of uplink) in this process. It lives as long as
+the command that started it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from host_tools.child import die_with_parent
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), 0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def local_address(url: str) -> tuple[str, int] | None:
+    """(host, port) of a plain-MQTT url on this machine, the kind of broker `uplink sim` may
+    start; None for anything else (TLS, WebSocket, another host)."""
+    u = urlsplit(url)
+    if u.scheme != "mqtt" or u.hostname not in LOOPBACK:
+        return None
+    return ("127.0.0.1" if u.hostname == "localhost" else u.hostname), u.port or 1883
+
+
+def _mosquitto() -> str | None:
+    return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+
+
+class LocalBroker:
+    """mosquitto if installed, else amqtt in a background thread; anonymous, on loopback."""
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self.kind = ""
+
+    def start(self) -> "LocalBroker":
+        exe = _mosquitto()
+        if exe:
+            self.kind = "mosquitto"
+            conf = Path(tempfile.mkdtemp(prefix="uplink-broker-")) / "mosquitto.conf"
+            conf.write_text(f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n")
+            self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, preexec_fn=die_with_parent())
+        else:
+            self.kind = "amqtt"
+            threading.Thread(target=self._amqtt, daemon=True).start()
+        self._wait()
+        return self
+
+    def _wait(self, timeout: float = 10) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if listening(self.host, self.port):
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"the {self.kind} broker did not start listening on {self.host}:{self.port}")
+
+    def _amqtt(self) -> None:
+        import logging
+
+        from amqtt.broker import Broker
+
+        logging.getLogger("amqtt").setLevel(logging.CRITICAL)  # its per-client chatter is not the user's
+        cfg = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+
+        async def serve() -> None:
+            await Broker(cfg).start()
+            await asyncio.Event().wait()
+
+        asyncio.run(serve())
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait()
