@@ -101,8 +101,8 @@ def init(
     written = make(directory, force)
     UI.info("wrote " + ", ".join(str(p) for p in written))
     go = "" if directory.resolve() == Path.cwd().resolve() else f"cd {directory} && "
-    UI.info(f"next: {go}uplink validate && uplink sim local-demo (with an MQTT broker on "
-            "127.0.0.1:1883, e.g. mosquitto); your code goes in user.py")
+    UI.info(f"next: {go}uplink validate && uplink sim local-demo (it starts an MQTT broker on "
+            "127.0.0.1:1883 when none runs there); your code goes in user.py")
 
 
 # -- validate ---------------------------------------------------------------------------

@@ -43,10 +43,8 @@ else
         MODEL_NOTE="the ESP32 model needs the 32-bit C runtime: sudo apt-get install libc6-i386 lib32gcc-s1, then make setup"
     fi
 fi
-# the Debian package starts a system broker on 1883; we start our own per test
-if [ "$(id -u)" = 0 ] && command -v systemctl >/dev/null 2>&1; then
-    systemctl disable --now mosquitto >/dev/null 2>&1 || true
-fi
+# a system broker the Debian package starts on 1883 is left alone: the tests start their own
+# on free ports, and `uplink sim local-demo` uses it
 if [ -n "$MODEL_NOTE" ]; then
     # the last line, where it stays visible: every firmware result below is the 64-bit port's
     echo "setup: done, WITHOUT the ESP32 model: $MODEL_NOTE; firmware runs on the 64-bit PyPI port" >&2
