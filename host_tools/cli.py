@@ -35,6 +35,9 @@ class _Root(typer.core.TyperGroup):
     """`uplink` itself: the one place an UplinkError from any command is told and turned into
     its exit code (main() runs this, and so does the tests' in-process runner)."""
 
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, _globals_first(self, ctx, list(args)))
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -44,13 +47,67 @@ class _Root(typer.core.TyperGroup):
             raise typer.Exit(int(e.code)) from None
 
 
+def _opts(cmd) -> dict[str, bool]:
+    """A command's option names -> whether each takes a value."""
+    out = {}
+    for p in cmd.params:
+        if p.param_type_name == "option":
+            for name in [*p.opts, *p.secondary_opts]:
+                out[name] = not (p.is_flag or p.count)
+    return out
+
+
+def _globals_first(root, ctx, args: list[str]) -> list[str]:
+    """`uplink validate -f x` as `uplink -f x validate`: a global option after the command moves
+    in front of it, unless that command has an option of the same name (`sim -q`)."""
+    glob = _opts(root)
+    cmd, i, first = root, 0, None
+    while i < len(args):  # the root's options and the command's names (`secrets set`)
+        a = args[i]
+        if a == "--":
+            return args
+        if a.startswith("-"):
+            takes = _opts(cmd).get(a) and "=" not in a
+            i += 2 if takes else 1
+            continue
+        sub = cmd.get_command(ctx, a) if isinstance(cmd, typer.core.TyperGroup) else None
+        if sub is None:
+            break
+        first = i if first is None else first
+        cmd, i = sub, i + 1
+        if not isinstance(cmd, typer.core.TyperGroup):
+            break
+    if first is None:
+        return args
+    own = _opts(cmd)
+    moved, rest = [], args[:i]
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            rest += args[i:]
+            break
+        name = a.split("=", 1)[0] if a.startswith("--") else a
+        key = name if name in glob else a[:2]  # -vv, -fPATH: the short option's letter
+        n = 2 if glob.get(key) and key == a else 1
+        if name not in own and key in glob and a[1:2] != "-" or name in glob and name not in own:
+            if i + n > len(args):  # `-f` with no value: click says so where it stands
+                rest.append(a)
+                break
+            moved += args[i:i + n]
+        else:
+            n = 2 if own.get(name) and "=" not in a else 1
+            rest += args[i:i + n]
+        i += n
+    return rest[:first] + moved + rest[first:] if moved else args
+
+
 app = typer.Typer(
     name="uplink",
     cls=_Root,
     help="Provision, build, deploy and flash Uplink boards from this machine.",
     epilog=errors.help_text(),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion: bash, zsh, fish, PowerShell
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
@@ -59,6 +116,17 @@ secrets_app = typer.Typer(help="Store, list and remove secrets (OS keyring, env,
                           no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(secrets_app, name="secrets")
+
+
+def _device_names(incomplete: str) -> list[str]:
+    """Shell completion of a DEVICE: the fleet's names (UPLINK_FLEET or ./fleet.toml)."""
+    try:
+        from host_tools.fleet import load_fleet
+
+        names = load_fleet(Path(os.environ.get("UPLINK_FLEET", "fleet.toml"))).devices
+    except Exception:  # completing must never print a traceback into the shell
+        return []
+    return sorted(n for n in names if n.startswith(incomplete))
 
 
 def _version(value: bool):
@@ -103,6 +171,39 @@ def init(
     go = "" if directory.resolve() == Path.cwd().resolve() else f"cd {directory} && "
     UI.info(f"next: {go}uplink validate && uplink sim local-demo (it starts an MQTT broker on "
             "127.0.0.1:1883 when none runs there); your code goes in user.py")
+
+
+# -- clean ----------------------------------------------------------------------------------
+BUILD_PARTS = ("devices", "firmware", "source", "sim", "bundles", "host-mpy")  # what uplink writes in build/
+
+
+@app.command()
+def clean(
+    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Say what would go; remove nothing.")] = False,
+):
+    """Remove the build directory: rendered configs (with secrets), compiled firmware, the
+    sims' state. Everything in it is made again by the next build, deploy or sim."""
+    import shutil
+
+    from host_tools import sim as simmod
+
+    root = S.build_root
+    if not root.exists():
+        UI.info(f"nothing to clean: {root} does not exist")
+        return
+    strange = sorted(p.name for p in root.iterdir() if p.name not in BUILD_PARTS)
+    if strange:  # UPLINK_BUILD_DIR may name a folder that holds more than ours
+        raise UsageError(f"{root} holds what uplink did not write ({', '.join(strange)}): "
+                         "not removing it; remove it yourself if it is yours to lose")
+    for state in sorted((root / "sim").glob("*")):
+        if (state / simmod.LOCK).exists():
+            os.close(simmod.lock_state(state, state.name))  # SimBusy while one runs
+    files = sum(1 for p in root.rglob("*") if p.is_file())
+    if dry_run:
+        UI.info(f"would remove {root} ({plural(files, 'file')})")
+        return
+    shutil.rmtree(root)
+    UI.info(f"removed {root} ({plural(files, 'file')}: rendered configs with secrets, compiled firmware, sim state)")
 
 
 # -- validate ---------------------------------------------------------------------------
@@ -162,7 +263,7 @@ def validate(
 # -- config show ----------------------------------------------------------------------------
 @config_app.command("show")
 def config_show(
-    device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
+    device: Annotated[str, typer.Argument(help="Device name from the fleet file.", autocompletion=_device_names)],
     show_secrets: Annotated[bool, typer.Option(
         "--show-secrets", help="Print secret values instead of their references.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the config.json only.")] = False,
@@ -292,7 +393,7 @@ def _do_provision(device: str, register: bool = False, out: Path | None = None):
 
 @app.command("provision")
 def provision_cmd(
-    device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
+    device: Annotated[str, typer.Argument(help="Device name from the fleet file.", autocompletion=_device_names)],
     register: Annotated[bool, typer.Option(
         "--register",
         help="ThingsBoard: provision the device now, from here, and keep its token as a secret.")] = False,
@@ -384,7 +485,8 @@ def _build_bundle(device: str, version: str | None, as_json: bool):
 
 @app.command("ota")
 def ota_cmd(
-    device: Annotated[str, typer.Argument(help="Device name from the fleet file (credentials = \"relay\").")],
+    device: Annotated[str, typer.Argument(help="Device name from the fleet file (credentials = \"relay\").",
+                                                     autocompletion=_device_names)],
     bundle: Annotated[Optional[Path], typer.Option(
         "--bundle", help="A bundle made by `uplink build --bundle` (default: build one now).")] = None,
     version: Annotated[Optional[str], typer.Option(
@@ -490,7 +592,7 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
 
 @app.command()
 def deploy(
-    device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
+    device: Annotated[str, typer.Argument(help="Device name from the fleet file.", autocompletion=_device_names)],
     port: Annotated[Optional[str], typer.Option(
         "--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="List what would change; change nothing.")] = False,
@@ -555,7 +657,7 @@ def devices(as_json: Annotated[bool, typer.Option("--json", help="Machine-readab
 @app.command()
 def logs(
     device: Annotated[Optional[str], typer.Argument(
-        help="Device name from the fleet file (checked; optional).")] = None,
+        help="Device name from the fleet file (checked; optional).", autocompletion=_device_names)] = None,
     port: Annotated[Optional[str], typer.Option(
         "--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
     baud: Annotated[int, typer.Option(help="Baud rate.")] = 115200,
@@ -678,7 +780,7 @@ def _sim_run(fleet, device: str, state: Path, lock: int, seconds: float | None, 
 
 @app.command()
 def sim(
-    device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
+    device: Annotated[str, typer.Argument(help="Device name from the fleet file.", autocompletion=_device_names)],
     seconds: Annotated[Optional[float], typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
     compiled: Annotated[bool, typer.Option(
         "--compiled/--source", help="Run the mpy-cross output, as the board does, or the sources.")] = True,
@@ -701,7 +803,7 @@ def sim(
 
 @app.command()
 def run(
-    device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
+    device: Annotated[str, typer.Argument(help="Device name from the fleet file.", autocompletion=_device_names)],
     port: Annotated[Optional[str], typer.Option(
         "--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
     seconds: Annotated[Optional[float], typer.Option(help="Stop following the logs after this long.")] = None,
