@@ -316,7 +316,7 @@ def secrets_set(
     store = S.store
     store.remember(value)
     where = store.set(name, value, backend="file" if file else "keyring" if keyring else None)
-    UI.info(f"stored '{name}' in the {'OS keyring' if where == 'keyring' else str(store.file) + ' (0600)'}")
+    UI.info(f"stored '{name}' in {'the OS keyring' if where == 'keyring' else str(store.file) + ' (0600)'}")
 
 
 @secrets_app.command("list")

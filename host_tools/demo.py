@@ -18,6 +18,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from host_tools import hostboard
 from host_tools.local_broker import LocalBroker
@@ -61,10 +63,20 @@ def show(topic: str, payload: bytes) -> None:
         console.print(f"[bold magenta]{kind}[/] {json.dumps(data)}")
 
 
+def board_line(text: str) -> None:
+    """`board | LINE`, a long line wrapped under itself so each part still reads as the
+    board's (and its brackets never taken for markup)."""
+    grid = Table.grid()
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    grid.add_row(Text("board | ", style="dim"), Text(text, style="dim"))
+    console.print(grid)
+
+
 def stream_board(proc: subprocess.Popen) -> None:
     assert proc.stdout is not None
     for line in iter(proc.stdout.readline, b""):
-        console.print(f"[dim]board | {line.decode(errors='replace').rstrip()}[/]")
+        board_line(line.decode(errors="replace").rstrip())
 
 
 def main(argv: list[str] | None = None) -> int:

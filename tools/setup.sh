@@ -49,5 +49,5 @@ if [ -n "$MODEL_NOTE" ]; then
     # the last line, where it stays visible: every firmware result below is the 64-bit port's
     echo "setup: done, WITHOUT the ESP32 model: $MODEL_NOTE; firmware runs on the 64-bit PyPI port" >&2
 else
-    echo "setup: done (firmware is proven on the ESP32 model: $("$VENV/bin/micropython-esp32-model" -c 'import sys; print(sys.version)'))"
+    echo "setup: done (firmware is proven on the ESP32 model: $("$VENV/bin/micropython-esp32-model" -c 'import sys; print(sys.version.split("; ")[-1])'))"
 fi

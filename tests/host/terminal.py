@@ -30,10 +30,10 @@ class Terminal:
         return subprocess.run(["tmux", "-S", self.sock, *args], check=True, capture_output=True,
                               text=True, timeout=30).stdout
 
-    def start(self, args: list[str], env: dict[str, str], cwd: Path) -> "Terminal":
-        """Run `python -m host_tools ARGS` in the terminal; returns once it has started."""
+    def start(self, args: list[str], env: dict[str, str], cwd: Path, module: str = "host_tools") -> "Terminal":
+        """Run `python -m MODULE ARGS` in the terminal; returns once it has started."""
         exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
-        cmd = shlex.join([sys.executable, "-m", "host_tools", *args])
+        cmd = shlex.join([sys.executable, "-m", module, *args])
         script = self.root / "run.sh"
         # the command starts only once the recording is on (wait-for go); a Ctrl-C typed into
         # the terminal reaches the command, and the script (trap) goes on to note its exit code
