@@ -173,6 +173,32 @@ def init(
             "127.0.0.1:1883 when none runs there); your code goes in user.py")
 
 
+# -- docs -----------------------------------------------------------------------------------
+@app.command()
+def docs(
+    topic: Annotated[Optional[str], typer.Argument(
+        help="A document: host_tools, platforms, config, hardware, ota, ... (none: the list).")] = None,
+):
+    """The documentation that comes with uplink (what messages cite as `uplink docs TOPIC`)."""
+    from host_tools import docs_cmd
+
+    if topic is None:
+        t = Table("topic", "what")
+        for name, path in docs_cmd.topics().items():
+            t.add_row(name, docs_cmd.title(path))
+        UI.out.print(t)
+        UI.info(f"read one: uplink docs TOPIC (the files: {docs_cmd.shipped('docs')})")
+        return
+    path = docs_cmd.find(topic)
+    if sys.stdout.isatty():
+        from rich.markdown import Markdown
+
+        with UI.out.pager(styles=True):
+            UI.out.print(Markdown(path.read_text()))
+    else:
+        UI.text(path.read_text())
+
+
 # -- clean ----------------------------------------------------------------------------------
 BUILD_PARTS = ("devices", "firmware", "source", "sim", "bundles", "host-mpy")  # what uplink writes in build/
 
@@ -436,7 +462,7 @@ def build(
         help="Board profile id (boards/*.json); default: every board in the fleet.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable size table.")] = False,
     bundle: Annotated[Optional[str], typer.Option(
-        "--bundle", metavar="DEVICE", help="Write DEVICE's app as one OTA bundle (docs/ota.md).")] = None,
+        "--bundle", metavar="DEVICE", help="Write DEVICE's app as one OTA bundle (`uplink docs ota`).")] = None,
     version: Annotated[Optional[str], typer.Option(
         "--version", help="The bundle's version (default: the firmware's).")] = None,
 ):
@@ -493,7 +519,8 @@ def ota_cmd(
         "--version", help="The version of the bundle built now (default: the firmware's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
 ):
-    """Offer DEVICE an OTA bundle through `uplink relay`: the device fetches it at its next boot (docs/ota.md)."""
+    """Offer DEVICE an OTA bundle through `uplink relay`: the device fetches it at its next boot
+    (`uplink docs ota`)."""
     from host_tools import ota_bundle as bu
     from host_tools.fleet import FleetError
 
@@ -502,7 +529,7 @@ def ota_cmd(
     if not getattr(dev.platform, "relay", False):
         raise FleetError([f"{device}: `uplink ota` serves devices whose credentials = \"relay\" through "
                           "`uplink relay`; on ThingsBoard and Blynk send the bundle through the cloud's "
-                          "OTA (docs/ota.md)"])
+                          "OTA (`uplink docs ota`)"])
     if bundle is None:
         version = version or _firmware_version()
         made = bu.build_bundle(dev.board, version, S.build_root / "bundles" / f"{device}-{version}.uplb",
