@@ -464,7 +464,8 @@ def build(
     bundle: Annotated[Optional[str], typer.Option(
         "--bundle", metavar="DEVICE", help="Write DEVICE's app as one OTA bundle (`uplink docs ota`).")] = None,
     version: Annotated[Optional[str], typer.Option(
-        "--version", help="The bundle's version (default: the firmware's).")] = None,
+        "--version", help="The bundle's version (default: the firmware's + the content's sha256, "
+                          "e.g. 0.1.0+3f9c2a1b).")] = None,
 ):
     """mpy-cross every firmware module for the board (cached), with a size table."""
     from host_tools import build as b
@@ -497,9 +498,10 @@ def _build_bundle(device: str, version: str | None, as_json: bool):
     from host_tools import ota_bundle as bu
 
     dev = S.fleet().device(device)
-    version = version or _firmware_version()
-    out = S.build_root / "bundles" / f"{device}-{version}.uplb"
-    made = bu.build_bundle(dev.board, version, out, build_root=S.build_root, src=S.sources())
+    version = _bundle_version(version)
+    made = bu.build_bundle(dev.board, version, lambda v: S.build_root / "bundles" / f"{device}-{v}.uplb",
+                           build_root=S.build_root, src=S.sources())
+    version = made.manifest["version"]
     info = {"bundle": str(made.path), "title": made.manifest["title"], "version": version,
             "board": dev.board, "size": made.size, "sha256": made.sha256, "files": len(made.manifest["files"])}
     if as_json:
@@ -516,7 +518,8 @@ def ota_cmd(
     bundle: Annotated[Optional[Path], typer.Option(
         "--bundle", help="A bundle made by `uplink build --bundle` (default: build one now).")] = None,
     version: Annotated[Optional[str], typer.Option(
-        "--version", help="The version of the bundle built now (default: the firmware's).")] = None,
+        "--version", help="The version of the bundle built now (default: the firmware's + the "
+                          "content's sha256).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
 ):
     """Offer DEVICE an OTA bundle through `uplink relay`: the device fetches it at its next boot
@@ -531,11 +534,13 @@ def ota_cmd(
                           "`uplink relay`; on ThingsBoard and Blynk send the bundle through the cloud's "
                           "OTA (`uplink docs ota`)"])
     if bundle is None:
-        version = version or _firmware_version()
-        made = bu.build_bundle(dev.board, version, S.build_root / "bundles" / f"{device}-{version}.uplb",
-                               build_root=S.build_root)
+        made = bu.build_bundle(dev.board, _bundle_version(version),
+                               lambda v: S.build_root / "bundles" / f"{device}-{v}.uplb", build_root=S.build_root)
     else:
         made = bu.read(bundle)  # the board's checks, here first
+    last = bu.offered(fl.state_dir, device)
+    if last is None or last.sha256 != made.sha256:  # offering the same bundle again is fine
+        bu.refuse_running(made.manifest["version"], _firmware_version(), last)
     if made.manifest.get("board") != dev.board:
         raise bu.BundleError(f"{made.path}: a bundle for board {made.manifest.get('board')!r}, "
                              f"{device} is a {dev.board!r}")
@@ -547,6 +552,17 @@ def ota_cmd(
     else:
         UI.text(f"{device}: {made.manifest['version']} ({made.size} bytes) waits at `uplink relay` "
                 f"(GET /v1/ota); the device fetches it at its next boot\n")
+
+
+def _bundle_version(version: str | None) -> str:
+    """The version to build a bundle as: the given one, unless a board may run it already, or
+    the firmware's with the content's sha256 to come (ota_bundle.make)."""
+    from host_tools import ota_bundle as bu
+
+    if version is None:
+        return _firmware_version() + "+"
+    bu.refuse_running(version, _firmware_version())
+    return version
 
 
 def _firmware_version() -> str:
