@@ -9,7 +9,7 @@ def store(telemetry, reading):
     try:
         per_device = telemetry.app.user.read_devices() or {}
     except Exception as e:
-        log.exc("user", "read_devices() failed", e)
+        log.user_exc("user", "read_devices() failed", e)
         return
     for name in per_device:
         values = per_device[name]

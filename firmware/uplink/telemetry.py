@@ -52,7 +52,7 @@ class Telemetry:
             mine = dict(app.user.read() or {})  # a copy: what is dropped below stays in user.py's
             drop_unencodable(mine)
         except Exception as e:  # a broken sensor must not stop health telemetry
-            log.exc("user", "read() failed", e)
+            log.user_exc("user", "read() failed", e)
             mine = {}
         log.read(mine)  # the user's values on the console, apart from the health keys
         values.update(mine)

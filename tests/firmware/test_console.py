@@ -70,6 +70,66 @@ def test_a_reading_shows_the_users_values_apart_from_health():
     assert got[1] == 'D read: note="' + "é" * 27 + "...", got
 
 
+def _sensor(d):
+    return d["dht22"]  # the line the error names
+
+
+def test_an_error_in_read_says_where_once_then_counts():
+    from uplink import app, board
+
+    class User:
+        def read(self):
+            return {"t": _sensor({})}
+
+    a = app.App({"telemetry": {"interval_ms": 0, "interval_s": 60, "health": False}}, board.load("host"))
+    a.user = User()
+    log._seen.clear()
+    with Lines() as out:
+        for _ in range(100):
+            assert a.telemetry.take_reading()["values"] == {}  # the reading goes on without it
+    errs = [t for t in out.texts() if t.startswith("E ")]
+    assert len(errs) == 3, errs
+    first = errs[0]
+    assert first.startswith("E user: read() failed: KeyError: dht22 (at "), first
+    assert "test_console.py:" in first and " in read > " in first and first.endswith(" in _sensor)"), first
+    assert errs[1:] == ["E user: read() failed: KeyError: dht22 (10 times so far)",
+                        "E user: read() failed: KeyError: dht22 (100 times so far)"], errs
+    with Lines() as out:  # another error: its own first line, with where
+        a.user.read = lambda: {"t": 1 // 0}
+        a.telemetry.take_reading()
+    assert out.texts()[0].startswith("E user: read() failed: ZeroDivisionError: divide by zero (at "), out.lines
+
+
+def test_a_bug_in_handle_says_where_a_refusal_does_not():
+    import asyncio
+
+    from uplink import commands
+
+    class Cmd:
+        params = {}
+        device = None
+
+        def __init__(self, name):
+            self.name = name
+
+    class User:
+        def handle(self, cmd):
+            if cmd.name == "no":
+                raise ValueError("not now")  # handle()'s way to refuse: no traceback wanted
+            return _sensor({})
+
+    a = type("A", (), {"user": User()})()
+    log._seen.clear()
+    with Lines() as out:
+        with raises(KeyError):
+            asyncio.run(commands.execute(a, Cmd("setLed")))
+        with raises(ValueError):
+            asyncio.run(commands.execute(a, Cmd("no")))
+    assert len(out.texts()) == 1, out.lines
+    assert out.texts()[0].startswith("E user: handle(setLed) failed: KeyError: dht22 (at "), out.lines
+    assert out.texts()[0].endswith(" in _sensor)"), out.lines
+
+
 def test_a_command_line_shows_its_params_and_result():
     with Lines() as out:
         log.cmd("setLed", {"on": True}, {"led": True})
