@@ -123,7 +123,7 @@ def read(values):
             size = h.n
         except _Full:
             size = h.n + 1
-        print("%6d D read: %s" % (uptime_s(), _text(h.buf, h.n, size)))
+        print("%6d D read: %s" % (uptime_s(), _text(h.buf, h.n, size) if h.n else "(no values)"))
     except MemoryError:  # a console line must never stop the work it reports
         pass
 

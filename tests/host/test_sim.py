@@ -229,3 +229,27 @@ def test_sim_killed_or_hung_up_takes_its_firmware_along(tmp_path, sig):
         assert not _ends_with_its_firmware(env, sim), sim.text()
     finally:
         sim.stop()
+
+
+BUGGY_USER_PY = '''def _dht():
+    return {}["dht22"]
+
+
+def read():
+    return {"temperature": _dht()}
+'''
+
+
+@pytest.mark.timeout(180)
+def test_an_error_in_user_py_names_its_file_and_line_once(tmp_path):
+    env, _ = local_env(tmp_path)
+    (tmp_path / "user.py").write_text(BUGGY_USER_PY)
+    sim = SimProcess(env, "--seconds", "120")
+    try:
+        assert sim.wait_for(lambda t: t.count("D read: (no values)") >= 4, 90), sim.text()
+    finally:
+        sim.stop()
+    out = sim.text()
+    errors = [ln for ln in out.splitlines() if "E user:" in ln]
+    assert errors[0].endswith("E user: read() failed: KeyError: dht22 (at user.py:6 in read > user.py:2 in _dht)"), out
+    assert len(errors) == 1 or errors[1].endswith("(10 times so far)"), errors
