@@ -52,3 +52,10 @@ def test_demo_lines_wrapped_by_the_terminal_stay_the_boards(tmp_path):
     for i in pubs:  # a pub: line is longer than 80 columns: its rest is on the next line
         assert screen[i].startswith("board | "), screen[i]
         assert re.match(r" {8}\S", screen[i + 1]), "\n".join(screen[i - 1:i + 3])
+
+
+def test_setup_leaves_a_system_mosquitto_alone():
+    # `apt install mosquitto` gives the user a broker on 1883 that `uplink sim local-demo`
+    # uses; the tests start their own on free ports and need it stopped by nobody
+    setup = (ROOT / "tools" / "setup.sh").read_text()
+    assert not re.search(r"systemctl\s+(disable|stop)|service\s+mosquitto\s+stop|pkill", setup), setup
