@@ -27,8 +27,8 @@ _PRCTL = _prctl()
 
 
 def die_with_parent(parent: int | None = None):
-    """A preexec_fn: in the child, SIGKILL when the parent thread ends (Linux; elsewhere the
-    parent's own cleanup is all there is)."""
+    """A preexec_fn: in the child, SIGKILL when the parent *thread* ends (Linux; elsewhere the
+    parent's own cleanup is all there is): start the child from a thread that outlives it."""
     parent = parent or os.getpid()
 
     def preexec() -> None:

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.connect("127.0.0.1", broker.port)
     sub.loop_start()
 
-    proc = hostboard.start(state, compiled=True, heapsize=hostboard.budget_heap(DEMO_HEAP))
+    proc = hostboard.start(state, compiled=True, heapsize=hostboard.budget_heap(DEMO_HEAP), tied=True)
     threading.Thread(target=stream_board, args=(proc,), daemon=True).start()
     console.print("[dim]Ctrl-C to stop[/]")
     try:

@@ -167,11 +167,11 @@ def command(state_dir: Path, *, compiled: bool = False, heapsize: str | None = N
 
 def start(state_dir: Path, *, compiled: bool = False, heapsize: str | None = None, env: dict | None = None,
           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, firmware: Path | None = None,
-          pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
-    """Boot the firmware on the host board with `state_dir` as its filesystem. It dies with
-    this process (host_tools/child.py): an orphan would go on as the same client with the same
-    state directory, and fight the next run for both. `pass_fds`: the sim's state-directory
-    lock, held while either lives."""
+          pass_fds: tuple[int, ...] = (), tied: bool = False) -> subprocess.Popen:
+    """Boot the firmware on the host board with `state_dir` as its filesystem. `tied`: it dies
+    with the thread that starts it (host_tools/child.py; `uplink sim`, the demo): an orphan
+    would go on as the same client with the same state directory, and fight the next run for
+    both. `pass_fds`: the sim's state-directory lock, held while either lives."""
     args, fw = command(state_dir, compiled=compiled, heapsize=heapsize, firmware=firmware)
     return subprocess.Popen(args, cwd=state_dir, env=firmware_env(fw, env), stdout=stdout, stderr=stderr,
-                            preexec_fn=die_with_parent(), pass_fds=pass_fds)
+                            preexec_fn=die_with_parent() if tied else None, pass_fds=pass_fds)

@@ -131,7 +131,10 @@ def run(state: Path, *, seconds: float | None, compiled: bool, heapsize: str,
         firmware: Path | None = None, lock_fd: int | None = None) -> str | None:
     """Run until stopped; None when the firmware ran, else what went wrong."""
     with _hangups_stop():
-        return _run(state, seconds, compiled, heapsize, write, info, firmware, lock_fd)
+        try:
+            return _run(state, seconds, compiled, heapsize, write, info, firmware, lock_fd)
+        except _Hangup:  # between two boots: the firmware, tied to us, ends with this process
+            return None
 
 
 def _run(state, seconds, compiled, heapsize, write, info, firmware, lock_fd) -> str | None:
@@ -142,7 +145,7 @@ def _run(state, seconds, compiled, heapsize, write, info, firmware, lock_fd) -> 
     while True:
         proc = hostboard.start(state, compiled=compiled, heapsize=heapsize, firmware=firmware,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               pass_fds=() if lock_fd is None else (lock_fd,))
+                               pass_fds=() if lock_fd is None else (lock_fd,), tied=True)
         assert proc.stdout is not None
         stopped = False
         with selectors.DefaultSelector() as sel:
