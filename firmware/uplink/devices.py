@@ -15,6 +15,7 @@ def store(telemetry, reading):
         values = per_device[name]
         if isinstance(values, dict):
             drop_unencodable(values)
+            log.read(values, name)
         r = {"values": values, "device": name}
         for k in ("ts", "boot", "up"):  # the same time as the device's own reading
             if k in reading:

@@ -105,15 +105,19 @@ def pub(topic, payload, n):
         pass
 
 
-def read(values):
+def read(values, device=None):
     """A D line per reading taken, the user's read() values only (health is in the pub:
-    line): `read: temperature=20.3 led=false`, at most HEAD bytes of them."""
+    line): `read: temperature=20.3 led=false` (a gateway's sub-device: `read: pump-2: flow=3`),
+    at most HEAD bytes of them."""
     if level:
         return
     try:
         h = _buf()
         size = 0
         try:
+            if device is not None:
+                h.write(str(device).encode())
+                h.write(b":")
             for k in values:
                 if h.n:
                     h.write(b" ")

@@ -64,10 +64,13 @@ def test_a_reading_shows_the_users_values_apart_from_health():
     with Lines() as out:
         values = a.telemetry.take_reading()["values"]
         log.read({"note": "é" * 40})
+        log.read({"flow": 3}, "pump-2")  # a gateway's sub-device reading
+        log.read({})
     assert "uptime_s" in values and values["temperature"] == 20.5  # the reading keeps its health
     got = out.texts()
     assert got[0] in ("D read: temperature=20.5 led=false", "D read: led=false temperature=20.5"), got
     assert got[1] == 'D read: note="' + "é" * 27 + "...", got
+    assert got[2:] == ["D read: pump-2: flow=3", "D read: (no values)"], got
 
 
 def _sensor(d):
