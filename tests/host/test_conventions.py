@@ -110,3 +110,14 @@ def test_global_options_work_after_the_command(tmp_path):
     assert r.code == 3 and "no device 'nosuch'" in r.stderr and "gamma" in r.stderr, r.output
     r = env.run("validate", "-f")
     assert r.code == 2 and "-f" in r.output, r.output
+
+
+def test_no_help_sends_a_pip_user_to_a_file_of_the_repository(tmp_path):
+    import re
+
+    from tests.host.test_cli import all_command_paths
+
+    env = env_for(tmp_path)
+    for path in all_command_paths():
+        out = env.run(*path, "--help").stdout
+        assert not re.search(r"docs/\w+\.md|make setup", out), (path, out)
