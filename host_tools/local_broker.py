@@ -55,6 +55,9 @@ class LocalBroker:
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
         self.kind = ""
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
     def start(self) -> "LocalBroker":
         exe = _mosquitto()
@@ -66,7 +69,8 @@ class LocalBroker:
                                          stderr=subprocess.DEVNULL, preexec_fn=die_with_parent())
         else:
             self.kind = "amqtt"
-            threading.Thread(target=self._amqtt, daemon=True).start()
+            self._thread = threading.Thread(target=self._amqtt, daemon=True)
+            self._thread.start()
         self._wait()
         return self
 
@@ -92,8 +96,11 @@ class LocalBroker:
         }
 
         async def serve() -> None:
-            await Broker(cfg).start()
-            await asyncio.Event().wait()
+            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+            broker = Broker(cfg)
+            await broker.start()
+            await self._stop.wait()
+            await broker.shutdown()
 
         asyncio.run(serve())
 
@@ -101,3 +108,6 @@ class LocalBroker:
         if self.proc:
             self.proc.terminate()
             self.proc.wait()
+        if self._loop is not None and self._stop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(10)

@@ -253,3 +253,16 @@ def test_an_error_in_user_py_names_its_file_and_line_once(tmp_path):
     errors = [ln for ln in out.splitlines() if "E user:" in ln]
     assert errors[0].endswith("E user: read() failed: KeyError: dht22 (at user.py:6 in read > user.py:2 in _dht)"), out
     assert len(errors) == 1 or errors[1].endswith("(10 times so far)"), errors
+
+
+@pytest.mark.timeout(180)
+def test_without_mosquitto_the_broker_is_amqtt_and_it_goes_with_sim(tmp_path, monkeypatch):
+    from host_tools import local_broker
+
+    monkeypatch.setattr(local_broker, "_mosquitto", lambda: None)  # a machine without mosquitto
+    env, port = local_env(tmp_path)
+    r = env.run("sim", "demo", "--seconds", "6")
+    assert r.code == 0, r.output
+    assert f"nothing listened on 127.0.0.1:{port}: started a local MQTT broker there (amqtt)" in r.stderr
+    assert "D read: " in r.stdout and "ECONNREFUSED" not in r.stdout and "Traceback" not in r.output, r.output
+    assert not local_broker.listening("127.0.0.1", port)  # stopped with sim, even in this process
