@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import fcntl
 import os
 import selectors
 import signal
@@ -32,6 +31,10 @@ def lock_state(state: Path, device: str) -> int:
     client id twice, each disconnecting the other, over one outbox. The firmware inherits
     the lock (hostboard.start pass_fds), so it is held while either process lives."""
     fd = os.open(state / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        import fcntl  # (not on Windows: no lock there)
+    except ImportError:
+        return fd
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
