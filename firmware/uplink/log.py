@@ -61,33 +61,19 @@ def exc(tag, msg, e):
     _emit("E", tag, "%s: %s: %s" % (msg, type(e).__name__, e))
 
 
-_seen = {}  # an error of user.py's code ("read() failed KeyError dht22") -> times so far
-SEEN = 4  # distinct errors counted at once (a fifth starts the count again)
+_seen = {}  # errors of user.py's code -> times so far (uplink.where.report)
 
 
 def user_exc(tag, msg, e):
-    """A failure in user.py's code: the first time with where it happened (the traceback's
-    last frames, uplink.where), then only a count at the 10th, 100th, ... time."""
+    """A failure in user.py's code: where it happened the first time, then counted. The code
+    is uplink.where's, loaded for the moment: errors are rare, the heap is not."""
     try:
-        key = "%s %s %s" % (msg, type(e).__name__, e)
-        n = _seen.get(key, 0) + 1
-        if n == 1 and len(_seen) >= SEEN:
-            _seen.clear()
-        _seen[key] = n
-        if n == 1:
-            from uplink import transient
+        from uplink import transient
 
-            with transient():  # code for an error's first time only
-                from uplink import where
+        with transient():
+            from uplink import where
 
-                at = where.frames(e)
-            _emit("E", tag, "%s: %s: %s%s" % (msg, type(e).__name__, e, " (at %s)" % at if at else ""))
-            return
-        k = n
-        while k % 10 == 0:
-            k //= 10
-        if k == 1:  # 10, 100, 1000 ...
-            _emit("E", tag, "%s: %s: %s (%d times so far)" % (msg, type(e).__name__, e, n))
+            where.report(tag, msg, e)
     except MemoryError:
         exc(tag, msg, e)
 
