@@ -88,8 +88,9 @@ def _globals_first(root, ctx, args: list[str]) -> list[str]:
             break
         name = a.split("=", 1)[0] if a.startswith("--") else a
         key = name if name in glob else a[:2]  # -vv, -fPATH: the short option's letter
-        n = 2 if glob.get(key) and key == a else 1
-        if name not in own and key in glob and a[1:2] != "-" or name in glob and name not in own:
+        n = 2 if glob.get(key) and key == a else 1  # `-f PATH`, not `-fPATH` or `--fleet=PATH`
+        short = a[1:2] != "-" and key not in own
+        if name not in own and (name in glob or (short and key in glob)):
             if i + n > len(args):  # `-f` with no value: click says so where it stands
                 rest.append(a)
                 break
