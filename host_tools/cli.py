@@ -762,8 +762,11 @@ def _sim_send(device: str, send: tuple[str, str]) -> None:
         params = json.loads(text)
     except ValueError as e:
         raise UsageError(f"--send {cmd} JSON: not JSON ({e}): for example --send setLed '{{\"on\": true}}'") from None
+    from host_tools.local_broker import local_address
+
     dev = S.fleet().device(device)
-    p = (dev.platforms or [dev.platform])[0]
+    ps = dev.platforms or [dev.platform]  # several clouds: the one a local broker plays
+    p = next((q for q in ps if q.kind == "thingsboard" and local_address(q.effective_url())), ps[0])
     reply = sim_send.send(sim_send.address(device, p.kind, p.effective_url()), cmd, params)
     UI.info(f"{device} answered {cmd}:")
     UI.data(reply)

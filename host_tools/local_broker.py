@@ -16,8 +16,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from host_tools.child import die_with_parent
+from host_tools.errors import UplinkError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class BrokerError(UplinkError):
+    """The local broker did not start."""
 
 
 def free_port() -> int:
@@ -82,7 +87,9 @@ class LocalBroker:
             if self.proc is not None and self.proc.poll() is not None:
                 break
             time.sleep(0.05)
-        raise RuntimeError(f"the {self.kind} broker did not start listening on {self.host}:{self.port}")
+        raise BrokerError(f"the local {self.kind} broker did not start listening on {self.host}:{self.port}: "
+                          f"start one there yourself (mosquitto -p {self.port}), or point the device's "
+                          "platform.url at a broker that runs")
 
     def _amqtt(self) -> None:
         import logging
