@@ -743,7 +743,11 @@ def _sim_brokers(device: str, platforms: list) -> list:
         if where is None:
             continue
         if not lb.listening(*where):
-            started.append(lb.LocalBroker(port=where[1], host=where[0]).start())
+            try:
+                started.append(lb.LocalBroker(port=where[1], host=where[0]).start())
+            except lb.BrokerError as e:  # the firmware retries its broker, as a board would
+                UI.warn(str(e))
+                continue
             UI.info(f"nothing listened on {where[0]}:{where[1]}: started a local MQTT broker there "
                     f"({started[-1].kind}) for this run")
         if p.kind == "thingsboard":
