@@ -727,7 +727,7 @@ def logs(
 
 
 # -- sim / run --------------------------------------------------------------------------------------
-QUIET_HELP = ("Leave out the firmware's line per message and per command (pub:, cmd:): warnings "
+QUIET_HELP = ("Leave out the firmware's line per reading, message and command (read:, pub:, cmd:): warnings "
               "and state changes only. Same as `uplink -q`.")
 
 
