@@ -103,6 +103,19 @@ def test_an_error_in_read_says_where_once_then_counts():
     assert out.texts()[0].startswith("E user: read() failed: ZeroDivisionError: divide by zero (at "), out.lines
 
 
+def test_a_big_reading_is_never_one_big_string_on_the_heap():
+    big = {"k%03d" % i: "v" * 30 for i in range(100)}  # ~4 KB as JSON
+    with Lines() as out:
+        log.read({"a": 1})  # the head buffer, made once
+        gc.collect()
+        before = gc.mem_alloc()
+        log.read(big)
+        used = gc.mem_alloc() - before
+    assert used < 1024 < len(json.dumps(big)) // 4, used
+    line = out.texts()[1]
+    assert line.startswith('D read: k') and line.endswith("...") and len(line) < 80, line
+
+
 def test_a_bug_in_handle_says_where_a_refusal_does_not():
     import asyncio
 
