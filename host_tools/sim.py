@@ -80,6 +80,7 @@ def _stdout_gone() -> None:
     except (OSError, ValueError, AttributeError):
         pass
 
+
 # firmware/uplink/app.py _safe_mode(): the console line, then a wait of safe_mode_retry_s
 # (20 minutes by default) before the next try. A simulation says why at once instead.
 SAFE_MODE_LINE = "SAFE MODE:"
