@@ -266,3 +266,26 @@ def test_without_mosquitto_the_broker_is_amqtt_and_it_goes_with_sim(tmp_path, mo
     assert f"nothing listened on 127.0.0.1:{port}: started a local MQTT broker there (amqtt)" in r.stderr
     assert "D read: " in r.stdout and "ECONNREFUSED" not in r.stdout and "Traceback" not in r.output, r.output
     assert not local_broker.listening("127.0.0.1", port)  # stopped with sim, even in this process
+
+
+@pytest.mark.timeout(180)
+def test_closing_the_terminal_takes_sim_and_its_firmware_along(tmp_path):
+    import time
+
+    from tests.host.terminal import Terminal
+
+    env, _ = local_env(tmp_path)
+    term = Terminal(tmp_path / "term").start(["sim", "demo", "--seconds", "120"], env.env, tmp_path)
+    try:
+        assert term.wait_for_output(" I boot: ", 90), term.output()
+        state = env.build / "sim" / "demo"
+        assert firmware_in(state)
+        term.tmux("kill-session", "-t", "t")  # the window closed: SIGHUP to what runs in it
+        deadline = time.monotonic() + 20
+        while firmware_in(state) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not firmware_in(state), term.output()[-2000:]
+    finally:
+        term.close()
+    r = env.run("sim", "demo", "--seconds", "1")  # and the next sim starts
+    assert r.code == 0, r.output
