@@ -289,3 +289,17 @@ def test_closing_the_terminal_takes_sim_and_its_firmware_along(tmp_path):
         term.close()
     r = env.run("sim", "demo", "--seconds", "1")  # and the next sim starts
     assert r.code == 0, r.output
+
+
+def test_send_says_what_is_wrong_when_it_cannot_send(tmp_path):
+    env, port = local_env(tmp_path)
+    r = env.run("sim", "demo", "--send", "setLed", "{on: true}")
+    assert r.code == 2, r.output
+    assert "error: --send setLed JSON: not JSON (" in r.stderr and "--send setLed '{\"on\": true}'" in r.stderr
+    r = env.run("sim", "demo", "--send", "setLed", '{"on": true}')  # no sim, no broker
+    assert r.code == 5, r.output
+    assert f"error: no broker at 127.0.0.1:{port} (" in r.stderr and "is `uplink sim` running?" in r.stderr
+    env.write_fleet(LOCAL.format(port=port).replace("mqtt://127.0.0.1", "mqtt://tb.example.com"))
+    r = env.run("sim", "demo", "--send", "setLed", "{}")
+    assert r.code == 5, r.output
+    assert "--send talks to a simulated ThingsBoard device on a local broker" in r.stderr
