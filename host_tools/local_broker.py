@@ -5,6 +5,7 @@ the command that started it."""
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
 import shutil
 import socket
@@ -69,7 +70,10 @@ class LocalBroker:
         if exe:
             self.kind = "mosquitto"
             conf = Path(tempfile.mkdtemp(prefix="uplink-broker-")) / "mosquitto.conf"
-            conf.write_text(f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n")
+            # as root mosquitto would switch to its own user, and a change of user clears the
+            # parent-death signal (prctl(2)): it stays the user who ran uplink
+            conf.write_text(f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n"
+                            f"user {getpass.getuser()}\n")
             self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL, preexec_fn=die_with_parent())
         else:

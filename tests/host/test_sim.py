@@ -217,16 +217,23 @@ def test_sim_piped_into_head_leaves_no_firmware_behind(tmp_path):
 def test_sim_killed_or_hung_up_takes_its_firmware_along(tmp_path, sig):
     import os
     import signal
+    import time
 
-    env, _ = local_env(tmp_path)
+    from host_tools.local_broker import listening
+
+    env, port = local_env(tmp_path)
     sim = SimProcess(env, "--seconds", "120")
     try:
         assert sim.wait_for(lambda t: "D read: " in t, 90), sim.text()
-        assert firmware_in(env.build / "sim" / "demo")
+        assert firmware_in(env.build / "sim" / "demo") and listening("127.0.0.1", port)
         # uplink alone, not its process group: the firmware must follow on its own
         os.kill(sim.proc.pid, getattr(signal, sig))
         sim.proc.wait(30)
         assert not _ends_with_its_firmware(env, sim), sim.text()
+        deadline = time.monotonic() + 20  # and the broker it started
+        while listening("127.0.0.1", port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not listening("127.0.0.1", port)
     finally:
         sim.stop()
 
