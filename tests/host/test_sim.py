@@ -277,6 +277,7 @@ def test_without_mosquitto_the_broker_is_amqtt_and_it_goes_with_sim(tmp_path, mo
 
 @pytest.mark.timeout(180)
 def test_closing_the_terminal_takes_sim_and_its_firmware_along(tmp_path):
+    import os
     import time
 
     from tests.host.terminal import Terminal
@@ -287,11 +288,12 @@ def test_closing_the_terminal_takes_sim_and_its_firmware_along(tmp_path):
         assert term.wait_for_output(" I boot: ", 90), term.output()
         state = env.build / "sim" / "demo"
         assert firmware_in(state)
+        uplink = int((state / "sim.lock").read_text())
         term.tmux("kill-session", "-t", "t")  # the window closed: SIGHUP to what runs in it
         deadline = time.monotonic() + 20
-        while firmware_in(state) and time.monotonic() < deadline:
+        while (firmware_in(state) or os.path.exists(f"/proc/{uplink}")) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not firmware_in(state), term.output()[-2000:]
+        assert not firmware_in(state) and not os.path.exists(f"/proc/{uplink}"), term.output()[-2000:]
     finally:
         term.close()
     r = env.run("sim", "demo", "--seconds", "1")  # and the next sim starts
