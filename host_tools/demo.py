@@ -9,11 +9,7 @@ server-side RPC (setLed) and shows the device's reply.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
-import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -22,72 +18,16 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from host_tools import hostboard
+from host_tools.local_broker import LocalBroker
 
 console = Console(highlight=False)
 # An ESP32-sized budget on the 64-bit host board (make bench prints the smallest that works).
 DEMO_HEAP = "128k"
 TOPIC = "v1/devices/me/"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 10) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"the broker did not start listening on port {port}")
-
-
-class LocalBroker:
-    """mosquitto if installed, else amqtt in a background thread."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.kind = ""
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def start(self) -> "LocalBroker":
-        exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
-        if exe:
-            self.kind = "mosquitto"
-            conf = Path(tempfile.mkdtemp(prefix="uplink-demo-")) / "mosquitto.conf"
-            conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-            self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        else:
-            self.kind = "amqtt"
-            threading.Thread(target=self._amqtt, daemon=True).start()
-        wait_port(self.port)
-        return self
-
-    def _amqtt(self) -> None:
-        from amqtt.broker import Broker
-
-        cfg = {
-            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-        }
-
-        async def serve() -> None:
-            await Broker(cfg).start()
-            await asyncio.Event().wait()
-
-        asyncio.run(serve())
-
-    def stop(self) -> None:
-        if self.proc:
-            self.proc.terminate()
-            self.proc.wait()
 
 
 def demo_config(port: int, interval_s: int) -> dict:
@@ -123,10 +63,20 @@ def show(topic: str, payload: bytes) -> None:
         console.print(f"[bold magenta]{kind}[/] {json.dumps(data)}")
 
 
+def board_line(text: str) -> None:
+    """`board | LINE`, a long line wrapped under itself so each part still reads as the
+    board's (and its brackets never taken for markup)."""
+    grid = Table.grid()
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    grid.add_row(Text("board | ", style="dim"), Text(text, style="dim"))
+    console.print(grid)
+
+
 def stream_board(proc: subprocess.Popen) -> None:
     assert proc.stdout is not None
     for line in iter(proc.stdout.readline, b""):
-        console.print(f"[dim]board | {line.decode(errors='replace').rstrip()}[/]")
+        board_line(line.decode(errors="replace").rstrip())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.connect("127.0.0.1", broker.port)
     sub.loop_start()
 
-    proc = hostboard.start(state, compiled=True, heapsize=hostboard.budget_heap(DEMO_HEAP))
+    proc = hostboard.start(state, compiled=True, heapsize=hostboard.budget_heap(DEMO_HEAP), tied=True)
     threading.Thread(target=stream_board, args=(proc,), daemon=True).start()
     console.print("[dim]Ctrl-C to stop[/]")
     try:

@@ -583,7 +583,7 @@ def load_fleet(path: Path | str = "fleet.toml") -> Fleet:
         text = path.read_text()
     except FileNotFoundError:
         raise FleetError([
-            f"{path}: no fleet file here: create one (see docs/host_tools.md) or pass --fleet PATH"
+            f"{path}: no fleet file here: make a project with `uplink init` (or pass --fleet PATH)"
         ]) from None
     return parse_fleet(text, path)
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from host_tools.child import die_with_parent
 from host_tools.project import shipped
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,16 +51,47 @@ def esp32_model() -> str | None:
     if not _model:
         want = os.environ.get("UPLINK_ESP32_MODEL", "")
         exe = want or str(Path(sys.executable).parent / "micropython-esp32-model")
+        if not want and not os.path.exists(exe):
+            exe = _packaged_model() or exe
         why = ""
         if want.lower() in ("off", "0", "no"):
             exe, why = None, "UPLINK_ESP32_MODEL=off"
         elif not os.path.exists(exe):
-            exe, why = None, f"{exe} not found (`make setup` installs it from tools/esp32-model)"
+            exe, why = None, (f"{exe} not found (a checkout's `make setup` installs it from "
+                              "tools/esp32-model; `pip install` carries it in host_tools/esp32_model)")
         elif subprocess.run([exe, "-c", _PROBE], capture_output=True).returncode != 0:
             exe, why = None, (f"{exe} does not run, or aborts at exit with a thread alive (the 32-bit "
                               "C libraries: apt-get install libc6-i386 lib32gcc-s1)")
         _model[:] = [exe, why]
     return _model[0]
+
+
+def _packaged_model() -> str | None:
+    """The model a wheel carries (host_tools/esp32_model), checked against its sha256; copied
+    to ~/.cache/uplink with its executable bit when the install dropped it."""
+    import hashlib
+
+    from host_tools.project import PACKAGE
+
+    exe = PACKAGE / "esp32_model" / "micropython"
+    try:
+        data = exe.read_bytes()
+        want = (exe.parent / "micropython.sha256").read_text().split()[0]
+    except (OSError, IndexError):
+        return None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != want:
+        return None
+    if os.access(exe, os.X_OK):
+        return str(exe)
+    cached = Path.home() / ".cache" / "uplink" / f"micropython-esp32-model-{digest[:12]}"
+    if not cached.exists():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.chmod(0o755)
+        tmp.replace(cached)
+    return str(cached)
 
 
 def esp32_model_missing() -> str:
@@ -134,7 +166,12 @@ def command(state_dir: Path, *, compiled: bool = False, heapsize: str | None = N
 
 
 def start(state_dir: Path, *, compiled: bool = False, heapsize: str | None = None, env: dict | None = None,
-          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, firmware: Path | None = None) -> subprocess.Popen:
-    """Boot the firmware on the host board with `state_dir` as its filesystem."""
+          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, firmware: Path | None = None,
+          pass_fds: tuple[int, ...] = (), tied: bool = False) -> subprocess.Popen:
+    """Boot the firmware on the host board with `state_dir` as its filesystem. `tied`: it dies
+    with the thread that starts it (host_tools/child.py; `uplink sim`, the demo): an orphan
+    would go on as the same client with the same state directory, and fight the next run for
+    both. `pass_fds`: the sim's state-directory lock, held while either lives."""
     args, fw = command(state_dir, compiled=compiled, heapsize=heapsize, firmware=firmware)
-    return subprocess.Popen(args, cwd=state_dir, env=firmware_env(fw, env), stdout=stdout, stderr=stderr)
+    return subprocess.Popen(args, cwd=state_dir, env=firmware_env(fw, env), stdout=stdout, stderr=stderr,
+                            preexec_fn=die_with_parent() if tied else None, pass_fds=pass_fds)

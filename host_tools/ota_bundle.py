@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +47,15 @@ def title_for(board: str) -> str:
     return f"uplink-{board}"
 
 
-def make(files: dict[str, Path], out: Path, *, board: str, arch: str | None, version: str,
-         title: str | None = None, trial_s: int | None = None, commit_after_s: int | None = None) -> Bundle:
-    """Write the bundle of `files` (board path -> local file) to `out`."""
-    if not _VERSION.match(version):
+def make(files: dict[str, Path], out: Path | Callable[[str], Path], *, board: str, arch: str | None,
+         version: str, title: str | None = None, trial_s: int | None = None,
+         commit_after_s: int | None = None) -> Bundle:
+    """Write the bundle of `files` (board path -> local file) to `out` (or `out(version)`).
+    A version ending in "+" gets the content's short sha256 ("0.1.0+" -> "0.1.0+3f9c2a1b"):
+    different content never carries the same version, so a board never takes a new app for
+    the one it runs (ota.py drops an announcement of the running version)."""
+    derived = version.endswith("+")
+    if not _VERSION.match(version + ("0" * 8 if derived else "")):
         raise BundleError(f"version {version!r}: 1 to 32 of letters, digits and . _ + -")
     entries, body = [], hashlib.sha256()
     for rel in sorted(files):
@@ -62,6 +68,10 @@ def make(files: dict[str, Path], out: Path, *, board: str, arch: str | None, ver
         body.update(data)
     if not entries:
         raise BundleError("nothing to bundle: the build is empty")
+    if derived:
+        version += body.hexdigest()[:8]
+    if callable(out):
+        out = out(version)
     manifest = {"format": FORMAT, "title": title or title_for(board), "version": version, "board": board,
                 "arch": arch, "files": entries, "body_sha256": body.hexdigest()}
     if trial_s is not None:
@@ -86,6 +96,28 @@ def make(files: dict[str, Path], out: Path, *, board: str, arch: str | None, ver
 def _write_sha256(bundle: Path, digest: str) -> None:
     with private_file(bundle.with_name(bundle.name + ".sha256")) as f:
         f.write(f"{digest}  {bundle.name}\n".encode())
+
+
+def refuse_running(version: str, usb_version: str, offered: Bundle | None = None) -> None:
+    """BundleError for a version a board may be running with other content: the firmware's own
+    (what a USB deploy reports) or the last offer's. The board would drop the announcement."""
+    fix = (f"leave --version out (uplink derives {usb_version}+<the content's sha256>) or choose a "
+           "version no board runs")
+    if version == usb_version:
+        raise BundleError(f"version {version} is what a board deployed over USB reports as running (the "
+                          f"firmware's own): a board running it never installs this update; {fix}")
+    if offered is not None and offered.manifest.get("version") == version:
+        raise BundleError(f"version {version} is already offered with other content ({offered.path}): a "
+                          f"board that installed that one never installs this; {fix}")
+
+
+def offered(state_dir: Path, device: str) -> Bundle | None:
+    """What `uplink ota` left for the relay for `device` last, if anything readable."""
+    path = Path(state_dir) / "ota" / f"{device}.uplb"
+    try:
+        return read(path)
+    except (OSError, ValueError, KeyError, BundleError):
+        return None
 
 
 def offer(made: Bundle, state_dir: Path, device: str) -> Path:
@@ -140,7 +172,8 @@ def read(path: Path) -> Bundle:
     return Bundle(Path(path), m, len(raw), hashlib.sha256(raw).hexdigest())
 
 
-def build_bundle(board: str, version: str, out: Path, *, build_root: Path, src=None, **kw) -> Bundle:
+def build_bundle(board: str, version: str, out: Path | Callable[[str], Path], *, build_root: Path, src=None,
+                 **kw) -> Bundle:
     """mpy-cross the firmware (with `src`: a user's project, host_tools.project) for `board`
     (host_tools.build) and bundle it."""
     from host_tools import build as b

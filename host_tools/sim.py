@@ -5,15 +5,81 @@ run: a crash loop that ended in safe mode, or a heap too small for it."""
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import selectors
+import signal
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from host_tools import hostboard
+from host_tools.errors import ExitCode, UplinkError
 from host_tools.ui import plural
+
+LOCK = "sim.lock"  # in the state directory: one simulated board per state directory
+
+
+class SimBusy(UplinkError):
+    code = ExitCode.BOARD
+
+
+def lock_state(state: Path, device: str) -> int:
+    """The state directory's lock, or SimBusy: two simulations of one device would be one MQTT
+    client id twice, each disconnecting the other, over one outbox. The firmware inherits
+    the lock (hostboard.start pass_fds), so it is held while either process lives."""
+    fd = os.open(state / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        import fcntl  # (not on Windows: no lock there)
+    except ImportError:
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise SimBusy(f"{device} is already running in another `uplink sim` (pid {pid}, state in "
+                      f"{state}): stop that one first (Ctrl-C), or send it a command with "
+                      f"`uplink sim {device} --send CMD JSON`") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+class _Hangup(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _hangups_stop() -> Iterator[None]:
+    """SIGHUP (the terminal closed) and SIGTERM end the run as Ctrl-C does: the firmware is
+    stopped, not left behind."""
+    def stop(signum, frame):
+        raise _Hangup
+
+    old = {}
+    try:
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            old[sig] = signal.signal(sig, stop)
+    except ValueError:  # not the main thread: no handlers, the parent-death signal remains
+        pass
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _stdout_gone() -> None:
+    # `uplink sim | head`: head has gone; later prints must not fail again at exit
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
 
 # firmware/uplink/app.py _safe_mode(): the console line, then a wait of safe_mode_retry_s
 # (20 minutes by default) before the next try. A simulation says why at once instead.
@@ -66,15 +132,24 @@ def _memory_hint(w: _Watch, heapsize: str, compiled: bool) -> str:
 
 def run(state: Path, *, seconds: float | None, compiled: bool, heapsize: str,
         write: Callable[[str], None], info: Callable[[str], None],
-        firmware: Path | None = None) -> str | None:
+        firmware: Path | None = None, lock_fd: int | None = None) -> str | None:
     """Run until stopped; None when the firmware ran, else what went wrong."""
+    with _hangups_stop():
+        try:
+            return _run(state, seconds, compiled, heapsize, write, info, firmware, lock_fd)
+        except _Hangup:  # between two boots: the firmware, tied to us, ends with this process
+            return None
+
+
+def _run(state, seconds, compiled, heapsize, write, info, firmware, lock_fd) -> str | None:
     end = None if seconds is None else time.monotonic() + seconds
     watch = _Watch()
     # a UTF-8 character split between two reads (a payload's é in a pub: line) stays whole
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     while True:
         proc = hostboard.start(state, compiled=compiled, heapsize=heapsize, firmware=firmware,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               pass_fds=() if lock_fd is None else (lock_fd,), tied=True)
         assert proc.stdout is not None
         stopped = False
         with selectors.DefaultSelector() as sel:
@@ -93,7 +168,10 @@ def run(state: Path, *, seconds: float | None, compiled: bool, heapsize: str,
                         write(chunk)
                         if watch.safe_mode or watch.cannot_start:
                             break
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, _Hangup):
+                stopped = True
+            except BrokenPipeError:
+                _stdout_gone()
                 stopped = True
         hint = _memory_hint(watch, heapsize, compiled)
         if watch.cannot_start:

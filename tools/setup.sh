@@ -52,21 +52,21 @@ if [ -n "$RELAY_MISSING" ]; then
         apt-get update -qq
         # shellcheck disable=SC2086
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $RELAY_MISSING >/dev/null
+        # the packages start system services (Redis on 6379, a haproxy) that nothing here uses:
+        # the tests start their own on free ports. Only the ones installed just now are stopped.
+        if command -v systemctl >/dev/null 2>&1; then
+            for svc in $RELAY_MISSING; do systemctl disable --now "$svc" >/dev/null 2>&1 || true; done
+        fi
     else
         echo "setup: not installed and we are not root: sudo apt-get install$RELAY_MISSING" >&2
         echo "setup: the relay's replica tests will be skipped" >&2
     fi
 fi
-# the Debian packages start a system broker on 1883 (and a Redis on 6379, a haproxy); we start
-# our own per test
-if [ "$(id -u)" = 0 ] && command -v systemctl >/dev/null 2>&1; then
-    systemctl disable --now mosquitto >/dev/null 2>&1 || true
-    systemctl disable --now redis-server >/dev/null 2>&1 || true
-    systemctl disable --now haproxy >/dev/null 2>&1 || true
-fi
+# a system broker the Debian package starts on 1883 is left alone: the tests start their own
+# on free ports, and `uplink sim local-demo` uses it
 if [ -n "$MODEL_NOTE" ]; then
     # the last line, where it stays visible: every firmware result below is the 64-bit port's
     echo "setup: done, WITHOUT the ESP32 model: $MODEL_NOTE; firmware runs on the 64-bit PyPI port" >&2
 else
-    echo "setup: done (firmware is proven on the ESP32 model: $("$VENV/bin/micropython-esp32-model" -c 'import sys; print(sys.version)'))"
+    echo "setup: done (firmware is proven on the ESP32 model: $("$VENV/bin/micropython-esp32-model" -c 'import sys; print(sys.version.split("; ")[-1])'))"
 fi

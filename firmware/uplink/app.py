@@ -175,7 +175,9 @@ class App:
         from uplink.boots import Boots
 
         self.boots = Boots()
-        log.info("outbox", "%d readings waiting, %d dropped so far" % (self.outbox.depth, self.outbox.dropped))
+        n = self.outbox.depth
+        log.info("outbox", "%d %s waiting, %d dropped so far" % (n, "reading" if n == 1 else "readings",
+                                                               self.outbox.dropped))
         with transient():  # boot-only code: Wi-Fi and the clock up, then it leaves the heap
             from uplink import startup
 

@@ -75,8 +75,8 @@ class BiotzHTTP:
             self.credentials.invalidate()
             status = await self._post(body)
         if not 200 <= status < 300:
-            raise IngestError("Biotz ingestion %s answered HTTP %d; %d readings kept for later"
-                              % (self.url, status, n))
+            raise IngestError("Biotz ingestion %s answered HTTP %d; %d %s kept for later"
+                              % (self.url, status, n, "reading" if n == 1 else "readings"))
         return status
 
     async def _post(self, body):

@@ -96,10 +96,13 @@ async def execute(app, cmd):
         raise ValueError("unknown command %r" % name)
     try:
         r = handler(cmd)
-    except ValueError:
+        if r is not None and hasattr(r, "send"):
+            r = await r
+    except ValueError:  # handle()'s way to refuse a command (or a notice it does not take)
         if name in NOTICES:  # user.py handles other commands, not this notice
             return None
         raise
-    if r is not None and hasattr(r, "send"):
-        r = await r
+    except Exception as e:  # a bug in handle(): where it is, once, then counted
+        log.user_exc("user", "handle(%s) failed" % name, e)
+        raise
     return r

@@ -9,12 +9,13 @@ def store(telemetry, reading):
     try:
         per_device = telemetry.app.user.read_devices() or {}
     except Exception as e:
-        log.exc("user", "read_devices() failed", e)
+        log.user_exc("user", "read_devices() failed", e)
         return
     for name in per_device:
         values = per_device[name]
         if isinstance(values, dict):
             drop_unencodable(values)
+            log.read(values, name)
         r = {"values": values, "device": name}
         for k in ("ts", "boot", "up"):  # the same time as the device's own reading
             if k in reading:

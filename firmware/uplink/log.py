@@ -61,6 +61,23 @@ def exc(tag, msg, e):
     _emit("E", tag, "%s: %s: %s" % (msg, type(e).__name__, e))
 
 
+_seen = {}  # errors of user.py's code -> times so far (uplink.where.report)
+
+
+def user_exc(tag, msg, e):
+    """A failure in user.py's code: where it happened the first time, then counted. The code
+    is uplink.where's, loaded for the moment: errors are rare, the heap is not."""
+    try:
+        from uplink import transient
+
+        with transient():
+            from uplink import where
+
+            where.report(tag, msg, e)
+    except MemoryError:
+        exc(tag, msg, e)
+
+
 def pub(topic, payload, n):
     """A D line per MQTT message of readings: `pub: TOPIC 3 readings 212 B [{"ts":...`
     (n = 0: one part of a reading split over several messages)."""
@@ -70,6 +87,33 @@ def pub(topic, payload, n):
         what = "part of a reading" if not n else "1 reading" if n == 1 else "%d readings" % n
         size = len(payload)  # one format for the whole line: each string on the way is garbage
         print("%6d D pub: %s %s %d B %s" % (uptime_s(), topic, what, size, _text(payload, size, size)))
+    except MemoryError:  # a console line must never stop the work it reports
+        pass
+
+
+def read(values, device=None):
+    """A D line per reading taken, the user's read() values only (health is in the pub:
+    line): `read: temperature=20.3 led=false` (a gateway's sub-device: `read: pump-2: flow=3`),
+    at most HEAD bytes of them."""
+    if level:
+        return
+    try:
+        h = _buf()
+        size = 0
+        try:
+            if device is not None:
+                h.write(str(device).encode())
+                h.write(b":")
+            for k in values:
+                if h.n:
+                    h.write(b" ")
+                h.write(k.encode())  # a key's bytes: small, and gone with the line
+                h.write(b"=")
+                json.dump(values[k], h, separators=(",", ":"))  # pyright: ignore[reportCallIssue]
+            size = h.n
+        except _Full:
+            size = h.n + 1
+        print("%6d D read: %s" % (uptime_s(), _text(h.buf, h.n, size) if h.n else "(no values)"))
     except MemoryError:  # a console line must never stop the work it reports
         pass
 
@@ -115,12 +159,16 @@ class _Head(io.IOBase):
 _head = None
 
 
-def _json(obj):
+def _buf():
     global _head
     if _head is None:
         _head = _Head()
-    h = _head
-    h.n = 0
+    _head.n = 0
+    return _head
+
+
+def _json(obj):
+    h = _buf()
     size = 0
     try:
         # keyword only in extmod/modjson.c (mod_json_dump_helper); the stub has it positional

@@ -281,7 +281,8 @@ class Publisher:
                     # the platform can never carry these: drop them rather than block the queue
                     # (an empty reason: the adapter said it once already, and counts them)
                     if payload:
-                        log.error("publish", "%d reading(s) dropped: %s" % (n, payload.decode()))
+                        what = "reading" if n == 1 else "readings"
+                        log.error("publish", "%d %s dropped: %s" % (n, what, payload.decode()))
                     for rid in ids[a - n : a]:
                         self.outbox.ack(rid)
                     self.undeliverable += n

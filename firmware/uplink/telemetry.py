@@ -52,10 +52,13 @@ class Telemetry:
         if health and app.adapter.health_due():
             values.update(self.health())
         try:
-            values.update(app.user.read() or {})
+            mine = dict(app.user.read() or {})  # a copy: what is dropped below stays in user.py's
+            drop_unencodable(mine)
         except Exception as e:  # a broken sensor must not stop health telemetry
-            log.exc("user", "read() failed", e)
-        drop_unencodable(values)
+            log.user_exc("user", "read() failed", e)
+            mine = {}
+        log.read(mine)  # the user's values on the console, apart from the health keys
+        values.update(mine)
         # the time now, or (clock not known yet) this boot and its uptime: uplink.boots
         now = app.clock.now_ms() if app.clock else None
         if app.boots is None:

@@ -54,6 +54,98 @@ def test_a_long_payload_is_cut_before_a_character_that_does_not_fit():
     ], out.lines
 
 
+def test_a_reading_shows_the_users_values_apart_from_health():
+    # the pub: line's payload starts with health keys in hash order: the user's temperature
+    # fell past its 60 bytes; this line has the user's read() values alone
+    from uplink import app, board
+
+    a = app.App({"telemetry": {"interval_ms": 0, "interval_s": 60, "health": True}}, board.load("host"))
+    a.user = type("U", (), {"read": lambda self: {"temperature": 20.5, "led": False}})()
+    with Lines() as out:
+        values = a.telemetry.take_reading()["values"]
+        log.read({"note": "é" * 40})
+        log.read({"flow": 3}, "pump-2")  # a gateway's sub-device reading
+        log.read({})
+    assert "uptime_s" in values and values["temperature"] == 20.5  # the reading keeps its health
+    got = out.texts()
+    assert got[0] in ("D read: temperature=20.5 led=false", "D read: led=false temperature=20.5"), got
+    assert got[1] == 'D read: note="' + "é" * 27 + "...", got
+    assert got[2:] == ["D read: pump-2: flow=3", "D read: (no values)"], got
+
+
+def _sensor(d):
+    return d["dht22"]  # the line the error names
+
+
+def test_an_error_in_read_says_where_once_then_counts():
+    from uplink import app, board
+
+    class User:
+        def read(self):
+            return {"t": _sensor({})}
+
+    a = app.App({"telemetry": {"interval_ms": 0, "interval_s": 60, "health": False}}, board.load("host"))
+    a.user = User()
+    log._seen.clear()
+    with Lines() as out:
+        for _ in range(100):
+            assert a.telemetry.take_reading()["values"] == {}  # the reading goes on without it
+    errs = [t for t in out.texts() if t.startswith("E ")]
+    assert len(errs) == 3, errs
+    first = errs[0]
+    assert first.startswith("E user: read() failed: KeyError: dht22 (at "), first
+    assert "test_console.py:" in first and " in read > " in first and first.endswith(" in _sensor)"), first
+    assert errs[1:] == ["E user: read() failed: KeyError: dht22 (10 times so far)",
+                        "E user: read() failed: KeyError: dht22 (100 times so far)"], errs
+    with Lines() as out:  # another error: its own first line, with where
+        a.user.read = lambda: {"t": 1 // 0}
+        a.telemetry.take_reading()
+    assert out.texts()[0].startswith("E user: read() failed: ZeroDivisionError: divide by zero (at "), out.lines
+
+
+def test_a_big_reading_is_never_one_big_string_on_the_heap():
+    big = {"k%03d" % i: "v" * 30 for i in range(100)}  # ~4 KB as JSON
+    with Lines() as out:
+        log.read({"a": 1})  # the head buffer, made once
+        gc.collect()
+        before = gc.mem_alloc()
+        log.read(big)
+        used = gc.mem_alloc() - before
+    assert used < 1024 < len(json.dumps(big)) // 4, used
+    line = out.texts()[1]
+    assert line.startswith('D read: k') and line.endswith("...") and len(line) < 80, line
+
+
+def test_a_bug_in_handle_says_where_a_refusal_does_not():
+    import asyncio
+
+    from uplink import commands
+
+    class Cmd:
+        params = {}
+        device = None
+
+        def __init__(self, name):
+            self.name = name
+
+    class User:
+        def handle(self, cmd):
+            if cmd.name == "no":
+                raise ValueError("not now")  # handle()'s way to refuse: no traceback wanted
+            return _sensor({})
+
+    a = type("A", (), {"user": User()})()
+    log._seen.clear()
+    with Lines() as out:
+        with raises(KeyError):
+            asyncio.run(commands.execute(a, Cmd("setLed")))
+        with raises(ValueError):
+            asyncio.run(commands.execute(a, Cmd("no")))
+    assert len(out.texts()) == 1, out.lines
+    assert out.texts()[0].startswith("E user: handle(setLed) failed: KeyError: dht22 (at "), out.lines
+    assert out.texts()[0].endswith(" in _sensor)"), out.lines
+
+
 def test_a_command_line_shows_its_params_and_result():
     with Lines() as out:
         log.cmd("setLed", {"on": True}, {"led": True})
@@ -100,6 +192,7 @@ def test_device_console_turns_the_lines_off_on_a_board():
     with Lines() as out:
         log.level = log.LEVELS.index("info")
         log.pub("t", b"1", 1)
+        log.read({"t": 1})
         log.cmd("ping", {}, {"pong": True})
         log.info("mqtt", "connected")
         log.level = log.LEVELS.index("warn")
@@ -118,6 +211,7 @@ def test_a_line_that_finds_no_memory_is_left_out_not_raised():
     log.print = full
     try:
         log.pub("t", b"[1]", 1)
+        log.read({"t": 1})
         log.cmd("setLed", {"on": True}, {"led": True})
     finally:
         del log.print

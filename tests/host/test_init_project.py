@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from host_tools import bundle, project
+from host_tools import bundle, hostboard, project
 from tests.host.test_cli import subscribe
 from tests.host.uplink_helpers import REPO, Env
 
@@ -228,16 +228,51 @@ def _wheel(src: Path, out: Path) -> Path:
     return next(out.glob("*.whl"))
 
 
+class Installed:
+    """The wheel of a copy of this repository, installed alone in a fresh virtualenv (its
+    dependencies from this one's site-packages), and `uplink` run from it outside the repository."""
+
+    def __init__(self, tmp_path: Path):
+        self.src = src = tmp_path / "src"
+        src.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copyfile(REPO / name, src / name)
+        for name in ("host_tools", "firmware", "boards", "docs", "tools/esp32-model"):
+            shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        self.whl = _wheel(src, tmp_path / "dist")
+        # a plain path to this venv's site-packages: its editable install of host_tools is not
+        # loaded; added after the install, so pip never sees, let alone replaces, it
+        self.venv = venv = tmp_path / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        self.site = Path(subprocess.run([venv / "bin" / "python", "-c",
+                                         "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                        check=True, capture_output=True, text=True).stdout.strip())
+        subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+                        "-q", "--no-deps", "--no-index", str(self.whl)], check=True, capture_output=True)
+        (self.site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+        # the PyPI unix port's `micropython` script, which a pip install of the dependency puts here
+        mpbin = tmp_path / "mpbin"
+        mpbin.mkdir()
+        (mpbin / "micropython").symlink_to(Path(sys.executable).parent / "micropython")
+        self.work = tmp_path / "work"
+        self.work.mkdir()
+        self.env = {"PATH": f"{venv / 'bin'}:{mpbin}:/usr/bin:/bin", "HOME": str(tmp_path / "home"),
+                    "UPLINK_NO_KEYRING": "1", "COLUMNS": "200"}  # no PYTHONPATH, no UPLINK_FIRMWARE_DIR
+
+    def uplink(self, *args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.venv / "bin" / "uplink"), *args], cwd=cwd, env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Installed:
+    return Installed(tmp_path_factory.mktemp("wheel"))
+
+
 @pytest.mark.timeout(300)
-def test_the_wheel_carries_the_firmware_and_works_outside_the_repository(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copyfile(REPO / name, src / name)
-    for name in ("host_tools", "firmware", "boards"):
-        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    whl = _wheel(src, tmp_path / "dist")
-    names = set(zipfile.ZipFile(whl).namelist())
+def test_the_wheel_carries_the_firmware_and_works_outside_the_repository(installed):
+    src, site, work, uplink = installed.src, installed.site, installed.work, installed.uplink
+    names = set(zipfile.ZipFile(installed.whl).namelist())
     firmware = {f"host_tools/firmware/{p.relative_to(src / 'firmware').as_posix()}"
                 for p in (src / "firmware").rglob("*.py")}
     assert firmware <= names, sorted(firmware - names)  # every firmware package listed in pyproject
@@ -245,30 +280,9 @@ def test_the_wheel_carries_the_firmware_and_works_outside_the_repository(tmp_pat
     assert {"host_tools/ca/isrg-root-x1.pem", "host_tools/templates/fleet.toml",
             "host_tools/templates/gitignore"} <= names
 
-    # a fresh venv, the wheel alone in it; then its dependencies from this one's site-packages
-    # (a plain path: this venv's editable install of host_tools is not loaded; added after the
-    # install, so pip never sees, let alone replaces, this venv's host_tools)
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = Path(subprocess.run([venv / "bin" / "python", "-c",
-                                "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
-                    "-q", "--no-deps", "--no-index", str(whl)], check=True, capture_output=True)
-    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-
-    work = tmp_path / "work"
-    work.mkdir()
-    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path / "home"),
-           "UPLINK_NO_KEYRING": "1", "COLUMNS": "200"}  # no PYTHONPATH, no UPLINK_FIRMWARE_DIR
-
-    def uplink(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-        return subprocess.run([str(venv / "bin" / "uplink"), *args], cwd=cwd, env=env,
-                              capture_output=True, text=True, timeout=120)
-
-    where = subprocess.run([venv / "bin" / "python", "-c", "from host_tools import project; "
+    where = subprocess.run([installed.venv / "bin" / "python", "-c", "from host_tools import project; "
                             "print(project.firmware_dir()); print(project.shipped('boards'))"],
-                           cwd=work, env=env, check=True, capture_output=True, text=True).stdout.split()
+                           cwd=work, env=installed.env, check=True, capture_output=True, text=True).stdout.split()
     assert where == [str(site / "host_tools" / "firmware"), str(site / "host_tools" / "boards")]
     r = uplink("init", "p", cwd=work)
     assert r.returncode == 0, r.stderr
@@ -288,3 +302,84 @@ def test_the_wheel_carries_the_firmware_and_works_outside_the_repository(tmp_pat
     assert b"helpers" in (out / "user.mpy").read_bytes()  # the user's, which imports it
     assert (out / "boot.py").read_bytes() == (REPO / "firmware" / "boot.py").read_bytes()
     assert not any(os.fspath(REPO).encode() in f.read_bytes() for f in out.rglob("*.mpy"))
+
+
+@pytest.mark.timeout(300)
+def test_what_a_pip_user_is_told_they_can_follow(installed):
+    """Every message works without this repository: `uplink init` by name, the docs a message
+    cites shipped with `uplink docs`, the ESP32 model in the wheel."""
+    names = set(zipfile.ZipFile(installed.whl).namelist())
+    assert {f"host_tools/docs/{p.name}" for p in (REPO / "docs").glob("*.md")} <= names
+    assert {"host_tools/esp32_model/micropython", "host_tools/esp32_model/micropython.sha256"} <= names
+    empty = installed.work / "empty"
+    empty.mkdir()
+    r = installed.uplink("validate", cwd=empty)
+    assert r.returncode == 3, r.stderr
+    assert "no fleet file here: make a project with `uplink init` (or pass --fleet PATH)" in r.stderr
+    assert "docs/" not in r.stderr
+    # each `uplink docs X` the messages, the help and the template cite is there
+    cited = set()
+    for text in (*(installed.uplink(*c, "--help", cwd=empty).stdout for c in ([], ["build"], ["ota"])),
+                 (installed.site / "host_tools" / "templates" / "fleet.toml").read_text()):
+        cited |= set(re.findall(r"`uplink docs ([a-z_]+)`", text))
+        assert not re.search(r"\bdocs/\w+\.md", text), text
+    assert {"ota", "platforms"} <= cited
+    for topic in cited:
+        r = installed.uplink("docs", topic, cwd=empty)
+        assert r.returncode == 0 and r.stdout.startswith("# "), (topic, r.stderr)
+    r = installed.uplink("docs", cwd=empty)
+    assert r.returncode == 0 and "hardware" in r.stdout and "platforms" in r.stdout, r.stderr
+    if hostboard.esp32_model():  # this machine runs the model: so does the pip install's sim
+        model = subprocess.run([installed.venv / "bin" / "python", "-c",
+                                "from host_tools import hostboard; print(hostboard.esp32_model())"],
+                               cwd=empty, env=installed.env, capture_output=True, text=True).stdout.strip()
+        assert model.startswith(str(installed.site / "host_tools" / "esp32_model")) or "/.cache/uplink/" in model
+
+
+@pytest.mark.timeout(300)
+def test_from_pip_with_no_broker_sim_shows_the_temperature_and_takes_a_command(installed):
+    """The issue's "done when": a fresh virtualenv outside the repository, `uplink init`,
+    `uplink sim local-demo` with no broker running, the user's temperature on the console
+    within 60 s; the command the sim says to send arrives at handle()."""
+    import threading
+
+    from host_tools.local_broker import free_port
+
+    work = installed.work / "first"
+    work.mkdir()
+    assert installed.uplink("init", "greenhouse", cwd=work).returncode == 0
+    p = work / "greenhouse"
+    fleet = p / "fleet.toml"  # 1883 may be a system broker here: a port where none runs
+    fleet.write_text(fleet.read_text().replace("127.0.0.1:1883", f"127.0.0.1:{free_port()}"))
+    sim = subprocess.Popen([str(installed.venv / "bin" / "uplink"), "sim", "local-demo", "--seconds", "150"],
+                           cwd=p, env=installed.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+    lines: list[str] = []
+    seen = threading.Condition()
+
+    def read():
+        assert sim.stdout is not None
+        for line in sim.stdout:
+            with seen:
+                lines.append(line)
+                seen.notify_all()
+
+    threading.Thread(target=read, daemon=True).start()
+
+    def wait_for(pattern: str, timeout: float) -> str:
+        with seen:
+            seen.wait_for(lambda: any(re.search(pattern, ln) for ln in lines), timeout)
+            return next((ln for ln in lines if re.search(pattern, ln)), "")
+
+    try:
+        assert wait_for(r"D read: .*temperature=\d", 60), "".join(lines)
+        hint = wait_for(r"send it a command from another terminal: ", 1)
+        assert "uplink sim local-demo --send setLed" in hint, "".join(lines)
+        cmd = hint.split("another terminal: ", 1)[1].strip()
+        r = subprocess.run(["bash", "-c", cmd], cwd=p, env=installed.env, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0 and json.loads(r.stdout) == {"led": True}, r.stderr
+        assert wait_for(r'D cmd: setLed \{"on":true\} -> \{"led":true\}', 30), "".join(lines)
+    finally:
+        sim.terminate()
+        sim.wait(30)

@@ -55,3 +55,30 @@ def test_bundle_read_refuses_tampering_and_make_refuses_bad_version(tmp_path):
     assert made.size == len(raw)
     with pytest.raises(bu.BundleError, match="version"):
         bu.make({}, out, board="host", arch=None, version="1 2")
+
+
+def test_a_bundle_version_comes_from_its_content_and_never_is_the_running_one(tmp_path):
+    import re
+
+    fw = small_firmware(tmp_path)
+    (fw / "uplink" / "__init__.py").write_text('VERSION = "0.1.0"\n')  # what a USB deploy reports
+    (fw / "user.py").write_text("def read():\n    return {'x': 1}\n")
+    env = Env(tmp_path / "env", FLEET)
+    e = {"UPLINK_FIRMWARE_DIR": str(fw), "UPLINK_SECRET_T": "x"}
+
+    def build(*args):
+        r = env.run("build", "--bundle", "pump", *args, "--json", env=e)
+        assert r.code == 0, r.output
+        return json.loads(r.stdout)
+
+    first = build()
+    assert re.fullmatch(r"0\.1\.0\+[0-9a-f]{8}", first["version"]), first
+    assert first["bundle"].endswith(f"pump-{first['version']}.uplb")
+    assert bu.read(first["bundle"]).manifest["version"] == first["version"]
+    assert build()["version"] == first["version"]  # the same content: the same version
+    (fw / "user.py").write_text("def read():\n    return {'x': 2}\n")
+    assert build()["version"] != first["version"]  # other content: another version
+    r = env.run("build", "--bundle", "pump", "--version", "0.1.0", env=e)
+    assert r.code == 6, r.output
+    assert ("error: version 0.1.0 is what a board deployed over USB reports as running (the firmware's "
+            "own): a board running it never installs this update; leave --version out") in r.stderr
