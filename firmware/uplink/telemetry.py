@@ -24,6 +24,7 @@ class Telemetry:
             "fw_version": app.ctx.fw()[1],  # the OTA bundle's (uplink.ota.running)
         }
         h.update(app.board.memory())  # gc_free; on the ESP32 also idf_free, idf_largest
+        self._idf_warn(h.get("idf_largest"))
         rssi = app.wifi.rssi() if app.wifi else None
         if rssi is not None:
             h["rssi"] = rssi
@@ -39,6 +40,18 @@ class Telemetry:
         if app.sessions:
             h["platforms"] = app.sessions.health()
         return h
+
+    _idf_warned = False
+
+    def _idf_warn(self, largest):
+        """Once: the next TLS handshake (a reconnect, a second cloud, a download) cannot get
+        its buffers, and fails with ENOMEM or a certificate "not correctly signed"."""
+        from uplink.board import HANDSHAKE_BYTES
+
+        if largest is not None and largest < HANDSHAKE_BYTES and not self._idf_warned:
+            self._idf_warned = True
+            log.warn("memory", "IDF heap: largest free block %d bytes, a TLS handshake needs %d: "
+                     "fewer TLS connections, or a board with more RAM (docs/hardware.md)" % (largest, HANDSHAKE_BYTES))
 
     def take_reading(self):
         app = self.app
