@@ -455,6 +455,11 @@ def _cross_checks(dev: Device, relay: Relay | None, relay_broken: bool = False) 
     (A [relay] table with mistakes of its own has been reported: not again from here.)"""
     out = []
     if dev.platforms:  # each cloud checked alone; its messages name it platforms[i]
+        # what the board's RAM holds at once: the firmware's own rule (config.tls_refusal)
+        why = fw_schema.config_name("tls_refusal")(
+            dev.board, [q.device_url() if isinstance(q, Biotz) else q.effective_url() for q in dev.platforms])
+        if why:
+            out.append("platforms: " + why)
         names = [q.name or q.kind for q in dev.platforms]
         for i, q in enumerate(dev.platforms):
             out += ["platforms[%d]%s" % (i, m[len("platform"):]) for m in _cross_checks(

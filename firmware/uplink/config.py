@@ -52,6 +52,23 @@ def _https_url(v):
     return v.startswith("https://") or v.startswith("http://") or "a URL starting with https://"
 
 
+# Boards whose IDF heap holds one TLS session beside the firmware's grown GC heap: a second
+# fails with ENOMEM (make bench BENCH_ARGS=firmware, the ESP32 model's chip mode). The host's
+# `uplink validate` runs this same function (host_tools.fw_schema).
+ONE_TLS_BOARDS = ("esp32-devkitc",)
+
+
+def tls_refusal(board, urls):
+    """Why `board` cannot hold a TLS session per cloud URL at once; None when it can. A URL
+    not given (None) is the cloud's default, and every default is TLS."""
+    n = len([u for u in urls if not u or u.split(":")[0] in ("mqtts", "wss", "https")])
+    if n < 2 or board not in ONE_TLS_BOARDS:
+        return None
+    return ("%d TLS clouds on board %s: its RAM holds one TLS session beside the firmware and the "
+            "second fails with ENOMEM; keep one TLS cloud, or use a board with more RAM (esp32-s3, "
+            "or an ESP32 with PSRAM)" % (n, board))
+
+
 # key: (type, default[, check]). A dict type is a nested section; [type] a list of it.
 CREDENTIALS = {
     "source": (str, "static", lambda v: v in ("static", "relay") or "'static' or 'relay'"),
@@ -230,6 +247,9 @@ def parse(text, extra=None):
         out.append(c)
     doc["platform"] = {"kind": out[0]["kind"]}  # checked above, with its kind's keys
     cfg = check(doc, SCHEMA)
+    why = tls_refusal(cfg["device"]["board"], [q["url"] for q in out])
+    if why:
+        _fail("platforms", why)
     cfg["platform"] = out[0]
     cfg["platforms"] = out
     return cfg
