@@ -53,20 +53,31 @@ def _https_url(v):
 
 
 # Boards whose IDF heap holds one TLS session beside the firmware's grown GC heap: a second
-# fails with ENOMEM (make bench BENCH_ARGS=firmware, the ESP32 model's chip mode). The host's
-# `uplink validate` runs this same function (host_tools.fw_schema).
+# fails with ENOMEM (the ESP32 model's chip mode: two TLS clouds, or a TLS cloud and the token
+# relay). The host's `uplink validate` runs this same function (host_tools.fw_schema).
 ONE_TLS_BOARDS = ("esp32-devkitc",)
 
 
 def tls_refusal(board, urls):
-    """Why `board` cannot hold a TLS session per cloud URL at once; None when it can. A URL
-    not given (None) is the cloud's default, and every default is TLS."""
+    """Why `board` cannot hold a TLS session per URL (the clouds', the token relay's); None
+    when it can. A cloud URL not given (None) is the cloud's default: every default is TLS."""
     n = len([u for u in urls if not u or u.split(":")[0] in ("mqtts", "wss", "https")])
     if n < 2 or board not in ONE_TLS_BOARDS:
         return None
-    return ("%d TLS clouds on board %s: its RAM holds one TLS session beside the firmware and the "
-            "second fails with ENOMEM; keep one TLS cloud, or use a board with more RAM (esp32-s3, "
-            "or an ESP32 with PSRAM)" % (n, board))
+    return ("%d TLS connections (TLS clouds, a token relay) on board %s: its RAM holds one TLS "
+            "session beside the firmware and the second fails with ENOMEM; keep one (the others "
+            "over mqtt://, static credentials), or use a board with more RAM (esp32-s3, or an "
+            "ESP32 with PSRAM)" % (n, board))
+
+
+def _tls_urls(platforms):
+    urls = []
+    for p in platforms:
+        urls.append(p["url"])
+        c = p.get("credentials") or {}
+        if c.get("source") == "relay":
+            urls.append(c.get("url") or "https:")
+    return urls
 
 
 # key: (type, default[, check]). A dict type is a nested section; [type] a list of it.
@@ -227,7 +238,11 @@ def parse(text, extra=None):
         schema = dict(SCHEMA)
         schema["platform"] = (_section(doc.get("platform") if isinstance(doc, dict) else None, extra, "platform"),
                               REQUIRED)
-        return check(doc, schema)
+        cfg = check(doc, schema)
+        why = tls_refusal(cfg["device"]["board"], _tls_urls([cfg["platform"]]))
+        if why:
+            _fail("platform", why)
+        return cfg
     if "platform" in doc:
         _fail("platforms", "give either platform (one cloud) or platforms (several), not both")
     if not isinstance(many, list) or not many:
@@ -247,7 +262,7 @@ def parse(text, extra=None):
         out.append(c)
     doc["platform"] = {"kind": out[0]["kind"]}  # checked above, with its kind's keys
     cfg = check(doc, SCHEMA)
-    why = tls_refusal(cfg["device"]["board"], [q["url"] for q in out])
+    why = tls_refusal(cfg["device"]["board"], _tls_urls(out))
     if why:
         _fail("platforms", why)
     cfg["platform"] = out[0]
