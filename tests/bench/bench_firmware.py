@@ -194,7 +194,8 @@ def chip_memory(broker: Mosquitto) -> None:
     for board in CHIP_BOARDS:
         for case in ("mqtt", "mqtts", "wss", "2 clouds"):
             got, console = chip_run(broker, board, case)
-            enomem = console.count("ENOMEM") + console.count("Errno 12") + console.count("ALLOC_FAILED")
+            # out of memory: ENOMEM at the buffers, or mbedTLS's own words half-way through
+            enomem = console.count("ENOMEM") + console.count("not correctly signed")
             mem_errors = console.count("MemoryError")
             if len(got) < CHIP_READINGS:
                 why = next((ln for ln in reversed(console.splitlines()) if "rror" in ln), "")
@@ -208,10 +209,69 @@ def chip_memory(broker: Mosquitto) -> None:
                   flush=True)
 
 
+RECONNECTS = 100
+
+
+def reconnects(broker: Mosquitto, board: str = "esp32-devkitc", n: int = RECONNECTS) -> None:
+    """The one-TLS-cloud goal (issue 23): a ThingsBoard device over mqtts on `board`, its
+    connection cut n times (tests/faultproxy.py): handshakes that failed for memory, and the
+    largest free IDF block after each handshake (health, idf_largest)."""
+    from tests.faultproxy import FaultProxy
+
+    proxy = FaultProxy(broker.ports["mqtts"])
+    cfg = _chip_config(broker, board, "mqtts")
+    cfg["platform"]["url"] = f"mqtts://localhost:{proxy.port}"
+    cfg["telemetry"] = {"interval_ms": 200, "health": True}
+    lg: list[int] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_connect = lambda c, *a: c.subscribe("v1/devices/me/telemetry")
+
+    def on_message(c, u, m):
+        data = json.loads(m.payload)
+        for item in data if isinstance(data, list) else [data]:
+            v = item.get("values", item)
+            if "idf_largest" in v:
+                lg.append(v["idf_largest"])
+
+    sub.on_message = on_message
+    sub.connect("localhost", broker.ports["mqtt"])
+    sub.loop_start()
+    b = HostBoard(Path(tempfile.mkdtemp(prefix="uplink-bench-")), cfg,
+                  files={"ca.der": broker.pki.ca_der.read_bytes()}).start()
+    t0 = time.monotonic()
+    done = 0
+    try:
+        for _ in range(n + 1):
+            want = done + 1
+            end = time.monotonic() + 60
+            while time.monotonic() < end and b.console().count("I mqtt: connected") < want:
+                time.sleep(0.05)
+            done = b.console().count("I mqtt: connected")
+            if done < want:
+                break
+            seen, end = len(lg), time.monotonic() + 10
+            while time.monotonic() < end and len(lg) <= seen:  # a reading after the handshake
+                time.sleep(0.05)
+            proxy.cut_all()
+    finally:
+        b.stop()
+        sub.loop_stop()
+        sub.disconnect()
+        proxy.close()
+    console = "\n".join(b.lines)
+    enomem = console.count("ENOMEM") + console.count("not correctly signed")
+    print(f"  {board} mqtts, connection cut {n} times: {max(done - 1, 0)} reconnects in {time.monotonic() - t0:.0f}s, "
+          f"handshakes failed for memory {enomem}, MemoryError {console.count('MemoryError')}, largest free IDF "
+          f"block after a handshake: min {min(lg, default=0) / 1024:.1f} KB, last {(lg or [0])[-1] / 1024:.1f} KB "
+          f"(goal: >= 16 KB, 0 failed)", flush=True)
+
+
 def main(argv: list[str]) -> None:
     broker = Mosquitto().start()
     try:
         chip_memory(broker)
+        for board in CHIP_BOARDS:
+            reconnects(broker, board)
         if "chip" in argv:  # BENCH_ARGS="firmware chip": the chip figures only
             return
         for model, name in ((True, "ESP32 model"), (False, "PyPI port (64-bit)")):
