@@ -223,6 +223,7 @@ def reconnects(broker: Mosquitto, board: str = "esp32-devkitc", n: int = RECONNE
     cfg["platform"]["url"] = f"mqtts://localhost:{proxy.port}"
     cfg["telemetry"] = {"interval_ms": 200, "health": True}
     lg: list[int] = []
+    heap: list[int] = []
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     sub.on_connect = lambda c, *a: c.subscribe("v1/devices/me/telemetry")
 
@@ -232,11 +233,12 @@ def reconnects(broker: Mosquitto, board: str = "esp32-devkitc", n: int = RECONNE
             v = item.get("values", item)
             if "idf_largest" in v:
                 lg.append(v["idf_largest"])
+                heap.append(v["gc_heap"])
 
     sub.on_message = on_message
     sub.connect("localhost", broker.ports["mqtt"])
     sub.loop_start()
-    b = HostBoard(Path(tempfile.mkdtemp(prefix="uplink-bench-")), cfg,
+    b = HostBoard(Path(tempfile.mkdtemp(prefix="uplink-bench-")), cfg, user_py=CHIP_USER,
                   files={"ca.der": broker.pki.ca_der.read_bytes()}).start()
     t0 = time.monotonic()
     done = 0
@@ -263,7 +265,8 @@ def reconnects(broker: Mosquitto, board: str = "esp32-devkitc", n: int = RECONNE
     print(f"  {board} mqtts, connection cut {n} times: {max(done - 1, 0)} reconnects in {time.monotonic() - t0:.0f}s, "
           f"handshakes failed for memory {enomem}, MemoryError {console.count('MemoryError')}, largest free IDF "
           f"block after a handshake: min {min(lg, default=0) / 1024:.1f} KB, last {(lg or [0])[-1] / 1024:.1f} KB "
-          f"(goal: >= 16 KB, 0 failed)", flush=True)
+          f"(goal: >= 16 KB, 0 failed); GC heap {min(heap, default=0) / 1024:.1f}-{max(heap, default=0) / 1024:.1f} KB",
+          flush=True)
 
 
 def main(argv: list[str]) -> None:
