@@ -5,6 +5,7 @@ import gc
 import json
 
 from uplink import log
+from uplink.board import HANDSHAKE_BYTES
 
 
 class Telemetry:
@@ -13,6 +14,7 @@ class Telemetry:
         t = app.cfg["telemetry"]
         self.interval_s = t["interval_ms"] / 1000 if t["interval_ms"] else t["interval_s"]
         self.wake = asyncio.Event()  # set: the next reading now (set_interval, a command)
+        self.idf_warned = False
 
     def health(self):
         app = self.app
@@ -24,7 +26,11 @@ class Telemetry:
             "fw_version": app.ctx.fw()[1],  # the OTA bundle's (uplink.ota.running)
         }
         h.update(app.board.memory())  # gc_free; on the ESP32 also idf_free, idf_largest
-        self._idf_warn(h.get("idf_largest"))
+        lg = h.get("idf_largest")
+        if lg is not None and lg < HANDSHAKE_BYTES and not self.idf_warned:  # once: the next TLS
+            self.idf_warned = True  # handshake fails (ENOMEM, or mbedTLS's "not correctly signed")
+            log.warn("memory", "IDF heap: largest free block %d bytes, a TLS handshake needs %d (docs/hardware.md)"
+                     % (lg, HANDSHAKE_BYTES))
         rssi = app.wifi.rssi() if app.wifi else None
         if rssi is not None:
             h["rssi"] = rssi
@@ -40,18 +46,6 @@ class Telemetry:
         if app.sessions:
             h["platforms"] = app.sessions.health()
         return h
-
-    _idf_warned = False
-
-    def _idf_warn(self, largest):
-        """Once: the next TLS handshake (a reconnect, a second cloud, a download) cannot get
-        its buffers, and fails with ENOMEM or a certificate "not correctly signed"."""
-        from uplink.board import HANDSHAKE_BYTES
-
-        if largest is not None and largest < HANDSHAKE_BYTES and not self._idf_warned:
-            self._idf_warned = True
-            log.warn("memory", "IDF heap: largest free block %d bytes, a TLS handshake needs %d: "
-                     "fewer TLS connections, or a board with more RAM (docs/hardware.md)" % (largest, HANDSHAKE_BYTES))
 
     def take_reading(self):
         app = self.app
