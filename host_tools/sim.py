@@ -24,13 +24,13 @@ CANNOT_START_LINE = "uplink: the firmware cannot start"
 
 
 def default_heapsize(compiled: bool) -> str:
-    """An ESP32 without PSRAM has 100-120 KB of heap. The ESP32 model keeps mbedTLS's session
-    (tens of KB) in the GC heap, where the chip takes it from the IDF heap, so it is the
-    pessimistic side: the compiled firmware with Wi-Fi networks, TLS and ThingsBoard's OTA
-    task ran out at 112k there and runs at 128k, the host-board tests' budget. The sources
-    need more (compiled on the board: app.py alone, once it grew past 600 lines, failed at
-    160k in a fresh checkout); the 64-bit PyPI port's 8-byte pointers and 32-byte GC blocks
-    1.5x (tests/mpy_plugin.port_heap)."""
+    """An ESP32 without PSRAM has 100-120 KB of heap: the compiled firmware with Wi-Fi
+    networks, TLS and ThingsBoard's OTA task ran out at 112k on the ESP32 model and runs at
+    128k, the host-board tests' budget. (mbedTLS's buffers are not in it: with -X heapsize
+    the model takes them from libc; the chip, from its IDF heap, which the model's -X chip
+    has.) The sources need more (compiled on the board: app.py alone, once it grew past 600
+    lines, failed at 160k in a fresh checkout); the 64-bit PyPI port's 8-byte pointers and
+    32-byte GC blocks 1.5x (tests/mpy_plugin.port_heap)."""
     return hostboard.budget_heap("128k" if compiled else "192k")
 
 

@@ -221,8 +221,8 @@ def test_chaos_one_cloud_killed_three_times_then_the_other(tmp_path, clouds, cap
         board.stop()
 
 
-# Two TLS sessions on the ESP32 model (which keeps mbedTLS in the GC heap; the chip keeps it
-# in the IDF heap), at 128k too. Before the lazy loading above, one run in four had the
+# Two TLS sessions on the ESP32 model, at 128k too (mbedTLS's buffers outside the GC heap: in
+# libc with -X heapsize, in the chip's IDF pool with -X chip). Before the lazy loading above, one run in four had the
 # second session's TLS connect meet "memory allocation failed" for tens of seconds there.
 # make bench BENCH_ARGS=twocloud prints gc_free at 128k.
 TWO_TLS_HEAP = TWO_CLOUD_HEAP
