@@ -510,7 +510,7 @@ def _tls_refusal(dev: Device, relay: Relay | None) -> str | None:
     urls: list[str | None] = []
     for q in dev.platforms or [dev.platform]:
         urls.append(q.device_url() if isinstance(q, Biotz) else q.effective_url())
-        if q.relay:
+        if q.relay and not isinstance(q, Biotz):  # (Biotz: HTTP posts, one after the other)
             urls.append(relay.url if relay and relay.url else "https:")
     return fw_schema.config_name("tls_refusal")(dev.board, urls)
 

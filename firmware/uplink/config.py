@@ -71,11 +71,13 @@ def tls_refusal(board, urls):
 
 
 def _tls_urls(platforms):
+    # the relay counts beside a session (measured: Weightron); Biotz takes it only for HTTP
+    # posts, one request after the other (its MQTT refuses relay credentials anyway)
     urls = []
     for p in platforms:
         urls.append(p["url"])
         c = p.get("credentials") or {}
-        if c.get("source") == "relay":
+        if c.get("source") == "relay" and p["kind"] != "biotz":
             urls.append(c.get("url") or "https:")
     return urls
 
