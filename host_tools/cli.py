@@ -603,6 +603,9 @@ def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | 
     state = S.build_root / "sim" / device
     hostboard.prepare_state_dir(bundle.dir, state)
     cfg = json.loads((state / "config.json").read_text())
+    # the compiled firmware of an ESP32 board's device runs in that chip's memory on the ESP32
+    # model (-X chip: its IDF heap, which TLS and the GC heap's growth share), unless --heapsize
+    chip = hostboard.model_chip(cfg["device"]["board"]) if compiled and not heapsize else None
     if cfg["device"]["board"] != "host":  # the firmware would reach for an ESP32's Wi-Fi
         UI.info(f"{device}: the host board stands in for its {cfg['device']['board']}")
         cfg["device"]["board"] = "host"
@@ -610,10 +613,11 @@ def _do_sim(device: str, seconds: float | None, compiled: bool, heapsize: str | 
     heapsize = heapsize or simmod.default_heapsize(compiled)
     UI.detail(f"interpreter {hostboard.micropython()}"
               + ("" if hostboard.esp32_model() else f" (no ESP32 model: {hostboard.esp32_model_missing()})"))
+    memory = f"the {chip}'s memory" if chip else f"{heapsize} heap"
     UI.info(f"{device} on the host board ({'compiled' if compiled else 'sources'}, "
-            f"{heapsize} heap; state in {state}); Ctrl-C to stop")
+            f"{memory}; state in {state}); Ctrl-C to stop")
     problem = simmod.run(state, seconds=seconds, compiled=compiled, heapsize=heapsize,
-                         write=writer(UI.text, UI.level < 0), info=UI.info, firmware=firmware)
+                         write=writer(UI.text, UI.level < 0), info=UI.info, firmware=firmware, chip=chip)
     if hostboard.model_note():  # last, where it stays visible
         UI.warn(hostboard.model_note())
     if problem:
@@ -627,7 +631,8 @@ def sim(
     compiled: Annotated[bool, typer.Option(
         "--compiled/--source", help="Run the mpy-cross output, as the board does, or the sources.")] = True,
     heapsize: Annotated[Optional[str], typer.Option(
-        help="MicroPython heap (default on the ESP32 model: 128k, an ESP32 without PSRAM; "
+        help="MicroPython heap (default on the ESP32 model: the device's board's memory, its IDF "
+             "heap included, for esp32-devkitc, -c3 and -s3; else 128k, an ESP32 without PSRAM; "
              "192k with --source).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ):

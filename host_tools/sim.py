@@ -52,10 +52,11 @@ class _Watch:
         self.cannot_start = self.cannot_start or any(CANNOT_START_LINE in line for line in lines)
 
 
-def _memory_hint(w: _Watch, heapsize: str, compiled: bool) -> str:
+def _memory_hint(w: _Watch, heapsize: str, compiled: bool, chip: str | None = None) -> str:
     if not w.memory_errors:
         return ""
-    hint = (f"; it ran out of memory with a {heapsize} heap ({plural(w.memory_errors, 'MemoryError')} "
+    where = f"in the {chip}'s memory" if chip else f"with a {heapsize} heap"
+    hint = (f"; it ran out of memory {where} ({plural(w.memory_errors, 'MemoryError')} "
             "above): an ESP32 without PSRAM has about 100 KB, so make user.py or the firmware "
             "smaller, or try a larger --heapsize to see how much it needs")
     if not compiled:
@@ -64,7 +65,7 @@ def _memory_hint(w: _Watch, heapsize: str, compiled: bool) -> str:
     return hint
 
 
-def run(state: Path, *, seconds: float | None, compiled: bool, heapsize: str,
+def run(state: Path, *, seconds: float | None, compiled: bool, heapsize: str, chip: str | None = None,
         write: Callable[[str], None], info: Callable[[str], None],
         firmware: Path | None = None) -> str | None:
     """Run until stopped; None when the firmware ran, else what went wrong."""
@@ -73,7 +74,7 @@ def run(state: Path, *, seconds: float | None, compiled: bool, heapsize: str,
     # a UTF-8 character split between two reads (a payload's é in a pub: line) stays whole
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     while True:
-        proc = hostboard.start(state, compiled=compiled, heapsize=heapsize, firmware=firmware,
+        proc = hostboard.start(state, compiled=compiled, heapsize=heapsize, firmware=firmware, chip=chip,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert proc.stdout is not None
         stopped = False
@@ -95,7 +96,7 @@ def run(state: Path, *, seconds: float | None, compiled: bool, heapsize: str,
                             break
             except KeyboardInterrupt:
                 stopped = True
-        hint = _memory_hint(watch, heapsize, compiled)
+        hint = _memory_hint(watch, heapsize, compiled, chip)
         if watch.cannot_start:
             _stop(proc)
             return f"the firmware cannot start (its output is above){hint}"
