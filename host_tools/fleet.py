@@ -508,11 +508,11 @@ def _tls_refusal(dev: Device, relay: Relay | None) -> str | None:
     """What the board's RAM cannot hold at once: the firmware's own rule (config.tls_refusal),
     over each cloud's URL and, for relay credentials, the relay's."""
     urls: list[str | None] = []
+    relays = 0
     for q in dev.platforms or [dev.platform]:
         urls.append(q.device_url() if isinstance(q, Biotz) else q.effective_url())
-        if q.relay and not isinstance(q, Biotz):  # (Biotz: HTTP posts, one after the other)
-            urls.append(relay.url if relay and relay.url else "https:")
-    return fw_schema.config_name("tls_refusal")(dev.board, urls)
+        relays += q.relay and not isinstance(q, Biotz)  # (Biotz: HTTP posts, one after the other)
+    return fw_schema.config_name("tls_refusal")(dev.board, urls, relays)
 
 
 def _contract_checks(p) -> list[str]:

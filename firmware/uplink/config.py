@@ -52,17 +52,22 @@ def _https_url(v):
     return v.startswith("https://") or v.startswith("http://") or "a URL starting with https://"
 
 
-# Boards whose IDF heap holds one TLS session beside the firmware's grown GC heap: a second
-# fails with ENOMEM (the ESP32 model's chip mode: two TLS clouds, or a TLS cloud and the token
-# relay). The host's `uplink validate` runs this same function (host_tools.fw_schema).
-ONE_TLS_BOARDS = ("esp32-devkitc",)
+# Boards whose IDF heap holds one TLS cloud session beside the firmware's grown GC heap, and
+# whether a token relay's fetch counts as a second (measured in the ESP32 model's chip mode:
+# esp32-devkitc: two TLS clouds fail with ENOMEM, so does a TLS cloud after the relay's fetch;
+# esp32-c3: two TLS clouds connect but cannot reconnect, a cloud with the relay does). The
+# host's `uplink validate` runs tls_refusal too (host_tools.fw_schema).
+ONE_TLS_BOARDS = {"esp32-devkitc": True, "esp32-c3": False}
 
 
-def tls_refusal(board, urls):
-    """Why `board` cannot hold a TLS session per URL (the clouds', the token relay's); None
+def tls_refusal(board, urls, relays=0):
+    """Why `board` cannot hold a TLS session per cloud URL (and `relays` token relays); None
     when it can. A cloud URL not given (None) is the cloud's default: every default is TLS."""
+    if board not in ONE_TLS_BOARDS:
+        return None
     n = len([u for u in urls if not u or u.split(":")[0] in ("mqtts", "wss", "https")])
-    if n < 2 or board not in ONE_TLS_BOARDS:
+    n += relays if ONE_TLS_BOARDS[board] else 0
+    if n < 2:
         return None
     return ("%d TLS connections (TLS clouds, a token relay) on board %s: its RAM holds one TLS "
             "session beside the firmware and the second fails with ENOMEM; keep one (the others "
@@ -70,16 +75,14 @@ def tls_refusal(board, urls):
             "ESP32 with PSRAM)" % (n, board))
 
 
-def _tls_urls(platforms):
+def _tls_refusal(cfg, platforms):
     # the relay counts beside a session (measured: Weightron); Biotz takes it only for HTTP
     # posts, one request after the other (its MQTT refuses relay credentials anyway)
-    urls = []
+    relays = 0
     for p in platforms:
-        urls.append(p["url"])
         c = p.get("credentials") or {}
-        if c.get("source") == "relay" and p["kind"] != "biotz":
-            urls.append(c.get("url") or "https:")
-    return urls
+        relays += c.get("source") == "relay" and p["kind"] != "biotz"
+    return tls_refusal(cfg["device"]["board"], [p["url"] for p in platforms], relays)
 
 
 # key: (type, default[, check]). A dict type is a nested section; [type] a list of it.
@@ -241,7 +244,7 @@ def parse(text, extra=None):
         schema["platform"] = (_section(doc.get("platform") if isinstance(doc, dict) else None, extra, "platform"),
                               REQUIRED)
         cfg = check(doc, schema)
-        why = tls_refusal(cfg["device"]["board"], _tls_urls([cfg["platform"]]))
+        why = _tls_refusal(cfg, [cfg["platform"]])
         if why:
             _fail("platform", why)
         return cfg
@@ -264,7 +267,7 @@ def parse(text, extra=None):
         out.append(c)
     doc["platform"] = {"kind": out[0]["kind"]}  # checked above, with its kind's keys
     cfg = check(doc, SCHEMA)
-    why = tls_refusal(cfg["device"]["board"], _tls_urls(out))
+    why = _tls_refusal(cfg, out)
     if why:
         _fail("platforms", why)
     cfg["platform"] = out[0]

@@ -81,3 +81,12 @@ def test_a_tls_cloud_with_relay_credentials_on_an_esp32_devkitc_is_refused_at_bo
         parse(device={"name": "gh", "board": "esp32-devkitc"}, platform=tb)
     assert parse(device={"name": "gh", "board": "esp32-devkitc"}, platform=dict(tb, url="mqtt://tb.local:1883"))
     assert parse(device={"name": "gh", "board": "esp32-s3"}, platform=tb)
+
+
+def test_two_tls_clouds_on_an_esp32_c3_are_refused_but_a_cloud_with_the_relay_is_not():
+    # measured: a C3's two TLS sessions connect but cannot reconnect; a cloud with the relay does
+    tls_tb = dict(TB, url="mqtts://tb.local:8883")
+    with raises(config.ConfigError, "2 TLS connections (TLS clouds, a token relay) on board esp32-c3"):
+        parse(device={"name": "gh", "board": "esp32-c3"}, platforms=[tls_tb, BLYNK])
+    relay = {"source": "relay", "url": "https://10.0.0.1:8443", "device_id": "d", "key": "00"}
+    assert parse(device={"name": "gh", "board": "esp32-c3"}, platform=dict(tls_tb, credentials=relay))
