@@ -866,6 +866,9 @@ def _sim_run(fleet, device: str, state: Path, lock: int, seconds: float | None, 
         firmware = stage(src, S.build_root / "source" / "host") if src.own else src.firmware
     hostboard.prepare_state_dir(bundle.dir, state)
     cfg = json.loads((state / "config.json").read_text())
+    # the compiled firmware of an ESP32 board's device runs in that chip's memory on the ESP32
+    # model (-X chip: its IDF heap, which TLS and the GC heap's growth share), unless --heapsize
+    chip = hostboard.model_chip(cfg["device"]["board"]) if compiled and not heapsize else None
     if cfg["device"]["board"] != "host":  # the firmware would reach for an ESP32's Wi-Fi
         UI.info(f"{device}: the host board stands in for its {cfg['device']['board']}")
         cfg["device"]["board"] = "host"
@@ -873,10 +876,12 @@ def _sim_run(fleet, device: str, state: Path, lock: int, seconds: float | None, 
     heapsize = heapsize or simmod.default_heapsize(compiled)
     UI.detail(f"interpreter {hostboard.micropython()}"
               + ("" if hostboard.esp32_model() else f" (no ESP32 model: {hostboard.esp32_model_missing()})"))
+    memory = f"the {chip}'s memory" if chip else f"{heapsize} heap"
     UI.info(f"{device} on the host board ({'compiled' if compiled else 'sources'}, "
-            f"{heapsize} heap; state in {state}); Ctrl-C to stop")
+            f"{memory}; state in {state}); Ctrl-C to stop")
     problem = simmod.run(state, seconds=seconds, compiled=compiled, heapsize=heapsize,
-                         write=writer(UI.text, UI.level < 0), info=UI.info, firmware=firmware, lock_fd=lock)
+                         write=writer(UI.text, UI.level < 0), info=UI.info, firmware=firmware, lock_fd=lock,
+                         chip=chip)
     if hostboard.model_note():  # last, where it stays visible
         UI.warn(hostboard.model_note())
     if problem:
@@ -890,7 +895,8 @@ def sim(
     compiled: Annotated[bool, typer.Option(
         "--compiled/--source", help="Run the mpy-cross output, as the board does, or the sources.")] = True,
     heapsize: Annotated[Optional[str], typer.Option(
-        help="MicroPython heap (default on the ESP32 model: 128k, an ESP32 without PSRAM; "
+        help="MicroPython heap (default on the ESP32 model: the device's board's memory, its IDF "
+             "heap included, for esp32-devkitc, -c3 and -s3; else 128k, an ESP32 without PSRAM; "
              "192k with --source).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
     send: Annotated[Optional[tuple[str, str]], typer.Option(

@@ -498,15 +498,20 @@ class _Top(BaseModel):
     relay: Relay
 
 
-def _cross_checks(dev: Device, relay: Relay | None, relay_broken: bool = False) -> list[str]:
+def _cross_checks(dev: Device, relay: Relay | None, relay_broken: bool = False, fit: bool = True) -> list[str]:
     """What no single field can say: combinations that leave the device unable to connect.
     (A [relay] table with mistakes of its own has been reported: not again from here.)"""
     out = []
+    if fit:  # the device as a whole (not again for each of its platforms below)
+        why = _tls_refusal(dev, relay)
+        if why:
+            out.append(("platforms: " if dev.platforms else "platform: ") + why)
     if dev.platforms:  # each cloud checked alone; its messages name it platforms[i]
         names = [q.name or q.kind for q in dev.platforms]
         for i, q in enumerate(dev.platforms):
             out += ["platforms[%d]%s" % (i, m[len("platform"):]) for m in _cross_checks(
-                Device.model_construct(**dict(dev.__dict__, platform=q, platforms=[])), relay, relay_broken)]
+                Device.model_construct(**dict(dev.__dict__, platform=q, platforms=[])), relay, relay_broken,
+                fit=False)]
             if names[i] in names[:i]:
                 out.append(f"platforms[{i}].name: {names[i]!r} names platforms[{names.index(names[i])}] "
                            "too: give each a name of its own")
@@ -554,6 +559,17 @@ def _cross_checks(dev: Device, relay: Relay | None, relay_broken: bool = False) 
             out.append("platform.password: missing (the device password, as \"secret:NAME\")")
     out.extend(_contract_checks(p))
     return out
+
+
+def _tls_refusal(dev: Device, relay: Relay | None) -> str | None:
+    """What the board's RAM cannot hold at once: the firmware's own rule (config.tls_refusal),
+    over each cloud's URL and, for relay credentials, the relay's."""
+    urls: list[str | None] = []
+    relays = 0
+    for q in dev.platforms or [dev.platform]:
+        urls.append(q.device_url() if isinstance(q, Biotz) else q.effective_url())
+        relays += q.relay and not isinstance(q, Biotz)  # (Biotz: HTTP posts, one after the other)
+    return fw_schema.config_name("tls_refusal")(dev.board, urls, relays)
 
 
 def _contract_checks(p) -> list[str]:

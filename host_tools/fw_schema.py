@@ -55,6 +55,12 @@ def _get(rel: str, name: str):
     return ns[name]
 
 
+def config_name(name: str):
+    """A top-level name of firmware/uplink/config.py (a constant, or a function that needs
+    no import), e.g. tls_refusal: the firmware's own rule, run by `uplink validate`."""
+    return _get("config.py", name)
+
+
 def kinds() -> tuple[str, ...]:
     return tuple(_get("platforms/__init__.py", "KINDS"))
 

@@ -7,6 +7,7 @@ firmware/ (or its mpy-cross output), just as the ESP32 imports it from flash.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -121,6 +122,18 @@ def budget_heap(heap: str) -> str:
     return f"{int(heap_kb(heap) * PYPI_PORT_HEAP_FACTOR)}k"
 
 
+def model_chip(board_id: str) -> str | None:
+    """The ESP32 model's `-X chip` for a board of boards/ (its esptool chip: esp32, esp32c3,
+    esp32s3): that chip's IDF heap, which the GC heap grows into and mbedTLS allocates from
+    (tools/esp32-model/README.md). None for the host board, an unknown one, or without the model."""
+    from host_tools.fleet import BOARDS_DIR
+
+    path = BOARDS_DIR / f"{board_id}.json"
+    if not esp32_model() or not path.exists():
+        return None
+    return json.loads(path.read_text()).get("esptool_chip")
+
+
 def model_note() -> str:
     """One line to end a command's output with when the firmware did not run on the ESP32
     model ('' when it did): results there say nothing of 32-bit ticks, float32 or the epoch."""
@@ -153,12 +166,15 @@ def firmware_env(firmware_dir: Path, env: dict | None = None) -> dict:
 
 
 def command(state_dir: Path, *, compiled: bool = False, heapsize: str | None = None,
-            firmware: Path | None = None) -> tuple[list[str], Path]:
+            firmware: Path | None = None, chip: str | None = None) -> tuple[list[str], Path]:
     """`firmware`: the host board's flash, built or staged (`uplink sim` builds the user's
-    project into it); else this checkout's firmware, compiled or not."""
+    project into it); else this checkout's firmware, compiled or not. `chip` (model_chip()):
+    that chip's memory on the ESP32 model, in place of a fixed `heapsize`."""
     fw = firmware or (compile_firmware(ROOT / "build" / "host-mpy") if compiled else FIRMWARE)
     args = [micropython()]
-    if heapsize:
+    if chip:
+        args += ["-X", f"chip={chip}"]
+    elif heapsize:
         args += ["-X", f"heapsize={heapsize}"]
     # `-m main` puts the working directory (the board's filesystem) first on sys.path, as on
     # a board: a user.py placed in the state directory wins over the firmware's example.
@@ -167,11 +183,12 @@ def command(state_dir: Path, *, compiled: bool = False, heapsize: str | None = N
 
 def start(state_dir: Path, *, compiled: bool = False, heapsize: str | None = None, env: dict | None = None,
           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, firmware: Path | None = None,
-          pass_fds: tuple[int, ...] = (), tied: bool = False) -> subprocess.Popen:
+          pass_fds: tuple[int, ...] = (), tied: bool = False, chip: str | None = None) -> subprocess.Popen:
     """Boot the firmware on the host board with `state_dir` as its filesystem. `tied`: it dies
     with the thread that starts it (host_tools/child.py; `uplink sim`, the demo): an orphan
     would go on as the same client with the same state directory, and fight the next run for
-    both. `pass_fds`: the sim's state-directory lock, held while either lives."""
-    args, fw = command(state_dir, compiled=compiled, heapsize=heapsize, firmware=firmware)
+    both. `pass_fds`: the sim's state-directory lock, held while either lives. `chip`: the
+    ESP32 model's chip mode (-X chip), the board's memory."""
+    args, fw = command(state_dir, compiled=compiled, heapsize=heapsize, firmware=firmware, chip=chip)
     return subprocess.Popen(args, cwd=state_dir, env=firmware_env(fw, env), stdout=stdout, stderr=stderr,
                             preexec_fn=die_with_parent() if tied else None, pass_fds=pass_fds)

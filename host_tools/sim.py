@@ -90,13 +90,13 @@ CANNOT_START_LINE = "uplink: the firmware cannot start"
 
 
 def default_heapsize(compiled: bool) -> str:
-    """An ESP32 without PSRAM has 100-120 KB of heap. The ESP32 model keeps mbedTLS's session
-    (tens of KB) in the GC heap, where the chip takes it from the IDF heap, so it is the
-    pessimistic side: the compiled firmware with Wi-Fi networks, TLS and ThingsBoard's OTA
-    task ran out at 112k there and runs at 128k, the host-board tests' budget. The sources
-    need more (compiled on the board: app.py alone, once it grew past 600 lines, failed at
-    160k in a fresh checkout); the 64-bit PyPI port's 8-byte pointers and 32-byte GC blocks
-    1.5x (tests/mpy_plugin.port_heap)."""
+    """An ESP32 without PSRAM has 100-120 KB of heap: the compiled firmware with Wi-Fi
+    networks, TLS and ThingsBoard's OTA task ran out at 112k on the ESP32 model and runs at
+    128k, the host-board tests' budget. (mbedTLS's buffers are not in it: with -X heapsize
+    the model takes them from libc; the chip, from its IDF heap, which the model's -X chip
+    has.) The sources need more (compiled on the board: app.py alone, once it grew past 600
+    lines, failed at 160k in a fresh checkout); the 64-bit PyPI port's 8-byte pointers and
+    32-byte GC blocks 1.5x (tests/mpy_plugin.port_heap)."""
     return hostboard.budget_heap("128k" if compiled else "192k")
 
 
@@ -118,10 +118,11 @@ class _Watch:
         self.cannot_start = self.cannot_start or any(CANNOT_START_LINE in line for line in lines)
 
 
-def _memory_hint(w: _Watch, heapsize: str, compiled: bool) -> str:
+def _memory_hint(w: _Watch, heapsize: str, compiled: bool, chip: str | None = None) -> str:
     if not w.memory_errors:
         return ""
-    hint = (f"; it ran out of memory with a {heapsize} heap ({plural(w.memory_errors, 'MemoryError')} "
+    where = f"in the {chip}'s memory" if chip else f"with a {heapsize} heap"
+    hint = (f"; it ran out of memory {where} ({plural(w.memory_errors, 'MemoryError')} "
             "above): an ESP32 without PSRAM has about 100 KB, so make user.py or the firmware "
             "smaller, or try a larger --heapsize to see how much it needs")
     if not compiled:
@@ -130,24 +131,24 @@ def _memory_hint(w: _Watch, heapsize: str, compiled: bool) -> str:
     return hint
 
 
-def run(state: Path, *, seconds: float | None, compiled: bool, heapsize: str,
+def run(state: Path, *, seconds: float | None, compiled: bool, heapsize: str, chip: str | None = None,
         write: Callable[[str], None], info: Callable[[str], None],
         firmware: Path | None = None, lock_fd: int | None = None) -> str | None:
     """Run until stopped; None when the firmware ran, else what went wrong."""
     with _hangups_stop():
         try:
-            return _run(state, seconds, compiled, heapsize, write, info, firmware, lock_fd)
+            return _run(state, seconds, compiled, heapsize, chip, write, info, firmware, lock_fd)
         except _Hangup:  # between two boots: the firmware, tied to us, ends with this process
             return None
 
 
-def _run(state, seconds, compiled, heapsize, write, info, firmware, lock_fd) -> str | None:
+def _run(state, seconds, compiled, heapsize, chip, write, info, firmware, lock_fd) -> str | None:
     end = None if seconds is None else time.monotonic() + seconds
     watch = _Watch()
     # a UTF-8 character split between two reads (a payload's é in a pub: line) stays whole
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     while True:
-        proc = hostboard.start(state, compiled=compiled, heapsize=heapsize, firmware=firmware,
+        proc = hostboard.start(state, compiled=compiled, heapsize=heapsize, firmware=firmware, chip=chip,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                pass_fds=() if lock_fd is None else (lock_fd,), tied=True)
         assert proc.stdout is not None
@@ -173,7 +174,7 @@ def _run(state, seconds, compiled, heapsize, write, info, firmware, lock_fd) -> 
             except BrokenPipeError:
                 _stdout_gone()
                 stopped = True
-        hint = _memory_hint(watch, heapsize, compiled)
+        hint = _memory_hint(watch, heapsize, compiled, chip)
         if watch.cannot_start:
             _stop(proc)
             return f"the firmware cannot start (its output is above){hint}"

@@ -19,6 +19,9 @@ PROFILES = {
     "host": ("host", None, False, False),
 }
 
+# The IDF heap block a TLS handshake needs: mbedTLS's 16 KB in-buffer and its record headers
+# (the port's CONFIG_MBEDTLS_ASYMMETRIC_CONTENT_LEN; the 4 KB out-buffer and the rest fit smaller blocks).
+HANDSHAKE_BYTES = 17 * 1024
 RESET_EXIT = 75  # host board: exit code that means "restart me" (EX_TEMPFAIL)
 # Written just before every reset the firmware makes (Board.reset), consumed at the next boot by
 # uplink.safemode: the ESP32 reports machine.reset() and a panic alike as HARD_RESET
@@ -104,9 +107,21 @@ class Board:
             pass
 
     def memory(self):
-        """Health keys for the memory that can be known: gc_free, the free bytes of the
-        MicroPython (GC) heap areas; the host has nothing else."""
-        return {"gc_free": gc.mem_free()}
+        """Health keys: gc_free (the GC heap's free bytes, and the largest IDF block it could
+        grow into); where there is an IDF heap (an ESP32, or the ESP32 model's -X chip), its
+        idf_free and idf_largest: mbedTLS, Wi-Fi and lwIP allocate from it, and the GC heap
+        grows into it (ports/esp32: MICROPY_GC_SPLIT_HEAP_AUTO). A TLS handshake needs a block
+        of HANDSHAKE_BYTES."""
+        m = {"gc_free": gc.mem_free()}
+        try:
+            import esp32
+        except ImportError:  # the PyPI unix port
+            return m
+        heaps = esp32.idf_heap_info(esp32.HEAP_DATA)
+        if heaps:  # (the model without -X chip has none)
+            m["idf_free"] = sum(r[1] for r in heaps)
+            m["idf_largest"] = max(r[2] for r in heaps)
+        return m
 
     def __repr__(self):
         return "<Board %s (%s)>" % (self.name, self.backend)
@@ -183,17 +198,6 @@ class Esp32Board(Board):
 
     def time_ms(self):
         return os_ms()
-
-    def memory(self):
-        # mbedTLS, Wi-Fi and lwIP allocate from the IDF heap, which the GC heap also grows into
-        # (ports/esp32: MICROPY_GC_SPLIT_HEAP_AUTO): its free bytes and largest block matter too.
-        import esp32
-
-        free = largest = 0
-        for r in esp32.idf_heap_info(esp32.HEAP_DATA):
-            free += r[1]
-            largest = max(largest, r[2])
-        return {"gc_free": gc.mem_free(), "idf_free": free, "idf_largest": largest}
 
     def reset_cause(self):
         # ports/esp32/modmachine.c, mp_machine_reset_cause: brownout is reported as PWRON,

@@ -52,6 +52,39 @@ def _https_url(v):
     return v.startswith("https://") or v.startswith("http://") or "a URL starting with https://"
 
 
+# Boards whose IDF heap holds one TLS cloud session beside the firmware's grown GC heap, and
+# whether a token relay's fetch counts as a second (measured in the ESP32 model's chip mode:
+# esp32-devkitc: two TLS clouds fail with ENOMEM, so does a TLS cloud after the relay's fetch;
+# esp32-c3: two TLS clouds connect but cannot reconnect, a cloud with the relay does). The
+# host's `uplink validate` runs tls_refusal too (host_tools.fw_schema).
+ONE_TLS_BOARDS = {"esp32-devkitc": True, "esp32-c3": False}
+
+
+def tls_refusal(board, urls, relays=0):
+    """Why `board` cannot hold a TLS session per cloud URL (and `relays` token relays); None
+    when it can. A cloud URL not given (None) is the cloud's default: every default is TLS."""
+    if board not in ONE_TLS_BOARDS:
+        return None
+    n = len([u for u in urls if not u or u.split(":")[0] in ("mqtts", "wss", "https")])
+    n += relays if ONE_TLS_BOARDS[board] else 0
+    if n < 2:
+        return None
+    return ("%d TLS connections (TLS clouds, a token relay) on board %s: its RAM holds one TLS "
+            "session beside the firmware and the second fails with ENOMEM; keep one (the others "
+            "over mqtt://, static credentials), or use a board with more RAM (esp32-s3, or an "
+            "ESP32 with PSRAM)" % (n, board))
+
+
+def _tls_refusal(cfg, platforms):
+    # the relay counts beside a session (measured: Weightron); Biotz takes it only for HTTP
+    # posts, one request after the other (its MQTT refuses relay credentials anyway)
+    relays = 0
+    for p in platforms:
+        c = p.get("credentials") or {}
+        relays += c.get("source") == "relay" and p["kind"] != "biotz"
+    return tls_refusal(cfg["device"]["board"], [p["url"] for p in platforms], relays)
+
+
 # key: (type, default[, check]). A dict type is a nested section; [type] a list of it.
 CREDENTIALS = {
     "source": (str, "static", lambda v: v in ("static", "relay") or "'static' or 'relay'"),
@@ -211,7 +244,11 @@ def parse(text, extra=None):
         schema = dict(SCHEMA)
         schema["platform"] = (_section(doc.get("platform") if isinstance(doc, dict) else None, extra, "platform"),
                               REQUIRED)
-        return check(doc, schema)
+        cfg = check(doc, schema)
+        why = _tls_refusal(cfg, [cfg["platform"]])
+        if why:
+            _fail("platform", why)
+        return cfg
     if "platform" in doc:
         _fail("platforms", "give either platform (one cloud) or platforms (several), not both")
     if not isinstance(many, list) or not many:
@@ -231,6 +268,9 @@ def parse(text, extra=None):
         out.append(c)
     doc["platform"] = {"kind": out[0]["kind"]}  # checked above, with its kind's keys
     cfg = check(doc, SCHEMA)
+    why = _tls_refusal(cfg, out)
+    if why:
+        _fail("platforms", why)
     cfg["platform"] = out[0]
     cfg["platforms"] = out
     return cfg

@@ -5,6 +5,7 @@ import gc
 import json
 
 from uplink import log
+from uplink.board import HANDSHAKE_BYTES
 
 
 class Telemetry:
@@ -13,6 +14,7 @@ class Telemetry:
         t = app.cfg["telemetry"]
         self.interval_s = t["interval_ms"] / 1000 if t["interval_ms"] else t["interval_s"]
         self.wake = asyncio.Event()  # set: the next reading now (set_interval, a command)
+        self.idf_warned = False
 
     def health(self):
         app = self.app
@@ -24,6 +26,11 @@ class Telemetry:
             "fw_version": app.ctx.fw()[1],  # the OTA bundle's (uplink.ota.running)
         }
         h.update(app.board.memory())  # gc_free; on the ESP32 also idf_free, idf_largest
+        lg = h.get("idf_largest")
+        if lg is not None and lg < HANDSHAKE_BYTES and not self.idf_warned:  # once: the next TLS
+            self.idf_warned = True  # handshake fails (ENOMEM, or mbedTLS's "not correctly signed")
+            log.warn("memory", "IDF heap: largest free block %d bytes, a TLS handshake needs %d (docs/hardware.md)"
+                     % (lg, HANDSHAKE_BYTES))
         rssi = app.wifi.rssi() if app.wifi else None
         if rssi is not None:
             h["rssi"] = rssi

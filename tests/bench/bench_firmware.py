@@ -142,9 +142,160 @@ def module_heap(name: str = "ESP32 model") -> None:
           flush=True)
 
 
+# Chip mode (tools/esp32-model: -X chip): the firmware in each board's memory, the GC heap
+# growing into the IDF heap that mbedTLS takes its session from. user.py reports, each reading
+# (after a collection): what is resident, the GC heap's size (its areas), and the IDF heap's
+# largest free block, which the next TLS handshake needs ~17 KB of (its 16 KB in-buffer).
+CHIP_USER = """
+import gc, esp32
+def read():
+    gc.collect()
+    lg = max(r[2] for r in esp32.idf_heap_info(esp32.HEAP_DATA))
+    return {"resident": gc.mem_alloc(), "gc_heap": gc.mem_alloc() + gc.mem_free() - lg, "idf_lg": lg}
+"""
+CHIP_BOARDS = ("esp32-devkitc", "esp32-c3", "esp32-s3")
+CHIP_READINGS = 8
+
+
+def _chip_config(broker: Mosquitto, board: str, case: str) -> dict:
+    scheme = "mqtts" if case == "2 clouds" else case
+    ca = {"ca": "ca.der"} if scheme in ("mqtts", "wss") else {}
+    tb = {"kind": "thingsboard", "url": broker.url(scheme), "token": "t", **ca}
+    bl = {"kind": "blynk", "url": broker.url(scheme), "token": "b", "template_id": "TMPL", "template_name": "B",
+          "client_id": "bench-blynk", **ca}
+    return {"device": {"name": "bench", "board": board}, "ntp": {"servers": []},
+            **({"platforms": [tb, bl]} if case == "2 clouds" else {"platform": tb}),
+            "telemetry": {"interval_ms": 250}}
+
+
+def chip_run(broker: Mosquitto, board: str, case: str) -> tuple[list[dict], str]:
+    """The readings ThingsBoard got once every session was up, and the console."""
+    got: list[dict] = []
+    blynk: list[bytes] = []
+
+    def on_message(c, u, m):
+        if m.topic != "v1/devices/me/telemetry":
+            blynk.append(m.payload)
+            return
+        data = json.loads(m.payload)
+        for item in data if isinstance(data, list) else [data]:
+            v = item.get("values", item)
+            if "idf_lg" in v and (case != "2 clouds" or blynk):
+                got.append(v)
+
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_connect = lambda c, *a: c.subscribe([("v1/devices/me/telemetry", 0), ("ds/#", 0)])
+    sub.on_message = on_message
+    sub.connect("localhost", broker.ports["mqtt"])
+    sub.loop_start()
+    board_ = HostBoard(Path(tempfile.mkdtemp(prefix="uplink-bench-")), _chip_config(broker, board, case),
+                       user_py=CHIP_USER, files={"ca.der": broker.pki.ca_der.read_bytes()}).start()
+    end = time.monotonic() + 30
+    while time.monotonic() < end and len(got) < CHIP_READINGS and board_.proc.poll() is None:
+        time.sleep(0.1)
+    board_.stop()
+    sub.loop_stop()
+    sub.disconnect()
+    return got, board_.console()
+
+
+def chip_memory(broker: Mosquitto) -> None:
+    if not hostboard.esp32_model():
+        print(f"chip mode: no ESP32 model ({hostboard.esp32_model_missing()})")
+        return
+    print("chip mode (ESP32 model -X chip, the board's IDF heap; KB; after the TLS handshake(s), "
+          f"over {CHIP_READINGS} readings): resident firmware / GC heap (its areas, after growth) / "
+          "largest free IDF block (last, min)")
+    for board in CHIP_BOARDS:
+        for case in ("mqtt", "mqtts", "wss", "2 clouds"):
+            got, console = chip_run(broker, board, case)
+            # out of memory: ENOMEM at the buffers, or mbedTLS's own words half-way through
+            enomem = console.count("ENOMEM") + console.count("not correctly signed")
+            mem_errors = console.count("MemoryError")
+            if len(got) < CHIP_READINGS:
+                why = next((ln for ln in reversed(console.splitlines()) if "rror" in ln), "")
+                print(f"  {board:13} {case:8} did not run ({len(got)} readings; ENOMEM {enomem}, "
+                      f"MemoryError {mem_errors}): {why[:140]}", flush=True)
+                continue
+            last = got[-1]
+            print(f"  {board:13} {case:8} resident {last['resident'] / 1024:5.1f}  GC heap "
+                  f"{max(g['gc_heap'] for g in got) / 1024:5.1f}  IDF largest {last['idf_lg'] / 1024:5.1f} "
+                  f"(min {min(g['idf_lg'] for g in got) / 1024:5.1f})  ENOMEM {enomem}  MemoryError {mem_errors}",
+                  flush=True)
+
+
+RECONNECTS = 100
+
+
+def connects(b: HostBoard) -> int:
+    return sum("I mqtt: connected" in ln for ln in list(b.lines))  # (console() is the last 200 lines)
+
+
+def reconnects(broker: Mosquitto, board: str = "esp32-devkitc", n: int = RECONNECTS) -> None:
+    """The one-TLS-cloud goal (issue 23): a ThingsBoard device over mqtts on `board`, its
+    connection cut n times (tests/faultproxy.py): handshakes that failed for memory, and the
+    largest free IDF block after each handshake (health, idf_largest)."""
+    from tests.faultproxy import FaultProxy
+
+    proxy = FaultProxy(broker.ports["mqtts"])
+    cfg = _chip_config(broker, board, "mqtts")
+    cfg["platform"]["url"] = f"mqtts://localhost:{proxy.port}"
+    cfg["telemetry"] = {"interval_ms": 200, "health": True}
+    lg: list[int] = []
+    heap: list[int] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_connect = lambda c, *a: c.subscribe("v1/devices/me/telemetry")
+
+    def on_message(c, u, m):
+        data = json.loads(m.payload)
+        for item in data if isinstance(data, list) else [data]:
+            v = item.get("values", item)
+            if "idf_largest" in v:
+                lg.append(v["idf_largest"])
+                heap.append(v["gc_heap"])
+
+    sub.on_message = on_message
+    sub.connect("localhost", broker.ports["mqtt"])
+    sub.loop_start()
+    b = HostBoard(Path(tempfile.mkdtemp(prefix="uplink-bench-")), cfg, user_py=CHIP_USER,
+                  files={"ca.der": broker.pki.ca_der.read_bytes()}).start()
+    t0 = time.monotonic()
+    done = 0
+    try:
+        for _ in range(n + 1):
+            want = done + 1
+            end = time.monotonic() + 60
+            while time.monotonic() < end and connects(b) < want:
+                time.sleep(0.05)
+            done = connects(b)
+            if done < want:
+                break
+            seen, end = len(lg), time.monotonic() + 10
+            while time.monotonic() < end and len(lg) <= seen:  # a reading after the handshake
+                time.sleep(0.05)
+            proxy.cut_all()
+    finally:
+        b.stop()
+        sub.loop_stop()
+        sub.disconnect()
+        proxy.close()
+    console = "\n".join(b.lines)
+    enomem = console.count("ENOMEM") + console.count("not correctly signed")
+    print(f"  {board} mqtts, connection cut {n} times: {max(done - 1, 0)} reconnects in {time.monotonic() - t0:.0f}s, "
+          f"handshakes failed for memory {enomem}, MemoryError {console.count('MemoryError')}, largest free IDF "
+          f"block after a handshake: min {min(lg, default=0) / 1024:.1f} KB, last {(lg or [0])[-1] / 1024:.1f} KB "
+          f"(goal: >= 16 KB, 0 failed); GC heap {min(heap, default=0) / 1024:.1f}-{max(heap, default=0) / 1024:.1f} KB",
+          flush=True)
+
+
 def main(argv: list[str]) -> None:
     broker = Mosquitto().start()
     try:
+        chip_memory(broker)
+        for board in CHIP_BOARDS:
+            reconnects(broker, board)
+        if "chip" in argv:  # BENCH_ARGS="firmware chip": the chip figures only
+            return
         for model, name in ((True, "ESP32 model"), (False, "PyPI port (64-bit)")):
             with interpreter(model) as exe:
                 print(f"{name}: {exe}", flush=True)

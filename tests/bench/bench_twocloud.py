@@ -1,10 +1,10 @@
 """What a second cloud costs in heap (config `platforms`, firmware/uplink/sessions.py): the
 whole firmware (.mpy) on the host board on the ESP32 model at 128k, ThingsBoard alone, then
-ThingsBoard + Blynk, over plain MQTT and over TLS (mqtts: the model keeps mbedTLS in the GC
-heap, so a TLS session's buffers show up in gc_free here; on the chip they live in the IDF
-heap); TLS again at 112k, to show the margin below the 128k budget. gc_free is what the
-firmware's health reports (after gc.collect) in each reading, taken once every session is
-up: min and median over the readings.
+ThingsBoard + Blynk, over plain MQTT and over TLS (mqtts: a TLS session's buffers are not in
+gc_free, as on the chip; with -X heapsize they are in libc, the IDF heap's figures are
+`make bench BENCH_ARGS=firmware`'s chip mode); TLS again at 112k, to show the margin below
+the 128k budget. gc_free is what the firmware's health reports (after gc.collect) in each
+reading, taken once every session is up: min and median over the readings.
 
     make bench BENCH_ARGS=twocloud        .venv/bin/python -m tests.bench twocloud
 """

@@ -201,7 +201,12 @@ def test_default_board_is_the_port_the_firmware_runs_on():
 
 
 def test_memory_health_keys():
-    assert list(board.load("host").memory()) == ["gc_free"]
+    # no IDF heap: the PyPI port has no esp32 module, the ESP32 model without -X chip no regions
+    fake = sys.modules.pop("esp32")
+    try:
+        assert list(board.load("host").memory()) == ["gc_free"]
+    finally:
+        sys.modules["esp32"] = fake
     m = board.load("esp32-devkitc").memory()
     # the GC heap, and the IDF heap that mbedTLS and the GC heap's growth draw on
     assert m["gc_free"] > 0

@@ -62,3 +62,31 @@ def test_platform_and_platforms_together_or_empty_are_refused():
         parse(platforms=[])
     with raises(config.ConfigError, "platform: missing"):
         parse()
+
+
+def test_two_tls_clouds_on_an_esp32_devkitc_are_refused_at_boot_with_the_board_and_the_fix():
+    tls_tb = dict(TB, url="mqtts://tb.local:8883")
+    with raises(config.ConfigError, "2 TLS connections (TLS clouds, a token relay) on board esp32-devkitc") as r:
+        parse(device={"name": "gh", "board": "esp32-devkitc"}, platforms=[tls_tb, BLYNK])  # Blynk's default: mqtts
+    assert "esp32-s3" in str(r.value) and "keep one" in str(r.value)
+    # one TLS session fits; an S3 holds two
+    assert len(parse(device={"name": "gh", "board": "esp32-devkitc"}, platforms=[TB, BLYNK])["platforms"]) == 2
+    assert len(parse(device={"name": "gh", "board": "esp32-s3"}, platforms=[tls_tb, BLYNK])["platforms"]) == 2
+
+
+def test_a_tls_cloud_with_relay_credentials_on_an_esp32_devkitc_is_refused_at_boot():
+    relay = {"source": "relay", "url": "https://10.0.0.1:8443", "device_id": "d", "key": "00"}
+    tb = dict(TB, url="mqtts://tb.local:8883", credentials=relay)
+    with raises(config.ConfigError, "platform: 2 TLS connections (TLS clouds, a token relay) on board esp32-devkitc"):
+        parse(device={"name": "gh", "board": "esp32-devkitc"}, platform=tb)
+    assert parse(device={"name": "gh", "board": "esp32-devkitc"}, platform=dict(tb, url="mqtt://tb.local:1883"))
+    assert parse(device={"name": "gh", "board": "esp32-s3"}, platform=tb)
+
+
+def test_two_tls_clouds_on_an_esp32_c3_are_refused_but_a_cloud_with_the_relay_is_not():
+    # measured: a C3's two TLS sessions connect but cannot reconnect; a cloud with the relay does
+    tls_tb = dict(TB, url="mqtts://tb.local:8883")
+    with raises(config.ConfigError, "2 TLS connections (TLS clouds, a token relay) on board esp32-c3"):
+        parse(device={"name": "gh", "board": "esp32-c3"}, platforms=[tls_tb, BLYNK])
+    relay = {"source": "relay", "url": "https://10.0.0.1:8443", "device_id": "d", "key": "00"}
+    assert parse(device={"name": "gh", "board": "esp32-c3"}, platform=dict(tls_tb, credentials=relay))

@@ -13,10 +13,11 @@ from tests.host.uplink_helpers import Env
 SECRETS = {"UPLINK_SECRET_TB_TOKEN": "tb-token-5523", "UPLINK_SECRET_BL_TOKEN": "bl-token-8812"}
 
 
-def fleet_text(ca: str, blynk_extra: str = "", tb_extra: str = "") -> str:
+def fleet_text(ca: str, blynk_extra: str = "", tb_extra: str = "", board: str = "esp32-s3") -> str:
+    # an S3: two TLS sessions at once do not fit an esp32-devkitc (config.tls_refusal)
     return f"""
 [devices.gh]
-board = "esp32-devkitc"
+board = "{board}"
 
 [[devices.gh.platforms]]
 kind = "thingsboard"
@@ -96,3 +97,20 @@ def test_platform_and_platforms_together_are_refused(tmp_path):
     env = Env(tmp_path / "fleet", text)
     r = env.run("validate")
     assert r.code != 0 and "not both" in r.output
+
+
+def test_two_tls_clouds_on_an_esp32_devkitc_are_refused_with_the_board_and_the_fix(tmp_path):
+    pki = make_pki(tmp_path / "pki")
+    env = Env(tmp_path / "fleet", fleet_text(str(pki.ca_pem), board="esp32-devkitc"))
+    env.env.update(SECRETS)
+    r = env.run("validate")
+    assert r.code != 0
+    assert ("device 'gh': platforms: 2 TLS connections (TLS clouds, a token relay) on board esp32-devkitc"
+            in " ".join(r.output.split())), r.output
+    assert "esp32-s3" in r.output and "keep one" in r.output
+    # one of them over plain MQTT: one TLS session, which fits
+    env = Env(tmp_path / "fleet2", fleet_text(str(pki.ca_pem), board="esp32-devkitc").replace(
+        'url = "mqtts://tb.example.com:8883"', 'url = "mqtt://tb.example.com:1883"'))
+    env.env.update(SECRETS)
+    r = env.run("validate")
+    assert r.code == 0, r.output

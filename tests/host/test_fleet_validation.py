@@ -331,3 +331,12 @@ def test_a_firmware_key_the_host_never_listed_is_checked_by_the_firmwares_rule(t
     p = tmp_path / "fleet.toml"
     p.write_text(GOOD + "\n[devices.bz.telemetry]\ninterval_ms = 500\n")
     assert load_fleet(p).devices["bz"].telemetry.interval_ms == 500
+
+
+def test_a_tls_cloud_with_relay_credentials_on_an_esp32_devkitc_is_refused(tmp_path):
+    # measured (the ESP32 model's chip mode): after the relay's HTTPS fetch, the cloud's TLS
+    # handshake fails with ENOMEM on every try on an esp32-devkitc; an esp32-s3 holds both
+    msgs = problems(tmp_path, GOOD.replace('board = "esp32-s3"', 'board = "esp32-devkitc"'))
+    assert any("device 'scale-1': platform: 2 TLS connections (TLS clouds, a token relay) on board "
+               "esp32-devkitc" in m and "esp32-s3" in m for m in msgs), msgs
+    assert len(msgs) == 1, msgs  # one device refused, the others (one TLS cloud each) fit

@@ -45,7 +45,7 @@ def test_ota_offer_is_private_under_umask_000(tmp_path, umask000, before):
     if before == "loose":
         loosen(state, state / "ota", state / "ota" / "wt-1.uplb", state / "ota" / "wt-1.uplb.sha256")
     (tmp_path / "src").mkdir()
-    made = small_bundle(tmp_path / "src", "esp32-devkitc")
+    made = small_bundle(tmp_path / "src", "esp32-s3")
     r = env.run("ota", "wt-1", "--bundle", str(made.path), "--json")
     assert r.code == 0, r.output
     blob = state / "ota" / "sha256" / f"{made.sha256}.uplb"  # content-addressed

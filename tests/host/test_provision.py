@@ -38,6 +38,8 @@ token = "secret:tb_token"
 [devices.gh.telemetry]
 interval_s = 10
 
+[devices.scale]
+board = "esp32-s3"  # a TLS cloud and the relay: more than an esp32-devkitc holds (config.tls_refusal)
 [devices.scale.platform]
 kind = "weightron"
 credentials = "relay"
@@ -201,5 +203,5 @@ def test_weightron_watch_and_publish_reach_the_board(env):
     fw = firmware_config_module()
     schema = {"weightron": {"watch": ([str], None), "publish": (bool, False), "application_id": (str, None),
                             "device_id": (str, None)}}
-    doc = {"device": {"name": "s", "board": "esp32-devkitc"}, "platform": p}
+    doc = {"device": {"name": "s", "board": "esp32-s3"}, "platform": p}
     assert fw.parse(json.dumps(doc), schema)["platform"]["publish"] is True

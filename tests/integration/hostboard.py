@@ -18,10 +18,17 @@ class HostBoard:
     # model; the heaviest paths (a TLS relay fetch before a WSS connect, ThingsBoard
     # provisioning with its own client) fit in it. Without the model, the 64-bit port gets
     # 1.5x (tests/mpy_plugin.port_heap). make bench prints the smallest heap per transport.
+    #
+    # A config whose device.board is an ESP32 board (boards/) runs in that chip's memory on the
+    # ESP32 model (-X chip: the GC heap grows into the IDF heap that mbedTLS takes from; the
+    # heapsize is not used), the host board standing in for the board as in `uplink sim`.
     def __init__(self, state: Path, config: dict, *, user_py: str | None = None, compiled: bool = True,
                  heapsize: str | None = "128k", files: dict | None = None):
         self.state = state
         state.mkdir(parents=True, exist_ok=True)
+        self.chip = hostboard.model_chip(config.get("device", {}).get("board", "host"))
+        if self.chip:
+            config = {**config, "device": {**config["device"], "board": "host"}}
         (state / "config.json").write_text(json.dumps(config))
         if user_py is not None:
             (state / "user.py").write_text(user_py)
@@ -34,7 +41,7 @@ class HostBoard:
 
     def start(self) -> "HostBoard":
         heap = port_heap(self.heapsize) if self.heapsize else None
-        self.proc = hostboard.start(self.state, compiled=self.compiled, heapsize=heap)
+        self.proc = hostboard.start(self.state, compiled=self.compiled, heapsize=heap, chip=self.chip)
         self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
         self._reader.start()
         return self
