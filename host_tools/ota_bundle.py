@@ -112,11 +112,16 @@ def refuse_running(version: str, usb_version: str, offered: Bundle | None = None
 
 
 def offered(state_dir: Path, device: str) -> Bundle | None:
-    """What `uplink ota` left for the relay for `device` last, if anything readable."""
-    path = Path(state_dir) / "ota" / f"{device}.uplb"
+    """What `uplink ota` left for the relay for `device` last (offer()), if anything readable;
+    an earlier layout's <device>.uplb too."""
+    ota = Path(state_dir) / "ota"
     try:
+        try:
+            path = blob_path(ota, json.loads((ota / f"{device}.offer").read_text())["sha256"])
+        except FileNotFoundError:
+            path = ota / f"{device}.uplb"
         return read(path)
-    except (OSError, ValueError, KeyError, BundleError):
+    except (OSError, ValueError, KeyError, TypeError, BundleError):
         return None
 
 

@@ -52,11 +52,7 @@ if [ -n "$RELAY_MISSING" ]; then
         apt-get update -qq
         # shellcheck disable=SC2086
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $RELAY_MISSING >/dev/null
-        # the packages start system services (Redis on 6379, a haproxy) that nothing here uses:
-        # the tests start their own on free ports. Only the ones installed just now are stopped.
-        if command -v systemctl >/dev/null 2>&1; then
-            for svc in $RELAY_MISSING; do systemctl disable --now "$svc" >/dev/null 2>&1 || true; done
-        fi
+        # (the system services the packages start are left alone: the tests start their own on free ports)
     else
         echo "setup: not installed and we are not root: sudo apt-get install$RELAY_MISSING" >&2
         echo "setup: the relay's replica tests will be skipped" >&2

@@ -56,7 +56,7 @@ class Telemetry:
         health = app.cfg["telemetry"]["health"]
         if health is None:  # not set: where the platforms have room for the keys (platforms.Base.HEALTH)
             health = app.adapter.HEALTH and (not app.sessions or app.sessions.all_health())
-        if health and app.adapter.health_due():
+        if health and (app.adapter is None or app.adapter.health_due()):
             values.update(self.health())
         try:
             mine = dict(app.user.read() or {})  # a copy: what is dropped below stays in user.py's

@@ -95,20 +95,20 @@ def test_ota_refuses_a_version_a_board_may_run_with_other_content(tmp_path):
     env = Env(tmp_path / "env", FLEET)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    usb = small_bundle(tmp_path / "a", "esp32-devkitc", version=_fw_version())
+    usb = small_bundle(tmp_path / "a", "esp32-s3", version=_fw_version())
     r = env.run("ota", "wt-1", "--bundle", str(usb.path))
     assert r.code == 6 and "reports as running (the firmware's own)" in r.stderr, r.output
-    first = small_bundle(tmp_path / "a", "esp32-devkitc", version="2.1")
+    first = small_bundle(tmp_path / "a", "esp32-s3", version="2.1")
     assert env.run("ota", "wt-1", "--bundle", str(first.path)).code == 0
     assert env.run("ota", "wt-1", "--bundle", str(first.path)).code == 0  # the same one again: fine
     f = tmp_path / "b" / "m.mpy"
     f.write_bytes(b"M\x06" + b"y" * 3000)
-    other = bu.make({"uplink/m.mpy": f}, tmp_path / "b" / "b.uplb", board="esp32-devkitc", arch=None, version="2.1")
+    other = bu.make({"uplink/m.mpy": f}, tmp_path / "b" / "b.uplb", board="esp32-s3", arch=None, version="2.1")
     r = env.run("ota", "wt-1", "--bundle", str(other.path))
     assert r.code == 6, r.output
     assert "error: version 2.1 is already offered with other content (" in r.stderr
-    left = tmp_path / "env" / "state" / "ota" / "wt-1.uplb"
-    assert left.read_bytes() == first.path.read_bytes()  # the offer stands as it was
+    left = json.loads((tmp_path / "env" / "state" / "ota" / "wt-1.offer").read_text())
+    assert left["sha256"] == first.sha256  # the offer stands as it was
 
 
 def _fw_version() -> str:
