@@ -313,6 +313,7 @@ class _Valid:
 
 
 def test_weightron_readme_example_on_the_host_board(rig, tmp_path):
+    from host_tools import relay_keys
     from tests.oidc_provider import OIDCService
 
     text = readme_example("weightron")
@@ -327,7 +328,9 @@ def test_weightron_readme_example_on_the_host_board(rig, tmp_path):
         front = rig.front("wss", proxy)
         cloud = rig.cloud()
         # the relay: the test's, in front of the loopback provider (the example's is a LAN host)
-        p["credentials"].update(url=svc.url, device_id="wt-1", key=svc.keys["wt-1"])
+        # (with the key, its id: the relay checks the id the board signs with)
+        p["credentials"].update(url=svc.url, device_id="wt-1", key=svc.keys["wt-1"],
+                                key_id=relay_keys.key_id(svc.keys["wt-1"]))
         board = rig.board(at_front(config, front), files={"relay_ca.der": svc.pki.ca_der.read_bytes()})
         board.wait_for_line("mqtt: connected", timeout=60)
         watched = p["watch"][0]
