@@ -27,6 +27,7 @@ class TbOta:
                       "fw_checksum_algorithm": "SHA256"}
         self.states: list[dict] = []
         self.readings: list[dict] = []  # the values of telemetry that is not fw_state
+        self.current: list[dict] = []  # current_fw_title/_version telemetry without fw_state
         self.chunks = 0
         self.bytes_out = 0
         self.on_chunk = None  # fn(n) after each answer: tests cut connections from here
@@ -66,6 +67,9 @@ class TbOta:
                 if isinstance(d, dict) and "fw_state" in d:
                     with self.lock:
                         self.states.append(d)
+                elif isinstance(d, dict) and "current_fw_title" in d:
+                    with self.lock:
+                        self.current.append(d)  # what runs, told at every connect
                 elif isinstance(d, dict):
                     with self.lock:
                         self.readings.append(d.get("values", d))
