@@ -58,6 +58,20 @@ class App:
                 self._fw = ota.running(self.board.name)
         return self._fw
 
+    def unhealthy(self):
+        """Why the app is not healthy yet, or None: a trial keeps a new app only once read()
+        returned a reading and user.healthy(), if defined, says so (docs/ota.md)."""
+        if not self.telemetry.reads:
+            return "read() has not returned a reading"
+        f = getattr(self.user, "healthy", None)
+        if f is None:
+            return None
+        try:
+            ok = f()
+        except Exception as e:
+            return "user.healthy() raised %s: %s" % (type(e).__name__, e)
+        return None if ok else "user.healthy() returned %r" % (ok,)
+
     # -- downlinks -----------------------------------------------------------------------
     def on_message(self, topic, payload, retained, s=None):
         # s: the uplink.sessions.Session of another platform the downlink came from
@@ -296,7 +310,11 @@ def _import_user():
         import user
 
         return user
-    except ImportError:
+    except ImportError as e:
+        # only user.py missing is "no user code": a module it imports that is missing (a
+        # driver left out of a bundle) is a crash, which rolls an update back
+        if str(e) not in ("no module named 'user'", "No module named 'user'"):
+            raise
         return _NoUser()
 
 

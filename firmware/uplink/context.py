@@ -18,7 +18,6 @@ class Context:
     adapter: Any = None  # this cloud's adapter, set by its owner once made
     client: Any = None  # this cloud's client (MQTT, or Biotz's HTTP session): make_client
     ota: Any = None  # the main cloud's updater while it has work (uplink.ota.start .. done)
-    ota_bad = None  # the sha256 of a bundle that failed this run: not tried again
 
     def __init__(self, app, cfg, main=True):
         self._app = app
@@ -36,6 +35,10 @@ class Context:
     def fw(self):
         """(title, version) of the app running (App.fw)."""
         return self._app.fw()
+
+    def unhealthy(self):
+        """Why the app is not healthy for an update's trial, or None (App.unhealthy)."""
+        return self._app.unhealthy()
 
     # -- what the app does for them ------------------------------------------------------
     def save_config(self, cfg=None):

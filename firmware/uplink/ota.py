@@ -25,10 +25,16 @@ FORMAT = "uplink-bundle/1"
 HEADER_MAX = 8192  # = host_tools/ota_bundle.py HEADER_MAX
 BUF = 1024
 JOB = "ota.job"  # a package to fetch over HTTP(S) at the next boot (uplink.ota_fetch); then its outcome
+REFUSED = "ota.refused"  # [[key, reason], ...]: bundles refused, never fetched again (refuse())
+REFUSED_MAX = 8
+BLOCK = 4096  # the ESP32's littlefs block, when statvfs cannot say
 
 
 class OtaError(Exception):
-    """A bundle refused; the message is what fw_error reports."""
+    """A bundle refused; the message is what fw_error reports. `retry`: not the bundle's
+    fault (no room now), so not remembered as refused."""
+
+    retry = False
 
 
 class _Head(io.IOBase):
@@ -105,18 +111,34 @@ def write_slot(s, root=""):
     save_json(root + SLOT, s)
 
 
-def rolled_back(root=""):
-    """The sha256 of the bundle last rolled back, not to be tried again: "bad" once the
-    rollback is reported (Updater.trial), "sum" on the boot of the rollback itself."""
+def refused(key, root=""):
+    """Why the bundle `key` (its announced checksum) was refused before, or None. On flash:
+    a reset does not make a wrong checksum or board worth a second download."""
+    if not key:
+        return None
     s = read_slot(root)
-    return s.get("bad") or (s.get("sum") if "failed" in s else None)
+    if key in (s.get("bad"), s.get("sum") if "failed" in s else None):
+        return "rolled back before"
+    for k, why in load_json(root + REFUSED) or ():
+        if k == key:
+            return why
+    return None
+
+
+def refuse(key, why, root=""):
+    """Remember the bundle `key` as refused, with why; the oldest of REFUSED_MAX go."""
+    if not key:
+        return
+    rs = [r for r in load_json(root + REFUSED) or () if r[0] != key][-(REFUSED_MAX - 1):]
+    rs.append([key, why[:200]])
+    save_json(root + REFUSED, rs)
 
 
 def owed(root=""):
-    """Whether an updater has work at boot: a trial to run, a rollback or a failed download to
-    report (at_boot starts it only then)."""
+    """Whether an updater has work at boot: a trial to run, a rollback to report, an outcome
+    not yet acknowledged by the cloud, or a failed download to report (at_boot starts it only then)."""
     s = read_slot(root)
-    if "trial" in s or "failed" in s:
+    if "trial" in s or "failed" in s or "owe" in s:
         return True
     j = load_json(root + JOB) or {}
     return bool(j.get("failed") and not j.get("told"))
@@ -141,50 +163,101 @@ def running(board, root=""):
 
 
 class Stage:
-    """One download: `want` = {"title", "version", "size", "sha256"} as the cloud announced."""
+    """One download: `want` = {"title", "version", "size", "sha256"} as the cloud announced
+    (and "check": [algorithm, digest] when the cloud's checksum is not a SHA256)."""
+
+    f = None  # PART, open for appending while a piece fills
 
     def __init__(self, want, chunk, root=""):
         self.want = want
         self.chunk = chunk
         self.root = root
+        self.n = 0  # bytes of PART written (on flash once the piece they are in is closed)
+        # PART is closed (committed) at whole filesystem blocks: littlefs copies a file's
+        # partly written last block at every reopen, an erase per chunk otherwise
+        self.piece = max(chunk, _block(root))
         # the one 1 KB buffer of verify and install, taken before the download fragments the
         # heap (a fresh 1 KB block after it failed at 128k)
         self._ba = bytearray(BUF)
         self.buf = memoryview(self._ba)
 
     def begin(self):
-        """The next chunk to fetch: where PART left off when it is this bundle's, else 0."""
+        """The next chunk to fetch: where PART left off when it is this bundle's (a whole
+        part too: a cut while it was checked costs no download), else 0."""
         r = self.root
         d = dict(self.want, chunk=self.chunk)
         n = _size(r + PART)
-        if load_json(r + DL) == d and n >= 0 and n % self.chunk == 0 and n <= self.want["size"]:
-            return n // self.chunk
+        size = self.want["size"]
+        if load_json(r + DL) == d and 0 <= n <= size and (n % self.chunk == 0 or n == size):
+            self.n = n
+            return (n + self.chunk - 1) // self.chunk
+        self.close()
         _rm(r + PART)
         save_json(r + DL, d)
         open(r + PART, "wb").close()
+        self.n = 0
         return 0
 
+    def room(self, reserve):
+        """Refuse, before the first chunk, a bundle the filesystem cannot hold beside `reserve`
+        bytes kept for the outbox: the rest of the download, and the slot it unpacks into
+        (about its size; the slot not running is emptied for it)."""
+        r = self.root
+        size = self.want["size"]
+        try:
+            st = os.statvfs(r or "/")
+            free = st[1] * st[4]
+        except OSError:
+            return
+        cur = read_slot(r).get("cur") or ""
+        free += _du(r + ("app_b" if cur == "app_a" else "app_a"))
+        need = size - self.n + size + 2 * self.piece
+        if need + reserve > free:
+            e = OtaError("no room: the bundle needs %d bytes of flash (%d download + unpacked), %d are free "
+                         "beside %d kept for the outbox; make room or a smaller bundle" % (need, size, free, reserve))
+            e.retry = True
+            raise e
+
     def add(self, data):
-        """Append one chunk (on flash before the next is asked for); True when all is here."""
-        with open(self.root + PART, "ab") as f:
-            f.write(data)
-        return _size(self.root + PART) >= self.want["size"]
+        """Append one chunk; PART is committed at every piece, so a cut loses at most the
+        piece in progress. True when all is here."""
+        if self.f is None:
+            self.f = open(self.root + PART, "ab")
+        self.f.write(data)
+        self.n += len(data)
+        done = self.n >= self.want["size"]
+        if done or self.n % self.piece == 0:
+            self.close()
+        return done
 
     def have(self):
-        return max(_size(self.root + PART), 0)
+        return self.n
+
+    def close(self):
+        if self.f is not None:
+            f, self.f = self.f, None
+            f.close()
 
     def drop(self):
+        self.close()
         _rm(self.root + PART)
         _rm(self.root + DL)
 
     async def verify(self, board):
         """The whole download checked before anything changes: size, sha256, format, board.
         Returns the manifest."""
+        self.close()
         path = self.root + PART
         size = _size(path)
         if size != self.want["size"]:
             raise OtaError("download truncated: %d of %d bytes" % (max(size, 0), self.want["size"]))
         h = hashlib.sha256()
+        check = self.want.get("check")  # ThingsBoard's other algorithms: their code only when asked for
+        c = None
+        if check:
+            from uplink import ota_sums
+
+            c = ota_sums.new(check[0])
         buf = self.buf
         with open(path, "rb") as f:
             while True:
@@ -192,14 +265,18 @@ class Stage:
                 if not n:
                     break
                 h.update(buf[:n])
+                if c is not None:
+                    c.update(buf[:n])
                 await asyncio.sleep_ms(0)  # crypto on a 240 MHz chip: let the other tasks run
             got = _hex(h.digest())
             exp = self.want["sha256"]
+            if c is not None and c.hexdigest() != check[1]:
+                raise OtaError("checksum mismatch: got %s %s, expected %s" % (check[0], c.hexdigest(), check[1]))
             if exp is None:  # not announced (Blynk without x-sha256): the files' and body's sums still hold
                 self.want["sha256"] = got
             elif got != exp.lower():  # before the manifest needs its big block
                 raise OtaError("checksum mismatch: got sha256 %s, expected %s" % (got, exp))
-            h = None
+            h = c = None
             f.seek(0)
             hlen = 0
             while hlen < HEADER_MAX:  # the manifest line's length, in small reads
@@ -272,6 +349,27 @@ class Stage:
         self.drop()
 
 
+def _block(root):
+    try:
+        return os.statvfs(root or "/")[0] or BLOCK
+    except OSError:
+        return BLOCK
+
+
+def _du(path):
+    """Bytes the files under path take, each rounded up to whole blocks."""
+    b = _block("")
+    n = 0
+    try:
+        entries = list(os.ilistdir(path))
+    except OSError:
+        return 0
+    for e in entries:
+        p = path + "/" + e[0]
+        n += _du(p) if e[1] == 0x4000 else (max(_size(p), 0) + b - 1) // b * b
+    return n
+
+
 def _mkdirs(base, path):
     parts = path.split("/")[:-1]
     d = base
@@ -335,8 +433,8 @@ async def at_boot(ctx, unload):
 
 class Updater:
     """The trial and rollback of a new app, shared by every cloud's delivery: a subclass adds
-    take() (an announcement) and say() (how the cloud hears of a state); this one says them on
-    the console only (the relay's clouds have no place for them)."""
+    take() (an announcement) and deliver() (how the cloud hears of a state); this one says them
+    on the console only (the relay's clouds have no place for them)."""
 
     want = None  # the package announced, while one is
     unload = None  # the uplink.transient this updater's code was loaded in
@@ -344,17 +442,18 @@ class Updater:
     def __init__(self, ctx, root=""):
         self.ctx = ctx
         self.root = root
-        # known before the first announcement, which may come before trial() runs
-        self.bad = rolled_back(root)
 
     def take(self, cmd):
         return None
 
     def say(self, state, error=None):
-        if error:
-            log.error("ota", "%s: %s" % (state, error))
-        else:
-            log.info("ota", "OTA %s" % state)
+        """A state on its way (best effort: the final ones are owed on flash, report())."""
+        asyncio.create_task(self.deliver(state, error))
+
+    async def deliver(self, state, error=None):
+        """Tell the cloud `state`; True once it has it (its PUBACK). Here: the console."""
+        _log(state, error)
+        return True
 
     def running(self):
         """(title, version) of the app running: the app's, read once at boot (App.fw)."""
@@ -362,6 +461,7 @@ class Updater:
 
     async def run(self):
         await self.trial()
+        await self.report()
         self.done()
 
     def done(self):
@@ -379,26 +479,43 @@ class Updater:
     def reset(self):
         self.ctx.board.reset()  # (Board.leave writes the readings held in RAM first)
 
+    async def report(self):
+        """The outcome owed on flash (slot.json "owe", written with the commit or the rollback)
+        goes to the cloud, again after every reconnect and every boot, until the cloud has it;
+        only then is the mark cleared."""
+        while True:
+            s = read_slot(self.root)
+            o = s.get("owe")
+            if not o:
+                return
+            if await self.deliver(o[0], o[1]):
+                s = read_slot(self.root)
+                if s.get("owe") == o:
+                    del s["owe"]
+                    write_slot(s, self.root)
+                return
+            await asyncio.sleep_ms(1000)
+
     async def trial(self):
         s = read_slot(self.root)
         if "failed" in s:
             why = s.get("why") or _last_crash() or "reset during its trial, before it was healthy"
-            self.bad = s.get("sum")
-            await self.connected()
-            self.say("FAILED", "rolled back from slot %s: %s" % (s["failed"], why))
-            write_slot({"cur": s.get("cur") or "", "bad": self.bad}, self.root)
+            bad = s.get("sum")
+            refuse(bad, "rolled back: " + why, self.root)
+            # the rollback (main.py's) becomes the FAILED owed to the cloud, in one rename
+            write_slot({"cur": s.get("cur") or "", "bad": bad,
+                        "owe": ["FAILED", "rolled back from slot %s: %s" % (s["failed"], why)]}, self.root)
             return
         if s.get("trial") is None:
-            # nothing to report: UPDATED went out at the commit, and the running version is
-            # told at every connect (platforms/thingsboard.py, blynk.py)
-            return
+            return  # nothing on trial; the running version is told at every connect (platforms/)
         m = load_json(self.root + s["cur"] + "/" + MANIFEST) or {}
         commit_ms = int(m.get("commit_after_s", COMMIT_AFTER_S)) * 1000
         trial_ms = int(m.get("trial_s", TRIAL_S)) * 1000
-        log.info("ota", "on trial: kept after %d s connected, else the previous app in %d s"
+        log.info("ota", "on trial: kept after %d s connected with readings, else the previous app in %d s"
                  % (commit_ms // 1000, trial_ms // 1000))
         t0 = time.ticks_ms()
         since = None
+        why = "no cloud connection for %d s within its %d s trial" % (commit_ms // 1000, trial_ms // 1000)
         while True:
             await asyncio.sleep_ms(250)
             now = time.ticks_ms()
@@ -406,18 +523,31 @@ class Updater:
             if c is not None and c.is_connected:
                 since = now if since is None else since
                 if time.ticks_diff(now, since) >= commit_ms:
-                    write_slot({"cur": s["cur"], "prev": s.get("prev") or "", "sum": s.get("sum")}, self.root)
-                    self.say("UPDATED")
-                    return
+                    # connected is not enough: the new code must read, and say it is well
+                    why = self.ctx.unhealthy()
+                    if why is None:
+                        # kept, with UPDATED owed to the cloud: one rename, so a cut between
+                        # the commit and the cloud's PUBACK still tells it (report())
+                        write_slot({"cur": s["cur"], "prev": s.get("prev") or "", "sum": s.get("sum"),
+                                    "owe": ["UPDATED", None]}, self.root)
+                        return
             else:
                 since = None
             if time.ticks_diff(now, t0) >= trial_ms:
                 s["failed"], s["cur"] = s["cur"], s.get("prev") or ""
-                s["why"] = "no healthy cloud connection within its %d s trial" % (trial_ms // 1000)
+                s["why"] = why
                 del s["trial"]
                 write_slot(s, self.root)
-                log.error("ota", "trial failed: %s; back to the previous app" % s["why"])
+                log.error("ota", "trial failed: %s; back to the previous app" % why)
                 self.reset()
+                return
+
+
+def _log(state, error):
+    if error:
+        log.error("ota", "%s: %s" % (state, error))
+    else:
+        log.info("ota", "OTA %s" % state)
 
 
 def _last_crash():

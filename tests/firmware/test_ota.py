@@ -21,13 +21,15 @@ def _hex(b):
     return "".join("%02x" % x for x in b)
 
 
-def bundle(version, board="host", extra=b""):
-    """A bundle as host_tools/ota_bundle.py writes it, made here (the format is the contract)."""
+def bundle(version, board="host", extra=b"", **more):
+    """A bundle as host_tools/ota_bundle.py writes it, made here (the format is the contract);
+    `more`: manifest keys (commit_after_s, trial_s)."""
     files = [("uplink/mod.py", b"V = %r\n" % version + b"#" * 300), ("user.py", b"U = %r\n" % version + extra)]
     body = b"".join(d for _, d in files)
     m = {"format": "uplink-bundle/1", "title": "uplink-host", "version": version, "board": board, "arch": None,
          "files": [[p, len(d), _hex(hashlib.sha256(d).digest())] for p, d in files],
          "body_sha256": _hex(hashlib.sha256(body).digest())}
+    m.update(more)
     raw = json.dumps(m).encode() + b"\n" + body
     return raw, {"title": "uplink-host", "version": version, "size": len(raw),
                  "sha256": _hex(hashlib.sha256(raw).digest())}
@@ -205,3 +207,4 @@ def test_power_cut_at_every_flash_operation_boots_old_or_new():
             dev.unmount(MNT)
     assert seen == {"1", "2"} and total > 30, (seen, total)
     print("%d power cuts checked" % (total + 1))
+
