@@ -480,21 +480,25 @@ class Updater:
         self.ctx.board.reset()  # (Board.leave writes the readings held in RAM first)
 
     async def report(self):
-        """The outcome owed on flash (slot.json "owe", written with the commit or the rollback)
-        goes to the cloud, again after every reconnect and every boot, until the cloud has it;
-        only then is the mark cleared."""
+        """The outcome owed on flash (slot.json "owe", written with the commit or the rollback;
+        a download's failure in JOB) goes to the cloud, again after every reconnect and every
+        boot, until the cloud has it; only then is the mark cleared."""
         while True:
             s = read_slot(self.root)
             o = s.get("owe")
             if not o:
-                return
+                break
             if await self.deliver(o[0], o[1]):
                 s = read_slot(self.root)
                 if s.get("owe") == o:
                     del s["owe"]
                     write_slot(s, self.root)
-                return
+                break
             await asyncio.sleep_ms(1000)
+        job = load_json(self.root + JOB) or {}
+        if job.get("failed") and not job.get("told") and await self.deliver("FAILED", job["failed"]):
+            job["told"] = 1
+            save_json(self.root + JOB, job)
 
     async def trial(self):
         s = read_slot(self.root)

@@ -50,12 +50,8 @@ class Updater(ota.Updater):
 
     async def run(self):
         await self.trial()
-        await self.report()
+        await self.report()  # (a failed download's too: told once Blynk has the event)
         job = ota.load_json(self.root + ota.JOB) or {}
-        if job.get("failed") and not job.get("told"):
-            if await self.deliver("FAILED", job["failed"]):  # told: Blynk has the event
-                job["told"] = 1
-                ota.save_json(self.root + ota.JOB, job)
         want = self.want
         if want is None:  # started for the trial or the report alone (ota.at_boot)
             self.done()

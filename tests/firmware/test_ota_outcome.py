@@ -1,9 +1,10 @@
-# The outcome of an update is owed on flash until the cloud has it: ThingsBoard's updater on
-# littlefs (a RAM block device that loses power) against the session's mosquitto, behind a
-# Cutter that loses the outcome's PUBLISH or its PUBACK. A power cut at every flash operation
-# from the trial's start to the mark's clearing, and at the network points between the commit
-# (or the rollback) and the PUBACK, must end with the cloud told UPDATED and the board on the
-# new app, or told FAILED and the board on the old one.
+# The outcome of an update is owed on flash until the cloud has it: ThingsBoard's updater (and
+# Blynk's, whose outcome is the sys_ota event) on littlefs (a RAM block device that loses
+# power) against the session's mosquitto, behind a Cutter that loses the outcome's PUBLISH or
+# its PUBACK. A power cut at every flash operation from the trial's start to the mark's
+# clearing, and at the network points between the commit (or the rollback) and the PUBACK,
+# must end with the cloud told UPDATED and the board on the new app, or told FAILED and the
+# board on the old one.
 import asyncio
 import json
 
@@ -13,7 +14,7 @@ from mptest import heapsize
 from ramblockdev import RAMBlockDev
 from test_mqtt_broker import HOST, PORTS, client, uid, until
 from test_ota import CHUNK, MNT, R, bundle, fetch, fresh, slot_version
-from uplink import ota, ota_thingsboard
+from uplink import ota, ota_blynk, ota_thingsboard
 
 NEEDS = ("broker",)
 TELEMETRY = "v1/devices/me/telemetry"
@@ -30,6 +31,10 @@ class Board:
         raise Cut()
 
 
+class Adapter:
+    own_prefix = None  # Blynk's topic prefix: one per test run on the shared broker
+
+
 class Ctx:
     """uplink.context.Context's names an updater uses."""
 
@@ -40,6 +45,7 @@ class Ctx:
         self.board = Board()
         self.cfg = {"outbox": {"max_bytes": 0}}
         self.health = health
+        self.adapter = Adapter()
 
     def fw(self):
         return ota.running("host", R)
@@ -49,24 +55,36 @@ class Ctx:
 
 
 class Cloud:
-    """What ThingsBoard was told for this run's versions (fw_state telemetry), in order."""
+    """What the cloud was told for this run's versions, in order: ThingsBoard's fw_state
+    telemetry, or Blynk's sys_ota events (under this run's prefix)."""
 
-    async def start(self, versions):
+    async def start(self, kind, versions):
+        self.kind = kind
         self.states = []
-        w = self.w = client("mqtt", "tb-side")
+        w = self.w = client("mqtt", "cloud-side")
         w.on_message = self._got
         self.versions = versions
         await w.connect()
-        await w.subscribe(TELEMETRY, 1)
+        await w.subscribe(TELEMETRY if kind == "thingsboard" else Adapter.own_prefix + "event/sys_ota", 1)
         return self
 
     def _got(self, t, p, r):
+        if self.kind == "blynk":
+            text = bytes(p).decode()
+            if text == "Firmware updated to " + self.versions[1]:
+                self.states.append("UPDATED")
+            elif text.startswith("OTA failed: rolled back"):
+                self.states.append("FAILED")
+            return
         d = json.loads(p)
         if isinstance(d, dict) and d.get("current_fw_version") in self.versions and "fw_state" in d:
             self.states.append(d["fw_state"])
 
 
-async def boot(dev, cut=None, rules=None, ms=3000, loader=True):
+UPDATERS = {"thingsboard": ota_thingsboard.Updater, "blynk": ota_blynk.Updater}
+
+
+async def boot(dev, kind, cut=None, rules=None, ms=3000, loader=True):
     """One boot of the board: the boot loader's choice (`loader`; else the boot in progress),
     then (when owed) the updater over a connection through a Cutter with `rules`; `cut`: flash
     operations until the power dies; `ms`: the power dies then, whatever the updater is doing."""
@@ -82,7 +100,7 @@ async def boot(dev, cut=None, rules=None, ms=3000, loader=True):
     await c.connect(retry=True)
     dev.writes = 0
     dev.cut = cut
-    t = asyncio.create_task(ota_thingsboard.Updater(Ctx(c), R).run())
+    t = asyncio.create_task(UPDATERS[kind](Ctx(c), R).run())
     try:
         await asyncio.wait_for_ms(t, ms)
     except (OSError, Cut, asyncio.TimeoutError):
@@ -119,17 +137,18 @@ async def setup(dev, rollback):
     return ("1-" + tag, "2-" + tag)
 
 
-async def one_run(dev, rollback, cut=None, rules=None, ms=3000):
+async def one_run(dev, rollback, cut=None, rules=None, ms=3000, kind="thingsboard"):
     vs = await setup(dev, rollback)
-    cloud = await Cloud().start(vs)
+    Adapter.own_prefix = "t/%s/" % vs[0]
+    cloud = await Cloud().start(kind, vs)
     try:
         # the boot in progress (the trial's, or the rollback's) runs its updater; it may be cut
-        await boot(dev, cut, rules, ms, loader=False)
+        await boot(dev, kind, cut, rules, ms, loader=False)
         writes = dev.writes
         for _ in range(3):  # then boots without cuts until nothing is owed
             if not ota.owed(R):
                 break
-            await boot(dev)
+            await boot(dev, kind)
         assert not ota.owed(R), ota.read_slot(R)
         d = main.slot(R)
         await until(lambda: cloud.states and cloud.states[-1] in ("UPDATED", "FAILED"), 3000)
@@ -160,10 +179,11 @@ async def test_the_outcome_reaches_the_cloud_across_a_power_cut_at_every_flash_o
 @heapsize("256k")
 async def test_the_outcome_is_sent_again_after_a_cut_between_the_commit_and_its_puback():
     dev = RAMBlockDev(512, 96)
-    for rollback in (False, True):
-        # the outcome's PUBLISH lost (the link drops with it), then the power; or the broker
-        # has it and its PUBACK is lost, then the power: the next boot sends it again
-        for rules in ({"after_publishes": 1}, {"drop_pubacks": True}):
-            told, _ = await one_run(dev, rollback, rules=rules, ms=1500)
-            assert told == ("FAILED" if rollback else "UPDATED"), (rollback, rules, told)
-            dev.unmount(MNT)
+    for kind in ("thingsboard", "blynk"):
+        for rollback in (False, True):
+            # the outcome's PUBLISH lost (the link drops with it), then the power; or the
+            # broker has it and its PUBACK is lost, then the power: the next boot sends it again
+            for rules in ({"after_publishes": 1}, {"drop_pubacks": True}):
+                told, _ = await one_run(dev, rollback, rules=rules, ms=1500, kind=kind)
+                assert told == ("FAILED" if rollback else "UPDATED"), (kind, rollback, rules, told)
+                dev.unmount(MNT)
