@@ -2,8 +2,9 @@
 # SHA384, SHA512, CRC32, MURMUR3_32, MURMUR3_128), those the chip can compute: MD5 from hashlib
 # (the ESP32 port has md5, sha1 and sha256 only: extmod/modhashlib.c, MICROPY_PY_HASHLIB_MD5 =
 # MICROPY_PY_SSL), CRC32 from binascii, MURMUR3_32 in a few lines here. ThingsBoard writes CRC32
-# and MURMUR3_32 as Guava's HashCode does, the 4 bytes little-endian, in hex (so does its own
-# Python client, tb_device_mqtt.py). Loaded by uplink.ota only for a package that uses one.
+# and MURMUR3_32 as Guava's HashCode does, the 4 bytes little-endian, in hex (its Python
+# firmware-update example reverses the bytes the same way). Loaded by uplink.ota only for a
+# package that uses one.
 SUPPORTED = ("SHA256", "MD5", "CRC32", "MURMUR3_32")
 
 
