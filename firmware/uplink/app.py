@@ -58,20 +58,6 @@ class App:
                 self._fw = ota.running(self.board.name)
         return self._fw
 
-    def unhealthy(self):
-        """Why the app is not healthy yet, or None: a trial keeps a new app only once read()
-        returned a reading and user.healthy(), if defined, says so (docs/ota.md)."""
-        if not self.telemetry.reads:
-            return "read() has not returned a reading"
-        f = getattr(self.user, "healthy", None)
-        if f is None:
-            return None
-        try:
-            ok = f()
-        except Exception as e:
-            return "user.healthy() raised %s: %s" % (type(e).__name__, e)
-        return None if ok else "user.healthy() returned %r" % (ok,)
-
     # -- downlinks -----------------------------------------------------------------------
     def on_message(self, topic, payload, retained, s=None):
         # s: the uplink.sessions.Session of another platform the downlink came from

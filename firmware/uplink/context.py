@@ -36,9 +36,9 @@ class Context:
         """(title, version) of the app running (App.fw)."""
         return self._app.fw()
 
-    def unhealthy(self):
-        """Why the app is not healthy for an update's trial, or None (App.unhealthy)."""
-        return self._app.unhealthy()
+    def user(self):
+        """(user.py, read() calls that returned): what an update's trial asks (uplink.ota.unhealthy)."""
+        return self._app.user, self._app.telemetry.reads
 
     # -- what the app does for them ------------------------------------------------------
     def save_config(self, cfg=None):

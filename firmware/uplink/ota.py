@@ -528,7 +528,7 @@ class Updater:
                 since = now if since is None else since
                 if time.ticks_diff(now, since) >= commit_ms:
                     # connected is not enough: the new code must read, and say it is well
-                    why = self.ctx.unhealthy()
+                    why = unhealthy(*self.ctx.user())
                     if why is None:
                         # kept, with UPDATED owed to the cloud: one rename, so a cut between
                         # the commit and the cloud's PUBACK still tells it (report())
@@ -545,6 +545,21 @@ class Updater:
                 log.error("ota", "trial failed: %s; back to the previous app" % why)
                 self.reset()
                 return
+
+
+def unhealthy(user, reads):
+    """Why the app on trial is not healthy yet, or None: read() has returned a reading, and
+    user.healthy(), if user.py defines one, says so (docs/ota.md, Trial)."""
+    if not reads:
+        return "read() has not returned a reading"
+    f = getattr(user, "healthy", None)
+    if f is None:
+        return None
+    try:
+        ok = f()
+    except Exception as e:
+        return "user.healthy() raised %s: %s" % (type(e).__name__, e)
+    return None if ok else "user.healthy() returned %r" % (ok,)
 
 
 def _log(state, error):

@@ -40,8 +40,8 @@ class Ctx:
     def fw(self):
         return ota.running("host", R)
 
-    def unhealthy(self):
-        return self.health
+    def user(self):  # (user.py, read() calls that returned): Context.user
+        return self, 0 if self.health else 1
 
 
 class TbSide:
@@ -253,30 +253,20 @@ def test_a_trial_keeps_the_new_app_only_once_it_reads_and_is_healthy():
 
 
 @heapsize("128k")
-def test_app_health_needs_a_reading_and_user_healthy():
-    from uplink.app import App
-
-    class T:
-        reads = 0
-
+def test_trial_health_needs_a_reading_and_user_healthy():
     class U:
         def read(self):
             return {}
 
-    class A:
-        telemetry = T()
-        user = U()
-
-    a = A()
-    assert App.unhealthy(a) == "read() has not returned a reading"
-    a.telemetry.reads = 1
-    assert App.unhealthy(a) is None
-    a.user.healthy = lambda: False
-    assert App.unhealthy(a) == "user.healthy() returned False"
-    a.user.healthy = lambda: 1 / 0
-    assert App.unhealthy(a).startswith("user.healthy() raised ZeroDivisionError")
-    a.user.healthy = lambda: True
-    assert App.unhealthy(a) is None
+    u = U()
+    assert ota.unhealthy(u, 0) == "read() has not returned a reading"
+    assert ota.unhealthy(u, 1) is None
+    u.healthy = lambda: False
+    assert ota.unhealthy(u, 1) == "user.healthy() returned False"
+    u.healthy = lambda: 1 / 0
+    assert ota.unhealthy(u, 1).startswith("user.healthy() raised ZeroDivisionError")
+    u.healthy = lambda: True
+    assert ota.unhealthy(u, 1) is None
 
 
 @heapsize("128k")
