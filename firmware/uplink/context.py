@@ -37,7 +37,7 @@ class Context:
         return self._app.fw()
 
     def user(self):
-        """(user.py, read() calls that returned): what an update's trial asks (uplink.ota.unhealthy)."""
+        """(user.py, read() calls that returned): what an update's trial asks (uplink.ota_trial)."""
         return self._app.user, self._app.telemetry.reads
 
     # -- what the app does for them ------------------------------------------------------

@@ -39,7 +39,7 @@ class Updater(ota.Updater):
             # without "ver" when it found no version tag in the file (docs.blynk.io, Device MQTT
             # API, OTA): the package is known by the job's sha256 (the download's x-sha256)
             sha = job.get("sha256")
-            if job.get("failed") or (job.get("installed") and ota.refused(sha, self.root)):
+            if job.get("failed") or (job.get("installed") and ota.guard("refused", sha, self.root)):
                 log.warn("ota", "%s failed before: not tried again" % (ver or url))
                 return
             if job.get("installed") and sha and sha == ota.read_slot(self.root).get("sum"):
@@ -49,8 +49,7 @@ class Updater(ota.Updater):
             self.want = dict(want, url=url)  # run() makes it the job
 
     async def run(self):
-        await self.trial()
-        await self.report()  # (a failed download's too: told once Blynk has the event)
+        await self.settle()  # (a failed download's report too: told once Blynk has the event)
         job = ota.load_json(self.root + ota.JOB) or {}
         want = self.want
         if want is None:  # started for the trial or the report alone (ota.at_boot)

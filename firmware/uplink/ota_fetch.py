@@ -31,7 +31,9 @@ async def at_boot(ctx, root="", sign=None, ca=None):
             "sha256": None, "src": job["src"]}
     job["boots"] = job.get("boots", 0) + 1
     ota.save_json(root + ota.JOB, job)
-    st = ota.Stage(want, ota.BUF, root)  # its 1 KB buffer taken first
+    from uplink.ota_stage import Stage
+
+    st = Stage(want, ota.BUF, root)  # its 1 KB buffer taken first
     try:
         await _download(ctx, st, want, job["url"], sign, ca)
         m = await st.verify(ctx.board.name)
@@ -64,7 +66,7 @@ async def at_boot(ctx, root="", sign=None, ca=None):
 
 async def _download(ctx, st, want, url, sign=None, ca=None):
     have = min(st.begin() * ota.BUF, want["size"])  # a whole part left by a cut: checked again, not fetched
-    st.room(ctx.cfg["outbox"]["max_bytes"])
+    ota.guard("room", st, ctx.cfg["outbox"]["max_bytes"])
     log.info("ota", "%s: %d bytes, from byte %d" % (want["version"] or "package", want["size"], have))
     tries = 0
     while have < want["size"]:

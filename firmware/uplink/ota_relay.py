@@ -38,7 +38,7 @@ def offer(ctx, o, root=""):
         return
     if want["version"] == ctx.fw()[1]:
         return  # runs already
-    why = ota.refused(sha, root)
+    why = ota.guard("refused", sha, root)
     if why is not None:
         log.warn("ota", "%s from the relay was refused before (%s): not tried again" % (want["version"], why))
         return

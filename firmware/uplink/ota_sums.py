@@ -82,5 +82,10 @@ class _Murmur3:
         return _le(h ^ h >> 16)
 
 
+def unsupported(alg):
+    return "checksum algorithm %s is not supported by this board: choose SHA256 (or %s) for the package" % (
+        alg, ", ".join(SUPPORTED[1:]))
+
+
 def new(alg):
     return {"MD5": _Md5, "CRC32": _Crc32, "MURMUR3_32": _Murmur3}[alg]()

@@ -35,34 +35,28 @@ class Updater(ota.Updater):
         return user_attributes(cmd.params)
 
     def announce(self, a):
-        if a.get("fw_url") and "fw_size" not in a:
-            # an external package (ThingsBoard's "URL" option): no size to check, no chunks here
-            self.say("FAILED", "package %s %s is a URL (fw_url) without fw_size: upload the file to ThingsBoard "
-                     "instead" % (a.get("fw_title"), a.get("fw_version")))
+        if a.get("fw_url"):  # an external package (ThingsBoard's "URL" option): no chunks here
+            self.say("FAILED", "package %s %s is an external URL (fw_url%s): upload the file to ThingsBoard instead"
+                     % (a.get("fw_title"), a.get("fw_version"), "" if "fw_size" in a else ", no fw_size"))
             return
         try:
             want = {"title": str(a["fw_title"]), "version": str(a["fw_version"]), "size": int(a["fw_size"]),
                     "sha256": str(a["fw_checksum"]).lower()}
         except (KeyError, ValueError, TypeError):
             return  # an incomplete announcement (TB sends all five together)
-        alg = str(a.get("fw_checksum_algorithm") or "SHA256").upper()
         # (the package running is no announcement: the adapter, platforms/thingsboard.py _shared)
-        why = ota.refused(want["sha256"], self.root)
+        why = ota.guard("refused", want["sha256"], self.root)
         if why is not None:
             log.warn("ota", "%s %s failed before (%s): not tried again" % (want["title"], want["version"], why))
             if not ota.owed(self.root):  # (an owed outcome, report(), says it with its reason)
                 self.say("FAILED", why)  # again: a cut may have kept the first from ThingsBoard
             return
-        if a.get("fw_url"):
-            self.say("FAILED", "package %s %s is a URL (fw_url): only packages uploaded to ThingsBoard are "
-                     "fetched" % (want["title"], want["version"]))
-            return
+        alg = str(a.get("fw_checksum_algorithm") or "SHA256").upper()
         if alg != "SHA256":
-            from uplink.ota_sums import SUPPORTED
+            from uplink import ota_sums  # (left in the heap only with an updater that needs it)
 
-            if alg not in SUPPORTED:
-                self.say("FAILED", "checksum algorithm %s is not supported by this board: choose SHA256 (or %s) for "
-                         "the package" % (alg, ", ".join(SUPPORTED[1:])))
+            if alg not in ota_sums.SUPPORTED:
+                self.say("FAILED", ota_sums.unsupported(alg))
                 return
             want["check"], want["sha256"] = [alg, want["sha256"]], None
         if want != self.want:
@@ -96,18 +90,19 @@ class Updater(ota.Updater):
 
     # -- the task -----------------------------------------------------------------------
     async def run(self):
-        await self.trial()
-        await self.report()
+        await self.settle()
         while self.want is not None:
             want = self.want
             key = want["sha256"] or want["check"][1]  # (verify() fills sha256 in)
-            st = ota.Stage(want, CHUNK, self.root)
+            from uplink.ota_stage import Stage  # (the trial and its report, settle(), are done: its room)
+
+            st = Stage(want, CHUNK, self.root)
             try:
                 await self.update(want, st)  # returns when another bundle was announced meanwhile
             except Exception as e:  # OtaError: the bundle's fault; OSError: the flash's
                 st.drop()
                 if isinstance(e, ota.OtaError) and not e.retry:
-                    ota.refuse(key, str(e), self.root)  # on flash: not fetched again after a reset
+                    ota.guard("refuse", key, str(e), self.root)  # on flash: not fetched again after a reset
                 if self.want is want:
                     self.want = None
                 self.say("FAILED", str(e))
@@ -116,7 +111,7 @@ class Updater(ota.Updater):
 
     async def update(self, want, st):
         n = st.begin()
-        st.room(self.ctx.cfg["outbox"]["max_bytes"])
+        ota.guard("room", st, self.ctx.cfg["outbox"]["max_bytes"])
         total = (want["size"] + CHUNK - 1) // CHUNK
         self.rid = (self.rid + 1) & 0xFFFF
         log.info("ota", "%s %s: %d bytes, from chunk %d of %d"
@@ -131,6 +126,7 @@ class Updater(ota.Updater):
                 raise ota.OtaError("download truncated: chunk %d has %d bytes (%d of %d so far)"
                                    % (n, len(data), have, want["size"]))
             st.add(data)
+            data = None  # (the last chunk must not sit in the heap through verify and install)
             n += 1
         self.say("DOWNLOADED")
         m = await st.verify(self.ctx.board.name)

@@ -10,7 +10,7 @@ import os
 import main
 from mptest import heapsize, raises
 from ramblockdev import RAMBlockDev
-from uplink import ota
+from uplink import ota, ota_stage
 
 MNT = "/ram"
 R = MNT + "/"
@@ -44,7 +44,7 @@ def fetch(st, raw, start=0, stop=None):
 
 
 def update(raw, want, board="host"):
-    st = ota.Stage(want, CHUNK, R)
+    st = ota_stage.Stage(want, CHUNK, R)
     fetch(st, raw, None)
     m = asyncio.run(st.verify(board))
     new = asyncio.run(st.install(m))
@@ -126,16 +126,16 @@ def test_refused_bundles_change_nothing():
     try:
         raw, want = bundle("2")
         bad = dict(want, sha256="0" * 64)
-        st = ota.Stage(bad, CHUNK, R)
+        st = ota_stage.Stage(bad, CHUNK, R)
         fetch(st, raw, None)
         with raises(ota.OtaError, "checksum mismatch"):
             asyncio.run(st.verify("host"))
-        st = ota.Stage(want, CHUNK, R)
+        st = ota_stage.Stage(want, CHUNK, R)
         fetch(st, raw, None, 2)
         with raises(ota.OtaError, "download truncated: 512 of"):
             asyncio.run(st.verify("host"))
         raw3, want3 = bundle("3", board="esp32-devkitc")
-        st = ota.Stage(want3, CHUNK, R)
+        st = ota_stage.Stage(want3, CHUNK, R)
         fetch(st, raw3, None)
         with raises(ota.OtaError, "bundle is for board 'esp32-devkitc', this board is 'host'"):
             asyncio.run(st.verify("host"))
@@ -149,15 +149,15 @@ def test_download_resumes_from_the_last_chunk_on_flash():
     fresh(dev)
     try:
         raw, want = bundle("2")
-        st = ota.Stage(want, CHUNK, R)
+        st = ota_stage.Stage(want, CHUNK, R)
         assert st.begin() == 0
         fetch(st, raw, 0, 2)
         # a dropped connection, a reboot: the same bundle resumes where flash says
-        assert ota.Stage(want, CHUNK, R).begin() == 2
+        assert ota_stage.Stage(want, CHUNK, R).begin() == 2
         # another bundle announced: starts from scratch
         raw2, want2 = bundle("3")
-        assert ota.Stage(want2, CHUNK, R).begin() == 0
-        assert ota.Stage(want, CHUNK, R).begin() == 0
+        assert ota_stage.Stage(want2, CHUNK, R).begin() == 0
+        assert ota_stage.Stage(want, CHUNK, R).begin() == 0
     finally:
         dev.unmount(MNT)
 

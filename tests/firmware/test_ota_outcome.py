@@ -14,7 +14,7 @@ from mptest import heapsize
 from ramblockdev import RAMBlockDev
 from test_mqtt_broker import HOST, PORTS, client, uid, until
 from test_ota import CHUNK, MNT, R, bundle, fetch, fresh, slot_version
-from uplink import ota, ota_blynk, ota_thingsboard
+from uplink import ota, ota_blynk, ota_stage, ota_thingsboard
 
 NEEDS = ("broker",)
 TELEMETRY = "v1/devices/me/telemetry"
@@ -115,7 +115,7 @@ async def boot(dev, kind, cut=None, rules=None, ms=3000, loader=True):
 
 async def update(raw, want):
     # test_ota.update, inside the running event loop
-    st = ota.Stage(want, CHUNK, R)
+    st = ota_stage.Stage(want, CHUNK, R)
     fetch(st, raw, None)
     st.switch(await st.install(await st.verify("host")))
 

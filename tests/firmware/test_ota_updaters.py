@@ -12,7 +12,7 @@ DEV = RAMBlockDev(512, 96)  # first: one 48 KB block while the heap is whole
 import main  # noqa: E402
 from mptest import heapsize, raises  # noqa: E402
 from test_ota import CHUNK, MNT, R, bundle, fetch, fresh, update  # noqa: E402
-from uplink import ota  # noqa: E402
+from uplink import ota, ota_guard, ota_stage, ota_trial  # noqa: E402
 
 
 class Reset(BaseException):  # (as a reset: no except Exception stops it)
@@ -110,11 +110,12 @@ async def test_a_refused_bundle_is_not_fetched_again_after_a_reset_another_one_i
         assert side.chunks > fetched and side.states[-1]["fw_state"] == "UPDATING"
         assert main.slot(R) == "app_a"
         # the list is bounded: the oldest refusals go
-        for i in range(ota.REFUSED_MAX + 2):
-            ota.refuse("%064x" % i, "why %d" % i, R)
-        assert ota.refused("%064x" % 0, R) is None and ota.refused("%064x" % (ota.REFUSED_MAX + 1), R) == "why %d" % (
-            ota.REFUSED_MAX + 1)
-        assert len(ota.load_json(R + ota.REFUSED)) == ota.REFUSED_MAX
+        n = ota_guard.REFUSED_MAX
+        for i in range(n + 2):
+            ota_guard.refuse("%064x" % i, "why %d" % i, R)
+        assert ota_guard.refused("%064x" % 0, R) is None
+        assert ota_guard.refused("%064x" % (n + 1), R) == "why %d" % (n + 1)
+        assert len(ota.load_json(R + ota.REFUSED)) == n
     finally:
         dev.unmount(MNT)
 
@@ -147,11 +148,11 @@ def test_a_whole_download_is_resumed_not_fetched_again():
     try:
         raw, want = bundle("2")
         assert len(raw) % CHUNK  # the last chunk is short: the case that was dropped
-        st = ota.Stage(want, CHUNK, R)
+        st = ota_stage.Stage(want, CHUNK, R)
         fetch(st, raw, None)
         n = (len(raw) + CHUNK - 1) // CHUNK
-        assert ota.Stage(want, CHUNK, R).begin() == n
-        st = ota.Stage(want, CHUNK, R)
+        assert ota_stage.Stage(want, CHUNK, R).begin() == n
+        st = ota_stage.Stage(want, CHUNK, R)
         st.begin()
         assert asyncio.run(st.verify("host"))["version"] == "2"
     finally:
@@ -166,7 +167,7 @@ def test_the_download_is_written_in_whole_blocks_not_a_block_per_chunk():
     fresh(dev)
     try:
         raw, want = bundle("2", extra=b"#" * 16000)
-        st = ota.Stage(want, 1024, R)
+        st = ota_stage.Stage(want, 1024, R)
         st.begin()
         e0 = dev.erases
         n = 0
@@ -240,7 +241,7 @@ def test_a_trial_keeps_the_new_app_only_once_it_reads_and_is_healthy():
             assert main.slot(R) == "app_a"
             u = ota.Updater(Ctx(Up(), health=health), R)
             try:
-                asyncio.run(u.trial())
+                asyncio.run(ota_trial.trial(u))
             except Reset:
                 pass
             s = ota.read_slot(R)
@@ -259,14 +260,14 @@ def test_trial_health_needs_a_reading_and_user_healthy():
             return {}
 
     u = U()
-    assert ota.unhealthy(u, 0) == "read() has not returned a reading"
-    assert ota.unhealthy(u, 1) is None
+    assert ota_trial.unhealthy(u, 0) == "read() has not returned a reading"
+    assert ota_trial.unhealthy(u, 1) is None
     u.healthy = lambda: False
-    assert ota.unhealthy(u, 1) == "user.healthy() returned False"
+    assert ota_trial.unhealthy(u, 1) == "user.healthy() returned False"
     u.healthy = lambda: 1 / 0
-    assert ota.unhealthy(u, 1).startswith("user.healthy() raised ZeroDivisionError")
+    assert ota_trial.unhealthy(u, 1).startswith("user.healthy() raised ZeroDivisionError")
     u.healthy = lambda: True
-    assert ota.unhealthy(u, 1) is None
+    assert ota_trial.unhealthy(u, 1) is None
 
 
 @heapsize("128k")
