@@ -299,7 +299,11 @@ def _import_user():
         import user
 
         return user
-    except ImportError:
+    except ImportError as e:
+        # only user.py missing is "no user code": a module it imports that is missing (a
+        # driver left out of a bundle) is a crash, which rolls an update back
+        if str(e) not in ("no module named 'user'", "No module named 'user'"):
+            raise
         return _NoUser()
 
 

@@ -18,7 +18,6 @@ class Context:
     adapter: Any = None  # this cloud's adapter, set by its owner once made
     client: Any = None  # this cloud's client (MQTT, or Biotz's HTTP session): make_client
     ota: Any = None  # the main cloud's updater while it has work (uplink.ota.start .. done)
-    ota_bad = None  # the sha256 of a bundle that failed this run: not tried again
 
     def __init__(self, app, cfg, main=True):
         self._app = app
@@ -41,6 +40,10 @@ class Context:
     def fw(self):
         """(title, version) of the app running (App.fw)."""
         return self._app.fw()
+
+    def user(self):
+        """(user.py, read() calls that returned): what an update's trial asks (uplink.ota_trial)."""
+        return self._app.user, self._app.telemetry.reads
 
     # -- what the app does for them ------------------------------------------------------
     def save_config(self, cfg=None):

@@ -1,19 +1,15 @@
-# Over-the-air updates, one subsystem (docs/ota.md). This module: the flash side, the trial
-# and its rollback, and the updater's life. A bundle (host_tools/ota_bundle.py: one JSON
-# manifest line, then the files back to back) is appended to PART chunk by chunk as it
-# arrives, checked whole (size, sha256, board, format) and per file while it is unpacked into
-# the slot not running, then SLOT is switched by temp + rename; main.py boots the new slot on
-# trial, and Updater.trial keeps it or goes back. Every step streams through one 1 KB buffer:
-# a bundle is never in RAM. Each cloud's delivery is beside it: ota_thingsboard (chunks over
-# MQTT), ota_blynk (Blynk.Air), ota_relay (the token relay's), and ota_fetch (the HTTP(S)
-# download at boot the last two use). None of it is resident: App loads it when there is
-# work and the updater's done() unloads it (uplink.transient).
+# Over-the-air updates, one subsystem (docs/ota.md). A bundle (host_tools/ota_bundle.py: one
+# JSON manifest line, then the files back to back) is downloaded, checked and unpacked into the
+# slot not running by uplink.ota_stage; main.py boots the new slot on trial, and uplink.ota_trial
+# keeps it or goes back and owes the cloud the outcome. This module: the state on flash
+# (slot.json, the job) and the updater's life. Each cloud's delivery is beside it:
+# ota_thingsboard (chunks over MQTT), ota_blynk (Blynk.Air), ota_relay (the token relay's), and
+# ota_fetch (the HTTP(S) download at boot the last two use). None of it is resident: App loads
+# it when there is work and the updater's done() unloads it (uplink.transient); the stage, the
+# trial and the checks (ota_guard) are loaded only for their part.
 import asyncio
-import hashlib
-import io
 import json
 import os
-import time
 
 from uplink import log
 
@@ -21,33 +17,16 @@ PART = "ota.part"  # the download so far
 DL = "ota.dl"  # what PART is a download of: resume only the same bundle
 SLOT = "slot.json"  # = main.py's SLOT
 MANIFEST = "bundle.json"  # in a slot, written last: main.py boots only a slot that has it
-FORMAT = "uplink-bundle/1"
-HEADER_MAX = 8192  # = host_tools/ota_bundle.py HEADER_MAX
 BUF = 1024
 JOB = "ota.job"  # a package to fetch over HTTP(S) at the next boot (uplink.ota_fetch); then its outcome
+REFUSED = "ota.refused"  # [[key, reason], ...]: bundles refused, never fetched again (ota_guard)
 
 
 class OtaError(Exception):
-    """A bundle refused; the message is what fw_error reports."""
+    """A bundle refused; the message is what fw_error reports. `retry`: not the bundle's
+    fault (no room now), so not remembered as refused."""
 
-
-class _Head(io.IOBase):
-    """The first n bytes of a file, as a stream json.load reads (it refuses what follows)."""
-
-    def __init__(self, f, n):
-        self.f = f
-        self.n = n
-
-    def readinto(self, buf):
-        if self.n <= 0:
-            return 0
-        k = self.f.readinto(memoryview(buf)[: min(len(buf), self.n)])
-        self.n -= k
-        return k
-
-
-def _hex(b):
-    return "".join("%02x" % x for x in b)
+    retry = False
 
 
 def _size(path):
@@ -76,27 +55,6 @@ def same_job(job, want):
     return all(job.get(k) == want[k] for k in ("src", "size", "version"))
 
 
-def _rm(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
-def _rmtree(path):
-    try:
-        entries = list(os.ilistdir(path))
-    except OSError:
-        return
-    for e in entries:
-        p = path + "/" + e[0]
-        if e[1] == 0x4000:
-            _rmtree(p)
-        else:
-            os.remove(p)
-    os.rmdir(path)
-
-
 def read_slot(root=""):
     return load_json(root + SLOT) or {}
 
@@ -105,18 +63,22 @@ def write_slot(s, root=""):
     save_json(root + SLOT, s)
 
 
-def rolled_back(root=""):
-    """The sha256 of the bundle last rolled back, not to be tried again: "bad" once the
-    rollback is reported (Updater.trial), "sum" on the boot of the rollback itself."""
-    s = read_slot(root)
-    return s.get("bad") or (s.get("sum") if "failed" in s else None)
+def guard(fn, *args):
+    """uplink.ota_guard.<fn>(*args) (refusals on flash, the room check), its code in the heap
+    for the call only: beside a download at 128k every KB counts."""
+    from uplink import transient
+
+    with transient():
+        from uplink import ota_guard
+
+        return getattr(ota_guard, fn)(*args)
 
 
 def owed(root=""):
-    """Whether an updater has work at boot: a trial to run, a rollback or a failed download to
-    report (at_boot starts it only then)."""
+    """Whether an updater has work at boot: a trial to run, a rollback to report, an outcome
+    not yet acknowledged by the cloud, or a failed download to report (at_boot starts it only then)."""
     s = read_slot(root)
-    if "trial" in s or "failed" in s:
+    if "trial" in s or "failed" in s or "owe" in s:
         return True
     j = load_json(root + JOB) or {}
     return bool(j.get("failed") and not j.get("told"))
@@ -140,152 +102,7 @@ def running(board, root=""):
     return (t or "uplink-" + board, v or VERSION)
 
 
-class Stage:
-    """One download: `want` = {"title", "version", "size", "sha256"} as the cloud announced."""
-
-    def __init__(self, want, chunk, root=""):
-        self.want = want
-        self.chunk = chunk
-        self.root = root
-        # the one 1 KB buffer of verify and install, taken before the download fragments the
-        # heap (a fresh 1 KB block after it failed at 128k)
-        self._ba = bytearray(BUF)
-        self.buf = memoryview(self._ba)
-
-    def begin(self):
-        """The next chunk to fetch: where PART left off when it is this bundle's, else 0."""
-        r = self.root
-        d = dict(self.want, chunk=self.chunk)
-        n = _size(r + PART)
-        if load_json(r + DL) == d and n >= 0 and n % self.chunk == 0 and n <= self.want["size"]:
-            return n // self.chunk
-        _rm(r + PART)
-        save_json(r + DL, d)
-        open(r + PART, "wb").close()
-        return 0
-
-    def add(self, data):
-        """Append one chunk (on flash before the next is asked for); True when all is here."""
-        with open(self.root + PART, "ab") as f:
-            f.write(data)
-        return _size(self.root + PART) >= self.want["size"]
-
-    def have(self):
-        return max(_size(self.root + PART), 0)
-
-    def drop(self):
-        _rm(self.root + PART)
-        _rm(self.root + DL)
-
-    async def verify(self, board):
-        """The whole download checked before anything changes: size, sha256, format, board.
-        Returns the manifest."""
-        path = self.root + PART
-        size = _size(path)
-        if size != self.want["size"]:
-            raise OtaError("download truncated: %d of %d bytes" % (max(size, 0), self.want["size"]))
-        h = hashlib.sha256()
-        buf = self.buf
-        with open(path, "rb") as f:
-            while True:
-                n = f.readinto(buf)
-                if not n:
-                    break
-                h.update(buf[:n])
-                await asyncio.sleep_ms(0)  # crypto on a 240 MHz chip: let the other tasks run
-            got = _hex(h.digest())
-            exp = self.want["sha256"]
-            if exp is None:  # not announced (Blynk without x-sha256): the files' and body's sums still hold
-                self.want["sha256"] = got
-            elif got != exp.lower():  # before the manifest needs its big block
-                raise OtaError("checksum mismatch: got sha256 %s, expected %s" % (got, exp))
-            h = None
-            f.seek(0)
-            hlen = 0
-            while hlen < HEADER_MAX:  # the manifest line's length, in small reads
-                n = f.readinto(buf)
-                i = self._ba.find(b"\n", 0, n) if n else -1  # in place: no 1 KB copy
-                if i >= 0 or not n:
-                    hlen += i + 1
-                    break
-                hlen += n
-            f.seek(0)
-            try:
-                # parsed straight from flash: the manifest (~80 B a file) never needs one
-                # contiguous block, which a heap the chunks fragmented may not have
-                m = json.load(_Head(f, hlen))
-                files = m["files"]
-            except (ValueError, KeyError, TypeError):
-                raise OtaError("not an uplink bundle (no manifest line)")
-        if m.get("format") != FORMAT:
-            raise OtaError("bundle format %r, this firmware reads %s" % (m.get("format"), FORMAT))
-        if m.get("board") != board:
-            raise OtaError("bundle is for board %r, this board is %r" % (m.get("board"), board))
-        if hlen + sum(e[1] for e in files) != size:
-            raise OtaError("bundle sizes do not add up: damaged manifest")
-        for e in files:
-            p = e[0]
-            if not isinstance(p, str) or p.startswith("/") or ".." in p.split("/") or p == MANIFEST:
-                raise OtaError("bad path in bundle: %r" % (p,))
-        m["head"] = hlen
-        return m
-
-    async def install(self, m):
-        """Unpack into the slot not running, each file checked; returns the slot's name.
-        The running app and SLOT are untouched: a failure here changes nothing that boots."""
-        r = self.root
-        cur = read_slot(r).get("cur") or ""
-        new = "app_b" if cur == "app_a" else "app_a"
-        _rmtree(r + new)
-        os.mkdir(r + new)
-        buf = self.buf
-        body = hashlib.sha256()
-        with open(r + PART, "rb") as src:
-            src.seek(m["head"])
-            for path, size, sha in m["files"]:
-                _mkdirs(r + new, path)
-                h = hashlib.sha256()
-                left = size
-                with open(r + new + "/" + path, "wb") as out:
-                    while left:
-                        n = src.readinto(buf[:min(left, BUF)])
-                        if not n:
-                            raise OtaError("%s: the bundle ends early" % path)
-                        mv = buf[:n]
-                        h.update(mv)
-                        body.update(mv)
-                        out.write(mv)
-                        left -= n
-                        await asyncio.sleep_ms(0)
-                if _hex(h.digest()) != sha:
-                    raise OtaError("%s: sha256 mismatch" % path)
-        if _hex(body.digest()) != m.get("body_sha256"):
-            raise OtaError("bundle body sha256 mismatch")
-        del m["head"]
-        save_json(r + new + "/" + MANIFEST, m)  # last: the slot is whole
-        return new
-
-    def switch(self, new):
-        """Point the next boot at `new`, on trial (main.py). Atomic: temp + rename."""
-        s = read_slot(self.root)
-        write_slot({"cur": new, "prev": s.get("cur") or "", "trial": 0, "sum": self.want["sha256"]}, self.root)
-        self.drop()
-
-
-def _mkdirs(base, path):
-    parts = path.split("/")[:-1]
-    d = base
-    for p in parts:
-        d += "/" + p
-        try:
-            os.mkdir(d)
-        except OSError:
-            pass  # exists
-
-
 # -- the updater's life -----------------------------------------------------------------------
-COMMIT_AFTER_S = 60  # connected this long on trial: the new app is kept (bundle's commit_after_s)
-TRIAL_S = 600  # no commit by then: back to the previous app (bundle's trial_s)
 
 
 def start(ctx, unload=None):
@@ -335,8 +152,8 @@ async def at_boot(ctx, unload):
 
 class Updater:
     """The trial and rollback of a new app, shared by every cloud's delivery: a subclass adds
-    take() (an announcement) and say() (how the cloud hears of a state); this one says them on
-    the console only (the relay's clouds have no place for them)."""
+    take() (an announcement) and deliver() (how the cloud hears of a state); this one says them
+    on the console only (the relay's clouds have no place for them)."""
 
     want = None  # the package announced, while one is
     unload = None  # the uplink.transient this updater's code was loaded in
@@ -344,25 +161,39 @@ class Updater:
     def __init__(self, ctx, root=""):
         self.ctx = ctx
         self.root = root
-        # known before the first announcement, which may come before trial() runs
-        self.bad = rolled_back(root)
 
     def take(self, cmd):
         return None
 
     def say(self, state, error=None):
-        if error:
-            log.error("ota", "%s: %s" % (state, error))
-        else:
-            log.info("ota", "OTA %s" % state)
+        """A state on its way (best effort: the final ones are owed on flash, report())."""
+        asyncio.create_task(self.deliver(state, error))
+
+    async def deliver(self, state, error=None):
+        """Tell the cloud `state`; True once it has it (its PUBACK). Here: the console."""
+        _log(state, error)
+        return True
 
     def running(self):
         """(title, version) of the app running: the app's, read once at boot (App.fw)."""
         return running(self.ctx.board.name, self.root) if self.root else self.ctx.fw()
 
     async def run(self):
-        await self.trial()
+        await self.settle()
         self.done()
+
+    async def settle(self):
+        """A trial to run, an outcome owed to the cloud: done first, with their code in the
+        heap for them only (uplink.ota_trial), not beside a download."""
+        if not owed(self.root):
+            return
+        from uplink import transient
+
+        with transient():
+            from uplink import ota_trial
+
+            await ota_trial.trial(self)
+            await ota_trial.report(self)
 
     def done(self):
         """Nothing left to do: the updater and its code leave the heap."""
@@ -379,50 +210,9 @@ class Updater:
     def reset(self):
         self.ctx.board.reset()  # (Board.leave writes the readings held in RAM first)
 
-    async def trial(self):
-        s = read_slot(self.root)
-        if "failed" in s:
-            why = s.get("why") or _last_crash() or "reset during its trial, before it was healthy"
-            self.bad = s.get("sum")
-            await self.connected()
-            self.say("FAILED", "rolled back from slot %s: %s" % (s["failed"], why))
-            write_slot({"cur": s.get("cur") or "", "bad": self.bad}, self.root)
-            return
-        if s.get("trial") is None:
-            # nothing to report: UPDATED went out at the commit, and the running version is
-            # told at every connect (platforms/thingsboard.py, blynk.py)
-            return
-        m = load_json(self.root + s["cur"] + "/" + MANIFEST) or {}
-        commit_ms = int(m.get("commit_after_s", COMMIT_AFTER_S)) * 1000
-        trial_ms = int(m.get("trial_s", TRIAL_S)) * 1000
-        log.info("ota", "on trial: kept after %d s connected, else the previous app in %d s"
-                 % (commit_ms // 1000, trial_ms // 1000))
-        t0 = time.ticks_ms()
-        since = None
-        while True:
-            await asyncio.sleep_ms(250)
-            now = time.ticks_ms()
-            c = self.ctx.client
-            if c is not None and c.is_connected:
-                since = now if since is None else since
-                if time.ticks_diff(now, since) >= commit_ms:
-                    write_slot({"cur": s["cur"], "prev": s.get("prev") or "", "sum": s.get("sum")}, self.root)
-                    self.say("UPDATED")
-                    return
-            else:
-                since = None
-            if time.ticks_diff(now, t0) >= trial_ms:
-                s["failed"], s["cur"] = s["cur"], s.get("prev") or ""
-                s["why"] = "no healthy cloud connection within its %d s trial" % (trial_ms // 1000)
-                del s["trial"]
-                write_slot(s, self.root)
-                log.error("ota", "trial failed: %s; back to the previous app" % s["why"])
-                self.reset()
 
-
-def _last_crash():
-    d = load_json("crashes.json")  # uplink.safemode.PATH (not imported: it leaves the heap)
-    try:
-        return d.get("last") if d and d.get("crashes") else None
-    except AttributeError:
-        return None
+def _log(state, error):
+    if error:
+        log.error("ota", "%s: %s" % (state, error))
+    else:
+        log.info("ota", "OTA %s" % state)

@@ -34,21 +34,23 @@ class Updater(ota.Updater):
         want = {"title": "blynk", "version": ver, "size": size, "sha256": None,
                 "src": url if q < 0 else url[:q]}
         job = ota.load_json(self.root + ota.JOB) or {}
-        if ota.same_job(job, want) and (job.get("failed") or (job.get("installed") and job.get("sha256") == self.bad)):
-            # Blynk sends ota/json again after every info/mcu while the shipment lasts
-            log.warn("ota", "%s failed before: not tried again" % (ver or url))
-            return
+        if ota.same_job(job, want):
+            # Blynk sends ota/json again after every info/mcu while the shipment lasts, and
+            # without "ver" when it found no version tag in the file (docs.blynk.io, Device MQTT
+            # API, OTA): the package is known by the job's sha256 (the download's x-sha256)
+            sha = job.get("sha256")
+            if job.get("failed") or (job.get("installed") and ota.guard("refused", sha, self.root)):
+                log.warn("ota", "%s failed before: not tried again" % (ver or url))
+                return
+            if job.get("installed") and sha and sha == ota.read_slot(self.root).get("sum"):
+                log.info("ota", "%s runs already (sha256 %s...)" % (ver or url, sha[:12]))
+                return
         if self.want is None:
             self.want = dict(want, url=url)  # run() makes it the job
 
     async def run(self):
-        await self.trial()
+        await self.settle()  # (a failed download's report too: told once Blynk has the event)
         job = ota.load_json(self.root + ota.JOB) or {}
-        if job.get("failed") and not job.get("told"):
-            await self.connected()
-            self.say("FAILED", job["failed"])
-            job["told"] = 1
-            ota.save_json(self.root + ota.JOB, job)
         want = self.want
         if want is None:  # started for the trial or the report alone (ota.at_boot)
             self.done()
@@ -56,24 +58,14 @@ class Updater(ota.Updater):
         if ota.same_job(job, want):
             want["boots"] = job.get("boots", 0)  # boots the network failed it count on
         ota.save_json(self.root + ota.JOB, want)
-        t = self._tell("DOWNLOADING")
-        if t is not None:
-            await t  # sent before the reset
+        await self.deliver("DOWNLOADING")  # sent before the reset
         log.info("ota", "the download runs at the next boot, before the cloud session (the heap is whole then)")
         await asyncio.sleep_ms(500)
         self.reset()
 
-    def say(self, state, error=None):
-        t = self._tell(state, error)
-        if t is not None:
-            asyncio.create_task(t)
-
-    def _tell(self, state, error=None):
-        """The sys_ota event for `state`, as a coroutine to await or run; None if there is none."""
-        if error:
-            log.error("ota", "%s: %s" % (state, error))
-        else:
-            log.info("ota", "OTA %s" % state)
+    async def deliver(self, state, error=None):
+        """The sys_ota event for `state`; True once Blynk has it (PUBACK), or when `state` has none."""
+        ota._log(state, error)
         ver = (self.want or {}).get("version") or "?"
         if state == "DOWNLOADING":
             text = "OTA started: %s" % ver
@@ -82,17 +74,14 @@ class Updater(ota.Updater):
         elif state == "FAILED":
             text = "OTA failed: %s" % error
         else:
-            return None  # Blynk events are counted: start, end and failure only
-        c = self.ctx.client
-        if c is None or not c.is_connected:
-            return None
+            return True  # Blynk events are counted: start, end and failure only
         pre = self.ctx.adapter.own_prefix
         if pre is None:  # a gateway session: no device of its own to log the event on
-            return None
-        return self._event(c, pre + "event/" + EVENT, text[:255].encode())
-
-    async def _event(self, c, topic, payload):
+            return True
+        await self.connected()
         try:
-            await c.publish(topic, payload, 1, False, False)
+            await self.ctx.client.publish(pre + "event/" + EVENT, text[:255].encode(), 1, False, True)
+            return True
         except Exception as e:
             log.warn("ota", "sys_ota event not sent: %s" % e)
+            return False

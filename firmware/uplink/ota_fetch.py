@@ -17,6 +17,10 @@ REDIRECTS = 3
 PIECE = 512  # = transport.RBUF: readexactly(n) up to it costs one n-byte bytes, no bigger block
 
 
+class Running(Exception):
+    """The package's x-sha256 is the running app's: nothing to download (Blynk.Air without "ver")."""
+
+
 async def at_boot(ctx, root="", sign=None, ca=None):
     """The job left before the reset: download, check, install, switch and reset. A failure is
     written into the job, reported by the platform's Updater once connected, and the app goes on."""
@@ -27,12 +31,22 @@ async def at_boot(ctx, root="", sign=None, ca=None):
             "sha256": None, "src": job["src"]}
     job["boots"] = job.get("boots", 0) + 1
     ota.save_json(root + ota.JOB, job)
-    st = ota.Stage(want, ota.BUF, root)  # its 1 KB buffer taken first
+    from uplink.ota_stage import Stage
+
+    st = Stage(want, ota.BUF, root)  # its 1 KB buffer taken first
     try:
         await _download(ctx, st, want, job["url"], sign, ca)
         m = await st.verify(ctx.board.name)
         new = await st.install(m)
+    except Running:
+        st.drop()
+        job["installed"], job["sha256"] = 1, want["sha256"]
+        ota.save_json(root + ota.JOB, job)
+        log.info("ota", "%s is the app running (sha256): nothing to install" % (want["version"] or "the package"))
+        transport.forget_contexts()
+        return
     except Exception as e:  # OtaError: the package's fault; OSError: the network's or the flash's
+        st.close()  # what came is on flash for the next boot
         if isinstance(e, ota.OtaError) or job["boots"] >= BOOTS:
             st.drop()
             job["failed"] = str(e)[:200]
@@ -51,7 +65,8 @@ async def at_boot(ctx, root="", sign=None, ca=None):
 
 
 async def _download(ctx, st, want, url, sign=None, ca=None):
-    have = st.begin() * ota.BUF
+    have = min(st.begin() * ota.BUF, want["size"])  # a whole part left by a cut: checked again, not fetched
+    ota.guard("room", st, ctx.cfg["outbox"]["max_bytes"])
     log.info("ota", "%s: %d bytes, from byte %d" % (want["version"] or "package", want["size"], have))
     tries = 0
     while have < want["size"]:
@@ -64,7 +79,7 @@ async def _download(ctx, st, want, url, sign=None, ca=None):
             if tries >= TRIES:
                 raise OSError("download failed %d times, last: %s" % (tries, e))
             log.warn("ota", "download cut at byte %d (%s): resuming in %d s" % (st.have(), e, RETRY_S))
-            have = st.have() // ota.BUF * ota.BUF  # a partial piece is not on flash
+            have = st.have()  # (what _body added: the part's file stays open across connections)
             gc.collect()
             await asyncio.sleep(RETRY_S)
 
@@ -118,6 +133,8 @@ async def _get(ctx, st, want, url, have, sign=None, ca=None):
                                    % (status, host))
             if hd.get("sha256"):
                 want["sha256"] = hd["sha256"]
+                if hd["sha256"] == ota.read_slot(st.root).get("sum"):
+                    raise Running()
             if hd.get("chunked"):
                 raise ota.OtaError("download: %s sent chunked encoding; a plain Content-Length is needed"
                                    % host)

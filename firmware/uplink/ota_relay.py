@@ -38,8 +38,9 @@ def offer(ctx, o, root=""):
         return
     if want["version"] == ctx.fw()[1]:
         return  # runs already
-    if sha == ota.rolled_back(root):
-        log.warn("ota", "%s from the relay was rolled back before: not tried again" % want["version"])
+    why = ota.guard("refused", sha, root)
+    if why is not None:
+        log.warn("ota", "%s from the relay was refused before (%s): not tried again" % (want["version"], why))
         return
     job = ota.load_json(root + ota.JOB) or {}
     if ota.same_job(job, want) and job.get("failed"):

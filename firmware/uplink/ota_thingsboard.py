@@ -35,19 +35,30 @@ class Updater(ota.Updater):
         return user_attributes(cmd.params)
 
     def announce(self, a):
+        if a.get("fw_url"):  # an external package (ThingsBoard's "URL" option): no chunks here
+            self.say("FAILED", "package %s %s is an external URL (fw_url%s): upload the file to ThingsBoard instead"
+                     % (a.get("fw_title"), a.get("fw_version"), "" if "fw_size" in a else ", no fw_size"))
+            return
         try:
             want = {"title": str(a["fw_title"]), "version": str(a["fw_version"]), "size": int(a["fw_size"]),
                     "sha256": str(a["fw_checksum"]).lower()}
         except (KeyError, ValueError, TypeError):
             return  # an incomplete announcement (TB sends all five together)
-        alg = str(a.get("fw_checksum_algorithm") or "SHA256").upper()
         # (the package running is no announcement: the adapter, platforms/thingsboard.py _shared)
-        if want["sha256"] in (self.bad, self.ctx.ota_bad):
-            log.warn("ota", "%s %s failed before: not tried again" % (want["title"], want["version"]))
+        why = ota.guard("refused", want["sha256"], self.root)
+        if why is not None:
+            log.warn("ota", "%s %s failed before (%s): not tried again" % (want["title"], want["version"], why))
+            if not ota.owed(self.root):  # (an owed outcome, report(), says it with its reason)
+                self.say("FAILED", why)  # again: a cut may have kept the first from ThingsBoard
             return
+        alg = str(a.get("fw_checksum_algorithm") or "SHA256").upper()
         if alg != "SHA256":
-            self.say("FAILED", "checksum algorithm %s: only SHA256 is supported" % alg)
-            return
+            from uplink import ota_sums  # (left in the heap only with an updater that needs it)
+
+            if alg not in ota_sums.SUPPORTED:
+                self.say("FAILED", ota_sums.unsupported(alg))
+                return
+            want["check"], want["sha256"] = [alg, want["sha256"]], None
         if want != self.want:
             self.want = want  # run() goes on with it
 
@@ -62,42 +73,45 @@ class Updater(ota.Updater):
             self.got.set()
 
     # -- reporting ----------------------------------------------------------------------
-    def say(self, state, error=None):
+    async def deliver(self, state, error=None):
+        """fw_state telemetry (ThingsBoard's OTA guide), True once ThingsBoard has it (PUBACK)."""
         t, v = self.running()
         d = {"fw_state": state, "current_fw_title": t, "current_fw_version": v}
         if error:
             d["fw_error"] = error[:200]
-            log.error("ota", "%s: %s" % (state, error))
-        else:
-            log.info("ota", "fw_state %s" % state)
-        c = self.ctx.client
-        if c is not None and c.is_connected:
-            asyncio.create_task(self._send(c, d))
-
-    async def _send(self, c, d):
+        ota._log(state, error)
+        await self.connected()
         try:
-            await c.publish(TELEMETRY, json.dumps(d).encode(), 1, False, False)
+            await self.ctx.client.publish(TELEMETRY, json.dumps(d).encode(), 1, False, True)
+            return True
         except Exception as e:
             log.warn("ota", "fw_state not sent: %s" % e)
+            return False
 
     # -- the task -----------------------------------------------------------------------
     async def run(self):
-        await self.trial()
+        await self.settle()
         while self.want is not None:
             want = self.want
+            key = want["sha256"] or want["check"][1]  # (verify() fills sha256 in)
+            from uplink.ota_stage import Stage  # (the trial and its report, settle(), are done: its room)
+
+            st = Stage(want, CHUNK, self.root)
             try:
-                await self.update(want)  # returns when another bundle was announced meanwhile
+                await self.update(want, st)  # returns when another bundle was announced meanwhile
             except Exception as e:  # OtaError: the bundle's fault; OSError: the flash's
-                ota.Stage(want, CHUNK, self.root).drop()
-                self.ctx.ota_bad = want["sha256"]  # kept by the context: this updater leaves the heap
+                st.drop()
+                if isinstance(e, ota.OtaError) and not e.retry:
+                    ota.guard("refuse", key, str(e), self.root)  # on flash: not fetched again after a reset
                 if self.want is want:
                     self.want = None
                 self.say("FAILED", str(e))
+            st.close()
         self.done()
 
-    async def update(self, want):
-        st = ota.Stage(want, CHUNK, self.root)
+    async def update(self, want, st):
         n = st.begin()
+        ota.guard("room", st, self.ctx.cfg["outbox"]["max_bytes"])
         total = (want["size"] + CHUNK - 1) // CHUNK
         self.rid = (self.rid + 1) & 0xFFFF
         log.info("ota", "%s %s: %d bytes, from chunk %d of %d"
@@ -112,6 +126,7 @@ class Updater(ota.Updater):
                 raise ota.OtaError("download truncated: chunk %d has %d bytes (%d of %d so far)"
                                    % (n, len(data), have, want["size"]))
             st.add(data)
+            data = None  # (the last chunk must not sit in the heap through verify and install)
             n += 1
         self.say("DOWNLOADED")
         m = await st.verify(self.ctx.board.name)

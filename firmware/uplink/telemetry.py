@@ -15,6 +15,7 @@ class Telemetry:
         self.interval_s = t["interval_ms"] / 1000 if t["interval_ms"] else t["interval_s"]
         self.wake = asyncio.Event()  # set: the next reading now (set_interval, a command)
         self.idf_warned = False
+        self.reads = 0  # read() calls that returned (an update's trial needs one: App.unhealthy)
 
     def health(self):
         app = self.app
@@ -61,6 +62,7 @@ class Telemetry:
         try:
             mine = dict(app.user.read() or {})  # a copy: what is dropped below stays in user.py's
             drop_unencodable(mine)
+            self.reads += 1
         except Exception as e:  # a broken sensor must not stop health telemetry
             log.user_exc("user", "read() failed", e)
             mine = {}
@@ -97,7 +99,8 @@ class Telemetry:
         if hasattr(app.user, "read_devices") and app.adapter.gateway:
             from uplink import devices
         if not app.adapter.publishes and not (app.sessions and app.sessions.cursors):
-            return  # a watcher (Weightron without publish = true) sends no readings
+            self.reads = -1  # a watcher (Weightron without publish = true) reads nothing, so a trial needs none
+            return
         while True:
             try:
                 reading = self.take_reading()

@@ -106,12 +106,17 @@ print("MOD total", base - prev)
 
 # in the order the app imports them over mqtts (ThingsBoard); uplink.cloud only there when
 # user.py imports it; then the OTA modules, each loaded only while an update or a trial runs
-# (uplink.ota.start): ota and ota_thingsboard, ota_blynk on Blynk; ota_fetch and https for the boot's download
+# (uplink.ota.start): ota and ota_thingsboard, ota_blynk on Blynk; ota_trial for a trial or an
+# outcome owed, before any download; ota_stage for a download; ota_guard for one check at a
+# time; ota_fetch and https for the boot's download
 ORDER = ["uplink", "uplink.log", "uplink.config", "uplink.board", "uplink.board_host", "uplink.clock",
          "uplink.runner", "uplink.context", "uplink.telemetry", "uplink.app", "uplink.platforms",
          "uplink.platforms.thingsboard", "uplink.outbox",
          "uplink.publisher", "uplink.transport", "uplink.mqtt", "uplink.ws", "asyncio", "ssl", "uplink.cloud",
-         "uplink.ota", "uplink.ota_thingsboard", "uplink.ota_blynk", "uplink.https", "uplink.ota_fetch"]
+         "uplink.ota", "uplink.ota_thingsboard", "uplink.ota_blynk", "uplink.ota_trial", "uplink.ota_stage",
+         "uplink.ota_guard",
+         "uplink.https",
+         "uplink.ota_fetch"]
 
 
 # a Blynk device's own modules, after the ones every device loads (the gateway and uplink.cloud

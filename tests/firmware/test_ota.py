@@ -10,7 +10,7 @@ import os
 import main
 from mptest import heapsize, raises
 from ramblockdev import RAMBlockDev
-from uplink import ota
+from uplink import ota, ota_stage
 
 MNT = "/ram"
 R = MNT + "/"
@@ -21,13 +21,15 @@ def _hex(b):
     return "".join("%02x" % x for x in b)
 
 
-def bundle(version, board="host", extra=b""):
-    """A bundle as host_tools/ota_bundle.py writes it, made here (the format is the contract)."""
+def bundle(version, board="host", extra=b"", **more):
+    """A bundle as host_tools/ota_bundle.py writes it, made here (the format is the contract);
+    `more`: manifest keys (commit_after_s, trial_s)."""
     files = [("uplink/mod.py", b"V = %r\n" % version + b"#" * 300), ("user.py", b"U = %r\n" % version + extra)]
     body = b"".join(d for _, d in files)
     m = {"format": "uplink-bundle/1", "title": "uplink-host", "version": version, "board": board, "arch": None,
          "files": [[p, len(d), _hex(hashlib.sha256(d).digest())] for p, d in files],
          "body_sha256": _hex(hashlib.sha256(body).digest())}
+    m.update(more)
     raw = json.dumps(m).encode() + b"\n" + body
     return raw, {"title": "uplink-host", "version": version, "size": len(raw),
                  "sha256": _hex(hashlib.sha256(raw).digest())}
@@ -42,7 +44,7 @@ def fetch(st, raw, start=0, stop=None):
 
 
 def update(raw, want, board="host"):
-    st = ota.Stage(want, CHUNK, R)
+    st = ota_stage.Stage(want, CHUNK, R)
     fetch(st, raw, None)
     m = asyncio.run(st.verify(board))
     new = asyncio.run(st.install(m))
@@ -125,16 +127,16 @@ def test_refused_bundles_change_nothing():
     try:
         raw, want = bundle("2")
         bad = dict(want, sha256="0" * 64)
-        st = ota.Stage(bad, CHUNK, R)
+        st = ota_stage.Stage(bad, CHUNK, R)
         fetch(st, raw, None)
         with raises(ota.OtaError, "checksum mismatch"):
             asyncio.run(st.verify("host"))
-        st = ota.Stage(want, CHUNK, R)
+        st = ota_stage.Stage(want, CHUNK, R)
         fetch(st, raw, None, 2)
         with raises(ota.OtaError, "download truncated: 512 of"):
             asyncio.run(st.verify("host"))
         raw3, want3 = bundle("3", board="esp32-devkitc")
-        st = ota.Stage(want3, CHUNK, R)
+        st = ota_stage.Stage(want3, CHUNK, R)
         fetch(st, raw3, None)
         with raises(ota.OtaError, "bundle is for board 'esp32-devkitc', this board is 'host'"):
             asyncio.run(st.verify("host"))
@@ -148,15 +150,15 @@ def test_download_resumes_from_the_last_chunk_on_flash():
     fresh(dev)
     try:
         raw, want = bundle("2")
-        st = ota.Stage(want, CHUNK, R)
+        st = ota_stage.Stage(want, CHUNK, R)
         assert st.begin() == 0
         fetch(st, raw, 0, 2)
         # a dropped connection, a reboot: the same bundle resumes where flash says
-        assert ota.Stage(want, CHUNK, R).begin() == 2
+        assert ota_stage.Stage(want, CHUNK, R).begin() == 2
         # another bundle announced: starts from scratch
         raw2, want2 = bundle("3")
-        assert ota.Stage(want2, CHUNK, R).begin() == 0
-        assert ota.Stage(want, CHUNK, R).begin() == 0
+        assert ota_stage.Stage(want2, CHUNK, R).begin() == 0
+        assert ota_stage.Stage(want, CHUNK, R).begin() == 0
     finally:
         dev.unmount(MNT)
 
@@ -206,3 +208,4 @@ def test_power_cut_at_every_flash_operation_boots_old_or_new():
             dev.unmount(MNT)
     assert seen == {"1", "2"} and total > 30, (seen, total)
     print("%d power cuts checked" % (total + 1))
+

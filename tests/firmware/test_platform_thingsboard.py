@@ -90,21 +90,23 @@ async def test_on_connect_publishes_client_attributes_and_asks_limits_and_time()
     c = Client()
     await a.on_connect(c)
     topics = [p[0] for p in c.published]
-    assert topics[0] == "v1/devices/me/attributes"
-    # no client attribute "fw_version": that name is the OTA shared attribute announcing a
-    # package; the running firmware is reported as current_fw_title/current_fw_version
-    # the title an OTA bundle for this board declares (host_tools/ota_bundle.py title_for)
-    assert json.loads(c.published[0][1]) == {"board": "esp32-devkitc", "ip": "10.0.0.7",
-                                             "current_fw_title": "uplink-esp32-devkitc",
-                                             "current_fw_version": "1.2.3"}
+    assert topics[:2] == ["v1/devices/me/attributes", "v1/devices/me/telemetry"]
+    # no client attribute "fw_version": that name is the OTA shared attribute announcing a package
+    assert json.loads(c.published[0][1]) == {"board": "esp32-devkitc", "ip": "10.0.0.7"}
+    # the running firmware as telemetry at every connect, as ThingsBoard's OTA guide has it
+    # ("Update process": current_fw_title, current_fw_version; its firmware dashboard reads
+    # them), with the title an OTA bundle for this board declares (host_tools/ota_bundle.py)
+    assert json.loads(c.published[1][1]) == {"current_fw_title": "uplink-esp32-devkitc", "current_fw_version": "1.2.3"}
+    # our own attributes handed back by a plain broker are no shared attributes
+    assert a.handle("v1/devices/me/attributes", c.published[0][1], False) is None
     ctx = Ctx()
     ctx.fw = lambda: ("uplink-esp32-devkitc", "2.0.0")  # Context.fw: the active slot's manifest
     c = Client()
     await tb(ctx=ctx).on_connect(c)
-    attrs = json.loads(c.published[0][1])
-    assert (attrs["current_fw_title"], attrs["current_fw_version"]) == ("uplink-esp32-devkitc", "2.0.0")
+    fw = json.loads(c.published[1][1])
+    assert (fw["current_fw_title"], fw["current_fw_version"]) == ("uplink-esp32-devkitc", "2.0.0")
     reqs = {}
-    for t, p, _ in c.published[1:]:
+    for t, p, _ in c.published[2:]:
         assert t.startswith("v1/devices/me/rpc/request/")
         reqs[json.loads(p)["method"]] = t.rsplit("/", 1)[1]
     # getCurrentTime: the method of ThingsBoard's documented rule-chain example
@@ -196,7 +198,7 @@ async def test_a_plain_broker_handing_back_our_own_requests_gives_no_commands():
         assert a.handle(t, p, False) is None, (t, p)
     # the cloud's own RPC that reuses a pending id (ThingsBoard counts server-side RPC ids in
     # a sequence of its own) is still a command; so is a later one with the other method
-    rid = c.published[1][0].rsplit("/", 1)[1]
+    rid = c.published[2][0].rsplit("/", 1)[1]
     cmd = a.handle("v1/devices/me/rpc/request/" + rid, b'{"method":"setLed","params":{"on":true}}', False)
     assert cmd == Command("setLed", {"on": True}, ("me", int(rid)))
     # its reply comes back on the id of our pending getSessionLimits: not an answer to that
@@ -213,7 +215,7 @@ async def test_on_thingsboard_a_server_rpc_on_a_pending_id_is_a_command_and_answ
     a = tb()
     c = Client()
     await a.on_connect(c)
-    rid = c.published[1][0].rsplit("/", 1)[1]
+    rid = c.published[2][0].rsplit("/", 1)[1]
     cmd = a.handle("v1/devices/me/rpc/request/" + rid, b'{"method":"ping"}', False)
     assert cmd is not None and cmd.name == "ping"
     a.reply(cmd, {"pong": True})
@@ -411,7 +413,8 @@ async def test_ota_is_asked_at_each_connect_and_the_running_package_is_no_announ
         c = Client()
         await a.on_connect(c)
         asks = [(t, json.loads(p)) for t, p, _ in c.published if t.startswith("v1/devices/me/attributes/request/")]
-        assert [q for _, q in asks] == [{"sharedKeys": "fw_title,fw_version,fw_size,fw_checksum,fw_checksum_algorithm"}]
+        keys = "fw_title,fw_version,fw_size,fw_checksum,fw_checksum_algorithm,fw_url"  # fw_url: external packages
+        assert [q for _, q in asks] == [{"sharedKeys": keys}]
     answer = "v1/devices/me/attributes/response/" + asks[0][0].rsplit("/", 1)[1]
     fw = {"fw_title": "uplink-esp32-devkitc", "fw_version": "2.1.0", "fw_size": 10, "fw_checksum": "ab"}
     assert a.handle(answer, json.dumps({"shared": fw}).encode(), False) == Command("ota", fw)

@@ -244,8 +244,9 @@ RULES: dict[str, Rule] = {
     "tb.json": Rule("Telemetry, attributes, RPC and provisioning payloads are JSON.", _TB),
     "tb.attributes": Rule("Client attributes are published as one JSON object of key-values.", _TB),
     "tb.ota_names": Rule("fw_title/fw_version/fw_checksum... are the shared attributes that announce an "
-                         "OTA package; the device reports what it runs as current_fw_title and "
-                         "current_fw_version. A client attribute fw_version would be confused with them.",
+                         "OTA package; the device reports what it runs and how an update goes as telemetry "
+                         "(current_fw_title, current_fw_version, fw_state: the guide's \"Update process\"; "
+                         "its firmware dashboard reads them there). Neither belongs in client attributes.",
                          _TB_OTA),
     "tb.attr_request": Rule("An attribute request is {\"clientKeys\": \"a,b\", \"sharedKeys\": \"c,d\"}: "
                             "comma-separated names.", _TB),
@@ -423,6 +424,7 @@ _TB_ME_SUB = ["v1/devices/me/attributes", "v1/devices/me/attributes/response/+",
 _TB_FW_SUB = ["v2/fw/response/+/chunk/+"]
 _TB_GW_SUB = ["v1/gateway/rpc", "v1/gateway/attributes", "v1/gateway/attributes/response"]
 _TB_OTA_SHARED = {"fw_title", "fw_version", "fw_checksum", "fw_checksum_algorithm", "fw_size", "fw_url"}
+_TB_OTA_TELEMETRY = {"current_fw_title", "current_fw_version", "fw_state", "fw_error"}  # (_TB_OTA: telemetry)
 
 
 class ThingsBoard(Profile):
@@ -550,6 +552,9 @@ class ThingsBoard(Profile):
             clash = sorted(_TB_OTA_SHARED & set(doc))
             if clash:
                 return broke("tb.ota_names", f"client attribute {clash} has the name of an OTA shared attribute")
+            clash = sorted(_TB_OTA_TELEMETRY & set(doc))
+            if clash:
+                return broke("tb.ota_names", f"client attribute {clash}: ThingsBoard reads these as telemetry")
         elif topic == "v1/gateway/telemetry":
             if not isinstance(doc, dict) or not doc:
                 return broke("tb.gateway_shapes", "gateway telemetry must be {device: [readings]}")

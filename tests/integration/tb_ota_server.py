@@ -27,9 +27,11 @@ class TbOta:
                       "fw_checksum_algorithm": "SHA256"}
         self.states: list[dict] = []
         self.readings: list[dict] = []  # the values of telemetry that is not fw_state
+        self.current: list[dict] = []  # current_fw_title/_version telemetry without fw_state
         self.chunks = 0
         self.bytes_out = 0
         self.on_chunk = None  # fn(n) after each answer: tests cut connections from here
+        self.on_state = None  # fn(fw_state) as each arrives: a bench cuts the power from here
         self.lock = threading.Lock()
         self.ready = threading.Event()
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"tb-ota-{id(self)}")
@@ -66,6 +68,11 @@ class TbOta:
                 if isinstance(d, dict) and "fw_state" in d:
                     with self.lock:
                         self.states.append(d)
+                    if self.on_state:
+                        self.on_state(d["fw_state"])
+                elif isinstance(d, dict) and "current_fw_title" in d:
+                    with self.lock:
+                        self.current.append(d)  # what runs, told at every connect
                 elif isinstance(d, dict):
                     with self.lock:
                         self.readings.append(d.get("values", d))

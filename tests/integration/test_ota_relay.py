@@ -82,7 +82,7 @@ def test_relay_serves_the_bundle_at_boot_then_trial_commit_and_a_crash_rolls_bac
         assert "boom at import" in board.console()
         n = len(board.lines)
         board.proc.kill()  # the relay still offers it: declined
-        wait_line(board, "was rolled back before: not tried again", after=n)
+        wait_line(board, "was refused before (rolled back", after=n)
         slot = json.loads((board.state / "slot.json").read_text())
         assert slot["cur"] == "app_a"
         assert svc.keys[DEVICE] not in board.console() and tok.password not in board.console()

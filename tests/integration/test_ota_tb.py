@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ def config(port: int) -> dict:
             "telemetry": {"interval_s": 1, "health": False}, "outbox": {"max_bytes": 100000}}
 
 
-def make_bundle(tmp: Path, version: str, user_py: str, board: str = "host") -> Path:
+def make_bundle(tmp: Path, version: str, user_py: str, board: str = "host", trial_s: int | None = None) -> Path:
     fw = hostboard.compile_firmware(hostboard.ROOT / "build" / "host-mpy")
     from host_tools import build
 
@@ -42,7 +43,7 @@ def make_bundle(tmp: Path, version: str, user_py: str, board: str = "host") -> P
     (tmp / f"user-{version}.py").write_text(user_py)
     files["user.py"] = tmp / f"user-{version}.py"
     return bu.make(files, tmp / f"b-{version}.uplb", board=board, arch=None, version=version,
-                   commit_after_s=2).path
+                   commit_after_s=2, trial_s=trial_s).path
 
 
 class Supervised:
@@ -169,6 +170,37 @@ def test_refusals_and_a_crashing_bundle_rolls_back(broker, tmp_path):
         assert failed["current_fw_version"] != "4"
         slot = json.loads((board.state / "slot.json").read_text())
         assert slot["cur"] == "" and slot["bad"] == tb.attrs["fw_checksum"]
+    finally:
+        run.stop()
+        tb.stop()
+
+
+def test_a_bundle_missing_a_driver_or_whose_read_fails_is_rolled_back(broker, tmp_path):
+    """A trial proves the new code works, not only that it connects: an ImportError from
+    what user.py imports is a crash, and a read() that never returns a reading fails the
+    trial; both roll back and ThingsBoard hears why."""
+    board = HostBoard(tmp_path / "board", config(broker.ports["mqtt"]), user_py=USER % ("v1", "1"), heapsize=TRIAL_HEAP)
+    nodriver = make_bundle(tmp_path, "5", 'import a_driver_left_out\ndef read():\n    return {"v": 5}\n').read_bytes()
+    tb = TbOta(broker.ports["mqtt"], nodriver, version="5")
+    run = Supervised(board)
+    try:
+        tb.announce()
+        failed = tb.wait_state("FAILED", 120, board.console)
+        assert "rolled back" in failed["fw_error"] and "a_driver_left_out" in failed["fw_error"], failed
+        assert failed["current_fw_version"] != "5"
+        broken = make_bundle(tmp_path, "6", 'def read():\n    raise OSError("sensor gone")\n', trial_s=8).read_bytes()
+        tb.states.clear()
+        tb.data = broken
+        tb.attrs.update(fw_version="6", fw_size=len(broken), fw_checksum=hashlib.sha256(broken).hexdigest())
+        tb.announce()
+        failed = tb.wait_state("FAILED", 120, board.console)
+        assert "rolled back" in failed["fw_error"] and "read() has not returned a reading" in failed["fw_error"], failed
+        assert not [d for d in tb.states if d["fw_state"] == "UPDATED"]
+        # the old app runs; the outcome's mark goes once ThingsBoard acknowledged it
+        end = time.monotonic() + 30
+        while "owe" in (slot := json.loads((board.state / "slot.json").read_text())) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert slot["cur"] == "" and "owe" not in slot, slot
     finally:
         run.stop()
         tb.stop()

@@ -58,7 +58,7 @@ CLAIM = ME + "claim"
 FW_RESPONSE = "v2/fw/response/"
 # OTA (thingsboard.io/docs/user-guide/ota-updates/): the shared attributes that announce a
 # package, asked at every connect, and the topic its chunks come back on (uplink.ota_thingsboard)
-FW_KEYS = ("fw_title", "fw_version", "fw_size", "fw_checksum", "fw_checksum_algorithm")
+FW_KEYS = ("fw_title", "fw_version", "fw_size", "fw_checksum", "fw_checksum_algorithm", "fw_url")
 FW_CHUNKS = FW_RESPONSE + "+/chunk/+"
 
 
@@ -85,6 +85,7 @@ class Adapter(Base):
         self._rpc_id = 0
         self._pending = {}  # client-side RPC / attribute request id -> method
         self._echoes = False  # the broker hands our own requests back (see handle)
+        self._attrs = None  # the client attributes last sent (on_connect)
         self._replied = None  # then: the id of our last RPC reply, to be handed back too
         self._claimed = False
         # getSessionLimits: which connection (client.connections) the answer belongs to; the
@@ -129,16 +130,19 @@ class Adapter(Base):
         # the last session's limits pace this one until the server answers again (ready()):
         # ThingsBoard counts per device, across connections
         client.pace = self.limits
-        # The running firmware by the names of ThingsBoard's OTA guide (current_fw_title/_version;
-        # fw_version is the shared attribute announcing a package), as client attributes: as
-        # telemetry they would be a message that is no reading (thingsboard.io/docs/user-guide/ota-updates/).
-        t, v = self._running()
-        attrs = {"board": self.ctx.board.name, "current_fw_title": t, "current_fw_version": v}
+        attrs = {"board": self.ctx.board.name}
         ip = self.ctx.ip
         if ip:
             attrs["ip"] = ip
+        self._attrs = dumps(attrs).encode()  # a plain broker hands it back (handle)
         # QoS 1 without waiting for each PUBACK: the client pipelines them
-        await client.publish(ATTRIBUTES, dumps(attrs).encode(), 1, False, False)
+        await client.publish(ATTRIBUTES, self._attrs, 1, False, False)
+        # The running firmware as telemetry, as ThingsBoard's OTA guide has the device send it
+        # (thingsboard.io/docs/user-guide/ota-updates/, "Update process"; its firmware dashboard
+        # reads these keys), at every connect: a device never updated shows its version too
+        t, v = self._running()
+        await client.publish(TELEMETRY, dumps({"current_fw_title": t, "current_fw_version": v}).encode(), 1, False,
+                             False)
         self._pending = {}
         p = self.cfg["platform"]
         self._asked_on = client.connections
@@ -318,8 +322,8 @@ class Adapter(Base):
             return command(method, req.get("params"), ("me", rid))
         if topic == ATTRIBUTES:
             attrs = loads_obj(payload, "shared attributes")
-            # current_fw_title is our own client attribute (on_connect), handed back by a plain broker
-            return None if "current_fw_title" in attrs else self._shared(attrs)
+            # our own client attributes (on_connect), handed back by a plain broker
+            return None if bytes(payload) == self._attrs else self._shared(attrs)
         if topic.startswith(ATTR_RESPONSE):
             if self._waited(_id(topic, ATTR_RESPONSE), payload):
                 return None
