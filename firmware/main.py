@@ -8,7 +8,7 @@ import sys
 
 HOLD = "hold"
 SLOT = "slot.json"  # = uplink.ota.SLOT: which app slot boots (docs/ota.md)
-TRIAL_S = 600  # = uplink.ota.TRIAL_S: a trial's length when its bundle does not say
+TRIAL_S = 600  # = uplink.ota_trial.TRIAL_S: a trial's length when its bundle does not say
 # = uplink.board.RESET_MARK: the last reset was the firmware's, not a panic. The app's boot takes
 # it (uplink.safemode); a boot without the app takes it here, so it never covers a later reset.
 MARK = "reset.mark"

@@ -44,6 +44,12 @@ def key(values: dict) -> tuple[int, int]:
     return (values.get("boot", 0), values["seq"])
 
 
+def fw_identity(doc) -> bool:
+    """ThingsBoard's current_fw_title/_version telemetry, sent at every connect (the OTA guide's
+    "Update process"): a message on the telemetry topic that is no reading."""
+    return isinstance(doc, dict) and "values" not in doc and "current_fw_title" in doc
+
+
 @dataclass
 class Ledger:
     sent: int = 0
@@ -127,6 +133,8 @@ class Observer:
             if topic.endswith("telemetry"):
                 data = json.loads(payload)
                 for r in data if isinstance(data, list) else [data]:
+                    if fw_identity(r):
+                        continue
                     # ThingsBoard: {"ts", "values"} when the device knows the time, else the values
                     self._readings.append(r.get("values", r) if isinstance(r, dict) else r)
         return self._readings

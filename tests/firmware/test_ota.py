@@ -10,7 +10,7 @@ import os
 import main
 from mptest import heapsize, raises
 from ramblockdev import RAMBlockDev
-from uplink import ota, ota_stage
+from uplink import ota, ota_stage, ota_trial
 
 MNT = "/ram"
 R = MNT + "/"
@@ -77,7 +77,7 @@ def test_update_trial_commit_and_rollback():
         raw, want = bundle("1")
         assert update(raw, want) == "app_a"
         assert main.slot(R) == "app_a" and ota.read_slot(R)["trial"] == 1
-        assert main.on_trial == ota.TRIAL_S * 1000  # main.py arms the watchdog for the trial
+        assert main.on_trial == ota_trial.TRIAL_S * 1000  # main.py arms the watchdog for the trial
         assert slot_version("app_a") == "1" and ota.current(R) == ("uplink-host", "1")
         # a second boot without a commit (a crash, the watchdog, a power cut): the previous app
         assert main.slot(R) == "" and ota.read_slot(R)["failed"] == "app_a" and not main.on_trial

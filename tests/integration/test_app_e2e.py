@@ -9,6 +9,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from tests.integration.hostboard import HostBoard
+from tests.ledger import fw_identity
 from tests.services import Mosquitto, mosquitto_bin
 
 pytestmark = pytest.mark.skipif(mosquitto_bin() is None, reason="mosquitto not installed")
@@ -59,7 +60,7 @@ class Cloud:
         for topic, payload in msgs:
             if topic.endswith("/telemetry"):
                 data = json.loads(payload)
-                out += data if isinstance(data, list) else [data]
+                out += [r for r in (data if isinstance(data, list) else [data]) if not fw_identity(r)]
         return out
 
     def wait(self, pred, timeout=30):
