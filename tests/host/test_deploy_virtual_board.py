@@ -312,6 +312,21 @@ def test_older_firmware_gets_the_same_files(tmp_path, broker, deflate, raw_paste
         assert wire < content
 
 
+def test_a_stopped_virtual_board_reads_no_file_opened_after(tmp_path):
+    """stop() closes the pty only once its relays are gone. A relay still in its loop read the
+    next file the test opened under the master's fd number: a deployed file compared as empty."""
+    data = bytes(range(256)) * 12
+    (tmp_path / "f").write_bytes(data)
+    vb = VirtualBoard(tmp_path / "board").start()
+    with open(vb.port, "wb", buffering=0) as port:
+        port.write(b"\r\x01")  # the relays busy: raw REPL
+    vb.stop()
+    assert not [t for t in vb._threads if t.is_alive()]
+    for _ in range(20):  # each open takes the lowest free number, the master's among them
+        assert (tmp_path / "f").read_bytes() == data
+    vb.stop()  # twice: nothing is closed twice (that number is another file's by now)
+
+
 def test_mpremote_cli_itself_works_on_the_virtual_board(vboard, tmp_path):
     """The virtual board speaks mpremote's protocol, not just what our adapter uses."""
     import sys
