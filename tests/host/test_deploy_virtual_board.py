@@ -225,6 +225,22 @@ def test_missing_port_and_permission_messages(tmp_path):
     assert "no permission" in str(e) and "usermod -aG" in str(e)
 
 
+def test_a_port_gone_while_being_opened_is_a_board_error(vboard, monkeypatch):
+    """pyserial's open flushes the port with termios: a chip on its own USB that resets right
+    then fails it with EIO, which mpremote lets through. A BoardError, so that the search for
+    the board after its reset goes on (BoardLink._reopen) instead of a traceback."""
+    import termios
+
+    from mpremote import transport_serial
+
+    def gone(*a, **k):
+        raise termios.error(5, "Input/output error")
+
+    monkeypatch.setattr(transport_serial, "SerialTransport", gone)
+    with pytest.raises(BoardError, match="went away while it was being opened"):
+        BoardLink(vboard.port)
+
+
 def test_virtual_board_hashes_match_mpremote(vboard, tmp_path):
     """The virtual board's filesystem is the temp dir, byte for byte."""
     (vboard.root / "a.txt").write_bytes(b"hello")
