@@ -116,6 +116,14 @@ def _port_group(port: str) -> str:
         return "dialout"  # Debian/Ubuntu; Arch and Fedora use uucp / dialout
 
 
+def _termios_error() -> type[Exception]:
+    try:
+        import termios
+    except ImportError:  # Windows: pyserial does not use it there
+        return OSError
+    return termios.error
+
+
 def explain_open_error(port: str, e: BaseException) -> BoardError:
     """Map an error from opening a serial port to an actionable message."""
     code = getattr(e, "errno", None)
@@ -171,6 +179,8 @@ class BoardLink:
             self.t = SerialTransport(self.port, baudrate=115200)
         except self._TransportError as e:
             raise explain_open_error(self.port, e) from None
+        except _termios_error() as e:  # pyserial's own open: the port went away (a reset USB chip) meanwhile
+            raise BoardError(f"{self.port} went away while it was being opened ({e})") from None
         self._enter(timeout, attempts)
 
     def _reopen(self, timeout: float) -> None:

@@ -225,6 +225,22 @@ def test_missing_port_and_permission_messages(tmp_path):
     assert "no permission" in str(e) and "usermod -aG" in str(e)
 
 
+def test_a_port_gone_while_being_opened_is_a_board_error(vboard, monkeypatch):
+    """pyserial's open flushes the port with termios: a chip on its own USB that resets right
+    then fails it with EIO, which mpremote lets through. A BoardError, so that the search for
+    the board after its reset goes on (BoardLink._reopen) instead of a traceback."""
+    import termios
+
+    from mpremote import transport_serial
+
+    def gone(*a, **k):
+        raise termios.error(5, "Input/output error")
+
+    monkeypatch.setattr(transport_serial, "SerialTransport", gone)
+    with pytest.raises(BoardError, match="went away while it was being opened"):
+        BoardLink(vboard.port)
+
+
 def test_virtual_board_hashes_match_mpremote(vboard, tmp_path):
     """The virtual board's filesystem is the temp dir, byte for byte."""
     (vboard.root / "a.txt").write_bytes(b"hello")
@@ -310,6 +326,21 @@ def test_older_firmware_gets_the_same_files(tmp_path, broker, deflate, raw_paste
         assert wire > 4 / 3 * content  # base64: the old way, uncompressed
     else:
         assert wire < content
+
+
+def test_a_stopped_virtual_board_reads_no_file_opened_after(tmp_path):
+    """stop() closes the pty only once its relays are gone. A relay still in its loop read the
+    next file the test opened under the master's fd number: a deployed file compared as empty."""
+    data = bytes(range(256)) * 12
+    (tmp_path / "f").write_bytes(data)
+    vb = VirtualBoard(tmp_path / "board").start()
+    with open(vb.port, "wb", buffering=0) as port:
+        port.write(b"\r\x01")  # the relays busy: raw REPL
+    vb.stop()
+    assert not [t for t in vb._threads if t.is_alive()]
+    for _ in range(20):  # each open takes the lowest free number, the master's among them
+        assert (tmp_path / "f").read_bytes() == data
+    vb.stop()  # twice: nothing is closed twice (that number is another file's by now)
 
 
 def test_mpremote_cli_itself_works_on_the_virtual_board(vboard, tmp_path):

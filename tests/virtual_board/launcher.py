@@ -60,6 +60,7 @@ class VirtualBoard:
         self.ports_file = self.root.parent / (self.root.name + ".ports.json")
         self.reenumerations = 0
         self._stopped = False
+        self._closed = False
         self.root.mkdir(parents=True, exist_ok=True)
         self.events_file = self.root.parent / (self.root.name + ".events")
         self.to_board = 0
@@ -67,12 +68,14 @@ class VirtualBoard:
         self.proc: subprocess.Popen | None = None
         self.port = ""
         self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held to read or close a master: no read of a reused fd number
+        self._wake: tuple[int, int] | None = None  # a pipe: stop() and a new master wake _pump_in
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> "VirtualBoard":
         self.master, self.slave = self._pty()
         self.port = os.ttyname(self.slave)
+        self._wake = os.pipe()
         self._list_ports()
         env = dict(os.environ, MICROPYPATH=".frozen")
         self.proc = subprocess.Popen(
@@ -109,26 +112,46 @@ class VirtualBoard:
         """The board's USB leaves and comes back under another name: the new pty is made
         before the old one is closed, so it cannot get the old one's number."""
         self._list_ports(present=False)
-        with self._lock:
+        with self._lock:  # _pump_in may be in select() on the old master: it reads only the current one
             old = (self.master, self.slave)
             self.master, self.slave = self._pty()
             self.port = os.ttyname(self.slave)
-        for fd in old:
-            os.close(fd)
+            for fd in old:
+                os.close(fd)
+        if self._wake:
+            os.write(self._wake[1], b"r")  # _pump_in: to the new master now
         time.sleep(self.USB_GAP)
         self._list_ports()
         self.reenumerations += 1
 
     def emit(self, data: bytes) -> None:
         """Bytes as if the running app printed them (to whoever has the port open)."""
-        os.write(self.master, data)
+        with self._lock:
+            if self._stopped:
+                raise OSError("the virtual board is stopped")
+            os.write(self.master, data)
+
+    # how long stop() waits for a relay stuck writing to a port nobody reads
+    STOP_TIMEOUT = 10.0
 
     def stop(self) -> None:
-        self._stopped = True
+        """The board and its relays end before the pty is closed: a relay still reading the
+        master would read whatever file the caller opens next under the same fd number."""
+        if self._closed:
+            return  # closed once only: by now those numbers may be other files'
+        with self._lock:
+            self._stopped = True
         if self.proc and self.proc.poll() is None:
-            self.proc.kill()
+            self.proc.kill()  # _pump_out: end of the board's output
             self.proc.wait()
-        for fd in (self.master, self.slave):
+        if self._wake:
+            os.write(self._wake[1], b"x")  # _pump_in: out of its select
+        for t in self._threads:
+            t.join(self.STOP_TIMEOUT)
+        if any(t.is_alive() for t in self._threads):
+            return  # a relay blocked in a write keeps its fds: leaked, not closed under it
+        self._closed = True
+        for fd in (self.master, self.slave, *(self._wake or ())):
             try:
                 os.close(fd)
             except OSError:
@@ -160,16 +183,27 @@ class VirtualBoard:
         assert self.proc and self.proc.stdin
         size = self.PACED_READ if self.baud else 4096
         clock = [0.0]
+        assert self._wake
+        wake = self._wake[0]
         while not self._stopped:
             fd = self.master  # a board that re-enumerated has a new one
             try:
-                if not select.select([fd], [], [], 0.2)[0]:
-                    continue
-                data = os.read(fd, size)
+                # the select may see a master closed since (EBADF, or its number reused):
+                # the read happens only under the lock, on the master still current
+                ready = select.select([fd, wake], [], [], 1.0)[0]
             except (OSError, ValueError):
-                if fd != self.master:
+                ready = []
+            if wake in ready:
+                os.read(wake, 64)
+            with self._lock:
+                if self._stopped:
+                    return
+                if fd not in ready or fd != self.master:
                     continue
-                return
+                try:
+                    data = os.read(fd, size)
+                except OSError:
+                    return
             if not data:
                 return
             self._pace(clock, len(data))
