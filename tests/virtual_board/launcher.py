@@ -69,6 +69,7 @@ class VirtualBoard:
         self.port = ""
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()  # held to read or close a master: no read of a reused fd number
+        self._retired: list[int] = []  # slaves of ports the board left
         self._wake: tuple[int, int] | None = None  # a pipe: stop() and a new master wake _pump_in
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -110,14 +111,15 @@ class VirtualBoard:
 
     def _reenumerate(self) -> None:
         """The board's USB leaves and comes back under another name: the new pty is made
-        before the old one is closed, so it cannot get the old one's number."""
+        before the old one is closed, and the old slave stays open until stop(), so no later
+        move can get an earlier number either."""
         self._list_ports(present=False)
         with self._lock:  # _pump_in may be in select() on the old master: it reads only the current one
-            old = (self.master, self.slave)
+            old_master = self.master
+            self._retired.append(self.slave)  # holds the old name: a second move cannot come back to it
             self.master, self.slave = self._pty()
             self.port = os.ttyname(self.slave)
-            for fd in old:
-                os.close(fd)
+            os.close(old_master)  # the host's handle on the old port: EIO, as a USB port gone
         if self._wake:
             os.write(self._wake[1], b"r")  # _pump_in: to the new master now
         time.sleep(self.USB_GAP)
@@ -151,7 +153,7 @@ class VirtualBoard:
         if any(t.is_alive() for t in self._threads):
             return  # a relay blocked in a write keeps its fds: leaked, not closed under it
         self._closed = True
-        for fd in (self.master, self.slave, *(self._wake or ())):
+        for fd in (self.master, self.slave, *self._retired, *(self._wake or ())):
             try:
                 os.close(fd)
             except OSError:
