@@ -47,6 +47,33 @@ class _PortTaken(Exception):
     pass
 
 
+
+def _listening(pid: int, ports: set[int]) -> set[int]:
+    """Those of `ports` on which process `pid` holds a listening TCP socket (Linux /proc)."""
+    mine = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                mine.add(link[8:-1])
+    except OSError:
+        return set()
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            port = int(f[1].rsplit(":", 1)[1], 16)
+            if f[3] == "0A" and port in ports and f[9] in mine:  # 0A: LISTEN
+                found.add(port)
+    return found
+
 class Mosquitto:
     """A mosquitto process with four listeners; ports stay fixed across restarts."""
 
@@ -148,7 +175,7 @@ class Mosquitto:
         conf = self._write_conf()
         self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         end = time.monotonic() + 10
-        waiting = list(self.ports.values())
+        waiting = set(self.ports.values())
         while waiting:
             if self.proc.poll() is not None:
                 if self._port_taken():
@@ -157,15 +184,11 @@ class Mosquitto:
             if time.monotonic() > end:
                 self.stop()
                 raise RuntimeError(f"mosquitto did not start: {self._log_text()}")
-            try:
-                wait_port(waiting[0], timeout=0.2)
-                waiting.pop(0)
-            except TimeoutError:
-                pass
-        time.sleep(0.05)  # a port answered by another process: mosquitto exits on it
-        if self.proc.poll() is not None:
-            raise _PortTaken() if self._port_taken() else RuntimeError(
-                f"mosquitto exited: {self._log_text()}")
+            # a port counts once mosquitto itself listens on it: one that answers may be another
+            # process's, which makes mosquitto exit a moment later (under load, after any sleep)
+            waiting -= _listening(self.proc.pid, waiting)
+            if waiting:
+                time.sleep(0.02)
         self._started = True
         return self
 
