@@ -18,6 +18,7 @@ class _Frames(io.IOBase):
     def __init__(self):
         self.line = bytearray(LINE)
         self.n = 0
+        self.quoted = False  # the file name's closing quote seen on this line
         self.frames = []
 
     def write(self, b):  # pieces of the traceback text, split anywhere
@@ -30,6 +31,15 @@ class _Frames(io.IOBase):
                     if len(self.frames) > KEEP:
                         self.frames.pop(0)
                 n = 0
+                self.quoted = False
+            elif n >= 8 and not self.quoted and line[:8] == _FILE and c in (47, 34):
+                if c == 47:  # a directory: only the file's own name is kept ("sensor.py")
+                    n = 8
+                    continue
+                self.quoted = True
+                if n < LINE:
+                    line[n] = c
+                    n += 1
             elif n < LINE:
                 line[n] = c
                 n += 1

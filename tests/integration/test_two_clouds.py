@@ -141,8 +141,12 @@ TWO_CLOUD_HEAP = "128k"
 
 
 def start_board(tmp_path, tb, bl, **kw) -> HostBoard:
-    return HostBoard(tmp_path / "board", two_cloud_config(tb.proxy.url(), bl.proxy.url(), **kw), user_py=USER,
-                     heapsize=TWO_CLOUD_HEAP).start()
+    # on an esp32-devkitc's memory (the model's chip mode, the GC heap growing into the IDF heap as
+    # on the chip): the chaos test's catch-up after a cloud comes back outgrew the fixed 128k
+    # once every change of issues 23-28 was in (a MemoryError, then a 15 s backoff)
+    cfg = two_cloud_config(tb.proxy.url(), bl.proxy.url(), **kw)
+    cfg["device"]["board"] = "esp32-devkitc"
+    return HostBoard(tmp_path / "board", cfg, user_py=USER, heapsize=None).start()
 
 
 def test_both_clouds_get_every_reading_and_commands_name_their_platform(tmp_path, clouds):
