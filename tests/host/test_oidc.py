@@ -14,15 +14,7 @@ from tests.oidc_provider import (
     BIOTZ_USER,
     WEIGHTRON_API_KEY,
     WEIGHTRON_CLIENT,
-    OIDCProvider,
 )
-
-
-@pytest.fixture(scope="module")
-def provider():
-    p = OIDCProvider(lifetime=300).start()
-    yield p
-    p.stop()
 
 
 @pytest.fixture(autouse=True)

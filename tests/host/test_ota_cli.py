@@ -10,7 +10,7 @@ import json
 
 from host_tools import ota_bundle as bu
 from host_tools.relay import OTA_PATH, sign_headers
-from tests.host.test_relay import BZ_KEY, KEY, Harness, pki, provider  # noqa: F401 (fixtures)
+from tests.host.test_relay import BZ_KEY, KEY, Harness
 from tests.host.uplink_helpers import Env
 
 FLEET = """

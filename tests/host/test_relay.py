@@ -20,23 +20,10 @@ from tests.oidc_provider import (
     BIOTZ_USER,
     WEIGHTRON_API_KEY,
     WEIGHTRON_CLIENT,
-    OIDCProvider,
 )
 
 KEY = secrets.token_hex(32)
 BZ_KEY = secrets.token_hex(32)
-
-
-@pytest.fixture(scope="module")
-def provider():
-    p = OIDCProvider(lifetime=300).start()
-    yield p
-    p.stop()
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return relay_pki.ensure_relay_pki(tmp_path_factory.mktemp("relay"), ["localhost", "127.0.0.1"])
 
 
 @pytest.fixture(autouse=True)

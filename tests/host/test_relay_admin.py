@@ -13,29 +13,17 @@ import ssl
 import httpx
 import pytest
 
-from host_tools import oidc, relay_pki
+from host_tools import oidc
 from host_tools.relay import PATH, Relay, RelayDevice, RelaySettings, sign_headers
 from host_tools.relay_admin import cert_problem
 from host_tools.relay_state import RedisState
-from tests.oidc_provider import WEIGHTRON_API_KEY, WEIGHTRON_CLIENT, OIDCProvider
+from tests.oidc_provider import WEIGHTRON_API_KEY, WEIGHTRON_CLIENT
 from tests.relay_services import HAProxy, Redis, need_haproxy, need_redis
 
 pytest.importorskip("prometheus_client", reason="the relay extra is not installed (make setup installs it)")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 KEY = secrets.token_hex(32)
-
-
-@pytest.fixture(scope="module")
-def provider():
-    p = OIDCProvider(lifetime=300).start()
-    yield p
-    p.stop()
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return relay_pki.ensure_relay_pki(tmp_path_factory.mktemp("relay"), ["localhost", "127.0.0.1"])
 
 
 def samples(text: str) -> dict:

@@ -12,7 +12,6 @@ import asyncio
 
 import pytest
 
-from tests.oidc_provider import OIDCProvider
 from tests.relay_flood import Flood, RelayProcess, ensure_fds, good_request, nofile_soft, rss_kb
 
 SLOW_TLS = 1020
@@ -20,13 +19,6 @@ BARE_TCP = 1100
 ATTACKER = ["127.0.0.1"]
 
 pytestmark = pytest.mark.skipif(not ensure_fds(4096), reason="needs 4,096 open files")
-
-
-@pytest.fixture(scope="module")
-def provider():
-    p = OIDCProvider(lifetime=300).start()
-    yield p
-    p.stop()
 
 
 def _log_ok(text: str, max_lines: int, max_bytes: int) -> None:

@@ -18,21 +18,9 @@ from host_tools.relay import PATH, Relay, RelayDevice, RelaySettings, sign_heade
 from host_tools.relay_state import RedisState
 from host_tools.secrets import SecretStore
 from host_tools.tokens_cli import key_loader
-from tests.oidc_provider import WEIGHTRON_API_KEY, WEIGHTRON_CLIENT, OIDCProvider
+from tests.oidc_provider import WEIGHTRON_API_KEY, WEIGHTRON_CLIENT
 from tests.relay_flood import DEVICE, RelayProcess
 from tests.relay_services import Redis, need_redis
-
-
-@pytest.fixture(scope="module")
-def provider():
-    p = OIDCProvider(lifetime=300).start()
-    yield p
-    p.stop()
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return relay_pki.ensure_relay_pki(tmp_path_factory.mktemp("relay"), ["localhost", "127.0.0.1"])
 
 
 class Clock:

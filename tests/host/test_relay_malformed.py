@@ -8,9 +8,6 @@ from __future__ import annotations
 import asyncio
 import re
 
-import pytest
-
-from tests.oidc_provider import OIDCProvider
 from tests.relay_flood import RelayProcess, good_request
 
 SECRET = "Bearer sk-live-NEVER-IN-A-LOG"
@@ -23,13 +20,6 @@ MALFORMED = {
     "bad chunked body": HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
 }
 ROUNDS = 4
-
-
-@pytest.fixture(scope="module")
-def provider():
-    p = OIDCProvider(lifetime=300).start()
-    yield p
-    p.stop()
 
 
 async def send_raw(port: int, ctx, data: bytes) -> bytes:

@@ -13,7 +13,7 @@ from host_tools import ota_bundle as bu
 from host_tools.relay import OTA_PATH
 from host_tools.relay_state import RedisState
 from tests.host.test_ota_cli import small_bundle
-from tests.host.test_relay import Harness, pki, provider  # noqa: F401 (fixtures)
+from tests.host.test_relay import Harness
 from tests.host.test_relay_redis import Fleet
 from tests.relay_services import Redis, need_redis
 

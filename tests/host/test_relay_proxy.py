@@ -12,24 +12,12 @@ import ssl
 import httpx
 import pytest
 
-from host_tools import oidc, relay_pki, relay_proxy
+from host_tools import oidc, relay_proxy
 from host_tools.relay import PATH, Relay, RelayDevice, RelaySettings, sign_headers
-from tests.oidc_provider import WEIGHTRON_API_KEY, WEIGHTRON_CLIENT, OIDCProvider
+from tests.oidc_provider import WEIGHTRON_API_KEY, WEIGHTRON_CLIENT
 from tests.relay_services import HAProxy, need_haproxy
 
 KEY = secrets.token_hex(32)
-
-
-@pytest.fixture(scope="module")
-def provider():
-    p = OIDCProvider(lifetime=300).start()
-    yield p
-    p.stop()
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return relay_pki.ensure_relay_pki(tmp_path_factory.mktemp("relay"), ["localhost", "127.0.0.1"])
 
 
 def test_header_round_trip_and_refusals():

@@ -12,27 +12,15 @@ import time
 import httpx
 import pytest
 
-from host_tools import oidc, relay_pki
+from host_tools import oidc
 from host_tools.relay import PATH, Relay, RelayDevice, RelaySettings, sign_headers
 from host_tools.relay_state import Paced, RedisState, RevokedFile, StoreDown
-from tests.oidc_provider import BIOTZ_CLIENT, BIOTZ_USER, WEIGHTRON_API_KEY, WEIGHTRON_CLIENT, OIDCProvider
+from tests.oidc_provider import BIOTZ_CLIENT, BIOTZ_USER, WEIGHTRON_API_KEY, WEIGHTRON_CLIENT
 from tests.relay_services import Redis, need_redis
 
 KEY = secrets.token_hex(32)
 BZ_KEY = secrets.token_hex(32)
 STATE_KEY = secrets.token_bytes(32)
-
-
-@pytest.fixture(scope="module")
-def provider():
-    p = OIDCProvider(lifetime=300).start()
-    yield p
-    p.stop()
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return relay_pki.ensure_relay_pki(tmp_path_factory.mktemp("relay"), ["localhost", "127.0.0.1"])
 
 
 @pytest.fixture

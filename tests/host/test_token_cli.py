@@ -15,7 +15,6 @@ from tests.oidc_provider import (
     BIOTZ_USER,
     WEIGHTRON_API_KEY,
     WEIGHTRON_CLIENT,
-    OIDCProvider,
 )
 
 FLEET = """
@@ -73,13 +72,6 @@ token = "secret:tb_token"
 
 SECRETS = {"wt_secret": WEIGHTRON_CLIENT[1], "wt_api_key": WEIGHTRON_API_KEY,
            "bz_password": BIOTZ_USER[1], "tb_token": "tb-token-value-123"}
-
-
-@pytest.fixture(scope="module")
-def provider():
-    p = OIDCProvider(lifetime=300).start()
-    yield p
-    p.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,19 @@
+"""Fixtures the relay and token tests share: one loopback OIDC provider and one relay PKI per
+test module (a module that needs a fresh provider per test defines its own)."""
+
+import pytest
+
+from host_tools import relay_pki
+from tests.oidc_provider import OIDCProvider
+
+
+@pytest.fixture(scope="module")
+def provider():
+    p = OIDCProvider(lifetime=300).start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return relay_pki.ensure_relay_pki(tmp_path_factory.mktemp("relay"), ["localhost", "127.0.0.1"])
