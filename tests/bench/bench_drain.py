@@ -27,15 +27,11 @@ from pathlib import Path
 from tests.bench.bench_mqtt import _opt, _run
 from tests.services import Mosquitto
 
-SCRIPT = """
-import asyncio, gc, json, os, time
-from uplink.outbox import Outbox
-
-N, MODE, BATCH = int(os.getenv("N")), os.getenv("MODE"), int(os.getenv("BATCH"))
-URL, CA, DIR, WINDOW = os.getenv("URL"), os.getenv("CA"), os.getenv("DIR"), os.getenv("WINDOW")
-
-
+# Both drain scripts' backlog: N readings in an outbox in DIR (the scripts read their env first)
+BACKLOG = """
 def reading(i):
+    if os.getenv("SMALL"):  # three sensor values and no health keys
+        return {"ts": 1767225600000 + i * 1000, "values": {"t": 21.5 + (i & 15) / 10, "h": 40.2, "seq": i}}
     # what Telemetry.take_reading stores: health values, then the user's, an epoch-ms ts
     return {"ts": 1767225600000 + i * 1000, "values": {
         "uptime_s": 3600 + i, "heap_free": 41234 - (i & 1023), "outbox_depth": N - i,
@@ -48,6 +44,15 @@ def fill():
     for i in range(N):
         ob.put(json.dumps(reading(i)).encode())
     return ob
+"""
+
+SCRIPT = """
+import asyncio, gc, json, os, time
+from uplink.outbox import Outbox
+
+N, MODE, BATCH = int(os.getenv("N")), os.getenv("MODE"), int(os.getenv("BATCH"))
+URL, CA, DIR, WINDOW = os.getenv("URL"), os.getenv("CA"), os.getenv("DIR"), os.getenv("WINDOW")
+""" + BACKLOG + """
 
 
 async def drain():
@@ -159,22 +164,7 @@ import asyncio, gc, json, os, time
 from uplink.outbox import Outbox
 
 N, BATCH, URL, DIR = int(os.getenv("N")), int(os.getenv("BATCH")), os.getenv("URL"), os.getenv("DIR")
-
-
-def reading(i):
-    if os.getenv("SMALL"):  # three sensor values and no health keys
-        return {"ts": 1767225600000 + i * 1000, "values": {"t": 21.5 + (i & 15) / 10, "h": 40.2, "seq": i}}
-    return {"ts": 1767225600000 + i * 1000, "values": {
-        "uptime_s": 3600 + i, "heap_free": 41234 - (i & 1023), "outbox_depth": N - i,
-        "dropped": 0, "rssi": -61 - (i & 7), "chip_temp": 41.5,
-        "t": 21.5 + (i & 15) / 10, "h": 40.2, "p": 1013.2, "seq": i}}
-
-
-def fill():
-    ob = Outbox(DIR, 4 << 20)
-    for i in range(N):
-        ob.put(json.dumps(reading(i)).encode())
-    return ob
+""" + BACKLOG + """
 
 
 async def limited():
