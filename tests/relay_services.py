@@ -6,6 +6,7 @@ one. Redis runs without persistence: a restart is a Redis that comes back empty.
 
 from __future__ import annotations
 
+import asyncio
 import resource
 import shutil
 import subprocess
@@ -77,6 +78,18 @@ class Redis:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+    async def outage(self, before_s: float, down_s: float, after_s: float) -> tuple[float, float]:
+        """After before_s, killed for down_s and started again empty, then after_s more:
+        (monotonic time of the kill, of the restart)."""
+        await asyncio.sleep(before_s)
+        t_kill = time.monotonic()
+        await asyncio.to_thread(self.kill)
+        await asyncio.sleep(down_s)
+        await asyncio.to_thread(self.start)  # empty: no persistence
+        t_up = time.monotonic()
+        await asyncio.sleep(after_s)
+        return t_kill, t_up
 
 
 class HAProxy:

@@ -201,13 +201,7 @@ def _outage(spec: dict, token_url: str, ca_pem: str, tmp: Path) -> None:
                 await asyncio.sleep(0.1)
 
         tasks = [asyncio.create_task(device(k)) for k in range(4)] + [asyncio.create_task(replayer())]
-        await asyncio.sleep(2)
-        t_kill = time.monotonic()
-        await asyncio.to_thread(redis.kill)
-        await asyncio.sleep(OUTAGE_S)
-        await asyncio.to_thread(redis.start)
-        t_up = time.monotonic()
-        await asyncio.sleep(5)
+        t_kill, t_up = await redis.outage(2, OUTAGE_S, 5)
         stop.set()
         await asyncio.gather(*tasks)
         return t_kill, t_up

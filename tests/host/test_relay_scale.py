@@ -172,13 +172,7 @@ def test_redis_killed_and_restarted_empty(provider, redis, tmp_path):
                 await asyncio.sleep(0.1)
 
         tasks = [asyncio.create_task(device()), asyncio.create_task(replayer())]
-        await asyncio.sleep(1.0)
-        t_kill = time.monotonic()
-        await asyncio.to_thread(redis.kill)
-        await asyncio.sleep(OUTAGE_S)
-        await asyncio.to_thread(redis.start)  # empty: no persistence
-        t_up = time.monotonic()
-        await asyncio.sleep(5.0)
+        t_kill, t_up = await redis.outage(1.0, OUTAGE_S, 5.0)
         stop.set()
         await asyncio.gather(*tasks)
         return t_kill, t_up
