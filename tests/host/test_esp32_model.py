@@ -29,11 +29,30 @@ def idf():
 """
 
 
-def run(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+# hs(): one TLS handshake with the test broker (its port is filled in, its CA is the last
+# argument): the session, or the exception that ended it
+HANDSHAKE = """
+import socket, ssl, sys
+ca = open(sys.argv[-1], 'rb').read()
+def hs():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=ca)
+    s = socket.socket()
+    s.connect(socket.getaddrinfo('localhost', %d)[0][-1])
+    try:
+        return ctx.wrap_socket(s, server_hostname='localhost')
+    except (OSError, ValueError) as e:   # ValueError: out of memory mid-way, reported by mbedTLS
+        s.close()                        # as "certificate is not correctly signed"
+        return e
+"""
+
+
+def run(code: str, *args: str, argv: tuple[str, ...] = (), timeout: float = 60) -> subprocess.CompletedProcess:
     exe = hostboard.esp32_model()
     if not exe:
         pytest.skip(f"no ESP32 model: {hostboard.esp32_model_missing()}")
-    return subprocess.run([exe, *args, "-c", INFO + code], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([exe, *args, "-c", INFO + code, *argv], capture_output=True, text=True, timeout=timeout,
                           env=hostboard.firmware_env(hostboard.FIRMWARE))
 
 
@@ -95,20 +114,7 @@ print(*idf())
 
 @pytest.mark.timeout(120)
 def test_a_tls_handshake_takes_its_buffers_from_the_pool_and_fails_with_enomem_when_it_cannot(broker):
-    code = """
-import socket, ssl, sys
-ca = open(sys.argv[-1], 'rb').read()
-def hs():
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cadata=ca)
-    s = socket.socket()
-    s.connect(socket.getaddrinfo('localhost', %d)[0][-1])
-    try:
-        return ctx.wrap_socket(s, server_hostname='localhost')
-    except OSError as e:
-        s.close()
-        return e.errno
+    code = HANDSHAKE % broker.ports["mqtts"] + """
 gc.collect()
 gc0 = gc.mem_alloc()
 free0, _ = idf()
@@ -119,14 +125,9 @@ print(free0 - free1, gc.mem_alloc() - gc0)
 keep = []
 while idf()[1] > 12000:            # the GC heap grows until no block holds the 16 KB in-buffer
     keep.append(bytearray(2000))
-print(hs())
-""" % broker.ports["mqtts"]
-    exe = hostboard.esp32_model()
-    if not exe:
-        pytest.skip(f"no ESP32 model: {hostboard.esp32_model_missing()}")
-    p = subprocess.run([exe, "-X", "chip=esp32", "-c", INFO + code, str(broker.pki.ca_der)],
-                       capture_output=True, text=True, timeout=60, env=hostboard.firmware_env(hostboard.FIRMWARE))
-    idf_taken, gc_taken, errno = values(p)
+print(hs().errno)
+"""
+    idf_taken, gc_taken, errno = values(run(code, "-X", "chip=esp32", argv=(str(broker.pki.ca_der),)))
     assert idf_taken > 16384 + 4096  # mbedTLS's in- and out-buffers (16 KB + 4 KB) are IDF heap
     assert gc_taken < 4096  # not GC heap
     assert errno == 12  # ENOMEM, as modtls_mbedtls.c raises for MBEDTLS_ERR_SSL_ALLOC_FAILED
@@ -136,33 +137,15 @@ print(hs())
 def test_an_esp32_whose_gc_heap_grew_once_has_room_for_wifi_and_one_tls_session_not_two(broker):
     # the calibration (commit f6d630877c): "after the heap is grown one time ... enough to start
     # WiFi and do a HTTPS request". Wi-Fi's buffers are taken at boot in the model.
-    code = """
-import socket, ssl, sys
-ca = open(sys.argv[-1], 'rb').read()
-def hs():
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cadata=ca)
-    s = socket.socket()
-    s.connect(socket.getaddrinfo('localhost', %d)[0][-1])
-    try:
-        return ctx.wrap_socket(s, server_hostname='localhost')
-    except (OSError, ValueError) as e:   # ValueError: out of memory mid-way, reported by mbedTLS
-        s.close()                        # as "certificate is not correctly signed"
-        return e
+    code = HANDSHAKE % broker.ports["mqtts"] + """
 keep = [bytearray(1000) for _ in range(60)]       # 60 KB: the 56 KB area is not enough
 gc.collect()
 total = gc.mem_alloc() + gc.mem_free() - idf()[1]
 one = hs()
 two = hs()
 print(total, 0 if isinstance(one, Exception) else 1, 1 if isinstance(two, Exception) else 0)
-""" % broker.ports["mqtts"]
-    exe = hostboard.esp32_model()
-    if not exe:
-        pytest.skip(f"no ESP32 model: {hostboard.esp32_model_missing()}")
-    p = subprocess.run([exe, "-X", "chip=esp32", "-c", INFO + code, str(broker.pki.ca_der)],
-                       capture_output=True, text=True, timeout=60, env=hostboard.firmware_env(hostboard.FIRMWARE))
-    total, first_ok, second_failed = values(p)
+"""
+    total, first_ok, second_failed = values(run(code, "-X", "chip=esp32", argv=(str(broker.pki.ca_der),)))
     assert 110000 < total < 113000  # grown once: 111 936 in the commit (two 56 KB areas)
     assert (first_ok, second_failed) == (1, 1)
 
