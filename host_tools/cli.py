@@ -613,13 +613,18 @@ def _deploy_to(port: str, device: str, dev, files: dict[str, bytes], dry_run: bo
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
     from host_tools import deploy as d
+    from host_tools import romfs_deploy
     from host_tools.board_link import BoardLink
 
+    rom, rom_files = None, {}
+    if dev.romfs:  # the uplink/ package to the ROMFS partition
+        rom_files, files = romfs_deploy.split(files)
+        rom = romfs_deploy.image(rom_files)
     UI.detail(f"connecting to {port}")
     link = BoardLink(port)
     try:
-        d.check_micropython(link, dev.profile(), files)
-        plan, _ = d.plan(link, files)
+        d.check_micropython(link, dev.profile(), {**files, **rom_files})
+        plan, _ = d.plan(link, files, rom)
         if dry_run:
             if as_json:
                 UI.data(dict(plan.as_dict(), dry_run=True))
@@ -640,7 +645,7 @@ def _deploy_to(port: str, device: str, dev, files: dict[str, bytes], dry_run: bo
             def step(path, n):
                 prog.update(task, advance=n, description=path)
 
-            d.execute(link, files, plan, step)
+            d.execute(link, files, plan, step, rom)
         # nothing copied: the running app is left alone (no reset, no lost uptime)
         reset = reset and bool(plan.copy or plan.remove)
         if reset:
@@ -869,6 +874,8 @@ def _sim_run(fleet, device: str, state: Path, lock: int, seconds: float | None, 
     # the compiled firmware of an ESP32 board's device runs in that chip's memory on the ESP32
     # model (-X chip: its IDF heap, which TLS and the GC heap's growth share), unless --heapsize
     chip = hostboard.model_chip(cfg["device"]["board"]) if compiled and not heapsize else None
+    # device.romfs: the package runs from the board's ROMFS partition, beside the state dir
+    romfs = state.with_name(state.name + ".romfs") if compiled and cfg["device"].get("romfs") else None
     if cfg["device"]["board"] != "host":  # the firmware would reach for an ESP32's Wi-Fi
         UI.info(f"{device}: the host board stands in for its {cfg['device']['board']}")
         cfg["device"]["board"] = "host"
@@ -876,12 +883,12 @@ def _sim_run(fleet, device: str, state: Path, lock: int, seconds: float | None, 
     heapsize = heapsize or simmod.default_heapsize(compiled)
     UI.detail(f"interpreter {hostboard.micropython()}"
               + ("" if hostboard.esp32_model() else f" (no ESP32 model: {hostboard.esp32_model_missing()})"))
-    memory = f"the {chip}'s memory" if chip else f"{heapsize} heap"
+    memory = (f"the {chip}'s memory" if chip else f"{heapsize} heap") + (", firmware in ROMFS" if romfs else "")
     UI.info(f"{device} on the host board ({'compiled' if compiled else 'sources'}, "
             f"{memory}; state in {state}); Ctrl-C to stop")
     problem = simmod.run(state, seconds=seconds, compiled=compiled, heapsize=heapsize,
                          write=writer(UI.text, UI.level < 0), info=UI.info, firmware=firmware, lock_fd=lock,
-                         chip=chip)
+                         chip=chip, romfs=romfs)
     if hostboard.model_note():  # last, where it stays visible
         UI.warn(hostboard.model_note())
     if problem:

@@ -5,6 +5,11 @@ to a temporary name and renamed into place (config.json above all: a half-writte
 would keep the board from starting). A manifest on the board (.uplink-manifest.json) lists
 what the last deploy put there, so files that left the build are removed, and nothing else
 on the board (the outbox, the user's own files) is touched.
+
+With device.romfs the uplink/ package goes to the board's ROMFS partition as one image
+(host_tools/romfs_deploy.py), written before the filesystem's files; the manifest then no
+longer lists uplink/, so a copy of it left on the filesystem by an earlier deploy, which
+would come first on sys.path, is removed.
 """
 
 from __future__ import annotations
@@ -61,12 +66,20 @@ def manifest(files: dict[str, bytes]) -> bytes:
     return json.dumps({"files": sorted(files)}, sort_keys=True).encode()
 
 
-def plan(link: BoardLink, files: dict[str, bytes]) -> tuple[Plan, list[str]]:
+def plan(link: BoardLink, files: dict[str, bytes], rom: bytes | None = None) -> tuple[Plan, list[str]]:
+    """`rom`: the ROMFS image (romfs_deploy.image) for a device.romfs board; it is planned as
+    one entry, romfs_deploy.IMAGE, before the files."""
+    p = Plan()
+    if rom is not None:
+        from host_tools import romfs_deploy
+
+        st = romfs_deploy.state(link, rom)
+        (p.same.append(romfs_deploy.IMAGE) if st == "same"
+         else p.copy.append((romfs_deploy.IMAGE, len(rom), st)))
     # the board compares its files' sha256 with ours, the manifest's too: when that one is
     # the same, the board holds exactly this file list and nothing needs reading back
     state = link.survey({path: hashlib.sha256(data).digest() for path, data in files.items()}
                         | {MANIFEST: hashlib.sha256(manifest(files)).digest()})
-    p = Plan()
     # config.json last: the firmware it configures is in place before the board can boot it
     order = sorted(files, key=lambda x: (x == "config.json", x))
     for path in order:
@@ -87,28 +100,34 @@ def plan(link: BoardLink, files: dict[str, bytes]) -> tuple[Plan, list[str]]:
 
 
 def execute(link: BoardLink, files: dict[str, bytes], p: Plan,
-            progress: Callable[[str, int], None] | None = None) -> None:
+            progress: Callable[[str, int], None] | None = None, rom: bytes | None = None) -> None:
     """Copy and remove what the plan says, with the board in the maintenance hold (no app,
     no watchdog counting down while ~65 KB go over at 115200 baud)."""
     if not (p.copy or p.remove):
         return
     link.enter_hold()
     try:
-        _apply(link, files, p, progress)
+        _apply(link, files, p, progress, rom)
     finally:
         link.leave_hold()
 
 
 def _apply(link: BoardLink, files: dict[str, bytes], p: Plan,
-           progress: Callable[[str, int], None] | None) -> None:
+           progress: Callable[[str, int], None] | None, rom: bytes | None = None) -> None:
+    from host_tools import romfs_deploy
+
+    if rom is not None and any(path == romfs_deploy.IMAGE for path, _, _ in p.copy):
+        romfs_deploy.write(link, rom, (lambda n: progress(romfs_deploy.IMAGE, n)) if progress else None)
     dirs: set[str] = set()
     for path, _, _ in p.copy:
+        if path == romfs_deploy.IMAGE:
+            continue
         parent = PurePosixPath(path).parent
         while str(parent) not in (".", "/", ""):
             dirs.add(str(parent))
             parent = parent.parent
     link.mkdirs(sorted(dirs, key=lambda d: d.count("/")))
-    link.write_files([(path, files[path]) for path, _, _ in p.copy], progress)
+    link.write_files([(path, files[path]) for path, _, _ in p.copy if path != romfs_deploy.IMAGE], progress)
     for path in p.remove:
         link.remove(path)
     # after the removals: a deploy cut short before them still lists what is left to remove

@@ -165,17 +165,66 @@ def firmware_env(firmware_dir: Path, env: dict | None = None) -> dict:
     return e
 
 
+# A board whose MicroPython image has a ROMFS partition (docs/hardware.md, "Firmware in
+# ROMFS") holds the firmware's uplink/ package there: its bytecode runs from flash. 256 KB, as
+# the partition table there has it.
+ROMFS_PACKAGE = "uplink"
+ROMFS_PARTITION = 0x40000
+
+
+def romfs_image(fw: Path) -> bytes:
+    """The firmware's uplink/ package as a ROMFS image (MicroPython's format, written with
+    mpremote's writer), as `uplink deploy` writes it to a board with a ROMFS partition."""
+    from mpremote.romfs import VfsRomWriter
+
+    rom = VfsRomWriter()
+
+    def add(d: Path) -> None:
+        for p in sorted(d.iterdir()):
+            if p.is_dir():
+                rom.opendir(p.name)
+                add(p)
+                rom.closedir()
+            elif p.suffix in (".mpy", ".py"):
+                rom.mkfile(p.name, p.read_bytes())
+
+    rom.opendir(ROMFS_PACKAGE)
+    add(fw / ROMFS_PACKAGE)
+    rom.closedir()
+    return rom.finalise()
+
+
+def romfs_flash(fw: Path, part: Path) -> Path:
+    """The host board's flash for a board with ROMFS: the partition file `part` (erased, then
+    the image of fw's uplink/ package), and a directory with the rest of fw (main.py, boot.py,
+    the example user.py): what deploy leaves on the filesystem. Returns that directory."""
+    image = romfs_image(fw)
+    if len(image) > ROMFS_PARTITION:
+        raise ValueError(f"the firmware's ROMFS image is {len(image)} bytes, more than the "
+                         f"{ROMFS_PARTITION}-byte partition")
+    part.write_bytes(image + b"\xff" * (ROMFS_PARTITION - len(image)))
+    rest = part.with_name(part.name + ".fs")
+    shutil.rmtree(rest, ignore_errors=True)
+    shutil.copytree(fw, rest, ignore=lambda d, names: [ROMFS_PACKAGE] if Path(d) == fw else [])
+    return rest
+
+
 def command(state_dir: Path, *, compiled: bool = False, heapsize: str | None = None,
-            firmware: Path | None = None, chip: str | None = None) -> tuple[list[str], Path]:
+            firmware: Path | None = None, chip: str | None = None,
+            romfs: Path | None = None) -> tuple[list[str], Path]:
     """`firmware`: the host board's flash, built or staged (`uplink sim` builds the user's
     project into it); else this checkout's firmware, compiled or not. `chip` (model_chip()):
-    that chip's memory on the ESP32 model, in place of a fixed `heapsize`."""
+    that chip's memory on the ESP32 model, in place of a fixed `heapsize`. `romfs`: a ROMFS
+    partition file (the model's -X romfs): the uplink/ package runs from it (romfs_flash)."""
     fw = firmware or (compile_firmware(ROOT / "build" / "host-mpy") if compiled else FIRMWARE)
     args = [micropython()]
     if chip:
         args += ["-X", f"chip={chip}"]
     elif heapsize:
         args += ["-X", f"heapsize={heapsize}"]
+    if romfs:
+        fw = romfs_flash(fw, romfs)
+        args += ["-X", f"romfs={romfs}"]
     # `-m main` puts the working directory (the board's filesystem) first on sys.path, as on
     # a board: a user.py placed in the state directory wins over the firmware's example.
     return [*args, "-m", "main"], fw
@@ -183,12 +232,13 @@ def command(state_dir: Path, *, compiled: bool = False, heapsize: str | None = N
 
 def start(state_dir: Path, *, compiled: bool = False, heapsize: str | None = None, env: dict | None = None,
           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, firmware: Path | None = None,
-          pass_fds: tuple[int, ...] = (), tied: bool = False, chip: str | None = None) -> subprocess.Popen:
+          pass_fds: tuple[int, ...] = (), tied: bool = False, chip: str | None = None,
+          romfs: Path | None = None) -> subprocess.Popen:
     """Boot the firmware on the host board with `state_dir` as its filesystem. `tied`: it dies
     with the thread that starts it (host_tools/child.py; `uplink sim`, the demo): an orphan
     would go on as the same client with the same state directory, and fight the next run for
     both. `pass_fds`: the sim's state-directory lock, held while either lives. `chip`: the
     ESP32 model's chip mode (-X chip), the board's memory."""
-    args, fw = command(state_dir, compiled=compiled, heapsize=heapsize, firmware=firmware, chip=chip)
+    args, fw = command(state_dir, compiled=compiled, heapsize=heapsize, firmware=firmware, chip=chip, romfs=romfs)
     return subprocess.Popen(args, cwd=state_dir, env=firmware_env(fw, env), stdout=stdout, stderr=stderr,
                             preexec_fn=die_with_parent() if tied else None, pass_fds=pass_fds)

@@ -133,23 +133,23 @@ def _memory_hint(w: _Watch, heapsize: str, compiled: bool, chip: str | None = No
 
 def run(state: Path, *, seconds: float | None, compiled: bool, heapsize: str, chip: str | None = None,
         write: Callable[[str], None], info: Callable[[str], None],
-        firmware: Path | None = None, lock_fd: int | None = None) -> str | None:
+        firmware: Path | None = None, lock_fd: int | None = None, romfs: Path | None = None) -> str | None:
     """Run until stopped; None when the firmware ran, else what went wrong."""
     with _hangups_stop():
         try:
-            return _run(state, seconds, compiled, heapsize, chip, write, info, firmware, lock_fd)
+            return _run(state, seconds, compiled, heapsize, chip, write, info, firmware, lock_fd, romfs)
         except _Hangup:  # between two boots: the firmware, tied to us, ends with this process
             return None
 
 
-def _run(state, seconds, compiled, heapsize, chip, write, info, firmware, lock_fd) -> str | None:
+def _run(state, seconds, compiled, heapsize, chip, write, info, firmware, lock_fd, romfs) -> str | None:
     end = None if seconds is None else time.monotonic() + seconds
     watch = _Watch()
     # a UTF-8 character split between two reads (a payload's é in a pub: line) stays whole
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     while True:
         proc = hostboard.start(state, compiled=compiled, heapsize=heapsize, firmware=firmware, chip=chip,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               romfs=romfs, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                pass_fds=() if lock_fd is None else (lock_fd,), tied=True)
         assert proc.stdout is not None
         stopped = False

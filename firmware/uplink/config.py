@@ -105,6 +105,9 @@ SCHEMA = {
                 # log.level
                 "console": (str, "data", lambda v: v in ("data", "info", "warn") or "'data', 'info' or 'warn'"),
                 "safe_mode_retry_s": (int, 1200, _positive),
+                # the board's MicroPython image has a ROMFS partition: deploy writes the uplink/
+                # package there and its bytecode runs from flash (docs/hardware.md)
+                "romfs": (bool, False),
                 # no reading acknowledged this long with the network up: reset (App.stuck); 0 never
                 "offline_reset_s": (int, 3600, _not_negative)}, REQUIRED),
     "wifi": (

@@ -27,6 +27,8 @@ class HostBoard:
         self.state = state
         state.mkdir(parents=True, exist_ok=True)
         self.chip = hostboard.model_chip(config.get("device", {}).get("board", "host"))
+        # device.romfs: the board's image has a ROMFS partition, and the firmware runs from it
+        self.romfs = state.with_name(state.name + ".romfs") if config.get("device", {}).get("romfs") else None
         if self.chip:
             config = {**config, "device": {**config["device"], "board": "host"}}
         (state / "config.json").write_text(json.dumps(config))
@@ -41,7 +43,8 @@ class HostBoard:
 
     def start(self) -> "HostBoard":
         heap = port_heap(self.heapsize) if self.heapsize else None
-        self.proc = hostboard.start(self.state, compiled=self.compiled, heapsize=heap, chip=self.chip)
+        self.proc = hostboard.start(self.state, compiled=self.compiled, heapsize=heap, chip=self.chip,
+                                    romfs=self.romfs)
         self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
         self._reader.start()
         return self

@@ -16,7 +16,8 @@ USB_GAP seconds the board is back on a new pty, under another name. `ports_file`
 "port list" of the machine (a JSON list as tests/host/fake_ports.py reads it): empty while
 the board is away, its new port once back.
 `heap="64k"` runs the board on the ESP32 model (when installed) with that GC heap, so what a
-deploy asks of the board's memory is asked of a 32-bit heap of that size.
+deploy asks of the board's memory is asked of a 32-bit heap of that size. `romfs=FILE` (with
+`heap`): the board's image has a ROMFS partition, FILE (the model's -X romfs).
 """
 
 from __future__ import annotations
@@ -36,21 +37,22 @@ HERE = Path(__file__).resolve().parent
 USB_GONE = b"\x00\x00usb-reenumerate\x00\x00"  # board.py's, in its output at a hard reset
 
 
-def micropython_bin(heap: str | None = None) -> list[str]:
+def micropython_bin(heap: str | None = None, romfs: Path | None = None) -> list[str]:
     # the raw-REPL responder is a test tool, not firmware: the PyPI port runs it, unless the
-    # test wants the board's heap modelled
+    # test wants the board's heap (or ROMFS partition) modelled
     from host_tools import hostboard
 
     if heap:
-        return [hostboard.micropython(), "-X", f"heapsize={heap}"]
+        return [hostboard.micropython(), "-X", f"heapsize={heap}", *(["-X", f"romfs={romfs}"] if romfs else [])]
     return [hostboard.micropython(model=False)]
 
 
 class VirtualBoard:
     def __init__(self, root: Path, *, baud: int | None = None, deflate: bool = True,
                  raw_paste: bool = True, heap: str | None = None, version: str | None = None,
-                 mpy: int | None = None, usb: dict | None = None):
+                 mpy: int | None = None, usb: dict | None = None, romfs: Path | None = None):
         self.root = Path(root)
+        self.romfs = romfs
         self.baud = baud
         self.heap = heap
         self.flags = ([] if deflate else ["no-deflate"]) + ([] if raw_paste else ["no-raw-paste"])
@@ -80,7 +82,8 @@ class VirtualBoard:
         self._list_ports()
         env = dict(os.environ, MICROPYPATH=".frozen")
         self.proc = subprocess.Popen(
-            [*micropython_bin(self.heap), str(HERE / "board.py"), str(self.root), str(self.events_file), *self.flags],
+            [*micropython_bin(self.heap, self.romfs), str(HERE / "board.py"), str(self.root),
+             str(self.events_file), *self.flags],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=env, bufsize=0,
         )
