@@ -569,7 +569,7 @@ def _tls_refusal(dev: Device, relay: Relay | None) -> str | None:
     for q in dev.platforms or [dev.platform]:
         urls.append(q.device_url() if isinstance(q, Biotz) else q.effective_url())
         relays += q.relay and not isinstance(q, Biotz)  # (Biotz: HTTP posts, one after the other)
-    return fw_schema.config_name("tls_refusal")(dev.board, urls, relays)
+    return fw_schema.config_name("tls_refusal")(dev.board, urls, relays, dev.romfs)
 
 
 def _contract_checks(p) -> list[str]:

@@ -52,27 +52,31 @@ def _https_url(v):
     return v.startswith("https://") or v.startswith("http://") or "a URL starting with https://"
 
 
-# Boards whose IDF heap holds one TLS cloud session beside the firmware's grown GC heap, and
-# whether a token relay's fetch counts as a second (measured in the ESP32 model's chip mode:
-# esp32-devkitc: two TLS clouds fail with ENOMEM, so does a TLS cloud after the relay's fetch;
-# esp32-c3: two TLS clouds connect but cannot reconnect, a cloud with the relay does). The
-# host's `uplink validate` runs tls_refusal too (host_tools.fw_schema).
-ONE_TLS_BOARDS = {"esp32-devkitc": True, "esp32-c3": False}
+# Boards whose IDF heap holds one TLS cloud session beside the firmware's grown GC heap:
+# (whether a token relay's fetch counts as a second, whether the firmware in ROMFS makes room
+# for a second). Measured in the ESP32 model's chip mode: esp32-devkitc: two TLS clouds fail
+# with ENOMEM, so does a TLS cloud after the relay's fetch, in ROMFS too; esp32-c3: two TLS
+# clouds connect but cannot reconnect, a cloud with the relay does, and in ROMFS two reconnect
+# (make bench BENCH_ARGS="firmware chip"). The host's `uplink validate` runs tls_refusal too
+# (host_tools.fw_schema).
+ONE_TLS_BOARDS = {"esp32-devkitc": (True, False), "esp32-c3": (False, True)}
 
 
-def tls_refusal(board, urls, relays=0):
+def tls_refusal(board, urls, relays=0, romfs=False):
     """Why `board` cannot hold a TLS session per cloud URL (and `relays` token relays); None
-    when it can. A cloud URL not given (None) is the cloud's default: every default is TLS."""
-    if board not in ONE_TLS_BOARDS:
+    when it can. A cloud URL not given (None) is the cloud's default: every default is TLS.
+    romfs: the firmware runs from ROMFS (device.romfs)."""
+    if board not in ONE_TLS_BOARDS or (romfs and ONE_TLS_BOARDS[board][1]):
         return None
     n = len([u for u in urls if not u or u.split(":")[0] in ("mqtts", "wss", "https")])
-    n += relays if ONE_TLS_BOARDS[board] else 0
+    n += relays if ONE_TLS_BOARDS[board][0] else 0
     if n < 2:
         return None
     return ("%d TLS connections (TLS clouds, a token relay) on board %s: its RAM holds one TLS "
             "session beside the firmware and the second fails with ENOMEM; keep one (the others "
             "over mqtt://, static credentials), or use a board with more RAM (esp32-s3, or an "
-            "ESP32 with PSRAM)" % (n, board))
+            "ESP32 with PSRAM)%s" % (n, board, "" if romfs or not ONE_TLS_BOARDS[board][1] else
+                                     ", or run the firmware from ROMFS (device.romfs)"))
 
 
 def _tls_refusal(cfg, platforms):
@@ -82,7 +86,7 @@ def _tls_refusal(cfg, platforms):
     for p in platforms:
         c = p.get("credentials") or {}
         relays += c.get("source") == "relay" and p["kind"] != "biotz"
-    return tls_refusal(cfg["device"]["board"], [p["url"] for p in platforms], relays)
+    return tls_refusal(cfg["device"]["board"], [p["url"] for p in platforms], relays, cfg["device"]["romfs"])
 
 
 # key: (type, default[, check]). A dict type is a nested section; [type] a list of it.

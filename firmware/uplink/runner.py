@@ -36,6 +36,10 @@ def run():
     log.info("boot", "uplink %s on %s (%s), reset cause %s" % (VERSION, board.name, cfg["device"]["name"], cause))
     if last:
         log.warn("boot", "back from safe mode (%s)" % last)
+    if cfg["device"].get("romfs") and not __file__.startswith("/rom/"):
+        # an OTA slot's copy, or one left on the filesystem, comes first on sys.path
+        log.warn("boot", "device.romfs is set, but the firmware runs from %s, not ROMFS: its bytecode "
+                 "takes the heap; `uplink deploy` puts it back (docs/hardware.md)" % __file__.rsplit("/", 1)[0])
     try:
         app = App(cfg, board)
         app.safe_mode_reason = last

@@ -159,21 +159,28 @@ def read():
     return {"resident": gc.mem_alloc(), "gc_heap": gc.mem_alloc() + gc.mem_free() - lg, "idf_lg": lg}
 """
 CHIP_BOARDS = ("esp32-devkitc", "esp32-c3", "esp32-s3")
+# each board with the firmware on its filesystem (a stock MicroPython image) and in a ROMFS
+# partition (device.romfs: bytecode in flash, docs/hardware.md "Firmware in ROMFS")
+CHIP_SETUPS = [(b, r) for b in CHIP_BOARDS for r in (False, True)]
+
+
+def _label(board: str, romfs: bool) -> str:
+    return board + ("+romfs" if romfs else "")
 CHIP_READINGS = 8
 
 
-def _chip_config(broker: Mosquitto, board: str, case: str) -> dict:
+def _chip_config(broker: Mosquitto, board: str, case: str, romfs: bool = False) -> dict:
     scheme = "mqtts" if case == "2 clouds" else case
     ca = {"ca": "ca.der"} if scheme in ("mqtts", "wss") else {}
     tb = {"kind": "thingsboard", "url": broker.url(scheme), "token": "t", **ca}
     bl = {"kind": "blynk", "url": broker.url(scheme), "token": "b", "template_id": "TMPL", "template_name": "B",
           "client_id": "bench-blynk", **ca}
-    return {"device": {"name": "bench", "board": board}, "ntp": {"servers": []},
+    return {"device": {"name": "bench", "board": board, "romfs": romfs}, "ntp": {"servers": []},
             **({"platforms": [tb, bl]} if case == "2 clouds" else {"platform": tb}),
             "telemetry": {"interval_ms": 250}}
 
 
-def chip_run(broker: Mosquitto, board: str, case: str) -> tuple[list[dict], str]:
+def chip_run(broker: Mosquitto, board: str, case: str, romfs: bool = False) -> tuple[list[dict], str]:
     """The readings ThingsBoard got once every session was up, and the console."""
     got: list[dict] = []
     blynk: list[bytes] = []
@@ -193,7 +200,8 @@ def chip_run(broker: Mosquitto, board: str, case: str) -> tuple[list[dict], str]
     sub.on_message = on_message
     sub.connect("localhost", broker.ports["mqtt"])
     sub.loop_start()
-    board_ = HostBoard(Path(tempfile.mkdtemp(prefix="uplink-bench-")), _chip_config(broker, board, case),
+    board_ = HostBoard(Path(tempfile.mkdtemp(prefix="uplink-bench-")) / "board",
+                       _chip_config(broker, board, case, romfs),
                        user_py=CHIP_USER, files={"ca.der": broker.pki.ca_der.read_bytes()}).start()
     end = time.monotonic() + 30
     while time.monotonic() < end and len(got) < CHIP_READINGS and board_.proc.poll() is None:
@@ -211,19 +219,20 @@ def chip_memory(broker: Mosquitto) -> None:
     print("chip mode (ESP32 model -X chip, the board's IDF heap; KB; after the TLS handshake(s), "
           f"over {CHIP_READINGS} readings): resident firmware / GC heap (its areas, after growth) / "
           "largest free IDF block (last, min)")
-    for board in CHIP_BOARDS:
+    for board, romfs in CHIP_SETUPS:
+        name = _label(board, romfs)
         for case in ("mqtt", "mqtts", "wss", "2 clouds"):
-            got, console = chip_run(broker, board, case)
+            got, console = chip_run(broker, board, case, romfs)
             # out of memory: ENOMEM at the buffers, or mbedTLS's own words half-way through
             enomem = console.count("ENOMEM") + console.count("not correctly signed")
             mem_errors = console.count("MemoryError")
             if len(got) < CHIP_READINGS:
                 why = next((ln for ln in reversed(console.splitlines()) if "rror" in ln), "")
-                print(f"  {board:13} {case:8} did not run ({len(got)} readings; ENOMEM {enomem}, "
+                print(f"  {name:19} {case:8} did not run ({len(got)} readings; ENOMEM {enomem}, "
                       f"MemoryError {mem_errors}): {why[:140]}", flush=True)
                 continue
             last = got[-1]
-            print(f"  {board:13} {case:8} resident {last['resident'] / 1024:5.1f}  GC heap "
+            print(f"  {name:19} {case:8} resident {last['resident'] / 1024:5.1f}  GC heap "
                   f"{max(g['gc_heap'] for g in got) / 1024:5.1f}  IDF largest {last['idf_lg'] / 1024:5.1f} "
                   f"(min {min(g['idf_lg'] for g in got) / 1024:5.1f})  ENOMEM {enomem}  MemoryError {mem_errors}",
                   flush=True)
@@ -236,14 +245,14 @@ def connects(b: HostBoard) -> int:
     return sum("I mqtt: connected" in ln for ln in list(b.lines))  # (console() is the last 200 lines)
 
 
-def reconnects(broker: Mosquitto, board: str = "esp32-devkitc", n: int = RECONNECTS) -> None:
+def reconnects(broker: Mosquitto, board: str = "esp32-devkitc", n: int = RECONNECTS, romfs: bool = False) -> None:
     """The one-TLS-cloud goal (issue 23): a ThingsBoard device over mqtts on `board`, its
     connection cut n times (tests/faultproxy.py): handshakes that failed for memory, and the
     largest free IDF block after each handshake (health, idf_largest)."""
     from tests.faultproxy import FaultProxy
 
     proxy = FaultProxy(broker.ports["mqtts"])
-    cfg = _chip_config(broker, board, "mqtts")
+    cfg = _chip_config(broker, board, "mqtts", romfs)
     cfg["platform"]["url"] = f"mqtts://localhost:{proxy.port}"
     cfg["telemetry"] = {"interval_ms": 200, "health": True}
     lg: list[int] = []
@@ -262,7 +271,7 @@ def reconnects(broker: Mosquitto, board: str = "esp32-devkitc", n: int = RECONNE
     sub.on_message = on_message
     sub.connect("localhost", broker.ports["mqtt"])
     sub.loop_start()
-    b = HostBoard(Path(tempfile.mkdtemp(prefix="uplink-bench-")), cfg, user_py=CHIP_USER,
+    b = HostBoard(Path(tempfile.mkdtemp(prefix="uplink-bench-")) / "board", cfg, user_py=CHIP_USER,
                   files={"ca.der": broker.pki.ca_der.read_bytes()}).start()
     t0 = time.monotonic()
     done = 0
@@ -286,7 +295,8 @@ def reconnects(broker: Mosquitto, board: str = "esp32-devkitc", n: int = RECONNE
         proxy.close()
     console = "\n".join(b.lines)
     enomem = console.count("ENOMEM") + console.count("not correctly signed")
-    print(f"  {board} mqtts, connection cut {n} times: {max(done - 1, 0)} reconnects in {time.monotonic() - t0:.0f}s, "
+    print(f"  {_label(board, romfs)} mqtts, connection cut {n} times: {max(done - 1, 0)} reconnects in "
+          f"{time.monotonic() - t0:.0f}s, "
           f"handshakes failed for memory {enomem}, MemoryError {console.count('MemoryError')}, largest free IDF "
           f"block after a handshake: min {min(lg, default=0) / 1024:.1f} KB, last {(lg or [0])[-1] / 1024:.1f} KB "
           f"(goal: >= 16 KB, 0 failed); GC heap {min(heap, default=0) / 1024:.1f}-{max(heap, default=0) / 1024:.1f} KB",
@@ -297,8 +307,8 @@ def main(argv: list[str]) -> None:
     broker = Mosquitto().start()
     try:
         chip_memory(broker)
-        for board in CHIP_BOARDS:
-            reconnects(broker, board)
+        for board, romfs in CHIP_SETUPS:
+            reconnects(broker, board, romfs=romfs)
         if "chip" in argv:  # BENCH_ARGS="firmware chip": the chip figures only
             return
         for model, name in ((True, "ESP32 model"), (False, "PyPI port (64-bit)")):

@@ -90,3 +90,17 @@ def test_two_tls_clouds_on_an_esp32_c3_are_refused_but_a_cloud_with_the_relay_is
         parse(device={"name": "gh", "board": "esp32-c3"}, platforms=[tls_tb, BLYNK])
     relay = {"source": "relay", "url": "https://10.0.0.1:8443", "device_id": "d", "key": "00"}
     assert parse(device={"name": "gh", "board": "esp32-c3"}, platform=dict(tls_tb, credentials=relay))
+
+
+def test_the_firmware_in_romfs_makes_room_for_two_tls_clouds_on_a_c3_not_on_a_devkitc():
+    # measured (tests/integration/test_chip_memory.py): a C3 whose firmware runs from ROMFS
+    # keeps its first 64 KB GC area and reconnects both; a devkitc's GC heap still grows once
+    tls_tb = dict(TB, url="mqtts://tb.local:8883")
+    with raises(config.ConfigError, "on board esp32-c3") as r:
+        parse(device={"name": "gh", "board": "esp32-c3"}, platforms=[tls_tb, BLYNK])
+    assert "device.romfs" in str(r.value)
+    c3 = parse(device={"name": "gh", "board": "esp32-c3", "romfs": True}, platforms=[tls_tb, BLYNK])
+    assert c3["device"]["romfs"] is True and len(c3["platforms"]) == 2
+    with raises(config.ConfigError, "on board esp32-devkitc") as r:
+        parse(device={"name": "gh", "board": "esp32-devkitc", "romfs": True}, platforms=[tls_tb, BLYNK])
+    assert "device.romfs" not in str(r.value)  # not offered where it does not help

@@ -47,6 +47,28 @@ def test_default_memory_is_the_boards_chip_and_the_firmware_publishes_in_it(tmp_
     assert got and "MemoryError" not in r.stdout and "ENOMEM" not in r.stdout, r.output
 
 
+@pytest.mark.timeout(120)
+def test_a_romfs_device_runs_its_firmware_from_a_romfs_partition_over_tls(tmp_path, broker):
+    # device.romfs: the sim writes the uplink/ package to a ROMFS partition beside the state
+    # dir (-X romfs); an esp32-devkitc then has room for its TLS session with Wi-Fi configured
+    if not hostboard.esp32_model():
+        pytest.skip(f"no ESP32 model: {hostboard.esp32_model_missing()}")
+    fleet = host_fleet(broker, "esp32-devkitc").replace(
+        'board = "esp32-devkitc"', 'board = "esp32-devkitc"\nromfs = true').replace(
+        broker.url("mqtt"), broker.url("mqtts") + f'"\nca = "{broker.pki.ca_pem}')
+    env = env_for(tmp_path, '[defaults]\nwifi.networks = [{ ssid = "home", password = "secret:tok" }]\n'
+                  + fleet)
+    got, c = subscribe(broker, "v1/devices/me/telemetry")
+    try:
+        r = env.run("sim", "bench", "--seconds", "8")
+    finally:
+        c.loop_stop()
+    assert r.code == 0, r.output
+    assert "the esp32's memory, firmware in ROMFS;" in r.stderr, r.stderr
+    assert got and "ENOMEM" not in r.stdout and "not correctly signed" not in r.stdout, r.output
+    assert "device.romfs is set, but" not in r.stdout  # the package did come from /rom
+
+
 @pytest.mark.timeout(180)
 def test_a_crash_loop_fails_with_its_reason(tmp_path):
     env = env_for(tmp_path)

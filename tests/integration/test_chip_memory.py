@@ -4,6 +4,8 @@ growth share, and the console warns once when its largest block cannot hold a TL
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from host_tools import hostboard
@@ -88,4 +90,95 @@ def test_a_c3_over_tls_reconnects_ten_times_with_room_for_the_next_handshake(tmp
     finally:
         board.stop()
         cloud.close()
+        proxy.close()
+
+
+ROMFS_WARNING = "device.romfs is set, but the firmware runs from"
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("romfs", [False, True])
+def test_a_devkitc_over_tls_reconnects_only_with_its_firmware_in_romfs(tmp_path, broker, romfs):
+    # the firmware's bytecode in the GC heap (a stock image) leaves it ~6 KB short of its
+    # 112 KB after one growth: at a reconnect it grows again into the IDF heap the handshake
+    # needs (make bench BENCH_ARGS="firmware chip"). In ROMFS it stays in flash.
+    proxy = FaultProxy(broker.ports["mqtts"])
+    cloud = Cloud(broker.ports["mqtt"], ["v1/devices/me/telemetry"])
+    cfg = config(broker, "esp32-devkitc")
+    cfg["device"]["romfs"] = romfs
+    cfg["platform"].update(url=f"mqtts://localhost:{proxy.port}", ca="ca.der")
+    board = HostBoard(tmp_path / "board", cfg, files={"ca.der": broker.pki.ca_der.read_bytes()}).start()
+    reconnected = 0
+    try:
+        for n in range(1, 12):
+            if not cloud.wait(lambda n=n: sum("I mqtt: connected" in ln for ln in list(board.lines)) >= n, 30):
+                break
+            reconnected = n - 1
+            seen = len(health(cloud, 1))
+            assert cloud.wait(lambda s=seen: len(health(cloud, 1)) > s, 10)  # a reading after the handshake
+            proxy.cut_all()
+        console = "\n".join(board.lines)
+        failed = console.count("ENOMEM") + console.count("not correctly signed")
+        if romfs:
+            assert (reconnected, failed) == (10, 0), board.console()
+            assert ROMFS_WARNING not in console
+        else:
+            assert reconnected < 10 and failed > 0, board.console()
+    finally:
+        board.stop()
+        cloud.close()
+        proxy.close()
+
+
+@pytest.mark.timeout(90)
+def test_device_romfs_with_the_firmware_shadowed_on_the_filesystem_warns_at_boot(tmp_path, broker):
+    # a copy of uplink/ on the filesystem (an OTA slot's, one left by hand) comes first on
+    # sys.path: the board runs, with the bytecode in its heap, and says so
+    import shutil
+
+    from tests.integration import mpy
+
+    cloud = Cloud(broker.ports["mqtt"], ["v1/devices/me/telemetry"])
+    cfg = config(broker, "esp32-s3")
+    cfg["device"]["romfs"] = True
+    board = HostBoard(tmp_path / "board", cfg)
+    shutil.copytree(mpy.compiled_firmware() / "uplink", board.state / "uplink")
+    board.start()
+    try:
+        health(cloud, 1)
+        assert f"{ROMFS_WARNING} uplink, not ROMFS" in board.console(), board.console()
+    finally:
+        board.stop()
+        cloud.close()
+
+
+@pytest.mark.timeout(240)
+def test_a_c3_with_its_firmware_in_romfs_reconnects_two_tls_clouds(tmp_path, broker):
+    # what lets config.tls_refusal take two TLS clouds on an esp32-c3 with device.romfs: its
+    # GC heap stays in the first 64 KB area, and both sessions find their blocks at every
+    # reconnect (a stock C3's cannot: make bench BENCH_ARGS="firmware chip")
+    from tests.integration.test_two_clouds import USER, two_cloud_config
+    from tests.ledger import Observer
+
+    proxy = FaultProxy(broker.ports["mqtts"])
+    url = f"mqtts://localhost:{proxy.port}"
+    cfg = two_cloud_config(url, url, interval_ms=250)
+    cfg["device"].update(board="esp32-c3", romfs=True)
+    for p in cfg["platforms"]:
+        p["ca"] = "ca.der"
+    cfg["platforms"][0]["client_rpc"] = False  # one broker plays both clouds
+    cfg["platforms"][1]["client_id"] = "two-cloud-blynk"
+    board = HostBoard(tmp_path / "board", cfg, user_py=USER, files={"ca.der": broker.pki.ca_der.read_bytes()}).start()
+
+    def connects() -> int:
+        return sum(bool(re.search(r" I mqtt[^:]*: connected", ln)) for ln in list(board.lines))
+
+    try:
+        for n in range(1, 7):
+            assert Observer.wait(lambda n=n: connects() >= 2 * n, 45), board.console()
+            proxy.cut_all()
+        console = "\n".join(board.lines)
+        assert "ENOMEM" not in console and "not correctly signed" not in console, board.console()
+    finally:
+        board.stop()
         proxy.close()
