@@ -267,6 +267,9 @@ def validate(
         if as_json:
             UI.data({"ok": False, "problems": bad_files})
         raise FleetError(bad_files)
+    from host_tools.fleet import memory_warnings
+
+    warnings = [w for dev in fleet.devices.values() for w in memory_warnings(dev)]
     missing: list[dict] = []
     if not no_secrets:
         store = S.store
@@ -276,8 +279,10 @@ def validate(
                     missing.append({"device": name, "key": path, "secret": sname})
     if as_json:
         UI.data({"ok": not missing, "file": str(fleet.path), "devices": sorted(fleet.devices),
-                 "missing_secrets": missing})
+                 "missing_secrets": missing, "warnings": warnings})
     else:
+        for w in warnings:
+            UI.warn(f"{fleet.path.name}: {w}")
         for m in missing:
             UI.error(f"{fleet.path.name}: device '{m['device']}': {m['key']}: secret "
                      f"'{m['secret']}' is not set (uplink secrets set {m['secret']})")
@@ -511,6 +516,10 @@ def _build_bundle(device: str, version: str | None, as_json: bool):
     else:
         UI.text(f"{made.path}: {made.manifest['title']} {version}, {len(made.manifest['files'])} files, "
                 f"{made.size} bytes, sha256 {made.sha256}\n")
+    if dev.romfs:  # the slot's uplink/ comes first on sys.path (firmware/main.py)
+        UI.warn(f"{device} runs its firmware from ROMFS (device.romfs): after this update it runs from the "
+                "OTA slot on its filesystem, with the bytecode in its heap, until the next `uplink deploy` "
+                "(docs/hardware.md, \"Firmware in ROMFS\")")
 
 
 @app.command("ota")

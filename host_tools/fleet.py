@@ -561,6 +561,25 @@ def _cross_checks(dev: Device, relay: Relay | None, relay_broken: bool = False, 
     return out
 
 
+# Boards whose firmware, run from the filesystem, cannot count on reconnecting over TLS: measured
+# in the ESP32 model's chip mode (README "Memory": an esp32-devkitc reconnects 0 times in 100
+# from its filesystem, 100 in 100 from ROMFS). A warning, not a refusal: the first connect works.
+TLS_NEEDS_ROMFS = ("esp32-devkitc",)
+
+
+def memory_warnings(dev: Device) -> list[str]:
+    """What the board's memory makes fragile without being refused (`uplink validate`)."""
+    if dev.board not in TLS_NEEDS_ROMFS or dev.romfs:
+        return []
+    urls = [q.device_url() if isinstance(q, Biotz) else q.effective_url() for q in dev.platforms or [dev.platform]]
+    if not any(u.split(":")[0] in ("mqtts", "wss", "https") for u in urls):
+        return []
+    return [f"device '{dev.name}': board {dev.board} over TLS with the firmware on its filesystem: its heap "
+            "leaves no room for a reconnect's TLS handshake (ENOMEM after the first dropped connection); "
+            "set romfs = true with a MicroPython image that has a ROMFS partition (docs/hardware.md, "
+            "\"Firmware in ROMFS\"), or use an esp32-s3 or esp32-c3"]
+
+
 def _tls_refusal(dev: Device, relay: Relay | None) -> str | None:
     """What the board's RAM cannot hold at once: the firmware's own rule (config.tls_refusal),
     over each cloud's URL and, for relay credentials, the relay's."""

@@ -340,3 +340,24 @@ def test_a_tls_cloud_with_relay_credentials_on_an_esp32_devkitc_is_refused(tmp_p
     assert any("device 'scale-1': platform: 2 TLS connections (TLS clouds, a token relay) on board "
                "esp32-devkitc" in m and "esp32-s3" in m for m in msgs), msgs
     assert len(msgs) == 1, msgs  # one device refused, the others (one TLS cloud each) fit
+
+
+def test_validate_warns_of_a_devkitc_over_tls_from_its_filesystem_and_names_the_fix(tmp_path):
+    # measured (README "Memory"): its reconnects fail for memory; ROMFS or a C3/S3 fixes it
+    from tests.host.uplink_helpers import Env
+
+    # (no url: ThingsBoard Cloud's default, mqtts with the CA uplink ships)
+    dev = '[devices.{n}]\nboard = "{b}"\n{extra}[devices.{n}.platform]\nkind = "thingsboard"\n{u}token = "secret:t"\n'
+    fleet = (dev.format(n="tls", b="esp32-devkitc", extra="", u="")
+             + dev.format(n="plain", b="esp32-devkitc", extra="", u='url = "mqtt://tb.example:1883"\n')
+             + dev.format(n="rom", b="esp32-devkitc", extra="romfs = true\n", u="")
+             + dev.format(n="s3", b="esp32-s3", extra="", u=""))
+    env = Env(tmp_path, fleet)
+    r = env.run("validate", "--no-secrets")
+    assert r.code == 0, r.output
+    assert "device 'tls': board esp32-devkitc over TLS with the firmware on its filesystem" in r.stderr
+    assert "romfs = true" in r.stderr and "Firmware in ROMFS" in r.stderr
+    for other in ("plain", "rom", "s3"):
+        assert f"device '{other}'" not in r.stderr
+    r = env.run("validate", "--no-secrets", "--json")
+    assert [w.split(":")[0] for w in json.loads(r.stdout)["warnings"]] == ["device 'tls'"]
