@@ -105,18 +105,20 @@ def write(link: BoardLink, img: bytes, progress: Callable[[int], None] | None = 
         link.exec(f"for b in range({len(padded) // CHUNK}):\n d.ioctl(6,b)\n")
     else:
         link.exec(f"r=vfs.rom_ioctl(3,0,{len(padded)})\nif r<0:raise OSError('ROMFS prepare failed: %d'%r)\n")
+    # one sector buffer on the board for the whole image: a 4 KB allocation per chunk fails
+    # in a fragmented heap (the maintenance hold's, after a deploy's file writes)
     deflate = link.has_deflate
-    if deflate:
-        link.exec("from deflate import DeflateIO,RAW")
+    link.exec("_rb=bytearray(%d)\n" % CHUNK + ("from deflate import DeflateIO,RAW\n" if deflate else ""))
     for off in range(0, len(padded), CHUNK):
         chunk = padded[off:off + CHUNK]
-        data = (b"DeflateIO(io.BytesIO(%s),RAW,%d).read()" % (bytes_literal(deflate_raw(chunk)), WBITS)
-                if deflate else bytes_literal(chunk))
-        if has_object:
-            link.exec(b"d.writeblocks(%d,%s)\n" % (off // CHUNK, data))
+        if deflate:
+            fill = b"DeflateIO(io.BytesIO(%s),RAW,%d).readinto(_rb)\n" % (bytes_literal(deflate_raw(chunk)), WBITS)
         else:
-            link.exec(b"r=vfs.rom_ioctl(4,0,%d,%s)\nif r<0:raise OSError('ROMFS write failed: %%d'%%r)\n"
-                      % (off, data))
+            fill = b"_rb[:]=%s\n" % bytes_literal(chunk)
+        if has_object:
+            link.exec(fill + b"d.writeblocks(%d,_rb)\n" % (off // CHUNK))
+        else:
+            link.exec(fill + b"r=vfs.rom_ioctl(4,0,%d,_rb)\nif r<0:raise OSError('ROMFS write failed: %%d'%%r)\n" % off)
         if progress:
             progress(min(CHUNK, len(img) - off))
     if not has_object:

@@ -35,12 +35,12 @@ def romfs_fleet(broker, romfs: bool = True) -> str:
     return f"[devices.bench]\nromfs = {'true' if romfs else 'false'}\n" + fleet(broker)
 
 
-def board(tmp_path: Path, partition: int | None = PARTITION) -> VirtualBoard:
+def board(tmp_path: Path, partition: int | None = PARTITION, **kw) -> VirtualBoard:
     part = None
     if partition:
         part = tmp_path / "romfs.bin"
         part.write_bytes(b"\xff" * partition)
-    return VirtualBoard(tmp_path / "board", heap=port_heap("64k"), romfs=part).start()
+    return VirtualBoard(tmp_path / "board", heap=port_heap("64k"), romfs=part, **kw).start()
 
 
 def env_for(tmp_path: Path, broker, romfs: bool = True) -> Env:
@@ -110,6 +110,16 @@ def test_a_package_left_on_the_filesystem_by_an_earlier_deploy_is_removed(tmp_pa
         assert r.code == 0, r.output
         assert "uplink/mqtt.mpy" in json.loads(r.stdout)["remove"]
         assert not [p for p in board_files(vb.root) if p.startswith("uplink/")]
+        assert "/rom/uplink/mqtt.mpy" in rom_listing(model, vb.romfs)
+    finally:
+        vb.stop()
+
+
+def test_a_board_without_deflate_gets_the_image_as_plain_bytes(tmp_path, broker, model):
+    vb = board(tmp_path, deflate=False)
+    try:
+        r = env_for(tmp_path, broker).run("deploy", "bench", "--port", vb.port, "--no-reset")
+        assert r.code == 0, r.output
         assert "/rom/uplink/mqtt.mpy" in rom_listing(model, vb.romfs)
     finally:
         vb.stop()
