@@ -519,7 +519,7 @@ def _build_bundle(device: str, version: str | None, as_json: bool):
     if dev.romfs:  # the slot's uplink/ comes first on sys.path (firmware/main.py)
         UI.warn(f"{device} runs its firmware from ROMFS (device.romfs): after this update it runs from the "
                 "OTA slot on its filesystem, with the bytecode in its heap, until the next `uplink deploy` "
-                "(docs/hardware.md, \"Firmware in ROMFS\")")
+                "(`uplink docs hardware`, \"Firmware in ROMFS\")")
 
 
 @app.command("ota")

@@ -576,7 +576,7 @@ def memory_warnings(dev: Device) -> list[str]:
         return []
     return [f"device '{dev.name}': board {dev.board} over TLS with the firmware on its filesystem: its heap "
             "leaves no room for a reconnect's TLS handshake (ENOMEM after the first dropped connection); "
-            "set romfs = true with a MicroPython image that has a ROMFS partition (docs/hardware.md, "
+            "set romfs = true with a MicroPython image that has a ROMFS partition (`uplink docs hardware`, "
             "\"Firmware in ROMFS\"), or use an esp32-s3 or esp32-c3"]
 
 

@@ -20,7 +20,7 @@ PACKAGE = "uplink"  # = host_tools.hostboard.ROMFS_PACKAGE
 IMAGE = "/rom"  # its name in a deploy's plan
 CHUNK = 4096  # bytes of image per exec: one flash sector
 HINT = ("flash a MicroPython image built with MICROPY_VFS_ROM=1 and a partition table with a "
-        "`romfs` partition (docs/hardware.md, \"Firmware in ROMFS\"), or set device.romfs = false")
+        "`romfs` partition (`uplink docs hardware`, \"Firmware in ROMFS\"), or set device.romfs = false")
 
 
 def split(files: dict[str, bytes]) -> tuple[dict[str, bytes], dict[str, bytes]]:
