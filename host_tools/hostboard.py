@@ -168,30 +168,16 @@ def firmware_env(firmware_dir: Path, env: dict | None = None) -> dict:
 # A board whose MicroPython image has a ROMFS partition (docs/hardware.md, "Firmware in
 # ROMFS") holds the firmware's uplink/ package there: its bytecode runs from flash. 256 KB, as
 # the partition table there has it.
-ROMFS_PACKAGE = "uplink"
 ROMFS_PARTITION = 0x40000
 
 
 def romfs_image(fw: Path) -> bytes:
-    """The firmware's uplink/ package as a ROMFS image (MicroPython's format, written with
-    mpremote's writer), as `uplink deploy` writes it to a board with a ROMFS partition."""
-    from mpremote.romfs import VfsRomWriter
+    """The firmware's uplink/ package as the ROMFS image `uplink deploy` writes to a board."""
+    from host_tools import romfs_deploy
 
-    rom = VfsRomWriter()
-
-    def add(d: Path) -> None:
-        for p in sorted(d.iterdir()):
-            if p.is_dir():
-                rom.opendir(p.name)
-                add(p)
-                rom.closedir()
-            elif p.suffix in (".mpy", ".py"):
-                rom.mkfile(p.name, p.read_bytes())
-
-    rom.opendir(ROMFS_PACKAGE)
-    add(fw / ROMFS_PACKAGE)
-    rom.closedir()
-    return rom.finalise()
+    pkg = fw / romfs_deploy.PACKAGE
+    return romfs_deploy.image({p.relative_to(fw).as_posix(): p.read_bytes() for p in sorted(pkg.rglob("*"))
+                               if p.is_file() and p.suffix in (".mpy", ".py")})
 
 
 def romfs_flash(fw: Path, part: Path) -> Path:
@@ -205,7 +191,7 @@ def romfs_flash(fw: Path, part: Path) -> Path:
     part.write_bytes(image + b"\xff" * (ROMFS_PARTITION - len(image)))
     rest = part.with_name(part.name + ".fs")
     shutil.rmtree(rest, ignore_errors=True)
-    shutil.copytree(fw, rest, ignore=lambda d, names: [ROMFS_PACKAGE] if Path(d) == fw else [])
+    shutil.copytree(fw, rest, ignore=lambda d, names: ["uplink"] if Path(d) == fw else [])
     return rest
 
 

@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 
 from host_tools.board_link import WBITS, BoardError, BoardLink, bytes_literal, deflate_raw
 
-PACKAGE = "uplink"  # = host_tools.hostboard.ROMFS_PACKAGE
+PACKAGE = "uplink"
 IMAGE = "/rom"  # its name in a deploy's plan
 CHUNK = 4096  # bytes of image per exec: one flash sector
 HINT = ("flash a MicroPython image built with MICROPY_VFS_ROM=1 and a partition table with a "
