@@ -115,6 +115,25 @@ def test_a_package_left_on_the_filesystem_by_an_earlier_deploy_is_removed(tmp_pa
         vb.stop()
 
 
+def test_a_write_cut_short_is_found_and_written_again_by_the_next_deploy(tmp_path, broker, model):
+    # a power cut half-way leaves sectors erased (0xFF): the board's sha256 differs, so the
+    # next deploy writes the whole image again instead of calling it unchanged
+    vb = board(tmp_path)
+    try:
+        env = env_for(tmp_path, broker)
+        assert env.run("-q", "deploy", "bench", "--port", vb.port, "--no-reset").code == 0
+        good = vb.romfs.read_bytes()
+        with open(vb.romfs, "r+b") as f:
+            f.seek(8192)
+            f.write(b"\xff" * 8192)
+        r = env.run("deploy", "bench", "--port", vb.port, "--json", "--no-reset")
+        assert r.code == 0, r.output
+        assert [c["path"] for c in json.loads(r.stdout)["copy"]] == ["/rom"]
+        assert vb.romfs.read_bytes() == good
+    finally:
+        vb.stop()
+
+
 def test_a_board_without_deflate_gets_the_image_as_plain_bytes(tmp_path, broker, model):
     vb = board(tmp_path, deflate=False)
     try:
