@@ -601,12 +601,15 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
     from host_tools import build as b
     from host_tools import deploy as d
     from host_tools.bundle import device_modules, select
+    from host_tools.fleet import memory_warnings
     from host_tools.port_share import borrowed
     from host_tools.ports import pick_port
     from host_tools.provision import provision
 
     fleet = S.fleet()
     dev = fleet.device(device)
+    for w in memory_warnings(dev):  # (`run` deploys through here too: said where the board goes)
+        UI.warn(w)
     bundle = provision(fleet, device, S.store, S.build_root)
     src = S.sources()
     root, _ = b.build(dev.board, out=S.build_root / "firmware" / dev.board, src=src)

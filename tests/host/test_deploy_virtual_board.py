@@ -406,6 +406,10 @@ def test_an_esp32_device_gets_its_cloud_and_no_host_backend(tmp_path, vboard):
                  "uplink/platforms/blynk_gateway.mpy", "uplink/platforms/blynk_cloud.mpy",
                  "uplink/platforms/blynk_redirect.mpy")]
     assert "uplink/board_host.mpy" not in paths
+    # Blynk's default is mqtts: an esp32-devkitc over TLS from its filesystem is warned of
+    # where the board goes (`run` deploys through here too), with the fix
+    assert "board esp32-devkitc over TLS with the firmware on its filesystem" in r.stderr
+    assert "set romfs = true" in r.stderr
 
 
 @pytest.mark.parametrize("version,mpy,told", [
@@ -421,9 +425,11 @@ def test_deploy_refuses_a_micropython_too_old_and_names_the_image(tmp_path, vers
     with VirtualBoard(tmp_path / "board", version=version, mpy=mpy) as vb:
         r = env.run("deploy", "pump", "--port", vb.port, env={"UPLINK_SECRET_T": "x"})
         assert r.code == 5, r.output
-        assert r.stderr == (f"error: the board runs {told}: flash ESP32_GENERIC-20260824-v1.29.0.bin from "
-                            "https://micropython.org/download/ESP32_GENERIC/ with `uplink flash-micropython "
-                            "--image ESP32_GENERIC-20260824-v1.29.0.bin`, then deploy again\n")
+        # (after the warning that a devkitc over TLS needs ROMFS: Blynk's default is mqtts)
+        assert r.stderr.endswith(f"\nerror: the board runs {told}: flash ESP32_GENERIC-20260824-v1.29.0.bin from "
+                                 "https://micropython.org/download/ESP32_GENERIC/ with `uplink flash-micropython "
+                                 "--image ESP32_GENERIC-20260824-v1.29.0.bin`, then deploy again\n"), r.stderr
+        assert r.stderr.count("error:") == 1
         assert board_files(vb.root) == {} and "reset" not in vb.events()
 
 
