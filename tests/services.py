@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -19,8 +20,28 @@ from pathlib import Path
 from tests.certs import make_pki
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port for a test server to listen on, below the kernel's ephemeral range: every outgoing
+    connection takes its source port from that range, so a port picked there can be a client's
+    (a relay flood holds thousands) by the time the server binds it. Mosquitto's websockets
+    listeners then failed to start five times in a row in one full run."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randint(max(1024, low - 12000), low - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))  # no SO_REUSEADDR: any socket on the port refuses it
+                return port
+            except OSError:
+                continue
+    with socket.socket() as s:  # a crowded range: what the kernel gives
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
