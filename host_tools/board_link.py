@@ -429,8 +429,11 @@ class BoardLink:
         try:
             self.t.exec_raw_no_follow(f"try:\n open({RESET_MARK!r},'w').close()\nexcept OSError:\n pass\n"
                                       "import machine\nmachine.reset()")  # (a full flash: reset all the same)
-        except self._TransportError:
-            pass  # the board went away mid-answer: that is what a reset looks like
+        except (self._TransportError, OSError):
+            # the board went away mid-answer: that is what a reset looks like. A chip on its own
+            # USB may vanish under the read: pyserial's SerialException (an OSError), "device
+            # reports readiness to read but returned no data"
+            pass
 
     def leave(self) -> None:
         """Back to the friendly REPL (Ctrl-B), without resetting."""
