@@ -572,7 +572,9 @@ def memory_warnings(dev: Device) -> list[str]:
     if dev.board not in TLS_NEEDS_ROMFS or dev.romfs:
         return []
     urls = [q.device_url() if isinstance(q, Biotz) else q.effective_url() for q in dev.platforms or [dev.platform]]
-    if not any(u.split(":")[0] in ("mqtts", "wss", "https") for u in urls):
+    from host_tools import ca
+
+    if not any(ca.needs_tls(u) for u in urls):
         return []
     return [f"device '{dev.name}': board {dev.board} over TLS with the firmware on its filesystem: its heap "
             "leaves no room for a reconnect's TLS handshake (ENOMEM after the first dropped connection); "
