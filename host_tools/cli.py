@@ -888,6 +888,8 @@ def _sim_run(fleet, device: str, state: Path, lock: int, seconds: float | None, 
     chip = hostboard.model_chip(cfg["device"]["board"]) if compiled and not heapsize else None
     # device.romfs: the package runs from the board's ROMFS partition, beside the state dir
     romfs = state.with_name(state.name + ".romfs") if compiled and cfg["device"].get("romfs") else None
+    if romfs:  # written once, as a deploy would: the board's reboots find it there
+        firmware = hostboard.romfs_flash(firmware, romfs)
     if cfg["device"]["board"] != "host":  # the firmware would reach for an ESP32's Wi-Fi
         UI.info(f"{device}: the host board stands in for its {cfg['device']['board']}")
         cfg["device"]["board"] = "host"

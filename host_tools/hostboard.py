@@ -171,6 +171,11 @@ def firmware_env(firmware_dir: Path, env: dict | None = None) -> dict:
 ROMFS_PARTITION = 0x40000
 
 
+def firmware_dir(compiled: bool) -> Path:
+    """This checkout's firmware, as the host board's flash holds it: compiled, or the sources."""
+    return compile_firmware(ROOT / "build" / "host-mpy") if compiled else FIRMWARE
+
+
 def romfs_image(fw: Path) -> bytes:
     """The firmware's uplink/ package as the ROMFS image `uplink deploy` writes to a board."""
     from host_tools import romfs_deploy
@@ -181,9 +186,12 @@ def romfs_image(fw: Path) -> bytes:
 
 
 def romfs_flash(fw: Path, part: Path) -> Path:
-    """The host board's flash for a board with ROMFS: the partition file `part` (erased, then
-    the image of fw's uplink/ package), and a directory with the rest of fw (main.py, boot.py,
-    the example user.py): what deploy leaves on the filesystem. Returns that directory."""
+    """The host board's flash for a board with ROMFS, written once before it boots (as a deploy
+    would): the partition file `part` (erased, then the image of fw's uplink/ package), and a
+    directory with the rest of fw (main.py, boot.py, the example user.py): what deploy leaves
+    on the filesystem. Returns that directory, the `firmware` to start the board with."""
+    from host_tools import romfs_deploy
+
     image = romfs_image(fw)
     if len(image) > ROMFS_PARTITION:
         raise ValueError(f"the firmware's ROMFS image is {len(image)} bytes, more than the "
@@ -191,7 +199,7 @@ def romfs_flash(fw: Path, part: Path) -> Path:
     part.write_bytes(image + b"\xff" * (ROMFS_PARTITION - len(image)))
     rest = part.with_name(part.name + ".fs")
     shutil.rmtree(rest, ignore_errors=True)
-    shutil.copytree(fw, rest, ignore=lambda d, names: ["uplink"] if Path(d) == fw else [])
+    shutil.copytree(fw, rest, ignore=lambda d, names: [romfs_deploy.PACKAGE] if Path(d) == fw else [])
     return rest
 
 
@@ -200,16 +208,15 @@ def command(state_dir: Path, *, compiled: bool = False, heapsize: str | None = N
             romfs: Path | None = None) -> tuple[list[str], Path]:
     """`firmware`: the host board's flash, built or staged (`uplink sim` builds the user's
     project into it); else this checkout's firmware, compiled or not. `chip` (model_chip()):
-    that chip's memory on the ESP32 model, in place of a fixed `heapsize`. `romfs`: a ROMFS
-    partition file (the model's -X romfs): the uplink/ package runs from it (romfs_flash)."""
-    fw = firmware or (compile_firmware(ROOT / "build" / "host-mpy") if compiled else FIRMWARE)
+    that chip's memory on the ESP32 model, in place of a fixed `heapsize`. `romfs`: the ROMFS
+    partition file (the model's -X romfs) that romfs_flash wrote, `firmware` the rest."""
+    fw = firmware or firmware_dir(compiled)
     args = [micropython()]
     if chip:
         args += ["-X", f"chip={chip}"]
     elif heapsize:
         args += ["-X", f"heapsize={heapsize}"]
     if romfs:
-        fw = romfs_flash(fw, romfs)
         args += ["-X", f"romfs={romfs}"]
     # `-m main` puts the working directory (the board's filesystem) first on sys.path, as on
     # a board: a user.py placed in the state directory wins over the firmware's example.

@@ -43,8 +43,9 @@ class HostBoard:
 
     def start(self) -> "HostBoard":
         heap = port_heap(self.heapsize) if self.heapsize else None
+        fw = hostboard.romfs_flash(hostboard.firmware_dir(self.compiled), self.romfs) if self.romfs else None
         self.proc = hostboard.start(self.state, compiled=self.compiled, heapsize=heap, chip=self.chip,
-                                    romfs=self.romfs)
+                                    firmware=fw, romfs=self.romfs)
         self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
         self._reader.start()
         return self
