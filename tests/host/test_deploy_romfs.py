@@ -6,16 +6,14 @@ partition file (-X romfs)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from host_tools import hostboard
-from tests.host.test_deploy_virtual_board import TOKEN, board_files, fleet, subscribe
+from tests.host.test_deploy_virtual_board import TOKEN, board_files, boots_and_publishes, fleet
 from tests.host.uplink_helpers import REPO, Env
 from tests.mpy_plugin import port_heap
 from tests.virtual_board.launcher import VirtualBoard
@@ -85,18 +83,8 @@ def test_the_package_goes_to_romfs_the_rest_to_the_filesystem_and_it_boots(tmp_p
         vb.stop()
 
     # the board's next boot: the filesystem has no uplink/, so the app can only come from /rom
-    got = subscribe(broker, "v1/devices/me/telemetry")
-    proc = subprocess.Popen([model, "-X", "heapsize=128k", "-X", f"romfs={vb.romfs}", "main.py"], cwd=vb.root,
-                            env={**os.environ, "MICROPYPATH": ".frozen"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while not got and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-    finally:
-        proc.terminate()
-        out = proc.communicate(timeout=10)[0].decode(errors="replace")
-    assert got, f"nothing published; the board said:\n{out[-3000:]}"
+    boots_and_publishes(broker, [model, "-X", "heapsize=128k", "-X", f"romfs={vb.romfs}", "main.py"], vb.root,
+                        ".frozen")
 
 
 def test_a_package_left_on_the_filesystem_by_an_earlier_deploy_is_removed(tmp_path, broker, model):

@@ -152,12 +152,18 @@ def test_deploy_copies_only_what_changed_and_boots(tmp_path, broker, vboard, rec
                if not (fw / "uplink" / m).exists()]
     if missing:
         pytest.skip(f"firmware app not complete yet (missing {missing}): boot check left out")
-    got = subscribe(broker, "v1/devices/me/telemetry")
     state = vboard.root
-    proc = subprocess.Popen(
-        [micropython_bin(), "main.py"], cwd=state,
-        env={**os.environ, "MICROPYPATH": os.pathsep.join([str(state), ".frozen"])},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = boots_and_publishes(broker, [micropython_bin(), "main.py"], state,
+                              os.pathsep.join([str(state), ".frozen"]))
+    assert TOKEN not in out
+
+
+def boots_and_publishes(broker, argv: list[str], fs: Path, micropypath: str) -> str:
+    """The deployed board's next boot (argv in its filesystem `fs`): it publishes telemetry
+    within 30 s. Returns what it printed."""
+    got = subscribe(broker, "v1/devices/me/telemetry")
+    proc = subprocess.Popen(argv, cwd=fs, env={**os.environ, "MICROPYPATH": micropypath},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
         while not got and time.monotonic() < deadline and proc.poll() is None:
@@ -166,7 +172,7 @@ def test_deploy_copies_only_what_changed_and_boots(tmp_path, broker, vboard, rec
         proc.terminate()
         out = proc.communicate(timeout=10)[0].decode(errors="replace")
     assert got, f"nothing published; the board said:\n{out[-3000:]}"
-    assert TOKEN not in out
+    return out
 
 
 def subscribe(broker, topic) -> list:

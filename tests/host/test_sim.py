@@ -27,13 +27,9 @@ def env_for(tmp_path, text=NO_BROKER) -> Env:
     return env
 
 
-@pytest.mark.timeout(120)
-def test_default_memory_is_the_boards_chip_and_the_firmware_publishes_in_it(tmp_path, broker):
-    if not hostboard.esp32_model():
-        pytest.skip(f"no ESP32 model: {hostboard.esp32_model_missing()}")
-    # what a real board has: Wi-Fi networks (the Wi-Fi manager loads). Plain MQTT: over TLS the
-    # esp32-devkitc's IDF heap is at its edge today (README, Memory; issue 23's open goal)
-    fleet = host_fleet(broker, "esp32-devkitc")
+def sim_with_wifi(tmp_path, broker, fleet: str):
+    """`uplink sim bench` for 8 s with a Wi-Fi network configured, as a real board has (the
+    Wi-Fi manager loads): its result (exit code 0 asserted) and the telemetry the broker got."""
     env = env_for(tmp_path, '[defaults]\nwifi.networks = [{ ssid = "home", password = "secret:tok" }]\n'
                   + fleet)
     got, c = subscribe(broker, "v1/devices/me/telemetry")
@@ -42,6 +38,16 @@ def test_default_memory_is_the_boards_chip_and_the_firmware_publishes_in_it(tmp_
     finally:
         c.loop_stop()
     assert r.code == 0, r.output
+    return r, got
+
+
+@pytest.mark.timeout(120)
+def test_default_memory_is_the_boards_chip_and_the_firmware_publishes_in_it(tmp_path, broker):
+    if not hostboard.esp32_model():
+        pytest.skip(f"no ESP32 model: {hostboard.esp32_model_missing()}")
+    # what a real board has: Wi-Fi networks (the Wi-Fi manager loads). Plain MQTT: over TLS the
+    # esp32-devkitc's IDF heap is at its edge today (README, Memory; issue 23's open goal)
+    r, got = sim_with_wifi(tmp_path, broker, host_fleet(broker, "esp32-devkitc"))
     # an esp32-devkitc: the ESP32's memory (-X chip=esp32), its IDF heap and the GC heap's growth
     assert "bench on the host board (compiled, the esp32's memory;" in r.stderr
     assert got and "MemoryError" not in r.stdout and "ENOMEM" not in r.stdout, r.output
@@ -55,15 +61,9 @@ def test_a_romfs_device_runs_its_firmware_from_a_romfs_partition_over_tls(tmp_pa
         pytest.skip(f"no ESP32 model: {hostboard.esp32_model_missing()}")
     fleet = host_fleet(broker, "esp32-devkitc").replace(
         'board = "esp32-devkitc"', 'board = "esp32-devkitc"\nromfs = true').replace(
-        broker.url("mqtt"), broker.url("mqtts") + f'"\nca = "{broker.pki.ca_pem}')
-    env = env_for(tmp_path, '[defaults]\nwifi.networks = [{ ssid = "home", password = "secret:tok" }]\n'
-                  + fleet)
-    got, c = subscribe(broker, "v1/devices/me/telemetry")
-    try:
-        r = env.run("sim", "bench", "--seconds", "8")
-    finally:
-        c.loop_stop()
-    assert r.code == 0, r.output
+        f'url = "{broker.url("mqtt")}"', f'url = "{broker.url("mqtts")}"\nca = "{broker.pki.ca_pem}"')
+    assert broker.url("mqtts") in fleet
+    r, got = sim_with_wifi(tmp_path, broker, fleet)
     assert "the esp32's memory, firmware in ROMFS;" in r.stderr, r.stderr
     assert got and "ENOMEM" not in r.stdout and "not correctly signed" not in r.stdout, r.output
     assert "device.romfs is set, but" not in r.stdout  # the package did come from /rom
