@@ -1,10 +1,12 @@
 """Fixtures the relay and token tests share: one loopback OIDC provider and one relay PKI per
-test module (a module that needs a fresh provider per test defines its own)."""
+test module (a module that needs a fresh provider per test defines its own), and a Redis of
+its own per test (skipped without redis-server)."""
 
 import pytest
 
 from host_tools import relay_pki
 from tests.oidc_provider import OIDCProvider
+from tests.relay_services import Redis, need_redis
 
 
 @pytest.fixture(scope="module")
@@ -17,3 +19,11 @@ def provider():
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     return relay_pki.ensure_relay_pki(tmp_path_factory.mktemp("relay"), ["localhost", "127.0.0.1"])
+
+
+@pytest.fixture
+def redis(tmp_path):
+    need_redis()
+    r = Redis(tmp_path / "redis").start()
+    yield r
+    r.stop()

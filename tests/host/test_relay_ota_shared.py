@@ -7,15 +7,12 @@ import asyncio
 import base64
 import shutil
 
-import pytest
-
 from host_tools import ota_bundle as bu
 from host_tools.relay import OTA_PATH
 from host_tools.relay_state import RedisState
 from tests.host.test_ota_cli import small_bundle
 from tests.host.test_relay import Harness
 from tests.host.test_relay_redis import Fleet
-from tests.relay_services import Redis, need_redis
 
 
 def test_one_bundle_offered_to_many_devices_is_stored_once(tmp_path, provider, pki):  # noqa: F811
@@ -36,14 +33,6 @@ def test_one_bundle_offered_to_many_devices_is_stored_once(tmp_path, provider, p
     assert cred["ota"] == {"version": "2.1", "size": made.size, "sha256": made.sha256}
     assert bundle.status_code == 200 and bundle.content == made.path.read_bytes()
     assert base64.b64decode(bundle.headers["x-sha256"]).hex() == made.sha256
-
-
-@pytest.fixture
-def redis(tmp_path):
-    need_redis()
-    r = Redis(tmp_path / "redis").start()
-    yield r
-    r.stop()
 
 
 def test_replica_offers_only_a_bundle_it_has(tmp_path, provider, pki, redis):  # noqa: F811

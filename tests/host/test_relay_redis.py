@@ -16,19 +16,10 @@ from host_tools import oidc
 from host_tools.relay import PATH, Relay, RelayDevice, RelaySettings, sign_headers
 from host_tools.relay_state import Paced, RedisState, RevokedFile, StoreDown
 from tests.oidc_provider import BIOTZ_CLIENT, BIOTZ_USER, WEIGHTRON_API_KEY, WEIGHTRON_CLIENT
-from tests.relay_services import Redis, need_redis
 
 KEY = secrets.token_hex(32)
 BZ_KEY = secrets.token_hex(32)
 STATE_KEY = secrets.token_bytes(32)
-
-
-@pytest.fixture
-def redis(tmp_path):
-    need_redis()
-    r = Redis(tmp_path / "redis").start()
-    yield r
-    r.stop()
 
 
 @pytest.fixture(autouse=True)
