@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import free_port, wait_port
+from tests.services import free_port, stop_process, wait_port
 
 
 def redis_bin() -> str | None:
@@ -71,13 +71,7 @@ class Redis:
             self.proc.wait(5)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
     async def outage(self, before_s: float, down_s: float, after_s: float) -> tuple[float, float]:
         """After before_s, killed for down_s and started again empty, then after_s more:
@@ -153,13 +147,7 @@ class HAProxy:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         if self.proc is not None:
             self.log.close()
 
