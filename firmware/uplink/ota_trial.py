@@ -68,6 +68,10 @@ async def trial(u):
                     # the commit and the cloud's PUBACK still tells it (report())
                     ota.write_slot({"cur": s["cur"], "prev": s.get("prev") or "", "sum": s.get("sum"),
                                     "owe": ["UPDATED", None]}, u.root)
+                    if u.ctx.cfg["device"].get("romfs"):
+                        # its bytecode takes the heap until the next boot moves it into ROMFS
+                        log.info("ota", "kept; resetting to move it into ROMFS")
+                        u.reset()
                     return
         else:
             since = None

@@ -43,7 +43,7 @@ class Ctx:
     def __init__(self, c, health=None):
         self.client = c
         self.board = Board()
-        self.cfg = {"outbox": {"max_bytes": 0}}
+        self.cfg = {"device": {}, "outbox": {"max_bytes": 0}}
         self.health = health
         self.adapter = Adapter()
 

@@ -34,7 +34,7 @@ class Ctx:
     def __init__(self, client=None, health=None, reserve=0):
         self.client = client
         self.board = Board()
-        self.cfg = {"outbox": {"max_bytes": reserve}}
+        self.cfg = {"device": {}, "outbox": {"max_bytes": reserve}}
         self.health = health
 
     def fw(self):

@@ -39,11 +39,14 @@ class HostBoard:
         self.compiled = compiled
         self.heapsize = heapsize
         self.proc: subprocess.Popen | None = None
+        self._fw: Path | None = None  # with ROMFS: the flash beside the partition (romfs_flash)
         self.lines: list[str] = []
 
     def start(self) -> "HostBoard":
         heap = port_heap(self.heapsize) if self.heapsize else None
-        fw = hostboard.romfs_flash(hostboard.firmware_dir(self.compiled), self.romfs) if self.romfs else None
+        if self.romfs and self._fw is None:  # flashed once, as by a deploy: it outlives resets
+            self._fw = hostboard.romfs_flash(hostboard.firmware_dir(self.compiled), self.romfs)
+        fw = self._fw
         self.proc = hostboard.start(self.state, compiled=self.compiled, heapsize=heap, chip=self.chip,
                                     firmware=fw, romfs=self.romfs)
         self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
