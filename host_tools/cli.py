@@ -517,9 +517,9 @@ def _build_bundle(device: str, version: str | None, as_json: bool):
         UI.text(f"{made.path}: {made.manifest['title']} {version}, {len(made.manifest['files'])} files, "
                 f"{made.size} bytes, sha256 {made.sha256}\n")
     if dev.romfs:  # the slot's uplink/ comes first on sys.path (firmware/main.py)
-        UI.warn(f"{device} runs its firmware from ROMFS (device.romfs): after this update it runs from the "
-                "OTA slot on its filesystem, with the bytecode in its heap, until the next `uplink deploy` "
-                "(`uplink docs hardware`, \"Firmware in ROMFS\")")
+        UI.warn(f"{device} runs its firmware from ROMFS (device.romfs): during its trial this update runs from "
+                "the OTA slot on its filesystem, with the bytecode in its heap; once kept, the board writes it "
+                "into its ROMFS partition and resets (`uplink docs ota`)")
 
 
 @app.command("ota")
