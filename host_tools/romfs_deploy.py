@@ -18,7 +18,8 @@ from host_tools.board_link import WBITS, BoardError, BoardLink, bytes_literal, d
 
 PACKAGE = "uplink"
 IMAGE = "/rom"  # its name in a deploy's plan
-CHUNK = 4096  # bytes of image per exec: one flash sector
+CHUNK = 4096  # bytes of image per flash write: one sector
+PLAIN = 1024  # bytes of it per exec to a board without deflate
 HINT = ("flash a MicroPython image built with MICROPY_VFS_ROM=1 and a partition table with a "
         "`romfs` partition (`uplink docs hardware`, \"Firmware in ROMFS\"), or set device.romfs = false")
 
@@ -113,8 +114,10 @@ def write(link: BoardLink, img: bytes, progress: Callable[[int], None] | None = 
         chunk = padded[off:off + CHUNK]
         if deflate:
             fill = b"DeflateIO(io.BytesIO(%s),RAW,%d).readinto(_rb)\n" % (bytes_literal(deflate_raw(chunk)), WBITS)
-        else:
-            fill = b"_rb[:]=%s\n" % bytes_literal(chunk)
+        else:  # as literals of PLAIN bytes each: a 4 KB one failed to compile in a fragmented 64k heap
+            for at in range(0, CHUNK - PLAIN, PLAIN):
+                link.exec(b"_rb[%d:%d]=%s\n" % (at, at + PLAIN, bytes_literal(chunk[at:at + PLAIN])))
+            fill = b"_rb[%d:]=%s\n" % (CHUNK - PLAIN, bytes_literal(chunk[CHUNK - PLAIN:]))
         if has_object:
             link.exec(fill + b"d.writeblocks(%d,_rb)\n" % (off // CHUNK))
         else:
