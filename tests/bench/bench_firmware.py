@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import subprocess
 import tempfile
 import time
@@ -160,27 +161,45 @@ def read():
 """
 CHIP_BOARDS = ("esp32-devkitc", "esp32-c3", "esp32-s3")
 # each board with the firmware on its filesystem (a stock MicroPython image) and in a ROMFS
-# partition (device.romfs: bytecode in flash, docs/hardware.md "Firmware in ROMFS")
-CHIP_SETUPS = [(b, r) for b in CHIP_BOARDS for r in (False, True)]
-
-
-def _label(board: str, romfs: bool) -> str:
-    return board + ("+romfs" if romfs else "")
+# partition (device.romfs: bytecode in flash, docs/hardware.md "Firmware in ROMFS"); with
+# BENCH_ARGS="firmware frozen", frozen into a measuring model (tools/esp32-model/README.md)
+CHIP_SETUPS = [(b, r) for b in CHIP_BOARDS for r in ("fs", "romfs")]
 CHIP_READINGS = 8
 
 
-def _chip_config(broker: Mosquitto, board: str, case: str, romfs: bool = False) -> dict:
+def _label(board: str, layout: str) -> str:
+    return board + ("" if layout == "fs" else "+" + layout)
+
+
+def model_has_frozen_firmware() -> bool:
+    exe = hostboard.esp32_model()
+    probe = "import sys\nsys.path[:] = ['.frozen']\nimport uplink"
+    return bool(exe) and subprocess.run([exe, "-c", probe], capture_output=True).returncode == 0
+
+
+def _board(cfg: dict, layout: str, **kw) -> HostBoard:
+    """The host board for a layout: "frozen" boots a flash without uplink/, the model's frozen
+    package standing in for it (as an image built with it frozen, and nothing on the filesystem)."""
+    fw = None
+    if layout == "frozen":
+        src = hostboard.firmware_dir(True)
+        fw = Path(tempfile.mkdtemp(prefix="uplink-bench-")) / "flash"
+        shutil.copytree(src, fw, ignore=lambda d, names: ["uplink"] if Path(d) == src else [])
+    return HostBoard(Path(tempfile.mkdtemp(prefix="uplink-bench-")) / "board", cfg, firmware=fw, **kw)
+
+
+def _chip_config(broker: Mosquitto, board: str, case: str, layout: str = "fs") -> dict:
     scheme = "mqtts" if case == "2 clouds" else case
     ca = {"ca": "ca.der"} if scheme in ("mqtts", "wss") else {}
     tb = {"kind": "thingsboard", "url": broker.url(scheme), "token": "t", **ca}
     bl = {"kind": "blynk", "url": broker.url(scheme), "token": "b", "template_id": "TMPL", "template_name": "B",
           "client_id": "bench-blynk", **ca}
-    return {"device": {"name": "bench", "board": board, "romfs": romfs}, "ntp": {"servers": []},
+    return {"device": {"name": "bench", "board": board, "romfs": layout == "romfs"}, "ntp": {"servers": []},
             **({"platforms": [tb, bl]} if case == "2 clouds" else {"platform": tb}),
             "telemetry": {"interval_ms": 250}}
 
 
-def chip_run(broker: Mosquitto, board: str, case: str, romfs: bool = False) -> tuple[list[dict], str]:
+def chip_run(broker: Mosquitto, board: str, case: str, layout: str = "fs") -> tuple[list[dict], str]:
     """The readings ThingsBoard got once every session was up, and the console."""
     got: list[dict] = []
     blynk: list[bytes] = []
@@ -200,9 +219,8 @@ def chip_run(broker: Mosquitto, board: str, case: str, romfs: bool = False) -> t
     sub.on_message = on_message
     sub.connect("localhost", broker.ports["mqtt"])
     sub.loop_start()
-    board_ = HostBoard(Path(tempfile.mkdtemp(prefix="uplink-bench-")) / "board",
-                       _chip_config(broker, board, case, romfs),
-                       user_py=CHIP_USER, files={"ca.der": broker.pki.ca_der.read_bytes()}).start()
+    board_ = _board(_chip_config(broker, board, case, layout), layout,
+                    user_py=CHIP_USER, files={"ca.der": broker.pki.ca_der.read_bytes()}).start()
     end = time.monotonic() + 30
     while time.monotonic() < end and len(got) < CHIP_READINGS and board_.proc.poll() is None:
         time.sleep(0.1)
@@ -212,17 +230,17 @@ def chip_run(broker: Mosquitto, board: str, case: str, romfs: bool = False) -> t
     return got, board_.console()
 
 
-def chip_memory(broker: Mosquitto) -> None:
+def chip_memory(broker: Mosquitto, setups=CHIP_SETUPS) -> None:
     if not hostboard.esp32_model():
         print(f"chip mode: no ESP32 model ({hostboard.esp32_model_missing()})")
         return
     print("chip mode (ESP32 model -X chip, the board's IDF heap; KB; after the TLS handshake(s), "
           f"over {CHIP_READINGS} readings): resident firmware / GC heap (its areas, after growth) / "
           "largest free IDF block (last, min)")
-    for board, romfs in CHIP_SETUPS:
-        name = _label(board, romfs)
+    for board, layout in setups:
+        name = _label(board, layout)
         for case in ("mqtt", "mqtts", "wss", "2 clouds"):
-            got, console = chip_run(broker, board, case, romfs)
+            got, console = chip_run(broker, board, case, layout)
             # out of memory: ENOMEM at the buffers, or mbedTLS's own words half-way through
             enomem = console.count("ENOMEM") + console.count("not correctly signed")
             mem_errors = console.count("MemoryError")
@@ -245,14 +263,14 @@ def connects(b: HostBoard) -> int:
     return sum("I mqtt: connected" in ln for ln in list(b.lines))  # (console() is the last 200 lines)
 
 
-def reconnects(broker: Mosquitto, board: str = "esp32-devkitc", n: int = RECONNECTS, romfs: bool = False) -> None:
+def reconnects(broker: Mosquitto, board: str = "esp32-devkitc", n: int = RECONNECTS, layout: str = "fs") -> None:
     """The one-TLS-cloud goal (issue 23): a ThingsBoard device over mqtts on `board`, its
     connection cut n times (tests/faultproxy.py): handshakes that failed for memory, and the
     largest free IDF block after each handshake (health, idf_largest)."""
     from tests.faultproxy import FaultProxy
 
     proxy = FaultProxy(broker.ports["mqtts"])
-    cfg = _chip_config(broker, board, "mqtts", romfs)
+    cfg = _chip_config(broker, board, "mqtts", layout)
     cfg["platform"]["url"] = f"mqtts://localhost:{proxy.port}"
     cfg["telemetry"] = {"interval_ms": 200, "health": True}
     lg: list[int] = []
@@ -271,8 +289,7 @@ def reconnects(broker: Mosquitto, board: str = "esp32-devkitc", n: int = RECONNE
     sub.on_message = on_message
     sub.connect("localhost", broker.ports["mqtt"])
     sub.loop_start()
-    b = HostBoard(Path(tempfile.mkdtemp(prefix="uplink-bench-")) / "board", cfg, user_py=CHIP_USER,
-                  files={"ca.der": broker.pki.ca_der.read_bytes()}).start()
+    b = _board(cfg, layout, user_py=CHIP_USER, files={"ca.der": broker.pki.ca_der.read_bytes()}).start()
     t0 = time.monotonic()
     done = 0
     try:
@@ -295,7 +312,7 @@ def reconnects(broker: Mosquitto, board: str = "esp32-devkitc", n: int = RECONNE
         proxy.close()
     console = "\n".join(b.lines)
     enomem = console.count("ENOMEM") + console.count("not correctly signed")
-    print(f"  {_label(board, romfs)} mqtts, connection cut {n} times: {max(done - 1, 0)} reconnects in "
+    print(f"  {_label(board, layout)} mqtts, connection cut {n} times: {max(done - 1, 0)} reconnects in "
           f"{time.monotonic() - t0:.0f}s, "
           f"handshakes failed for memory {enomem}, MemoryError {console.count('MemoryError')}, largest free IDF "
           f"block after a handshake: min {min(lg, default=0) / 1024:.1f} KB, last {(lg or [0])[-1] / 1024:.1f} KB "
@@ -306,9 +323,19 @@ def reconnects(broker: Mosquitto, board: str = "esp32-devkitc", n: int = RECONNE
 def main(argv: list[str]) -> None:
     broker = Mosquitto().start()
     try:
+        if "frozen" in argv:  # UPLINK_ESP32_MODEL=<a model built with FREEZE=>
+            if not model_has_frozen_firmware():
+                print("frozen: the ESP32 model has no firmware frozen in it: build one with FREEZE= and name it in "
+                      "UPLINK_ESP32_MODEL (tools/esp32-model/README.md, \"A model with the firmware frozen\")")
+                return
+            setups = [(b, "frozen") for b in CHIP_BOARDS]
+            chip_memory(broker, setups)
+            for board, layout in setups:
+                reconnects(broker, board, layout=layout)
+            return
         chip_memory(broker)
-        for board, romfs in CHIP_SETUPS:
-            reconnects(broker, board, romfs=romfs)
+        for board, layout in CHIP_SETUPS:
+            reconnects(broker, board, layout=layout)
         if "chip" in argv:  # BENCH_ARGS="firmware chip": the chip figures only
             return
         for model, name in ((True, "ESP32 model"), (False, "PyPI port (64-bit)")):

@@ -23,7 +23,7 @@ class HostBoard:
     # ESP32 model (-X chip: the GC heap grows into the IDF heap that mbedTLS takes from; the
     # heapsize is not used), the host board standing in for the board as in `uplink sim`.
     def __init__(self, state: Path, config: dict, *, user_py: str | None = None, compiled: bool = True,
-                 heapsize: str | None = "128k", files: dict | None = None):
+                 heapsize: str | None = "128k", files: dict | None = None, firmware: Path | None = None):
         self.state = state
         state.mkdir(parents=True, exist_ok=True)
         self.chip = hostboard.model_chip(config.get("device", {}).get("board", "host"))
@@ -39,7 +39,7 @@ class HostBoard:
         self.compiled = compiled
         self.heapsize = heapsize
         self.proc: subprocess.Popen | None = None
-        self._fw: Path | None = None  # with ROMFS: the flash beside the partition (romfs_flash)
+        self._fw = firmware  # the flash it boots (with ROMFS: beside the partition, romfs_flash)
         self.lines: list[str] = []
 
     def start(self) -> "HostBoard":

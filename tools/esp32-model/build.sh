@@ -6,6 +6,9 @@
 #   MP_REPO   git dir holding micropython/micropython    at $MP_COMMIT
 #   TLS_REPO  git dir holding Mbed-TLS/mbedtls           at $TLS_COMMIT
 #   LIB_REPO  git dir holding micropython/micropython-lib at $LIB_COMMIT
+#   FREEZE    (optional) a directory holding uplink/: that firmware package frozen into the
+#             binary as the ESP32 port freezes modules (a measuring model, README.md "A model
+#             with the firmware frozen"; never the shipped binary, whose sha256 it changes)
 # needs: gcc-multilib (apt-get install -y gcc-multilib), make, python3, git, patch.
 # Writes OUT_DIR/micropython and prints its sha256. The build is byte-for-byte
 # reproducible: same commits + same toolchain => same binary.
@@ -60,6 +63,16 @@ export LC_ALL=C TZ=UTC PYTHONHASHSEED=0
 unset CFLAGS LDFLAGS CPPFLAGS MAKEFLAGS
 JOBS=$(nproc 2>/dev/null || echo 2)
 
+FROZEN=()
+if [ -n "${FREEZE:-}" ]; then
+    FREEZE=$(cd "$FREEZE" && pwd)
+    [ -f "$FREEZE/uplink/__init__.py" ] || { echo "FREEZE=$FREEZE has no uplink/__init__.py" >&2; exit 1; }
+    # the port's own frozen modules (asyncio, ssl, ...) as in the shipped model, then the package
+    printf 'include("$(PORT_DIR)/variants/standard/manifest.py")\npackage("uplink", base_path="%s")\n' \
+        "$FREEZE" > "$OUT/manifest-frozen.py"
+    FROZEN=(FROZEN_MANIFEST="$OUT/manifest-frozen.py")
+fi
+
 start=$(date +%s)
 make -C "$SRC/mpy-cross" -j"$JOBS" >"$OUT/build-mpy-cross.log" 2>&1 \
     || { tail -30 "$OUT/build-mpy-cross.log" >&2; exit 1; }
@@ -68,7 +81,7 @@ make -C "$SRC/ports/unix" -j"$JOBS" \
     CC="gcc -m32" LDFLAGS_EXTRA=-m32 \
     MICROPY_PY_FFI=0 MICROPY_PY_BTREE=0 \
     CFLAGS_EXTRA="-DMICROPY_FLOAT_IMPL=MICROPY_FLOAT_IMPL_FLOAT -ffile-prefix-map=$SRC=." \
-    BUILD=build-esp32-model >"$OUT/build-unix.log" 2>&1 \
+    BUILD=build-esp32-model "${FROZEN[@]}" >"$OUT/build-unix.log" 2>&1 \
     || { tail -30 "$OUT/build-unix.log" >&2; exit 1; }
 
 install -m 0755 "$SRC/ports/unix/build-esp32-model/micropython" "$OUT/micropython"
