@@ -423,6 +423,10 @@ class BoardLink:
     def remove(self, path: str) -> None:
         self.exec(f"try:\n os.remove({path!r})\nexcept OSError:\n pass\n")
 
+    def rmdirs(self, paths: list[str]) -> None:
+        """Remove each directory that is empty (deepest first); others stay."""
+        self.exec(f"for d in {paths!r}:\n try:\n  os.rmdir(d)\n except OSError:\n  pass\n")
+
     def reset(self) -> None:
         """machine.reset(): the board reboots into the new firmware. Marked as the firmware
         marks its own resets, so safe mode does not count it as a crash."""

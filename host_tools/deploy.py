@@ -130,5 +130,10 @@ def _apply(link: BoardLink, files: dict[str, bytes], p: Plan,
     link.write_files([(path, files[path]) for path, _, _ in p.copy if path != romfs_deploy.IMAGE], progress)
     for path in p.remove:
         link.remove(path)
+    # a directory left empty goes too: MicroPython imports a bare directory as a package, so an
+    # empty uplink/ would shadow the package in ROMFS or in the image (device.romfs, frozen)
+    emptied = {str(a) for path in p.remove for a in PurePosixPath(path).parents if str(a) not in (".", "/", "")}
+    if emptied - dirs:
+        link.rmdirs(sorted(emptied - dirs, key=lambda d: -d.count("/")))
     # after the removals: a deploy cut short before them still lists what is left to remove
     link.write_atomic(MANIFEST, manifest(files))

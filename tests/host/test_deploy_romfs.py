@@ -98,6 +98,8 @@ def test_a_package_left_on_the_filesystem_by_an_earlier_deploy_is_removed(tmp_pa
         assert r.code == 0, r.output
         assert "uplink/mqtt.mpy" in json.loads(r.stdout)["remove"]
         assert not [p for p in board_files(vb.root) if p.startswith("uplink/")]
+        # nor its empty directory, which MicroPython would import as the package, before /rom's
+        assert not (vb.root / "uplink").exists()
         assert "/rom/uplink/mqtt.mpy" in rom_listing(model, vb.romfs)
     finally:
         vb.stop()
