@@ -473,6 +473,9 @@ def build(
     version: Annotated[Optional[str], typer.Option(
         "--version", help="The bundle's version (default: the firmware's + the content's sha256, "
                           "e.g. 0.1.0+3f9c2a1b).")] = None,
+    freeze: Annotated[Optional[Path], typer.Option(
+        "--freeze", metavar="DIR", help="Write the uplink/ package and a manifest to freeze it into a "
+                                        "MicroPython image (device.frozen; `uplink docs hardware`).")] = None,
 ):
     """mpy-cross every firmware module for the board (cached), with a size table."""
     from host_tools import build as b
@@ -480,6 +483,8 @@ def build(
 
     if bundle is not None:
         return _build_bundle(bundle, version, as_json)
+    if freeze is not None:
+        return _build_freeze(freeze, as_json)
     report = {}
     src = S.sources()
     for bid in _boards_for_build(board):
@@ -501,6 +506,22 @@ def build(
         UI.data(report)
 
 
+def _build_freeze(out: Path, as_json: bool):
+    from host_tools import freeze as fz
+
+    pkg = fz.package(S.sources().files)
+    out.mkdir(parents=True, exist_ok=True)
+    bid = fz.write(out, pkg)
+    manifest = out.resolve() / "manifest.py"
+    if as_json:
+        UI.data({"manifest": str(manifest), "build": bid, "files": len(pkg) + 1})
+        return
+    UI.text(f"{manifest}: freezes uplink/ ({len(pkg)} modules), build {bid[:12]}\n")
+    UI.info(f"then, in MicroPython's ports/esp32: make BOARD=ESP32_GENERIC FROZEN_MANIFEST={manifest} "
+            "(your board's BOARD=), and `uplink flash-micropython "
+            "--image build-ESP32_GENERIC/firmware.bin`; deploy checks the board runs this build")
+
+
 def _build_bundle(device: str, version: str | None, as_json: bool):
     from host_tools import ota_bundle as bu
 
@@ -516,6 +537,10 @@ def _build_bundle(device: str, version: str | None, as_json: bool):
     else:
         UI.text(f"{made.path}: {made.manifest['title']} {version}, {len(made.manifest['files'])} files, "
                 f"{made.size} bytes, sha256 {made.sha256}\n")
+    if dev.frozen:  # the slot's uplink/ comes first on sys.path (firmware/main.py)
+        UI.warn(f"{device} runs the firmware frozen into its image (device.frozen): after this update it runs "
+                "from the OTA slot on its filesystem, with the bytecode in its heap, until its image is built "
+                "again from `uplink build --freeze` and flashed (`uplink docs hardware`)")
     if dev.romfs:  # the slot's uplink/ comes first on sys.path (firmware/main.py)
         UI.warn(f"{device} runs its firmware from ROMFS (device.romfs): during its trial this update runs from "
                 "the OTA slot on its filesystem, with the bytecode in its heap; once kept, the board writes it "
@@ -632,9 +657,15 @@ def _deploy_to(port: str, device: str, dev, files: dict[str, bytes], dry_run: bo
     if dev.romfs:  # the uplink/ package to the ROMFS partition
         rom_files, files = romfs_deploy.split(files)
         rom = romfs_deploy.image(rom_files)
+    if dev.frozen:  # the uplink/ package is in the board's image: none on its filesystem to shadow it
+        rom_files, files = romfs_deploy.split(files)
     UI.detail(f"connecting to {port}")
     link = BoardLink(port)
     try:
+        if dev.frozen:
+            from host_tools import freeze
+
+            freeze.check(link, freeze.package(S.sources().files))
         d.check_micropython(link, dev.profile(), {**files, **rom_files})
         plan, _ = d.plan(link, files, rom)
         if dry_run:

@@ -503,6 +503,9 @@ def _cross_checks(dev: Device, relay: Relay | None, relay_broken: bool = False, 
     (A [relay] table with mistakes of its own has been reported: not again from here.)"""
     out = []
     if fit:  # the device as a whole (not again for each of its platforms below)
+        why = fw_schema.config_name("place_refusal")(dev.romfs, dev.frozen)
+        if why:
+            out.append("frozen: " + why)
         why = _tls_refusal(dev, relay)
         if why:
             out.append(("platforms: " if dev.platforms else "platform: ") + why)
@@ -569,7 +572,7 @@ TLS_NEEDS_ROMFS = ("esp32-devkitc",)
 
 def memory_warnings(dev: Device) -> list[str]:
     """What the board's memory makes fragile without being refused (`uplink validate`)."""
-    if dev.board not in TLS_NEEDS_ROMFS or dev.romfs:
+    if dev.board not in TLS_NEEDS_ROMFS or dev.romfs or dev.frozen:
         return []
     urls = [q.device_url() if isinstance(q, Biotz) else q.effective_url() for q in dev.platforms or [dev.platform]]
     from host_tools import ca
@@ -579,7 +582,8 @@ def memory_warnings(dev: Device) -> list[str]:
     return [f"device '{dev.name}': board {dev.board} over TLS with the firmware on its filesystem: its heap "
             "leaves no room for a reconnect's TLS handshake (ENOMEM after the first dropped connection); "
             "set romfs = true with a MicroPython image that has a ROMFS partition (`uplink docs hardware`, "
-            "\"Firmware in ROMFS\"), or use an esp32-s3 or esp32-c3"]
+            "\"Firmware in ROMFS\"), or frozen = true with the firmware frozen into the image (\"Firmware "
+            "frozen into the image\"), or use an esp32-s3 or esp32-c3"]
 
 
 def _tls_refusal(dev: Device, relay: Relay | None) -> str | None:
@@ -590,7 +594,7 @@ def _tls_refusal(dev: Device, relay: Relay | None) -> str | None:
     for q in dev.platforms or [dev.platform]:
         urls.append(q.device_url() if isinstance(q, Biotz) else q.effective_url())
         relays += q.relay and not isinstance(q, Biotz)  # (Biotz: HTTP posts, one after the other)
-    return fw_schema.config_name("tls_refusal")(dev.board, urls, relays, dev.romfs)
+    return fw_schema.config_name("tls_refusal")(dev.board, urls, relays, dev.romfs or dev.frozen)
 
 
 def _contract_checks(p) -> list[str]:

@@ -65,7 +65,8 @@ ONE_TLS_BOARDS = {"esp32-devkitc": (True, False), "esp32-c3": (False, True)}
 def tls_refusal(board, urls, relays=0, romfs=False):
     """Why `board` cannot hold a TLS session per cloud URL (and `relays` token relays); None
     when it can. A cloud URL not given (None) is the cloud's default: every default is TLS.
-    romfs: the firmware runs from ROMFS (device.romfs)."""
+    romfs: the firmware runs from flash (device.romfs, or device.frozen: the same measured
+    figures or better, docs/hardware.md)."""
     if board not in ONE_TLS_BOARDS or (romfs and ONE_TLS_BOARDS[board][1]):
         return None
     n = len([u for u in urls if not u or u.split(":")[0] in ("mqtts", "wss", "https")])
@@ -86,7 +87,22 @@ def _tls_refusal(cfg, platforms):
     for p in platforms:
         c = p.get("credentials") or {}
         relays += c.get("source") == "relay" and p["kind"] != "biotz"
-    return tls_refusal(cfg["device"]["board"], [p["url"] for p in platforms], relays, cfg["device"]["romfs"])
+    dev = cfg["device"]
+    return tls_refusal(dev["board"], [p["url"] for p in platforms], relays, dev["romfs"] or dev["frozen"])
+
+
+def _place(cfg):
+    why = place_refusal(cfg["device"]["romfs"], cfg["device"]["frozen"])
+    if why:
+        _fail("device.frozen", why)
+
+
+def place_refusal(romfs, frozen):
+    """Why device.romfs and device.frozen cannot both be set; None when they are not."""
+    if romfs and frozen:
+        return ("device.romfs is set too: the firmware runs from one place, the image's frozen "
+                "package (frozen) or the ROMFS partition (romfs); set only one")
+    return None
 
 
 # key: (type, default[, check]). A dict type is a nested section; [type] a list of it.
@@ -112,6 +128,9 @@ SCHEMA = {
                 # the board's MicroPython image has a ROMFS partition: deploy writes the uplink/
                 # package there and its bytecode runs from flash (docs/hardware.md)
                 "romfs": (bool, False),
+                # the board's MicroPython image has the uplink/ package frozen in it (`uplink
+                # build --freeze`): deploy leaves it off the filesystem (docs/hardware.md)
+                "frozen": (bool, False),
                 # no reading acknowledged this long with the network up: reset (App.stuck); 0 never
                 "offline_reset_s": (int, 3600, _not_negative)}, REQUIRED),
     "wifi": (
@@ -252,6 +271,7 @@ def parse(text, extra=None):
         schema["platform"] = (_section(doc.get("platform") if isinstance(doc, dict) else None, extra, "platform"),
                               REQUIRED)
         cfg = check(doc, schema)
+        _place(cfg)
         why = _tls_refusal(cfg, [cfg["platform"]])
         if why:
             _fail("platform", why)
@@ -275,6 +295,7 @@ def parse(text, extra=None):
         out.append(c)
     doc["platform"] = {"kind": out[0]["kind"]}  # checked above, with its kind's keys
     cfg = check(doc, SCHEMA)
+    _place(cfg)
     why = _tls_refusal(cfg, out)
     if why:
         _fail("platforms", why)

@@ -38,6 +38,11 @@ def run():
         log.warn("boot", "back from safe mode (%s)" % last)
     if cfg["device"].get("romfs") and not __file__.startswith("/rom/"):
         _romfs(cfg, board)
+    if cfg["device"].get("frozen") and not _frozen():
+        # a copy on the filesystem (an OTA slot's, or one left there) comes first on sys.path
+        log.warn("boot", "device.frozen is set, but the firmware runs from %s, not the image's frozen package: "
+                 "its bytecode takes the heap (docs/hardware.md, \"Firmware frozen into the image\")"
+                 % __file__.rsplit("/", 1)[0])
     try:
         app = App(cfg, board)
         app.safe_mode_reason = last
@@ -72,6 +77,15 @@ def _romfs(cfg, board):
         ota_romfs = None
     log.warn("boot", "device.romfs is set, but the firmware runs from %s, not ROMFS: its bytecode "
              "takes the heap; `uplink deploy` puts it back (docs/hardware.md)" % __file__.rsplit("/", 1)[0])
+
+
+def _frozen():
+    # only `uplink build --freeze` adds uplink/_frozen.py: a package that has it was frozen
+    try:
+        __import__("uplink._frozen")  # (written by the freeze, not in this tree)
+        return True
+    except ImportError:
+        return False
 
 
 def crash(board, what, e):

@@ -194,7 +194,8 @@ def _chip_config(broker: Mosquitto, board: str, case: str, layout: str = "fs") -
     tb = {"kind": "thingsboard", "url": broker.url(scheme), "token": "t", **ca}
     bl = {"kind": "blynk", "url": broker.url(scheme), "token": "b", "template_id": "TMPL", "template_name": "B",
           "client_id": "bench-blynk", **ca}
-    return {"device": {"name": "bench", "board": board, "romfs": layout == "romfs"}, "ntp": {"servers": []},
+    return {"device": {"name": "bench", "board": board, "romfs": layout == "romfs", "frozen": layout == "frozen"},
+            "ntp": {"servers": []},
             **({"platforms": [tb, bl]} if case == "2 clouds" else {"platform": tb}),
             "telemetry": {"interval_ms": 250}}
 

@@ -104,3 +104,15 @@ def test_the_firmware_in_romfs_makes_room_for_two_tls_clouds_on_a_c3_not_on_a_de
     with raises(config.ConfigError, "on board esp32-devkitc") as r:
         parse(device={"name": "gh", "board": "esp32-devkitc", "romfs": True}, platforms=[tls_tb, BLYNK])
     assert "device.romfs" not in str(r.value)  # not offered where it does not help
+
+
+def test_the_firmware_frozen_into_the_image_counts_as_romfs_and_not_beside_it():
+    # measured (make bench BENCH_ARGS="firmware frozen"): a frozen C3 keeps 57.6 KB of IDF heap
+    # with two TLS clouds; a frozen devkitc 0.9 KB
+    tls_tb = dict(TB, url="mqtts://tb.local:8883")
+    c3 = parse(device={"name": "gh", "board": "esp32-c3", "frozen": True}, platforms=[tls_tb, BLYNK])
+    assert c3["device"]["frozen"] is True and c3["device"]["romfs"] is False
+    with raises(config.ConfigError, "on board esp32-devkitc"):
+        parse(device={"name": "gh", "board": "esp32-devkitc", "frozen": True}, platforms=[tls_tb, BLYNK])
+    with raises(config.ConfigError, "device.frozen: device.romfs is set too"):
+        parse(device={"name": "gh", "romfs": True, "frozen": True}, platform=TB)

@@ -74,7 +74,7 @@ def test_config_json_matches_the_firmware_format(env):
     cfg = json.loads((d / "config.json").read_text())
     assert list(cfg) == ["device", "wifi", "ntp", "platform", "telemetry", "outbox"]
     assert cfg["device"] == {"name": "gh", "board": "esp32-devkitc", "safe_mode_retry_s": 1200, "offline_reset_s": 3600,
-                             "console": "data", "romfs": False}
+                             "console": "data", "romfs": False, "frozen": False}
     assert cfg["wifi"] == {"networks": [{"ssid": "home", "password": "wifi-pw-7781"},
                                         {"ssid": "open", "password": ""}], "timeout_s": 20}
     p = cfg["platform"]

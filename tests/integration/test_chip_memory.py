@@ -155,6 +155,23 @@ def test_device_romfs_with_the_firmware_shadowed_on_the_filesystem_warns_at_boot
         cloud.close()
 
 
+@pytest.mark.timeout(90)
+def test_device_frozen_with_the_firmware_on_the_filesystem_warns_at_boot(tmp_path, broker):
+    # an image without the frozen package, or a copy on the filesystem (an OTA slot's) first on
+    # sys.path: the board runs, with the bytecode in its heap, and says so
+    cloud = Cloud(broker.ports["mqtt"], ["v1/devices/me/telemetry"])
+    cfg = config(broker, "esp32-s3")
+    cfg["device"]["frozen"] = True
+    board = HostBoard(tmp_path / "board", cfg).start()
+    try:
+        health(cloud, 1)
+        line = board.wait_for_line("W boot: device.frozen is set, but the firmware runs from")
+        assert "build/host-mpy/uplink, not the image's frozen package" in line, line
+    finally:
+        board.stop()
+        cloud.close()
+
+
 @pytest.mark.timeout(240)
 def test_a_c3_with_its_firmware_in_romfs_reconnects_two_tls_clouds(tmp_path, broker):
     # what lets config.tls_refusal take two TLS clouds on an esp32-c3 with device.romfs: its

@@ -100,8 +100,14 @@ if _ver or _mpy:
 if "no-deflate" in sys.argv[3:]:
     # loaded modules are looked up before built-ins: `from deflate import X` -> ImportError
     sys.modules["deflate"] = NoModule()
+_frozen = [a[7:] for a in sys.argv[3:] if a.startswith("frozen=")]
 os.mount(os.VfsPosix(ROOT), "/")
 os.chdir("/")
+if _frozen:
+    # the image's frozen modules, stood in for by a directory outside the board's filesystem,
+    # after the port's own on the module path (as .frozen is on an ESP32)
+    os.mount(os.VfsPosix(_frozen[0]), "/.image")
+    sys.path.append("/.image")
 
 
 def fresh():

@@ -50,15 +50,18 @@ def micropython_bin(heap: str | None = None, romfs: Path | None = None) -> list[
 class VirtualBoard:
     def __init__(self, root: Path, *, baud: int | None = None, deflate: bool = True,
                  raw_paste: bool = True, heap: str | None = None, version: str | None = None,
-                 mpy: int | None = None, usb: dict | None = None, romfs: Path | None = None):
+                 mpy: int | None = None, usb: dict | None = None, romfs: Path | None = None,
+                 frozen: Path | None = None):
         self.root = Path(root)
         self.romfs = romfs
+        self.frozen = frozen  # a directory standing in for the image's frozen modules (.frozen)
         self.baud = baud
         self.heap = heap
         self.flags = ([] if deflate else ["no-deflate"]) + ([] if raw_paste else ["no-raw-paste"])
         self.flags += ([f"version={version}"] if version else []) + ([f"mpy={mpy}"] if mpy is not None else [])
         self.usb = usb
         self.flags += ["reenumerate"] if usb else []
+        self.flags += [f"frozen={frozen}"] if frozen else []
         self.ports_file = self.root.parent / (self.root.name + ".ports.json")
         self.reenumerations = 0
         self._stopped = False
@@ -94,6 +97,11 @@ class VirtualBoard:
         for t in self._threads:
             t.start()
         return self
+
+    def micropypath(self) -> str:
+        """MICROPYPATH for a boot of the deployed filesystem (cwd): the port's frozen modules,
+        and the stand-in for the image's after them."""
+        return os.pathsep.join([".frozen", *([str(self.frozen)] if self.frozen else [])])
 
     @staticmethod
     def _pty() -> tuple[int, int]:
