@@ -4,7 +4,7 @@ its own per test (skipped without redis-server)."""
 
 import pytest
 
-from host_tools import relay_pki
+from host_tools import hostboard, relay_pki
 from tests.oidc_provider import OIDCProvider
 from tests.relay_services import Redis, need_redis
 
@@ -27,3 +27,12 @@ def redis(tmp_path):
     r = Redis(tmp_path / "redis").start()
     yield r
     r.stop()
+
+
+@pytest.fixture
+def model():
+    """The ESP32 model's binary (ROMFS, a frozen image's stand-in need its MicroPython)."""
+    exe = hostboard.esp32_model()
+    if not exe:
+        pytest.skip(f"no ESP32 model: {hostboard.esp32_model_missing()}")
+    return exe

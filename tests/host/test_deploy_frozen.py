@@ -10,21 +10,11 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-
-from host_tools import freeze, hostboard
+from host_tools import freeze
 from tests.host.test_deploy_virtual_board import TOKEN, board_files, boots_and_publishes, fleet
 from tests.host.uplink_helpers import REPO, Env
 from tests.mpy_plugin import port_heap
 from tests.virtual_board.launcher import VirtualBoard
-
-
-@pytest.fixture
-def model():
-    exe = hostboard.esp32_model()
-    if not exe:
-        pytest.skip(f"no ESP32 model: {hostboard.esp32_model_missing()}")
-    return exe
 
 
 def env_for(tmp_path: Path, broker, frozen: bool = True) -> Env:

@@ -10,23 +10,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
-from host_tools import hostboard
 from tests.host.test_deploy_virtual_board import TOKEN, board_files, boots_and_publishes, fleet
 from tests.host.uplink_helpers import REPO, Env
 from tests.mpy_plugin import port_heap
 from tests.virtual_board.launcher import VirtualBoard
 
 PARTITION = 256 * 1024
-
-
-@pytest.fixture
-def model():
-    exe = hostboard.esp32_model()
-    if not exe:
-        pytest.skip(f"no ESP32 model: {hostboard.esp32_model_missing()}")
-    return exe
 
 
 def romfs_fleet(broker, romfs: bool = True) -> str:
