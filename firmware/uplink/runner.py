@@ -65,6 +65,7 @@ def _romfs(cfg, board):
 
         slot = ota_romfs.due(cfg)
         if slot == "":
+            ota_romfs = None  # (a local of this frame would keep the module past the transient)
             log.info("boot", "the update on trial runs from its slot; kept, it moves into ROMFS")
             return
         if slot is not None:
