@@ -921,6 +921,10 @@ def _sim_run(fleet, device: str, state: Path, lock: int, seconds: float | None, 
     romfs = state.with_name(state.name + ".romfs") if compiled and cfg["device"].get("romfs") else None
     if romfs:  # written once, as a deploy would: the board's reboots find it there
         firmware = hostboard.romfs_flash(firmware, romfs)
+    if cfg["device"].get("frozen"):  # the host board has no image to freeze it into
+        UI.info(f"{device}: device.frozen: the host board runs the firmware from its filesystem, with the "
+                "stock layout's memory (`uplink docs hardware`)")
+        cfg["device"]["frozen"] = False
     if cfg["device"]["board"] != "host":  # the firmware would reach for an ESP32's Wi-Fi
         UI.info(f"{device}: the host board stands in for its {cfg['device']['board']}")
         cfg["device"]["board"] = "host"

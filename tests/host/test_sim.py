@@ -69,6 +69,16 @@ def test_a_romfs_device_runs_its_firmware_from_a_romfs_partition_over_tls(tmp_pa
     assert "device.romfs is set, but" not in r.stdout  # the package did come from /rom
 
 
+@pytest.mark.timeout(120)
+def test_a_frozen_device_runs_from_the_filesystem_and_the_sim_says_so(tmp_path, broker):
+    # the host board has no MicroPython image to freeze the package into: the sim says so once,
+    # instead of the board warning at every boot that device.frozen is not honoured
+    fleet = host_fleet(broker, "esp32-s3").replace('board = "esp32-s3"', 'board = "esp32-s3"\nfrozen = true')
+    r, got = sim_with_wifi(tmp_path, broker, fleet)
+    assert "device.frozen: the host board runs the firmware from its filesystem" in r.stderr, r.stderr
+    assert got and "device.frozen is set" not in r.stdout, r.output
+
+
 @pytest.mark.timeout(180)
 def test_a_crash_loop_fails_with_its_reason(tmp_path):
     env = env_for(tmp_path)
