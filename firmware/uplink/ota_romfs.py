@@ -62,6 +62,25 @@ class Rom:
             self.vfs.rom_ioctl(5, 0)
 
 
+def at_boot(cfg, board, runs_from):
+    """The firmware runs from the filesystem (`runs_from`) on a device.romfs board: a kept
+    update moves into ROMFS and the board resets into it; else a copy left on the filesystem
+    comes first on sys.path, which only a deploy mends."""
+    slot = due(cfg)
+    if slot == "":
+        log.info("boot", "the update on trial runs from its slot; kept, it moves into ROMFS")
+        return
+    if slot is not None:
+        try:
+            adopt(slot)
+            log.info("boot", "the update in %s runs from ROMFS from the next boot: resetting" % slot)
+            board.reset()
+        except (OSError, MemoryError) as e:  # the slot boots as it is; the next boot tries again
+            log.exc("boot", "cannot move the update in %s into ROMFS" % slot, e)
+    log.warn("boot", "device.romfs is set, but the firmware runs from %s, not ROMFS: its bytecode "
+             "takes the heap; `uplink deploy` puts it back (docs/hardware.md)" % runs_from)
+
+
 def due(cfg, root=""):
     """The committed slot whose package should move into ROMFS now, "" for one on trial
     (it moves once kept), or None."""

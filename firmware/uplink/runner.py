@@ -37,7 +37,11 @@ def run():
     if last:
         log.warn("boot", "back from safe mode (%s)" % last)
     if cfg["device"].get("romfs") and not __file__.startswith("/rom/"):
-        _romfs(cfg, board)
+        with transient():  # a kept update's move into ROMFS, or the warning (uplink.ota_romfs)
+            from uplink import ota_romfs
+
+            ota_romfs.at_boot(cfg, board, __file__.rsplit("/", 1)[0])
+            ota_romfs = None
     if cfg["device"].get("frozen") and not _frozen():
         # a copy on the filesystem (an OTA slot's, or one left there) comes first on sys.path
         log.warn("boot", "device.frozen is set, but the firmware runs from %s, not the image's frozen package: "
@@ -54,30 +58,6 @@ def run():
         safe_mode(board, str(e))
     except Exception as e:
         crash(board, "app crashed", e)
-
-
-def _romfs(cfg, board):
-    """The firmware runs from the filesystem on a device.romfs board: a committed update
-    moves into ROMFS and the board resets into it (uplink.ota_romfs); else a copy left on the
-    filesystem comes first on sys.path, which only a deploy mends."""
-    with transient():
-        from uplink import ota_romfs
-
-        slot = ota_romfs.due(cfg)
-        if slot == "":
-            ota_romfs = None  # (a local of this frame would keep the module past the transient)
-            log.info("boot", "the update on trial runs from its slot; kept, it moves into ROMFS")
-            return
-        if slot is not None:
-            try:
-                ota_romfs.adopt(slot)
-                log.info("boot", "the update in %s runs from ROMFS from the next boot: resetting" % slot)
-                board.reset()
-            except (OSError, MemoryError) as e:  # the slot boots as it is; the next boot tries again
-                log.exc("boot", "cannot move the update in %s into ROMFS" % slot, e)
-        ota_romfs = None
-    log.warn("boot", "device.romfs is set, but the firmware runs from %s, not ROMFS: its bytecode "
-             "takes the heap; `uplink deploy` puts it back (docs/hardware.md)" % __file__.rsplit("/", 1)[0])
 
 
 def _frozen():
