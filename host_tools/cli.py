@@ -641,31 +641,34 @@ def _do_deploy(device: str, port: str | None, dry_run: bool, reset: bool, as_jso
     kinds = [q.kind for q in dev.platforms or [dev.platform]]  # several clouds: each adapter
     modules = device_modules(src.files, kinds, dev.profile().get("backend") == "host")
     files = d.local_files(select(b.files(root), modules), bundle.dir)
+    frozen = None
+    if dev.frozen:  # what the board's image must have frozen: this build's package
+        from host_tools import freeze
+
+        frozen = freeze.package(src.files)
     port = port or pick_port()
     with borrowed(port, "uplink deploy"):
-        return _deploy_to(port, device, dev, files, dry_run, reset, as_json)
+        return _deploy_to(port, device, dev, files, dry_run, reset, as_json, frozen)
 
 
-def _deploy_to(port: str, device: str, dev, files: dict[str, bytes], dry_run: bool, reset: bool, as_json: bool):
+def _deploy_to(port: str, device: str, dev, files: dict[str, bytes], dry_run: bool, reset: bool, as_json: bool,
+               frozen: dict[str, bytes] | None = None):
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
     from host_tools import deploy as d
-    from host_tools import romfs_deploy
+    from host_tools import freeze, romfs_deploy
     from host_tools.board_link import BoardLink
 
     rom, rom_files = None, {}
-    if dev.romfs:  # the uplink/ package to the ROMFS partition
+    if dev.romfs or dev.frozen:  # the uplink/ package is not the filesystem's: none there to shadow it
         rom_files, files = romfs_deploy.split(files)
+    if dev.romfs:  # it goes to the ROMFS partition
         rom = romfs_deploy.image(rom_files)
-    if dev.frozen:  # the uplink/ package is in the board's image: none on its filesystem to shadow it
-        rom_files, files = romfs_deploy.split(files)
     UI.detail(f"connecting to {port}")
     link = BoardLink(port)
     try:
-        if dev.frozen:
-            from host_tools import freeze
-
-            freeze.check(link, freeze.package(S.sources().files))
+        if frozen is not None:  # it is in the board's image
+            freeze.check(link, frozen)
         d.check_micropython(link, dev.profile(), {**files, **rom_files})
         plan, _ = d.plan(link, files, rom)
         if dry_run:
