@@ -92,14 +92,8 @@ def due(cfg, root=""):
         return None
     if "trial" in s:
         return ""
-    try:
-        os.stat(root + cur + "/" + PKG + "/__init__.mpy")
-    except OSError:
-        try:
-            os.stat(root + cur + "/" + PKG + "/__init__.py")
-        except OSError:
-            return None
-    return cur
+    init = root + cur + "/" + PKG + "/__init__."
+    return cur if ota._size(init + "mpy") >= 0 or ota._size(init + "py") >= 0 else None
 
 
 def adopt(slot, root="", rom=None):

@@ -55,23 +55,27 @@ def _size(name, item):
     return len(_rec(_FILE if isinstance(item, int) else _DIR, p)) + p
 
 
-def head(top):
-    """The image's first bytes for `top` = [(name, tree), ...]: the header and the length."""
-    n = sum(_size(name, item) for name, item in top)
+def _head(n):
+    """The image's first bytes, for n bytes of records after them: the header and the length."""
     ln = uint(n)
     if (len(HEADER) + len(ln) + n) % 2:
         ln = b"\x80" + ln  # a redundant leading group: the image's length even
     return HEADER + ln
 
 
+def _body(top):
+    return sum(_size(name, item) for name, item in top)
+
+
 def size(top):
-    return len(head(top)) + sum(_size(name, item) for name, item in top)
+    n = _body(top)
+    return len(_head(n)) + n
 
 
 def write(base, top, out, buf):
-    """Stream the image of `top` (entries of directory `base`) to out(bytes), files read
-    through `buf`."""
-    out(head(top))
+    """Stream the image of `top` = [(name, tree), ...] (entries of directory `base`) to
+    out(bytes), files read through `buf`."""
+    out(_head(_body(top)))
     for name, item in top:
         _write(base + "/" + name, name, item, out, buf)
 
