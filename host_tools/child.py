@@ -1,10 +1,12 @@
 """Processes uplink starts end with it: a `preexec_fn` that asks Linux to kill the child when
-its parent dies (uplink killed, its terminal closed, `| head` ending it by SIGPIPE)."""
+its parent dies (uplink killed, its terminal closed, `| head` ending it by SIGPIPE), and
+stop() for ending one on purpose."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -38,3 +40,14 @@ def die_with_parent(parent: int | None = None):
             os._exit(1)
 
     return preexec
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    """SIGTERM, and SIGKILL after 5 s: a child that will not stop must not hang its parent."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from host_tools import hostboard
+from host_tools import child, hostboard
 from host_tools.errors import ExitCode, UplinkError
 from host_tools.ui import plural
 
@@ -176,17 +176,17 @@ def _run(state, seconds, compiled, heapsize, chip, write, info, firmware, lock_f
                 stopped = True
         hint = _memory_hint(watch, heapsize, compiled, chip)
         if watch.cannot_start:
-            _stop(proc)
+            child.stop(proc)
             return f"the firmware cannot start (its output is above){hint}"
         if watch.safe_mode:
-            _stop(proc)
+            child.stop(proc)
             why = _read(state / "safemode.txt") or "see its output above"
             if "crash exits in a row" in why:  # safemode.py's crash-loop guard, not a config error
                 return f"the firmware crash-looped: {why}; it stopped in safe mode{hint}"
             return f"the firmware stopped in safe mode: {why}{hint}"
         if stopped:
             # a stop is not a crash: the firmware counts only crash exits (safemode.py)
-            _stop(proc)
+            child.stop(proc)
             return f"the firmware kept running but failed{hint}" if hint else None
         code = proc.wait()
         proc.stdout.close()
@@ -196,16 +196,6 @@ def _run(state, seconds, compiled, heapsize, chip, write, info, firmware, lock_f
         if code == 0:
             return f"the firmware ended{hint}" if hint else None
         return f"the firmware stopped (exit code {code}; its output is above){hint}"
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _read(path: Path) -> str:

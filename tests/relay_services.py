@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import free_port, stop_process, wait_port
+from host_tools import child
+from tests.services import free_port, wait_port
 
 
 def redis_bin() -> str | None:
@@ -71,7 +72,7 @@ class Redis:
             self.proc.wait(5)
 
     def stop(self) -> None:
-        stop_process(self.proc)
+        child.stop(self.proc)
 
     async def outage(self, before_s: float, down_s: float, after_s: float) -> tuple[float, float]:
         """After before_s, killed for down_s and started again empty, then after_s more:
@@ -147,7 +148,7 @@ class HAProxy:
         return self
 
     def stop(self) -> None:
-        stop_process(self.proc)
+        child.stop(self.proc)
         if self.proc is not None:
             self.log.close()
 

@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from host_tools import child
 from tests.certs import make_pki
 
 
@@ -44,17 +45,6 @@ def free_port() -> int:
     with socket.socket() as s:  # a crowded range: what the kernel gives
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def stop_process(proc: subprocess.Popen | None) -> None:
-    """SIGTERM, and SIGKILL after 5 s: a test service that will not stop must not hang the run."""
-    if proc is not None and proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
@@ -231,7 +221,7 @@ class Mosquitto:
             self.proc.wait()
 
     def stop(self) -> None:
-        stop_process(self.proc)
+        child.stop(self.proc)
 
     def restart(self) -> None:
         self.kill()
