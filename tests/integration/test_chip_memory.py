@@ -134,39 +134,30 @@ def test_a_devkitc_over_tls_reconnects_only_with_its_firmware_in_romfs(tmp_path,
 
 
 @pytest.mark.timeout(90)
-def test_device_romfs_with_the_firmware_shadowed_on_the_filesystem_warns_at_boot(tmp_path, broker):
+@pytest.mark.parametrize("key, copy, runs_from, not_from", [
+    ("romfs", True, "runs from uplink", "not ROMFS"),
+    ("frozen", False, "build/host-mpy/uplink", "not the image's frozen package"),
+])
+def test_the_firmware_on_the_filesystem_of_a_romfs_or_frozen_device_warns_at_boot(
+        tmp_path, broker, key, copy, runs_from, not_from):
     # a copy of uplink/ on the filesystem (an OTA slot's, one left by hand) comes first on
-    # sys.path: the board runs, with the bytecode in its heap, and says so
+    # sys.path, or the image has no frozen package: the board runs, with the bytecode in its
+    # heap, and says so
     import shutil
 
     from tests.integration import mpy
 
     cloud = Cloud(broker.ports["mqtt"], ["v1/devices/me/telemetry"])
     cfg = config(broker, "esp32-s3")
-    cfg["device"]["romfs"] = True
+    cfg["device"][key] = True
     board = HostBoard(tmp_path / "board", cfg)
-    shutil.copytree(mpy.compiled_firmware() / "uplink", board.state / "uplink")
+    if copy:
+        shutil.copytree(mpy.compiled_firmware() / "uplink", board.state / "uplink")
     board.start()
     try:
         health(cloud, 1)
-        assert f"{ROMFS_WARNING} uplink, not ROMFS" in board.console(), board.console()
-    finally:
-        board.stop()
-        cloud.close()
-
-
-@pytest.mark.timeout(90)
-def test_device_frozen_with_the_firmware_on_the_filesystem_warns_at_boot(tmp_path, broker):
-    # an image without the frozen package, or a copy on the filesystem (an OTA slot's) first on
-    # sys.path: the board runs, with the bytecode in its heap, and says so
-    cloud = Cloud(broker.ports["mqtt"], ["v1/devices/me/telemetry"])
-    cfg = config(broker, "esp32-s3")
-    cfg["device"]["frozen"] = True
-    board = HostBoard(tmp_path / "board", cfg).start()
-    try:
-        health(cloud, 1)
-        line = board.wait_for_line("W boot: device.frozen is set, but the firmware runs from")
-        assert "build/host-mpy/uplink, not the image's frozen package" in line, line
+        line = board.wait_for_line(f"W boot: device.{key} is set, but the firmware runs from ")
+        assert f"{runs_from}, {not_from}" in line, line
     finally:
         board.stop()
         cloud.close()
