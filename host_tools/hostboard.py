@@ -190,17 +190,23 @@ def romfs_flash(fw: Path, part: Path) -> Path:
     would): the partition file `part` (erased, then the image of fw's uplink/ package), and a
     directory with the rest of fw (main.py, boot.py, the example user.py): what deploy leaves
     on the filesystem. Returns that directory, the `firmware` to start the board with."""
-    from host_tools import romfs_deploy
 
     image = romfs_image(fw)
     if len(image) > ROMFS_PARTITION:
         raise ValueError(f"the firmware's ROMFS image is {len(image)} bytes, more than the "
                          f"{ROMFS_PARTITION}-byte partition")
     part.write_bytes(image + b"\xff" * (ROMFS_PARTITION - len(image)))
-    rest = part.with_name(part.name + ".fs")
-    shutil.rmtree(rest, ignore_errors=True)
-    shutil.copytree(fw, rest, ignore=lambda d, names: [romfs_deploy.PACKAGE] if Path(d) == fw else [])
-    return rest
+    return without_package(fw, part.with_name(part.name + ".fs"))
+
+
+def without_package(fw: Path, dest: Path) -> Path:
+    """dest: a copy of fw without its uplink/ package, what deploy leaves on the filesystem of
+    a board whose package lives elsewhere (ROMFS, or frozen into the image)."""
+    from host_tools import romfs_deploy
+
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(fw, dest, ignore=lambda d, names: [romfs_deploy.PACKAGE] if Path(d) == fw else [])
+    return dest
 
 
 def command(state_dir: Path, *, compiled: bool = False, heapsize: str | None = None,

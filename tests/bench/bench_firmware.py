@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import subprocess
 import tempfile
 import time
@@ -182,9 +181,8 @@ def _board(cfg: dict, layout: str, **kw) -> HostBoard:
     package standing in for it (as an image built with it frozen, and nothing on the filesystem)."""
     fw = None
     if layout == "frozen":
-        src = hostboard.firmware_dir(True)
-        fw = Path(tempfile.mkdtemp(prefix="uplink-bench-")) / "flash"
-        shutil.copytree(src, fw, ignore=lambda d, names: ["uplink"] if Path(d) == src else [])
+        fw = hostboard.without_package(hostboard.firmware_dir(True),
+                                       Path(tempfile.mkdtemp(prefix="uplink-bench-")) / "flash")
     return HostBoard(Path(tempfile.mkdtemp(prefix="uplink-bench-")) / "board", cfg, firmware=fw, **kw)
 
 
